@@ -1,0 +1,35 @@
+# hs: `make run` starts a monolith on SQLite with a generated config; `make test` runs every test.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= data
+SERVER_NAME ?= localhost
+
+.PHONY: run test lint bench venv clean
+
+$(BIN)/hs: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/hs
+
+venv: $(BIN)/hs
+
+$(DATA)/homeserver.yaml: | $(BIN)/hs
+	$(BIN)/hs generate-config --server-name $(SERVER_NAME) --config-path $(DATA)/homeserver.yaml --open-registration
+
+run: $(BIN)/hs $(DATA)/homeserver.yaml
+	$(BIN)/hs run --config $(DATA)/homeserver.yaml
+
+test: $(BIN)/hs
+	$(BIN)/pytest -q -x -p no:cacheprovider tests
+
+lint: $(BIN)/hs
+	$(BIN)/ruff check hs tests bench
+	$(BIN)/mypy hs
+
+bench: $(BIN)/hs
+	$(BIN)/python bench/bench_send_sync.py
+
+clean:
+	rm -rf $(VENV) $(DATA)

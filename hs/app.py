@@ -1,0 +1,110 @@
+"""The aiohttp application factory: mounts the resources a listener names, for this instance's role.
+
+Middlewares give every response the spec's shape: errors as `{errcode, error}`, unknown endpoints as
+M_UNRECOGNIZED, CORS headers for web clients, and per-endpoint request metrics. An exception in one
+request becomes a 500 for that request only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from hs.api.base import HS_KEY, Handler, Route, json_response
+from hs.config import Listener
+from hs.errors import MatrixError
+from hs.roles.routes import routes_for_instance
+from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+
+REQUESTS = Counter("hs_http_requests_total", "HTTP requests", ["method", "endpoint", "code"])
+LATENCY = Histogram("hs_http_request_seconds", "HTTP request latency", ["method", "endpoint"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
+    "Access-Control-Expose-Headers": "Synapse-Trace-Id, Server",
+}
+
+
+def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    handler: Handler = route.handler
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        result = await handler(request)
+        if isinstance(result, web.StreamResponse):
+            return result
+        code, body = result
+        return json_response(code, body)
+
+    wrapped.__name__ = getattr(handler, "__name__", "handler")
+    return wrapped
+
+
+@web.middleware
+async def matrix_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                            ) -> web.StreamResponse:
+    start = time.perf_counter()
+    info = request.match_info.route.resource
+    endpoint = info.canonical if info is not None else "unknown"
+    if request.method == "OPTIONS":
+        resp: web.StreamResponse = web.Response(status=204)
+    else:
+        try:
+            resp = await handler(request)
+        except MatrixError as e:
+            resp = json_response(e.code, e.to_json())
+        except web.HTTPRequestEntityTooLarge:
+            resp = json_response(413, {"errcode": "M_TOO_LARGE", "error": "Request body too large"})
+        except web.HTTPNotFound:
+            resp = json_response(404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
+            endpoint = "unknown"
+        except web.HTTPMethodNotAllowed:
+            resp = json_response(405, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
+        except web.HTTPException as e:
+            resp = json_response(e.status, {"errcode": "M_UNKNOWN", "error": e.reason})
+        except Exception:
+            logger.exception("request %s %s failed", request.method, request.path)
+            resp = json_response(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
+    if not resp.prepared:
+        resp.headers.update(CORS_HEADERS)
+    REQUESTS.labels(request.method, endpoint, str(resp.status)).inc()
+    LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - start)
+    return resp
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+def create_app(hs: HomeServer, listener: Listener) -> web.Application:
+    """An application serving `listener`'s resources with the routes this instance's role owns."""
+    app = web.Application(middlewares=[matrix_middleware], client_max_size=hs.config.max_request_body_size)
+    app[HS_KEY] = hs
+    resources = listener.all_resources
+    seen: set[tuple[str, str]] = set()
+    for route in routes_for_instance(hs.config, hs.instance_name):
+        if route.resource not in resources:
+            continue
+        for path in route.full_paths():
+            key = (route.method, path)
+            if key in seen:
+                continue
+            seen.add(key)
+            app.router.add_route(route.method, path, _wrap(route))
+    if "metrics" in resources:
+        app.router.add_get("/_synapse/metrics", _metrics)
+        app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    return app

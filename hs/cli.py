@@ -1,0 +1,220 @@
+"""The `hs` command: run | generate-config | check-config | migrate | register-user | routes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import hashlib
+import hmac
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+from hs.config import ConfigError, HomeserverConfig, load_config
+from hs.events.signing import SigningKey, write_signing_key_file
+
+CONFIG_TEMPLATE = """\
+# hs homeserver configuration. Key names follow Synapse's, so its documentation applies.
+
+# The domain in your users' IDs (@alice:{server_name}). It cannot be changed later.
+server_name: "{server_name}"
+
+# Where clients and other servers reach this server (used in .well-known and emails).
+public_baseurl: "http://localhost:8008/"
+
+listeners:
+  - port: 8008
+    bind_addresses: ["127.0.0.1"]
+    type: http
+    x_forwarded: true
+    resources: [client, federation]
+  # Prometheus metrics; keep it off public addresses.
+  - port: 9000
+    bind_addresses: ["127.0.0.1"]
+    type: metrics
+
+# The embedded default. For production (and for any worker cluster) use PostgreSQL:
+#   database: {{name: psycopg2, args: {{user: hs, database: hs, host: 127.0.0.1, cp_min: 5, cp_max: 10}}}}
+database:
+  name: sqlite3
+  args:
+    database: "{data_dir}/homeserver.db"
+
+signing_key_path: "{data_dir}/{server_name}.signing.key"
+media_store_path: "{data_dir}/media_store"
+
+# Registration is closed unless you open it. Open registration without verification invites spam.
+enable_registration: {enable_registration}
+enable_registration_without_verification: {enable_registration}
+# Lets `hs register-user` and /_synapse/admin/v1/register create accounts while registration is closed.
+registration_shared_secret: "{shared_secret}"
+
+default_room_version: "12"
+
+# Rate limits (per user, or per address for login): raise them for benchmarks.
+rc_message: {{per_second: 0.2, burst_count: 10}}
+rc_registration: {{per_second: 0.17, burst_count: 3}}
+rc_login:
+  address: {{per_second: 0.003, burst_count: 5}}
+  account: {{per_second: 0.003, burst_count: 5}}
+  failed_attempts: {{per_second: 0.17, burst_count: 3}}
+"""
+
+
+def _generate_config(args: argparse.Namespace) -> int:
+    out = Path(args.config_path)
+    if out.exists() and not args.force:
+        print(f"{out} exists; not overwriting (use --force)", file=sys.stderr)
+        return 1
+    data_dir = Path(args.data_dir or out.parent).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(CONFIG_TEMPLATE.format(
+        server_name=args.server_name, data_dir=data_dir, shared_secret=secrets.token_urlsafe(32),
+        enable_registration="true" if args.open_registration else "false"))
+    key_path = data_dir / f"{args.server_name}.signing.key"
+    if not key_path.exists():
+        write_signing_key_file(key_path, SigningKey.generate())
+    print(f"wrote {out} and {key_path}")
+    return 0
+
+
+def _load(path: str) -> HomeserverConfig:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    key = cfg.resolve_path(cfg.signing_key_path)
+    if not key.exists():
+        print(f"config error: signing_key_path: {key} does not exist", file=sys.stderr)
+        return 1
+    print(f"config OK: {cfg.server_name}, {len(cfg.workers)} worker(s), database {cfg.database.engine}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    instance = args.role or "main"
+    if instance != "main" and instance not in cfg.workers:
+        print(f"config error: --role {instance!r} is not in workers", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s {instance} %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from hs.runner import run_forever
+
+    asyncio.run(run_forever(cfg, instance))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from hs.db.migrations import apply_migrations
+    from hs.db.pool import make_database
+
+    async def go() -> int:
+        db = make_database(cfg.database)
+        await db.open()
+        try:
+            return await apply_migrations(db)
+        finally:
+            await db.close()
+
+    print(f"applied {asyncio.run(go())} migration(s)")
+    return 0
+
+
+def _register_user(args: argparse.Namespace) -> int:
+    """Register through the running server's shared-secret admin API, as Synapse's tool does."""
+    import json
+    import urllib.request
+
+    cfg = _load(args.config)
+    secret = cfg.get_registration_shared_secret()
+    if not secret:
+        print("config error: registration_shared_secret is not set", file=sys.stderr)
+        return 1
+    password = args.password or getpass.getpass("Password: ")
+    base = args.url.rstrip("/") + "/_synapse/admin/v1/register"
+    with urllib.request.urlopen(base) as r:
+        nonce = json.load(r)["nonce"]
+    body = {"nonce": nonce, "username": args.user, "password": password, "admin": args.admin}
+    # The MAC covers the fields joined by NUL without a trailing NUL.
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
+    mac.update(b"\x00".join(p.encode() for p in (nonce, args.user, password, "admin" if args.admin else "notadmin")))
+    body["mac"] = mac.hexdigest()
+    req = urllib.request.Request(base, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            print(f"registered {json.load(r)['user_id']}")
+    except urllib.error.HTTPError as e:
+        print(f"registration failed: {e.read().decode()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from hs.roles.proxy import render_proxy_config
+
+    print(render_proxy_config(cfg, args.format))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hs", description="hs Matrix homeserver")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the main process or a worker")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--role", help="instance name from `workers` (default: main)")
+    p.set_defaults(fn=_run)
+
+    p = sub.add_parser("generate-config", help="write a commented config and a signing key")
+    p.add_argument("--server-name", required=True)
+    p.add_argument("--config-path", "-c", default="homeserver.yaml")
+    p.add_argument("--data-dir")
+    p.add_argument("--open-registration", action="store_true", help="let anybody register (for development)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=_generate_config)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(fn=_check_config)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(fn=_migrate)
+
+    p = sub.add_parser("register-user", help="create a user through the shared-secret admin API")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--user", "-u", required=True)
+    p.add_argument("--password", "-p")
+    p.add_argument("--admin", action="store_true")
+    p.add_argument("--url", default="http://localhost:8008")
+    p.set_defaults(fn=_register_user)
+
+    p = sub.add_parser("routes", help="print reverse-proxy config for a cluster")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--format", choices=["nginx", "haproxy", "table"], default="nginx")
+    p.set_defaults(fn=_routes)
+
+    args = parser.parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Homeserver configuration: one YAML file describes a monolith or a whole worker cluster.
+
+Key names follow Synapse's (`listeners`, `database`, `instance_map`, `stream_writers`, `rc_message`,
+...) so an admin's knowledge carries over. Validation is strict: an unknown or ill-typed key is an
+error that names the key, because a silently ignored typo in production config is worse than a refusal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RESOURCE_NAMES = {"client", "federation", "media", "replication", "metrics", "keys", "health", "admin"}
+SINGLE_WRITER_STREAMS = ("typing", "to_device", "receipts", "presence", "account_data", "push_rules",
+                         "device_lists", "un_partial_stated_room")
+WORKER_APPS = {"main", "generic_worker", "federation_sender", "pusher", "media_repository",
+               "synapse.app.generic_worker", "synapse.app.federation_sender", "synapse.app.pusher",
+               "synapse.app.media_repository"}
+
+
+class ConfigError(Exception):
+    """A configuration problem; `problems` holds one line per problem, each naming the key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Listener(Strict):
+    port: int = Field(ge=0, le=65535)
+    bind_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+    type: Literal["http", "metrics"] = "http"
+    tls: bool = False
+    x_forwarded: bool = False
+    resources: list[str] = Field(default_factory=lambda: ["client"])
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _flatten_resources(cls, value: Any) -> Any:
+        """Accept Synapse's `[{names: [client, federation]}]` form as well as a plain list."""
+        if isinstance(value, list):
+            out: list[Any] = []
+            for item in value:
+                if isinstance(item, dict) and "names" in item:
+                    out.extend(item["names"])
+                else:
+                    out.append(item)
+            return out
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, value: list[str]) -> list[str]:
+        unknown = [r for r in value if r not in RESOURCE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown resource(s) {unknown}; known: {sorted(RESOURCE_NAMES)}")
+        return value
+
+    @property
+    def all_resources(self) -> set[str]:
+        res = set(self.resources)
+        if self.type == "metrics":
+            res.add("metrics")
+        return res
+
+
+class DatabaseConfig(Strict):
+    """`name: sqlite3|psycopg2` with Synapse's `args`, or the shorter `engine` + `path`/`dsn`."""
+
+    name: Literal["sqlite3", "psycopg2", "sqlite", "postgres", "postgresql"] | None = None
+    engine: Literal["sqlite", "postgres"] | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    path: str | None = None
+    dsn: str | None = None
+    cp_min: int = 2
+    cp_max: int = 10
+
+    @model_validator(mode="after")
+    def _pick_engine(self) -> DatabaseConfig:
+        if self.engine is None:
+            if self.name in ("sqlite3", "sqlite"):
+                self.engine = "sqlite"
+            elif self.name in ("psycopg2", "postgres", "postgresql"):
+                self.engine = "postgres"
+            elif self.dsn:
+                self.engine = "postgres"
+            else:
+                self.engine = "sqlite"
+        if self.engine == "sqlite" and not (self.path or self.args.get("database")):
+            raise ValueError("sqlite needs `path` (or `args.database`)")
+        return self
+
+    @property
+    def sqlite_path(self) -> str:
+        return str(self.path or self.args.get("database"))
+
+    @property
+    def postgres_dsn(self) -> str:
+        if self.dsn:
+            return self.dsn
+        a = self.args
+        user = a.get("user", "postgres")
+        pw = f":{a['password']}" if a.get("password") else ""
+        host = a.get("host", "127.0.0.1")
+        port = a.get("port", 5432)
+        db = a.get("database", a.get("dbname", "hs"))
+        return f"postgresql://{user}{pw}@{host}:{port}/{db}"
+
+
+class RedisConfig(Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 6379
+    dbid: int = 0
+    password: str | None = None
+    url: str | None = None
+
+    @property
+    def connection_url(self) -> str:
+        if self.url:
+            return self.url
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/{self.dbid}"
+
+
+class InstanceLocation(Strict):
+    host: str
+    port: int
+    tls: bool = False
+
+
+class RateLimit(Strict):
+    per_second: float = 0.2
+    burst_count: float = 10
+
+
+class LoginRateLimit(Strict):
+    address: RateLimit = Field(default_factory=lambda: RateLimit(per_second=0.003, burst_count=5))
+    account: RateLimit = Field(default_factory=lambda: RateLimit(per_second=0.003, burst_count=5))
+    failed_attempts: RateLimit = Field(default_factory=lambda: RateLimit(per_second=0.17, burst_count=3))
+
+
+class WorkerInstance(Strict):
+    app: str = "generic_worker"
+    listeners: list[Listener] = Field(default_factory=list)
+
+    @field_validator("app")
+    @classmethod
+    def _known_app(cls, value: str) -> str:
+        if value not in WORKER_APPS:
+            raise ValueError(f"unknown worker app {value!r}; known: {sorted(WORKER_APPS)}")
+        return value.removeprefix("synapse.app.")
+
+
+class StreamWriters(Strict):
+    events: list[str] = Field(default_factory=lambda: ["main"])
+    typing: list[str] = Field(default_factory=lambda: ["main"])
+    to_device: list[str] = Field(default_factory=lambda: ["main"])
+    receipts: list[str] = Field(default_factory=lambda: ["main"])
+    presence: list[str] = Field(default_factory=lambda: ["main"])
+    account_data: list[str] = Field(default_factory=lambda: ["main"])
+    push_rules: list[str] = Field(default_factory=lambda: ["main"])
+    device_lists: list[str] = Field(default_factory=lambda: ["main"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listify(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: ([v] if isinstance(v, str) else v) for k, v in data.items()}
+        return data
+
+
+class HomeserverConfig(Strict):
+    server_name: str
+    public_baseurl: str | None = None
+    pid_file: str | None = None
+    log_level: str = "INFO"
+    listeners: list[Listener] = Field(default_factory=lambda: [Listener(port=8008, resources=["client"])])
+    database: DatabaseConfig = Field(default_factory=lambda: DatabaseConfig(engine="sqlite", path="homeserver.db"))
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    signing_key_path: str = "signing.key"
+    media_store_path: str = "media_store"
+    max_upload_size: str = "50M"
+    max_request_body_size: int = 1024 * 1024 * 2
+    enable_registration: bool = False
+    enable_registration_without_verification: bool = False
+    registration_shared_secret: str | None = None
+    registration_shared_secret_path: str | None = None
+    macaroon_secret_key: str | None = None
+    form_secret: str | None = None
+    default_room_version: str = "12"
+    use_presence: bool = True
+    allow_public_rooms_without_auth: bool = False
+    require_auth_for_profile_requests: bool = False
+    bcrypt_rounds: int = 12
+    access_token_cache_size: int = 10000
+    rc_message: RateLimit = Field(default_factory=lambda: RateLimit(per_second=0.2, burst_count=10))
+    rc_registration: RateLimit = Field(default_factory=lambda: RateLimit(per_second=0.17, burst_count=3))
+    rc_login: LoginRateLimit = Field(default_factory=LoginRateLimit)
+    rc_joins: dict[str, RateLimit] = Field(default_factory=lambda: {
+        "local": RateLimit(per_second=0.1, burst_count=10),
+        "remote": RateLimit(per_second=0.01, burst_count=10),
+    })
+    # -- cluster --------------------------------------------------------------------------------------
+    instance_map: dict[str, InstanceLocation] = Field(default_factory=dict)
+    stream_writers: StreamWriters = Field(default_factory=StreamWriters)
+    workers: dict[str, WorkerInstance] = Field(default_factory=dict)
+    worker_replication_secret: str | None = None
+    worker_replication_secret_path: str | None = None
+    run_background_tasks_on: str = "main"
+    federation_sender_instances: list[str] = Field(default_factory=list)
+    pusher_instances: list[str] = Field(default_factory=list)
+    send_federation: bool = True
+    start_pushers: bool = True
+    enable_media_repo: bool = True
+    update_user_directory_from_worker: str | None = None
+    notify_appservices_from_worker: str | None = None
+    media_instance_running_background_jobs: str | None = None
+
+    # Where relative paths are resolved from (the config file's directory); not a config key.
+    config_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        if not value or any(c in value for c in "/@!#$ ") or value.count(":") > 1 and "]" not in value:
+            raise ValueError(f"{value!r} is not a valid Matrix server name")
+        return value
+
+    @field_validator("default_room_version")
+    @classmethod
+    def _room_version(cls, value: str) -> str:
+        from hs.events.room_versions import KNOWN_ROOM_VERSIONS
+
+        if value not in KNOWN_ROOM_VERSIONS:
+            raise ValueError(f"unknown room version {value!r}; known: {sorted(KNOWN_ROOM_VERSIONS, key=int)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_rules(self) -> HomeserverConfig:
+        problems: list[str] = []
+        if self.workers and self.database.engine == "sqlite":
+            problems.append("database: workers need PostgreSQL; SQLite cannot be shared between processes")
+        if self.workers and not self.redis.enabled:
+            problems.append("redis.enabled: workers replicate through Redis; set redis.enabled: true")
+        instances = {"main", *self.workers}
+        for stream in StreamWriters.model_fields:
+            writers = getattr(self.stream_writers, stream)
+            if not writers:
+                problems.append(f"stream_writers.{stream}: needs at least one writer")
+            if stream != "events" and len(writers) > 1:
+                problems.append(f"stream_writers.{stream}: only one writer is supported, got {writers}")
+            for w in writers:
+                if w not in instances:
+                    problems.append(f"stream_writers.{stream}: {w!r} is not a configured worker")
+                elif w != "main" and w not in self.instance_map:
+                    problems.append(f"stream_writers.{stream}: {w!r} is missing from instance_map")
+        if self.run_background_tasks_on not in instances:
+            problems.append(f"run_background_tasks_on: {self.run_background_tasks_on!r} is not a configured worker")
+        for key in ("federation_sender_instances", "pusher_instances"):
+            for w in getattr(self, key):
+                if w not in instances:
+                    problems.append(f"{key}: {w!r} is not a configured worker")
+        if self.workers and not (self.worker_replication_secret or self.worker_replication_secret_path):
+            for name, listener in self.all_listeners():
+                if "replication" in listener.resources and any(
+                    a not in ("127.0.0.1", "::1", "localhost") for a in listener.bind_addresses
+                ):
+                    problems.append(
+                        f"worker_replication_secret: instance {name!r} exposes a replication listener on "
+                        f"{listener.bind_addresses} without a secret"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def all_listeners(self) -> list[tuple[str, Listener]]:
+        out = [("main", listener) for listener in self.listeners]
+        for name, worker in self.workers.items():
+            out.extend((name, listener) for listener in worker.listeners)
+        return out
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.config_dir) / p
+
+    def get_replication_secret(self) -> str | None:
+        if self.worker_replication_secret:
+            return self.worker_replication_secret
+        if self.worker_replication_secret_path:
+            return self.resolve_path(self.worker_replication_secret_path).read_text().strip()
+        return None
+
+    def get_registration_shared_secret(self) -> str | None:
+        if self.registration_shared_secret:
+            return self.registration_shared_secret
+        if self.registration_shared_secret_path:
+            return self.resolve_path(self.registration_shared_secret_path).read_text().strip()
+        return None
+
+    def listeners_for(self, instance: str) -> list[Listener]:
+        if instance == "main":
+            return self.listeners
+        return self.workers[instance].listeners
+
+    def app_for(self, instance: str) -> str:
+        return "main" if instance == "main" else self.workers[instance].app
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        if loc == "(top level)" and "; " in msg:
+            problems.extend(msg.split("; "))
+        else:
+            problems.append(f"{loc}: {msg}")
+    return problems
+
+
+def parse_config(data: Any, config_dir: str = ".") -> HomeserverConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): the config must be a YAML mapping"])
+    data = dict(data)
+    data.pop("config_dir", None)
+    # Keys Synapse users commonly carry over that we accept and ignore, so a Synapse config still loads.
+    for ignored in ("report_stats", "log_config", "trusted_key_servers", "suppress_key_server_warning",
+                    "media_store_path_legacy", "enable_metrics"):
+        data.pop(ignored, None)
+    try:
+        cfg = HomeserverConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+    cfg.config_dir = config_dir
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> HomeserverConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read config file: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{p}: not valid YAML: {e}"]) from None
+    return parse_config(data, config_dir=str(p.parent.resolve()))

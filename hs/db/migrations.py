@@ -1,0 +1,57 @@
+"""Numbered schema migrations (`hs/db/migrations/NNN_name.sql`), applied in order at start-up.
+
+Several processes may start at once against one PostgreSQL; an advisory lock makes exactly one of them
+migrate while the others wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from importlib import resources
+
+from hs.db.pool import Connection, Database
+
+logger = logging.getLogger(__name__)
+
+_ENGINE_TYPES = {"postgres": {"{BLOB}": "BYTEA"}, "sqlite": {"{BLOB}": "BLOB"}}
+_MIGRATION_LOCK_ID = 0x68735F6D  # "hs_m"
+
+
+def list_migrations() -> list[tuple[int, str, str]]:
+    out = []
+    folder = resources.files("hs.db") / "migrations"
+    for entry in folder.iterdir():
+        m = re.match(r"(\d+)_.*\.sql$", entry.name)
+        if m:
+            out.append((int(m.group(1)), entry.name, entry.read_text()))
+    return sorted(out)
+
+
+def _statements(sql: str, engine: str) -> list[str]:
+    for key, value in _ENGINE_TYPES[engine].items():
+        sql = sql.replace(key, value)
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+async def apply_migrations(db: Database) -> int:
+    """Apply every migration newer than the database's version; returns how many ran."""
+
+    async def migrate(conn: Connection) -> int:
+        if conn.engine == "postgres":
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 0
+        ran = 0
+        for version, name, sql in list_migrations():
+            if version <= current:
+                continue
+            logger.info("applying migration %s", name)
+            for stmt in _statements(sql, conn.engine):
+                await conn.execute(stmt)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            ran += 1
+        return ran
+
+    return await db.run_transaction("migrate", migrate)

@@ -1,0 +1,276 @@
+"""Events, state groups, current state and memberships: reading them, and writing them for a persister.
+
+Reads are cached where the data is immutable (events by ID, state groups); current state and
+membership reads go to the database, since other writers may change them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hs.db.pool import Connection, Database
+from hs.events.event import Event, StateKey
+from hs.events.room_versions import KNOWN_ROOM_VERSIONS
+from hs.util import LruCache, json_dumps, json_loads, now_ms
+
+StateMap = dict[StateKey, str]
+# A state group chain longer than this is stored in full, bounding the cost of reading it.
+MAX_STATE_CHAIN = 50
+
+
+class EventStore:
+    def __init__(self, db: Database, rooms: Any) -> None:
+        self.db = db
+        self.rooms = rooms
+        self._event_cache: LruCache[str, Event] = LruCache(50000)
+        self._state_cache: LruCache[int, StateMap] = LruCache(5000)
+
+    # -- events --------------------------------------------------------------------------------------
+    def _row_to_event(self, row: dict[str, Any], version_id: str) -> Event:
+        ev = Event(json_loads(row["json"]), KNOWN_ROOM_VERSIONS[version_id], event_id=row["event_id"])
+        ev.internal["stream_ordering"] = row["stream_ordering"]
+        ev.internal["instance_name"] = row["instance_name"]
+        ev.internal["state_group_before"] = row["state_group_before"]
+        ev.internal["state_group_after"] = row["state_group_after"]
+        if row.get("txn_id"):
+            ev.internal["txn"] = (row["txn_device_id"], row["txn_id"])
+        if row.get("redacted_by"):
+            ev.internal["redacted_by"] = row["redacted_by"]
+        return ev
+
+    async def _rows_to_events(self, rows: list[dict[str, Any]]) -> list[Event]:
+        out = []
+        for row in rows:
+            cached = self._event_cache.get(row["event_id"])
+            if cached is not None and cached.internal.get("redacted_by") == row.get("redacted_by"):
+                out.append(cached)
+                continue
+            version = await self.rooms.get_room_version_id(row["room_id"])
+            ev = self._row_to_event(row, version)
+            self._event_cache.set(ev.event_id, ev)
+            out.append(ev)
+        return out
+
+    async def get_event(self, event_id: str) -> Event | None:
+        evs = await self.get_events([event_id])
+        return evs.get(event_id)
+
+    async def get_events(self, event_ids: list[str] | set[str] | Any) -> dict[str, Event]:
+        ids = list(dict.fromkeys(event_ids))
+        found: dict[str, Event] = {}
+        missing = []
+        for eid in ids:
+            ev = self._event_cache.get(eid)
+            if ev is not None:
+                found[eid] = ev
+            else:
+                missing.append(eid)
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            placeholders = ",".join(f"${n + 1}" for n in range(len(chunk)))
+            rows = await self.db.fetch(f"SELECT * FROM events WHERE event_id IN ({placeholders})", *chunk)
+            for ev in await self._rows_to_events(rows):
+                found[ev.event_id] = ev
+        return found
+
+    def invalidate_event(self, event_id: str) -> None:
+        self._event_cache.pop(event_id)
+
+    async def get_room_events_stream(self, room_id: str, from_pos: int, to_pos: int, limit: int,
+                                     ) -> tuple[list[Event], bool]:
+        """Newest `limit` events with from_pos < stream_ordering <= to_pos, oldest first, and whether
+        there were more (the timeline is `limited`)."""
+        rows = await self.db.fetch(
+            "SELECT * FROM events WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3"
+            " ORDER BY stream_ordering DESC LIMIT $4",
+            room_id, from_pos, to_pos, limit + 1,
+        )
+        limited = len(rows) > limit
+        evs = await self._rows_to_events(rows[:limit])
+        evs.reverse()
+        return evs, limited
+
+    async def get_rooms_with_events_between(self, room_ids: list[str], from_pos: int, to_pos: int) -> set[str]:
+        if not room_ids or from_pos >= to_pos:
+            return set()
+        rows = await self.db.fetch(
+            "SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2",
+            from_pos, to_pos)
+        wanted = set(room_ids)
+        return {r["room_id"] for r in rows if r["room_id"] in wanted}
+
+    async def paginate_room(self, room_id: str, depth: int, stream: int, backwards: bool, limit: int,
+                            to: tuple[int, int] | None = None) -> list[Event]:
+        """Events strictly before (backwards) or after (forwards) the point (depth, stream), in order."""
+        if backwards:
+            cond = "(depth < $2 OR (depth = $2 AND stream_ordering < $3))"
+            order = "DESC"
+        else:
+            cond = "(depth > $2 OR (depth = $2 AND stream_ordering > $3))"
+            order = "ASC"
+        args: list[Any] = [room_id, depth, stream, limit]
+        extra = ""
+        if to is not None:
+            if backwards:
+                extra = " AND (depth > $5 OR (depth = $5 AND stream_ordering >= $6))"
+            else:
+                extra = " AND (depth < $5 OR (depth = $5 AND stream_ordering <= $6))"
+            args += [to[0], to[1]]
+        rows = await self.db.fetch(
+            f"SELECT * FROM events WHERE room_id = $1 AND {cond}{extra}"
+            f" ORDER BY depth {order}, stream_ordering {order} LIMIT $4", *args)
+        return await self._rows_to_events(rows)
+
+    async def get_max_stream_ordering(self) -> int:
+        return int(await self.db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events") or 0)
+
+    # -- transaction IDs -----------------------------------------------------------------------------
+    async def get_event_id_for_txn(self, user_id: str, device_id: str, room_id: str, txn_id: str) -> str | None:
+        return await self.db.fetchval(
+            "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND room_id = $3"
+            " AND txn_id = $4", user_id, device_id, room_id, txn_id)
+
+    # -- state ---------------------------------------------------------------------------------------
+    async def get_state_group(self, group: int | None) -> StateMap:
+        if group is None:
+            return {}
+        cached = self._state_cache.get(group)
+        if cached is not None:
+            return cached
+        rows = await self.db.fetch(
+            "WITH RECURSIVE chain(id, prev_group, n) AS ("
+            " SELECT id, prev_group, 0 FROM state_groups WHERE id = $1"
+            " UNION ALL SELECT s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group"
+            ") SELECT c.n, g.type, g.state_key, g.event_id FROM chain c"
+            " JOIN state_groups_state g ON g.state_group = c.id ORDER BY c.n DESC",
+            group,
+        )
+        state: StateMap = {}
+        for r in rows:  # oldest first, so later deltas override
+            state[(r["type"], r["state_key"])] = r["event_id"]
+        self._state_cache.set(group, state)
+        return state
+
+    async def get_state_events_for_group(self, group: int | None,
+                                         types: list[tuple[str, str | None]] | None = None) -> dict[StateKey, Event]:
+        ids = await self.get_state_group(group)
+        if types is not None:
+            ids = {k: v for k, v in ids.items()
+                   if any(k[0] == t and (sk is None or k[1] == sk) for t, sk in types)}
+        evs = await self.get_events(list(ids.values()))
+        return {k: evs[v] for k, v in ids.items() if v in evs}
+
+    async def store_state_group(self, c: Connection, group: int, room_id: str, prev_group: int | None,
+                                delta: StateMap, full: StateMap) -> None:
+        """Write a group as a delta from prev_group, or in full when the chain grows too long."""
+        chain = 0
+        if prev_group is not None:
+            chain = int(await c.fetchval("SELECT chain_length FROM state_groups WHERE id = $1", prev_group) or 0) + 1
+        if prev_group is None or chain > MAX_STATE_CHAIN:
+            prev_group, chain, rows = None, 0, full
+        else:
+            rows = delta
+        await c.execute("INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES ($1,$2,$3,$4)",
+                        group, room_id, prev_group, chain)
+        await c.executemany(
+            "INSERT INTO state_groups_state (state_group, type, state_key, event_id) VALUES ($1,$2,$3,$4)",
+            [(group, t, sk, eid) for (t, sk), eid in rows.items()])
+        self._state_cache.set(group, dict(full))
+
+    async def get_current_state_ids(self, room_id: str) -> StateMap:
+        rows = await self.db.fetch(
+            "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = $1", room_id)
+        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+
+    async def get_current_state_event(self, room_id: str, etype: str, state_key: str = "") -> Event | None:
+        eid = await self.db.fetchval(
+            "SELECT event_id FROM current_state_events WHERE room_id = $1 AND type = $2 AND state_key = $3",
+            room_id, etype, state_key)
+        return None if eid is None else await self.get_event(eid)
+
+    async def get_forward_extremities(self, room_id: str) -> list[str]:
+        rows = await self.db.fetch("SELECT event_id FROM event_forward_extremities WHERE room_id = $1", room_id)
+        return [r["event_id"] for r in rows]
+
+    # -- membership ----------------------------------------------------------------------------------
+    async def get_membership(self, room_id: str, user_id: str) -> tuple[str, str] | None:
+        """(membership, event_id) of the user's current membership in the room."""
+        row = await self.db.fetchrow(
+            "SELECT membership, event_id FROM current_state_events"
+            " WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2", room_id, user_id)
+        return None if row is None else (row["membership"], row["event_id"])
+
+    async def get_rooms_for_user(self, user_id: str, memberships: tuple[str, ...] = ("join",)) -> dict[str, str]:
+        """room_id -> membership for the user's current memberships of the given kinds."""
+        placeholders = ",".join(f"${i + 2}" for i in range(len(memberships)))
+        rows = await self.db.fetch(
+            "SELECT room_id, membership FROM current_state_events WHERE type = 'm.room.member'"
+            f" AND state_key = $1 AND membership IN ({placeholders})", user_id, *memberships)
+        return {r["room_id"]: r["membership"] for r in rows}
+
+    async def get_joined_members(self, room_id: str) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT state_key FROM current_state_events WHERE room_id = $1 AND type = 'm.room.member'"
+            " AND membership = 'join'", room_id)
+        return [r["state_key"] for r in rows]
+
+    async def get_membership_changes(self, user_id: str, from_pos: int, to_pos: int) -> list[dict[str, Any]]:
+        return await self.db.fetch(
+            "SELECT room_id, membership, event_id, stream_ordering FROM room_memberships"
+            " WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 ORDER BY stream_ordering",
+            user_id, from_pos, to_pos)
+
+    async def is_forgotten(self, user_id: str, room_id: str) -> bool:
+        return bool(await self.db.fetchval(
+            "SELECT 1 FROM room_forgotten WHERE user_id = $1 AND room_id = $2", user_id, room_id))
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO room_forgotten (user_id, room_id) VALUES ($1,$2) ON CONFLICT DO NOTHING", user_id, room_id)
+
+    async def unforget(self, c: Connection, user_id: str, room_id: str) -> None:
+        await c.execute("DELETE FROM room_forgotten WHERE user_id = $1 AND room_id = $2", user_id, room_id)
+
+    # -- writing (event persisters only) ---------------------------------------------------------------
+    async def insert_event(self, c: Connection, event: Event, stream: int, instance: str,
+                           group_before: int | None, group_after: int | None,
+                           txn: tuple[str, str, str] | None) -> None:
+        pdu = event.pdu
+        await c.execute(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,"
+            " origin_server_ts, instance_name, state_group_before, state_group_after, membership,"
+            " txn_device_id, txn_id, json)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
+            stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
+            event.origin_server_ts, instance, group_before, group_after, event.membership,
+            txn[1] if txn else None, txn[2] if txn else None, json_dumps(pdu),
+        )
+        if txn is not None:
+            event.internal["txn"] = (txn[1], txn[2])
+        if txn is not None:
+            user_id, device_id, txn_id = txn
+            await c.execute(
+                "INSERT INTO event_txn_ids (user_id, device_id, room_id, txn_id, event_id, inserted_ts)"
+                " VALUES ($1,$2,$3,$4,$5,$6)", user_id, device_id, event.room_id, txn_id, event.event_id, now_ms())
+        await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", event.room_id)
+        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                        event.room_id, event.event_id)
+        if event.is_state():
+            await c.execute(
+                "INSERT INTO current_state_events (room_id, type, state_key, event_id, membership)"
+                " VALUES ($1,$2,$3,$4,$5) ON CONFLICT (room_id, type, state_key) DO UPDATE"
+                " SET event_id = excluded.event_id, membership = excluded.membership",
+                event.room_id, event.type, event.state_key, event.event_id, event.membership)
+        if event.membership is not None:
+            await c.execute(
+                "INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership, stream_ordering)"
+                " VALUES ($1,$2,$3,$4,$5,$6)",
+                event.event_id, event.room_id, event.state_key, event.sender, event.membership, stream)
+            if event.membership in ("join", "invite", "knock"):
+                await self.unforget(c, event.state_key or "", event.room_id)
+        redacts = event.redacts if event.type == "m.room.redaction" else None
+        if redacts:
+            await c.execute("UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3",
+                            redacts, event.event_id, event.room_id)
+        event.internal.update(stream_ordering=stream, instance_name=instance,
+                              state_group_before=group_before, state_group_after=group_after)

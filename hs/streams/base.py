@@ -1,0 +1,95 @@
+"""A stream: a totally ordered log with integer positions, written by its configured writer(s).
+
+Each process keeps, per writer, the position up to which it has seen that writer's rows committed. The
+stream's *current* position is the minimum over writers: everything at or below it is persisted and
+visible. Notifications for positions above the minimum wait until the minimum reaches them, so a
+long-poll is never woken for (and never returns) an event it then cannot see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from prometheus_client import Gauge
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+STREAM_POSITION = Gauge("hs_stream_position", "Current stream position", ["stream", "writer"])
+
+
+def stable_shard(key: str, n: int) -> int:
+    """The same shard for the same key in every process and across restarts (unlike `hash()`)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n
+
+
+class Stream:
+    NAME: ClassVar[str]
+
+    def __init__(self, hs: HomeServer, writers: list[str]) -> None:
+        self.hs = hs
+        self.writers = list(writers)
+        self.positions: dict[str, int] = dict.fromkeys(self.writers, 0)
+        # (position, users, rooms) notifications held back until the minimum reaches them.
+        self._pending: list[tuple[int, frozenset[str], frozenset[str], bool]] = []
+
+    @property
+    def is_writer(self) -> bool:
+        return self.hs.instance_name in self.writers
+
+    def current_position(self) -> int:
+        return min(self.positions.values()) if self.positions else 0
+
+    def set_initial_positions(self, positions: dict[str, int]) -> None:
+        for writer in self.writers:
+            self.positions[writer] = positions.get(writer, self.positions.get(writer, 0))
+        self._update_notifier()
+
+    def on_position(self, writer: str, position: int, users: frozenset[str] = frozenset(),
+                    rooms: frozenset[str] = frozenset(), everyone: bool = False,
+                    notify_at: int | None = None) -> None:
+        """Apply a writer's persisted-up-to position (local or from replication) and wake waiters.
+
+        `notify_at` is the position of the row the users/rooms are about; it can be above `position`
+        when the writer committed it while an earlier position is still in flight.
+        """
+        if writer not in self.positions:
+            logger.warning("stream %s: position from unknown writer %s", self.NAME, writer)
+            return
+        if position > self.positions[writer]:
+            self.positions[writer] = position
+            STREAM_POSITION.labels(self.NAME, writer).set(position)
+        if users or rooms or everyone:
+            self._pending.append((notify_at if notify_at is not None else position, users, rooms, everyone))
+        self._update_notifier()
+
+    def _update_notifier(self) -> None:
+        current = self.current_position()
+        notifier = self.hs.notifier
+        if not self._pending:
+            notifier.advance(self.NAME, current)
+            return
+        ready = [p for p in self._pending if p[0] <= current]
+        self._pending = [p for p in self._pending if p[0] > current]
+        if not ready:
+            notifier.advance(self.NAME, current)
+        users: set[str] = set()
+        rooms: set[str] = set()
+        everyone = False
+        for _pos, u, r, e in ready:
+            users |= u
+            rooms |= r
+            everyone = everyone or e
+        notifier.notify(self.NAME, current, users=users, rooms=rooms, everyone=everyone)
+
+    async def publish(self, position: int, **data: Any) -> None:
+        """Tell every process (this one included) that this writer has persisted up to `position`."""
+        await self.hs.replication.publish(self.NAME, self.hs.instance_name, position, data)
+
+    def handle_message(self, msg: dict[str, Any]) -> None:
+        self.on_position(msg["instance"], int(msg["position"]), frozenset(msg.get("users", ())),
+                              frozenset(msg.get("rooms", ())), bool(msg.get("everyone", False)),
+                         msg.get("row_position"))

@@ -1,0 +1,113 @@
+"""Stream position allocation and the "persisted up to" watermark of one writer.
+
+A writer may allocate positions 5 and 6 for two rooms and commit 6 first. Readers must never be told
+6 before 5 is committed, or a /sync could skip event 5 forever. `PositionTracker` hands out positions
+and reports the highest position below which nothing is still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from hs.db.pool import Database
+
+
+class PositionSource:
+    """Where new positions come from: a PostgreSQL sequence (shared by writers) or a local counter."""
+
+    async def next(self) -> int:
+        raise NotImplementedError
+
+    async def last(self) -> int:
+        """The highest position ever handed out (by anybody)."""
+        raise NotImplementedError
+
+
+class LocalCounter(PositionSource):
+    def __init__(self, start: int) -> None:
+        self._value = start
+
+    async def next(self) -> int:
+        self._value += 1
+        return self._value
+
+    async def last(self) -> int:
+        return self._value
+
+
+class PostgresSequence(PositionSource):
+    def __init__(self, db: Database, name: str) -> None:
+        self._db = db
+        self._name = name
+
+    async def setup(self, minimum: int) -> None:
+        await self._db.execute(f"CREATE SEQUENCE IF NOT EXISTS {self._name}")
+        current = await self._db.fetchval(f"SELECT last_value FROM {self._name}")
+        if current < minimum:
+            await self._db.fetchval(f"SELECT setval('{self._name}', $1)", minimum)
+
+    async def next(self) -> int:
+        return int(await self._db.fetchval(f"SELECT nextval('{self._name}')"))
+
+    async def last(self) -> int:
+        return int(await self._db.fetchval(f"SELECT last_value FROM {self._name}"))
+
+
+async def make_position_source(db: Database, name: str, table: str, column: str) -> PositionSource:
+    maximum = int(await db.fetchval(f"SELECT COALESCE(MAX({column}), 0) FROM {table}") or 0)
+    if db.engine == "postgres":
+        seq = PostgresSequence(db, f"{name}_seq")
+        await seq.setup(max(maximum, 1))
+        return seq
+    return LocalCounter(maximum)
+
+
+class PositionTracker:
+    """Allocates positions for one writer and tracks its persisted-up-to watermark."""
+
+    def __init__(self, source: PositionSource, start: int) -> None:
+        self._source = source
+        self._in_flight: set[int] = set()
+        self._persisted = start
+        self._max_done = start
+        self._lock = asyncio.Lock()
+        self.on_advance: Callable[[int], Awaitable[None] | None] | None = None
+
+    @property
+    def persisted_upto(self) -> int:
+        return self._persisted
+
+    @asynccontextmanager
+    async def allocate(self) -> AsyncIterator[int]:
+        """Yield a new position; when the block exits (committed or failed) the watermark may move."""
+        async with self._lock:
+            pos = await self._source.next()
+            self._in_flight.add(pos)
+        try:
+            yield pos
+        finally:
+            self._in_flight.discard(pos)
+            self._max_done = max(self._max_done, pos)
+            self._recompute()
+
+    def _recompute(self) -> None:
+        new = (min(self._in_flight) - 1) if self._in_flight else self._max_done
+        if new > self._persisted:
+            self._persisted = new
+
+    async def advance_idle(self) -> bool:
+        """With nothing in flight, claim every position the shared source has handed out so far.
+
+        Safe because the source is monotonic: this writer will never allocate below it again. Lets an
+        idle writer stop holding back the minimum position readers can serve.
+        """
+        if self._in_flight:
+            return False
+        last = await self._source.last()
+        if self._in_flight or last <= self._persisted:
+            return False
+        self._max_done = max(self._max_done, last)
+        self._recompute()
+        return True

@@ -1,0 +1,67 @@
+"""Small helpers shared across the server: time, random IDs, JSON, an LRU cache."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def random_string(length: int, alphabet: str = _ALNUM) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def json_dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def json_loads(data: str | bytes) -> Any:
+    return orjson.loads(data)
+
+
+class LruCache(Generic[K, V]):
+    """A bounded dict that evicts the least recently used entry."""
+
+    def __init__(self, max_size: int) -> None:
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self.max_size = max_size
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        try:
+            self._data.move_to_end(key)
+            return self._data[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._data
+
+    def set(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_size:
+            self._data.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def invalidate_where(self, predicate: Any) -> None:
+        for k in [k for k, v in self._data.items() if predicate(k, v)]:
+            del self._data[k]
+
+    def clear(self) -> None:
+        self._data.clear()

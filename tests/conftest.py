@@ -1,0 +1,86 @@
+"""Shared fixtures: a real PostgreSQL server (machine's or throwaway), and in-process homeservers
+serving real HTTP on a free port, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.harness import TestHomeServer
+from tests.services import ThrowawayPostgres, port_open
+
+
+@pytest.fixture(scope="session")
+def pg_base_dsn() -> Iterator[str]:
+    env = os.environ.get("HS_TEST_POSTGRES")
+    if env:
+        yield env
+        return
+    if port_open("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432"
+        return
+    server = ThrowawayPostgres()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def pg_dsn(pg_base_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = "hs_test_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(pg_base_dsn + "/postgres")
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    try:
+        yield f"{pg_base_dsn}/{name}"
+    finally:
+        conn = await asyncpg.connect(pg_base_dsn + "/postgres")
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def make_server(tmp_path: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Factory: `await make_server(engine, **config)` -> a running TestHomeServer."""
+    started: list[TestHomeServer] = []
+
+    async def factory(engine: str = "sqlite", **config: Any) -> TestHomeServer:
+        dsn = None
+        if engine == "postgres":
+            base = request.getfixturevalue("pg_base_dsn")
+            name = "hs_test_" + uuid.uuid4().hex[:12]
+            conn = await asyncpg.connect(base + "/postgres")
+            await conn.execute(f"CREATE DATABASE {name}")
+            await conn.close()
+            dsn = f"{base}/{name}"
+        srv = TestHomeServer(tmp_path / f"hs{len(started)}", engine, dsn, config)
+        await srv.start()
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in started:
+        await srv.stop()
+        if srv.dsn:
+            base, name = srv.dsn.rsplit("/", 1)
+            conn = await asyncpg.connect(base + "/postgres")
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await conn.close()
+
+
+@pytest.fixture
+async def server(make_server: Any, engine: str) -> TestHomeServer:
+    """A homeserver with open registration, on each engine in turn."""
+    return await make_server(engine)

@@ -1,0 +1,128 @@
+"""An in-process homeserver on a real TCP port, plus a small raw HTTP client for integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from hs.app import create_app
+from hs.config import parse_config
+from hs.events.signing import SigningKey
+from hs.server import HomeServer
+from tests.services import free_port
+
+# Limits high enough that tests never trip them unless they mean to.
+OPEN_LIMITS = {"per_second": 1000, "burst_count": 1000}
+
+
+class TestHomeServer:
+    __test__ = False
+
+    def __init__(self, data_dir: Path, engine: str, dsn: str | None, overrides: dict[str, Any]) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.dsn = dsn
+        self.port = free_port()
+        db = {"engine": "postgres", "dsn": dsn} if engine == "postgres" else {
+            "engine": "sqlite", "path": str(data_dir / "hs.db")}
+        raw: dict[str, Any] = {
+            "server_name": "test.local",
+            "listeners": [{"port": self.port, "resources": ["client", "federation", "metrics"]}],
+            "database": db,
+            "enable_registration": True,
+            "enable_registration_without_verification": True,
+            "registration_shared_secret": "shared-secret",
+            "bcrypt_rounds": 4,
+            "rc_message": OPEN_LIMITS,
+            "rc_registration": OPEN_LIMITS,
+            "rc_login": {"address": OPEN_LIMITS, "account": OPEN_LIMITS, "failed_attempts": OPEN_LIMITS},
+            "rc_joins": {"local": OPEN_LIMITS, "remote": OPEN_LIMITS},
+        }
+        raw.update(overrides)
+        self.config = parse_config(raw, config_dir=str(data_dir))
+        self.hs = HomeServer(self.config, "main", signing_key=SigningKey.generate())
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        await self.hs.start()
+        app = create_app(self.hs, self.config.listeners[0])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.hs.stop()
+
+    def client(self) -> Client:
+        return Client(self.base_url)
+
+
+class Client:
+    """Raw Client-Server API calls; returns (status, json) so tests can check errors exactly."""
+
+    __test__ = False
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.token: str | None = None
+        self.user_id: str | None = None
+        self.device_id: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                      params: dict[str, str] | None = None, auth: bool = True) -> tuple[int, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {}
+        if auth and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        url = self.base_url + (path if path.startswith("/_") else "/_matrix/client/v3" + path)
+        kwargs: dict[str, Any] = {"headers": headers, "params": params}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif body is not None:
+            kwargs["json"] = body
+        async with self._session.request(method, url, **kwargs) as resp:
+            try:
+                data = await resp.json(content_type=None)
+            except Exception:
+                data = await resp.text()
+            return resp.status, data
+
+    async def register(self, username: str, password: str = "password123") -> dict[str, Any]:
+        body = {"username": username, "password": password, "auth": {"type": "m.login.dummy"}}
+        status, data = await self.request("POST", "/register", body, auth=False)
+        assert status == 200, data
+        self.token, self.user_id, self.device_id = data["access_token"], data["user_id"], data["device_id"]
+        return data
+
+    async def create_room(self, **body: Any) -> str:
+        status, data = await self.request("POST", "/createRoom", body)
+        assert status == 200, data
+        return str(data["room_id"])
+
+    async def send_message(self, room_id: str, text: str, txn_id: str | None = None) -> str:
+        import uuid
+
+        txn = txn_id or uuid.uuid4().hex
+        status, data = await self.request("PUT", f"/rooms/{room_id}/send/m.room.message/{txn}",
+                                          {"msgtype": "m.text", "body": text})
+        assert status == 200, data
+        return str(data["event_id"])
+
+    async def sync(self, since: str | None = None, timeout: int = 0, **params: str) -> dict[str, Any]:
+        q = {"timeout": str(timeout), **params}
+        if since:
+            q["since"] = since
+        status, data = await self.request("GET", "/sync", params=q)
+        assert status == 200, data
+        return data  # type: ignore[no-any-return]
