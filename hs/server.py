@@ -35,7 +35,15 @@ class HomeServer:
         self._signing_key = signing_key
         self.db: Database = make_database(config.database)
         self.notifier = Notifier()
-        self.replication: ReplicationTransport = InProcessTransport()
+        self.replication: ReplicationTransport
+        if config.redis.enabled:
+            from hs.replication.redis import RedisTransport
+
+            redis_transport = RedisTransport(config.redis.connection_url, config.server_name)
+            redis_transport.on_reconnect(self._catch_up)
+            self.replication = redis_transport
+        else:
+            self.replication = InProcessTransport()
         self.state_group_ids: PositionSource
         self.events_stream = EventsStream(self)
         self._started = False
@@ -129,6 +137,10 @@ class HomeServer:
         self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
         await self.events_stream.setup()
         self._started = True
+
+    async def _catch_up(self) -> None:
+        """After a replication outage: re-read persisted positions and wake every waiter to re-check."""
+        await self.events_stream.catch_up()
 
     def _on_events_message(self, msg: dict[str, Any]) -> None:
         if msg.get("redacts"):

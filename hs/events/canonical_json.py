@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -29,14 +29,9 @@ class CanonicalJsonError(ValueError):
 
 _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
-# A JSON string token in orjson output. The UTF-8 continuation bytes of non-ASCII characters never
-# equal '"' or '\\', so a byte regex is safe.
-_STRING_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"')
-# Outside strings orjson writes floats as "1.0", "1e+16", "1e-7", "-0.0" (a digit then '.' or 'e'),
-# and NaN/Infinity as "null" (indistinguishable from None, so "null" needs a closer look).
-_FLOAT_HINT = re.compile(rb"\d[.eE]")
 # orjson.loads turns integers that do not fit in 64 bits into floats, silently losing precision.
 _LONG_DIGIT_RUN = re.compile(rb"\d{19,}")
+_SCALAR_TYPES = frozenset({str, int, bool, type(None)})
 
 
 def _orjson_default(obj: Any) -> Any:
@@ -57,25 +52,38 @@ def encode_canonical_json(obj: Any) -> bytes:
         out = orjson.dumps(obj, default=_orjson_default, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: >64-bit ints, deep nesting, non-str keys, bad types
         return _encode_slow(obj)
-    rest = _STRING_TOKEN.sub(b"", out)
-    if _FLOAT_HINT.search(rest):
+    # orjson happily writes floats (NaN even as "null"); a type walk is cheaper than parsing the
+    # output back. It runs after orjson so cyclic input has already been refused.
+    if _contains_float(obj):
         raise CanonicalJsonError("floats are not allowed in canonical JSON")
-    if b"null" in rest:
-        _reject_floats(obj)  # NaN/Infinity are written as null by orjson
     return out
 
 
-def _reject_floats(obj: Any) -> None:
-    """Walk ``obj`` and raise on any float (used only when orjson's output cannot tell)."""
+def _contains_float(obj: Any) -> bool:
+    """True if any value in the JSON-like ``obj`` is a float. Iterative: no recursion limit."""
+    if isinstance(obj, float):
+        return True
     stack = [obj]
     while stack:
         value = stack.pop()
-        if isinstance(value, float):
-            raise CanonicalJsonError("floats are not allowed in canonical JSON")
-        if isinstance(value, Mapping):
-            stack.extend(value.values())
+        items: Iterable[Any]
+        if type(value) is dict or isinstance(value, Mapping):
+            items = value.values()
         elif isinstance(value, list | tuple):
-            stack.extend(value)
+            items = value
+        else:
+            continue
+        for item in items:
+            kind = type(item)
+            if kind in _SCALAR_TYPES:
+                continue
+            if kind is dict or kind is list:
+                stack.append(item)
+            elif isinstance(item, float):
+                return True
+            elif isinstance(item, Mapping | list | tuple):
+                stack.append(item)
+    return False
 
 
 def _normalise_for_stdlib(obj: Any) -> Any:

@@ -187,13 +187,14 @@ class EventSender:
         assert stream.tracker is not None, "only an events writer persists events"
         group_after = group_before
         full_after = state_before
+        new_group: int | None = None
         if event.is_state():
-            group_after = await self.hs.state_group_ids.next()
+            new_group = group_after = await self.hs.state_group_ids.next()
             full_after = {**state_before, event.state_tuple: event.event_id}
         async with stream.tracker.allocate() as pos:
             async def write(c: Any) -> None:
-                if event.is_state():
-                    await self.store.store_state_group(c, group_after, event.room_id, group_before,
+                if new_group is not None:
+                    await self.store.store_state_group(c, new_group, event.room_id, group_before,
                                                        {event.state_tuple: event.event_id}, full_after)
                 await self.store.insert_event(c, event, pos, self.hs.instance_name, group_before, group_after, txn)
                 await c.execute(

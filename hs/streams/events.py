@@ -32,6 +32,14 @@ class EventsStream(Stream):
             start = stored.get(self.hs.instance_name, maximum if len(self.writers) == 1 else 0)
             self.tracker = PositionTracker(source, start)
 
+    async def catch_up(self) -> None:
+        """Apply every writer's persisted position from the database (messages may have been lost)."""
+        rows = await self.hs.db.fetch(
+            "SELECT instance_name, position FROM stream_positions WHERE stream_name = 'events'")
+        for r in rows:
+            if r["instance_name"] in self.positions:
+                self.on_position(r["instance_name"], int(r["position"]), everyone=True)
+
     def writer_for_room(self, room_id: str) -> str:
         return self.writers[stable_shard(room_id, len(self.writers))]
 

@@ -247,7 +247,7 @@ def test_every_signing_vector_in_spec_file(spec_key: SigningKey) -> None:
 
 
 def test_signature_ignores_unsigned_and_keeps_it(spec_key: SigningKey) -> None:
-    obj = {"one": 1, "two": "Two", "unsigned": {"age_ts": 922834800000}}
+    obj: dict[str, Any] = {"one": 1, "two": "Two", "unsigned": {"age_ts": 922834800000}}
     sign_json(obj, SERVER_NAME, spec_key)
     assert obj["unsigned"] == {"age_ts": 922834800000}
     assert obj["signatures"]["domain"]["ed25519:1"].startswith("KqmLSbO39/")
@@ -378,7 +378,7 @@ def test_v11_signs_a_different_redacted_form(spec_key: SigningKey) -> None:
 
 @pytest.mark.parametrize("rv", [V10, V11], ids=lambda rv: "v" + rv.identifier)
 def test_member_event_signature_depends_on_version_rules(spec_key: SigningKey, rv: RoomVersion) -> None:
-    pdu = {
+    pdu: dict[str, Any] = {
         "type": "m.room.member",
         "state_key": "@a:domain",
         "sender": "@a:domain",
@@ -431,3 +431,14 @@ def test_sign_event_adds_hash_when_missing(spec_key: SigningKey) -> None:
     del pdu["hashes"]
     sign_event(pdu, SERVER_NAME, spec_key, V10)
     assert pdu == SPEC_MINIMAL_SIGNED
+
+
+def test_sign_event_keeps_an_existing_content_hash(spec_key: SigningKey) -> None:
+    """Co-signing a copy whose content was redacted on the way must not replace the creator's hash."""
+    original = sign_event(_spec_message_event(), SERVER_NAME, spec_key, V10)
+    redacted = redact_pdu(original, V10)
+    other = SigningKey.generate("b")
+    sign_event(redacted, "other.org", other, V10)
+    assert redacted["hashes"] == SPEC_MESSAGE_SIGNED["hashes"]
+    verify_event_signature(redacted, V10, SERVER_NAME, KEY_ID, spec_key.verify_key)
+    verify_event_signature(redacted, V10, "other.org", "ed25519:b", other.verify_key)

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Send throughput and /sync wake-up latency, on SQLite and PostgreSQL (figures, not a test).
+
+  .venv/bin/python bench/bench_send_sync.py                      # start hs on sqlite and postgres
+  .venv/bin/python bench/bench_send_sync.py --engines postgres
+  .venv/bin/python bench/bench_send_sync.py --target http://127.0.0.1:8008 --shared-secret S
+        # any running homeserver with Synapse's shared-secret admin registration (Synapse included)
+
+Workloads:
+  send: 16 concurrent senders PUT messages into one room for --duration seconds -> events/s, p50/p99.
+  wake: a receiver long-polls /sync; a sender PUTs a message; time from the PUT starting until the
+        receiver's /sync returns with it -> p50/p99 over --trials trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+HS_BIN = ROOT / ".venv" / "bin" / "hs"
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+class User:
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str, user_id: str) -> None:
+        self.s, self.base, self.token, self.user_id = session, base, token, user_id
+
+    async def call(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        async with self.s.request(method, self.base + "/_matrix/client/v3" + path, json=body, params=params,
+                                  headers={"Authorization": f"Bearer {self.token}"}) as r:
+            data = await r.json(content_type=None)
+            if r.status != 200:
+                raise RuntimeError(f"{method} {path}: {r.status} {data}")
+            return data
+
+
+async def register(session: aiohttp.ClientSession, base: str, secret: str, name: str) -> User:
+    url = base + "/_synapse/admin/v1/register"
+    async with session.get(url) as r:
+        nonce = (await r.json())["nonce"]
+    mac = hmac.new(secret.encode(), b"\x00".join(x.encode() for x in (nonce, name, "benchpass1", "notadmin")),
+                   hashlib.sha1).hexdigest()
+    async with session.post(url, json={"nonce": nonce, "username": name, "password": "benchpass1",
+                                       "admin": False, "mac": mac}) as r:
+        data = await r.json()
+        if r.status != 200:
+            raise RuntimeError(f"register {name}: {data}")
+    return User(session, base, data["access_token"], data["user_id"])
+
+
+async def bench_send(users: list[User], room_id: str, duration: float) -> dict[str, float]:
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + duration
+
+    async def sender(u: User) -> None:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            await u.call("PUT", f"/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
+                         {"msgtype": "m.text", "body": "benchmark"})
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(sender(u) for u in users))
+    elapsed = time.perf_counter() - t0
+    return {"events": len(latencies), "events_per_s": len(latencies) / elapsed,
+            "p50_ms": pct(latencies, 50) * 1000, "p99_ms": pct(latencies, 99) * 1000}
+
+
+async def bench_wake(sender: User, receiver: User, room_id: str, trials: int) -> dict[str, float]:
+    since = (await receiver.call("GET", "/sync", params={"timeout": "0"}))["next_batch"]
+    latencies = []
+    for i in range(trials):
+        body = f"wake {i} {uuid.uuid4().hex}"
+        poll = asyncio.create_task(receiver.call("GET", "/sync", params={"timeout": "30000", "since": since}))
+        await asyncio.sleep(0.05)  # let the long-poll park on the server
+        t0 = time.perf_counter()
+        await sender.call("PUT", f"/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
+                          {"msgtype": "m.text", "body": body})
+        while True:
+            result = await poll
+            t1 = time.perf_counter()
+            since = result["next_batch"]
+            events = result.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {}).get("events", [])
+            if any(e.get("content", {}).get("body") == body for e in events):
+                break
+            poll = asyncio.create_task(receiver.call("GET", "/sync", params={"timeout": "30000", "since": since}))
+        latencies.append(t1 - t0)
+    return {"trials": trials, "p50_ms": pct(latencies, 50) * 1000, "p99_ms": pct(latencies, 99) * 1000}
+
+
+async def run_workloads(base: str, secret: str, senders: int, duration: float, trials: int) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as s:
+        users = [await register(s, base, secret, f"bench{tag}{i}") for i in range(senders + 1)]
+        owner = users[0]
+        room = await owner.call("POST", "/createRoom", {"preset": "public_chat", "name": "bench"})
+        room_id = room["room_id"]
+        for u in users[1:]:
+            await u.call("POST", f"/join/{room_id}", {})
+        send = await bench_send(users[1:], room_id, duration)
+        wake = await bench_wake(users[1], owner, room_id, trials)
+        return {"send": send, "wake": wake}
+
+
+def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    port = 18008 + (1 if engine == "postgres" else 0)
+    cfg = workdir / f"{engine}.yaml"
+    subprocess.run([str(HS_BIN), "generate-config", "--server-name", "bench.local", "--config-path", str(cfg),
+                    "--data-dir", str(workdir / engine), "--force"], check=True, stdout=subprocess.DEVNULL)
+    text = cfg.read_text().replace("port: 8008", f"port: {port}").replace("port: 9000", f"port: {port + 1000}")
+    open_limits = "{per_second: 100000, burst_count: 100000}"
+    for key in ("rc_message", "rc_registration"):
+        text = text.replace(f"{key}: {{per_second: 0.2, burst_count: 10}}", f"{key}: {open_limits}")
+        text = text.replace(f"{key}: {{per_second: 0.17, burst_count: 3}}", f"{key}: {open_limits}")
+    text = text.replace("{per_second: 0.003, burst_count: 5}", open_limits).replace(
+        "{per_second: 0.17, burst_count: 3}", open_limits)
+    if engine == "postgres":
+        dbname = "hs_bench_" + uuid.uuid4().hex[:8]
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {dbname}"],
+                       check=True, stdout=subprocess.DEVNULL)
+        start = text.index("database:")
+        end = text.index("signing_key_path")
+        text = text[:start] + f"database:\n  engine: postgres\n  dsn: postgresql://postgres@127.0.0.1/{dbname}\n\n" + text[end:]
+    secret = text.split('registration_shared_secret: "')[1].split('"')[0]
+    cfg.write_text(text)
+    proc = subprocess.Popen([str(HS_BIN), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            import urllib.request
+
+            urllib.request.urlopen(base + "/_matrix/client/versions", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.1)
+    return proc, base, secret
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--engines", default="sqlite,postgres")
+    ap.add_argument("--target", help="benchmark an already running server instead")
+    ap.add_argument("--shared-secret", default=os.environ.get("BENCH_SHARED_SECRET", ""))
+    ap.add_argument("--senders", type=int, default=16)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--trials", type=int, default=100)
+    args = ap.parse_args()
+    if args.target:
+        res = asyncio.run(run_workloads(args.target, args.shared_secret, args.senders, args.duration, args.trials))
+        print(f"target {args.target}: {res}")
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="hs-bench-"))
+    for engine in args.engines.split(","):
+        proc, base, secret = start_hs(engine, workdir)
+        try:
+            res = asyncio.run(run_workloads(base, secret, args.senders, args.duration, args.trials))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        send, wake = res["send"], res["wake"]
+        print(f"hs/{engine}: send {send['events_per_s']:.0f} events/s ({send['events']} events, "
+              f"p50 {send['p50_ms']:.1f} ms, p99 {send['p99_ms']:.1f} ms); "
+              f"sync wake-up p50 {wake['p50_ms']:.2f} ms, p99 {wake['p99_ms']:.2f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

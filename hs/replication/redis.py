@@ -1,0 +1,118 @@
+"""Stream positions over Redis pub/sub (`redis.asyncio`), for worker clusters.
+
+One channel per stream (`hs.<server_name>.stream.<name>`), so a process subscribes only to the streams
+it consumes. Messages are JSON objects with named fields and a version. Pub/sub loses what is sent
+while a subscriber is disconnected, so after every (re)connect `on_reconnect` handlers run: each
+stream catches up from the database before serving from newer positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from hs.replication.transport import MESSAGE_VERSION, Handler, ReplicationTransport
+
+logger = logging.getLogger(__name__)
+
+
+class RedisTransport(ReplicationTransport):
+    def __init__(self, url: str, server_name: str) -> None:
+        self.url = url
+        self.prefix = f"hs.{server_name}.stream."
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._reconnect_handlers: list[Callable[[], Awaitable[None]]] = []
+        self._pub: aioredis.Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    def subscribe(self, stream: str, handler: Handler) -> None:
+        self._handlers[stream].append(handler)
+
+    def on_reconnect(self, handler: Callable[[], Awaitable[None]]) -> None:
+        self._reconnect_handlers.append(handler)
+
+    async def start(self) -> None:
+        self._pub = aioredis.from_url(self.url)
+        self._task = asyncio.create_task(self._listen())
+        await asyncio.wait_for(self._subscribed.wait(), 30)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._pub is not None:
+            await self._pub.aclose()
+
+    async def publish(self, stream: str, instance: str, position: int, data: dict[str, Any]) -> None:
+        msg = {"v": MESSAGE_VERSION, "stream": stream, "instance": instance, "position": position, **data}
+        assert self._pub is not None
+        for attempt in range(5):
+            try:
+                await self._pub.publish(self.prefix + stream, orjson.dumps(msg))
+                return
+            except (aioredis.ConnectionError, OSError):
+                logger.warning("redis publish failed (attempt %d); retrying", attempt + 1)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        # Readers catch up from the database on their next reconnect or poll; the row is committed.
+        logger.error("could not publish %s position %d to redis", stream, position)
+
+    async def _listen(self) -> None:
+        channels = [self.prefix + s for s in self._handlers]
+        first = True
+        while True:
+            client = aioredis.from_url(self.url)
+            pubsub = client.pubsub()
+            try:
+                if channels:
+                    await pubsub.subscribe(*channels)
+                if not first:
+                    for handler in self._reconnect_handlers:
+                        await handler()
+                first = False
+                self._subscribed.set()
+                async for raw in pubsub.listen():
+                    if raw.get("type") != "message":
+                        continue
+                    await self._dispatch(raw["channel"], raw["data"])
+                if not channels:
+                    await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # connection lost: back off, reconnect, catch up
+                logger.warning("redis subscription lost (%s); reconnecting", e)
+                self._subscribed.set()
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+
+    async def _dispatch(self, channel: bytes | str, data: bytes) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        stream = name.removeprefix(self.prefix)
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            logger.warning("ignoring malformed replication message on %s", name)
+            return
+        if not isinstance(msg, dict) or msg.get("v", 0) > MESSAGE_VERSION and "position" not in msg:
+            return
+        for handler in self._handlers.get(stream, ()):
+            try:
+                result = handler(msg)
+                if result is not None:
+                    await result
+            except Exception:
+                logger.exception("replication handler for %s failed", stream)

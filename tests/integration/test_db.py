@@ -1,0 +1,93 @@
+"""The database layer on real SQLite and PostgreSQL: migrations, placeholders, transaction retries."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hs.db.migrations import apply_migrations
+from hs.db.pool import Database, PostgresDatabase, SqliteDatabase
+
+
+@pytest.fixture
+async def db(engine: str, tmp_path: Any, request: pytest.FixtureRequest) -> Any:
+    dsn = None
+    if engine == "postgres":
+        dsn = await _fresh_pg(request)
+        database: Database = PostgresDatabase(dsn)
+    else:
+        database = SqliteDatabase(str(tmp_path / "t.db"))
+    await database.open()
+    yield database
+    await database.close()
+    if dsn:
+        import asyncpg
+
+        base, name = dsn.rsplit("/", 1)
+        conn = await asyncpg.connect(base + "/postgres")
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.close()
+
+
+async def _fresh_pg(request: pytest.FixtureRequest) -> str:
+    import uuid
+
+    import asyncpg
+
+    base = request.getfixturevalue("pg_base_dsn")
+    name = "hs_test_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(base + "/postgres")
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    return f"{base}/{name}"
+
+
+async def test_migrations_apply_once(db: Database) -> None:
+    assert await apply_migrations(db) >= 1
+    assert await apply_migrations(db) == 0
+    assert await db.fetchval("SELECT COUNT(*) FROM users") == 0
+
+
+async def test_placeholders_and_rows(db: Database) -> None:
+    await apply_migrations(db)
+    await db.execute("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)", "@a:x", "A")
+    await db.execute("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)", "@b:x", None)
+    rows = await db.fetch("SELECT user_id, displayname FROM profiles WHERE user_id = $2 OR user_id = $1"
+                          " ORDER BY user_id", "@a:x", "@b:x")
+    assert rows == [{"user_id": "@a:x", "displayname": "A"}, {"user_id": "@b:x", "displayname": None}]
+
+
+async def test_failed_transaction_rolls_back(db: Database) -> None:
+    await apply_migrations(db)
+
+    async def txn(c: Any) -> None:
+        await c.execute("INSERT INTO profiles (user_id) VALUES ($1)", "@gone:x")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await db.run_transaction("t", txn)
+    assert await db.fetchval("SELECT COUNT(*) FROM profiles") == 0
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+async def test_serialization_failures_are_retried(db: Database) -> None:
+    """Two SERIALIZABLE transactions incrementing one row conflict; both must still succeed."""
+    await apply_migrations(db)
+    await db.execute("INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('t', 'x', 0)")
+    barrier = asyncio.Barrier(2)
+    attempts = 0
+
+    async def bump(c: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        await c.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        pos = await c.fetchval("SELECT position FROM stream_positions WHERE stream_name = 't'")
+        if attempts <= 2:
+            await barrier.wait()
+        await c.execute("UPDATE stream_positions SET position = $1 WHERE stream_name = 't'", pos + 1)
+
+    await asyncio.gather(db.run_transaction("bump", bump), db.run_transaction("bump", bump))
+    assert await db.fetchval("SELECT position FROM stream_positions WHERE stream_name = 't'") == 2
+    assert attempts >= 3
