@@ -148,8 +148,12 @@ def _register_user(args: argparse.Namespace) -> int:
         return 1
     password = args.password or getpass.getpass("Password: ")
     base = args.url.rstrip("/") + "/_synapse/admin/v1/register"
-    with urllib.request.urlopen(base) as r:
-        nonce = json.load(r)["nonce"]
+    try:
+        with urllib.request.urlopen(base) as r:
+            nonce = json.load(r)["nonce"]
+    except (OSError, ValueError, KeyError) as e:
+        print(f"cannot reach {base}: {e}", file=sys.stderr)
+        return 1
     body = {"nonce": nonce, "username": args.user, "password": password, "admin": args.admin}
     # The MAC covers the fields joined by NUL without a trailing NUL.
     mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)

@@ -508,7 +508,7 @@ def _check_join(event: Event, auth_events: StateMap) -> None:
 def _is_restricted(join_rule: str, rv: RoomVersion) -> bool:
     """Whether the join rule lets a resident server authorise joins in this room version."""
     return (join_rule == "restricted" and rv.restricted_join_rule) or (
-        join_rule == "knock_restricted"
+        join_rule == "knock_restricted" and rv.knock_restricted_join_rule
     )
 
 

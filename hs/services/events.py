@@ -58,6 +58,9 @@ class EventSender:
         self.hs = hs
         self.store = hs.event_store
         self.locks = RoomLocks()
+        # The latest event of each room this writer persisted: the next event's prev_event. Only the
+        # room's writer changes it (under the room lock), so the cache cannot go stale.
+        self._heads: dict[str, list[Event]] = {}
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -126,8 +129,10 @@ class EventSender:
 
     async def _build(self, rv: RoomVersion, room_id: str, sender: str, etype: str, content: JsonDict,
                      state_key: str | None, redacts: str | None) -> tuple[Event, int | None, dict[StateKey, str]]:
-        prev_ids = await self.store.get_forward_extremities(room_id)
-        prevs = list((await self.store.get_events(prev_ids)).values())
+        prevs = self._heads.get(room_id)
+        if prevs is None:
+            prev_ids = await self.store.get_forward_extremities(room_id)
+            prevs = list((await self.store.get_events(prev_ids)).values())
         if not prevs:
             raise not_found(f"Unknown room {room_id}")
         depth = max(p.depth for p in prevs) + 1
@@ -204,6 +209,7 @@ class EventSender:
                     self.hs.instance_name, pos)
 
             await self.hs.db.run_transaction("persist_event", write)
+        self._heads[event.room_id] = [event]
         EVENTS_PERSISTED.inc()
         if event.redacts and event.type == "m.room.redaction":
             self.store.invalidate_event(event.redacts)

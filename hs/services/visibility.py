@@ -66,6 +66,13 @@ class Visibility:
         membership = await self._membership_at(after, user_id)
         if membership == "join":
             return True
+        if ev.type == "m.room.member" and ev.state_key == user_id:
+            # A user sees their own leave, kick or ban from a room they were in (and their rejection
+            # of an invite), judged by the membership before it, as Synapse does; otherwise the event
+            # that removes the room from their /sync would be hidden from them.
+            prior = await self._membership_at(before, user_id)
+            if prior == "join" or (prior == "invite" and ev.membership == "leave"):
+                return True
         if visibility == "shared" and current_membership == "join":
             return True
         if visibility == "invited" and membership == "invite":

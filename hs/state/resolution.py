@@ -78,6 +78,12 @@ async def full_conflicted_set(
     return await _Resolver(rv, get_events, get_auth_chain).full_conflicted_set(state_sets, conflicted)
 
 
+async def conflicted_state_subgraph(conflicted: Iterable[str], get_events: GetEvents) -> set[str]:
+    """The v2.1 conflicted state subgraph: events on auth_events paths between conflicted events."""
+    rv = KNOWN_ROOM_VERSIONS["12"]
+    return await _Resolver(rv, get_events, None).conflicted_subgraph(set(conflicted))
+
+
 def separate_state(state_sets: list[dict[StateKey, str]]) -> tuple[StateIds, set[str]]:
     """Split into the unconflicted state map (same event under a key in every set) and the conflicted
     state set (every event under a key the sets disagree on, including by omission)."""

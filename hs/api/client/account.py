@@ -1,5 +1,322 @@
-"""Placeholder: filled in by the account endpoints."""
+"""Accounts and sessions: register, login, logout, whoami, devices, password change, deactivation."""
 
-from hs.api.base import Route
+from __future__ import annotations
 
-ROUTES: list[Route] = []
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from hs.api.base import (
+    CLIENT_V3,
+    CLIENT_V3_V1,
+    HandlerResult,
+    JsonDict,
+    Route,
+    get_hs,
+    parse_json,
+    require_str,
+)
+from hs.errors import MatrixError, bad_json, forbidden, missing_param, not_found
+from hs.services.registration import (
+    DUMMY,
+    InteractiveAuthIncomplete,
+    LoginResult,
+    Registration,
+    client_address,
+)
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+
+MAX_DEVICE_DISPLAY_NAME_LEN = 100
+
+
+def _reg(hs: HomeServer) -> Registration:
+    reg: Registration = hs.registration
+    return reg
+
+
+def _login_response(hs: HomeServer, login: LoginResult) -> JsonDict:
+    out: JsonDict = {
+        "user_id": login.user_id,
+        "access_token": login.access_token,
+        "device_id": login.device_id,
+        "home_server": hs.server_name,
+    }
+    if hs.config.public_baseurl:
+        out["well_known"] = {"m.homeserver": {"base_url": hs.config.public_baseurl}}
+    return out
+
+
+def _opt_str(body: JsonDict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_json(f"'{key}' must be a string")
+    return value
+
+
+def _opt_bool(body: JsonDict, key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise bad_json(f"'{key}' must be a boolean")
+    return value
+
+
+def _username(body: JsonDict) -> str | None:
+    value = body.get("username")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 512:
+        raise MatrixError(400, "M_INVALID_USERNAME", "Invalid username")
+    return value.lower()
+
+
+# -- registration -----------------------------------------------------------------------------------------
+async def register(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    reg = _reg(hs)
+    body = await parse_json(request)
+    kind = request.query.get("kind", "user")
+    if kind == "guest":
+        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+    if kind != "user":
+        raise MatrixError(400, "M_INVALID_PARAM", f"Invalid kind {kind!r}")
+    cfg = hs.config
+    if not cfg.enable_registration:
+        raise forbidden("Registration has been disabled")
+    if not cfg.enable_registration_without_verification:
+        # Email/MSISDN/captcha verification is not supported, so no flow could be offered.
+        raise forbidden("Registration has been disabled: verification is required but not supported")
+    address = client_address(request)
+    limiter = hs.ratelimiters["registration"]
+    limiter.check(address, update=False)
+
+    # Validate what this request carries before the UIA round, so a taken name fails early.
+    username = _username(body)
+    if username is not None:
+        await reg.check_username_available(username)
+    for key in ("device_id", "initial_device_display_name"):
+        _opt_str(body, key)
+    _opt_bool(body, "inhibit_login", False)
+    password_hash: str | None = None
+    if "password" in body and body["password"] is not None:
+        password_hash = await reg.hash_password(reg.validate_password(body["password"]))
+    # The plain password is never kept in the UIA session; its hash is.
+    uia_body = {k: v for k, v in body.items() if k != "password"}
+
+    try:
+        result = await reg.check_ui_auth(request, uia_body, [[DUMMY]])
+    except InteractiveAuthIncomplete as e:
+        session = reg.get_session(e.body["session"])
+        if session is not None and password_hash is not None:
+            session.internal["password_hash"] = password_hash
+        raise
+    session = result.session
+    params = result.clientdict
+    if password_hash is None:
+        password_hash = session.internal.get("password_hash")
+    else:
+        session.internal["password_hash"] = password_hash
+
+    user_id: str | None = session.internal.get("registered_user_id")
+    if user_id is None:
+        user_id = await reg.register_user(_username(params), password_hash)
+        session.internal["registered_user_id"] = user_id
+        try:
+            limiter.check(address)
+        except MatrixError:
+            pass  # the account exists now; the limit applies to the next attempt
+
+    if _opt_bool(params, "inhibit_login", False):
+        return 200, {"user_id": user_id, "home_server": hs.server_name}
+    login = await reg.create_device(user_id, _opt_str(params, "device_id"),
+                                    _opt_str(params, "initial_device_display_name"))
+    return 200, _login_response(hs, login)
+
+
+async def register_available(request: web.Request) -> HandlerResult:
+    reg = _reg(get_hs(request))
+    username = request.query.get("username")
+    if username is None:
+        raise missing_param("Missing 'username'")
+    await reg.check_username_available(username.lower())
+    return 200, {"available": True}
+
+
+# -- login and logout -------------------------------------------------------------------------------------
+async def login_flows(request: web.Request) -> HandlerResult:
+    return 200, {"flows": [{"type": "m.login.password"}]}
+
+
+async def login(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    reg = _reg(hs)
+    body = await parse_json(request)
+    address = client_address(request)
+    hs.ratelimiters["login_address"].check(address)
+    login_type = require_str(body, "type")
+    if login_type != "m.login.password":
+        raise MatrixError(400, "M_UNKNOWN", "Unknown login type")
+    device_id = _opt_str(body, "device_id")
+    display_name = _opt_str(body, "initial_device_display_name")
+    user_id = await reg.login_password(body, address)
+    result = await reg.create_device(user_id, device_id, display_name)
+    return 200, _login_response(hs, result)
+
+
+async def logout(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    await hs.user_store.delete_token(requester.access_token)
+    await hs.user_store.delete_devices(requester.user_id, [requester.device_id])
+    return 200, {}
+
+
+async def logout_all(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    await hs.user_store.delete_devices(requester.user_id, None)
+    await hs.user_store.delete_all_tokens(requester.user_id)
+    return 200, {}
+
+
+async def whoami(request: web.Request) -> HandlerResult:
+    requester = await get_hs(request).auth.requester(request)
+    return 200, {"user_id": requester.user_id, "device_id": requester.device_id,
+                 "is_guest": requester.is_guest}
+
+
+# -- devices ----------------------------------------------------------------------------------------------
+def _device_json(row: dict[str, Any]) -> JsonDict:
+    return {
+        "device_id": row["device_id"],
+        "display_name": row.get("display_name"),
+        "last_seen_ip": row.get("last_seen_ip"),
+        "last_seen_ts": row.get("last_seen_ts"),
+    }
+
+
+async def get_devices(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    rows = await hs.user_store.get_devices(requester.user_id)
+    return 200, {"devices": [_device_json(r) for r in rows]}
+
+
+async def get_device(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    row = await hs.user_store.get_device(requester.user_id, request.match_info["deviceId"])
+    if row is None:
+        raise not_found("No device found")
+    return 200, _device_json(row)
+
+
+async def put_device(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request, allow_empty=True)
+    device_id = request.match_info["deviceId"]
+    row = await hs.user_store.get_device(requester.user_id, device_id)
+    if row is None:
+        raise not_found("No device found")
+    if "display_name" in body:
+        name = _opt_str(body, "display_name")
+        if name is not None and len(name) > MAX_DEVICE_DISPLAY_NAME_LEN:
+            raise MatrixError(400, "M_INVALID_PARAM",
+                              f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LEN})")
+        await hs.user_store.update_device(requester.user_id, device_id, name)
+    return 200, {}
+
+
+def _device_list(body: JsonDict) -> list[str]:
+    devices = body.get("devices")
+    if devices is None:
+        raise missing_param("Missing 'devices'")
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise bad_json("'devices' must be a list of strings")
+    return devices
+
+
+async def delete_device(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    device_id = request.match_info["deviceId"]
+    if await hs.user_store.get_device(requester.user_id, device_id) is None:
+        raise not_found("No device found")
+    body = await parse_json(request, allow_empty=True)
+    await _reg(hs).validate_user_via_ui_auth(request, body, requester)
+    await hs.user_store.delete_devices(requester.user_id, [device_id])
+    return 200, {}
+
+
+async def delete_devices(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request, allow_empty=True)
+    if "devices" in body:
+        _device_list(body)
+    params = await _reg(hs).validate_user_via_ui_auth(request, body, requester)
+    await hs.user_store.delete_devices(requester.user_id, _device_list(params))
+    return 200, {}
+
+
+# -- password and deactivation ----------------------------------------------------------------------------
+async def change_password(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    reg = _reg(hs)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request)
+    if body.get("new_password") is not None:
+        reg.validate_password(body["new_password"])
+    _opt_bool(body, "logout_devices", True)
+    params = await reg.validate_user_via_ui_auth(request, body, requester)
+    new_password = params.get("new_password")
+    if new_password is None:
+        raise missing_param("Missing 'new_password'")
+    await reg.set_password(requester.user_id, reg.validate_password(new_password),
+                           keep_token=requester.access_token,
+                           logout_devices=_opt_bool(params, "logout_devices", True),
+                           keep_device=requester.device_id)
+    return 200, {}
+
+
+async def deactivate(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    reg = _reg(hs)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request, allow_empty=True)
+    await reg.validate_user_via_ui_auth(request, body, requester)
+    user_id = requester.user_id
+    await hs.db.execute("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1", user_id)
+    await hs.user_store.delete_devices(user_id, None)
+    await hs.user_store.delete_all_tokens(user_id)
+    rooms = await hs.event_store.get_rooms_for_user(user_id, ("join", "invite", "knock"))
+    for room_id in rooms:
+        try:
+            await hs.event_sender.send(room_id, user_id, "m.room.member", {"membership": "leave"},
+                                       state_key=user_id)
+        except Exception:
+            logger.warning("deactivating %s: could not leave %s", user_id, room_id, exc_info=True)
+    return 200, {"id_server_unbind_result": "no-support"}
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/register", register, "registration_login", prefixes=CLIENT_V3),
+    Route("GET", "/register/available", register_available, "main", prefixes=CLIENT_V3),
+    Route("GET", "/login", login_flows, "registration_login", prefixes=CLIENT_V3_V1),
+    Route("POST", "/login", login, "registration_login", prefixes=CLIENT_V3_V1),
+    Route("POST", "/logout", logout, "main", prefixes=CLIENT_V3_V1),
+    Route("POST", "/logout/all", logout_all, "main", prefixes=CLIENT_V3_V1),
+    Route("GET", "/account/whoami", whoami, "client", prefixes=CLIENT_V3),
+    Route("GET", "/devices", get_devices, "client", prefixes=CLIENT_V3),
+    Route("GET", "/devices/{deviceId}", get_device, "main", prefixes=CLIENT_V3),
+    Route("PUT", "/devices/{deviceId}", put_device, "main", prefixes=CLIENT_V3),
+    Route("DELETE", "/devices/{deviceId}", delete_device, "main", prefixes=CLIENT_V3),
+    Route("POST", "/delete_devices", delete_devices, "main", prefixes=CLIENT_V3),
+    Route("POST", "/account/password", change_password, "main", prefixes=CLIENT_V3),
+    Route("POST", "/account/deactivate", deactivate, "main", prefixes=CLIENT_V3),
+]

@@ -1,5 +1,104 @@
-"""Placeholder: filled in by the events endpoints."""
+"""Sending events (messages, state, redactions) and reading them back: a single event, /messages
+pagination and /context. The logic lives in `hs.services.rooms.RoomService`."""
 
-from hs.api.base import Route
+from __future__ import annotations
 
-ROUTES: list[Route] = []
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from hs.api.base import CLIENT_V3_V1, Route, get_hs, parse_json, query_int
+from hs.errors import MatrixError, invalid_param
+from hs.services.rooms import MAX_LIMIT, EventFilter, check_room_id
+
+
+def _room_id(request: web.Request) -> str:
+    room_id = request.match_info["roomId"]
+    check_room_id(room_id)
+    return room_id
+
+
+def _filter(request: web.Request) -> EventFilter:
+    raw = request.query.get("filter")
+    if raw is None or raw == "":
+        return EventFilter()
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MatrixError(400, "M_NOT_JSON", "'filter' is not valid JSON") from None
+    return EventFilter.parse(parsed)
+
+
+async def send_event(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    content = await parse_json(request)
+    event_id = await hs.rooms.send_event(requester, room_id, request.match_info["eventType"], content,
+                                         request.match_info["txnId"])
+    return 200, {"event_id": event_id}
+
+
+async def send_state(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    content = await parse_json(request)
+    event_id = await hs.rooms.send_state(requester, room_id, request.match_info["eventType"],
+                                         request.match_info.get("stateKey", ""), content)
+    return 200, {"event_id": event_id}
+
+
+async def redact_event(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    body = await parse_json(request, allow_empty=True)
+    if body.get("reason") is not None and not isinstance(body["reason"], str):
+        raise MatrixError(400, "M_BAD_JSON", "'reason' must be a string")
+    event_id = await hs.rooms.redact(requester, room_id, request.match_info["eventId"],
+                                     request.match_info["txnId"], body)
+    return 200, {"event_id": event_id}
+
+
+async def get_event(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    return 200, await hs.rooms.get_event(requester, _room_id(request), request.match_info["eventId"])
+
+
+async def get_messages(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    direction = request.query.get("dir", "f")
+    if direction not in ("b", "f"):
+        raise invalid_param("'dir' must be 'b' or 'f'")
+    limit = query_int(request, "limit", 10)
+    assert limit is not None
+    filt = _filter(request)
+    result = await hs.rooms.get_messages(requester, room_id, request.query.get("from") or None,
+                                         request.query.get("to") or None, direction, min(limit, MAX_LIMIT), filt)
+    return 200, result
+
+
+async def get_context(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    limit = query_int(request, "limit", 10)
+    assert limit is not None
+    return 200, await hs.rooms.get_context(requester, room_id, request.match_info["eventId"],
+                                           min(limit, MAX_LIMIT), _filter(request))
+
+
+ROUTES: list[Route] = [
+    Route("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", send_event, "event_sending", CLIENT_V3_V1),
+    Route("PUT", "/rooms/{roomId}/state/{eventType}", send_state, "event_sending", CLIENT_V3_V1),
+    Route("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", send_state, "event_sending", CLIENT_V3_V1),
+    Route("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", redact_event, "event_sending", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/event/{eventId}", get_event, "client", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/messages", get_messages, "pagination", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/context/{eventId}", get_context, "client", CLIENT_V3_V1),
+]

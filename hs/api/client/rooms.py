@@ -1,5 +1,144 @@
-"""Placeholder: filled in by the rooms endpoints."""
+"""Room creation, membership (join, invite, leave, kick, ban, unban, forget) and reading a room's state
+and members. The logic lives in `hs.services.rooms.RoomService`; handlers parse and validate."""
 
-from hs.api.base import Route
+from __future__ import annotations
 
-ROUTES: list[Route] = []
+from typing import Any
+
+from aiohttp import web
+
+from hs.api.base import CLIENT_V3_V1, Route, get_hs, parse_json
+from hs.errors import bad_json, invalid_param
+from hs.services.rooms import MEMBERSHIPS, check_room_id, require_membership_target
+
+
+def _room_id(request: web.Request) -> str:
+    room_id = request.match_info["roomId"]
+    check_room_id(room_id)
+    return room_id
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise bad_json("'reason' must be a string")
+    return reason
+
+
+async def create_room(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request, allow_empty=True)
+    room_id = await hs.rooms.create_room(requester, body)
+    return 200, {"room_id": room_id}
+
+
+async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request, allow_empty=True)
+    room_id = await hs.rooms.join(requester, request.match_info["roomIdOrAlias"], _reason(body))
+    return 200, {"room_id": room_id}
+
+
+async def join_room(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    body = await parse_json(request, allow_empty=True)
+    await hs.rooms.join(requester, room_id, _reason(body))
+    return 200, {"room_id": room_id}
+
+
+async def leave_room(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    body = await parse_json(request, allow_empty=True)
+    await hs.rooms.update_membership(requester, room_id, requester.user_id, "leave", _reason(body))
+    return 200, {}
+
+
+def _membership_action(action: str) -> Any:
+    async def handler(request: web.Request) -> tuple[int, Any]:
+        hs = get_hs(request)
+        requester = await hs.auth.requester(request)
+        room_id = _room_id(request)
+        body = await parse_json(request, allow_empty=True)
+        target = require_membership_target(body)
+        reason = _reason(body)
+        await hs.rooms.update_membership(requester, room_id, target, action, reason)
+        return 200, {}
+
+    handler.__name__ = f"{action}_user"
+    return handler
+
+
+async def forget_room(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = _room_id(request)
+    await parse_json(request, allow_empty=True)
+    await hs.rooms.forget(requester, room_id)
+    return 200, {}
+
+
+async def get_room_state(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    return 200, await hs.rooms.get_state(requester, _room_id(request))
+
+
+async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    fmt = request.query.get("format", "content")
+    if fmt not in ("content", "event"):
+        raise invalid_param("'format' must be 'content' or 'event'")
+    return 200, await hs.rooms.get_state_event(requester, _room_id(request), request.match_info["eventType"],
+                                               request.match_info.get("stateKey", ""), fmt)
+
+
+async def get_members(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    membership = request.query.get("membership")
+    not_membership = request.query.get("not_membership")
+    for name, value in (("membership", membership), ("not_membership", not_membership)):
+        if value is not None and value not in MEMBERSHIPS:
+            raise invalid_param(f"'{name}' must be one of {', '.join(MEMBERSHIPS)}")
+    chunk = await hs.rooms.get_members(requester, _room_id(request), request.query.get("at"), membership,
+                                       not_membership)
+    return 200, {"chunk": chunk}
+
+
+async def get_joined_members(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    return 200, {"joined": await hs.rooms.get_joined_members(requester, _room_id(request))}
+
+
+async def get_joined_rooms(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    return 200, {"joined_rooms": await hs.rooms.joined_rooms(requester.user_id)}
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/createRoom", create_room, "client", CLIENT_V3_V1),
+    Route("POST", "/join/{roomIdOrAlias}", join_room_by_id_or_alias, "event_sending", CLIENT_V3_V1),
+    Route("POST", "/rooms/{roomId}/join", join_room, "event_sending", CLIENT_V3_V1),
+    Route("POST", "/rooms/{roomId}/leave", leave_room, "event_sending", CLIENT_V3_V1),
+    Route("POST", "/rooms/{roomId}/invite", _membership_action("invite"), "event_sending", CLIENT_V3_V1),
+    Route("POST", "/rooms/{roomId}/kick", _membership_action("kick"), "event_sending", CLIENT_V3_V1),
+    Route("POST", "/rooms/{roomId}/ban", _membership_action("ban"), "event_sending", CLIENT_V3_V1),
+    Route("POST", "/rooms/{roomId}/unban", _membership_action("unban"), "event_sending", CLIENT_V3_V1),
+    Route("POST", "/rooms/{roomId}/forget", forget_room, "main", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/state", get_room_state, "client", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/state/{eventType}", get_room_state_event, "event_sending", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", get_room_state_event, "event_sending",
+          CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/members", get_members, "client", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/joined_members", get_joined_members, "client", CLIENT_V3_V1),
+    Route("GET", "/joined_rooms", get_joined_rooms, "client", CLIENT_V3_V1),
+]

@@ -1,0 +1,449 @@
+"""Accounts: user ID rules, password hashing, login, devices and tokens, and user-interactive auth.
+
+Password hashing is bcrypt run in a worker thread (`asyncio.to_thread`) so a login never blocks the
+event loop for the tens of milliseconds a hash takes. Access tokens are random, prefixed ``hs_`` and
+stored only as their SHA-256 (see UserStore); device IDs are ten upper-case letters as in Synapse.
+
+User-interactive auth (UIA) sessions live in memory on the process that created them: a session ID
+maps to the stages completed so far, the request body it protects, and an expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import bcrypt
+from aiohttp import web
+
+from hs.errors import MatrixError, bad_json, forbidden, missing_param
+from hs.util import now_ms, random_string
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+    from hs.services.auth import Requester
+
+logger = logging.getLogger(__name__)
+
+# Synapse's limits: the full user ID is at most 255 characters, passwords at most 512.
+MAX_USERID_LENGTH = 255
+MAX_PASSWORD_LENGTH = 512
+MAX_DEVICE_ID_LENGTH = 512
+LOCALPART_CHARS = frozenset(string.ascii_lowercase + string.digits + "._=-/+")
+# bcrypt only looks at the first 72 bytes (bcrypt >= 5 refuses longer input instead of truncating).
+BCRYPT_MAX_BYTES = 72
+
+UIA_SESSION_LIFETIME_MS = 48 * 3600 * 1000
+# Bounds on the in-memory state an unauthenticated client can make us hold.
+MAX_UIA_SESSIONS = 100_000
+MAX_NONCES = 10_000
+DUMMY = "m.login.dummy"
+PASSWORD = "m.login.password"
+
+
+def generate_access_token() -> str:
+    return "hs_" + secrets.token_urlsafe(32)
+
+
+def generate_device_id() -> str:
+    return random_string(10, string.ascii_uppercase)
+
+
+def _pw_bytes(password: str) -> bytes:
+    return password.encode("utf-8")[:BCRYPT_MAX_BYTES]
+
+
+def client_address(request: web.Request) -> str:
+    """The client's IP: X-Forwarded-For's first hop when the listener it came in on trusts it."""
+    forwarded = request.headers.get("X-Forwarded-For")
+    if forwarded:
+        try:
+            from hs.api.base import get_hs
+
+            hs = get_hs(request)
+            sock = request.transport.get_extra_info("sockname") if request.transport else None
+            port = sock[1] if isinstance(sock, tuple) and len(sock) >= 2 else None
+            if any(lst.x_forwarded and lst.port == port for lst in hs.config.listeners_for(hs.instance_name)):
+                return forwarded.split(",")[0].strip()
+        except Exception:  # pragma: no cover - defensive: fall back to the peer address
+            pass
+    return request.remote or "unknown"
+
+
+class InteractiveAuthIncomplete(MatrixError):
+    """A 401 carrying the UIA state (flows, params, session, completed), optionally with an error."""
+
+    def __init__(self, body: dict[str, Any], errcode: str | None = None, error: str | None = None) -> None:
+        super().__init__(401, errcode or "M_UNAUTHORIZED", error or "Additional authentication required")
+        self.body = body
+        self.has_error = errcode is not None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.has_error:
+            return {**self.body, "errcode": self.errcode, "error": self.msg}
+        return dict(self.body)
+
+
+@dataclass
+class UiaSession:
+    session_id: str
+    method: str
+    path: str
+    created_ms: int
+    clientdict: dict[str, Any] = field(default_factory=dict)
+    completed: dict[str, Any] = field(default_factory=dict)
+    # Server-side data tied to the session (a password hash, the user registered by it, ...).
+    internal: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UiaResult:
+    session: UiaSession
+    clientdict: dict[str, Any]
+    completed: dict[str, Any]
+
+
+@dataclass
+class LoginResult:
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+class Registration:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.store = hs.user_store
+        self._sessions: dict[str, UiaSession] = {}
+        # Shared-secret registration nonces: nonce -> creation time (monotonic seconds).
+        self._nonces: dict[str, float] = {}
+
+    # -- user IDs ------------------------------------------------------------------------------------
+    def user_id_for(self, localpart: str) -> str:
+        return f"@{localpart}:{self.hs.server_name}"
+
+    def check_localpart(self, localpart: str) -> str:
+        """The full user ID for a valid, non-reserved localpart, else M_INVALID_USERNAME."""
+        if not localpart:
+            raise MatrixError(400, "M_INVALID_USERNAME", "User ID cannot be empty")
+        if any(c not in LOCALPART_CHARS for c in localpart):
+            raise MatrixError(400, "M_INVALID_USERNAME",
+                              "User ID can only contain characters a-z, 0-9, or '=_-./+'")
+        if localpart[0] == "_":
+            raise MatrixError(400, "M_INVALID_USERNAME", "User ID may not begin with _")
+        if localpart.isdigit():
+            raise MatrixError(400, "M_INVALID_USERNAME", "Numeric user IDs are reserved for guest users.")
+        user_id = self.user_id_for(localpart)
+        if len(user_id) > MAX_USERID_LENGTH:
+            raise MatrixError(400, "M_INVALID_USERNAME",
+                              f"User ID may not be longer than {MAX_USERID_LENGTH} characters")
+        return user_id
+
+    async def check_username_available(self, localpart: str) -> str:
+        """Validate and check that nobody holds the ID (case-insensitively); returns the user ID."""
+        user_id = self.check_localpart(localpart)
+        if await self.store.find_user_case_insensitive(user_id):
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        return user_id
+
+    async def _generate_localpart(self) -> str:
+        # Numeric, like Synapse's generated IDs; those are reserved, so a chosen name never collides.
+        for _ in range(20):
+            candidate = str(10**11 + secrets.randbelow(9 * 10**11))
+            if not await self.store.get_user(self.user_id_for(candidate)):
+                return candidate
+        raise MatrixError(500, "M_UNKNOWN", "Could not generate a user ID")
+
+    # -- passwords -----------------------------------------------------------------------------------
+    @staticmethod
+    def validate_password(password: Any) -> str:
+        if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid password")
+        if "\x00" in password:
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid password")
+        return password
+
+    async def hash_password(self, password: str) -> str:
+        rounds = self.hs.config.bcrypt_rounds
+
+        def work() -> str:
+            return bcrypt.hashpw(_pw_bytes(password), bcrypt.gensalt(rounds)).decode("ascii")
+
+        return await asyncio.to_thread(work)
+
+    async def check_password_hash(self, password: str, stored_hash: str | None) -> bool:
+        if not stored_hash:
+            return False
+
+        def work() -> bool:
+            try:
+                return bcrypt.checkpw(_pw_bytes(password), stored_hash.encode("ascii"))
+            except ValueError:
+                return False
+
+        return await asyncio.to_thread(work)
+
+    async def set_password(self, user_id: str, new_password: str, keep_token: str | None,
+                           logout_devices: bool, keep_device: str | None) -> None:
+        password_hash = await self.hash_password(self.validate_password(new_password))
+        await self.store.set_password_hash(user_id, password_hash)
+        if logout_devices:
+            devices = [d["device_id"] for d in await self.store.get_devices(user_id)]
+            others = [d for d in devices if d != keep_device]
+            if others:
+                await self.store.delete_devices(user_id, others)
+            if keep_token is not None:
+                from hs.db.stores.users import hash_token
+
+                await self.hs.db.execute("DELETE FROM access_tokens WHERE user_id = $1 AND token_hash <> $2",
+                                         user_id, hash_token(keep_token))
+            else:
+                await self.hs.db.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
+            self.store.invalidate_token_cache(user_id)
+
+    # -- registering ---------------------------------------------------------------------------------
+    async def register_user(self, localpart: str | None, password_hash: str | None, admin: bool = False,
+                            user_type: str | None = None, displayname: str | None = None) -> str:
+        """Create an account; the default display name is the localpart, as in Synapse."""
+        if localpart is None:
+            localpart = await self._generate_localpart()
+            user_id = self.user_id_for(localpart)
+        else:
+            user_id = await self.check_username_available(localpart)
+        created = await self.store.create_user(user_id, password_hash, admin=admin, user_type=user_type,
+                                               displayname=displayname if displayname is not None else localpart)
+        if not created:
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        logger.info("registered %s", user_id)
+        return user_id
+
+    async def create_device(self, user_id: str, device_id: str | None = None,
+                            display_name: str | None = None) -> LoginResult:
+        """A new access token for the device (created if it is new; generated if not given)."""
+        if device_id is not None:
+            if not isinstance(device_id, str) or not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH:
+                raise MatrixError(400, "M_INVALID_PARAM", "Invalid device_id")
+        if display_name is not None and not isinstance(display_name, str):
+            raise bad_json("'initial_device_display_name' must be a string")
+        if device_id is None:
+            for _ in range(10):
+                device_id = generate_device_id()
+                if await self.store.get_device(user_id, device_id) is None:
+                    break
+        assert device_id is not None
+        token = generate_access_token()
+        await self.store.create_device_and_token(user_id, device_id, display_name, token)
+        return LoginResult(user_id, device_id, token)
+
+    # -- login ---------------------------------------------------------------------------------------
+    def qualify(self, user: str) -> str:
+        """A full user ID from a localpart or full ID (the localpart is lower-cased, as Synapse does)."""
+        if user.startswith("@"):
+            return user
+        return self.user_id_for(user.lower())
+
+    def user_from_login_dict(self, body: dict[str, Any]) -> str:
+        """The user a login or m.login.password auth dict names, from `identifier` or legacy `user`."""
+        identifier = body.get("identifier")
+        if identifier is None:
+            if "user" in body:
+                identifier = {"type": "m.id.user", "user": body["user"]}
+            elif "medium" in body and "address" in body:
+                identifier = {"type": "m.id.thirdparty", "medium": body["medium"], "address": body["address"]}
+            else:
+                raise missing_param("Missing param: identifier")
+        if not isinstance(identifier, dict):
+            raise bad_json("'identifier' must be an object")
+        itype = identifier.get("type")
+        if itype == "m.id.user":
+            user = identifier.get("user")
+            if not isinstance(user, str) or not user:
+                raise MatrixError(400, "M_INVALID_PARAM", "User identifier is missing 'user' key")
+            return self.qualify(user)
+        if itype in ("m.id.thirdparty", "m.id.phone"):
+            # No third-party identifiers are bound on this server.
+            raise forbidden("Invalid username or password")
+        raise MatrixError(400, "M_UNKNOWN", "Unknown login identifier type")
+
+    async def resolve_user(self, user_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The canonical (stored) user ID and row for a case-insensitive match, as Synapse does."""
+        row = await self.store.get_user(user_id)
+        if row is not None:
+            return user_id, row
+        matches = await self.store.find_user_case_insensitive(user_id)
+        if len(matches) != 1:
+            if len(matches) > 1:
+                logger.warning("login for %s matches several users case-insensitively", user_id)
+            return None
+        row = await self.store.get_user(matches[0])
+        return None if row is None else (matches[0], row)
+
+    async def check_password(self, user_id: str, password: str, address: str | None = None) -> str:
+        """The canonical user ID if the password is right; 403 M_FORBIDDEN otherwise.
+
+        Failed attempts are rate limited per user (rc_login.failed_attempts).
+        """
+        failed = self.hs.ratelimiters["login_failed"]
+        key = user_id.lower()
+        failed.check(key, update=False)
+        resolved = await self.resolve_user(user_id)
+        ok = False
+        if resolved is not None:
+            ok = await self.check_password_hash(password, resolved[1].get("password_hash"))
+        if not ok or resolved is None:
+            try:
+                failed.check(key, update=True)
+            except MatrixError:
+                pass
+            raise forbidden("Invalid username or password")
+        canonical, row = resolved
+        if row.get("deactivated"):
+            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+        return canonical
+
+    async def login_password(self, body: dict[str, Any], address: str) -> str:
+        """The user a m.login.password login body authenticates, applying the login rate limits."""
+        user_id = self.user_from_login_dict(body)
+        self.hs.ratelimiters["login_account"].check(user_id.lower())
+        password = body.get("password")
+        if password is None:
+            raise missing_param("Missing 'password'")
+        if not isinstance(password, str):
+            raise MatrixError(400, "M_INVALID_PARAM", "Bad parameter: password")
+        return await self.check_password(user_id, password, address)
+
+    # -- user-interactive auth -----------------------------------------------------------------------
+    def _prune_sessions(self) -> None:
+        """Drop expired sessions, and the oldest beyond the cap (the dict is in creation order)."""
+        cutoff = now_ms() - UIA_SESSION_LIFETIME_MS
+        while self._sessions:
+            sid, oldest = next(iter(self._sessions.items()))
+            if oldest.created_ms >= cutoff and len(self._sessions) < MAX_UIA_SESSIONS:
+                break
+            del self._sessions[sid]
+
+    def get_session(self, session_id: str) -> UiaSession | None:
+        self._prune_sessions()
+        return self._sessions.get(session_id)
+
+    def drop_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def _incomplete(self, session: UiaSession, flows: list[list[str]], params: dict[str, Any],
+                    errcode: str | None = None, error: str | None = None) -> InteractiveAuthIncomplete:
+        body: dict[str, Any] = {
+            "flows": [{"stages": list(f)} for f in flows],
+            "params": params,
+            "session": session.session_id,
+        }
+        if session.completed:
+            body["completed"] = list(session.completed)
+        return InteractiveAuthIncomplete(body, errcode, error)
+
+    async def check_ui_auth(self, request: web.Request, body: dict[str, Any], flows: list[list[str]],
+                            params: dict[str, Any] | None = None, requester: Requester | None = None,
+                            ) -> UiaResult:
+        """Run one round of UIA for `body`; returns when a flow is complete, else raises the 401.
+
+        The clientdict (body without `auth`) is remembered in the session, so a client may send it only
+        with the first request. With a `requester`, a completed m.login.password stage must be theirs.
+        """
+        params = params or {}
+        auth = body.get("auth")
+        clientdict = {k: v for k, v in body.items() if k != "auth"}
+        if auth is not None and not isinstance(auth, dict):
+            raise bad_json("'auth' must be an object")
+        sid = auth.get("session") if auth else None
+        if sid is not None:
+            if not isinstance(sid, str):
+                raise bad_json("'session' must be a string")
+            session = self.get_session(sid)
+            if session is None:
+                raise MatrixError(400, "M_UNKNOWN", f"Unknown session ID: {sid}")
+            if (session.method, session.path) != (request.method, request.path):
+                raise forbidden("Requested operation has changed during the UI authentication session.")
+            if session.internal.get("requester") != (requester.user_id if requester is not None else None):
+                raise forbidden("This UI authentication session belongs to another user")
+            if clientdict:
+                session.clientdict = clientdict
+            else:
+                clientdict = session.clientdict
+        else:
+            self._prune_sessions()
+            session = UiaSession(random_string(24), request.method, request.path, now_ms(), clientdict)
+            if requester is not None:
+                session.internal["requester"] = requester.user_id
+            self._sessions[session.session_id] = session
+
+        allowed = {stage for flow in flows for stage in flow}
+        stage = auth.get("type") if auth else None
+        if stage is not None:
+            if stage not in allowed:
+                raise MatrixError(400, "M_UNRECOGNIZED", f"Unrecognised login type {stage!r}")
+            if stage == DUMMY:
+                session.completed[DUMMY] = True
+            elif stage == PASSWORD:
+                assert auth is not None
+                try:
+                    user_id = await self._check_password_stage(auth, requester)
+                except InteractiveAuthIncomplete:
+                    raise
+                except MatrixError as e:
+                    if e.code in (401, 403):
+                        raise self._incomplete(session, flows, params, e.errcode, e.msg) from None
+                    raise
+                session.completed[PASSWORD] = user_id
+            else:  # pragma: no cover - only the stages above are ever offered
+                raise MatrixError(400, "M_UNRECOGNIZED", f"Unrecognised login type {stage!r}")
+
+        for flow in flows:
+            if all(s in session.completed for s in flow):
+                return UiaResult(session, clientdict, dict(session.completed))
+        raise self._incomplete(session, flows, params)
+
+    async def _check_password_stage(self, auth: dict[str, Any], requester: Requester | None) -> str:
+        if "identifier" not in auth and "user" not in auth and requester is not None:
+            user_id = requester.user_id
+        else:
+            user_id = self.user_from_login_dict(auth)
+        password = auth.get("password")
+        if not isinstance(password, str):
+            raise missing_param("Missing 'password'")
+        canonical = await self.check_password(user_id, password)
+        if requester is not None and canonical != requester.user_id:
+            raise forbidden("Invalid auth")
+        return canonical
+
+    async def validate_user_via_ui_auth(self, request: web.Request, body: dict[str, Any],
+                                        requester: Requester) -> dict[str, Any]:
+        """UIA with the user's password (the flows a logged-in user's sensitive operations need).
+
+        Returns the clientdict to act on; the session is used up.
+        """
+        result = await self.check_ui_auth(request, body, [[PASSWORD]], requester=requester)
+        self.drop_session(result.session.session_id)
+        return result.clientdict
+
+    # -- shared-secret registration nonces -----------------------------------------------------------
+    NONCE_LIFETIME_S = 60.0
+
+    def new_nonce(self) -> str:
+        now = time.monotonic()
+        while self._nonces:
+            oldest, created = next(iter(self._nonces.items()))
+            if now - created <= self.NONCE_LIFETIME_S and len(self._nonces) < MAX_NONCES:
+                break
+            del self._nonces[oldest]
+        nonce = secrets.token_hex(32)
+        self._nonces[nonce] = now
+        return nonce
+
+    def use_nonce(self, nonce: str) -> bool:
+        """True (once) for an issued, unexpired nonce."""
+        created = self._nonces.pop(nonce, None)
+        return created is not None and time.monotonic() - created <= self.NONCE_LIFETIME_S
