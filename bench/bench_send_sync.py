@@ -137,7 +137,7 @@ def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, 
         dbname = "hs_bench_" + uuid.uuid4().hex[:8]
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {dbname}"],
                        check=True, stdout=subprocess.DEVNULL)
-        start = text.index("database:")
+        start = text.index("\ndatabase:\n") + 1
         end = text.index("signing_key_path")
         text = text[:start] + f"database:\n  engine: postgres\n  dsn: postgresql://postgres@127.0.0.1/{dbname}\n\n" + text[end:]
     secret = text.split('registration_shared_secret: "')[1].split('"')[0]

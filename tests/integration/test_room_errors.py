@@ -197,3 +197,28 @@ async def test_directory_bad_input(server: TestHomeServer) -> None:
     status, vis = await alice.request("GET", f"/directory/list/room/{q(room_id)}")
     assert vis == {"visibility": "private"}
     await close(alice)
+
+
+async def test_rate_limits(make_server: Any) -> None:
+    server = await make_server("sqlite", rc_message={"per_second": 0.001, "burst_count": 3},
+                               rc_joins={"local": {"per_second": 0.001, "burst_count": 1}})
+    alice, bob = await users(server, "alice", "bob")
+    room_a = await alice.create_room(preset="public_chat")
+    room_b = await alice.create_room(preset="public_chat")
+    first = await alice.send_message(room_a, "m1", "txn1")
+    events = await count_events(server)
+    status, err = await alice.request("PUT", f"/rooms/{q(room_a)}/send/m.room.message/txn2", {"body": "m2"})
+    assert status == 429 and err["errcode"] == "M_LIMIT_EXCEEDED" and err["retry_after_ms"] > 0
+    assert await count_events(server) == events
+    # Replaying a transaction that already went through is not another message.
+    status, body = await alice.request("PUT", f"/rooms/{q(room_a)}/send/m.room.message/txn1", {"body": "m1"})
+    assert (status, body) == (200, {"event_id": first})
+
+    status, _ = await bob.request("POST", f"/rooms/{q(room_a)}/join")
+    assert status == 200
+    status, err = await bob.request("POST", f"/rooms/{q(room_b)}/join")
+    assert status == 429 and err["errcode"] == "M_LIMIT_EXCEEDED"
+    # Re-joining a room one is already in is not a join.
+    status, _ = await bob.request("POST", f"/rooms/{q(room_a)}/join")
+    assert status == 200
+    await close(alice, bob)
