@@ -143,8 +143,9 @@ class HomeServer:
         await self.events_stream.catch_up()
 
     def _on_events_message(self, msg: dict[str, Any]) -> None:
-        if msg.get("redacts"):
-            self.event_store.invalidate_event(msg["redacts"])
+        redacts = msg.get("redacts") or []
+        for event_id in [redacts] if isinstance(redacts, str) else redacts:
+            self.event_store.invalidate_event(event_id)
         self.events_stream.handle_message(msg)
 
     async def stop(self) -> None:

@@ -23,7 +23,7 @@ from hs.events.hashing import add_content_hash, compute_content_hash
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import sign_event
 from hs.events.validation import EventTooLargeError, check_event_size
-from hs.util import now_ms, random_string
+from hs.util import LruCache, now_ms, random_string
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -58,9 +58,17 @@ class EventSender:
         self.hs = hs
         self.store = hs.event_store
         self.locks = RoomLocks()
-        # The latest event of each room this writer persisted: the next event's prev_event. Only the
-        # room's writer changes it (under the room lock), so the cache cannot go stale.
+        # The latest event built for each room: the next event's prev_event. Only the room's writer
+        # changes it (under the room lock), so the cache cannot go stale; it is dropped if a
+        # persist fails, so the next build starts again from the database.
         self._heads: dict[str, list[Event]] = {}
+        # Built events waiting to be persisted, per room; one drain task per room commits them in
+        # batches (group commit: one transaction, one fsync, for everything that queued up).
+        self._queues: dict[str, list[_Pending]] = {}
+        self._draining: set[str] = set()
+        # Transaction IDs being persisted or persisted recently, so a retry that races the first
+        # request is answered with the same event.
+        self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000)
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -75,20 +83,25 @@ class EventSender:
         if not self.hs.events_stream.is_writer_for_room(room_id):
             return await self.hs.replication_client.send_event(
                 room_id, sender, etype, content, state_key, txn, redacts)
+        txn_key = (txn[0], txn[1], room_id, txn[2]) if txn is not None else None
+        if txn is not None and txn_key is not None and txn_key not in self._txns:
+            existing = await self.store.get_event_id_for_txn(txn[0], txn[1], room_id, txn[2])
+            if existing is not None:
+                ev = await self.store.get_event(existing)
+                assert ev is not None
+                return ev
         async with self.locks.lock(room_id):
-            if txn is not None:
-                existing = await self.store.get_event_id_for_txn(txn[0], txn[1], room_id, txn[2])
-                if existing is not None:
-                    ev = await self.store.get_event(existing)
-                    assert ev is not None
-                    return ev
+            if txn_key is not None:
+                pending_txn = self._txns.get(txn_key)
+                if pending_txn is not None:
+                    return await asyncio.shield(pending_txn)
             rv = room_version or await self.room_version(room_id)
             event, group_before, state_before = await self._build(
                 rv, room_id, sender, etype, content, state_key, redacts)
-            if txn is not None:
-                event.internal["txn_id"] = txn[2]
-            await self._persist(event, group_before, state_before, txn)
-            return event
+            future = await self._enqueue(event, group_before, state_before, txn)
+            if txn_key is not None:
+                self._txns.set(txn_key, future)
+        return await asyncio.shield(future)
 
     async def create_room_event(self, rv: RoomVersion, sender: str, content: JsonDict,
                                 room_id: str | None) -> Event:
@@ -107,8 +120,8 @@ class EventSender:
         if not self.hs.events_stream.is_writer_for_room(room_id):
             raise MatrixError(500, "M_UNKNOWN", "room created on the wrong writer")
         async with self.locks.lock(room_id):
-            await self._persist(event, None, {}, None)
-        return event
+            future = await self._enqueue(event, None, {}, None)
+        return await asyncio.shield(future)
 
     # -- building --------------------------------------------------------------------------------------
     def _finish(self, rv: RoomVersion, pdu: JsonDict) -> Event:
@@ -186,33 +199,102 @@ class EventSender:
             raise forbidden("You don't have permission to redact this event")
 
     # -- persisting --------------------------------------------------------------------------------------
-    async def _persist(self, event: Event, group_before: int | None, state_before: dict[StateKey, str],
-                       txn: tuple[str, str, str] | None) -> None:
+    async def _enqueue(self, event: Event, group_before: int | None, state_before: dict[StateKey, str],
+                       txn: tuple[str, str, str] | None) -> asyncio.Future[Event]:
+        """Queue a built event for its room's drain task; the event becomes the room's head at once.
+
+        Called under the room lock. A state event gets its state group ID now, and the group's full
+        state goes into the cache, so the next event can be built on it before either is committed.
+        """
+        pending = _Pending(event, group_before, txn)
+        group_after = group_before
+        if event.is_state():
+            pending.full_after = {**state_before, event.state_tuple: event.event_id}
+            pending.new_group = group_after = await self.hs.state_group_ids.next()
+            self.store.cache_state_group(group_after, pending.full_after)
+        event.internal["state_group_before"] = group_before
+        event.internal["state_group_after"] = group_after
+        self._heads[event.room_id] = [event]
+        self._queues.setdefault(event.room_id, []).append(pending)
+        if event.room_id not in self._draining:
+            self._draining.add(event.room_id)
+            asyncio.get_running_loop().create_task(self._drain(event.room_id))
+        return pending.future
+
+    async def _drain(self, room_id: str) -> None:
+        try:
+            while self._queues.get(room_id):
+                batch = self._queues[room_id][:MAX_BATCH]
+                del self._queues[room_id][:len(batch)]
+                try:
+                    await self._persist_batch(room_id, batch)
+                except Exception as exc:
+                    logger.exception("persisting %d event(s) in %s failed", len(batch), room_id)
+                    await self._fail_room(room_id, batch, exc)
+        finally:
+            self._draining.discard(room_id)
+            if not self._queues.get(room_id):
+                self._queues.pop(room_id, None)
+
+    async def _fail_room(self, room_id: str, batch: list[_Pending], exc: Exception) -> None:
+        """Events queued after a failed one were built on it, so they fail too; the head is rebuilt."""
+        async with self.locks.lock(room_id):
+            failed = batch + self._queues.pop(room_id, [])
+            self._heads.pop(room_id, None)
+        err = MatrixError(500, "M_UNKNOWN", "Failed to persist event")
+        for p in failed:
+            if p.txn is not None:
+                self._txns.pop((p.txn[0], p.txn[1], room_id, p.txn[2]))
+            if not p.future.done():
+                p.future.set_exception(err)
+                p.future.exception()  # mark retrieved: a caller may have gone away
+
+    async def _persist_batch(self, room_id: str, batch: list[_Pending]) -> None:
         stream = self.hs.events_stream
         assert stream.tracker is not None, "only an events writer persists events"
-        group_after = group_before
-        full_after = state_before
-        new_group: int | None = None
-        if event.is_state():
-            new_group = group_after = await self.hs.state_group_ids.next()
-            full_after = {**state_before, event.state_tuple: event.event_id}
-        async with stream.tracker.allocate() as pos:
+        async with stream.tracker.allocate_many(len(batch)) as positions:
             async def write(c: Any) -> None:
-                if new_group is not None:
-                    await self.store.store_state_group(c, new_group, event.room_id, group_before,
-                                                       {event.state_tuple: event.event_id}, full_after)
-                await self.store.insert_event(c, event, pos, self.hs.instance_name, group_before, group_after, txn)
+                for p, pos in zip(batch, positions, strict=True):
+                    ev = p.event
+                    before, after = ev.internal["state_group_before"], ev.internal["state_group_after"]
+                    if p.new_group is not None and p.full_after is not None:
+                        await self.store.store_state_group(c, p.new_group, room_id, before,
+                                                           {ev.state_tuple: ev.event_id}, p.full_after)
+                    await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
                 await c.execute(
                     "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $1, $2)"
                     " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position"
                     " WHERE stream_positions.position < excluded.position",
-                    self.hs.instance_name, pos)
+                    self.hs.instance_name, positions[-1])
 
-            await self.hs.db.run_transaction("persist_event", write)
-        self._heads[event.room_id] = [event]
-        EVENTS_PERSISTED.inc()
-        if event.redacts and event.type == "m.room.redaction":
-            self.store.invalidate_event(event.redacts)
-        users = [event.state_key] if event.membership is not None and event.state_key else []
-        await stream.publish(stream.tracker.persisted_upto, row_position=pos, rooms=[event.room_id], users=users,
-                             redacts=event.redacts if event.type == "m.room.redaction" else None)
+            await self.hs.db.run_transaction("persist_events", write)
+        EVENTS_PERSISTED.inc(len(batch))
+        users: list[str] = []
+        for p in batch:
+            ev = p.event
+            self.store.cache_event(ev)
+            if ev.type == "m.room.redaction" and ev.redacts:
+                self.store.invalidate_event(ev.redacts)
+            if ev.membership is not None and ev.state_key:
+                users.append(ev.state_key)
+        redacted = [p.event.redacts for p in batch if p.event.type == "m.room.redaction" and p.event.redacts]
+        await stream.publish(stream.tracker.persisted_upto, row_position=positions[-1], rooms=[room_id],
+                             users=users, redacts=redacted)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(p.event)
+
+
+class _Pending:
+    __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future")
+
+    def __init__(self, event: Event, group_before: int | None, txn: tuple[str, str, str] | None) -> None:
+        self.event = event
+        self.group_before = group_before
+        self.txn = txn
+        self.full_after: dict[StateKey, str] | None = None
+        self.new_group: int | None = None
+        self.future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+
+
+MAX_BATCH = 100

@@ -24,6 +24,9 @@ class PositionSource:
         """The highest position ever handed out (by anybody)."""
         raise NotImplementedError
 
+    async def next_many(self, n: int) -> list[int]:
+        return [await self.next() for _ in range(n)]
+
 
 class LocalCounter(PositionSource):
     def __init__(self, start: int) -> None:
@@ -50,6 +53,10 @@ class PostgresSequence(PositionSource):
 
     async def next(self) -> int:
         return int(await self._db.fetchval(f"SELECT nextval('{self._name}')"))
+
+    async def next_many(self, n: int) -> list[int]:
+        rows = await self._db.fetch(f"SELECT nextval('{self._name}') AS v FROM generate_series(1, $1)", n)
+        return sorted(int(r["v"]) for r in rows)
 
     async def last(self) -> int:
         return int(await self._db.fetchval(f"SELECT last_value FROM {self._name}"))
@@ -90,6 +97,19 @@ class PositionTracker:
         finally:
             self._in_flight.discard(pos)
             self._max_done = max(self._max_done, pos)
+            self._recompute()
+
+    @asynccontextmanager
+    async def allocate_many(self, n: int) -> AsyncIterator[list[int]]:
+        """Like `allocate`, for a batch persisted in one transaction."""
+        async with self._lock:
+            positions = await self._source.next_many(n)
+            self._in_flight.update(positions)
+        try:
+            yield positions
+        finally:
+            self._in_flight.difference_update(positions)
+            self._max_done = max(self._max_done, positions[-1])
             self._recompute()
 
     def _recompute(self) -> None:

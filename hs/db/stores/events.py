@@ -73,6 +73,12 @@ class EventStore:
                 found[ev.event_id] = ev
         return found
 
+    def cache_event(self, event: Event) -> None:
+        self._event_cache.set(event.event_id, event)
+
+    def cache_state_group(self, group: int, state: StateMap) -> None:
+        self._state_cache.set(group, dict(state))
+
     def invalidate_event(self, event_id: str) -> None:
         self._event_cache.pop(event_id)
 
