@@ -78,13 +78,18 @@ class EventSender:
 
     async def send(self, room_id: str, sender: str, etype: str, content: JsonDict,
                    state_key: str | None = None, txn: tuple[str, str, str] | None = None,
-                   redacts: str | None = None, room_version: RoomVersion | None = None) -> Event:
-        """Create, authorise and persist one event; with `txn` (user, device, txn_id) it is idempotent."""
+                   redacts: str | None = None, room_version: RoomVersion | None = None,
+                   txn_checked: bool = False) -> Event:
+        """Create, authorise and persist one event; with `txn` (user, device, txn_id) it is idempotent.
+
+        `txn_checked` says the caller already looked the transaction up in the database (after which
+        only a concurrent duplicate is possible, and the in-memory map catches that).
+        """
         if not self.hs.events_stream.is_writer_for_room(room_id):
             return await self.hs.replication_client.send_event(
                 room_id, sender, etype, content, state_key, txn, redacts)
         txn_key = (txn[0], txn[1], room_id, txn[2]) if txn is not None else None
-        if txn is not None and txn_key is not None and txn_key not in self._txns:
+        if txn is not None and txn_key is not None and not txn_checked and txn_key not in self._txns:
             existing = await self.store.get_event_id_for_txn(txn[0], txn[1], room_id, txn[2])
             if existing is not None:
                 ev = await self.store.get_event(existing)
@@ -261,6 +266,7 @@ class EventSender:
                         await self.store.store_state_group(c, p.new_group, room_id, before,
                                                            {ev.state_tuple: ev.event_id}, p.full_after)
                     await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
+                await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
                 await c.execute(
                     "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $1, $2)"
                     " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position"

@@ -64,7 +64,8 @@ def _string_list(obj: dict[str, Any], key: str, where: str, prefix: str | None =
         raise bad_json(f"'{where}.{key}' must be a list of strings")
     if prefix is not None:
         for v in value:
-            if not v.startswith(prefix) or ":" not in v:
+            # Room IDs from room version 12 have no server part, so only user IDs need the colon.
+            if not v.startswith(prefix) or len(v) < 2 or (prefix == "@" and ":" not in v):
                 raise invalid_param(f"'{where}.{key}' contains an invalid {kind}: {v!r}")
     return tuple(value)
 

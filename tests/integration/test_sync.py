@@ -16,8 +16,19 @@ Json = dict[str, Any]
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+_clients: list[Client] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> Any:
+    yield
+    while _clients:
+        await _clients.pop().close()
+
+
 async def user(server: TestHomeServer, name: str) -> Client:
     c = server.client()
+    _clients.append(c)
     await c.register(name)
     return c
 

@@ -238,6 +238,12 @@ class EventStore:
         await c.execute("DELETE FROM room_forgotten WHERE user_id = $1 AND room_id = $2", user_id, room_id)
 
     # -- writing (event persisters only) ---------------------------------------------------------------
+    async def set_forward_extremity(self, c: Connection, room_id: str, event_id: str) -> None:
+        """Local rooms are linear: after a batch, the room's one extremity is its last event."""
+        await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room_id)
+        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                        room_id, event_id)
+
     async def insert_event(self, c: Connection, event: Event, stream: int, instance: str,
                            group_before: int | None, group_after: int | None,
                            txn: tuple[str, str, str] | None) -> None:
@@ -258,9 +264,6 @@ class EventStore:
             await c.execute(
                 "INSERT INTO event_txn_ids (user_id, device_id, room_id, txn_id, event_id, inserted_ts)"
                 " VALUES ($1,$2,$3,$4,$5,$6)", user_id, device_id, event.room_id, txn_id, event.event_id, now_ms())
-        await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", event.room_id)
-        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
-                        event.room_id, event.event_id)
         if event.is_state():
             await c.execute(
                 "INSERT INTO current_state_events (room_id, type, state_key, event_id, membership)"
