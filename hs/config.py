@@ -66,10 +66,9 @@ class Listener(Strict):
 
     @property
     def all_resources(self) -> set[str]:
-        res = set(self.resources)
         if self.type == "metrics":
-            res.add("metrics")
-        return res
+            return {"metrics"}  # Synapse's metrics listener serves only metrics
+        return set(self.resources)
 
 
 class DatabaseConfig(Strict):
