@@ -3,6 +3,7 @@
 
   .venv/bin/python bench/bench_send_sync.py                      # start hs on sqlite and postgres
   .venv/bin/python bench/bench_send_sync.py --engines postgres
+  .venv/bin/python bench/bench_send_sync.py --synapse              # also Synapse from PyPI, same workload
   .venv/bin/python bench/bench_send_sync.py --target http://127.0.0.1:8008 --shared-secret S
         # any running homeserver with Synapse's shared-secret admin registration (Synapse included)
 
@@ -155,6 +156,70 @@ def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, 
     return proc, base, secret
 
 
+SYNAPSE_VENV = Path(os.environ.get("HS_BENCH_SYNAPSE_VENV", Path.home() / ".cache" / "hs-bench" / "synapse-venv"))
+
+
+def _create_pg_database(prefix: str) -> str:
+    name = prefix + uuid.uuid4().hex[:8]
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
+                    f"CREATE DATABASE {name} ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' TEMPLATE template0"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return name
+
+
+def _wait_http(base: str, seconds: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/_matrix/client/versions", timeout=1)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{base} did not come up")
+
+
+def start_synapse(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """Synapse from PyPI in its own virtualenv (created on first use), rate limits raised."""
+    import yaml
+
+    py = SYNAPSE_VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(SYNAPSE_VENV)], check=True)
+        subprocess.run([str(SYNAPSE_VENV / "bin" / "pip"), "install", "-q", "matrix-synapse[postgres]"], check=True)
+    d = workdir / f"synapse-{engine}"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "homeserver.yaml"
+    subprocess.run([str(py), "-m", "synapse.app.homeserver", "--server-name", "bench.local", "--config-path",
+                    str(cfg), "--generate-config", "--report-stats=no", "--data-directory", str(d)],
+                   check=True, stdout=subprocess.DEVNULL, cwd=d)
+    conf = yaml.safe_load(cfg.read_text())
+    port = 18108 + (1 if engine == "postgres" else 0)
+    conf["listeners"] = [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+                          "x_forwarded": True, "resources": [{"names": ["client"], "compress": False}]}]
+    if engine == "postgres":
+        conf["database"] = {"name": "psycopg2", "args": {"user": "postgres", "host": "127.0.0.1",
+                                                         "database": _create_pg_database("synapse_bench_"),
+                                                         "cp_min": 5, "cp_max": 10}}
+    secret = uuid.uuid4().hex
+    conf["registration_shared_secret"] = secret
+    unlimited = {"per_second": 100000, "burst_count": 100000}
+    for key in ("rc_message", "rc_registration", "rc_joins_per_room", "rc_presence", "rc_delayed_event_mgmt"):
+        conf[key] = dict(unlimited)
+    conf["rc_login"] = {"address": unlimited, "account": unlimited, "failed_attempts": unlimited}
+    conf["rc_joins"] = {"local": unlimited, "remote": unlimited}
+    conf["trusted_key_servers"] = []
+    conf["suppress_key_server_warning"] = True
+    conf["enable_metrics"] = False
+    cfg.write_text(yaml.safe_dump(conf))
+    proc = subprocess.Popen([str(py), "-m", "synapse.app.homeserver", "-c", str(cfg)], cwd=d,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(base, 120)
+    return proc, base, secret
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--engines", default="sqlite,postgres")
@@ -163,21 +228,23 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=16)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--synapse", action="store_true", help="also run the workload against Synapse")
     args = ap.parse_args()
     if args.target:
         res = asyncio.run(run_workloads(args.target, args.shared_secret, args.senders, args.duration, args.trials))
         print(f"target {args.target}: {res}")
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="hs-bench-"))
-    for engine in args.engines.split(","):
-        proc, base, secret = start_hs(engine, workdir)
+    servers = [("hs", start_hs)] + ([("synapse", start_synapse)] if args.synapse else [])
+    for (label, starter), engine in ((srv, e) for srv in servers for e in args.engines.split(",")):
+        proc, base, secret = starter(engine, workdir)
         try:
             res = asyncio.run(run_workloads(base, secret, args.senders, args.duration, args.trials))
         finally:
             proc.terminate()
             proc.wait(10)
         send, wake = res["send"], res["wake"]
-        print(f"hs/{engine}: send {send['events_per_s']:.0f} events/s ({send['events']} events, "
+        print(f"{label}/{engine}: send {send['events_per_s']:.0f} events/s ({send['events']} events, "
               f"p50 {send['p50_ms']:.1f} ms, p99 {send['p99_ms']:.1f} ms); "
               f"sync wake-up p50 {wake['p50_ms']:.2f} ms, p99 {wake['p99_ms']:.2f} ms", flush=True)
     return 0

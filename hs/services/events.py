@@ -267,11 +267,12 @@ class EventSender:
                                                            {ev.state_tuple: ev.event_id}, p.full_after)
                     await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
                 await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
-                await c.execute(
-                    "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $1, $2)"
-                    " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position"
-                    " WHERE stream_positions.position < excluded.position",
-                    self.hs.instance_name, positions[-1])
+                if len(stream.writers) > 1:  # one writer's position is simply MAX(stream_ordering)
+                    await c.execute(
+                        "INSERT INTO stream_positions (stream_name, instance_name, position)"
+                        " VALUES ('events', $1, $2) ON CONFLICT (stream_name, instance_name)"
+                        " DO UPDATE SET position = excluded.position WHERE stream_positions.position < excluded.position",
+                        self.hs.instance_name, positions[-1])
 
             await self.hs.db.run_transaction("persist_events", write)
         EVENTS_PERSISTED.inc(len(batch))

@@ -107,6 +107,7 @@ async def test_nio_messages_are_idempotent_per_txn(server: TestHomeServer, tmp_p
     alice = await _nio_user(server, "dave", tmp_path)
     try:
         room_id = (await alice.room_create(name="Idem")).room_id
+        await alice.sync(timeout=0)  # nio (with e2e support) only sends into rooms it has synced
         a = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "once"}, tx_id="t1")
         b = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "once"}, tx_id="t1")
         assert a.event_id == b.event_id

@@ -240,9 +240,13 @@ class EventStore:
     # -- writing (event persisters only) ---------------------------------------------------------------
     async def set_forward_extremity(self, c: Connection, room_id: str, event_id: str) -> None:
         """Local rooms are linear: after a batch, the room's one extremity is its last event."""
-        await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room_id)
-        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
-                        room_id, event_id)
+        updated = await c.fetch(
+            "UPDATE event_forward_extremities SET event_id = $2 WHERE room_id = $1 RETURNING event_id",
+            room_id, event_id)
+        if len(updated) != 1:  # a new room (or, defensively, several extremities): replace them all
+            await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room_id)
+            await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                            room_id, event_id)
 
     async def insert_event(self, c: Connection, event: Event, stream: int, instance: str,
                            group_before: int | None, group_after: int | None,
