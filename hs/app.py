@@ -17,7 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from hs.api.base import HS_KEY, Handler, Route, json_response
 from hs.config import Listener
 from hs.errors import MatrixError
-from hs.roles.routes import routes_for_instance
+from hs.replication.http_client import REPLICATION_PREFIX
+from hs.replication.http_server import REPLICATION_ROUTES, replication_auth
+from hs.roles.routes import STREAM_GROUPS, routes_for_instance
 from hs.server import HomeServer
 
 logger = logging.getLogger(__name__)
@@ -34,10 +36,13 @@ CORS_HEADERS = {
 }
 
 
-def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _wrap(route: Route, forward_to: str | None = None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Adapt a `(status, json)` handler; with `forward_to`, writes go to that stream writer instead."""
     handler: Handler = route.handler
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        if forward_to is not None and request.method not in ("GET", "HEAD"):
+            return await _forward(request, forward_to)
         result = await handler(request)
         if isinstance(result, web.StreamResponse):
             return result
@@ -46,6 +51,27 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
 
     wrapped.__name__ = getattr(handler, "__name__", "handler")
     return wrapped
+
+
+async def _forward(request: web.Request, writer: str) -> web.StreamResponse:
+    """A write to a stream this instance does not own: the writer handles it, and we answer only once
+    we have seen the writer's resulting stream positions (read-your-writes)."""
+    hs: HomeServer = request.app[HS_KEY]  # type: ignore[assignment]
+    client = hs.replication_client
+    status, body, positions = await client.forward(writer, request.method, request.path_qs, await request.read(),
+                                                   request.headers.get("Authorization"))
+    for stream, position in positions.items():
+        await client.wait_for_stream(stream, int(position))
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _stream_writer_for(hs: HomeServer, route: Route) -> str | None:
+    """The instance that must handle writes of this route, if it is a stream's and not ours."""
+    stream = STREAM_GROUPS.get(route.group)
+    if stream is None:
+        return None
+    writers = getattr(hs.config.stream_writers, stream, ["main"])
+    return None if hs.instance_name in writers else writers[0]
 
 
 @web.middleware
@@ -90,11 +116,13 @@ async def _health(request: web.Request) -> web.Response:
 
 def create_app(hs: HomeServer, listener: Listener) -> web.Application:
     """An application serving `listener`'s resources with the routes this instance's role owns."""
-    app = web.Application(middlewares=[matrix_middleware], client_max_size=hs.config.max_request_body_size)
+    app = web.Application(middlewares=[matrix_middleware, replication_auth],
+                          client_max_size=hs.config.max_request_body_size)
     app[HS_KEY] = hs
     resources = listener.all_resources
     seen: set[tuple[str, str]] = set()
-    for route in routes_for_instance(hs.config, hs.instance_name):
+    routes = routes_for_instance(hs.config, hs.instance_name)
+    for route in routes:
         if route.resource not in resources:
             continue
         for path in route.full_paths():
@@ -102,7 +130,16 @@ def create_app(hs: HomeServer, listener: Listener) -> web.Application:
             if key in seen:
                 continue
             seen.add(key)
-            app.router.add_route(route.method, path, _wrap(route))
+            app.router.add_route(route.method, path, _wrap(route, _stream_writer_for(hs, route)))
+    if "replication" in resources:
+        for method, path, handler in REPLICATION_ROUTES:
+            app.router.add_route(method, path, _wrap(Route(method, path, handler, "replication", ())))
+        # Client requests forwarded by workers that do not own the stream they write.
+        for route in routes:
+            if route.group not in STREAM_GROUPS:
+                continue
+            for path in route.full_paths():
+                app.router.add_route(route.method, f"{REPLICATION_PREFIX}/client{path}", _wrap(route))
     if "metrics" in resources:
         app.router.add_get("/_synapse/metrics", _metrics)
         app.router.add_get("/metrics", _metrics)

@@ -6,6 +6,7 @@ Every role builds the same object; what differs is which streams this instance w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import cached_property
 from typing import Any
@@ -18,9 +19,16 @@ from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
+from hs.streams.account_data import AccountDataStream
+from hs.streams.device_lists import DeviceListsStream
 from hs.streams.events import EventsStream
 from hs.streams.notifier import Notifier
 from hs.streams.positions import PositionSource, make_position_source
+from hs.streams.presence import PresenceStream
+from hs.streams.push_rules import PushRulesStream
+from hs.streams.receipts import ReceiptsStream
+from hs.streams.to_device import ToDeviceStream
+from hs.streams.typing import TypingStream
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +54,22 @@ class HomeServer:
             self.replication = InProcessTransport()
         self.state_group_ids: PositionSource
         self.events_stream = EventsStream(self)
+        self.receipts_stream = ReceiptsStream(self)
+        self.push_rules_stream = PushRulesStream(self)
+        self.to_device_stream = ToDeviceStream(self)
+        self.device_lists_stream = DeviceListsStream(self)
+        self.presence_stream = PresenceStream(self)
+        self.account_data_stream = AccountDataStream(self)
+        self.typing_stream = TypingStream(self)
         self._started = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def streams(self) -> dict[str, Any]:
+        """Every stream this process tracks, by name (any attribute that is a Stream)."""
+        from hs.streams.base import Stream
+
+        return {v.NAME: v for v in vars(self).values() if isinstance(v, Stream)}
 
     @property
     def signing_key(self) -> SigningKey:
@@ -98,10 +121,40 @@ class HomeServer:
         return RoomService(self)
 
     @cached_property
+    def e2ee(self) -> Any:
+        from hs.services.e2ee import E2eeService
+
+        return E2eeService(self)
+
+    @cached_property
+    def receipts(self) -> Any:
+        from hs.services.receipts import ReceiptService
+
+        return ReceiptService(self)
+
+    @cached_property
+    def push_rules(self) -> Any:
+        from hs.services.push_rules import PushRulesService
+
+        return PushRulesService(self)
+
+    @cached_property
+    def push_evaluator(self) -> Any:
+        from hs.services.push_rules import BulkPushEvaluator
+
+        return BulkPushEvaluator(self)
+
+    @cached_property
     def sync(self) -> Any:
         from hs.services.sync import SyncService
 
         return SyncService(self)
+
+    @cached_property
+    def presence(self) -> Any:
+        from hs.services.presence import PresenceService
+
+        return PresenceService(self)
 
     @cached_property
     def visibility(self) -> Any:
@@ -133,21 +186,52 @@ class HomeServer:
         if self.instance_name == "main" or self.config.database.engine == "sqlite":
             await apply_migrations(self.db)
         self.replication.subscribe("events", self._on_events_message)
+        self.replication.subscribe("receipts", self.receipts_stream.handle_message)
+        self.replication.subscribe("push_rules", self.push_rules_stream.handle_message)
+        self.replication.subscribe("to_device", self.to_device_stream.handle_message)
+        self.replication.subscribe("device_lists", self.device_lists_stream.handle_message)
+        self.replication.subscribe("account_data", self.account_data_stream.handle_message)
+        self.replication.subscribe("typing", self.typing_stream.handle_message)
+        self.presence_stream.subscribe()
         await self.replication.start()
         self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
         await self.events_stream.setup()
+        await self.receipts_stream.setup()
+        await self.push_rules_stream.setup()
+        self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
+        if self.events_stream.is_writer:
+            self.event_sender.persisted_hooks.append(self.push_evaluator.on_events_persisted)
+        await self.to_device_stream.setup()
+        await self.device_lists_stream.setup()
+        await self.presence_stream.setup()
+        await self.presence.start()
+        await self.account_data_stream.setup()
+        await self.typing_stream.setup()
         self._started = True
 
     async def _catch_up(self) -> None:
         """After a replication outage: re-read persisted positions and wake every waiter to re-check."""
         await self.events_stream.catch_up()
+        await self.receipts_stream.catch_up()
+        await self.push_rules_stream.catch_up()
+        await self.to_device_stream.catch_up()
+        await self.device_lists_stream.catch_up()
+        await self.presence_stream.catch_up()
+        await self.account_data_stream.catch_up()
 
     def _on_events_message(self, msg: dict[str, Any]) -> None:
         redacts = msg.get("redacts") or []
         for event_id in [redacts] if isinstance(redacts, str) else redacts:
             self.event_store.invalidate_event(event_id)
         self.events_stream.handle_message(msg)
+        if self.events_stream.tracker is not None and msg.get("instance") != self.instance_name:
+            task = asyncio.get_running_loop().create_task(self.events_stream.on_other_writer(msg["instance"]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
+        if "presence" in self.__dict__:
+            await self.presence.stop()
+        self.typing_stream.close()
         await self.replication.stop()
         await self.db.close()

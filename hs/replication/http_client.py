@@ -1,25 +1,131 @@
 """Calls to another instance's `replication` resource, for writes owned by another stream writer.
 
-The monolith owns every stream, so it never calls this; worker clusters use it to forward, for
-example, a /send for a room sharded to another event persister.
+Every call carries `Authorization: Bearer <worker_replication_secret>` and, for writes, a transaction
+ID so a retried call is applied once. Replies carry the writer's stream position; the caller waits
+until its own view of the stream has reached it before answering its client (read-your-writes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
 
 from hs.errors import MatrixError
 
 if TYPE_CHECKING:
+    from hs.events.event import Event
     from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+REPLICATION_PREFIX = "/_hs/replication"
+FORWARDED_AUTH_HEADER = "X-Hs-Forwarded-Authorization"
+POSITIONS_HEADER = "X-Hs-Stream-Positions"
+RETRIES = 5
 
 
 class ReplicationClient:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        self._session: aiohttp.ClientSession | None = None
 
+    def _base(self, instance: str) -> str:
+        loc = self.hs.config.instance_map.get(instance)
+        if loc is None:
+            raise MatrixError(500, "M_UNKNOWN", f"instance {instance!r} is not in instance_map")
+        scheme = "https" if loc.tls else "http"
+        return f"{scheme}://{loc.host}:{loc.port}"
+
+    def _headers(self) -> dict[str, str]:
+        secret = self.hs.config.get_replication_secret()
+        return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, instance: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a replication call, retrying connection failures (the writer may be restarting)."""
+        body = {**body, "txn_id": body.get("txn_id") or uuid.uuid4().hex}
+        url = f"{self._base(instance)}{REPLICATION_PREFIX}/{name}"
+        last: Exception | None = None
+        for attempt in range(RETRIES):
+            try:
+                s = await self.session()
+                async with s.post(url, data=orjson.dumps(body), headers=self._headers()) as r:
+                    data = await r.json(content_type=None)
+                    if r.status != 200:
+                        raise MatrixError(r.status, data.get("errcode", "M_UNKNOWN"), data.get("error", ""))
+                    return data  # type: ignore[no-any-return]
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                last = e
+                logger.warning("replication call %s to %s failed (%s); retrying", name, instance, e)
+                await asyncio.sleep(0.2 * (2**attempt))
+        raise MatrixError(502, "M_UNKNOWN", f"{instance} is unreachable: {last}")
+
+    async def wait_for_stream(self, stream: str, position: int, timeout: float = 10.0) -> None:
+        """Read-your-writes: return once this process has seen `stream` reach `position`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.hs.notifier.current.get(stream) < position:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                logger.warning("timed out waiting for %s to reach %d", stream, position)
+                return
+            await self.hs.notifier.wait_for_position(stream, position, remaining)
+
+    # -- events ------------------------------------------------------------------------------------------
     async def send_event(self, room_id: str, sender: str, etype: str, content: dict[str, Any],
-                         state_key: str | None, txn: tuple[str, str, str] | None, redacts: str | None) -> Any:
+                         state_key: str | None, txn: tuple[str, str, str] | None, redacts: str | None,
+                         ) -> Event:
         writer = self.hs.events_stream.writer_for_room(room_id)
-        raise MatrixError(502, "M_UNKNOWN", f"room {room_id} is written by {writer}; HTTP replication to "
-                                            "other writers is not available in this build")
+        body = {"room_id": room_id, "sender": sender, "type": etype, "content": content, "state_key": state_key,
+                "txn": list(txn) if txn else None, "redacts": redacts}
+        if txn is not None:
+            body["txn_id"] = "send:" + ":".join(txn) + ":" + room_id
+        reply = await self.call(writer, "send_event", body)
+        await self.wait_for_stream("events", int(reply["stream_ordering"]))
+        event = await self.hs.event_store.get_event(reply["event_id"])
+        if event is None:
+            raise MatrixError(500, "M_UNKNOWN", "event persisted by the writer is not visible")
+        return event
+
+    async def persist_create(self, pdu: dict[str, Any], room_version: str) -> Event:
+        from hs.events.event import Event as EventCls
+        from hs.events.room_versions import KNOWN_ROOM_VERSIONS
+
+        event = EventCls(pdu, KNOWN_ROOM_VERSIONS[room_version])
+        writer = self.hs.events_stream.writer_for_room(event.room_id)
+        reply = await self.call(writer, "persist_create", {"pdu": pdu, "room_version": room_version,
+                                                           "txn_id": "create:" + event.event_id})
+        await self.wait_for_stream("events", int(reply["stream_ordering"]))
+        stored = await self.hs.event_store.get_event(event.event_id)
+        assert stored is not None
+        return stored
+
+    # -- generic forwarding of client requests to a stream's writer ------------------------------------------
+    async def forward(self, instance: str, method: str, path_qs: str, body: bytes,
+                      authorization: str | None) -> tuple[int, bytes, dict[str, int]]:
+        url = f"{self._base(instance)}{REPLICATION_PREFIX}/client{path_qs}"
+        headers = self._headers()
+        headers["Content-Type"] = "application/json"
+        if authorization:
+            headers[FORWARDED_AUTH_HEADER] = authorization
+        for attempt in range(RETRIES):
+            try:
+                s = await self.session()
+                async with s.request(method, url, data=body, headers=headers) as r:
+                    positions = orjson.loads(r.headers.get(POSITIONS_HEADER, "{}"))
+                    return r.status, await r.read(), positions
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                logger.warning("forwarding %s %s to %s failed (%s); retrying", method, path_qs, instance, e)
+                await asyncio.sleep(0.2 * (2**attempt))
+        raise MatrixError(502, "M_UNKNOWN", f"{instance} is unreachable")

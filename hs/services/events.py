@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from hs.events.hashing import add_content_hash, compute_content_hash
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import sign_event
 from hs.events.validation import EventTooLargeError, check_event_size
+from hs.streams.events import _UPSERT_POSITION
 from hs.util import LruCache, now_ms, random_string
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class EventSender:
         # Transaction IDs being persisted or persisted recently, so a retry that races the first
         # request is answered with the same event.
         self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000)
+        # Called with each committed batch before it is published (push rule evaluation), so the
+        # /sync that a batch wakes sees what the hooks wrote. A failing hook is logged, not fatal.
+        self.persisted_hooks: list[Callable[[list[Event]], Awaitable[None]]] = []
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -120,10 +124,17 @@ class EventSender:
             pdu["room_id"] = room_id
         event = self._finish(rv, pdu)
         check_auth_rules(event, {})
+        if not self.hs.events_stream.is_writer_for_room(event.room_id):
+            # The room ID (v12: the create event's hash) decides its writer; hand the event over.
+            await self.hs.room_store.store_room(event.room_id, rv.identifier, sender, False)
+            return await self.hs.replication_client.persist_create(event.pdu, rv.identifier)
+        return await self.persist_create_event(event)
+
+    async def persist_create_event(self, event: Event) -> Event:
+        """Persist a new room's create event on this (the room's) writer."""
         room_id = event.room_id
-        await self.hs.room_store.store_room(room_id, rv.identifier, sender, False)
-        if not self.hs.events_stream.is_writer_for_room(room_id):
-            raise MatrixError(500, "M_UNKNOWN", "room created on the wrong writer")
+        if await self.hs.room_store.get_room_version_id(room_id) is None:
+            await self.hs.room_store.store_room(room_id, event.room_version.identifier, event.sender, False)
         async with self.locks.lock(room_id):
             future = await self._enqueue(event, None, {}, None)
         return await asyncio.shield(future)
@@ -257,7 +268,8 @@ class EventSender:
     async def _persist_batch(self, room_id: str, batch: list[_Pending]) -> None:
         stream = self.hs.events_stream
         assert stream.tracker is not None, "only an events writer persists events"
-        async with stream.tracker.allocate_many(len(batch)) as positions:
+        tracker = stream.tracker
+        async with tracker.allocate_many(len(batch)) as positions:
             async def write(c: Any) -> None:
                 for p, pos in zip(batch, positions, strict=True):
                     ev = p.event
@@ -268,11 +280,7 @@ class EventSender:
                     await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
                 await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
                 if len(stream.writers) > 1:  # one writer's position is simply MAX(stream_ordering)
-                    await c.execute(
-                        "INSERT INTO stream_positions (stream_name, instance_name, position)"
-                        " VALUES ('events', $1, $2) ON CONFLICT (stream_name, instance_name)"
-                        " DO UPDATE SET position = excluded.position WHERE stream_positions.position < excluded.position",
-                        self.hs.instance_name, positions[-1])
+                    await c.execute(_UPSERT_POSITION, self.hs.instance_name, tracker.persisted_if_committed(positions))
 
             await self.hs.db.run_transaction("persist_events", write)
         EVENTS_PERSISTED.inc(len(batch))
@@ -285,6 +293,11 @@ class EventSender:
             if ev.membership is not None and ev.state_key:
                 users.append(ev.state_key)
         redacted = [p.event.redacts for p in batch if p.event.type == "m.room.redaction" and p.event.redacts]
+        for hook in self.persisted_hooks:
+            try:
+                await hook([p.event for p in batch])
+            except Exception:
+                logger.exception("post-persist hook %r failed for %s", hook, room_id)
         await stream.publish(stream.tracker.persisted_upto, row_position=positions[-1], rooms=[room_id],
                              users=users, redacts=redacted)
         for p in batch:

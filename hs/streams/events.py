@@ -1,4 +1,10 @@
-"""The events stream: room events, sharded by room over the writers in `stream_writers.events`."""
+"""The events stream: room events, sharded by room over the writers in `stream_writers.events`.
+
+Positions come from one shared source (a PostgreSQL sequence), so they order events across writers.
+With several writers each records its persisted-up-to position in `stream_positions`; a writer with
+nothing in flight claims the sequence so far whenever another writer moves on, so the minimum over
+writers — what readers serve — follows the busiest writer closely.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,12 @@ from hs.streams.positions import PositionTracker, make_position_source
 if TYPE_CHECKING:
     from hs.server import HomeServer
 
+_UPSERT_POSITION = (
+    "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $1, $2)"
+    " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position"
+    " WHERE stream_positions.position < excluded.position"
+)
+
 
 class EventsStream(Stream):
     NAME = "events"
@@ -19,26 +31,45 @@ class EventsStream(Stream):
         self.tracker: PositionTracker | None = None
 
     async def setup(self) -> None:
-        db = self.hs.db
-        source = await make_position_source(db, "events_stream", "events", "stream_ordering")
-        rows = await db.fetch("SELECT instance_name, position FROM stream_positions WHERE stream_name = 'events'")
-        stored = {r["instance_name"]: int(r["position"]) for r in rows}
-        maximum = int(await db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events") or 0)
-        if len(self.writers) == 1:
-            # One writer: everything in the table is persisted.
-            stored = {self.writers[0]: maximum}
+        source = await make_position_source(self.hs.db, "events_stream", "events", "stream_ordering")
+        stored = await self.stored_positions()
         self.set_initial_positions(stored)
         if self.is_writer:
-            start = stored.get(self.hs.instance_name, maximum if len(self.writers) == 1 else 0)
-            self.tracker = PositionTracker(source, start)
+            self.tracker = PositionTracker(source, stored.get(self.hs.instance_name, 0))
+            # Whatever was in flight when this writer last stopped is gone: claim the sequence so far.
+            if len(self.writers) > 1 and await self.tracker.advance_idle():
+                await self._record_own_position()
 
-    async def catch_up(self) -> None:
-        """Apply every writer's persisted position from the database (messages may have been lost)."""
+    async def stored_positions(self) -> dict[str, int]:
+        """Each writer's durably recorded persisted-up-to position."""
+        if len(self.writers) == 1:
+            maximum = await self.hs.db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events")
+            return {self.writers[0]: int(maximum or 0)}
         rows = await self.hs.db.fetch(
             "SELECT instance_name, position FROM stream_positions WHERE stream_name = 'events'")
-        for r in rows:
-            if r["instance_name"] in self.positions:
-                self.on_position(r["instance_name"], int(r["position"]), everyone=True)
+        return {r["instance_name"]: int(r["position"]) for r in rows}
+
+    async def catch_up(self) -> None:
+        """Apply every writer's recorded position (replication messages may have been lost) and wake
+        every waiter so it re-reads what it missed."""
+        for writer, position in (await self.stored_positions()).items():
+            if writer in self.positions:
+                self.on_position(writer, position, everyone=True)
+
+    async def on_other_writer(self, writer: str) -> None:
+        """Another writer moved on: if idle, claim the shared sequence so far and publish it."""
+        if self.tracker is None or writer == self.hs.instance_name or len(self.writers) < 2:
+            return
+        if await self.tracker.advance_idle():
+            position = await self._record_own_position()
+            await self.publish(position)
+
+    async def _record_own_position(self) -> int:
+        assert self.tracker is not None
+        position = self.tracker.persisted_upto
+        await self.hs.db.execute(_UPSERT_POSITION, self.hs.instance_name, position)
+        self.on_position(self.hs.instance_name, position)
+        return position
 
     def writer_for_room(self, room_id: str) -> str:
         return self.writers[stable_shard(room_id, len(self.writers))]

@@ -38,10 +38,31 @@ class Notifier:
         # The highest positions this process has applied per stream; a waiter whose token is behind
         # returns at once.
         self.current = StreamToken({})
+        self._position_waiters: list[tuple[str, int, asyncio.Future[None]]] = []
 
     def advance(self, stream: str, position: int) -> None:
         if position > self.current.get(stream):
             self.current = self.current.with_position(stream, position)
+            if self._position_waiters:
+                still = []
+                for name, pos, fut in self._position_waiters:
+                    if name == stream and pos <= position:
+                        if not fut.done():
+                            fut.set_result(None)
+                    elif not fut.done():
+                        still.append((name, pos, fut))
+                self._position_waiters = still
+
+    async def wait_for_position(self, stream: str, position: int, timeout: float) -> None:
+        """Return once this process has applied `stream` up to `position` (or after `timeout`)."""
+        if self.current.get(stream) >= position:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._position_waiters.append((stream, position, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
 
     def notify(self, stream: str, position: int, users: Iterable[str] = (), rooms: Iterable[str] = (),
                everyone: bool = False) -> None:

@@ -112,6 +112,14 @@ class PositionTracker:
             self._max_done = max(self._max_done, positions[-1])
             self._recompute()
 
+    def persisted_if_committed(self, positions: list[int]) -> int:
+        """The watermark once `positions` (in flight now) commit: what a writer may record durably in
+        the same transaction, since it becomes true exactly when that transaction commits."""
+        others = self._in_flight.difference(positions)
+        if others:
+            return max(self._persisted, min(others) - 1)
+        return max(self._persisted, self._max_done, max(positions))
+
     def _recompute(self) -> None:
         new = (min(self._in_flight) - 1) if self._in_flight else self._max_done
         if new > self._persisted:

@@ -15,7 +15,8 @@ class RoomStore:
 
     async def store_room(self, room_id: str, room_version: str, creator: str, is_public: bool) -> None:
         await self.db.execute(
-            "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1,$2,$3,$4,$5)",
+            "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1,$2,$3,$4,$5)"
+            " ON CONFLICT (room_id) DO NOTHING",
             room_id, room_version, creator, int(is_public), now_ms(),
         )
         self._versions[room_id] = room_version

@@ -1,0 +1,123 @@
+"""The `replication` resource: calls other instances make to this one as a stream writer.
+
+- POST /_hs/replication/send_event      build + persist an event in a room this instance writes
+- POST /_hs/replication/persist_create  persist a new room's create event (built by the caller)
+- GET  /_hs/replication/positions       this instance's positions of the streams it writes
+- ANY  /_hs/replication/client/<path>   a client request forwarded by a worker that does not own
+                                        the stream it writes; answered by the same handler
+
+Every request must carry `Authorization: Bearer <worker_replication_secret>`; forwarded client
+requests carry the user's own header as X-Hs-Forwarded-Authorization. Replies carry this instance's
+stream positions so the caller can wait until it has seen its own write.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from hs.api.base import get_hs, json_response
+from hs.errors import MatrixError
+from hs.events.auth import AuthError, check_auth_rules
+from hs.events.event import Event
+from hs.events.room_versions import KNOWN_ROOM_VERSIONS
+from hs.replication.http_client import FORWARDED_AUTH_HEADER, POSITIONS_HEADER, REPLICATION_PREFIX
+from hs.util import LruCache
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+_replies: LruCache[str, dict[str, Any]] = LruCache(10000)
+
+
+def writer_positions(hs: HomeServer) -> dict[str, int]:
+    """This instance's current position of every stream it writes."""
+    out = {}
+    for stream in hs.streams.values():
+        if hs.instance_name in stream.writers:
+            out[stream.NAME] = hs.notifier.current.get(stream.NAME)
+    return out
+
+
+@web.middleware
+async def replication_auth(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    if not request.path.startswith(REPLICATION_PREFIX):
+        return await handler(request)
+    hs = get_hs(request)
+    secret = hs.config.get_replication_secret()
+    if secret is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
+            return json_response(403, {"errcode": "M_FORBIDDEN", "error": "Invalid replication secret"})
+    if request.path.startswith(REPLICATION_PREFIX + "/client/"):
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        forwarded = request.headers.get(FORWARDED_AUTH_HEADER)
+        if forwarded:
+            headers["Authorization"] = forwarded
+        request = request.clone(headers=headers)
+    resp = await handler(request)
+    if not resp.prepared:
+        resp.headers[POSITIONS_HEADER] = orjson.dumps(writer_positions(hs)).decode()
+    return resp
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise MatrixError(400, "M_NOT_JSON", "replication body is not JSON") from None
+    if not isinstance(body, dict):
+        raise MatrixError(400, "M_BAD_JSON", "replication body must be an object")
+    return body
+
+
+async def send_event(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    body = await _body(request)
+    cached = _replies.get(str(body.get("txn_id")))
+    if cached is not None:
+        return 200, cached
+    room_id = body["room_id"]
+    if not hs.events_stream.is_writer_for_room(room_id):
+        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write events for {room_id}")
+    txn = tuple(body["txn"]) if body.get("txn") else None
+    event = await hs.event_sender.send(room_id, body["sender"], body["type"], body["content"],
+                                       state_key=body.get("state_key"), txn=txn,  # type: ignore[arg-type]
+                                       redacts=body.get("redacts"))
+    reply = {"event_id": event.event_id, "stream_ordering": event.internal["stream_ordering"]}
+    _replies.set(str(body.get("txn_id")), reply)
+    return 200, reply
+
+
+async def persist_create(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    body = await _body(request)
+    rv = KNOWN_ROOM_VERSIONS[body["room_version"]]
+    event = Event(body["pdu"], rv)
+    existing = await hs.event_store.get_event(event.event_id)
+    if existing is not None:
+        return 200, {"event_id": existing.event_id, "stream_ordering": existing.internal["stream_ordering"]}
+    if not hs.events_stream.is_writer_for_room(event.room_id):
+        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write events for {event.room_id}")
+    try:
+        check_auth_rules(event, {})
+    except AuthError as e:
+        raise MatrixError(403, "M_FORBIDDEN", str(e)) from None
+    stored = await hs.event_sender.persist_create_event(event)
+    return 200, {"event_id": stored.event_id, "stream_ordering": stored.internal["stream_ordering"]}
+
+
+async def positions(request: web.Request) -> tuple[int, Any]:
+    return 200, {"instance": get_hs(request).instance_name, "positions": writer_positions(get_hs(request))}
+
+
+REPLICATION_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[tuple[int, Any]]]]] = [
+    ("POST", f"{REPLICATION_PREFIX}/send_event", send_event),
+    ("POST", f"{REPLICATION_PREFIX}/persist_create", persist_create),
+    ("GET", f"{REPLICATION_PREFIX}/positions", positions),
+]
