@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -174,7 +175,22 @@ def _routes(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from hs.roles.proxy import render_proxy_config
 
-    print(render_proxy_config(cfg, args.format))
+    print(render_proxy_config(cfg, args.format, args.listen), end="")
+    return 0
+
+
+def _local_cluster(args: argparse.Namespace) -> int:
+    from hs.localcluster import LocalCluster
+
+    cluster = LocalCluster(args.config, proxy_port=args.listen, log_dir=args.log_dir)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    cluster.start()
+    print(f"cluster of {len(cluster.instances)} instance(s) behind nginx at {cluster.base_url};"
+          f" logs in {cluster.log_dir}; Ctrl-C stops it", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.stop()
     return 0
 
 
@@ -214,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("routes", help="print reverse-proxy config for a cluster")
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--format", choices=["nginx", "haproxy", "table"], default="nginx")
+    p.add_argument("--listen", type=int, default=8008, help="port the proxy listens on")
     p.set_defaults(fn=_routes)
+
+    p = sub.add_parser("local-cluster", help="run every instance of a cluster file plus nginx, here")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--listen", type=int, default=8008, help="nginx port")
+    p.add_argument("--log-dir")
+    p.set_defaults(fn=_local_cluster)
 
     args = parser.parse_args(argv)
     return int(args.fn(args) or 0)

@@ -12,7 +12,8 @@ from functools import cached_property
 from typing import Any
 
 from hs.config import HomeserverConfig
-from hs.db.migrations import apply_migrations
+from hs.db.migrations import apply_migrations, wait_for_migrations
+from hs.roles.duties import duties_for
 from hs.db.pool import Database, make_database
 from hs.db.stores.events import EventStore
 from hs.db.stores.rooms import RoomStore
@@ -40,6 +41,7 @@ class HomeServer:
         self.instance_name = instance_name
         self.server_name = config.server_name
         self.app_name = config.app_for(instance_name)
+        self.duties = duties_for(config, instance_name)
         self._signing_key = signing_key
         self.db: Database = make_database(config.database)
         self.notifier = Notifier()
@@ -185,6 +187,8 @@ class HomeServer:
         await self.db.open()
         if self.instance_name == "main" or self.config.database.engine == "sqlite":
             await apply_migrations(self.db)
+        else:
+            await wait_for_migrations(self.db)
         self.replication.subscribe("events", self._on_events_message)
         self.replication.subscribe("receipts", self.receipts_stream.handle_message)
         self.replication.subscribe("push_rules", self.push_rules_stream.handle_message)
@@ -192,6 +196,7 @@ class HomeServer:
         self.replication.subscribe("device_lists", self.device_lists_stream.handle_message)
         self.replication.subscribe("account_data", self.account_data_stream.handle_message)
         self.replication.subscribe("typing", self.typing_stream.handle_message)
+        self.replication.subscribe("events", self.typing_stream.on_events_message)
         self.presence_stream.subscribe()
         await self.replication.start()
         self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")

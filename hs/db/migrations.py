@@ -55,3 +55,23 @@ async def apply_migrations(db: Database) -> int:
         return ran
 
     return await db.run_transaction("migrate", migrate)
+
+
+async def wait_for_migrations(db: Database, timeout: float = 120.0) -> None:
+    """Workers do not migrate: they wait until the main process has brought the schema up to date."""
+    import asyncio
+
+    latest = max(v for v, _n, _s in list_migrations())
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            current = await db.fetchval("SELECT MAX(version) FROM schema_version") or 0
+        except Exception:
+            current = 0
+        if current >= latest:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"database schema is at version {current}, need {latest}: start the main process"
+                               " (or run `hs migrate`) first")
+        logger.info("waiting for the main process to migrate the schema (%s < %s)", current, latest)
+        await asyncio.sleep(0.5)

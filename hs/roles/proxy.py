@@ -1,8 +1,9 @@
 """Reverse-proxy config rendered from the route table, so nobody copies routing regexes by hand.
 
-Each route goes to the instances that serve it (`routes_for_instance`) and have a listener with its
-resource; routes several instances serve are balanced (sticky per user for /sync, per room for event
-sending, as the seed advises), the rest go to main.
+Each route goes to the instances that serve it (`routes_for_instance`) on a listener with its resource;
+anything no worker serves goes to main. Where several instances serve a route the upstream hashes on a
+sticky key: the room for event sending (so one room's sends queue on one worker), the access token
+(or client address) otherwise, so a user's /sync long-polls and multi-step auth stay on one worker.
 """
 
 from __future__ import annotations
@@ -12,97 +13,122 @@ from collections import defaultdict
 
 from hs.api.base import Route
 from hs.config import HomeserverConfig
-from hs.roles.routes import all_routes, routes_for_instance
+from hs.roles.routes import STREAM_GROUPS, all_routes, routes_for_instance
 
-STICKY_BY_ROOM = {"event_sending"}
-STICKY_BY_USER = {"sync"}
+Target = tuple[str, int]
 
 
 def path_regex(path: str) -> str:
     """`/rooms/{roomId}/send/{type}/{txnId}` -> `^/rooms/[^/]+/send/[^/]+/[^/]+$`."""
     out = ""
     for part in re.split(r"(\{[^}]+\})", path):
-        out += "[^/]+" if part.startswith("{") else re.escape(part).replace("\\/", "/")
+        out += "[^/]+" if part.startswith("{") else re.escape(part).replace("\\/", "/").replace("\\-", "-")
     return f"^{out}$"
 
 
-def _instances_serving(config: HomeserverConfig, route: Route) -> list[tuple[str, int]]:
-    out = []
-    for instance in ["main", *config.workers]:
-        if route not in routes_for_instance(config, instance):
-            continue
-        for listener in config.listeners_for(instance):
-            if route.resource in listener.all_resources:
-                host = config.instance_map[instance].host if instance in config.instance_map else "127.0.0.1"
-                out.append((host, listener.port))
-                break
-    return out
+def instance_address(config: HomeserverConfig, instance: str, resource: str) -> Target | None:
+    for listener in config.listeners_for(instance):
+        if resource in listener.all_resources:
+            if instance in config.instance_map:
+                host = config.instance_map[instance].host
+            else:
+                host = listener.bind_addresses[0] if listener.bind_addresses else "127.0.0.1"
+                host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            return (host, listener.port)
+    return None
 
 
-def route_table(config: HomeserverConfig) -> list[tuple[Route, str, list[tuple[str, int]]]]:
+def route_targets(config: HomeserverConfig) -> list[tuple[Route, str, list[Target]]]:
+    """(route, path regex, instances serving it) for every mounted path, workers preferred over main."""
+    served: dict[str, list[Route]] = {i: routes_for_instance(config, i) for i in ["main", *config.workers]}
     rows = []
     for route in all_routes():
-        targets = _instances_serving(config, route)
+        stream = STREAM_GROUPS.get(route.group)
+        if stream is not None:
+            # A stream's endpoints go to its writer when it listens for clients (others would forward).
+            writer = getattr(config.stream_writers, stream)[0]
+            addr = instance_address(config, writer, route.resource)
+            if addr is not None:
+                rows.extend((route, path_regex(full), [addr]) for full in route.full_paths())
+                continue
+        workers = []
+        for instance in config.workers:
+            addr = instance_address(config, instance, route.resource)
+            if addr is not None and route in served[instance]:
+                workers.append(addr)
+        if not workers:
+            main = instance_address(config, "main", route.resource)
+            workers = [main] if main is not None else []
         for full in route.full_paths():
-            rows.append((route, path_regex(full), targets))
+            rows.append((route, path_regex(full), workers))
     return rows
 
 
-def render_proxy_config(config: HomeserverConfig, fmt: str) -> str:
-    rows = route_table(config)
+def render_proxy_config(config: HomeserverConfig, fmt: str, listen: int = 8008) -> str:
+    rows = route_targets(config)
     if fmt == "table":
         return "\n".join(f"{r.method}\t{rx}\t{r.group}\t{' '.join(f'{h}:{p}' for h, p in t)}" for r, rx, t in rows)
-    # Group regexes by target set, keeping the most specific (longest) regexes first.
-    by_targets: dict[tuple[tuple[str, int], ...], set[str]] = defaultdict(set)
-    groups: dict[tuple[tuple[str, int], ...], str] = {}
+    # One upstream per (target set, stickiness); regexes grouped under it.
+    upstreams: dict[tuple[tuple[Target, ...], str], set[str]] = defaultdict(set)
     for route, rx, targets in rows:
-        key = tuple(targets)
-        by_targets[key].add(rx)
-        groups.setdefault(key, route.group)
-    main_targets = _instances_serving(config, Route("GET", "/_matrix/client/versions", _noop, "client", ()))
-    lines: list[str] = []
+        if targets:
+            sticky = "room" if route.group == "event_sending" else "user"
+            upstreams[(tuple(targets), sticky)].add(rx)
+    main = instance_address(config, "main", "client")
+    names = {key: f"hs_{i}" for i, key in enumerate(upstreams)}
     if fmt == "nginx":
-        for i, (tkey, _rxs) in enumerate(by_targets.items()):
-            if not tkey:
-                continue
-            lines.append(f"upstream hs_{i} {{")
-            if groups[tkey] in STICKY_BY_ROOM | STICKY_BY_USER and len(tkey) > 1:
-                lines.append("    hash $hs_sticky_key consistent;")
-            lines.extend(f"    server {h}:{p};" for h, p in tkey)
-            lines.append("}")
-        lines.append("map $http_authorization $hs_sticky_key { default $http_authorization; }")
-        lines.append("server {")
-        lines.append("    listen 8008;")
-        lines.append("    client_max_body_size 50M;")
-        for i, (tkey, rxs) in enumerate(by_targets.items()):
-            if not tkey:
-                continue
-            for rx in sorted(rxs, key=len, reverse=True):
-                lines.append(f"    location ~ {rx} {{ proxy_pass http://hs_{i}; proxy_set_header Host $host;"
-                             " proxy_set_header X-Forwarded-For $remote_addr; proxy_read_timeout 120s; }")
-        if main_targets:
-            h, p = main_targets[0]
-            lines.append(f"    location / {{ proxy_pass http://{h}:{p}; proxy_set_header Host $host; }}")
-        lines.append("}")
-    else:  # haproxy
-        lines.append("frontend matrix\n    bind *:8008")
-        for i, (tkey, rxs) in enumerate(by_targets.items()):
-            if not tkey:
-                continue
-            for rx in sorted(rxs, key=len, reverse=True):
-                lines.append(f"    acl is_hs_{i} path_reg {rx}")
-            lines.append(f"    use_backend hs_{i} if is_hs_{i}")
-        lines.append("    default_backend hs_main")
-        for i, (tkey, _rxs) in enumerate(by_targets.items()):
-            if not tkey:
-                continue
-            lines.append(f"backend hs_{i}\n    balance uri")
-            lines.extend(f"    server s{j} {h}:{p}" for j, (h, p) in enumerate(tkey))
-        if main_targets:
-            h, p = main_targets[0]
-            lines.append(f"backend hs_main\n    server main {h}:{p}")
-    return "\n".join(lines)
+        return _nginx(upstreams, names, main, listen)
+    if fmt == "haproxy":
+        return _haproxy(upstreams, names, main, listen)
+    raise ValueError(f"unknown format {fmt!r}")
 
 
-async def _noop(request: object) -> tuple[int, object]:
-    return 200, {}
+def _nginx(upstreams: dict[tuple[tuple[Target, ...], str], set[str]], names: dict[tuple[tuple[Target, ...], str], str],
+           main: Target | None, listen: int) -> str:
+    out = [
+        "# Generated by `hs routes --format nginx`: include it in nginx's http {} block.",
+        "map $uri $hs_room_key {",
+        "    ~^/_matrix/client/[^/]+/rooms/(?<room>[^/]+)/ $room;",
+        "    default $http_authorization$remote_addr;",
+        "}",
+        "map $http_authorization $hs_user_key {",
+        "    default $http_authorization;",
+        "    '' $remote_addr;",
+        "}",
+    ]
+    for (targets, sticky), name in names.items():
+        out.append(f"upstream {name} {{")
+        if len(targets) > 1:
+            out.append(f"    hash {'$hs_room_key' if sticky == 'room' else '$hs_user_key'} consistent;")
+        out.extend(f"    server {h}:{p};" for h, p in targets)
+        out.append("}")
+    out += ["server {", f"    listen {listen};", "    client_max_body_size 50M;"]
+    proxy = ("proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr;"
+             " proxy_http_version 1.1; proxy_read_timeout 180s;")
+    # Longest (most specific) regexes first: nginx uses the first regex location that matches.
+    located = sorted(((rx, names[key]) for key, rxs in upstreams.items() for rx in rxs),
+                     key=lambda item: (-len(item[0]), item[0]))
+    for rx, name in located:
+        out.append(f'    location ~ "{rx}" {{ proxy_pass http://{name}; {proxy} }}')
+    if main is not None:
+        out.append(f"    location / {{ proxy_pass http://{main[0]}:{main[1]}; {proxy} }}")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _haproxy(upstreams: dict[tuple[tuple[Target, ...], str], set[str]], names: dict[tuple[tuple[Target, ...], str], str],
+             main: Target | None, listen: int) -> str:
+    out = ["# Generated by `hs routes --format haproxy`.", "frontend matrix", f"    bind *:{listen}",
+           "    mode http"]
+    for key, name in names.items():
+        for rx in sorted(upstreams[key], key=len, reverse=True):
+            out.append(f"    acl is_{name} path_reg {rx}")
+        out.append(f"    use_backend {name} if is_{name}")
+    out.append("    default_backend hs_main")
+    for (targets, sticky), name in names.items():
+        out += [f"backend {name}", "    mode http",
+                "    balance " + ("uri depth 6" if sticky == "room" else "hdr(Authorization)")]
+        out.extend(f"    server s{j} {h}:{p}" for j, (h, p) in enumerate(targets))
+    if main is not None:
+        out += ["backend hs_main", "    mode http", f"    server main {main[0]}:{main[1]}"]
+    return "\n".join(out) + "\n"

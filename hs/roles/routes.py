@@ -18,10 +18,31 @@ STREAM_GROUPS = {"typing": "typing", "to_device": "to_device", "account_data": "
 
 
 def all_routes() -> list[Route]:
-    from hs.api.client import account, admin, directory, events, misc, profile, rooms, sync
+    from hs.api.client import (
+        account,
+        account_data,
+        admin,
+        directory,
+        events,
+        keys,
+        misc,
+        profile,
+        rooms,
+        sync,
+        to_device,
+    )
+    from hs.api.client import presence as presence_api
+    from hs.api.client import typing as typing_api
 
     routes: list[Route] = []
-    for module in (misc, account, admin, profile, rooms, events, directory, sync):
+    for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
+                   presence_api):
+        routes.extend(module.ROUTES)
+    for module in (keys, to_device):
+        routes.extend(module.ROUTES)
+    from hs.api.client import pushrules, receipts
+
+    for module in (receipts, pushrules):
         routes.extend(module.ROUTES)
     return routes
 
@@ -33,7 +54,6 @@ def routes_for_instance(config: HomeserverConfig, instance: str) -> list[Route]:
     if app == "main":
         return routes
     if app == "generic_worker":
-        owned = {group for group, stream in STREAM_GROUPS.items()
-                 if instance in getattr(config.stream_writers, stream, [])}
-        return [r for r in routes if r.group in GENERIC_WORKER_GROUPS or r.group in owned]
+        # Stream endpoints are mounted everywhere: a non-writer forwards the write to the writer.
+        return [r for r in routes if r.group in GENERIC_WORKER_GROUPS or r.group in STREAM_GROUPS]
     return []

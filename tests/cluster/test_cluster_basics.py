@@ -1,0 +1,150 @@
+"""The cluster behind nginx: users cannot tell it from a monolith; writes land on their writers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import asyncpg
+import pytest
+
+from hs.localcluster import LocalCluster
+from hs.streams.base import stable_shard
+from tests.cluster.conftest import SECRET, instance_url
+from tests.harness import Client
+
+pytestmark = pytest.mark.timeout(300)
+
+
+async def _user(base: str, name: str) -> Client:
+    c = Client(base)
+    await c.register(name + uuid.uuid4().hex[:6])
+    return c
+
+
+async def test_chat_through_the_proxy(cluster: LocalCluster) -> None:
+    alice = await _user(cluster.base_url, "alice")
+    bob = await _user(cluster.base_url, "bob")
+    try:
+        room = await alice.create_room(preset="private_chat", name="clustered", invite=[bob.user_id])
+        first = await bob.sync()
+        assert room in first["rooms"]["invite"]
+        status, _ = await bob.request("POST", f"/join/{room}", {})
+        assert status == 200
+        since = (await bob.sync(first["next_batch"]))["next_batch"]
+        poll = asyncio.create_task(bob.sync(since, timeout=10000))
+        await asyncio.sleep(0.2)
+        event_id = await alice.send_message(room, "hello from the cluster")
+        result = await asyncio.wait_for(poll, 10)
+        events = result["rooms"]["join"][room]["timeline"]["events"]
+        assert event_id in [e["event_id"] for e in events]
+        status, page = await alice.request("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "50"})
+        assert status == 200 and event_id in [e["event_id"] for e in page["chunk"]]
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_rooms_are_persisted_by_their_hashed_writer(cluster: LocalCluster) -> None:
+    alice = await _user(cluster.base_url, "carol")
+    writers = cluster.config.stream_writers.events
+    try:
+        rooms = [await alice.create_room(name=f"r{i}") for i in range(8)]
+        for room in rooms:
+            await alice.send_message(room, "x")
+        conn = await asyncpg.connect(cluster.config.database.postgres_dsn)
+        try:
+            rows = await conn.fetch("SELECT room_id, instance_name FROM events WHERE room_id = ANY($1::text[])", rooms)
+        finally:
+            await conn.close()
+        by_room: dict[str, set[str]] = {}
+        for r in rows:
+            by_room.setdefault(r["room_id"], set()).add(r["instance_name"])
+        for room in rooms:
+            assert by_room[room] == {writers[stable_shard(room, len(writers))]}
+        assert {w for ws in by_room.values() for w in ws} == set(writers)  # 8 rooms hit both writers
+    finally:
+        await alice.close()
+
+
+async def test_sync_token_from_one_worker_is_exact_on_the_other(cluster: LocalCluster) -> None:
+    """Interleave sends into rooms of both persisters; alternate /sync between the two sync workers."""
+    sender = await _user(cluster.base_url, "dave")
+    rooms = [await sender.create_room(name=f"t{i}") for i in range(4)]
+    readers = [Client(instance_url(cluster, "sync1")), Client(instance_url(cluster, "sync2"))]
+    for r in readers:
+        r.token, r.user_id = sender.token, sender.user_id
+    try:
+        since = (await readers[0].sync())["next_batch"]
+        sent: list[str] = []
+        seen: list[str] = []
+
+        async def send_all() -> None:
+            for i in range(40):
+                sent.append(await sender.send_message(rooms[i % 4], f"m{i}"))
+
+        task = asyncio.create_task(send_all())
+        i = 0
+        while not task.done() or len(seen) < len(sent):
+            body = await readers[i % 2].sync(since, timeout=2000)
+            i += 1
+            since = body["next_batch"]
+            for room in rooms:
+                for e in body.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {}).get("events", []):
+                    if e["type"] == "m.room.message":
+                        seen.append(e["event_id"])
+            if i > 400:
+                break
+        await task
+        assert len(seen) == len(set(seen)), "an event was repeated"
+        assert set(seen) == set(sent), "an event was skipped"
+    finally:
+        await sender.close()
+        for r in readers:
+            await r.close()
+
+
+async def test_replication_requires_the_secret(cluster: LocalCluster) -> None:
+    url = instance_url(cluster, "event_persister1", "replication") + "/_hs/replication/positions"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url) as r:
+            assert r.status == 403
+        async with s.get(url, headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 403
+        async with s.get(url, headers={"Authorization": f"Bearer {SECRET}"}) as r:
+            assert r.status == 200
+            assert (await r.json())["instance"] == "event_persister1"
+
+
+async def test_worker_writes_other_streams_only_through_their_writer(cluster: LocalCluster) -> None:
+    alice = await _user(cluster.base_url, "erin")
+    try:
+        room = await alice.create_room(name="typing")
+        # Typing PUT sent straight to a sync worker is forwarded to the stream writer.
+        direct = Client(instance_url(cluster, "sync1"))
+        direct.token, direct.user_id = alice.token, alice.user_id
+        status, body = await direct.request("PUT", f"/rooms/{room}/typing/{alice.user_id}",
+                                            {"typing": True, "timeout": 30000})
+        assert status == 200, body
+        await direct.close()
+        # The sync worker itself refuses to persist events of a room it does not write.
+        url = instance_url(cluster, "sync1", "replication") + "/_hs/replication/send_event"
+        async with aiohttp.ClientSession() as s, s.post(
+            url, headers={"Authorization": f"Bearer {SECRET}"},
+            json={"room_id": room, "sender": alice.user_id, "type": "m.room.message",
+                  "content": {"body": "x"}}) as r:
+            assert r.status == 400
+        # And the event persister that does not own the room refuses too.
+        owner = cluster.config.stream_writers.events[stable_shard(room, 2)]
+        other = next(w for w in cluster.config.stream_writers.events if w != owner)
+        url = instance_url(cluster, other, "replication") + "/_hs/replication/send_event"
+        async with aiohttp.ClientSession() as s, s.post(
+            url, headers={"Authorization": f"Bearer {SECRET}"},
+            json={"room_id": room, "sender": alice.user_id, "type": "m.room.message",
+                  "content": {"body": "x"}}) as r:
+            assert r.status == 400
+    finally:
+        await alice.close()
+
+
