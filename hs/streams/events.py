@@ -37,8 +37,9 @@ class EventsStream(Stream):
         if self.is_writer:
             self.tracker = PositionTracker(source, stored.get(self.hs.instance_name, 0))
             # Whatever was in flight when this writer last stopped is gone: claim the sequence so far.
-            if len(self.writers) > 1 and await self.tracker.advance_idle():
-                await self._record_own_position()
+            if len(self.writers) > 1:
+                await self.tracker.advance_idle()
+                await self.publish(await self._record_own_position())
 
     async def stored_positions(self) -> dict[str, int]:
         """Each writer's durably recorded persisted-up-to position."""

@@ -70,12 +70,18 @@ def cluster_config(dsn: str, redis_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
+def redis_server() -> Iterator[ThrowawayRedis]:
     server = ThrowawayRedis()
+    server.start()
     try:
-        yield server.start()
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: ThrowawayRedis) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}/0"
 
 
 @pytest.fixture(scope="module")
