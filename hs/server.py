@@ -22,6 +22,7 @@ from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
 from hs.streams.account_data import AccountDataStream
 from hs.streams.device_lists import DeviceListsStream
+from hs.streams.caches import CacheInvalidator
 from hs.streams.events import EventsStream
 from hs.streams.notifier import Notifier
 from hs.streams.positions import PositionSource, make_position_source
@@ -90,7 +91,20 @@ class HomeServer:
 
     @cached_property
     def user_store(self) -> UserStore:
-        return UserStore(self.db, self.config.access_token_cache_size)
+        store = UserStore(self.db, self.config.access_token_cache_size)
+        self.caches.register("access_tokens", store.drop_cached_tokens)
+
+        def publish(user_id: str | None) -> None:
+            task = asyncio.get_running_loop().create_task(self.caches.publish_only("access_tokens", user_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        store.on_invalidate = publish
+        return store
+
+    @cached_property
+    def caches(self) -> CacheInvalidator:
+        return CacheInvalidator(self)
 
     @cached_property
     def event_sender(self) -> Any:
@@ -190,6 +204,8 @@ class HomeServer:
         else:
             await wait_for_migrations(self.db)
         self.replication.subscribe("events", self._on_events_message)
+        self.caches.subscribe()
+        _ = self.user_store  # registers its cache with the invalidator
         self.replication.subscribe("receipts", self.receipts_stream.handle_message)
         self.replication.subscribe("push_rules", self.push_rules_stream.handle_message)
         self.replication.subscribe("to_device", self.to_device_stream.handle_message)
@@ -216,6 +232,7 @@ class HomeServer:
 
     async def _catch_up(self) -> None:
         """After a replication outage: re-read persisted positions and wake every waiter to re-check."""
+        self.caches.flush_all()
         await self.events_stream.catch_up()
         await self.receipts_stream.catch_up()
         await self.push_rules_stream.catch_up()

@@ -148,3 +148,26 @@ async def test_worker_writes_other_streams_only_through_their_writer(cluster: Lo
         await alice.close()
 
 
+
+
+async def test_logout_invalidates_cached_tokens_on_every_worker(cluster: LocalCluster) -> None:
+    alice = await _user(cluster.base_url, "frank")
+    direct = [Client(instance_url(cluster, w)) for w in ("sync1", "sync2")]
+    try:
+        for d in direct:
+            d.token = alice.token
+            status, _ = await d.request("GET", "/account/whoami")
+            assert status == 200  # now cached on that worker
+        status, _ = await alice.request("POST", "/logout", {})
+        assert status == 200
+        for d in direct:
+            for _ in range(50):
+                status, body = await d.request("GET", "/account/whoami")
+                if status == 401:
+                    break
+                await asyncio.sleep(0.05)
+            assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    finally:
+        await alice.close()
+        for d in direct:
+            await d.close()

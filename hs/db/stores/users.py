@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from hs.db.pool import Connection, Database
@@ -25,6 +26,8 @@ class UserStore:
     def __init__(self, db: Database, token_cache_size: int = 10000) -> None:
         self.db = db
         self._token_cache: LruCache[str, TokenInfo] = LruCache(token_cache_size)
+        # Set by the server: tells other processes to drop a user's cached tokens.
+        self.on_invalidate: Callable[[str | None], None] | None = None
 
     # -- users ---------------------------------------------------------------------------------------
     async def create_user(self, user_id: str, password_hash: str | None, admin: bool = False,
@@ -88,15 +91,24 @@ class UserStore:
         return info
 
     def invalidate_token_cache(self, user_id: str | None = None) -> None:
-        """Drop cached tokens (all, or one user's); other workers get this through the caches stream."""
+        """Drop cached tokens (all, or one user's), here and, through `on_invalidate`, in every
+        other process."""
+        self.drop_cached_tokens(user_id)
+        if self.on_invalidate is not None:
+            self.on_invalidate(user_id)
+
+    def drop_cached_tokens(self, user_id: str | None) -> None:
         if user_id is None:
             self._token_cache.clear()
         else:
             self._token_cache.invalidate_where(lambda _k, v: v.user_id == user_id)
 
     async def delete_token(self, token: str) -> None:
+        info = await self.get_token(token)
         await self.db.execute("DELETE FROM access_tokens WHERE token_hash = $1", hash_token(token))
         self._token_cache.pop(hash_token(token))
+        if info is not None:
+            self.invalidate_token_cache(info.user_id)
 
     async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> list[str]:
         """Delete devices (all when None) and their tokens; returns the deleted device IDs."""
