@@ -11,12 +11,13 @@ import pytest
 from tests.harness import TestHomeServer
 
 
-async def _nio_user(server: TestHomeServer, name: str, tmp_path: Any) -> nio.AsyncClient:
-    reg = nio.AsyncClient(server.base_url, name, store_path=str(tmp_path))
+async def nio_user(base_url: str, server_name: str, name: str, tmp_path: Any) -> nio.AsyncClient:
+    """Register through nio, then log in a fresh nio client (a second device)."""
+    reg = nio.AsyncClient(base_url, name, store_path=str(tmp_path))
     resp = await reg.register(name, "secret-password", device_name="reg-device")
     assert isinstance(resp, nio.RegisterResponse), resp
     await reg.close()
-    client = nio.AsyncClient(server.base_url, f"@{name}:test.local", store_path=str(tmp_path))
+    client = nio.AsyncClient(base_url, f"@{name}:{server_name}", store_path=str(tmp_path))
     login = await client.login("secret-password", device_name="nio")
     assert isinstance(login, nio.LoginResponse), login
     return client
@@ -27,9 +28,14 @@ def _bodies(timeline_events: list[Any]) -> list[str]:
 
 
 async def test_two_users_chat_paginate_and_late_joiner(server: TestHomeServer, tmp_path: Any) -> None:
-    alice = await _nio_user(server, "alice", tmp_path)
-    bob = await _nio_user(server, "bob", tmp_path)
-    carol = await _nio_user(server, "carol", tmp_path)
+    await chat_paginate_and_late_joiner(server.base_url, "test.local", tmp_path)
+
+
+async def chat_paginate_and_late_joiner(base_url: str, server_name: str, tmp_path: Any, suffix: str = "") -> None:
+    """The core issue's client flow; the cluster tests run it through nginx unchanged."""
+    alice = await nio_user(base_url, server_name, "alice" + suffix, tmp_path)
+    bob = await nio_user(base_url, server_name, "bob" + suffix, tmp_path)
+    carol = await nio_user(base_url, server_name, "carol" + suffix, tmp_path)
     try:
         created = await alice.room_create(name="Chat", topic="nio test")
         assert isinstance(created, nio.RoomCreateResponse), created
@@ -104,7 +110,7 @@ async def test_two_users_chat_paginate_and_late_joiner(server: TestHomeServer, t
 
 @pytest.mark.parametrize("engine", ["sqlite"])
 async def test_nio_messages_are_idempotent_per_txn(server: TestHomeServer, tmp_path: Any) -> None:
-    alice = await _nio_user(server, "dave", tmp_path)
+    alice = await nio_user(server.base_url, "test.local", "dave", tmp_path)
     try:
         room_id = (await alice.room_create(name="Idem")).room_id
         await alice.sync(timeout=0)  # nio (with e2e support) only sends into rooms it has synced
