@@ -13,9 +13,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from hs.config import HomeserverConfig, load_config
 from hs.roles.proxy import render_proxy_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
 
@@ -129,3 +137,54 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.procs.clear()
+
+
+def local_cluster_config(dsn: str, redis_url: str, secret: str, rate_limit: float = 10000) -> dict[str, Any]:
+    """The reference cluster shape (main + 2 event persisters + 2 generic workers + a writer for the
+    ephemeral streams + a background worker) on free local ports, for tests and benchmarks."""
+    def replication() -> dict[str, Any]:
+        return {"port": _free_port(), "resources": ["replication"]}
+
+    def client() -> dict[str, Any]:
+        return {"port": _free_port(), "resources": ["client"]}
+
+    main_repl, ep1, ep2, sw, bg, s1r, s2r = (replication() for _ in range(7))
+    open_limits = {"per_second": rate_limit, "burst_count": rate_limit}
+    return {
+        "server_name": "cluster.test",
+        "database": {"engine": "postgres", "dsn": dsn},
+        "redis": {"enabled": True, "url": redis_url},
+        "worker_replication_secret": secret,
+        "enable_registration": True,
+        "enable_registration_without_verification": True,
+        "registration_shared_secret": "shared-secret",
+        "bcrypt_rounds": 4,
+        "rc_message": open_limits, "rc_registration": open_limits,
+        "rc_login": {"address": open_limits, "account": open_limits, "failed_attempts": open_limits},
+        "rc_joins": {"local": open_limits, "remote": open_limits},
+        "signing_key_path": "signing.key",
+        "listeners": [client(), main_repl],
+        "instance_map": {
+            "main": {"host": "127.0.0.1", "port": main_repl["port"]},
+            "event_persister1": {"host": "127.0.0.1", "port": ep1["port"]},
+            "event_persister2": {"host": "127.0.0.1", "port": ep2["port"]},
+            "stream_writer": {"host": "127.0.0.1", "port": sw["port"]},
+            "background_worker": {"host": "127.0.0.1", "port": bg["port"]},
+            "sync1": {"host": "127.0.0.1", "port": s1r["port"]},
+            "sync2": {"host": "127.0.0.1", "port": s2r["port"]},
+        },
+        "stream_writers": {
+            "events": ["event_persister1", "event_persister2"],
+            "typing": "stream_writer", "to_device": "stream_writer", "receipts": "stream_writer",
+            "account_data": "stream_writer", "presence": "stream_writer",
+        },
+        "run_background_tasks_on": "background_worker",
+        "workers": {
+            "event_persister1": {"app": "generic_worker", "listeners": [ep1]},
+            "event_persister2": {"app": "generic_worker", "listeners": [ep2]},
+            "stream_writer": {"app": "generic_worker", "listeners": [sw]},
+            "background_worker": {"app": "generic_worker", "listeners": [bg]},
+            "sync1": {"app": "generic_worker", "listeners": [client(), s1r]},
+            "sync2": {"app": "generic_worker", "listeners": [client(), s2r]},
+        },
+    }

@@ -41,7 +41,7 @@ def instance_address(config: HomeserverConfig, instance: str, resource: str) -> 
 def route_targets(config: HomeserverConfig) -> list[tuple[Route, str, list[Target]]]:
     """(route, path regex, instances serving it) for every mounted path, workers preferred over main."""
     served: dict[str, list[Route]] = {i: routes_for_instance(config, i) for i in ["main", *config.workers]}
-    rows = []
+    rows: list[tuple[Route, str, list[Target]]] = []
     for route in all_routes():
         stream = STREAM_GROUPS.get(route.group)
         if stream is not None:

@@ -8,65 +8,15 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 import yaml
 
-from hs.localcluster import LocalCluster
+from hs.localcluster import LocalCluster, local_cluster_config
 from tests.services import ThrowawayRedis, free_port
 
 SECRET = "replication-secret-for-tests"
-
-
-def cluster_config(dsn: str, redis_url: str) -> dict[str, Any]:
-    def replication() -> dict[str, Any]:
-        return {"port": free_port(), "resources": ["replication"]}
-
-    def client() -> dict[str, Any]:
-        return {"port": free_port(), "resources": ["client"]}
-
-    main_repl, ep1, ep2, sw, bg, s1r, s2r = (replication() for _ in range(7))
-    open_limits = {"per_second": 10000, "burst_count": 10000}
-    return {
-        "server_name": "cluster.test",
-        "database": {"engine": "postgres", "dsn": dsn},
-        "redis": {"enabled": True, "url": redis_url},
-        "worker_replication_secret": SECRET,
-        "enable_registration": True,
-        "enable_registration_without_verification": True,
-        "registration_shared_secret": "shared-secret",
-        "bcrypt_rounds": 4,
-        "rc_message": open_limits, "rc_registration": open_limits,
-        "rc_login": {"address": open_limits, "account": open_limits, "failed_attempts": open_limits},
-        "rc_joins": {"local": open_limits, "remote": open_limits},
-        "signing_key_path": "signing.key",
-        "listeners": [client(), main_repl],
-        "instance_map": {
-            "main": {"host": "127.0.0.1", "port": main_repl["port"]},
-            "event_persister1": {"host": "127.0.0.1", "port": ep1["port"]},
-            "event_persister2": {"host": "127.0.0.1", "port": ep2["port"]},
-            "stream_writer": {"host": "127.0.0.1", "port": sw["port"]},
-            "background_worker": {"host": "127.0.0.1", "port": bg["port"]},
-            "sync1": {"host": "127.0.0.1", "port": s1r["port"]},
-            "sync2": {"host": "127.0.0.1", "port": s2r["port"]},
-        },
-        "stream_writers": {
-            "events": ["event_persister1", "event_persister2"],
-            "typing": "stream_writer", "to_device": "stream_writer", "receipts": "stream_writer",
-            "account_data": "stream_writer", "presence": "stream_writer",
-        },
-        "run_background_tasks_on": "background_worker",
-        "workers": {
-            "event_persister1": {"app": "generic_worker", "listeners": [ep1]},
-            "event_persister2": {"app": "generic_worker", "listeners": [ep2]},
-            "stream_writer": {"app": "generic_worker", "listeners": [sw]},
-            "background_worker": {"app": "generic_worker", "listeners": [bg]},
-            "sync1": {"app": "generic_worker", "listeners": [client(), s1r]},
-            "sync2": {"app": "generic_worker", "listeners": [client(), s2r]},
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +49,7 @@ def cluster(pg_base_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathF
 
     asyncio.run(create())
     workdir: Path = tmp_path_factory.mktemp("cluster")
-    cfg = cluster_config(f"{pg_base_dsn}/{name}", redis_url)
+    cfg = local_cluster_config(f"{pg_base_dsn}/{name}", redis_url, SECRET)
     (workdir / "cluster.yaml").write_text(yaml.safe_dump(cfg))
     write_signing_key_file(workdir / "signing.key", SigningKey.generate())
     c = LocalCluster(workdir / "cluster.yaml", proxy_port=free_port(), workdir=workdir)
