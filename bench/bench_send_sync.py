@@ -220,6 +220,46 @@ def start_synapse(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], 
     return proc, base, secret
 
 
+def start_cluster(engine: str, workdir: Path) -> tuple[Any, str, str]:
+    """The reference cluster (hs.localcluster) on PostgreSQL + Redis behind nginx."""
+    import socket
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT))
+    from hs.events.signing import SigningKey, write_signing_key_file
+    from hs.localcluster import LocalCluster, local_cluster_config
+
+    if engine != "postgres":
+        raise SystemExit("the cluster runs on PostgreSQL only")
+    with socket.socket() as s:
+        redis_up = s.connect_ex(("127.0.0.1", 6379)) == 0
+    if not redis_up:
+        raise SystemExit("the cluster benchmark needs Redis on 127.0.0.1:6379")
+    d = workdir / "cluster"
+    d.mkdir(parents=True, exist_ok=True)
+    dsn = f"postgresql://postgres@127.0.0.1/{_create_pg_database('hs_bench_cluster_')}"
+    cfg = local_cluster_config(dsn, f"redis://127.0.0.1:6379/{int(uuid.uuid4().int % 15) + 1}", "bench-secret",
+                               rate_limit=100000)
+    cfg["bcrypt_rounds"] = 12
+    (d / "cluster.yaml").write_text(yaml.safe_dump(cfg))
+    write_signing_key_file(d / "signing.key", SigningKey.generate())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = LocalCluster(d / "cluster.yaml", proxy_port=port, workdir=d)
+    cluster.start()
+
+    class Handle:
+        def terminate(self) -> None:
+            cluster.stop()
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    return Handle(), cluster.base_url, "shared-secret"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--engines", default="sqlite,postgres")
@@ -229,24 +269,42 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--synapse", action="store_true", help="also run the workload against Synapse")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also run it against the reference hs cluster (PostgreSQL + Redis + nginx)")
     args = ap.parse_args()
     if args.target:
         res = asyncio.run(run_workloads(args.target, args.shared_secret, args.senders, args.duration, args.trials))
         print(f"target {args.target}: {res}")
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="hs-bench-"))
-    servers = [("hs", start_hs)] + ([("synapse", start_synapse)] if args.synapse else [])
+    servers: list[tuple[str, Any]] = [("hs", start_hs)]
+    if args.cluster:
+        servers.append(("hs-cluster", start_cluster))
+    if args.synapse:
+        servers.append(("synapse", start_synapse))
+    results: dict[tuple[str, str], dict[str, Any]] = {}
     for (label, starter), engine in ((srv, e) for srv in servers for e in args.engines.split(",")):
+        if label == "hs-cluster" and engine != "postgres":
+            continue
         proc, base, secret = starter(engine, workdir)
         try:
             res = asyncio.run(run_workloads(base, secret, args.senders, args.duration, args.trials))
         finally:
             proc.terminate()
             proc.wait(10)
+        results[(label, engine)] = res
         send, wake = res["send"], res["wake"]
         print(f"{label}/{engine}: send {send['events_per_s']:.0f} events/s ({send['events']} events, "
               f"p50 {send['p50_ms']:.1f} ms, p99 {send['p99_ms']:.1f} ms); "
               f"sync wake-up p50 {wake['p50_ms']:.2f} ms, p99 {wake['p99_ms']:.2f} ms", flush=True)
+    mono, clus = results.get(("hs", "postgres")), results.get(("hs-cluster", "postgres"))
+    if mono and clus:
+        print(f"cluster/monolith send throughput on postgres: "
+              f"{clus['send']['events_per_s'] / mono['send']['events_per_s']:.2f}x")
+    syn = results.get(("synapse", "postgres"))
+    if mono and syn:
+        print(f"hs/synapse send throughput on postgres: "
+              f"{mono['send']['events_per_s'] / syn['send']['events_per_s']:.1f}x")
     return 0
 
 
