@@ -196,7 +196,8 @@ class Registration:
             devices = [d["device_id"] for d in await self.store.get_devices(user_id)]
             others = [d for d in devices if d != keep_device]
             if others:
-                await self.store.delete_devices(user_id, others)
+                deleted = await self.store.delete_devices(user_id, others)
+                await self.hs.e2ee.on_devices_deleted(user_id, deleted)
             if keep_token is not None:
                 from hs.db.stores.users import hash_token
 
@@ -238,6 +239,7 @@ class Registration:
         assert device_id is not None
         token = generate_access_token()
         await self.store.create_device_and_token(user_id, device_id, display_name, token)
+        await self.hs.e2ee.on_device_created(user_id, device_id)
         return LoginResult(user_id, device_id, token)
 
     # -- login ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Histogram
@@ -134,15 +134,23 @@ class SyncService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0, config.timeout_ms) / 1000
         notifier = self.hs.notifier
+        if config.since is not None:
+            config = self._clamp_since(config, config.since)
+        await self.hs.presence.user_syncing(config.user_id, config.set_presence, config.timeout_ms)
         while True:
             now = notifier.current
             body, has_updates, joined = await self._sync_once(config, now)
+            has_updates = await self.hs.presence.add_to_sync(config, now, body) or has_updates
+            has_updates = await self._add_non_event_data(config, now, body, joined) or has_updates
+            has_updates = await self.hs.receipts.add_to_sync(config, now, body, joined) or has_updates
+            has_updates = await self.hs.push_rules.add_to_sync(config, now, body) or has_updates
+            has_updates = await self.hs.e2ee.add_sync_fields(config, body) or has_updates
             if has_updates or config.since is None or config.full_state:
                 return body
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return body
-            if notifier.current.get("events") != now.get("events"):
+            if notifier.current.is_after(now):
                 # Something was persisted while we computed: look again before sleeping, since the
                 # notification for it has already gone out.
                 continue
@@ -190,6 +198,73 @@ class SyncService:
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
+        }
+
+    # -- account data and ephemeral events ---------------------------------------------------------------
+    async def _add_non_event_data(self, config: SyncConfig, now: StreamToken, body: dict[str, Any],
+                                  joined: list[str]) -> bool:
+        """Add the account data (global and per joined room) and the typing notifications of joined rooms
+        in the token range to `body`.
+
+        A joined room with nothing but these gets an entry with an empty timeline. Returns whether
+        anything was added.
+        """
+        since = config.since
+        user_id = config.user_id
+        f = config.filter
+        rooms_join: dict[str, dict[str, Any]] = body["rooms"]["join"]
+        joined_set = {r for r in joined if f.room_allowed(r)}
+        room_account_data: dict[str, list[dict[str, Any]]] = {}
+        added = False
+
+        upto = now.get("account_data")
+        after = 0 if since is None else min(since.get("account_data"), upto)
+        if after < upto:
+            for row in await self.hs.account_data_stream.store.get_changed(user_id, after, upto):
+                ev = {"type": row["type"], "content": row["content"]}
+                if not row["room_id"]:
+                    if f.account_data.type_allowed(row["type"]):
+                        body["account_data"]["events"].append(ev)
+                        added = True
+                elif (row["room_id"] in joined_set and f.room.account_data.type_allowed(row["type"])
+                      and f.room.account_data.room_allowed(row["room_id"])):
+                    room_account_data.setdefault(row["room_id"], []).append(ev)
+
+        ephemeral: dict[str, list[dict[str, Any]]] = {}
+        typing_upto = now.get("typing")
+        typing_after = None if since is None else min(since.get("typing"), typing_upto)
+        if f.room.ephemeral.type_allowed("m.typing") and (typing_after is None or typing_after < typing_upto):
+            rooms = [r for r in joined_set if f.room.ephemeral.room_allowed(r)]
+            for room_id, users in self.hs.typing_stream.changes(rooms, typing_after, typing_upto).items():
+                ephemeral[room_id] = [{"type": "m.typing", "content": {"user_ids": users}}]
+
+        for room_id in sorted(room_account_data.keys() | ephemeral.keys()):
+            entry = rooms_join.get(room_id)
+            if entry is None:
+                entry = rooms_join[room_id] = self._empty_join_entry(body["next_batch"])
+            entry["account_data"]["events"].extend(room_account_data.get(room_id, ()))
+            entry.setdefault("ephemeral", {"events": []})["events"].extend(ephemeral.get(room_id, ()))
+            added = True
+        return added
+
+    def _clamp_since(self, config: SyncConfig, since: StreamToken) -> SyncConfig:
+        """Typing positions restart at 0 with the writer: a token from before that reads as 0."""
+        typing = since.get("typing")
+        clamped = self.hs.typing_stream.clamp(typing)
+        if clamped == typing:
+            return config
+        return replace(config, since=since.with_position("typing", clamped))
+
+    @staticmethod
+    def _empty_join_entry(next_batch: str) -> dict[str, Any]:
+        """A joined room's entry for a sync with no events in it (only account data or ephemeral)."""
+        return {
+            "timeline": {"events": [], "limited": False, "prev_batch": next_batch},
+            "state": {"events": []},
+            "account_data": {"events": []},
+            "ephemeral": {"events": []},
+            "summary": {},
+            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
         }
 
     # -- memberships ---------------------------------------------------------------------------------------

@@ -171,14 +171,16 @@ async def logout(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     await hs.user_store.delete_token(requester.access_token)
-    await hs.user_store.delete_devices(requester.user_id, [requester.device_id])
+    deleted = await hs.user_store.delete_devices(requester.user_id, [requester.device_id])
+    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
     return 200, {}
 
 
 async def logout_all(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    await hs.user_store.delete_devices(requester.user_id, None)
+    deleted = await hs.user_store.delete_devices(requester.user_id, None)
+    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
     await hs.user_store.delete_all_tokens(requester.user_id)
     return 200, {}
 
@@ -249,7 +251,8 @@ async def delete_device(request: web.Request) -> HandlerResult:
         raise not_found("No device found")
     body = await parse_json(request, allow_empty=True)
     await _reg(hs).validate_user_via_ui_auth(request, body, requester)
-    await hs.user_store.delete_devices(requester.user_id, [device_id])
+    deleted = await hs.user_store.delete_devices(requester.user_id, [device_id])
+    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
     return 200, {}
 
 
@@ -260,7 +263,8 @@ async def delete_devices(request: web.Request) -> HandlerResult:
     if "devices" in body:
         _device_list(body)
     params = await _reg(hs).validate_user_via_ui_auth(request, body, requester)
-    await hs.user_store.delete_devices(requester.user_id, _device_list(params))
+    deleted = await hs.user_store.delete_devices(requester.user_id, _device_list(params))
+    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
     return 200, {}
 
 
@@ -292,7 +296,8 @@ async def deactivate(request: web.Request) -> HandlerResult:
     await reg.validate_user_via_ui_auth(request, body, requester)
     user_id = requester.user_id
     await hs.db.execute("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1", user_id)
-    await hs.user_store.delete_devices(user_id, None)
+    deleted = await hs.user_store.delete_devices(user_id, None)
+    await hs.e2ee.on_devices_deleted(user_id, deleted)
     await hs.user_store.delete_all_tokens(user_id)
     rooms = await hs.event_store.get_rooms_for_user(user_id, ("join", "invite", "knock"))
     for room_id in rooms:

@@ -1,0 +1,162 @@
+"""End-to-end encryption keys: /keys/upload, /keys/query, /keys/claim, /keys/changes, cross-signing
+(/keys/device_signing/upload, /keys/signatures/upload) and server-side key backup (/room_keys/...)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.errors import invalid_param, missing_param
+from hs.streams.tokens import InvalidToken, StreamToken
+
+
+async def upload_keys(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request, allow_empty=True)
+    return 200, await hs.e2ee.upload_keys(requester.user_id, requester.device_id, body)
+
+
+async def query_keys(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request)
+    return 200, await hs.e2ee.query_keys(requester.user_id, body)
+
+
+async def claim_keys(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    await hs.auth.requester(request)
+    body = await parse_json(request)
+    return 200, await hs.e2ee.claim_keys(body)
+
+
+def _token(request: web.Request, name: str) -> StreamToken:
+    raw = request.query.get(name)
+    if not raw:
+        raise missing_param(f"Missing '{name}'")
+    try:
+        return StreamToken.decode(raw)
+    except InvalidToken:
+        raise invalid_param(f"Invalid '{name}' token") from None
+
+
+async def key_changes(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    since, upto = _token(request, "from"), _token(request, "to")
+    changed, left = await hs.e2ee.device_list_changes(requester.user_id, since, upto)
+    return 200, {"changed": changed, "left": left}
+
+
+# -- cross-signing ----------------------------------------------------------------------------------------
+async def upload_cross_signing_keys(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request)
+    if await hs.e2ee.cross_signing_needs_uia(requester.user_id, {k: v for k, v in body.items() if k != "auth"}):
+        params = await hs.registration.validate_user_via_ui_auth(request, body, requester)
+    else:
+        params = {k: v for k, v in body.items() if k != "auth"}
+    await hs.e2ee.upload_cross_signing_keys(requester.user_id, params)
+    return 200, {}
+
+
+async def upload_signatures(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request)
+    return 200, await hs.e2ee.upload_signatures(requester.user_id, body)
+
+
+# -- key backup -------------------------------------------------------------------------------------------
+async def create_backup_version(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request)
+    return 200, await hs.e2ee.create_backup_version(requester.user_id, body)
+
+
+async def get_current_backup_version(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    return 200, await hs.e2ee.get_backup_version(requester.user_id, None)
+
+
+async def get_backup_version(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    version = hs.e2ee.parse_version(request.match_info["version"])
+    return 200, await hs.e2ee.get_backup_version(requester.user_id, version)
+
+
+async def put_backup_version(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    version = hs.e2ee.parse_version(request.match_info["version"])
+    body = await parse_json(request)
+    await hs.e2ee.update_backup_version(requester.user_id, version, body)
+    return 200, {}
+
+
+async def delete_backup_version(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    version = hs.e2ee.parse_version(request.match_info["version"])
+    await hs.e2ee.delete_backup_version(requester.user_id, version)
+    return 200, {}
+
+
+def _backup_target(request: web.Request) -> tuple[str | None, str | None]:
+    return request.match_info.get("roomId"), request.match_info.get("sessionId")
+
+
+async def put_backup_keys(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    version = hs.e2ee.parse_version(request.query.get("version"))
+    body = await parse_json(request)
+    room_id, session_id = _backup_target(request)
+    keys = hs.e2ee.parse_backup_upload(body, room_id, session_id)
+    return 200, await hs.e2ee.put_backup_keys(requester.user_id, version, keys)
+
+
+async def get_backup_keys(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    version = hs.e2ee.parse_version(request.query.get("version"))
+    room_id, session_id = _backup_target(request)
+    return 200, await hs.e2ee.get_backup_keys(requester.user_id, version, room_id, session_id)
+
+
+async def delete_backup_keys(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    version = hs.e2ee.parse_version(request.query.get("version"))
+    room_id, session_id = _backup_target(request)
+    return 200, await hs.e2ee.delete_backup_keys(requester.user_id, version, room_id, session_id)
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/keys/upload", upload_keys, "main"),
+    Route("POST", "/keys/upload/{deviceId}", upload_keys, "main"),
+    Route("POST", "/keys/query", query_keys, "encryption"),
+    Route("POST", "/keys/claim", claim_keys, "encryption"),
+    Route("GET", "/keys/changes", key_changes, "encryption"),
+    Route("POST", "/keys/device_signing/upload", upload_cross_signing_keys, "main"),
+    Route("POST", "/keys/signatures/upload", upload_signatures, "main"),
+    Route("POST", "/room_keys/version", create_backup_version, "encryption"),
+    Route("GET", "/room_keys/version", get_current_backup_version, "encryption"),
+    Route("GET", "/room_keys/version/{version}", get_backup_version, "encryption"),
+    Route("PUT", "/room_keys/version/{version}", put_backup_version, "encryption"),
+    Route("DELETE", "/room_keys/version/{version}", delete_backup_version, "encryption"),
+    Route("GET", "/room_keys/keys", get_backup_keys, "encryption"),
+    Route("PUT", "/room_keys/keys", put_backup_keys, "encryption"),
+    Route("DELETE", "/room_keys/keys", delete_backup_keys, "encryption"),
+    Route("GET", "/room_keys/keys/{roomId}", get_backup_keys, "encryption"),
+    Route("PUT", "/room_keys/keys/{roomId}", put_backup_keys, "encryption"),
+    Route("DELETE", "/room_keys/keys/{roomId}", delete_backup_keys, "encryption"),
+    Route("GET", "/room_keys/keys/{roomId}/{sessionId}", get_backup_keys, "encryption"),
+    Route("PUT", "/room_keys/keys/{roomId}/{sessionId}", put_backup_keys, "encryption"),
+    Route("DELETE", "/room_keys/keys/{roomId}/{sessionId}", delete_backup_keys, "encryption"),
+]

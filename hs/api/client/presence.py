@@ -1,0 +1,45 @@
+"""PUT/GET /presence/{userId}/status."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.db.stores.presence import PRESENCE_STATES
+from hs.errors import bad_json, forbidden, invalid_param, missing_param
+
+GROUP = "presence"
+
+
+async def get_status(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    return 200, await hs.presence.get_status(requester.user_id, request.match_info["userId"])
+
+
+async def put_status(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    if request.match_info["userId"] != requester.user_id:
+        raise forbidden("Can only set your own presence state")
+    body = await parse_json(request)
+    if "presence" not in body:
+        raise missing_param("Missing 'presence'")
+    presence = body["presence"]
+    if presence not in PRESENCE_STATES:
+        raise invalid_param(f"'presence' must be one of {', '.join(PRESENCE_STATES)}")
+    status_msg = body.get("status_msg")
+    if status_msg is not None and not isinstance(status_msg, str):
+        raise invalid_param("'status_msg' must be a string")
+    unknown = set(body) - {"presence", "status_msg"}
+    if unknown:
+        # As Synapse: anything else in the body is refused rather than silently dropped.
+        raise bad_json(f"Unknown key(s): {', '.join(sorted(unknown))}")
+    await hs.presence.set_status(requester.user_id, presence, status_msg or None)
+    return 200, {}
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/presence/{userId}/status", get_status, GROUP, prefixes=CLIENT_V3_V1),
+    Route("PUT", "/presence/{userId}/status", put_status, GROUP, prefixes=CLIENT_V3_V1),
+]

@@ -1,0 +1,121 @@
+"""Push rules: GET /pushrules/ (and narrower paths), PUT/DELETE /pushrules/global/{kind}/{ruleId},
+GET/PUT .../enabled and .../actions. The logic lives in `hs.services.push_rules.PushRulesService`.
+
+Reads are served by generic workers ("pushrules"); writes go to main, the push rules writer.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.errors import MatrixError
+from hs.services.push_rules import check_actions, check_kind
+
+READ_GROUP = "pushrules"
+WRITE_GROUP = "main"
+ATTRS = ("enabled", "actions")
+
+
+def _unrecognized(msg: str = "Unrecognized request") -> MatrixError:
+    return MatrixError(400, "M_UNRECOGNIZED", msg)
+
+
+async def get_all(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    return 200, {"global": await hs.push_rules.ruleset(requester.user_id)}
+
+
+async def get_scope(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    if request.match_info["scope"] != "global":
+        raise _unrecognized("Push rules scope must be 'global'")
+    return 200, await hs.push_rules.ruleset(requester.user_id)
+
+
+async def get_kind(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    kind = request.match_info["kind"]
+    check_kind(request.match_info["scope"], kind)
+    return 200, (await hs.push_rules.ruleset(requester.user_id))[kind]
+
+
+def _path(request: web.Request) -> tuple[str, str]:
+    kind = request.match_info["kind"]
+    check_kind(request.match_info["scope"], kind)
+    return kind, request.match_info["ruleId"]
+
+
+async def get_rule(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    kind, rule_id = _path(request)
+    return 200, await hs.push_rules.get_rule(requester.user_id, kind, rule_id)
+
+
+async def put_rule(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    kind, rule_id = _path(request)
+    body = await parse_json(request)
+    await hs.push_rules.put_rule(requester.user_id, kind, rule_id, body,
+                                 request.query.get("before"), request.query.get("after"))
+    return 200, {}
+
+
+async def delete_rule(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    kind, rule_id = _path(request)
+    await hs.push_rules.delete_rule(requester.user_id, kind, rule_id)
+    return 200, {}
+
+
+def _attr(request: web.Request) -> str:
+    attr = request.match_info["attr"]
+    if attr not in ATTRS:
+        raise _unrecognized(f"Unknown push rule attribute {attr!r}")
+    return attr
+
+
+async def get_attr(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    kind, rule_id = _path(request)
+    attr = _attr(request)
+    rule = await hs.push_rules.get_rule(requester.user_id, kind, rule_id)
+    return 200, {attr: rule[attr]}
+
+
+async def put_attr(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    kind, rule_id = _path(request)
+    attr = _attr(request)
+    body = await parse_json(request)
+    if attr == "enabled":
+        enabled = body.get("enabled")
+        if not isinstance(enabled, bool):
+            raise MatrixError(400, "M_BAD_JSON", "'enabled' must be a boolean")
+        await hs.push_rules.set_enabled(requester.user_id, kind, rule_id, enabled)
+    else:
+        if "actions" not in body:
+            raise MatrixError(400, "M_BAD_JSON", "'actions' is required")
+        await hs.push_rules.set_actions(requester.user_id, kind, rule_id, check_actions(body["actions"]))
+    return 200, {}
+
+
+_RULE = "/pushrules/{scope}/{kind}/{ruleId}"
+ROUTES: list[Route] = [
+    Route("GET", "/pushrules/", get_all, READ_GROUP, CLIENT_V3_V1),
+    Route("GET", "/pushrules/{scope}/", get_scope, READ_GROUP, CLIENT_V3_V1),
+    Route("GET", "/pushrules/{scope}/{kind}/", get_kind, READ_GROUP, CLIENT_V3_V1),
+    Route("GET", _RULE, get_rule, READ_GROUP, CLIENT_V3_V1),
+    Route("GET", _RULE + "/{attr}", get_attr, READ_GROUP, CLIENT_V3_V1),
+    Route("PUT", _RULE, put_rule, WRITE_GROUP, CLIENT_V3_V1),
+    Route("DELETE", _RULE, delete_rule, WRITE_GROUP, CLIENT_V3_V1),
+    Route("PUT", _RULE + "/{attr}", put_attr, WRITE_GROUP, CLIENT_V3_V1),
+]

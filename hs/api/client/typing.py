@@ -1,0 +1,43 @@
+"""PUT /rooms/{roomId}/typing/{userId}: typing notifications (served by the typing stream's writer)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.errors import bad_json, forbidden, invalid_param, missing_param
+from hs.streams.typing import DEFAULT_TIMEOUT_MS
+
+
+async def put_typing(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    room_id = request.match_info["roomId"]
+    user_id = request.match_info["userId"]
+    if user_id != requester.user_id:
+        raise forbidden("Cannot set another user's typing state")
+    if not room_id.startswith("!"):
+        raise invalid_param(f"{room_id} is not a valid room ID")
+    body = await parse_json(request)
+    if "typing" not in body:
+        raise missing_param("Missing 'typing'")
+    typing = body["typing"]
+    if not isinstance(typing, bool):
+        raise bad_json("'typing' must be a boolean")
+    timeout = body.get("timeout", DEFAULT_TIMEOUT_MS) if typing else 0
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT_MS
+    if isinstance(timeout, bool) or not isinstance(timeout, int):
+        raise bad_json("'timeout' must be an integer")
+    if timeout < 0:
+        raise invalid_param("'timeout' must not be negative")
+    membership = await hs.event_store.get_membership(room_id, user_id)
+    if membership is None or membership[0] != "join":
+        raise forbidden("You are not in this room")
+    await hs.typing_stream.set_typing(room_id, user_id, typing, timeout)
+    return 200, {}
+
+
+ROUTES: list[Route] = [
+    Route("PUT", "/rooms/{roomId}/typing/{userId}", put_typing, "typing", prefixes=CLIENT_V3_V1),
+]

@@ -1,0 +1,572 @@
+"""End-to-end encryption: to-device messaging, device keys, one-time/fallback keys, device-list
+tracking, cross-signing and server-side key backup (client-server spec, "End-to-End Encryption",
+"Send-to-Device messaging", "Server-side key backups").
+
+Only local users are served: keys and messages of remote users would need federation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+from hs.db.stores.e2ee import E2eeStore
+from hs.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
+from hs.events.signing import SignatureVerifyError, decode_verify_key_base64, verify_signed_json
+from hs.streams.tokens import StreamToken
+from hs.util import json_loads
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+    from hs.services.sync import SyncConfig
+
+logger = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+MAX_TO_DEVICE_PER_SYNC = 100
+CROSS_SIGNING_TYPES = {"master_key": "master", "self_signing_key": "self_signing",
+                       "user_signing_key": "user_signing"}
+
+
+def _is_str_dict(value: Any) -> TypeGuard[dict[str, Any]]:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _server_of(user_id: str) -> str:
+    return user_id.split(":", 1)[1] if ":" in user_id else ""
+
+
+def _verify_key(public_b64: str) -> Any:
+    try:
+        return decode_verify_key_base64(public_b64)
+    except Exception:
+        raise invalid_param("Invalid ed25519 public key") from None
+
+
+def _check_signature(obj: JsonDict, user_id: str, key_id: str, public_b64: str) -> bool:
+    try:
+        verify_signed_json(obj, user_id, key_id, _verify_key(public_b64))
+    except (SignatureVerifyError, MatrixError):
+        return False
+    return True
+
+
+def _single_ed25519_key(key: JsonDict) -> tuple[str, str]:
+    """(key id, public key) of a cross-signing key's only ed25519 key."""
+    keys = key.get("keys")
+    if not _is_str_dict(keys) or len(keys) != 1:
+        raise invalid_param("A cross-signing key must have exactly one key")
+    key_id, public = next(iter(keys.items()))
+    if not isinstance(public, str) or not key_id.startswith("ed25519:"):
+        raise invalid_param("Cross-signing keys must be ed25519 keys")
+    return key_id, public
+
+
+class E2eeService:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.store = E2eeStore(hs.db)
+
+    # -- to-device ---------------------------------------------------------------------------------------
+    async def send_to_device(self, sender: str, sender_device: str, event_type: str, txn_id: str,
+                             body: JsonDict) -> None:
+        messages = body.get("messages")
+        if messages is None:
+            raise missing_param("Missing 'messages'")
+        if not _is_str_dict(messages) or not all(_is_str_dict(v) for v in messages.values()):
+            raise bad_json("'messages' must be an object of user IDs to objects of device IDs")
+        for by_device in messages.values():
+            for content in by_device.values():
+                if not isinstance(content, dict):
+                    raise bad_json("Message content must be an object")
+        rows: list[tuple[str, str, JsonDict]] = []
+        for user_id, by_device in messages.items():
+            if _server_of(user_id) != self.hs.server_name:
+                logger.info("to-device message for remote user %s dropped (no federation)", user_id)
+                continue
+            devices = {d["device_id"] for d in await self.hs.user_store.get_devices(user_id)}
+            for device_id, content in by_device.items():
+                targets = sorted(devices) if device_id == "*" else ([device_id] if device_id in devices else [])
+                rows.extend((user_id, d, content) for d in targets)
+        await self.hs.to_device_stream.send(sender, sender_device, event_type, txn_id, rows)
+
+    # -- device hooks (login, logout, deletion) ----------------------------------------------------------
+    async def on_device_created(self, user_id: str, device_id: str) -> None:
+        await self.hs.device_lists_stream.record_change(user_id, device_id)
+
+    async def on_devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        if not device_ids:
+            return
+        await self.store.delete_device_data(user_id, device_ids)
+        await self.hs.device_lists_stream.record_change(user_id, device_ids[0])
+
+    # -- keys/upload -------------------------------------------------------------------------------------
+    @staticmethod
+    def _parse_key_map(body: JsonDict, name: str) -> list[tuple[str, str, JsonDict | str]]:
+        raw = body.get(name)
+        if raw is None:
+            return []
+        if not _is_str_dict(raw):
+            raise bad_json(f"'{name}' must be an object")
+        out: list[tuple[str, str, JsonDict | str]] = []
+        for full_id, key in raw.items():
+            algorithm, sep, key_id = full_id.partition(":")
+            if not sep or not algorithm or not key_id:
+                raise invalid_param(f"Invalid key ID {full_id!r} in '{name}': expected <algorithm>:<key id>")
+            if isinstance(key, dict):
+                if not isinstance(key.get("key"), str):
+                    raise bad_json(f"Key {full_id!r} in '{name}' must have a string 'key'")
+            elif not isinstance(key, str):
+                raise bad_json(f"Key {full_id!r} in '{name}' must be a string or an object")
+            out.append((algorithm, key_id, key))
+        return out
+
+    def _validate_device_keys(self, user_id: str, device_id: str, keys: Any) -> JsonDict:
+        if not isinstance(keys, dict):
+            raise bad_json("'device_keys' must be an object")
+        if keys.get("user_id") != user_id:
+            raise invalid_param("'device_keys.user_id' does not match the requesting user")
+        if keys.get("device_id") != device_id:
+            raise invalid_param("'device_keys.device_id' does not match the requesting device")
+        algorithms = keys.get("algorithms")
+        if not isinstance(algorithms, list) or not all(isinstance(a, str) for a in algorithms):
+            raise bad_json("'device_keys.algorithms' must be a list of strings")
+        key_map = keys.get("keys")
+        if not _is_str_dict(key_map) or not all(isinstance(v, str) for v in key_map.values()):
+            raise bad_json("'device_keys.keys' must be an object of strings")
+        signatures = keys.get("signatures")
+        if not _is_str_dict(signatures) or not all(_is_str_dict(v) for v in signatures.values()):
+            raise bad_json("'device_keys.signatures' must be an object")
+        key_id = f"ed25519:{device_id}"
+        public = key_map.get(key_id)
+        if public is None:
+            raise invalid_param(f"'device_keys.keys' has no {key_id} key")
+        if not _check_signature(keys, user_id, key_id, public):
+            raise invalid_param("'device_keys' is not correctly signed by the device's ed25519 key")
+        return {k: v for k, v in keys.items() if k != "unsigned"}
+
+    async def upload_keys(self, user_id: str, device_id: str, body: JsonDict) -> JsonDict:
+        """Validate everything first (so a bad upload stores nothing), then store."""
+        device_keys = None
+        if body.get("device_keys") is not None:
+            device_keys = self._validate_device_keys(user_id, device_id, body["device_keys"])
+        one_time = self._parse_key_map(body, "one_time_keys")
+        fallback = self._parse_key_map(body, "fallback_keys") or self._parse_key_map(
+            body, "org.matrix.msc2732.fallback_keys")
+        if len({a for a, _i, _k in fallback}) != len(fallback):
+            raise invalid_param("Only one fallback key per algorithm may be uploaded")
+
+        if one_time:
+            conflicts = await self.store.add_one_time_keys(
+                user_id, device_id, [(a, i, k if isinstance(k, dict) else {"key": k, "_plain": True})
+                                     for a, i, k in one_time])
+            if conflicts:
+                raise invalid_param(f"One-time key {conflicts[0]} already exists with different content")
+        if device_keys is not None and await self.store.set_device_keys(user_id, device_id, device_keys):
+            await self.hs.device_lists_stream.record_change(user_id, device_id)
+        if fallback:
+            await self.store.set_fallback_keys(
+                user_id, device_id, [(a, i, k if isinstance(k, dict) else {"key": k, "_plain": True})
+                                     for a, i, k in fallback])
+        return {"one_time_key_counts": await self.one_time_key_counts(user_id, device_id)}
+
+    async def one_time_key_counts(self, user_id: str, device_id: str) -> dict[str, int]:
+        counts = await self.store.count_one_time_keys(user_id, device_id)
+        counts.setdefault("signed_curve25519", 0)
+        return counts
+
+    # -- keys/query --------------------------------------------------------------------------------------
+    async def query_keys(self, requester_id: str, body: JsonDict) -> JsonDict:
+        wanted = body.get("device_keys")
+        if wanted is None:
+            raise missing_param("Missing 'device_keys'")
+        if not _is_str_dict(wanted) or not all(
+                isinstance(v, list) and all(isinstance(d, str) for d in v) for v in wanted.values()):
+            raise bad_json("'device_keys' must be an object of user IDs to lists of device IDs")
+        result: JsonDict = {"device_keys": {}, "failures": {}, "master_keys": {}, "self_signing_keys": {},
+                            "user_signing_keys": {}}
+        for user_id, device_ids in wanted.items():
+            if _server_of(user_id) != self.hs.server_name:
+                result["failures"][_server_of(user_id)] = {
+                    "status": 503, "errcode": "M_UNAVAILABLE", "error": "Federation is not available"}
+                continue
+            signatures = await self.store.get_signatures_for(user_id)
+            keys = await self.store.get_device_keys(user_id)
+            names = {d["device_id"]: d.get("display_name") for d in await self.hs.user_store.get_devices(user_id)}
+            out: JsonDict = {}
+            for dev, key in keys.items():
+                if device_ids and dev not in device_ids:
+                    continue
+                if dev not in names:
+                    continue
+                key = _merge_signatures(key, [s for s in signatures if s["target_device_id"] == dev])
+                key["unsigned"] = {"device_display_name": names[dev]} if names[dev] is not None else {}
+                out[dev] = key
+            result["device_keys"][user_id] = out
+            cross = await self.store.get_cross_signing_keys(user_id)
+            for key_type, key in cross.items():
+                if key_type == "user_signing" and user_id != requester_id:
+                    continue
+                _kid, public = _single_ed25519_key(key)
+                sigs = [s for s in signatures if s["target_device_id"] == public
+                        and (s["user_id"] in (user_id, requester_id))]
+                result[f"{key_type}_keys"][user_id] = _merge_signatures(key, sigs)
+        return result
+
+    # -- keys/claim --------------------------------------------------------------------------------------
+    async def claim_keys(self, body: JsonDict) -> JsonDict:
+        wanted = body.get("one_time_keys")
+        if wanted is None:
+            raise missing_param("Missing 'one_time_keys'")
+        if not _is_str_dict(wanted) or not all(
+                _is_str_dict(v) and all(isinstance(a, str) for a in v.values()) for v in wanted.values()):
+            raise bad_json("'one_time_keys' must be an object of user IDs to device IDs to algorithms")
+        claimed: JsonDict = {}
+        failures: JsonDict = {}
+        for user_id, by_device in wanted.items():
+            if _server_of(user_id) != self.hs.server_name:
+                failures[_server_of(user_id)] = {
+                    "status": 503, "errcode": "M_UNAVAILABLE", "error": "Federation is not available"}
+                continue
+            for device_id, algorithm in by_device.items():
+                found = await self.store.claim_key(user_id, device_id, algorithm)
+                if found is None:
+                    continue
+                full_id, key = found
+                claimed.setdefault(user_id, {})[device_id] = {full_id: _unwrap_key(key)}
+        return {"one_time_keys": claimed, "failures": failures}
+
+    # -- device-list changes (sync and keys/changes) -----------------------------------------------------
+    async def device_list_changes(self, user_id: str, since: StreamToken, upto: StreamToken,
+                                  ) -> tuple[list[str], list[str]]:
+        """(changed, left): users sharing a room with `user_id` whose devices changed or who newly share a
+        room within the range, and users who no longer share any room."""
+        sharers = await self.store.get_users_sharing_room(user_id)
+        changed: set[str] = set()
+        left: set[str] = set()
+        dl_from, dl_to = since.get("device_lists"), upto.get("device_lists")
+        if dl_to > dl_from:
+            for other in await self.store.get_users_with_device_changes(dl_from, dl_to):
+                if other == user_id or other in sharers:
+                    changed.add(other)
+        ev_from, ev_to = since.get("events"), upto.get("events")
+        if ev_to > ev_from:
+            mine = await self.hs.event_store.get_membership_changes(user_id, ev_from, ev_to)
+            current_rooms = set(await self.hs.event_store.get_rooms_for_user(user_id, ("join",)))
+            rooms = sorted(current_rooms | {r["room_id"] for r in mine})
+            last_mine: dict[str, str] = {}
+            for r in mine:
+                last_mine[r["room_id"]] = r["membership"]
+            joined_now = [r for r, m in last_mine.items() if m == "join" and r in current_rooms]
+            left_rooms = [r for r, m in last_mine.items() if m != "join" and r not in current_rooms]
+            changed |= await self.store.get_joined_members(joined_now) - {user_id}
+            candidates_left = await self.store.get_joined_members(left_rooms)
+            for row in await self.store.get_membership_changes_in_rooms(rooms, ev_from, ev_to):
+                if row["user_id"] == user_id:
+                    continue
+                if row["membership"] == "join":
+                    changed.add(row["user_id"])
+                elif row["membership"] in ("leave", "ban"):
+                    candidates_left.add(row["user_id"])
+            left = {u for u in candidates_left if u not in sharers and u != user_id}
+        changed = {u for u in changed if u == user_id or u in sharers} - left
+        return sorted(changed), sorted(left)
+
+    # -- sync --------------------------------------------------------------------------------------------
+    async def add_sync_fields(self, config: SyncConfig, body: JsonDict) -> bool:
+        """Fill the E2EE fields of a /sync response; True if there is something new for the client."""
+        user_id, device_id, since = config.user_id, config.device_id, config.since
+        next_token = StreamToken.decode(body["next_batch"])
+        updates = False
+        if device_id:
+            after = since.get("to_device") if since is not None else 0
+            if after:
+                # The client has the messages up to its token: they can go.
+                await self.store.delete_to_device_messages(user_id, device_id, after)
+            upto = next_token.get("to_device")
+            if upto > after:
+                rows = await self.store.get_to_device_messages(user_id, device_id, after, upto,
+                                                               MAX_TO_DEVICE_PER_SYNC)
+                if rows:
+                    updates = True
+                    body["to_device"] = {"events": [{"sender": r["sender"], "type": r["type"],
+                                                     "content": r["content"]} for r in rows]}
+                    if len(rows) == MAX_TO_DEVICE_PER_SYNC:
+                        # More may wait: the next sync continues right after the last one sent.
+                        next_token = next_token.with_position("to_device", rows[-1]["stream_id"])
+                        body["next_batch"] = next_token.encode()
+            body["device_one_time_keys_count"] = await self.one_time_key_counts(user_id, device_id)
+            body["device_unused_fallback_key_types"] = await self.store.unused_fallback_key_types(
+                user_id, device_id)
+        if since is not None:
+            changed, left = await self.device_list_changes(user_id, since, next_token)
+            body["device_lists"] = {"changed": changed, "left": left}
+            updates = updates or bool(changed or left)
+        return updates
+
+    # -- cross-signing -----------------------------------------------------------------------------------
+    async def cross_signing_needs_uia(self, user_id: str, body: JsonDict) -> bool:
+        """UIA is needed unless the user has no master key yet, or the upload repeats the stored keys."""
+        existing = await self.store.get_cross_signing_keys(user_id)
+        if "master" not in existing:
+            return False
+        for field, key_type in CROSS_SIGNING_TYPES.items():
+            if field in body and body[field] is not None:
+                if not isinstance(body[field], dict):
+                    return True
+                new = {k: v for k, v in body[field].items() if k != "signatures"}
+                old = {k: v for k, v in existing.get(key_type, {}).items() if k != "signatures"}
+                if new != old:
+                    return True
+        return False
+
+    async def upload_cross_signing_keys(self, user_id: str, body: JsonDict) -> None:
+        existing = await self.store.get_cross_signing_keys(user_id)
+        new: dict[str, tuple[str, JsonDict]] = {}
+        for field, key_type in CROSS_SIGNING_TYPES.items():
+            key = body.get(field)
+            if key is None:
+                continue
+            if not isinstance(key, dict):
+                raise bad_json(f"'{field}' must be an object")
+            if key.get("user_id") != user_id:
+                raise invalid_param(f"'{field}.user_id' does not match the requesting user")
+            usage = key.get("usage")
+            if not isinstance(usage, list) or key_type not in usage:
+                raise invalid_param(f"'{field}.usage' must include {key_type!r}")
+            if "signatures" in key and not (_is_str_dict(key["signatures"]) and all(
+                    _is_str_dict(v) for v in key["signatures"].values())):
+                raise bad_json(f"'{field}.signatures' must be an object")
+            _kid, public = _single_ed25519_key(key)
+            _verify_key(public)
+            new[key_type] = (public, key)
+        if not new:
+            raise missing_param("No cross-signing keys given")
+        if "master" in new:
+            master_kid, master_pub = _single_ed25519_key(new["master"][1])
+        elif "master" in existing:
+            master_kid, master_pub = _single_ed25519_key(existing["master"])
+        else:
+            raise missing_param("No master key available to sign the other keys")
+        for key_type in ("self_signing", "user_signing"):
+            if key_type in new and not _check_signature(new[key_type][1], user_id, master_kid, master_pub):
+                raise MatrixError(400, "M_INVALID_SIGNATURE", f"The {key_type} key is not signed by the master key")
+        await self.store.set_cross_signing_keys(user_id, new)
+        await self.hs.device_lists_stream.record_change(user_id)
+
+    async def upload_signatures(self, user_id: str, body: JsonDict) -> JsonDict:
+        if not all(isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()) for v in body.values()):
+            raise bad_json("The body must be an object of user IDs to key IDs to signed objects")
+        failures: JsonDict = {}
+        rows: list[tuple[str, str, str, str, str]] = []
+        own_cross = await self.store.get_cross_signing_keys(user_id)
+        own_devices = await self.store.get_device_keys(user_id)
+        changed_users: set[str] = set()
+
+        def fail(target_user: str, target: str, errcode: str, error: str) -> None:
+            failures.setdefault(target_user, {})[target] = {"status": 400, "errcode": errcode, "error": error}
+
+        def signer(obj: JsonDict, kind: str) -> tuple[str, str] | None:
+            """(key id, public key) of our key that should have signed this (self/user-signing key)."""
+            key = own_cross.get(kind)
+            return None if key is None else _single_ed25519_key(key)
+
+        for target_user, objects in body.items():
+            for target, obj in objects.items():
+                sigs = (obj.get("signatures") or {}).get(user_id) if isinstance(obj.get("signatures"), dict) else None
+                if not isinstance(sigs, dict) or not sigs:
+                    fail(target_user, target, "M_INVALID_SIGNATURE", "No signature from the uploading user")
+                    continue
+                if target_user == user_id:
+                    master = own_cross.get("master")
+                    master_pub = _single_ed25519_key(master)[1] if master is not None else None
+                    if target == master_pub:
+                        # A device signs its user's master key.
+                        ok = False
+                        for key_id, sig in sigs.items():
+                            dev = key_id.removeprefix("ed25519:")
+                            dev_key = own_devices.get(dev, {}).get("keys", {}).get(key_id)
+                            if isinstance(dev_key, str) and _check_signature(obj, user_id, key_id, dev_key):
+                                rows.append((user_id, key_id, user_id, target, str(sig)))
+                                ok = True
+                        if not ok:
+                            fail(target_user, target, "M_INVALID_SIGNATURE", "Invalid signature")
+                        else:
+                            changed_users.add(user_id)
+                        continue
+                    if target not in own_devices:
+                        fail(target_user, target, "M_NOT_FOUND", "Unknown device or key")
+                        continue
+                    ssk = signer(obj, "self_signing")
+                    if ssk is None:
+                        fail(target_user, target, "M_MISSING_PARAM", "No self-signing key uploaded")
+                        continue
+                    kid, pub = ssk
+                    if kid not in sigs or not _check_signature(obj, user_id, kid, pub):
+                        fail(target_user, target, "M_INVALID_SIGNATURE", "Invalid self-signing signature")
+                        continue
+                    rows.append((user_id, kid, user_id, target, str(sigs[kid])))
+                    changed_users.add(user_id)
+                else:
+                    if _server_of(target_user) != self.hs.server_name:
+                        fail(target_user, target, "M_UNAVAILABLE", "Federation is not available")
+                        continue
+                    their = (await self.store.get_cross_signing_keys(target_user)).get("master")
+                    if their is None or _single_ed25519_key(their)[1] != target:
+                        fail(target_user, target, "M_NOT_FOUND", "Unknown master key")
+                        continue
+                    usk = signer(obj, "user_signing")
+                    if usk is None:
+                        fail(target_user, target, "M_MISSING_PARAM", "No user-signing key uploaded")
+                        continue
+                    kid, pub = usk
+                    if kid not in sigs or not _check_signature(obj, user_id, kid, pub):
+                        fail(target_user, target, "M_INVALID_SIGNATURE", "Invalid user-signing signature")
+                        continue
+                    rows.append((user_id, kid, target_user, target, str(sigs[kid])))
+                    changed_users.add(user_id)
+        if rows:
+            await self.store.add_signatures(rows)
+        for changed in sorted(changed_users):
+            await self.hs.device_lists_stream.record_change(changed)
+        return {"failures": failures}
+
+    # -- key backup --------------------------------------------------------------------------------------
+    @staticmethod
+    def parse_version(raw: str | None) -> int:
+        if raw is None:
+            raise missing_param("Missing 'version'")
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+            raise not_found(f"Unknown backup version {raw!r}")
+        return int(raw)
+
+    async def _version_info(self, user_id: str, version: int | None) -> JsonDict:
+        row = await self.store.get_backup_version(user_id, version)
+        if row is None:
+            raise not_found("No current backup version" if version is None else "Unknown backup version")
+        return row
+
+    async def get_backup_version(self, user_id: str, version: int | None) -> JsonDict:
+        row = await self._version_info(user_id, version)
+        v = int(row["version"])
+        return {"algorithm": row["algorithm"], "auth_data": json_loads(row["auth_data"]), "version": str(v),
+                "etag": str(row["etag"]), "count": await self.store.count_backup_keys(user_id, v)}
+
+    @staticmethod
+    def _validate_version_body(body: JsonDict) -> tuple[str, JsonDict]:
+        algorithm = body.get("algorithm")
+        if algorithm is None:
+            raise missing_param("Missing 'algorithm'")
+        if not isinstance(algorithm, str):
+            raise bad_json("'algorithm' must be a string")
+        auth_data = body.get("auth_data")
+        if auth_data is None:
+            raise missing_param("Missing 'auth_data'")
+        if not isinstance(auth_data, dict):
+            raise bad_json("'auth_data' must be an object")
+        return algorithm, auth_data
+
+    async def create_backup_version(self, user_id: str, body: JsonDict) -> JsonDict:
+        algorithm, auth_data = self._validate_version_body(body)
+        version = await self.store.create_backup_version(user_id, algorithm, auth_data)
+        return {"version": str(version)}
+
+    async def update_backup_version(self, user_id: str, version: int, body: JsonDict) -> None:
+        algorithm, auth_data = self._validate_version_body(body)
+        if "version" in body and body["version"] != str(version):
+            raise invalid_param("'version' in the body does not match the version in the path")
+        row = await self._version_info(user_id, version)
+        if row["algorithm"] != algorithm:
+            raise invalid_param("The algorithm of a backup version cannot be changed")
+        await self.store.update_backup_version(user_id, version, auth_data)
+
+    async def delete_backup_version(self, user_id: str, version: int) -> None:
+        if not await self.store.delete_backup_version(user_id, version):
+            raise not_found("Unknown backup version")
+
+    @staticmethod
+    def _key_data(data: Any) -> JsonDict:
+        if not isinstance(data, dict):
+            raise bad_json("Key backup data must be an object")
+        for field in ("first_message_index", "forwarded_count"):
+            value = data.get(field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad_json(f"'{field}' must be a non-negative integer")
+        if not isinstance(data.get("is_verified"), bool):
+            raise bad_json("'is_verified' must be a boolean")
+        if not isinstance(data.get("session_data"), dict):
+            raise bad_json("'session_data' must be an object")
+        return data
+
+    def parse_backup_upload(self, body: JsonDict, room_id: str | None,
+                            session_id: str | None) -> list[tuple[str, str, JsonDict]]:
+        if room_id is not None and session_id is not None:
+            return [(room_id, session_id, self._key_data(body))]
+        if room_id is not None:
+            rooms: Any = {room_id: body}
+        else:
+            rooms = body.get("rooms")
+            if not _is_str_dict(rooms):
+                raise bad_json("'rooms' must be an object")
+        out: list[tuple[str, str, JsonDict]] = []
+        for rid, room in rooms.items():
+            sessions = room.get("sessions") if isinstance(room, dict) else None
+            if not _is_str_dict(sessions):
+                raise bad_json("'sessions' must be an object")
+            out.extend((rid, sid, self._key_data(data)) for sid, data in sessions.items())
+        return out
+
+    async def put_backup_keys(self, user_id: str, version: int, keys: list[tuple[str, str, JsonDict]]) -> JsonDict:
+        result = await self.store.put_backup_keys(user_id, version, keys)
+        if result is None:
+            current = await self.store.get_backup_version(user_id, None)
+            if current is None or await self.store.get_backup_version(user_id, version) is None:
+                raise not_found(f"Unknown backup version {version}")
+            raise MatrixError(403, "M_WRONG_ROOM_KEYS_VERSION", "Wrong backup version.",
+                              current_version=str(current["version"]))
+        etag, count = result
+        return {"etag": str(etag), "count": count}
+
+    async def get_backup_keys(self, user_id: str, version: int, room_id: str | None,
+                              session_id: str | None) -> JsonDict:
+        await self._version_info(user_id, version)
+        rows = await self.store.get_backup_keys(user_id, version, room_id, session_id)
+
+        def data(r: JsonDict) -> JsonDict:
+            return {"first_message_index": int(r["first_message_index"]),
+                    "forwarded_count": int(r["forwarded_count"]), "is_verified": bool(r["is_verified"]),
+                    "session_data": json_loads(r["session_data"])}
+
+        if room_id is not None and session_id is not None:
+            if not rows:
+                raise not_found("No room_keys found")
+            return data(rows[0])
+        if room_id is not None:
+            return {"sessions": {r["session_id"]: data(r) for r in rows}}
+        rooms: JsonDict = {}
+        for r in rows:
+            rooms.setdefault(r["room_id"], {"sessions": {}})["sessions"][r["session_id"]] = data(r)
+        return {"rooms": rooms}
+
+    async def delete_backup_keys(self, user_id: str, version: int, room_id: str | None,
+                                 session_id: str | None) -> JsonDict:
+        await self._version_info(user_id, version)
+        etag, count = await self.store.delete_backup_keys(user_id, version, room_id, session_id)
+        return {"etag": str(etag), "count": count}
+
+
+def _merge_signatures(key: JsonDict, rows: list[JsonDict]) -> JsonDict:
+    out = dict(key)
+    sigs = {u: dict(s) for u, s in (key.get("signatures") or {}).items()}
+    for r in rows:
+        sigs.setdefault(r["user_id"], {})[r["key_id"]] = r["signature"]
+    if sigs:
+        out["signatures"] = sigs
+    return out
+
+
+def _unwrap_key(key: JsonDict) -> JsonDict | str:
+    """Keys uploaded as plain strings are stored wrapped; hand them back as they came."""
+    if key.get("_plain"):
+        return str(key["key"])
+    return key

@@ -1,0 +1,208 @@
+"""Push rule evaluation (client-server spec, "Push Rules"): pure functions, no I/O.
+
+`evaluate(rules, event, ctx)` walks a user's rules in priority order (each rule carrying its `kind`)
+and returns the actions of the first enabled rule whose conditions all hold, or None when none does.
+
+Conditions: `event_match` (glob, case-insensitive; `content.body` matches at word boundaries),
+`event_property_is`, `event_property_contains`, `contains_display_name`, `room_member_count` and
+`sender_notification_permission`. Keys are dot-separated paths where `\\.` is a literal dot and
+`\\\\` a literal backslash. An unknown condition never matches, which disables its rule.
+
+Like Synapse, the legacy body-based mention rules are skipped for events that carry `m.mentions`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+JsonDict = dict[str, Any]
+
+# Rules skipped when the event has `m.mentions` (intentional mentions, MSC3952), as Synapse does.
+LEGACY_MENTION_RULES = frozenset({".m.rule.contains_display_name", ".m.rule.contains_user_name",
+                                  ".m.rule.roomnotif"})
+_WORD = "A-Za-z0-9_"
+_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]+)$")
+MAX_SAFE_INT = 2 ** 53 - 1
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What conditions need besides the event: facts about the user and the room at the event."""
+
+    user_id: str
+    display_name: str | None = None
+    member_count: int = 0
+    sender_power_level: float = 0
+    # The `notifications` object of the room's power levels (levels needed per notification kind).
+    notification_levels: JsonDict = field(default_factory=dict)
+
+
+def split_key(key: str) -> list[str]:
+    r"""A dot-separated property path as its parts: `content.m\.relates_to` -> [content, m.relates_to]."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(key):
+        ch = key[i]
+        if ch == "\\" and i + 1 < len(key) and key[i + 1] in ".\\":
+            current.append(key[i + 1])
+            i += 2
+            continue
+        if ch == ".":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+_MISSING = object()
+
+
+def lookup(event: JsonDict, key: str) -> Any:
+    """The value at the path, or `_MISSING` when any step is absent or not an object."""
+    value: Any = event
+    for part in split_key(key):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _glob_regex(pattern: str, word: bool) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    if word:
+        body = f"(?<![{_WORD}]){body}(?![{_WORD}])"
+    return re.compile(body, re.IGNORECASE | re.DOTALL)
+
+
+def glob_matches(pattern: str, value: str, word_boundary: bool = False) -> bool:
+    """`*` any run of characters, `?` exactly one; whole value, or any word-bounded substring."""
+    regex = _glob_regex(pattern, word_boundary)
+    if word_boundary:
+        return regex.search(value) is not None
+    return regex.fullmatch(value) is not None
+
+
+def _is_scalar(v: Any) -> bool:
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return True
+    return isinstance(v, int) and -MAX_SAFE_INT <= v <= MAX_SAFE_INT
+
+
+def scalar_equal(a: Any, b: Any) -> bool:
+    """Exact equality of canonical-JSON scalars: no casts (true is not 1, "1" is not 1)."""
+    if not (_is_scalar(a) and _is_scalar(b)):
+        return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return type(a) is type(b) and a == b
+
+
+def member_count_matches(spec: Any, count: int) -> bool:
+    if not isinstance(spec, str):
+        return False
+    m = _MEMBER_COUNT.match(spec.strip())
+    if m is None:
+        return False
+    op, n = m.group(1) or "==", int(m.group(2))
+    return {"==": count == n, "<": count < n, ">": count > n, "<=": count <= n, ">=": count >= n}[op]
+
+
+def condition_matches(cond: Any, event: JsonDict, ctx: EvalContext) -> bool:
+    if not isinstance(cond, dict):
+        return False
+    kind = cond.get("kind")
+    if kind == "event_match":
+        key, pattern = cond.get("key"), cond.get("pattern")
+        if not isinstance(key, str) or not isinstance(pattern, str):
+            return False
+        value = lookup(event, key)
+        if not isinstance(value, str):
+            return False
+        return glob_matches(pattern, value, word_boundary=(key == "content.body"))
+    if kind == "event_property_is":
+        key = cond.get("key")
+        if not isinstance(key, str) or "value" not in cond:
+            return False
+        return scalar_equal(lookup(event, key), cond["value"])
+    if kind == "event_property_contains":
+        key = cond.get("key")
+        if not isinstance(key, str) or "value" not in cond:
+            return False
+        value = lookup(event, key)
+        return isinstance(value, list) and any(scalar_equal(v, cond["value"]) for v in value)
+    if kind == "contains_display_name":
+        body = lookup(event, "content.body")
+        name = ctx.display_name
+        if not isinstance(body, str) or not name:
+            return False
+        regex = re.compile(f"(?<![{_WORD}]){re.escape(name)}(?![{_WORD}])", re.IGNORECASE)
+        return regex.search(body) is not None
+    if kind == "room_member_count":
+        return member_count_matches(cond.get("is"), ctx.member_count)
+    if kind == "sender_notification_permission":
+        key = cond.get("key")
+        if not isinstance(key, str):
+            return False
+        required = ctx.notification_levels.get(key, 50)
+        if isinstance(required, bool) or not isinstance(required, int | float):
+            try:
+                required = int(required)
+            except (TypeError, ValueError):
+                required = 50
+        return ctx.sender_power_level >= required
+    return False
+
+
+def rule_matches(kind: str, rule: JsonDict, event: JsonDict, ctx: EvalContext) -> bool:
+    rule_id = rule.get("rule_id")
+    if kind == "content":
+        pattern = rule.get("pattern")
+        body = lookup(event, "content.body")
+        return isinstance(pattern, str) and isinstance(body, str) and glob_matches(pattern, body, True)
+    if kind == "room":
+        return event.get("room_id") == rule_id
+    if kind == "sender":
+        return event.get("sender") == rule_id
+    conditions = rule.get("conditions") or []
+    if not isinstance(conditions, list):
+        return False
+    return all(condition_matches(c, event, ctx) for c in conditions)
+
+
+def evaluate(rules: list[tuple[str, JsonDict]], event: JsonDict, ctx: EvalContext) -> list[Any] | None:
+    """The actions of the first enabled matching rule (rules in priority order), or None."""
+    content = event.get("content")
+    has_mentions = isinstance(content, dict) and "m.mentions" in content
+    for kind, rule in rules:
+        if not rule.get("enabled", True):
+            continue
+        if has_mentions and rule.get("default") and rule.get("rule_id") in LEGACY_MENTION_RULES:
+            continue
+        if rule_matches(kind, rule, event, ctx):
+            actions = rule.get("actions")
+            return list(actions) if isinstance(actions, list) else []
+    return None
+
+
+def notify_and_highlight(actions: list[Any] | None) -> tuple[bool, bool]:
+    """(notify, highlight) of an actions list; `dont_notify`/`coalesce` are ignored, as the spec says.
+
+    Highlighting only counts for a notification (Synapse stores push actions only for `notify`).
+    """
+    if not actions:
+        return False, False
+    notify = "notify" in actions
+    highlight = False
+    for a in actions:
+        if isinstance(a, dict) and a.get("set_tweak") == "highlight":
+            value = a.get("value", True)
+            highlight = value is True
+    return notify, notify and highlight

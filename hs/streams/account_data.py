@@ -1,0 +1,77 @@
+"""The account data stream: users' global and per-room config (incl. m.tag), one writer.
+
+Every write gives the (user, room, type) row a new stream position; /sync returns the rows of the
+user whose position is in its range. A write wakes only that user's long-polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hs.db.stores.account_data import AccountDataStore
+from hs.errors import MatrixError
+from hs.services.events import RoomLocks
+from hs.streams.base import Stream
+from hs.streams.positions import PositionTracker, make_position_source
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+Content = dict[str, Any]
+
+
+class AccountDataStream(Stream):
+    NAME = "account_data"
+
+    def __init__(self, hs: HomeServer) -> None:
+        super().__init__(hs, hs.config.stream_writers.account_data)
+        self.store = AccountDataStore(hs.db)
+        self.tracker: PositionTracker | None = None
+        # Read-modify-write updates (tags) of one user's room are serialised in the (single) writer.
+        self._locks = RoomLocks()
+
+    async def setup(self) -> None:
+        source = await make_position_source(self.hs.db, "account_data", "account_data", "stream_id")
+        # One writer: everything in the table is persisted.
+        maximum = await self.store.max_stream_id()
+        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
+        if self.is_writer:
+            self.tracker = PositionTracker(source, maximum)
+
+    async def catch_up(self) -> None:
+        maximum = await self.store.max_stream_id()
+        for writer in self.writers:
+            self.on_position(writer, maximum, everyone=True)
+
+    def _require_writer(self) -> PositionTracker:
+        if self.tracker is None:
+            raise MatrixError(502, "M_UNKNOWN", f"account data is written by {self.writers[0]}; HTTP "
+                                                "replication to other writers is not available in this build")
+        return self.tracker
+
+    async def put(self, user_id: str, room_id: str, data_type: str, content: Content) -> int:
+        """Store the content (room_id '' for global data) and tell every process; returns its position."""
+        tracker = self._require_writer()
+        async with tracker.allocate() as pos:
+            await self.store.put(user_id, room_id, data_type, content, pos)
+        await self.publish(tracker.persisted_upto, row_position=pos, users=[user_id])
+        return pos
+
+    async def update(self, user_id: str, room_id: str, data_type: str,
+                     change: Callable[[Content | None], Content | None]) -> bool:
+        """Read, change and write back one row atomically with respect to other updates of it.
+
+        `change` returns the new content, or None to leave the row as it is; returns whether it wrote.
+        """
+        self._require_writer()
+        async with self._locks.lock(f"{user_id}\n{room_id}\n{data_type}"):
+            current = await self.store.get(user_id, room_id, data_type)
+            result = change(current)
+            if result is None:
+                return False
+            await self.put(user_id, room_id, data_type, result)
+            return True
+
+    async def set(self, user_id: str, room_id: str, data_type: str, content: Content) -> None:
+        await self.update(user_id, room_id, data_type, lambda _current: content)

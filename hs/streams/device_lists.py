@@ -1,0 +1,57 @@
+"""The device-list stream: one row per change of a user's devices (one writer, `stream_writers.device_lists`).
+
+A change is a new login, a device deletion, a device-key upload or a cross-signing key change. /sync
+and /keys/changes report the changed users who share a room with the syncer; the write wakes the
+long-polls of exactly those users (and the changed user).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from hs.db.stores.e2ee import E2eeStore
+from hs.streams.base import Stream
+from hs.streams.positions import PositionTracker, make_position_source
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+
+
+class DeviceListsStream(Stream):
+    NAME = "device_lists"
+
+    def __init__(self, hs: HomeServer) -> None:
+        super().__init__(hs, hs.config.stream_writers.device_lists)
+        self.store = E2eeStore(hs.db)
+        self.tracker: PositionTracker | None = None
+
+    async def setup(self) -> None:
+        source = await make_position_source(self.hs.db, "device_lists", "device_lists_stream", "stream_id")
+        maximum = await self.store.max_device_list_position()
+        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
+        if self.is_writer:
+            self.tracker = PositionTracker(source, maximum)
+
+    async def catch_up(self) -> None:
+        maximum = await self.store.max_device_list_position()
+        for writer in self.writers:
+            self.on_position(writer, maximum, everyone=True)
+
+    async def record_change(self, user_id: str, device_id: str | None = None) -> int | None:
+        """Log a change of the user's device list and wake everyone who shares a room with them."""
+        if self.tracker is None:
+            # Not ours to write and there is no HTTP replication yet: the change is only missed by
+            # device-list tracking (clients re-query keys on their next membership change).
+            logger.warning("device list change of %s not recorded: %s writes device_lists", user_id,
+                           self.writers[0])
+            return None
+        tracker = self.tracker
+        async with tracker.allocate() as pos:
+            await self.store.add_device_list_change(pos, user_id, device_id)
+        users = await self.store.get_users_sharing_room(user_id)
+        users.add(user_id)
+        await self.publish(tracker.persisted_upto, row_position=pos, users=sorted(users))
+        return pos

@@ -1,0 +1,68 @@
+"""The presence stream: users' presence, one writer (`stream_writers.presence`).
+
+Every change a client should see gives the user's row a new position; /sync returns the rows in its
+range of users who share a room with the syncer. A change wakes only the user and the long-polls of
+the rooms the user is joined to (whose members are exactly the users who share a room with them).
+
+Other processes send what they learn about a user's activity (a /sync, a PUT of the status) to the
+writer over the `presence_commands` replication channel; the writer owns the in-memory state and the
+timeouts (hs/services/presence.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from hs.db.stores.presence import PresenceState, PresenceStore
+from hs.streams.base import Stream
+from hs.streams.positions import PositionTracker, make_position_source
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+COMMANDS_CHANNEL = "presence_commands"
+
+
+class PresenceStream(Stream):
+    NAME = "presence"
+
+    def __init__(self, hs: HomeServer) -> None:
+        super().__init__(hs, hs.config.stream_writers.presence)
+        self.store = PresenceStore(hs.db)
+        self.tracker: PositionTracker | None = None
+
+    def subscribe(self) -> None:
+        """Register the replication handlers; must run before the transport starts."""
+        self.hs.replication.subscribe(self.NAME, self.handle_message)
+        if self.is_writer:
+            self.hs.replication.subscribe(COMMANDS_CHANNEL, self._on_command)
+
+    async def setup(self) -> None:
+        source = await make_position_source(self.hs.db, "presence_stream", "presence", "stream_id")
+        # One writer: everything in the table is persisted.
+        maximum = await self.store.max_stream_id()
+        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
+        if self.is_writer:
+            self.tracker = PositionTracker(source, maximum)
+
+    async def catch_up(self) -> None:
+        maximum = await self.store.max_stream_id()
+        for writer in self.writers:
+            self.on_position(writer, maximum, everyone=True)
+
+    async def persist(self, state: PresenceState, rooms: list[str]) -> PresenceState:
+        """Store the state at a new position and wake the user and the members of `rooms`."""
+        assert self.tracker is not None, "only the presence writer persists presence"
+        async with self.tracker.allocate() as pos:
+            state = replace(state, stream_id=pos)
+            await self.store.upsert(state)
+        await self.publish(self.tracker.persisted_upto, row_position=pos, users=[state.user_id], rooms=rooms)
+        return state
+
+    async def send_command(self, command: dict[str, Any]) -> None:
+        """From a process that is not the writer: tell the writer about a user's activity."""
+        await self.hs.replication.publish(COMMANDS_CHANNEL, self.hs.instance_name, 0, command)
+
+    def _on_command(self, msg: dict[str, Any]) -> None:
+        self.hs.presence.handle_command(msg)
