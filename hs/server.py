@@ -240,6 +240,7 @@ class HomeServer:
         await self.device_lists_stream.catch_up()
         await self.presence_stream.catch_up()
         await self.account_data_stream.catch_up()
+        await self.typing_stream.catch_up()
 
     def _on_events_message(self, msg: dict[str, Any]) -> None:
         redacts = msg.get("redacts") or []

@@ -112,6 +112,13 @@ async def persist_create(request: web.Request) -> tuple[int, Any]:
     return 200, {"event_id": stored.event_id, "stream_ordering": stored.internal["stream_ordering"]}
 
 
+async def typing_snapshot(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    if not hs.typing_stream.is_writer:
+        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write typing")
+    return 200, hs.typing_stream.snapshot()
+
+
 async def positions(request: web.Request) -> tuple[int, Any]:
     return 200, {"instance": get_hs(request).instance_name, "positions": writer_positions(get_hs(request))}
 
@@ -120,4 +127,5 @@ REPLICATION_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[tuple
     ("POST", f"{REPLICATION_PREFIX}/send_event", send_event),
     ("POST", f"{REPLICATION_PREFIX}/persist_create", persist_create),
     ("GET", f"{REPLICATION_PREFIX}/positions", positions),
+    ("POST", f"{REPLICATION_PREFIX}/typing_snapshot", typing_snapshot),
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +43,41 @@ class TypingStream(Stream):
         self._tasks: set[asyncio.Task[None]] = set()
         # Every process: room -> (position of the last change, users typing after it).
         self._rooms: dict[str, tuple[int, tuple[str, ...]]] = {}
+        # The writer's start time: positions restart at 0 with each epoch, so a reader that sees a new
+        # epoch forgets the old positions instead of ignoring the "lower" new ones.
+        self.epoch = time.time_ns() if self.is_writer else 0
 
     async def setup(self) -> None:
         self.set_initial_positions(dict.fromkeys(self.writers, 0))
+        await self.catch_up()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The writer's whole state, for readers that start or reconnect (pub/sub keeps no history)."""
+        return {"position": self._last_position, "epoch": self.epoch,
+                "rooms": {room: sorted(timers) for room, timers in self._timers.items() if timers}}
+
+    async def catch_up(self) -> None:
+        """Readers: fetch the writer's state over HTTP replication and apply it."""
+        if self.is_writer or not self.hs.config.workers:
+            return
+        writer = self.writers[0]
+        try:
+            snap = await self.hs.replication_client.call(writer, "typing_snapshot", {})
+        except Exception as e:  # the writer may not be up yet; its next change brings us up to date
+            logger.warning("could not fetch typing state from %s: %s", writer, e)
+            return
+        self._enter_epoch(int(snap.get("epoch") or 0))
+        position = int(snap["position"])
+        rooms: dict[str, list[str]] = snap.get("rooms") or {}
+        changed = set()
+        for room_id, (_pos, was_typing) in list(self._rooms.items()):
+            if was_typing and room_id not in rooms:
+                self._rooms[room_id] = (position, ())
+                changed.add(room_id)
+        for room_id, now_typing in rooms.items():
+            self._rooms[room_id] = (position, tuple(now_typing))
+            changed.add(room_id)
+        self.on_position(writer, position, rooms=frozenset(changed))
 
     def close(self) -> None:
         for timers in self._timers.values():
@@ -93,7 +126,8 @@ class TypingStream(Stream):
             position = self._last_position
             users = sorted(self._timers.get(room_id, {}))
             try:
-                await self.publish(position, rooms=[room_id], typing={"room_id": room_id, "user_ids": users})
+                await self.publish(position, rooms=[room_id], epoch=self.epoch,
+                                   typing={"room_id": room_id, "user_ids": users})
             except Exception:
                 logger.exception("could not publish typing position %d", position)
 
@@ -120,7 +154,15 @@ class TypingStream(Stream):
                 logger.exception("could not check %s's membership of %s for typing", user_id, room_id)
 
     # -- reading (every process) -----------------------------------------------------------------------
+    def _enter_epoch(self, epoch: int) -> None:
+        if epoch and epoch != self.epoch and not self.is_writer:
+            self.epoch = epoch
+            self._rooms = {room: (0, users) for room, (_pos, users) in self._rooms.items()}
+            for writer in self.positions:
+                self.positions[writer] = 0
+
     def handle_message(self, msg: dict[str, Any]) -> None:
+        self._enter_epoch(int(msg.get("epoch") or 0))
         data = msg.get("typing")
         if isinstance(data, dict) and isinstance(data.get("room_id"), str):
             position = int(msg["position"])

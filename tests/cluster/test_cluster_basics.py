@@ -171,3 +171,51 @@ async def test_logout_invalidates_cached_tokens_on_every_worker(cluster: LocalCl
         await alice.close()
         for d in direct:
             await d.close()
+
+
+async def test_typing_reaches_members_syncing_on_other_workers(cluster: LocalCluster) -> None:
+    """Typing lives in the stream writer's memory; sync workers learn it over replication."""
+    alice = await _user(cluster.base_url, "gina")
+    bob = await _user(cluster.base_url, "hank")
+    readers = [Client(instance_url(cluster, w)) for w in ("sync1", "sync2")]
+    try:
+        room = await alice.create_room(preset="public_chat")
+        assert (await bob.request("POST", f"/join/{room}", {}))[0] == 200
+        status, _ = await alice.request("PUT", f"/rooms/{room}/typing/{alice.user_id}",
+                                        {"typing": True, "timeout": 20000})
+        assert status == 200
+        for r in readers:
+            r.token, r.user_id = bob.token, bob.user_id
+            body = await r.sync()
+            typing = [e for e in body["rooms"]["join"][room]["ephemeral"]["events"] if e["type"] == "m.typing"]
+            assert typing and alice.user_id in typing[0]["content"]["user_ids"]
+    finally:
+        for c in (alice, bob, *readers):
+            await c.close()
+
+
+async def test_typing_survives_a_stream_writer_restart(cluster: LocalCluster) -> None:
+    """The writer counts typing positions from 0 again after a restart; readers follow its new epoch."""
+    alice = await _user(cluster.base_url, "ivan")
+    bob = await _user(cluster.base_url, "judy")
+    reader = Client(instance_url(cluster, "sync1"))
+    try:
+        room = await alice.create_room(preset="public_chat")
+        assert (await bob.request("POST", f"/join/{room}", {}))[0] == 200
+        for _ in range(3):
+            await alice.request("PUT", f"/rooms/{room}/typing/{alice.user_id}", {"typing": True, "timeout": 20000})
+            await alice.request("PUT", f"/rooms/{room}/typing/{alice.user_id}", {"typing": False})
+        await asyncio.to_thread(cluster.kill_instance, "stream_writer")
+        await asyncio.to_thread(cluster.start_instance, "stream_writer")
+        reader.token, reader.user_id = bob.token, bob.user_id
+        since = (await reader.sync())["next_batch"]
+        status, _ = await alice.request("PUT", f"/rooms/{room}/typing/{alice.user_id}",
+                                        {"typing": True, "timeout": 20000})
+        assert status == 200
+        body = await reader.sync(since, timeout=5000)
+        events = body.get("rooms", {}).get("join", {}).get(room, {}).get("ephemeral", {}).get("events", [])
+        typing = [e for e in events if e["type"] == "m.typing"]
+        assert typing and alice.user_id in typing[0]["content"]["user_ids"]
+    finally:
+        for c in (alice, bob, reader):
+            await c.close()
