@@ -139,6 +139,9 @@ class PostgresDatabase(Database):
 
         self.pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)
         DB_POOL_SIZE.labels("max").set(self.max_size)
+        pool = self.pool
+        DB_POOL_SIZE.labels("open").set_function(lambda: pool.get_size())
+        DB_POOL_SIZE.labels("idle").set_function(lambda: pool.get_idle_size())
 
     async def close(self) -> None:
         if self.pool is not None:
