@@ -88,13 +88,16 @@ class LocalCluster:
     def nginx_config(self) -> str:
         routes = render_proxy_config(self.config, "nginx", self.proxy_port)
         w = self.workdir
+        # Run as root (tests, CI), nginx's workers would drop to an unprivileged user that cannot write
+        # the temp files for request bodies in our work directory; keep them as the invoking user.
+        user = "user root;\n" if os.geteuid() == 0 else ""
         return (
-            f"worker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/logs/nginx-error.log;\n"
+            f"{user}worker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/logs/nginx-error.log;\n"
             "daemon off;\nevents { worker_connections 2048; }\n"
             f"http {{\n  access_log off;\n  client_body_temp_path {w}/nginx-body;\n"
             f"  proxy_temp_path {w}/nginx-proxy;\n  fastcgi_temp_path {w}/nginx-fastcgi;\n"
             f"  uwsgi_temp_path {w}/nginx-uwsgi;\n  scgi_temp_path {w}/nginx-scgi;\n"
-            "  proxy_buffering off;\n"
+            "  proxy_buffering off;\n  client_body_buffer_size 1m;\n"
             f"{routes}}}\n"
         )
 

@@ -112,6 +112,15 @@ async def persist_create(request: web.Request) -> tuple[int, Any]:
     return 200, {"event_id": stored.event_id, "stream_ordering": stored.internal["stream_ordering"]}
 
 
+async def device_list_change(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    body = await _body(request)
+    if not hs.device_lists_stream.is_writer:
+        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write device_lists")
+    position = await hs.device_lists_stream.record_change(body["user_id"], body.get("device_id"))
+    return 200, {"position": position}
+
+
 async def typing_snapshot(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     if not hs.typing_stream.is_writer:
@@ -128,4 +137,5 @@ REPLICATION_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[tuple
     ("POST", f"{REPLICATION_PREFIX}/persist_create", persist_create),
     ("GET", f"{REPLICATION_PREFIX}/positions", positions),
     ("POST", f"{REPLICATION_PREFIX}/typing_snapshot", typing_snapshot),
+    ("POST", f"{REPLICATION_PREFIX}/device_list_change", device_list_change),
 ]

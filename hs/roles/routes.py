@@ -14,7 +14,9 @@ GENERIC_WORKER_GROUPS = {"sync", "client", "encryption", "registration_login", "
                          "pagination", "account_data", "receipts", "presence", "pushrules"}
 # Groups owned by a stream's writer: requests go to that writer.
 STREAM_GROUPS = {"typing": "typing", "to_device": "to_device", "account_data": "account_data",
-                 "receipts": "receipts", "presence": "presence"}
+                 "receipts": "receipts", "presence": "presence",
+                 # Push rule reads are served anywhere; writes go to the push_rules writer.
+                 "pushrules": "push_rules"}
 
 
 def all_routes() -> list[Route]:

@@ -94,6 +94,10 @@ class E2eeService:
     async def on_device_created(self, user_id: str, device_id: str) -> None:
         await self.hs.device_lists_stream.record_change(user_id, device_id)
 
+    async def on_device_changed(self, user_id: str, device_id: str) -> None:
+        """A device's display name changed: it is part of the keys others query."""
+        await self.hs.device_lists_stream.record_change(user_id, device_id)
+
     async def on_devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
         if not device_ids:
             return
@@ -241,15 +245,17 @@ class E2eeService:
                                   ) -> tuple[list[str], list[str]]:
         """(changed, left): users sharing a room with `user_id` whose devices changed or who newly share a
         room within the range, and users who no longer share any room."""
+        dl_from, dl_to = since.get("device_lists"), upto.get("device_lists")
+        ev_from, ev_to = since.get("events"), upto.get("events")
+        if dl_to <= dl_from and ev_to <= ev_from:
+            return [], []  # the common long-poll case: nothing to look at
         sharers = await self.store.get_users_sharing_room(user_id)
         changed: set[str] = set()
         left: set[str] = set()
-        dl_from, dl_to = since.get("device_lists"), upto.get("device_lists")
         if dl_to > dl_from:
             for other in await self.store.get_users_with_device_changes(dl_from, dl_to):
                 if other == user_id or other in sharers:
                     changed.add(other)
-        ev_from, ev_to = since.get("events"), upto.get("events")
         if ev_to > ev_from:
             mine = await self.hs.event_store.get_membership_changes(user_id, ev_from, ev_to)
             current_rooms = set(await self.hs.event_store.get_rooms_for_user(user_id, ("join",)))

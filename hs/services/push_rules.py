@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hs.errors import MatrixError, not_found
 from hs.events.auth import get_user_power_level
 from hs.events.event import Event
+from hs.services.events import RoomLocks
 from hs.services.push_evaluator import EvalContext, evaluate, notify_and_highlight
 from hs.util import LruCache
 
@@ -128,6 +129,8 @@ class PushRulesService:
         self._cache: LruCache[str, dict[str, list[JsonDict]]] = LruCache(20000)
         self._eval_cache: LruCache[str, list[tuple[str, JsonDict]]] = LruCache(20000)
         self.stream.on_change.append(self._invalidate)
+        # One user's read-modify-write changes (ordering within a kind) are serialised in the writer.
+        self._locks = RoomLocks()
 
     def _invalidate(self, users: list[str] | None) -> None:
         if users is None:
@@ -210,6 +213,11 @@ class PushRulesService:
         for relative in (before, after):
             if relative is not None and relative.startswith("."):
                 raise MatrixError(400, "M_UNKNOWN", "before/after cannot refer to a server-default rule")
+        async with self._locks.lock(user_id):
+            await self._put_rule(user_id, kind, rule_id, rule, before, after)
+
+    async def _put_rule(self, user_id: str, kind: str, rule_id: str, rule: JsonDict,
+                        before: str | None, after: str | None) -> None:
         current = [r for r in await self.store.get_user_rules(user_id) if r["kind"] == kind]
         index = next((i for i, r in enumerate(current) if r["rule_id"] == rule_id), None)
         if index is not None:
@@ -255,11 +263,12 @@ class PushRulesService:
 
     # -- /sync -----------------------------------------------------------------------------------------
     async def add_to_sync(self, config: SyncConfig, now: StreamToken, body: dict[str, Any]) -> bool:
-        """`m.push_rules` in the global account data: always initially, then when the rules change."""
+        """`m.push_rules` in the global account data: always initially (and with full_state), then when
+        the rules change."""
         if not config.filter.account_data.type_allowed("m.push_rules"):
             return False
         since = config.since
-        if since is not None:
+        if since is not None and not config.full_state:
             upto = now.get("push_rules")
             after = min(since.get("push_rules"), upto)
             if after >= upto:
@@ -269,7 +278,7 @@ class PushRulesService:
                 return False
         ruleset = await self.ruleset(config.user_id)
         body["account_data"]["events"].append({"type": "m.push_rules", "content": {"global": ruleset}})
-        return since is not None
+        return since is not None and not config.full_state
 
 
 class BulkPushEvaluator:

@@ -43,11 +43,12 @@ class DeviceListsStream(Stream):
     async def record_change(self, user_id: str, device_id: str | None = None) -> int | None:
         """Log a change of the user's device list and wake everyone who shares a room with them."""
         if self.tracker is None:
-            # Not ours to write and there is no HTTP replication yet: the change is only missed by
-            # device-list tracking (clients re-query keys on their next membership change).
-            logger.warning("device list change of %s not recorded: %s writes device_lists", user_id,
-                           self.writers[0])
-            return None
+            # Not ours to write: the writer records it; we answer once we have seen its position.
+            client = self.hs.replication_client
+            reply = await client.call(self.writers[0], "device_list_change",
+                                      {"user_id": user_id, "device_id": device_id})
+            await client.wait_for_stream(self.NAME, int(reply["position"]))
+            return int(reply["position"])
         tracker = self.tracker
         async with tracker.allocate() as pos:
             await self.store.add_device_list_change(pos, user_id, device_id)

@@ -65,5 +65,8 @@ class PushRulesStream(Stream):
             result = await fn(pos)
         if result is False:
             return result
+        # This process at once (the published message may take a round trip through Redis).
+        for callback in self.on_change:
+            callback([user_id])
         await self.publish(tracker.persisted_upto, row_position=pos, users=[user_id])
         return result

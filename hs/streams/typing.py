@@ -49,7 +49,10 @@ class TypingStream(Stream):
 
     async def setup(self) -> None:
         self.set_initial_positions(dict.fromkeys(self.writers, 0))
-        await self.catch_up()
+        # In the background: the writer may start after us, and its next change brings us up to date.
+        task = asyncio.get_running_loop().create_task(self.catch_up())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def snapshot(self) -> dict[str, Any]:
         """The writer's whole state, for readers that start or reconnect (pub/sub keeps no history)."""

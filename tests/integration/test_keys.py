@@ -99,7 +99,11 @@ async def test_upload_query_and_counts(server: TestHomeServer) -> None:
 
 async def test_display_name_is_in_unsigned(server: TestHomeServer) -> None:
     alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    await shared_room(alice, bob)
+    since = (await bob.sync())["next_batch"]
     await ok(alice, "PUT", f"/devices/{alice.device_id}", {"display_name": "Phone"})
+    assert (await bob.sync(since))["device_lists"]["changed"] == [alice.user_id]
     keys, _ = device_keys(alice)
     await ok(alice, "POST", "/keys/upload", {"device_keys": keys})
     q = await ok(alice, "POST", "/keys/query", {"device_keys": {alice.user_id: [alice.device_id]}})
@@ -336,8 +340,8 @@ async def test_cross_signing_upload_query_and_uia(server: TestHomeServer) -> Non
     status, data = await alice.request("POST", "/keys/device_signing/upload", {
         **new_body, "auth": {**PASSWORD_AUTH, "password": "wrong", "session": data["session"]}})
     assert status == 401 and data["errcode"] == "M_FORBIDDEN"
-    await ok(alice, "POST", "/keys/device_signing/upload", {
-        **new_body, "auth": {**PASSWORD_AUTH, "session": data["session"]}})
+    # The follow-up may leave out the keys: the session remembers them.
+    await ok(alice, "POST", "/keys/device_signing/upload", {"auth": {**PASSWORD_AUTH, "session": data["session"]}})
     q = await ok(bob, "POST", "/keys/query", {"device_keys": {alice.user_id: []}})
     assert q["master_keys"][alice.user_id] == new_body["master_key"]
 
@@ -555,3 +559,11 @@ async def test_backup_keys_wrong_version_and_bad_input(server: TestHomeServer) -
     await ok(alice, "PUT", "/room_keys/keys", body, version="2")
     await ok(alice, "DELETE", "/room_keys/version/2")
     assert int(await server.hs.db.fetchval("SELECT COUNT(*) FROM e2e_room_keys")) == 0
+
+
+async def test_concurrent_backup_versions_get_distinct_numbers(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    results = await asyncio.gather(*(ok(alice, "POST", "/room_keys/version",
+                                        {"algorithm": BACKUP_ALG, "auth_data": {"n": i}}) for i in range(6)))
+    assert sorted(int(r["version"]) for r in results) == [1, 2, 3, 4, 5, 6]
+    assert (await ok(alice, "GET", "/room_keys/version"))["version"] == "6"

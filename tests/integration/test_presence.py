@@ -330,3 +330,47 @@ async def test_new_room_mates_get_each_others_presence(server: TestHomeServer) -
     # Once only.
     again = await alice.sync(res["next_batch"], set_presence="offline")
     assert presence_of(again, bob.user_id) is None
+
+
+# -- across a worker cluster (main, sync workers, a separate presence writer; Redis replication) ----------
+from tests.cluster.conftest import cluster, instance_url, redis_server, redis_url  # noqa: E402, F401
+
+
+@pytest.mark.timeout(300)
+async def test_presence_across_workers(cluster: Any) -> None:  # noqa: F811
+    """Syncs on sync workers reach the presence writer; its changes reach syncs on every worker."""
+    alice, bob = Client(cluster.base_url), Client(cluster.base_url)
+    readers = [Client(instance_url(cluster, w)) for w in ("sync1", "sync2")]
+    _clients.extend([alice, bob, *readers])
+    await alice.register("pres_alice" + str(time.monotonic_ns())[-6:])
+    await bob.register("pres_bob" + str(time.monotonic_ns())[-6:])
+    await room_of(alice, bob)
+    for r in readers:
+        r.token, r.user_id = bob.token, bob.user_id
+    since = (await readers[0].sync(set_presence="offline"))["next_batch"]
+
+    # A sync on a sync worker marks alice online on the writer; bob's long-poll on the other worker wakes.
+    task = asyncio.create_task(readers[1].sync(since, timeout=20000, set_presence="offline"))
+    await asyncio.sleep(0.2)
+    start = time.monotonic()
+    alice_direct = [Client(instance_url(cluster, w)) for w in ("sync1", "sync2")]
+    _clients.extend(alice_direct)
+    for c in alice_direct:
+        c.token, c.user_id = alice.token, alice.user_id
+    await alice_direct[0].sync()  # sync1 is not the presence writer: forwarded to it
+    res = await asyncio.wait_for(task, 15)
+    assert time.monotonic() - start < 10
+    content = presence_of(res, alice.user_id)
+    assert content is not None and content["presence"] == "online"
+
+    # A PUT on a worker that is not the writer is forwarded too; GET from another worker.
+    await put_status(alice_direct[1], "unavailable", "elsewhere")
+    for _ in range(50):
+        got = await get_status(readers[0], alice.user_id)
+        if got["presence"] == "unavailable":
+            break
+        await asyncio.sleep(0.05)
+    assert got["presence"] == "unavailable" and got["status_msg"] == "elsewhere"
+    res = await readers[0].sync(res["next_batch"], set_presence="offline")
+    content = presence_of(res, alice.user_id)
+    assert content is not None and content["status_msg"] == "elsewhere"

@@ -231,6 +231,7 @@ async def put_device(request: web.Request) -> HandlerResult:
             raise MatrixError(400, "M_INVALID_PARAM",
                               f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LEN})")
         await hs.user_store.update_device(requester.user_id, device_id, name)
+        await hs.e2ee.on_device_changed(requester.user_id, device_id)  # the name is in its keys' unsigned
     return 200, {}
 
 

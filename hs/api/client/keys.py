@@ -54,10 +54,12 @@ async def upload_cross_signing_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     body = await parse_json(request)
-    if await hs.e2ee.cross_signing_needs_uia(requester.user_id, {k: v for k, v in body.items() if k != "auth"}):
+    params = {k: v for k, v in body.items() if k != "auth"}
+    auth = body.get("auth")
+    # A UIA follow-up may carry only `auth`: the keys are in its session.
+    follow_up = isinstance(auth, dict) and "session" in auth and not params
+    if follow_up or await hs.e2ee.cross_signing_needs_uia(requester.user_id, params):
         params = await hs.registration.validate_user_via_ui_auth(request, body, requester)
-    else:
-        params = {k: v for k, v in body.items() if k != "auth"}
     await hs.e2ee.upload_cross_signing_keys(requester.user_id, params)
     return 200, {}
 

@@ -1,7 +1,8 @@
 """Push rules: GET /pushrules/ (and narrower paths), PUT/DELETE /pushrules/global/{kind}/{ruleId},
 GET/PUT .../enabled and .../actions. The logic lives in `hs.services.push_rules.PushRulesService`.
 
-Reads are served by generic workers ("pushrules"); writes go to main, the push rules writer.
+Reads are served by any instance with the "pushrules" group; writes are forwarded to the push_rules
+stream's writer (main by default), like the other stream groups (hs/roles/routes.py STREAM_GROUPS).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from hs.errors import MatrixError
 from hs.services.push_rules import check_actions, check_kind
 
 READ_GROUP = "pushrules"
-WRITE_GROUP = "main"
+# The same group: a proxy routes by path only, so one path must not be split over two groups.
+WRITE_GROUP = "pushrules"
 ATTRS = ("enabled", "actions")
 
 

@@ -73,6 +73,11 @@ class E2eeStore:
                  "content": json_loads(r["content"])} for r in rows]
 
     async def delete_to_device_messages(self, user_id: str, device_id: str, upto: int) -> None:
+        # A read first: most syncs have nothing to acknowledge, and a write would take SQLite's lock.
+        if not await self.db.fetchval(
+                "SELECT 1 FROM device_inbox WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3 LIMIT 1",
+                user_id, device_id, upto):
+            return
         await self.db.execute(
             "DELETE FROM device_inbox WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3",
             user_id, device_id, upto)
@@ -283,6 +288,9 @@ class E2eeStore:
 
     async def create_backup_version(self, user_id: str, algorithm: str, auth_data: JsonDict) -> int:
         async def txn(c: Connection) -> int:
+            if c.engine == "postgres":
+                # Serialise concurrent creations for the user, so they get distinct numbers.
+                await c.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
             current = await c.fetchval(
                 "SELECT MAX(version) FROM e2e_room_keys_versions WHERE user_id = $1", user_id)
             version = int(current or 0) + 1
