@@ -13,16 +13,16 @@ from typing import Any
 
 from hs.config import HomeserverConfig
 from hs.db.migrations import apply_migrations, wait_for_migrations
-from hs.roles.duties import duties_for
 from hs.db.pool import Database, make_database
 from hs.db.stores.events import EventStore
 from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
+from hs.roles.duties import duties_for
 from hs.streams.account_data import AccountDataStream
-from hs.streams.device_lists import DeviceListsStream
 from hs.streams.caches import CacheInvalidator
+from hs.streams.device_lists import DeviceListsStream
 from hs.streams.events import EventsStream
 from hs.streams.notifier import Notifier
 from hs.streams.positions import PositionSource, make_position_source

@@ -152,7 +152,7 @@ async def test_set_presence_on_sync(server: TestHomeServer) -> None:
 
 async def test_timeouts_online_unavailable_offline(server: TestHomeServer) -> None:
     presence = server.hs.presence
-    presence.set_timeouts(idle_ms=600, sync_ms=1500, active_granularity_ms=300, check_interval_s=0.05)
+    presence.set_timeouts(idle_ms=1200, sync_ms=2400, active_granularity_ms=400, check_interval_s=0.05)
     alice, bob = await user(server, "alice"), await user(server, "bob")
     await room_of(alice, bob)
     since = (await bob.sync(set_presence="offline"))["next_batch"]
