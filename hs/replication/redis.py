@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 from hs.replication.transport import MESSAGE_VERSION, Handler, ReplicationTransport
 
 logger = logging.getLogger(__name__)
+# Messages kept while Redis is unreachable; past this the oldest go (readers catch up from the database).
+MAX_PENDING = 10000
 
 
 class RedisTransport(ReplicationTransport):
@@ -31,6 +33,8 @@ class RedisTransport(ReplicationTransport):
         self._pub: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._pending: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def subscribe(self, stream: str, handler: Handler) -> None:
         self._handlers[stream].append(handler)
@@ -44,6 +48,8 @@ class RedisTransport(ReplicationTransport):
         await asyncio.wait_for(self._subscribed.wait(), 30)
 
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -54,17 +60,32 @@ class RedisTransport(ReplicationTransport):
             await self._pub.aclose()
 
     async def publish(self, stream: str, instance: str, position: int, data: dict[str, Any]) -> None:
+        """Publish now; if Redis is unreachable, queue the message (in order) and keep retrying in the
+        background, so a writer never blocks on Redis and no position is silently dropped."""
         msg = {"v": MESSAGE_VERSION, "stream": stream, "instance": instance, "position": position, **data}
-        assert self._pub is not None
-        for attempt in range(5):
+        if not self._pending:
             try:
-                await self._pub.publish(self.prefix + stream, orjson.dumps(msg))
+                await self._send(msg)
                 return
-            except (aioredis.ConnectionError, OSError):
-                logger.warning("redis publish failed (attempt %d); retrying", attempt + 1)
-                await asyncio.sleep(0.2 * (attempt + 1))
-        # Readers catch up from the database on their next reconnect or poll; the row is committed.
-        logger.error("could not publish %s position %d to redis", stream, position)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
+                logger.warning("redis publish failed (%s); queueing and retrying in the background", e)
+        self._pending.append(msg)
+        if len(self._pending) > MAX_PENDING:
+            del self._pending[: len(self._pending) - MAX_PENDING]  # readers catch up from the database
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        assert self._pub is not None
+        await self._pub.publish(self.prefix + msg["stream"], orjson.dumps(msg))
+
+    async def _flush(self) -> None:
+        while self._pending:
+            try:
+                await self._send(self._pending[0])
+                self._pending.pop(0)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                await asyncio.sleep(0.2)
 
     async def _listen(self) -> None:
         channels = [self.prefix + s for s in self._handlers]
