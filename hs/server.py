@@ -217,6 +217,7 @@ class HomeServer:
         await self.replication.start()
         self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
         await self.events_stream.setup()
+        self.event_store.reset_membership_tracking(self.events_stream.current_position())
         await self.receipts_stream.setup()
         await self.push_rules_stream.setup()
         self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
@@ -233,6 +234,7 @@ class HomeServer:
     async def _catch_up(self) -> None:
         """After a replication outage: re-read persisted positions and wake every waiter to re-check."""
         self.caches.flush_all()
+        self.event_store.reset_membership_tracking(await self.event_store.get_max_stream_ordering())
         await self.events_stream.catch_up()
         await self.receipts_stream.catch_up()
         await self.push_rules_stream.catch_up()
@@ -246,6 +248,9 @@ class HomeServer:
         redacts = msg.get("redacts") or []
         for event_id in [redacts] if isinstance(redacts, str) else redacts:
             self.event_store.invalidate_event(event_id)
+        users = msg.get("users")
+        if users:
+            self.event_store.on_membership_change(list(users), int(msg.get("row_position") or msg["position"]))
         self.events_stream.handle_message(msg)
         if self.events_stream.tracker is not None and msg.get("instance") != self.instance_name:
             task = asyncio.get_running_loop().create_task(self.events_stream.on_other_writer(msg["instance"]))

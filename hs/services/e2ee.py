@@ -247,8 +247,10 @@ class E2eeService:
         room within the range, and users who no longer share any room."""
         dl_from, dl_to = since.get("device_lists"), upto.get("device_lists")
         ev_from, ev_to = since.get("events"), upto.get("events")
+        if ev_to > ev_from and not self.hs.event_store.any_membership_changed_after(ev_from):
+            ev_to = ev_from  # messages only: no one joined or left, so only device changes matter
         if dl_to <= dl_from and ev_to <= ev_from:
-            return [], []  # the common long-poll case: nothing to look at
+            return [], []  # the common case: nothing to look at
         sharers = await self.store.get_users_sharing_room(user_id)
         changed: set[str] = set()
         left: set[str] = set()

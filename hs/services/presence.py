@@ -169,7 +169,7 @@ class PresenceService:
             states = []
             if after < upto:
                 states = await self.store.get_changed_for_observer(config.user_id, after, upto)
-            if events_after < events_upto:
+            if events_after < events_upto and self.hs.event_store.any_membership_changed_after(events_after):
                 # As Synapse: the current presence of users who just became room-mates.
                 seen = {s.user_id for s in states}
                 states += [s for s in await self.store.get_for_new_room_mates(

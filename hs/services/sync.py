@@ -342,8 +342,13 @@ class SyncService:
         user_id = config.user_id
         # Current memberships first, then the changes: any change the first read reflects is then in
         # the second, so rewinding the ones after `upto` is exact.
-        current = await self.store.get_rooms_for_user(user_id, ("join",))
-        rows = await self.store.get_membership_changes(user_id, after, END_OF_STREAM)
+        cached = self.store.cached_rooms_for_user(user_id, ("join",))
+        if cached is not None and not self.store.user_membership_changed_after(user_id, after):
+            # The common case: no membership change of this user since the token.
+            current, rows = cached, []
+        else:
+            current = await self.store.get_rooms_for_user(user_id, ("join",))
+            rows = await self.store.get_membership_changes(user_id, after, END_OF_STREAM)
         memberships: dict[str, tuple[str, str | None]] = {r: (m, None) for r, m in current.items()}
         in_range = [r for r in rows if r["stream_ordering"] <= upto]
         later = [r for r in rows if r["stream_ordering"] > upto]

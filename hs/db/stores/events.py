@@ -24,6 +24,14 @@ class EventStore:
         self.rooms = rooms
         self._event_cache: LruCache[str, Event] = LruCache(50000)
         self._state_cache: LruCache[int, StateMap] = LruCache(5000)
+        # Memberships, cached per user and dropped when the events stream reports a membership change
+        # of that user (every persisted membership event names its target in the stream message).
+        self._rooms_for_user: LruCache[tuple[str, tuple[str, ...]], dict[str, str]] = LruCache(50000)
+        self._membership_changed_at: dict[str, int] = {}
+        self._last_membership_change = 0
+        self._membership_epoch = 0
+        # Below this position we know nothing about membership changes (before start or a catch-up).
+        self.membership_baseline = 0
 
     # -- events --------------------------------------------------------------------------------------
     def _row_to_event(self, row: dict[str, Any], version_id: str) -> Event:
@@ -206,8 +214,50 @@ class EventStore:
             " WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2", room_id, user_id)
         return None if row is None else (row["membership"], row["event_id"])
 
+    def on_membership_change(self, users: list[str], position: int) -> None:
+        """The events stream persisted membership events for `users` (at or below `position`)."""
+        self._membership_epoch += 1
+        self._last_membership_change = max(self._last_membership_change, position)
+        for user in users:
+            self._membership_changed_at[user] = max(self._membership_changed_at.get(user, 0), position)
+            self._rooms_for_user.invalidate_where(lambda k, _v, u=user: k[0] == u)  # type: ignore[misc]
+
+    def reset_membership_tracking(self, baseline: int) -> None:
+        """After start or a replication gap: forget what we knew; positions below `baseline` are unknown."""
+        self._membership_epoch += 1
+        self._rooms_for_user.clear()
+        self._membership_changed_at.clear()
+        self.membership_baseline = baseline
+
+    def user_membership_changed_after(self, user_id: str, position: int) -> bool:
+        """False only if this process knows the user's memberships did not change after `position`."""
+        if position < self.membership_baseline:
+            return True
+        return self._membership_changed_at.get(user_id, 0) > position
+
+    def any_membership_changed_after(self, position: int) -> bool:
+        return position < self.membership_baseline or self._last_membership_change > position
+
+    def cached_rooms_for_user(self, user_id: str, memberships: tuple[str, ...]) -> dict[str, str] | None:
+        """The cached memberships, if any. They reflect exactly the membership changes this process has
+        been told of, so together with `user_membership_changed_after` they are a consistent view
+        (a fresh database read may already show a change that has not been announced yet)."""
+        cached = self._rooms_for_user.get((user_id, tuple(memberships)))
+        return None if cached is None else dict(cached)
+
     async def get_rooms_for_user(self, user_id: str, memberships: tuple[str, ...] = ("join",)) -> dict[str, str]:
         """room_id -> membership for the user's current memberships of the given kinds."""
+        key = (user_id, tuple(memberships))
+        cached = self._rooms_for_user.get(key)
+        if cached is not None:
+            return dict(cached)
+        epoch = self._membership_epoch
+        result = await self._query_rooms_for_user(user_id, memberships)
+        if epoch == self._membership_epoch:  # no invalidation raced the query
+            self._rooms_for_user.set(key, dict(result))
+        return result
+
+    async def _query_rooms_for_user(self, user_id: str, memberships: tuple[str, ...]) -> dict[str, str]:
         placeholders = ",".join(f"${i + 2}" for i in range(len(memberships)))
         rows = await self.db.fetch(
             "SELECT room_id, membership FROM current_state_events WHERE type = 'm.room.member'"
