@@ -40,8 +40,11 @@ class EvalContext:
     notification_levels: JsonDict = field(default_factory=dict)
 
 
-def split_key(key: str) -> list[str]:
-    r"""A dot-separated property path as its parts: `content.m\.relates_to` -> [content, m.relates_to]."""
+@lru_cache(maxsize=4096)
+def split_key(key: str) -> tuple[str, ...]:
+    r"""A dot-separated property path as its parts: `content.m\.relates_to` -> (content, m.relates_to).
+
+    Cached: every event is evaluated against the same few dozen rule keys for every room member."""
     parts: list[str] = []
     current: list[str] = []
     i = 0
@@ -58,7 +61,7 @@ def split_key(key: str) -> list[str]:
             current.append(ch)
         i += 1
     parts.append("".join(current))
-    return parts
+    return tuple(parts)
 
 
 _MISSING = object()
@@ -80,6 +83,11 @@ def _glob_regex(pattern: str, word: bool) -> re.Pattern[str]:
     if word:
         body = f"(?<![{_WORD}]){body}(?![{_WORD}])"
     return re.compile(body, re.IGNORECASE | re.DOTALL)
+
+
+@lru_cache(maxsize=4096)
+def _display_name_regex(name: str) -> re.Pattern[str]:
+    return re.compile(f"(?<![{_WORD}]){re.escape(name)}(?![{_WORD}])", re.IGNORECASE)
 
 
 def glob_matches(pattern: str, value: str, word_boundary: bool = False) -> bool:
@@ -143,8 +151,7 @@ def condition_matches(cond: Any, event: JsonDict, ctx: EvalContext) -> bool:
         name = ctx.display_name
         if not isinstance(body, str) or not name:
             return False
-        regex = re.compile(f"(?<![{_WORD}]){re.escape(name)}(?![{_WORD}])", re.IGNORECASE)
-        return regex.search(body) is not None
+        return _display_name_regex(name).search(body) is not None
     if kind == "room_member_count":
         return member_count_matches(cond.get("is"), ctx.member_count)
     if kind == "sender_notification_permission":
@@ -161,7 +168,31 @@ def condition_matches(cond: Any, event: JsonDict, ctx: EvalContext) -> bool:
     return False
 
 
-def rule_matches(kind: str, rule: JsonDict, event: JsonDict, ctx: EvalContext) -> bool:
+def _memo_key(cond: JsonDict, ctx: EvalContext) -> tuple[Any, ...] | None:
+    """What a condition's result depends on, for sharing results across the users of one event; None
+    for conditions that are not plain scalars (never memoised)."""
+    kind = cond.get("kind")
+    value = cond.get("value")
+    if not (value is None or isinstance(value, str | int | bool)):
+        return None
+    extra = ctx.display_name if kind == "contains_display_name" else None
+    return (kind, cond.get("key"), cond.get("pattern"), type(value).__name__, value, cond.get("is"), extra)
+
+
+def memo_condition_matches(cond: Any, event: JsonDict, ctx: EvalContext, memo: dict[Any, bool] | None) -> bool:
+    if memo is None or not isinstance(cond, dict):
+        return condition_matches(cond, event, ctx)
+    key = _memo_key(cond, ctx)
+    if key is None:
+        return condition_matches(cond, event, ctx)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = condition_matches(cond, event, ctx)
+    return hit
+
+
+def rule_matches(kind: str, rule: JsonDict, event: JsonDict, ctx: EvalContext,
+                 memo: dict[Any, bool] | None = None) -> bool:
     rule_id = rule.get("rule_id")
     if kind == "content":
         pattern = rule.get("pattern")
@@ -174,11 +205,15 @@ def rule_matches(kind: str, rule: JsonDict, event: JsonDict, ctx: EvalContext) -
     conditions = rule.get("conditions") or []
     if not isinstance(conditions, list):
         return False
-    return all(condition_matches(c, event, ctx) for c in conditions)
+    return all(memo_condition_matches(c, event, ctx, memo) for c in conditions)
 
 
-def evaluate(rules: list[tuple[str, JsonDict]], event: JsonDict, ctx: EvalContext) -> list[Any] | None:
-    """The actions of the first enabled matching rule (rules in priority order), or None."""
+def evaluate(rules: list[tuple[str, JsonDict]], event: JsonDict, ctx: EvalContext,
+             memo: dict[Any, bool] | None = None) -> list[Any] | None:
+    """The actions of the first enabled matching rule (rules in priority order), or None.
+
+    Pass one `memo` dict for all the users of one event (and one room member count and sender):
+    conditions shared by their rule sets are then evaluated once."""
     content = event.get("content")
     has_mentions = isinstance(content, dict) and "m.mentions" in content
     for kind, rule in rules:
@@ -186,7 +221,7 @@ def evaluate(rules: list[tuple[str, JsonDict]], event: JsonDict, ctx: EvalContex
             continue
         if has_mentions and rule.get("default") and rule.get("rule_id") in LEGACY_MENTION_RULES:
             continue
-        if rule_matches(kind, rule, event, ctx):
+        if rule_matches(kind, rule, event, ctx, memo):
             actions = rule.get("actions")
             return list(actions) if isinstance(actions, list) else []
     return None

@@ -354,11 +354,12 @@ class BulkPushEvaluator:
             pl = auth.get(("m.room.power_levels", ""))
             levels = pl.content.get("notifications") if pl is not None else None
             thread: str | None = None
+            memo: dict[Any, bool] = {}  # same event, member count and sender for every user
             for user_id in users:
                 ctx = EvalContext(user_id=user_id, display_name=names.get(user_id), member_count=len(joined),
                                   sender_power_level=sender_level,
                                   notification_levels=levels if isinstance(levels, dict) else {})
-                actions = evaluate(await rules_service.rules_for_evaluation(user_id), ev.pdu, ctx)
+                actions = evaluate(await rules_service.rules_for_evaluation(user_id), ev.pdu, ctx, memo)
                 notify, highlight = notify_and_highlight(actions)
                 if not notify:
                     continue

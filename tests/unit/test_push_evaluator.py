@@ -35,12 +35,12 @@ def match(cond: dict[str, Any], event: dict[str, Any], ctx: EvalContext = CTX) -
 
 # -- key paths ---------------------------------------------------------------------------------------------------
 def test_split_key_handles_escaped_dots_and_backslashes() -> None:
-    assert split_key("content.body") == ["content", "body"]
-    assert split_key("content.m\\.relates_to.rel_type") == ["content", "m.relates_to", "rel_type"]
-    assert split_key("content.m\\\\foo") == ["content", "m\\foo"]
+    assert split_key("content.body") == ("content", "body",)
+    assert split_key("content.m\\.relates_to.rel_type") == ("content", "m.relates_to", "rel_type",)
+    assert split_key("content.m\\\\foo") == ("content", "m\\foo",)
     # Other escapes are left as they are: a literal backslash followed by the character.
-    assert split_key("content.a\\xb") == ["content", "a\\xb"]
-    assert split_key("type") == ["type"]
+    assert split_key("content.a\\xb") == ("content", "a\\xb",)
+    assert split_key("type") == ("type",)
 
 
 # -- event_match -------------------------------------------------------------------------------------------------
