@@ -248,6 +248,9 @@ class HomeServer:
         redacts = msg.get("redacts") or []
         for event_id in [redacts] if isinstance(redacts, str) else redacts:
             self.event_store.invalidate_event(event_id)
+        last = int(msg.get("row_position") or msg["position"])
+        for room_id in msg.get("rooms") or ():
+            self.event_store.on_room_events(room_id, int(msg.get("first_position") or last), last)
         users = msg.get("users")
         if users:
             self.event_store.on_membership_change(list(users), int(msg.get("row_position") or msg["position"]))

@@ -283,23 +283,29 @@ class EventSender:
                     await c.execute(_UPSERT_POSITION, self.hs.instance_name, tracker.persisted_if_committed(positions))
 
             await self.hs.db.run_transaction("persist_events", write)
-        EVENTS_PERSISTED.inc(len(batch))
-        users: list[str] = []
-        for p in batch:
-            ev = p.event
-            self.store.cache_event(ev)
-            if ev.type == "m.room.redaction" and ev.redacts:
-                self.store.invalidate_event(ev.redacts)
-            if ev.membership is not None and ev.state_key:
-                users.append(ev.state_key)
-        redacted = [p.event.redacts for p in batch if p.event.type == "m.room.redaction" and p.event.redacts]
-        for hook in self.persisted_hooks:
-            try:
-                await hook([p.event for p in batch])
-            except Exception:
-                logger.exception("post-persist hook %r failed for %s", hook, room_id)
-        await stream.publish(stream.tracker.persisted_upto, row_position=positions[-1], rooms=[room_id],
-                             users=users, redacts=redacted)
+            # Still inside `allocate_many`: our positions count as in flight, so no announcement of a
+            # position at or above them (by us or a concurrent batch) can precede what follows. Readers
+            # therefore learn of these rooms, members and push counts before they may serve the events.
+            EVENTS_PERSISTED.inc(len(batch))
+            users: list[str] = []
+            for p in batch:
+                ev = p.event
+                self.store.cache_event(ev)
+                if ev.type == "m.room.redaction" and ev.redacts:
+                    self.store.invalidate_event(ev.redacts)
+                if ev.membership is not None and ev.state_key:
+                    users.append(ev.state_key)
+            redacted = [p.event.redacts for p in batch if p.event.type == "m.room.redaction" and p.event.redacts]
+            for hook in self.persisted_hooks:
+                try:
+                    await hook([p.event for p in batch])
+                except Exception:
+                    logger.exception("post-persist hook %r failed for %s", hook, room_id)
+            announced = tracker.persisted_upto
+            await stream.publish(announced, row_position=positions[-1], first_position=positions[0],
+                                 rooms=[room_id], users=users, redacts=redacted)
+        if tracker.persisted_upto > announced:
+            await stream.publish(tracker.persisted_upto)
         for p in batch:
             if not p.future.done():
                 p.future.set_result(p.event)

@@ -31,7 +31,8 @@ class EventsStream(Stream):
         self.tracker: PositionTracker | None = None
 
     async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "events_stream", "events", "stream_ordering")
+        source = await make_position_source(self.hs.db, "events_stream", "events", "stream_ordering",
+                                            local_if_single_writer=True, writers=len(self.writers))
         stored = await self.stored_positions()
         self.set_initial_positions(stored)
         if self.is_writer:

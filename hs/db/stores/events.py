@@ -32,6 +32,10 @@ class EventStore:
         self._membership_epoch = 0
         # Below this position we know nothing about membership changes (before start or a catch-up).
         self.membership_baseline = 0
+        # Recent batches of events per room, as (first, last) position intervals, from the events
+        # stream: answers "which of these rooms had events in (a, b]" without a query.
+        self._room_batches: dict[str, list[tuple[int, int]]] = {}
+        self._room_floor: dict[str, int] = {}
 
     # -- events --------------------------------------------------------------------------------------
     def _row_to_event(self, row: dict[str, Any], version_id: str) -> Event:
@@ -104,9 +108,28 @@ class EventStore:
         evs.reverse()
         return evs, limited
 
+    def on_room_events(self, room_id: str, first: int, last: int) -> None:
+        batches = self._room_batches.setdefault(room_id, [])
+        batches.append((first, last))
+        if len(batches) > 32:
+            dropped = batches.pop(0)
+            self._room_floor[room_id] = max(self._room_floor.get(room_id, 0), dropped[1])
+
     async def get_rooms_with_events_between(self, room_ids: list[str], from_pos: int, to_pos: int) -> set[str]:
+        """The rooms with events in (from_pos, to_pos]; may also name a room whose batch straddles the
+        range without an event inside it (its timeline is then simply empty)."""
         if not room_ids or from_pos >= to_pos:
             return set()
+        if from_pos >= self.membership_baseline:
+            out = set()
+            for room_id in room_ids:
+                batches = self._room_batches.get(room_id)
+                if batches is None:
+                    continue  # no events since the baseline
+                if from_pos < self._room_floor.get(room_id, 0) or any(
+                        first <= to_pos and last > from_pos for first, last in batches):
+                    out.add(room_id)
+            return out
         rows = await self.db.fetch(
             "SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2",
             from_pos, to_pos)
@@ -227,6 +250,8 @@ class EventStore:
         self._membership_epoch += 1
         self._rooms_for_user.clear()
         self._membership_changed_at.clear()
+        self._room_batches.clear()
+        self._room_floor.clear()
         self.membership_baseline = baseline
 
     def user_membership_changed_after(self, user_id: str, position: int) -> bool:
