@@ -146,14 +146,19 @@ class PushStore:
         for i in range(0, len(room_ids), 500):
             chunk = room_ids[i:i + 500]
             placeholders = ",".join(f"${n + 3}" for n in range(len(chunk)))
+            # The user's read receipts are aggregated once (not looked up per notification row): an
+            # action counts if it is after both the unthreaded receipt and its own thread's receipt.
             rows = await self.db.fetch(
-                "SELECT a.room_id, a.thread_id, COUNT(*) AS n, SUM(a.highlight) AS h"
-                " FROM event_push_actions a WHERE a.user_id = $1 AND a.stream_ordering <= $2"
+                "WITH r AS (SELECT room_id, thread_id, MAX(event_stream_ordering) AS pos FROM receipts"
+                "  WHERE user_id = $1 AND receipt_type IN ('m.read', 'm.read.private')"
+                f"  AND room_id IN ({placeholders}) GROUP BY room_id, thread_id)"
+                " SELECT a.room_id, a.thread_id, COUNT(*) AS n, SUM(a.highlight) AS h"
+                " FROM event_push_actions a"
+                " LEFT JOIN r r0 ON r0.room_id = a.room_id AND r0.thread_id = ''"
+                " LEFT JOIN r r1 ON r1.room_id = a.room_id AND r1.thread_id = a.thread_id"
+                " WHERE a.user_id = $1 AND a.stream_ordering <= $2"
                 f" AND a.room_id IN ({placeholders})"
-                " AND a.stream_ordering > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r"
-                "   WHERE r.user_id = a.user_id AND r.room_id = a.room_id"
-                "   AND r.receipt_type IN ('m.read', 'm.read.private')"
-                "   AND (r.thread_id = '' OR r.thread_id = a.thread_id)), 0)"
+                " AND a.stream_ordering > COALESCE(r0.pos, 0) AND a.stream_ordering > COALESCE(r1.pos, 0)"
                 " GROUP BY a.room_id, a.thread_id", user_id, upto, *chunk)
             for r in rows:
                 out.setdefault(r["room_id"], {})[r["thread_id"]] = (int(r["n"]), int(r["h"] or 0))
