@@ -337,3 +337,32 @@ async def test_invites_and_redactions(server: TestHomeServer) -> None:
     assert counts(await bob.sync(), room) == (1, 1)
     await ok(alice, "PUT", f"/rooms/{room}/redact/{mention}/x1", {})
     assert counts(await bob.sync(), room) == (0, 0)
+
+
+async def test_unread_summary_follows_messages_receipts_and_redactions(server: Any) -> None:
+    """The per-room summary counts notifications as they arrive, restarts from a receipt, and drops a
+    redacted event's notification."""
+    alice, bob = server.client(), server.client()
+    await alice.register("sum_alice")
+    await bob.register("sum_bob")
+    room = await alice.create_room(preset="public_chat")
+    assert (await bob.request("POST", f"/join/{room}", {}))[0] == 200
+    # A 3-member room: plain messages notify through .m.rule.message (not the one-to-one rule).
+    carol = server.client()
+    await carol.register("sum_carol")
+    assert (await carol.request("POST", f"/join/{room}", {}))[0] == 200
+    ids = [await alice.send_message(room, f"message {i}") for i in range(5)]
+
+    async def counts() -> dict[str, int]:
+        body = await bob.sync()
+        return body["rooms"]["join"][room]["unread_notifications"]
+
+    assert (await counts())["notification_count"] == 5
+    status, _ = await bob.request("POST", f"/rooms/{room}/receipt/m.read/{ids[2]}", {})
+    assert status == 200
+    assert (await counts())["notification_count"] == 2
+    status, _ = await alice.request("PUT", f"/rooms/{room}/redact/{ids[4]}/r1", {})
+    assert status == 200
+    assert (await counts())["notification_count"] == 1
+    for c in (alice, bob, carol):
+        await c.close()

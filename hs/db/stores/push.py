@@ -125,41 +125,93 @@ class PushStore:
     # -- push actions --------------------------------------------------------------------------------
     async def add_push_actions(self, rows: Sequence[tuple[str, str, int, str, str, bool]],
                                redacted: Sequence[str] = ()) -> None:
-        """Rows (user_id, room_id, stream_ordering, thread_id, event_id, highlight); drop redacted events'."""
+        """Rows (user_id, room_id, stream_ordering, thread_id, event_id, highlight); drop redacted events'.
+
+        The per-thread summary is incremented for the rows actually inserted (a re-run inserts none)
+        that are not already covered by the user's read receipt."""
         if not rows and not redacted:
             return
 
         async def txn(c: Connection) -> None:
-            await c.executemany(
-                "INSERT INTO event_push_actions (user_id, room_id, stream_ordering, thread_id, event_id, highlight)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING",
-                [(u, r, so, t, e, 1 if h else 0) for u, r, so, t, e, h in rows])
+            inserted: list[dict[str, Any]] = []
+            for i in range(0, len(rows), 500):
+                chunk = rows[i:i + 500]
+                values = ",".join(f"(${n * 6 + 1},${n * 6 + 2},${n * 6 + 3},${n * 6 + 4},${n * 6 + 5},${n * 6 + 6})"
+                                  for n in range(len(chunk)))
+                args = [v for u, r, so, t, e, h in chunk for v in (u, r, so, t, e, 1 if h else 0)]
+                inserted += await c.fetch(
+                    "INSERT INTO event_push_actions (user_id, room_id, stream_ordering, thread_id, event_id,"
+                    f" highlight) VALUES {values} ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING"
+                    " RETURNING user_id, room_id, stream_ordering, thread_id, highlight", *args)
+            if inserted:
+                await self._increment_summary(c, inserted)
+            affected: set[tuple[str, str]] = set()
             for event_id in redacted:
+                for r in await c.fetch("SELECT user_id, room_id FROM event_push_actions WHERE event_id = $1",
+                                       event_id):
+                    affected.add((r["user_id"], r["room_id"]))
                 await c.execute("DELETE FROM event_push_actions WHERE event_id = $1", event_id)
+            for user_id, room_id in affected:
+                await recompute_push_summary(c, user_id, room_id)
 
         await self.db.run_transaction("add_push_actions", txn)
 
+    @staticmethod
+    async def _increment_summary(c: Connection, inserted: list[dict[str, Any]]) -> None:
+        receipts: dict[tuple[str, str], dict[str, int]] = {}
+        for room_id in {r["room_id"] for r in inserted}:
+            users = sorted({r["user_id"] for r in inserted if r["room_id"] == room_id})
+            placeholders = ",".join(f"${n + 2}" for n in range(len(users)))
+            for rec in await c.fetch(
+                    "SELECT user_id, thread_id, MAX(event_stream_ordering) AS pos FROM receipts"
+                    f" WHERE room_id = $1 AND user_id IN ({placeholders})"
+                    " AND receipt_type IN ('m.read', 'm.read.private') GROUP BY user_id, thread_id",
+                    room_id, *users):
+                receipts.setdefault((rec["user_id"], room_id), {})[rec["thread_id"]] = int(rec["pos"])
+        deltas: dict[tuple[str, str, str], list[int]] = {}
+        for r in inserted:
+            read = receipts.get((r["user_id"], r["room_id"]), {})
+            if r["stream_ordering"] <= max(read.get("", 0), read.get(r["thread_id"], 0)):
+                continue  # already read (a receipt raced this evaluation)
+            d = deltas.setdefault((r["user_id"], r["room_id"], r["thread_id"]), [0, 0])
+            d[0] += 1
+            d[1] += int(r["highlight"])
+        await c.executemany(
+            "INSERT INTO event_push_summary (user_id, room_id, thread_id, notif_count, highlight_count)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET"
+            " notif_count = event_push_summary.notif_count + excluded.notif_count,"
+            " highlight_count = event_push_summary.highlight_count + excluded.highlight_count",
+            [(u, r, t, n, h) for (u, r, t), (n, h) in deltas.items()])
+
     async def get_unread_counts(self, user_id: str, room_ids: list[str], upto: int,
                                 ) -> dict[str, dict[str, tuple[int, int]]]:
-        """room -> thread -> (notification_count, highlight_count), for events at or before `upto`."""
+        """room -> thread -> (notification_count, highlight_count), from the summary.
+
+        `upto` is accepted for the caller's range but not applied: the summary may include a
+        notification for an event persisted a moment ago that this sync's timeline does not show yet."""
         out: dict[str, dict[str, tuple[int, int]]] = {}
         for i in range(0, len(room_ids), 500):
             chunk = room_ids[i:i + 500]
-            placeholders = ",".join(f"${n + 3}" for n in range(len(chunk)))
-            # The user's read receipts are aggregated once (not looked up per notification row): an
-            # action counts if it is after both the unthreaded receipt and its own thread's receipt.
+            placeholders = ",".join(f"${n + 2}" for n in range(len(chunk)))
             rows = await self.db.fetch(
-                "WITH r AS (SELECT room_id, thread_id, MAX(event_stream_ordering) AS pos FROM receipts"
-                "  WHERE user_id = $1 AND receipt_type IN ('m.read', 'm.read.private')"
-                f"  AND room_id IN ({placeholders}) GROUP BY room_id, thread_id)"
-                " SELECT a.room_id, a.thread_id, COUNT(*) AS n, SUM(a.highlight) AS h"
-                " FROM event_push_actions a"
-                " LEFT JOIN r r0 ON r0.room_id = a.room_id AND r0.thread_id = ''"
-                " LEFT JOIN r r1 ON r1.room_id = a.room_id AND r1.thread_id = a.thread_id"
-                " WHERE a.user_id = $1 AND a.stream_ordering <= $2"
-                f" AND a.room_id IN ({placeholders})"
-                " AND a.stream_ordering > COALESCE(r0.pos, 0) AND a.stream_ordering > COALESCE(r1.pos, 0)"
-                " GROUP BY a.room_id, a.thread_id", user_id, upto, *chunk)
+                "SELECT room_id, thread_id, notif_count, highlight_count FROM event_push_summary"
+                f" WHERE user_id = $1 AND room_id IN ({placeholders})", user_id, *chunk)
             for r in rows:
-                out.setdefault(r["room_id"], {})[r["thread_id"]] = (int(r["n"]), int(r["h"] or 0))
+                if r["notif_count"] or r["highlight_count"]:
+                    out.setdefault(r["room_id"], {})[r["thread_id"]] = (int(r["notif_count"]),
+                                                                         int(r["highlight_count"]))
         return out
+
+
+async def recompute_push_summary(c: Connection, user_id: str, room_id: str) -> None:
+    """Count a user's unread notifications in a room afresh (after a receipt or a redaction)."""
+    await c.execute("DELETE FROM event_push_summary WHERE user_id = $1 AND room_id = $2", user_id, room_id)
+    await c.execute(
+        "INSERT INTO event_push_summary (user_id, room_id, thread_id, notif_count, highlight_count)"
+        " SELECT a.user_id, a.room_id, a.thread_id, COUNT(*), SUM(a.highlight) FROM event_push_actions a"
+        " WHERE a.user_id = $1 AND a.room_id = $2"
+        " AND a.stream_ordering > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r"
+        "   WHERE r.user_id = a.user_id AND r.room_id = a.room_id"
+        "   AND r.receipt_type IN ('m.read', 'm.read.private')"
+        "   AND (r.thread_id = '' OR r.thread_id = a.thread_id)), 0)"
+        " GROUP BY a.user_id, a.room_id, a.thread_id", user_id, room_id)

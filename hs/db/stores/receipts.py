@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hs.db.pool import Connection, Database
+from hs.db.stores.push import recompute_push_summary
 
 UNTHREADED = ""
 READ_TYPES = ("m.read", "m.read.private")
@@ -44,6 +45,7 @@ class ReceiptStore:
                         "DELETE FROM event_push_actions WHERE user_id = $1 AND room_id = $2"
                         " AND stream_ordering <= $3 AND thread_id = $4",
                         user_id, room_id, event_stream_ordering, thread_id)
+                await recompute_push_summary(c, user_id, room_id)
             return True
 
         return await self.db.run_transaction("upsert_receipt", txn)
