@@ -222,7 +222,7 @@ class HomeServer:
         await self.push_rules_stream.setup()
         self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
         if self.events_stream.is_writer:
-            self.event_sender.persisted_hooks.append(self.push_evaluator.on_events_persisted)
+            self.event_sender.transaction_hooks.append(self.push_evaluator.prepare)
         await self.to_device_stream.setup()
         await self.device_lists_stream.setup()
         await self.presence_stream.setup()

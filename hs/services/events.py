@@ -73,6 +73,9 @@ class EventSender:
         # Called with each committed batch before it is published (push rule evaluation), so the
         # /sync that a batch wakes sees what the hooks wrote. A failing hook is logged, not fatal.
         self.persisted_hooks: list[Callable[[list[Event]], Awaitable[None]]] = []
+        # Run before a batch's transaction with its events (positions assigned); each returns a
+        # writer that runs inside that transaction (push actions commit with their events).
+        self.transaction_hooks: list[Callable[[list[Event]], Awaitable[Callable[[Any], Awaitable[None]]]]] = []
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -259,6 +262,7 @@ class EventSender:
             self._heads.pop(room_id, None)
         err = MatrixError(500, "M_UNKNOWN", "Failed to persist event")
         for p in failed:
+            self.store.invalidate_event(p.event.event_id)
             if p.txn is not None:
                 self._txns.pop((p.txn[0], p.txn[1], room_id, p.txn[2]))
             if not p.future.done():
@@ -270,6 +274,12 @@ class EventSender:
         assert stream.tracker is not None, "only an events writer persists events"
         tracker = stream.tracker
         async with tracker.allocate_many(len(batch)) as positions:
+            for p, pos in zip(batch, positions, strict=True):
+                p.event.internal["stream_ordering"] = pos
+                # Hooks read room state, which may name events of this very batch (dropped on failure).
+                self.store.cache_event(p.event)
+            writers = [await hook([p.event for p in batch]) for hook in self.transaction_hooks]
+
             async def write(c: Any) -> None:
                 for p, pos in zip(batch, positions, strict=True):
                     ev = p.event
@@ -279,6 +289,8 @@ class EventSender:
                                                            {ev.state_tuple: ev.event_id}, p.full_after)
                     await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
                 await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
+                for writer in writers:
+                    await writer(c)
                 if len(stream.writers) > 1:  # one writer's position is simply MAX(stream_ordering)
                     await c.execute(_UPSERT_POSITION, self.hs.instance_name, tracker.persisted_if_committed(positions))
 

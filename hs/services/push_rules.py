@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from hs.errors import MatrixError, not_found
@@ -334,6 +335,22 @@ class BulkPushEvaluator:
         return MAIN_THREAD
 
     async def on_events_persisted(self, events: list[Event]) -> None:
+        rows, redacted = await self.compute_push_actions(events)
+        await self.hs.push_rules_stream.store.add_push_actions(rows, redacted)
+
+    async def prepare(self, events: list[Event]) -> Callable[[Any], Awaitable[None]]:
+        """Evaluate `events` (positions assigned, not yet committed); the returned writer stores their
+        push actions inside the persister's transaction: one commit for events and notifications."""
+        rows, redacted = await self.compute_push_actions(events)
+        store = self.hs.push_rules_stream.store
+
+        async def write(c: Any) -> None:
+            await store.write_push_actions(c, rows, redacted)
+
+        return write
+
+    async def compute_push_actions(self, events: list[Event],
+                                   ) -> tuple[list[tuple[str, str, int, str, str, bool]], list[str]]:
         rows: list[tuple[str, str, int, str, str, bool]] = []
         redacted: list[str] = []
         rules_service: PushRulesService = self.hs.push_rules
@@ -366,5 +383,5 @@ class BulkPushEvaluator:
                 if thread is None:
                     thread = await self.thread_of(ev)
                 rows.append((user_id, ev.room_id, int(position), thread, ev.event_id, highlight))
-        await self.hs.push_rules_stream.store.add_push_actions(rows, redacted)
+        return rows, redacted
 

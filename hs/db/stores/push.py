@@ -133,28 +133,33 @@ class PushStore:
             return
 
         async def txn(c: Connection) -> None:
-            inserted: list[dict[str, Any]] = []
-            for i in range(0, len(rows), 500):
-                chunk = rows[i:i + 500]
-                values = ",".join(f"(${n * 6 + 1},${n * 6 + 2},${n * 6 + 3},${n * 6 + 4},${n * 6 + 5},${n * 6 + 6})"
-                                  for n in range(len(chunk)))
-                args = [v for u, r, so, t, e, h in chunk for v in (u, r, so, t, e, 1 if h else 0)]
-                inserted += await c.fetch(
-                    "INSERT INTO event_push_actions (user_id, room_id, stream_ordering, thread_id, event_id,"
-                    f" highlight) VALUES {values} ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING"
-                    " RETURNING user_id, room_id, stream_ordering, thread_id, highlight", *args)
-            if inserted:
-                await self._increment_summary(c, inserted)
-            affected: set[tuple[str, str]] = set()
-            for event_id in redacted:
-                for r in await c.fetch("SELECT user_id, room_id FROM event_push_actions WHERE event_id = $1",
-                                       event_id):
-                    affected.add((r["user_id"], r["room_id"]))
-                await c.execute("DELETE FROM event_push_actions WHERE event_id = $1", event_id)
-            for user_id, room_id in affected:
-                await recompute_push_summary(c, user_id, room_id)
+            await self.write_push_actions(c, rows, redacted)
 
         await self.db.run_transaction("add_push_actions", txn)
+
+    async def write_push_actions(self, c: Connection, rows: Sequence[tuple[str, str, int, str, str, bool]],
+                                 redacted: Sequence[str] = ()) -> None:
+        """`add_push_actions` inside the caller's transaction."""
+        inserted: list[dict[str, Any]] = []
+        for i in range(0, len(rows), 500):
+            chunk = rows[i:i + 500]
+            values = ",".join(f"(${n * 6 + 1},${n * 6 + 2},${n * 6 + 3},${n * 6 + 4},${n * 6 + 5},${n * 6 + 6})"
+                              for n in range(len(chunk)))
+            args = [v for u, r, so, t, e, h in chunk for v in (u, r, so, t, e, 1 if h else 0)]
+            inserted += await c.fetch(
+                "INSERT INTO event_push_actions (user_id, room_id, stream_ordering, thread_id, event_id,"
+                f" highlight) VALUES {values} ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING"
+                " RETURNING user_id, room_id, stream_ordering, thread_id, highlight", *args)
+        if inserted:
+            await self._increment_summary(c, inserted)
+        affected: set[tuple[str, str]] = set()
+        for event_id in redacted:
+            for r in await c.fetch("SELECT user_id, room_id FROM event_push_actions WHERE event_id = $1",
+                                   event_id):
+                affected.add((r["user_id"], r["room_id"]))
+            await c.execute("DELETE FROM event_push_actions WHERE event_id = $1", event_id)
+        for user_id, room_id in affected:
+            await recompute_push_summary(c, user_id, room_id)
 
     @staticmethod
     async def _increment_summary(c: Connection, inserted: list[dict[str, Any]]) -> None:
