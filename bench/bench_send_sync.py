@@ -108,7 +108,63 @@ async def bench_wake(sender: User, receiver: User, room_id: str, trials: int) ->
     return {"trials": trials, "p50_ms": pct(latencies, 50) * 1000, "p99_ms": pct(latencies, 99) * 1000}
 
 
-async def run_workloads(base: str, secret: str, senders: int, duration: float, trials: int) -> dict[str, Any]:
+async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receivers: int, updates: int,
+                       ) -> dict[str, float]:
+    """`receivers` users long-poll /sync in one room; one user alternately types and sends. For each
+    update: the time from the request starting until every receiver's /sync has returned with it."""
+    tag = uuid.uuid4().hex[:6]
+    sender = await register(s, base, secret, f"fan{tag}s")
+    users = [await register(s, base, secret, f"fan{tag}r{i}") for i in range(receivers)]
+    room = (await sender.call("POST", "/createRoom", {"preset": "public_chat", "name": "fanout"}))["room_id"]
+    for u in users:
+        await u.call("POST", f"/join/{room}", {})
+    seen: dict[str, dict[int, float]] = {u.user_id: {} for u in users}
+    stop = asyncio.Event()
+
+    async def receive(u: User) -> None:
+        since = (await u.call("GET", "/sync", params={"timeout": "0"}))["next_batch"]
+        while not stop.is_set():
+            body = await u.call("GET", "/sync", params={"timeout": "5000", "since": since})
+            since = body["next_batch"]
+            t = time.perf_counter()
+            joined = body.get("rooms", {}).get("join", {}).get(room, {})
+            for e in joined.get("timeline", {}).get("events", []):
+                marker = e.get("content", {}).get("body", "")
+                if marker.startswith("fan "):
+                    seen[u.user_id].setdefault(int(marker.split()[1]), t)
+            for e in joined.get("ephemeral", {}).get("events", []):
+                if e.get("type") == "m.typing" and sender.user_id in e.get("content", {}).get("user_ids", []):
+                    seen[u.user_id].setdefault(-len([k for k in seen[u.user_id] if k < 0]) - 1, t)
+
+    tasks = [asyncio.create_task(receive(u)) for u in users]
+    await asyncio.sleep(1.0)
+    typing_times: list[float] = []
+    message_times: list[float] = []
+    for i in range(updates):
+        t0 = time.perf_counter()
+        if i % 2 == 0:
+            await sender.call("PUT", f"/rooms/{room}/typing/{sender.user_id}", {"typing": True, "timeout": 30000})
+            key = -(i // 2) - 1
+        else:
+            await sender.call("PUT", f"/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                              {"msgtype": "m.text", "body": f"fan {i}"})
+            key = i
+        deadline = time.perf_counter() + 10
+        while time.perf_counter() < deadline and not all(key in v for v in seen.values()):
+            await asyncio.sleep(0.001)
+        done = max(v.get(key, float("inf")) for v in seen.values())
+        (typing_times if i % 2 == 0 else message_times).append(done - t0)
+        if i % 2 == 0:
+            await sender.call("PUT", f"/rooms/{room}/typing/{sender.user_id}", {"typing": False})
+            await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"typing_p50_ms": pct(typing_times, 50) * 1000, "typing_p99_ms": pct(typing_times, 99) * 1000,
+            "message_p50_ms": pct(message_times, 50) * 1000, "message_p99_ms": pct(message_times, 99) * 1000}
+
+
+async def run_workloads(base: str, secret: str, senders: int, duration: float, trials: int,
+                        fanout: int = 0) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as s:
         users = [await register(s, base, secret, f"bench{tag}{i}") for i in range(senders + 1)]
@@ -119,7 +175,10 @@ async def run_workloads(base: str, secret: str, senders: int, duration: float, t
             await u.call("POST", f"/join/{room_id}", {})
         send = await bench_send(users[1:], room_id, duration)
         wake = await bench_wake(users[1], owner, room_id, trials)
-        return {"send": send, "wake": wake}
+        result: dict[str, Any] = {"send": send, "wake": wake}
+        if fanout:
+            result["fanout"] = await bench_fanout(base, secret, s, fanout, 40)
+        return result
 
 
 def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -142,6 +201,7 @@ def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, 
         end = text.index("signing_key_path")
         text = text[:start] + f"database:\n  engine: postgres\n  dsn: postgresql://postgres@127.0.0.1/{dbname}\n\n" + text[end:]
     secret = text.split('registration_shared_secret: "')[1].split('"')[0]
+    text += "\nbcrypt_rounds: 4\n"
     cfg.write_text(text)
     proc = subprocess.Popen([str(HS_BIN), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -212,6 +272,7 @@ def start_synapse(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], 
     conf["trusted_key_servers"] = []
     conf["suppress_key_server_warning"] = True
     conf["enable_metrics"] = False
+    conf["bcrypt_rounds"] = 4
     cfg.write_text(yaml.safe_dump(conf))
     proc = subprocess.Popen([str(py), "-m", "synapse.app.homeserver", "-c", str(cfg)], cwd=d,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -241,7 +302,7 @@ def start_cluster(engine: str, workdir: Path) -> tuple[Any, str, str]:
     dsn = f"postgresql://postgres@127.0.0.1/{_create_pg_database('hs_bench_cluster_')}"
     cfg = local_cluster_config(dsn, f"redis://127.0.0.1:6379/{int(uuid.uuid4().int % 15) + 1}", "bench-secret",
                                rate_limit=100000)
-    cfg["bcrypt_rounds"] = 12
+    cfg["bcrypt_rounds"] = 4
     (d / "cluster.yaml").write_text(yaml.safe_dump(cfg))
     write_signing_key_file(d / "signing.key", SigningKey.generate())
     with socket.socket() as s:
@@ -269,6 +330,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--synapse", action="store_true", help="also run the workload against Synapse")
+    ap.add_argument("--fanout", type=int, default=0, metavar="N",
+                    help="also measure fan-out to N long-polling users (typing and messages)")
     ap.add_argument("--cluster", action="store_true",
                     help="also run it against the reference hs cluster (PostgreSQL + Redis + nginx)")
     args = ap.parse_args()
@@ -288,7 +351,7 @@ def main() -> int:
             continue
         proc, base, secret = starter(engine, workdir)
         try:
-            res = asyncio.run(run_workloads(base, secret, args.senders, args.duration, args.trials))
+            res = asyncio.run(run_workloads(base, secret, args.senders, args.duration, args.trials, args.fanout))
         finally:
             proc.terminate()
             proc.wait(10)
@@ -297,6 +360,11 @@ def main() -> int:
         print(f"{label}/{engine}: send {send['events_per_s']:.0f} events/s ({send['events']} events, "
               f"p50 {send['p50_ms']:.1f} ms, p99 {send['p99_ms']:.1f} ms); "
               f"sync wake-up p50 {wake['p50_ms']:.2f} ms, p99 {wake['p99_ms']:.2f} ms", flush=True)
+        if "fanout" in res:
+            f = res["fanout"]
+            print(f"{label}/{engine}: fan-out to {args.fanout} long-polls: typing p50 {f['typing_p50_ms']:.1f} ms"
+                  f" p99 {f['typing_p99_ms']:.1f} ms; message p50 {f['message_p50_ms']:.1f} ms"
+                  f" p99 {f['message_p99_ms']:.1f} ms", flush=True)
     mono, clus = results.get(("hs", "postgres")), results.get(("hs-cluster", "postgres"))
     if mono and clus:
         print(f"cluster/monolith send throughput on postgres: "
