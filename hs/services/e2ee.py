@@ -14,7 +14,7 @@ from hs.db.stores.e2ee import E2eeStore
 from hs.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
 from hs.events.signing import SignatureVerifyError, decode_verify_key_base64, verify_signed_json
 from hs.streams.tokens import StreamToken
-from hs.util import json_loads
+from hs.util import LruCache, json_loads
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -66,6 +66,32 @@ class E2eeService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.store = E2eeStore(hs.db)
+        # (user, device) -> (one-time key counts, unused fallback key types): read by every /sync,
+        # changed only by uploads, claims and device deletion, which invalidate it in every process.
+        self._key_counts: LruCache[tuple[str, str], tuple[dict[str, int], list[str]]] = LruCache(100_000)
+        self._key_counts_epoch = 0
+        hs.caches.register("e2e_key_counts", self._drop_key_counts)
+
+    def _drop_key_counts(self, key: Any) -> None:
+        self._key_counts_epoch += 1
+        if key is None:
+            self._key_counts.clear()
+        else:
+            self._key_counts.pop((key[0], key[1]))
+
+    async def _invalidate_key_counts(self, user_id: str, device_id: str) -> None:
+        await self.hs.caches.invalidate("e2e_key_counts", [user_id, device_id])
+
+    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        cached = self._key_counts.get((user_id, device_id))
+        if cached is not None:
+            return dict(cached[0]), list(cached[1])
+        epoch = self._key_counts_epoch
+        counts = await self.one_time_key_counts(user_id, device_id)
+        fallback = list(await self.store.unused_fallback_key_types(user_id, device_id))
+        if epoch == self._key_counts_epoch:
+            self._key_counts.set((user_id, device_id), (dict(counts), list(fallback)))
+        return counts, fallback
 
     # -- to-device ---------------------------------------------------------------------------------------
     async def send_to_device(self, sender: str, sender_device: str, event_type: str, txn_id: str,
@@ -102,6 +128,8 @@ class E2eeService:
         if not device_ids:
             return
         await self.store.delete_device_data(user_id, device_ids)
+        for device_id in device_ids:
+            await self._invalidate_key_counts(user_id, device_id)
         await self.hs.device_lists_stream.record_change(user_id, device_ids[0])
 
     # -- keys/upload -------------------------------------------------------------------------------------
@@ -172,6 +200,8 @@ class E2eeService:
             await self.store.set_fallback_keys(
                 user_id, device_id, [(a, i, k if isinstance(k, dict) else {"key": k, "_plain": True})
                                      for a, i, k in fallback])
+        if one_time or fallback:
+            await self._invalidate_key_counts(user_id, device_id)
         return {"one_time_key_counts": await self.one_time_key_counts(user_id, device_id)}
 
     async def one_time_key_counts(self, user_id: str, device_id: str) -> dict[str, int]:
@@ -236,6 +266,7 @@ class E2eeService:
                 found = await self.store.claim_key(user_id, device_id, algorithm)
                 if found is None:
                     continue
+                await self._invalidate_key_counts(user_id, device_id)
                 full_id, key = found
                 claimed.setdefault(user_id, {})[device_id] = {full_id: _unwrap_key(key)}
         return {"one_time_keys": claimed, "failures": failures}
@@ -303,9 +334,9 @@ class E2eeService:
                         # More may wait: the next sync continues right after the last one sent.
                         next_token = next_token.with_position("to_device", rows[-1]["stream_id"])
                         body["next_batch"] = next_token.encode()
-            body["device_one_time_keys_count"] = await self.one_time_key_counts(user_id, device_id)
-            body["device_unused_fallback_key_types"] = await self.store.unused_fallback_key_types(
-                user_id, device_id)
+            counts, fallback_types = await self.key_counts(user_id, device_id)
+            body["device_one_time_keys_count"] = counts
+            body["device_unused_fallback_key_types"] = fallback_types
         if since is not None:
             changed, left = await self.device_list_changes(user_id, since, next_token)
             body["device_lists"] = {"changed": changed, "left": left}
