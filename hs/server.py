@@ -19,7 +19,7 @@ from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
-from hs.roles.duties import duties_for
+from hs.roles.duties import BACKGROUND_TASKS, duties_for
 from hs.streams.account_data import AccountDataStream
 from hs.streams.caches import CacheInvalidator
 from hs.streams.device_lists import DeviceListsStream
@@ -101,6 +101,12 @@ class HomeServer:
 
         store.on_invalidate = publish
         return store
+
+    @cached_property
+    def background(self) -> Any:
+        from hs.services.background import BackgroundTasks
+
+        return BackgroundTasks(self)
 
     @cached_property
     def caches(self) -> CacheInvalidator:
@@ -227,6 +233,8 @@ class HomeServer:
         await self.device_lists_stream.setup()
         await self.presence_stream.setup()
         await self.presence.start()
+        if BACKGROUND_TASKS in self.duties:
+            self.background.start()
         await self.account_data_stream.setup()
         await self.typing_stream.setup()
         self._started = True
@@ -261,6 +269,8 @@ class HomeServer:
             task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
+        if "background" in self.__dict__:
+            await self.background.stop()
         if "presence" in self.__dict__:
             await self.presence.stop()
         self.typing_stream.close()

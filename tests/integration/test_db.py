@@ -91,3 +91,17 @@ async def test_serialization_failures_are_retried(db: Database) -> None:
     await asyncio.gather(db.run_transaction("bump", bump), db.run_transaction("bump", bump))
     assert await db.fetchval("SELECT position FROM stream_positions WHERE stream_name = 't'") == 2
     assert attempts >= 3
+
+
+async def test_background_prunes_old_transaction_ids(make_server: Any) -> None:
+    srv = await make_server("sqlite")
+    c = srv.client()
+    await c.register("pruner")
+    room = await c.create_room()
+    await c.send_message(room, "old", txn_id="t-old")
+    await srv.hs.db.execute("UPDATE event_txn_ids SET inserted_ts = 0")
+    await c.send_message(room, "new", txn_id="t-new")
+    await srv.hs.background.prune_transaction_ids()
+    rows = await srv.hs.db.fetch("SELECT txn_id FROM event_txn_ids")
+    assert [r["txn_id"] for r in rows] == ["t-new"]
+    await c.close()
