@@ -194,9 +194,7 @@ def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, 
     text = text.replace("{per_second: 0.003, burst_count: 5}", open_limits).replace(
         "{per_second: 0.17, burst_count: 3}", open_limits)
     if engine == "postgres":
-        dbname = "hs_bench_" + uuid.uuid4().hex[:8]
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {dbname}"],
-                       check=True, stdout=subprocess.DEVNULL)
+        dbname = _create_pg_database("hs_bench_")
         start = text.index("\ndatabase:\n") + 1
         end = text.index("signing_key_path")
         text = text[:start] + f"database:\n  engine: postgres\n  dsn: postgresql://postgres@127.0.0.1/{dbname}\n\n" + text[end:]
@@ -219,8 +217,18 @@ def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, 
 SYNAPSE_VENV = Path(os.environ.get("HS_BENCH_SYNAPSE_VENV", Path.home() / ".cache" / "hs-bench" / "synapse-venv"))
 
 
+CREATED_DATABASES: list[str] = []
+
+
+def _drop_created_databases() -> None:
+    for name in CREATED_DATABASES:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _create_pg_database(prefix: str) -> str:
     name = prefix + uuid.uuid4().hex[:8]
+    CREATED_DATABASES.append(name)
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
                     f"CREATE DATABASE {name} ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' TEMPLATE template0"],
                    check=True, stdout=subprocess.DEVNULL)
@@ -365,6 +373,7 @@ def main() -> int:
             print(f"{label}/{engine}: fan-out to {args.fanout} long-polls: typing p50 {f['typing_p50_ms']:.1f} ms"
                   f" p99 {f['typing_p99_ms']:.1f} ms; message p50 {f['message_p50_ms']:.1f} ms"
                   f" p99 {f['message_p99_ms']:.1f} ms", flush=True)
+    _drop_created_databases()
     mono, clus = results.get(("hs", "postgres")), results.get(("hs-cluster", "postgres"))
     if mono and clus:
         print(f"cluster/monolith send throughput on postgres: "
