@@ -119,6 +119,7 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
     for u in users:
         await u.call("POST", f"/join/{room}", {})
     seen: dict[str, dict[int, float]] = {u.user_id: {} for u in users}
+    typing_round = [0]  # the key typing notifications are recorded under (negative, per round)
     stop = asyncio.Event()
 
     async def receive(u: User) -> None:
@@ -134,7 +135,8 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
                     seen[u.user_id].setdefault(int(marker.split()[1]), t)
             for e in joined.get("ephemeral", {}).get("events", []):
                 if e.get("type") == "m.typing" and sender.user_id in e.get("content", {}).get("user_ids", []):
-                    seen[u.user_id].setdefault(-len([k for k in seen[u.user_id] if k < 0]) - 1, t)
+                    # Typing update n is the n-th round in which the sender started typing.
+                    seen[u.user_id].setdefault(typing_round[0], t)
 
     tasks = [asyncio.create_task(receive(u)) for u in users]
     await asyncio.sleep(1.0)
@@ -143,8 +145,8 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
     for i in range(updates):
         t0 = time.perf_counter()
         if i % 2 == 0:
+            key = typing_round[0] = -(i // 2) - 1
             await sender.call("PUT", f"/rooms/{room}/typing/{sender.user_id}", {"typing": True, "timeout": 30000})
-            key = -(i // 2) - 1
         else:
             await sender.call("PUT", f"/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
                               {"msgtype": "m.text", "body": f"fan {i}"})
@@ -155,8 +157,9 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
         done = max(v.get(key, float("inf")) for v in seen.values())
         (typing_times if i % 2 == 0 else message_times).append(done - t0)
         if i % 2 == 0:
+            typing_round[0] = 0  # a "stopped typing" or repeated notification is not the next round's
             await sender.call("PUT", f"/rooms/{room}/typing/{sender.user_id}", {"typing": False})
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.3)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"typing_p50_ms": pct(typing_times, 50) * 1000, "typing_p99_ms": pct(typing_times, 99) * 1000,
