@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.harness import TestHomeServer
+from tests.harness import OPEN_CLIENTS, TestHomeServer
 from tests.services import ThrowawayPostgres, port_open
 
 
@@ -84,3 +84,10 @@ async def make_server(tmp_path: Any, request: pytest.FixtureRequest) -> AsyncIte
 async def server(make_server: Any, engine: str) -> TestHomeServer:
     """A homeserver with open registration, on each engine in turn."""
     return await make_server(engine)
+
+
+@pytest.fixture(autouse=True)
+async def _close_open_clients() -> AsyncIterator[None]:
+    yield
+    while OPEN_CLIENTS:
+        await OPEN_CLIENTS.pop().close()

@@ -126,3 +126,22 @@ class Client:
         status, data = await self.request("GET", "/sync", params=q)
         assert status == 200, data
         return data  # type: ignore[no-any-return]
+
+
+# Clients made by `user()` are closed after each test by the autouse fixture in tests/conftest.py.
+OPEN_CLIENTS: list[Client] = []
+
+
+async def user(server: TestHomeServer, name: str) -> Client:
+    """A registered, logged-in raw client on `server`."""
+    c = server.client()
+    OPEN_CLIENTS.append(c)
+    await c.register(name)
+    return c
+
+
+async def ok(client: Client, method: str, path: str, body: Any = None, **params: str) -> Any:
+    """A request that must succeed; returns its JSON body."""
+    status, data = await client.request(method, path, body, params=params or None)
+    assert status == 200, (method, path, status, data)
+    return data

@@ -11,25 +11,10 @@ import pytest
 
 from hs.server import HomeServer
 from hs.streams.tokens import StreamToken
-from tests.harness import Client, TestHomeServer
+from tests.harness import Client, TestHomeServer, ok, user
 
 Json = dict[str, Any]
 
-_clients: list[Client] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> Any:
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
-async def user(server: TestHomeServer, name: str) -> Client:
-    c = server.client()
-    _clients.append(c)
-    await c.register(name)
-    return c
 
 
 def uid(client: Client) -> str:
@@ -49,11 +34,6 @@ def tags_path(client: Client, room_id: str, tag: str | None = None) -> str:
     base = f"/user/{uid(client)}/rooms/{room_id}/tags"
     return base if tag is None else f"{base}/{quote(tag)}"
 
-
-async def ok(client: Client, method: str, path: str, body: Any = None) -> Any:
-    status, data = await client.request(method, path, body)
-    assert status == 200, (method, path, status, data)
-    return data
 
 
 def same_positions(a: str, b: str, *streams: str) -> bool:

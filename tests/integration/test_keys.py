@@ -7,44 +7,21 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
-
 from hs.events.signing import SigningKey, sign_json
-from tests.harness import Client, TestHomeServer
+from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, ok, user
 
 Json = dict[str, Any]
-_clients: list[Client] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> Any:
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
-async def user(server: TestHomeServer, name: str) -> Client:
-    c = server.client()
-    _clients.append(c)
-    await c.register(name)
-    return c
 
 
 async def login(server: TestHomeServer, name: str) -> Client:
     c = server.client()
-    _clients.append(c)
+    OPEN_CLIENTS.append(c)
     body: Json = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
                   "password": "password123"}
     status, data = await c.request("POST", "/login", body, auth=False)
     assert status == 200, data
     c.token, c.user_id, c.device_id = data["access_token"], data["user_id"], data["device_id"]
     return c
-
-
-async def ok(client: Client, method: str, path: str, body: Any = None, **params: str) -> Any:
-    status, data = await client.request(method, path, body, params=params or None)
-    assert status == 200, (method, path, status, data)
-    return data
 
 
 async def err(client: Client, method: str, path: str, body: Any = None, **params: str) -> tuple[int, str]:

@@ -12,25 +12,10 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.harness import Client, TestHomeServer
+from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, user
 
 Json = dict[str, Any]
 
-_clients: list[Client] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> Any:
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
-async def user(server: TestHomeServer, name: str) -> Client:
-    c = server.client()
-    _clients.append(c)
-    await c.register(name)
-    return c
 
 
 def status_path(user_id: str | None) -> str:
@@ -241,7 +226,7 @@ async def test_presence_survives_restart(make_server: Any, engine: str) -> None:
     await again.start()
     try:
         client = again.client()
-        _clients.append(client)
+        OPEN_CLIENTS.append(client)
         client.token, client.user_id = alice.token, alice.user_id
         got = await get_status(client, alice.user_id)
         assert got["presence"] == "unavailable" and got["status_msg"] == "on holiday"
@@ -341,7 +326,7 @@ async def test_presence_across_workers(cluster: Any) -> None:  # noqa: F811
     """Syncs on sync workers reach the presence writer; its changes reach syncs on every worker."""
     alice, bob = Client(cluster.base_url), Client(cluster.base_url)
     readers = [Client(instance_url(cluster, w)) for w in ("sync1", "sync2")]
-    _clients.extend([alice, bob, *readers])
+    OPEN_CLIENTS.extend([alice, bob, *readers])
     await alice.register("pres_alice" + str(time.monotonic_ns())[-6:])
     await bob.register("pres_bob" + str(time.monotonic_ns())[-6:])
     await room_of(alice, bob)
@@ -354,7 +339,7 @@ async def test_presence_across_workers(cluster: Any) -> None:  # noqa: F811
     await asyncio.sleep(0.2)
     start = time.monotonic()
     alice_direct = [Client(instance_url(cluster, w)) for w in ("sync1", "sync2")]
-    _clients.extend(alice_direct)
+    OPEN_CLIENTS.extend(alice_direct)
     for c in alice_direct:
         c.token, c.user_id = alice.token, alice.user_id
     await alice_direct[0].sync()  # sync1 is not the presence writer: forwarded to it

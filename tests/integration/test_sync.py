@@ -11,33 +11,12 @@ from typing import Any
 import pytest
 
 from hs.streams.tokens import StreamToken
-from tests.harness import Client, TestHomeServer
+from tests.harness import Client, TestHomeServer, ok, user
 
 Json = dict[str, Any]
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-_clients: list[Client] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> Any:
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
-async def user(server: TestHomeServer, name: str) -> Client:
-    c = server.client()
-    _clients.append(c)
-    await c.register(name)
-    return c
-
-
-async def ok(client: Client, method: str, path: str, body: Any = None, **params: str) -> Any:
-    status, data = await client.request(method, path, body, params=params or None)
-    assert status == 200, (method, path, status, data)
-    return data
 
 
 async def invite(client: Client, room_id: str, user_id: str) -> None:

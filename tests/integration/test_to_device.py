@@ -7,31 +7,14 @@ import time
 import uuid
 from typing import Any
 
-import pytest
-
-from tests.harness import Client, TestHomeServer
+from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, user
 
 Json = dict[str, Any]
-_clients: list[Client] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> Any:
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
-async def user(server: TestHomeServer, name: str) -> Client:
-    c = server.client()
-    _clients.append(c)
-    await c.register(name)
-    return c
 
 
 async def login(server: TestHomeServer, name: str, device_id: str | None = None) -> Client:
     c = server.client()
-    _clients.append(c)
+    OPEN_CLIENTS.append(c)
     body: Json = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
                   "password": "password123"}
     if device_id:

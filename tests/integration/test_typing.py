@@ -7,35 +7,13 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-
 from hs.server import HomeServer
 from hs.streams.tokens import StreamToken
-from tests.harness import Client, TestHomeServer
+from tests.harness import Client, TestHomeServer, ok, user
 
 Json = dict[str, Any]
 
-_clients: list[Client] = []
 
-
-@pytest.fixture(autouse=True)
-async def _close_clients() -> Any:
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
-async def user(server: TestHomeServer, name: str) -> Client:
-    c = server.client()
-    _clients.append(c)
-    await c.register(name)
-    return c
-
-
-async def ok(client: Client, method: str, path: str, body: Any = None) -> Any:
-    status, data = await client.request(method, path, body)
-    assert status == 200, (method, path, status, data)
-    return data
 
 
 def typing_path(room_id: str, user_id: str | None) -> str:
