@@ -109,7 +109,7 @@ async def bench_wake(sender: User, receiver: User, room_id: str, trials: int) ->
 
 
 async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receivers: int, updates: int,
-                       ) -> dict[str, float]:
+                       ) -> dict[str, Any]:
     """`receivers` users long-poll /sync in one room; one user alternately types and sends. For each
     update: the time from the request starting until every receiver's /sync has returned with it."""
     tag = uuid.uuid4().hex[:6]
@@ -142,6 +142,7 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
     await asyncio.sleep(1.0)
     typing_times: list[float] = []
     message_times: list[float] = []
+    misses: list[tuple[int, int]] = []  # (update, receivers that did not see it within 10 s)
     for i in range(updates):
         t0 = time.perf_counter()
         if i % 2 == 0:
@@ -155,6 +156,9 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
         while time.perf_counter() < deadline and not all(key in v for v in seen.values()):
             await asyncio.sleep(0.001)
         done = max(v.get(key, float("inf")) for v in seen.values())
+        missed = [u for u, v in seen.items() if key not in v]
+        if missed:
+            misses.append((key, len(missed)))
         (typing_times if i % 2 == 0 else message_times).append(done - t0)
         if i % 2 == 0:
             typing_round[0] = 0  # a "stopped typing" or repeated notification is not the next round's
@@ -163,7 +167,8 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"typing_p50_ms": pct(typing_times, 50) * 1000, "typing_p99_ms": pct(typing_times, 99) * 1000,
-            "message_p50_ms": pct(message_times, 50) * 1000, "message_p99_ms": pct(message_times, 99) * 1000}
+            "message_p50_ms": pct(message_times, 50) * 1000, "message_p99_ms": pct(message_times, 99) * 1000,
+            "misses": misses}
 
 
 async def run_workloads(base: str, secret: str, senders: int, duration: float, trials: int,
@@ -375,7 +380,8 @@ def main() -> int:
             f = res["fanout"]
             print(f"{label}/{engine}: fan-out to {args.fanout} long-polls: typing p50 {f['typing_p50_ms']:.1f} ms"
                   f" p99 {f['typing_p99_ms']:.1f} ms; message p50 {f['message_p50_ms']:.1f} ms"
-                  f" p99 {f['message_p99_ms']:.1f} ms", flush=True)
+                  f" p99 {f['message_p99_ms']:.1f} ms; updates not seen by everyone within 10 s: {f['misses']}",
+                  flush=True)
     _drop_created_databases()
     mono, clus = results.get(("hs", "postgres")), results.get(("hs-cluster", "postgres"))
     if mono and clus:
