@@ -256,6 +256,8 @@ class HomeServer:
         redacts = msg.get("redacts") or []
         for event_id in [redacts] if isinstance(redacts, str) else redacts:
             self.event_store.invalidate_event(event_id)
+        if msg.get("gap"):
+            self.event_store.reset_membership_tracking(int(msg["position"]))
         last = int(msg.get("row_position") or msg["position"])
         for room_id in msg.get("rooms") or ():
             self.event_store.on_room_events(room_id, int(msg.get("first_position") or last), last)

@@ -40,7 +40,11 @@ class EventsStream(Stream):
             # Whatever was in flight when this writer last stopped is gone: claim the sequence so far.
             if len(self.writers) > 1:
                 await self.tracker.advance_idle()
-                await self.publish(await self._record_own_position())
+                await self._record_own_position()
+            # If this writer died between committing a batch and announcing it, those rows were never
+            # announced: `gap` tells readers their in-memory view of recent rooms and memberships
+            # below this position is incomplete, so they read the database for it instead.
+            await self.publish(self.tracker.persisted_upto, gap=True)
 
     async def stored_positions(self) -> dict[str, int]:
         """Each writer's durably recorded persisted-up-to position."""

@@ -36,6 +36,7 @@ class EventStore:
         # stream: answers "which of these rooms had events in (a, b]" without a query.
         self._room_batches: dict[str, list[tuple[int, int]]] = {}
         self._room_floor: dict[str, int] = {}
+        self._max_noted = 0
 
     # -- events --------------------------------------------------------------------------------------
     def _row_to_event(self, row: dict[str, Any], version_id: str) -> Event:
@@ -109,6 +110,7 @@ class EventStore:
         return evs, limited
 
     def on_room_events(self, room_id: str, first: int, last: int) -> None:
+        self._max_noted = max(self._max_noted, last)
         batches = self._room_batches.setdefault(room_id, [])
         batches.append((first, last))
         if len(batches) > 32:
@@ -240,19 +242,22 @@ class EventStore:
     def on_membership_change(self, users: list[str], position: int) -> None:
         """The events stream persisted membership events for `users` (at or below `position`)."""
         self._membership_epoch += 1
+        self._max_noted = max(self._max_noted, position)
         self._last_membership_change = max(self._last_membership_change, position)
         for user in users:
             self._membership_changed_at[user] = max(self._membership_changed_at.get(user, 0), position)
             self._rooms_for_user.invalidate_where(lambda k, _v, u=user: k[0] == u)  # type: ignore[misc]
 
     def reset_membership_tracking(self, baseline: int) -> None:
-        """After start or a replication gap: forget what we knew; positions below `baseline` are unknown."""
+        """After start or a replication gap: forget what we knew. Everything at or below the new
+        baseline (never lower than anything already noted, since that is forgotten too) is answered
+        from the database."""
         self._membership_epoch += 1
         self._rooms_for_user.clear()
         self._membership_changed_at.clear()
         self._room_batches.clear()
         self._room_floor.clear()
-        self.membership_baseline = baseline
+        self.membership_baseline = max(baseline, self.membership_baseline, self._max_noted)
 
     def user_membership_changed_after(self, user_id: str, position: int) -> bool:
         """False only if this process knows the user's memberships did not change after `position`."""
