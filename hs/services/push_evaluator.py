@@ -227,6 +227,59 @@ def evaluate(rules: list[tuple[str, JsonDict]], event: JsonDict, ctx: EvalContex
     return None
 
 
+CompiledRule = tuple[str, JsonDict, list[tuple[Any, tuple[Any, ...] | None, bool]]]
+
+
+def compile_rules(rules: list[tuple[str, JsonDict]]) -> list[CompiledRule]:
+    """Rules with their disabled ones dropped and each condition's memo key worked out once, for a
+    user's cached rule set (see `evaluate_compiled`)."""
+    out: list[CompiledRule] = []
+    for kind, rule in rules:
+        if not rule.get("enabled", True):
+            continue
+        conds: list[tuple[Any, tuple[Any, ...] | None, bool]] = []
+        raw = rule.get("conditions") or [] if kind in ("override", "underride") else []
+        for cond in raw if isinstance(raw, list) else []:
+            if isinstance(cond, dict):
+                key = _memo_key(cond, EvalContext(user_id=""))
+                conds.append((cond, key, cond.get("kind") == "contains_display_name"))
+            else:
+                conds.append((cond, None, False))
+        out.append((kind, rule, conds))
+    return out
+
+
+def evaluate_compiled(rules: list[CompiledRule], event: JsonDict, ctx: EvalContext,
+                      memo: dict[Any, bool]) -> list[Any] | None:
+    """`evaluate` over compiled rules; same results, less work per member of a busy room."""
+    content = event.get("content")
+    has_mentions = isinstance(content, dict) and "m.mentions" in content
+    for kind, rule, conds in rules:
+        if has_mentions and rule.get("default") and rule.get("rule_id") in LEGACY_MENTION_RULES:
+            continue
+        if kind in ("override", "underride"):
+            if not isinstance(rule.get("conditions") or [], list):
+                continue
+            matched = True
+            for cond, key, needs_name in conds:
+                if key is None:
+                    hit = condition_matches(cond, event, ctx)
+                else:
+                    full = (*key[:-1], ctx.display_name) if needs_name else key
+                    hit = memo.get(full)  # type: ignore[assignment]
+                    if hit is None:
+                        hit = memo[full] = condition_matches(cond, event, ctx)
+                if not hit:
+                    matched = False
+                    break
+        else:
+            matched = rule_matches(kind, rule, event, ctx, memo)
+        if matched:
+            actions = rule.get("actions")
+            return list(actions) if isinstance(actions, list) else []
+    return None
+
+
 def notify_and_highlight(actions: list[Any] | None) -> tuple[bool, bool]:
     """(notify, highlight) of an actions list; `dont_notify`/`coalesce` are ignored, as the spec says.
 

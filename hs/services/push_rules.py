@@ -23,7 +23,13 @@ from hs.errors import MatrixError, not_found
 from hs.events.auth import get_user_power_level
 from hs.events.event import Event
 from hs.services.events import RoomLocks
-from hs.services.push_evaluator import EvalContext, evaluate, notify_and_highlight
+from hs.services.push_evaluator import (
+    CompiledRule,
+    EvalContext,
+    compile_rules,
+    evaluate_compiled,
+    notify_and_highlight,
+)
 from hs.util import LruCache
 
 if TYPE_CHECKING:
@@ -128,7 +134,7 @@ class PushRulesService:
         self.stream = hs.push_rules_stream
         self.store = self.stream.store
         self._cache: LruCache[str, dict[str, list[JsonDict]]] = LruCache(20000)
-        self._eval_cache: LruCache[str, list[tuple[str, JsonDict]]] = LruCache(20000)
+        self._eval_cache: LruCache[str, tuple[list[tuple[str, JsonDict]], list[CompiledRule]]] = LruCache(20000)
         self.stream.on_change.append(self._invalidate)
         # One user's read-modify-write changes (ordering within a kind) are serialised in the writer.
         self._locks = RoomLocks()
@@ -178,10 +184,17 @@ class PushRulesService:
         return out
 
     async def rules_for_evaluation(self, user_id: str) -> list[tuple[str, JsonDict]]:
+        return (await self._evaluation_entry(user_id))[0]
+
+    async def compiled_rules(self, user_id: str) -> list[CompiledRule]:
+        return (await self._evaluation_entry(user_id))[1]
+
+    async def _evaluation_entry(self, user_id: str) -> tuple[list[tuple[str, JsonDict]], list[CompiledRule]]:
         cached = self._eval_cache.get(user_id)
         if cached is None:
             ruleset = await self.ruleset(user_id)
-            cached = [(kind, rule) for kind in KINDS for rule in ruleset[kind]]
+            rules = [(kind, rule) for kind in KINDS for rule in ruleset[kind]]
+            cached = (rules, compile_rules(rules))
             self._eval_cache.set(user_id, cached)
         return cached
 
@@ -376,7 +389,7 @@ class BulkPushEvaluator:
                 ctx = EvalContext(user_id=user_id, display_name=names.get(user_id), member_count=len(joined),
                                   sender_power_level=sender_level,
                                   notification_levels=levels if isinstance(levels, dict) else {})
-                actions = evaluate(await rules_service.rules_for_evaluation(user_id), ev.pdu, ctx, memo)
+                actions = evaluate_compiled(await rules_service.compiled_rules(user_id), ev.pdu, ctx, memo)
                 notify, highlight = notify_and_highlight(actions)
                 if not notify:
                     continue

@@ -271,3 +271,31 @@ def test_actions_helpers() -> None:
     assert notify_and_highlight(["notify", {"set_tweak": "highlight", "value": False}]) == (True, False)
     # A highlight without notify is not counted.
     assert notify_and_highlight([{"set_tweak": "highlight"}]) == (False, False)
+
+
+# -- the compiled form used on the send path gives the same answers -----------------------------------------
+def test_compiled_rules_match_plain_evaluation_for_many_users_sharing_a_memo() -> None:
+    from hs.services.push_evaluator import compile_rules, evaluate_compiled
+
+    events = [
+        ev(content={"msgtype": "m.text", "body": "hello"}),
+        ev(content={"msgtype": "m.notice", "body": "bot says hi"}),
+        ev(content={"msgtype": "m.text", "body": "hey Bobby Tables, look"}),
+        ev(content={"msgtype": "m.text", "body": "@room wake up"}),
+        ev(content={"msgtype": "m.text", "body": "x", "m.mentions": {"user_ids": [ME]}}),
+        ev(content={"msgtype": "m.text", "body": "x", "m.mentions": {"room": True}}),
+        ev("m.room.member", {"membership": "invite"}, state_key=ME),
+        ev("m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2"}),
+        ev("m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x", "key": "+1"}}),
+        ev("m.room.tombstone", {"body": "gone"}, state_key=""),
+    ]
+    users = [(ME, "Bobby Tables"), ("@alice:example.org", "Alice"), ("@carol:example.org", None)]
+    for event in events:
+        for member_count in (2, 3):
+            memo: dict[Any, bool] = {}
+            for user_id, name in users:
+                ctx = EvalContext(user_id=user_id, display_name=name, member_count=member_count,
+                                  sender_power_level=50)
+                plain = evaluate(defaults(user_id), event, ctx)
+                compiled = evaluate_compiled(compile_rules(defaults(user_id)), event, ctx, memo)
+                assert compiled == plain, (event, user_id)
