@@ -136,11 +136,14 @@ class PositionTracker:
         Safe because the source is monotonic: this writer will never allocate below it again. Lets an
         idle writer stop holding back the minimum position readers can serve.
         """
-        if self._in_flight:
-            return False
-        last = await self._source.last()
-        if self._in_flight or last <= self._persisted:
-            return False
-        self._max_done = max(self._max_done, last)
-        self._recompute()
-        return True
+        # Under the allocation lock: an allocation whose position the source has already handed out
+        # but which is not yet registered as in flight must not be claimed as persisted.
+        async with self._lock:
+            if self._in_flight:
+                return False
+            last = await self._source.last()
+            if self._in_flight or last <= self._persisted:
+                return False
+            self._max_done = max(self._max_done, last)
+            self._recompute()
+            return True

@@ -68,3 +68,40 @@ def test_topological_token() -> None:
     assert TopologicalToken(4, 100) < TopologicalToken(5, 1)
     with pytest.raises(InvalidToken):
         TopologicalToken.decode("t5")
+
+
+async def test_idle_claim_waits_for_an_allocation_in_progress() -> None:
+    """The shared source has handed out a position this writer has not registered yet: an idle
+    claim at that moment must not cover it (readers would skip the event)."""
+
+    class SlowSource(LocalCounter):
+        def __init__(self) -> None:
+            super().__init__(0)
+            self.handed_out = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def next_many(self, n: int) -> list[int]:
+            out = [await self.next() for _ in range(n)]
+            self.handed_out.set()
+            await self.release.wait()  # the reply is still on its way back
+            return out
+
+    source = SlowSource()
+    tracker = PositionTracker(source, 0)
+    committed = asyncio.Event()
+
+    async def persist() -> None:
+        async with tracker.allocate_many(1) as positions:
+            assert positions == [1]
+            await committed.wait()
+
+    writer = asyncio.create_task(persist())
+    await source.handed_out.wait()
+    claim = asyncio.create_task(tracker.advance_idle())
+    await asyncio.sleep(0.01)
+    source.release.set()
+    assert await claim is False or tracker.persisted_upto < 1
+    assert tracker.persisted_upto == 0
+    committed.set()
+    await writer
+    assert tracker.persisted_upto == 1
