@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from hs.db.stores.account_data import AccountDataStore
 from hs.errors import MatrixError
 from hs.services.events import RoomLocks
-from hs.streams.base import Stream
-from hs.streams.positions import PositionTracker, make_position_source
+from hs.streams.base import TableStream
+from hs.streams.positions import PositionTracker
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -21,28 +21,19 @@ if TYPE_CHECKING:
 Content = dict[str, Any]
 
 
-class AccountDataStream(Stream):
+class AccountDataStream(TableStream):
     NAME = "account_data"
+    SOURCE = "account_data"
+    TABLE = "account_data"
 
     def __init__(self, hs: HomeServer) -> None:
         super().__init__(hs, hs.config.stream_writers.account_data)
         self.store = AccountDataStore(hs.db)
-        self.tracker: PositionTracker | None = None
         # Read-modify-write updates (tags) of one user's room are serialised in the (single) writer.
         self._locks = RoomLocks()
 
-    async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "account_data", "account_data", "stream_id")
-        # One writer: everything in the table is persisted.
-        maximum = await self.store.max_stream_id()
-        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
-        if self.is_writer:
-            self.tracker = PositionTracker(source, maximum)
-
-    async def catch_up(self) -> None:
-        maximum = await self.store.max_stream_id()
-        for writer in self.writers:
-            self.on_position(writer, maximum, everyone=True)
+    async def stored_max(self) -> int:
+        return int(await self.store.max_stream_id())
 
     def _require_writer(self) -> PositionTracker:
         if self.tracker is None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import Gauge
 
+from hs.streams.positions import PositionTracker, make_position_source
+
 if TYPE_CHECKING:
     from hs.server import HomeServer
 
@@ -93,3 +95,33 @@ class Stream:
         self.on_position(msg["instance"], int(msg["position"]), frozenset(msg.get("users", ())),
                               frozenset(msg.get("rooms", ())), bool(msg.get("everyone", False)),
                          msg.get("row_position"))
+
+
+class TableStream(Stream):
+    """A single-writer stream whose rows carry their position in one table column, so the highest
+    stored position is what every process may serve (after start, or after a replication gap).
+
+    Subclasses name the position source and the table, and say how to read the highest position."""
+
+    SOURCE: ClassVar[str]
+    TABLE: ClassVar[str]
+    COLUMN: ClassVar[str] = "stream_id"
+
+    def __init__(self, hs: HomeServer, writers: list[str]) -> None:
+        super().__init__(hs, writers)
+        self.tracker: PositionTracker | None = None
+
+    async def stored_max(self) -> int:
+        raise NotImplementedError
+
+    async def setup(self) -> None:
+        source = await make_position_source(self.hs.db, self.SOURCE, self.TABLE, self.COLUMN)
+        maximum = await self.stored_max()
+        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
+        if self.is_writer:
+            self.tracker = PositionTracker(source, maximum)
+
+    async def catch_up(self) -> None:
+        maximum = await self.stored_max()
+        for writer in self.writers:
+            self.on_position(writer, maximum, everyone=True)

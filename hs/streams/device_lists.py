@@ -11,8 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from hs.db.stores.e2ee import E2eeStore
-from hs.streams.base import Stream
-from hs.streams.positions import PositionTracker, make_position_source
+from hs.streams.base import TableStream
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -20,25 +19,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class DeviceListsStream(Stream):
+class DeviceListsStream(TableStream):
     NAME = "device_lists"
+    SOURCE = "device_lists"
+    TABLE = "device_lists_stream"
 
     def __init__(self, hs: HomeServer) -> None:
         super().__init__(hs, hs.config.stream_writers.device_lists)
         self.store = E2eeStore(hs.db)
-        self.tracker: PositionTracker | None = None
 
-    async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "device_lists", "device_lists_stream", "stream_id")
-        maximum = await self.store.max_device_list_position()
-        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
-        if self.is_writer:
-            self.tracker = PositionTracker(source, maximum)
-
-    async def catch_up(self) -> None:
-        maximum = await self.store.max_device_list_position()
-        for writer in self.writers:
-            self.on_position(writer, maximum, everyone=True)
+    async def stored_max(self) -> int:
+        return int(await self.store.max_device_list_position())
 
     async def record_change(self, user_id: str, device_id: str | None = None) -> int | None:
         """Log a change of the user's device list and wake everyone who shares a room with them."""

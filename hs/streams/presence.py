@@ -15,8 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.presence import PresenceState, PresenceStore
-from hs.streams.base import Stream
-from hs.streams.positions import PositionTracker, make_position_source
+from hs.streams.base import TableStream
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -24,32 +23,23 @@ if TYPE_CHECKING:
 COMMANDS_CHANNEL = "presence_commands"
 
 
-class PresenceStream(Stream):
+class PresenceStream(TableStream):
     NAME = "presence"
+    SOURCE = "presence_stream"
+    TABLE = "presence"
 
     def __init__(self, hs: HomeServer) -> None:
         super().__init__(hs, hs.config.stream_writers.presence)
         self.store = PresenceStore(hs.db)
-        self.tracker: PositionTracker | None = None
+
+    async def stored_max(self) -> int:
+        return int(await self.store.max_stream_id())
 
     def subscribe(self) -> None:
         """Register the replication handlers; must run before the transport starts."""
         self.hs.replication.subscribe(self.NAME, self.handle_message)
         if self.is_writer:
             self.hs.replication.subscribe(COMMANDS_CHANNEL, self._on_command)
-
-    async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "presence_stream", "presence", "stream_id")
-        # One writer: everything in the table is persisted.
-        maximum = await self.store.max_stream_id()
-        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
-        if self.is_writer:
-            self.tracker = PositionTracker(source, maximum)
-
-    async def catch_up(self) -> None:
-        maximum = await self.store.max_stream_id()
-        for writer in self.writers:
-            self.on_position(writer, maximum, everyone=True)
 
     async def persist(self, state: PresenceState, rooms: list[str]) -> PresenceState:
         """Store the state at a new position and wake the user and the members of `rooms`."""

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hs.db.stores.push import PushStore
 from hs.errors import MatrixError
-from hs.streams.base import Stream
-from hs.streams.positions import PositionTracker, make_position_source
+from hs.streams.base import TableStream
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -20,31 +19,25 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class PushRulesStream(Stream):
+class PushRulesStream(TableStream):
     NAME = "push_rules"
+    SOURCE = "push_rules"
+    TABLE = "push_rules_stream"
 
     def __init__(self, hs: HomeServer) -> None:
         super().__init__(hs, hs.config.stream_writers.push_rules)
         self.store = PushStore(hs.db)
-        self.tracker: PositionTracker | None = None
         # Called with the user IDs whose rules changed (cache invalidation), in every process.
         # None means every user (after a replication outage).
         self.on_change: list[Callable[[list[str] | None], None]] = []
 
-    async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "push_rules", "push_rules_stream", "stream_id")
-        maximum = await self.store.max_stream_id()
-        # One writer: everything in the table is persisted.
-        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
-        if self.is_writer:
-            self.tracker = PositionTracker(source, maximum)
+    async def stored_max(self) -> int:
+        return int(await self.store.max_stream_id())
 
     async def catch_up(self) -> None:
-        maximum = await self.store.max_stream_id()
         for callback in self.on_change:
-            callback(None)
-        for writer in self.writers:
-            self.on_position(writer, maximum, everyone=True)
+            callback(None)  # rule changes may have been missed: drop every cached rule set
+        await super().catch_up()
 
     def handle_message(self, msg: dict[str, Any]) -> None:
         users = list(msg.get("users", ()))

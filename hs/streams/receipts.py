@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 from hs.db.stores.receipts import ReceiptStore
 from hs.errors import MatrixError
-from hs.streams.base import Stream
-from hs.streams.positions import PositionTracker, make_position_source
+from hs.streams.base import TableStream
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -19,26 +18,17 @@ if TYPE_CHECKING:
 PRIVATE = "m.read.private"
 
 
-class ReceiptsStream(Stream):
+class ReceiptsStream(TableStream):
     NAME = "receipts"
+    SOURCE = "receipts"
+    TABLE = "receipts"
 
     def __init__(self, hs: HomeServer) -> None:
         super().__init__(hs, hs.config.stream_writers.receipts)
         self.store = ReceiptStore(hs.db)
-        self.tracker: PositionTracker | None = None
 
-    async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "receipts", "receipts", "stream_id")
-        maximum = await self.store.max_stream_id()
-        # One writer: everything in the table is persisted.
-        self.set_initial_positions(dict.fromkeys(self.writers, maximum))
-        if self.is_writer:
-            self.tracker = PositionTracker(source, maximum)
-
-    async def catch_up(self) -> None:
-        maximum = await self.store.max_stream_id()
-        for writer in self.writers:
-            self.on_position(writer, maximum, everyone=True)
+    async def stored_max(self) -> int:
+        return int(await self.store.max_stream_id())
 
     async def write(self, room_id: str, receipt_type: str, user_id: str, thread_id: str, event_id: str,
                     event_stream_ordering: int, ts: int) -> bool:
