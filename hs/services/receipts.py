@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.receipts import UNTHREADED
 from hs.errors import forbidden, invalid_param, not_found
+from hs.services.sync import empty_join_entry
 from hs.util import now_ms
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class ReceiptService:
         for room_id, content in by_room.items():
             entry = rooms_join.get(room_id)
             if entry is None:
-                entry = rooms_join[room_id] = _empty_join_entry(body["next_batch"])
+                entry = rooms_join[room_id] = empty_join_entry(body["next_batch"])
             entry.setdefault("ephemeral", {"events": []})["events"].append({"type": "m.receipt", "content": content})
             added = True
         if rooms_join:
@@ -166,15 +167,3 @@ class ReceiptService:
                 entry["unread_notifications"] = {
                     "notification_count": sum(n for n, _ in threads.values()),
                     "highlight_count": sum(h for _, h in threads.values())}
-
-
-def _empty_join_entry(next_batch: str) -> dict[str, Any]:
-    """A joined room's entry for a sync with no events in it (only ephemeral events)."""
-    return {
-        "timeline": {"events": [], "limited": False, "prev_batch": next_batch},
-        "state": {"events": []},
-        "account_data": {"events": []},
-        "ephemeral": {"events": []},
-        "summary": {},
-        "unread_notifications": {"notification_count": 0, "highlight_count": 0},
-    }

@@ -520,6 +520,18 @@ class RoomService:
     async def send_event(self, requester: Requester, room_id: str, etype: str, content: JsonDict,
                          txn_id: str) -> str:
         """PUT /send: idempotent per (user, device, room, txn_id)."""
+        redacts = None
+        if etype == "m.room.redaction":
+            target = content.get("redacts")
+            if not isinstance(target, str):
+                raise bad_json("m.room.redaction needs a 'redacts' event ID")
+            redacts = target
+        return await self._send_with_txn(requester, room_id, etype, content, txn_id, redacts)
+
+    async def _send_with_txn(self, requester: Requester, room_id: str, etype: str, content: JsonDict,
+                             txn_id: str, redacts: str | None) -> str:
+        """A client send keyed by a transaction ID: a replay answers with the original event before
+        any rate limit, and the sender is told the lookup was done so it is not repeated."""
         check_room_id(room_id)
         user_id = requester.user_id
         existing = await self.store.get_event_id_for_txn(user_id, requester.device_id, room_id, txn_id)
@@ -527,12 +539,6 @@ class RoomService:
             return str(existing)
         rv = await self._require_room_for_send(room_id)
         self.hs.ratelimiters["message"].check(user_id)
-        redacts = None
-        if etype == "m.room.redaction":
-            target = content.get("redacts")
-            if not isinstance(target, str):
-                raise bad_json("m.room.redaction needs a 'redacts' event ID")
-            redacts = target
         ev = await self.hs.event_sender.send(room_id, user_id, etype, content,
                                              txn=(user_id, requester.device_id, txn_id), redacts=redacts,
                                              room_version=rv, txn_checked=True)
@@ -585,17 +591,7 @@ class RoomService:
 
     async def redact(self, requester: Requester, room_id: str, event_id: str, txn_id: str,
                      content: JsonDict) -> str:
-        check_room_id(room_id)
-        user_id = requester.user_id
-        existing = await self.store.get_event_id_for_txn(user_id, requester.device_id, room_id, txn_id)
-        if existing is not None:
-            return str(existing)
-        rv = await self._require_room_for_send(room_id)
-        self.hs.ratelimiters["message"].check(user_id)
-        ev = await self.hs.event_sender.send(room_id, user_id, "m.room.redaction", content,
-                                             txn=(user_id, requester.device_id, txn_id), redacts=event_id,
-                                             room_version=rv)
-        return ev.event_id
+        return await self._send_with_txn(requester, room_id, "m.room.redaction", content, txn_id, event_id)
 
     # == reading ============================================================================================
     async def check_read_access(self, user_id: str, room_id: str, allow_departed: bool = True) -> ReadAccess:

@@ -241,7 +241,7 @@ class SyncService:
         for room_id in sorted(room_account_data.keys() | ephemeral.keys()):
             entry = rooms_join.get(room_id)
             if entry is None:
-                entry = rooms_join[room_id] = self._empty_join_entry(body["next_batch"])
+                entry = rooms_join[room_id] = empty_join_entry(body["next_batch"])
             entry["account_data"]["events"].extend(room_account_data.get(room_id, ()))
             entry.setdefault("ephemeral", {"events": []})["events"].extend(ephemeral.get(room_id, ()))
             added = True
@@ -254,18 +254,6 @@ class SyncService:
         if clamped == typing:
             return config
         return replace(config, since=since.with_position("typing", clamped))
-
-    @staticmethod
-    def _empty_join_entry(next_batch: str) -> dict[str, Any]:
-        """A joined room's entry for a sync with no events in it (only account data or ephemeral)."""
-        return {
-            "timeline": {"events": [], "limited": False, "prev_batch": next_batch},
-            "state": {"events": []},
-            "account_data": {"events": []},
-            "ephemeral": {"events": []},
-            "summary": {},
-            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
-        }
 
     # -- memberships ---------------------------------------------------------------------------------------
     async def _membership_before(self, event_id: str, user_id: str) -> tuple[str, str] | None:
@@ -610,3 +598,15 @@ def _summary_inputs_changed(before: dict[StateKey, str], after: dict[StateKey, s
         if key[0] in (MEMBER, "m.room.name", "m.room.canonical_alias") and before.get(key) != value:
             return True
     return False
+
+
+def empty_join_entry(next_batch: str) -> dict[str, Any]:
+    """A joined room's entry for a sync with no events in it (only account data or ephemeral)."""
+    return {
+        "timeline": {"events": [], "limited": False, "prev_batch": next_batch},
+        "state": {"events": []},
+        "account_data": {"events": []},
+        "ephemeral": {"events": []},
+        "summary": {},
+        "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+    }

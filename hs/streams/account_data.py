@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.account_data import AccountDataStore
-from hs.errors import MatrixError
 from hs.services.events import RoomLocks
 from hs.streams.base import TableStream
 from hs.streams.positions import PositionTracker
@@ -37,8 +36,7 @@ class AccountDataStream(TableStream):
 
     def _require_writer(self) -> PositionTracker:
         if self.tracker is None:
-            raise MatrixError(502, "M_UNKNOWN", f"account data is written by {self.writers[0]}; HTTP "
-                                                "replication to other writers is not available in this build")
+            raise self.not_writer()
         return self.tracker
 
     async def put(self, user_id: str, room_id: str, data_type: str, content: Content) -> int:

@@ -87,6 +87,14 @@ class Stream:
             everyone = everyone or e
         notifier.notify(self.NAME, current, users=users, rooms=rooms, everyone=everyone)
 
+    def not_writer(self) -> Exception:
+        """A write reached a process that does not own this stream. Client requests are forwarded to
+        the writer before they get here (hs/app.py), so this means a misrouted internal call."""
+        from hs.errors import MatrixError
+
+        return MatrixError(500, "M_UNKNOWN", f"{self.NAME} is written by {self.writers[0]}, not "
+                                             f"{self.hs.instance_name}; the write should have been forwarded")
+
     async def publish(self, position: int, **data: Any) -> None:
         """Tell every process (this one included) that this writer has persisted up to `position`."""
         await self.hs.replication.publish(self.NAME, self.hs.instance_name, position, data)

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hs.db.stores.push import PushStore
-from hs.errors import MatrixError
 from hs.streams.base import TableStream
 
 if TYPE_CHECKING:
@@ -52,8 +51,7 @@ class PushRulesStream(TableStream):
         """
         tracker = self.tracker
         if tracker is None:
-            raise MatrixError(502, "M_UNKNOWN", f"push rules are written by {self.writers[0]}; HTTP "
-                                                "replication to other writers is not available in this build")
+            raise self.not_writer()
         async with tracker.allocate() as pos:
             result = await fn(pos)
         if result is False:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hs.db.stores.receipts import ReceiptStore
-from hs.errors import MatrixError
 from hs.streams.base import TableStream
 
 if TYPE_CHECKING:
@@ -35,8 +34,7 @@ class ReceiptsStream(TableStream):
         """Store a receipt and tell every process; False when an existing one is already as far."""
         tracker = self.tracker
         if tracker is None:
-            raise MatrixError(502, "M_UNKNOWN", f"receipts are written by {self.writers[0]}; HTTP "
-                                                "replication to other writers is not available in this build")
+            raise self.not_writer()
         async with tracker.allocate() as pos:
             stored = await self.store.upsert(room_id, receipt_type, user_id, thread_id, event_id,
                                              event_stream_ordering, ts, pos)

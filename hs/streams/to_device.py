@@ -12,7 +12,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.e2ee import E2eeStore
-from hs.errors import MatrixError
 from hs.streams.base import Stream
 from hs.streams.positions import LocalCounter, PositionTracker, PostgresSequence, make_position_source
 
@@ -50,8 +49,7 @@ class ToDeviceStream(Stream):
                    messages: list[tuple[str, str, dict[str, Any]]]) -> bool:
         """Store (user, device, content) messages once per transaction ID; False for a repeated one."""
         if self.tracker is None:
-            raise MatrixError(502, "M_UNKNOWN", f"to-device messages are written by {self.writers[0]}; HTTP "
-                                                "replication to other writers is not available in this build")
+            raise self.not_writer()
         tracker = self.tracker
         if not messages:
             return await self.store.add_to_device_messages(sender, sender_device, event_type, txn_id, [],

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from hs.errors import MatrixError
 from hs.streams.base import Stream
 
 if TYPE_CHECKING:
@@ -94,8 +93,7 @@ class TypingStream(Stream):
     async def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int = DEFAULT_TIMEOUT_MS,
                          ) -> None:
         if not self.is_writer:
-            raise MatrixError(502, "M_UNKNOWN", f"typing is written by {self.writers[0]}; HTTP replication "
-                                                "to other writers is not available in this build")
+            raise self.not_writer()
         timers = self._timers.setdefault(room_id, {})
         old = timers.pop(user_id, None)
         if old is not None:
