@@ -71,6 +71,38 @@ async def test_failed_transaction_rolls_back(db: Database) -> None:
     assert await db.fetchval("SELECT COUNT(*) FROM profiles") == 0
 
 
+@pytest.mark.parametrize("engine", ["sqlite"])
+async def test_sqlite_transaction_that_awaits_something_else_is_refused(db: Database) -> None:
+    """A SQLite transaction runs whole on the database thread; awaiting anything but the connection
+    there would deadlock, so it is refused and rolled back instead."""
+    await apply_migrations(db)
+
+    async def txn(c: Any) -> None:
+        await c.execute("INSERT INTO profiles (user_id) VALUES ($1)", "@gone:x")
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="awaited something other than its connection"):
+        await db.run_transaction("t", txn)
+    assert await db.fetchval("SELECT COUNT(*) FROM profiles") == 0
+
+
+@pytest.mark.parametrize("engine", ["sqlite"])
+async def test_sqlite_reads_and_transactions_interleave_from_many_tasks(db: Database) -> None:
+    """Concurrent callers share the one connection thread; each transaction stays whole."""
+    await apply_migrations(db)
+
+    async def add(i: int) -> None:
+        async def txn(c: Any) -> None:
+            await c.execute("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)", f"@u{i}:x", "a")
+            await c.execute("UPDATE profiles SET displayname = $2 WHERE user_id = $1", f"@u{i}:x", "b")
+
+        await db.run_transaction("t", txn)
+        assert await db.fetchval("SELECT displayname FROM profiles WHERE user_id = $1", f"@u{i}:x") == "b"
+
+    await asyncio.gather(*(add(i) for i in range(50)))
+    assert await db.fetchval("SELECT COUNT(*) FROM profiles WHERE displayname = 'b'") == 50
+
+
 @pytest.mark.parametrize("engine", ["postgres"])
 async def test_serialization_failures_are_retried(db: Database) -> None:
     """Two SERIALIZABLE transactions incrementing one row conflict; both must still succeed."""
