@@ -223,6 +223,7 @@ class HomeServer:
         await self.replication.start()
         self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
         await self.events_stream.setup()
+        self.event_store.writes_room = self.events_stream.is_writer_for_room
         self.event_store.reset_membership_tracking(self.events_stream.current_position())
         await self.receipts_stream.setup()
         await self.push_rules_stream.setup()

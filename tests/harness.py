@@ -56,7 +56,14 @@ class TestHomeServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.hs.stop()
+            self._runner = None
+            await self.hs.stop()
+
+    async def restart(self) -> None:
+        """Stop and start again on the same database and port: a process restart, memory lost."""
+        await self.stop()
+        self.hs = HomeServer(self.config, "main", signing_key=self.hs.signing_key)
+        await self.start()
 
     def client(self) -> Client:
         return Client(self.base_url)

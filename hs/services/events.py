@@ -295,6 +295,9 @@ class EventSender:
                     await c.execute(_UPSERT_POSITION, self.hs.instance_name, tracker.persisted_if_committed(positions))
 
             await self.hs.db.run_transaction("persist_events", write)
+            for p in batch:
+                if p.txn is not None:
+                    self.store.txn_ids.add(p.txn[0], p.txn[1], room_id, p.txn[2], p.event.event_id)
             # Still inside `allocate_many`: our positions count as in flight, so no announcement of a
             # position at or above them (by us or a concurrent batch) can precede what follows. Readers
             # therefore learn of these rooms, members and push counts before they may serve the events.

@@ -496,6 +496,35 @@ class RoomService:
         await self.update_membership(requester, room_id, requester.user_id, "join", reason)
         return room_id
 
+    async def knock(self, requester: Requester, room_id_or_alias: str, reason: str | None = None) -> str:
+        """POST /knock: ask to join a local room. The auth rules decide (join rule `knock`, or
+        `knock_restricted` where the room version has it; not banned, invited or joined). Accepting is an
+        invite, rejecting a kick, and the knocker rescinds with /leave (all through update_membership)."""
+        user_id = requester.user_id
+        if requester.is_guest:
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed")
+        room_id = await self.resolve_room(room_id_or_alias)
+        check_room_id(room_id)
+        rv = await self._room_version(room_id)
+        if rv is None:
+            # Only local rooms are known; knocking over federation is not built.
+            raise not_found("No known servers")
+        if not rv.knock_join_rule:
+            raise forbidden(f"Room version {rv.identifier} does not support knocking")
+        content: JsonDict = {"membership": "knock", **await self._profile(user_id)}
+        if reason is not None:
+            content["reason"] = reason
+        current = await self.store.get_membership(room_id, user_id)
+        if current is not None and current[0] == "knock":
+            old = await self.store.get_event(current[1])
+            if old is not None and old.sender == user_id and old.content == content:
+                return room_id  # a no-op change, as update_membership treats one
+        else:
+            # Knocks count against the join rate limit (rc_joins), as in Synapse.
+            self.hs.ratelimiters["joins_local"].check(user_id)
+        await self.hs.event_sender.send(room_id, user_id, MEMBER, content, state_key=user_id, room_version=rv)
+        return room_id
+
     async def forget(self, requester: Requester, room_id: str) -> None:
         check_room_id(room_id)
         current = await self.store.get_membership(room_id, requester.user_id)

@@ -1,4 +1,4 @@
-"""Room creation, membership (join, invite, leave, kick, ban, unban, forget) and reading a room's state
+"""Room creation, membership (join, knock, invite, leave, kick, ban, unban, forget) and reading a room's state
 and members. The logic lives in `hs.services.rooms.RoomService`; handlers parse and validate."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, Route, get_hs, parse_json
+from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json
 from hs.errors import bad_json, invalid_param
 from hs.services.rooms import MEMBERSHIPS, check_room_id, require_membership_target
 
@@ -38,6 +38,15 @@ async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     body = await parse_json(request, allow_empty=True)
     room_id = await hs.rooms.join(requester, request.match_info["roomIdOrAlias"], _reason(body))
+    return 200, {"room_id": room_id}
+
+
+async def knock_room(request: web.Request) -> tuple[int, Any]:
+    """POST /knock/{roomIdOrAlias}; `via` / `server_name` only matter for remote rooms (not built)."""
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request, allow_empty=True)
+    room_id = await hs.rooms.knock(requester, request.match_info["roomIdOrAlias"], _reason(body))
     return 200, {"room_id": room_id}
 
 
@@ -127,6 +136,7 @@ async def get_joined_rooms(request: web.Request) -> tuple[int, Any]:
 ROUTES: list[Route] = [
     Route("POST", "/createRoom", create_room, "client", CLIENT_V3_V1),
     Route("POST", "/join/{roomIdOrAlias}", join_room_by_id_or_alias, "event_sending", CLIENT_V3_V1),
+    Route("POST", "/knock/{roomIdOrAlias}", knock_room, "event_sending", CLIENT_V3),
     Route("POST", "/rooms/{roomId}/join", join_room, "event_sending", CLIENT_V3_V1),
     Route("POST", "/rooms/{roomId}/leave", leave_room, "event_sending", CLIENT_V3_V1),
     Route("POST", "/rooms/{roomId}/invite", _membership_action("invite"), "event_sending", CLIENT_V3_V1),

@@ -6,9 +6,11 @@ membership reads go to the database, since other writers may change them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hs.db.pool import Connection, Database
+from hs.db.stores.txn_ids import NOT_INDEXED, KnownTransactionIds
 from hs.events.event import Event, StateKey
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS
 from hs.util import LruCache, json_dumps, json_loads, now_ms
@@ -37,6 +39,10 @@ class EventStore:
         self._room_batches: dict[str, list[tuple[int, int]]] = {}
         self._room_floor: dict[str, int] = {}
         self._max_noted = 0
+        # Transaction IDs stored for the rooms this process writes (see txn_ids.py); `writes_room`
+        # is set by the events stream once it knows this process's rooms.
+        self.txn_ids = KnownTransactionIds()
+        self.writes_room: Callable[[str], bool] = lambda room_id: False
 
     # -- events --------------------------------------------------------------------------------------
     def _row_to_event(self, row: dict[str, Any], version_id: str) -> Event:
@@ -165,9 +171,19 @@ class EventStore:
 
     # -- transaction IDs -----------------------------------------------------------------------------
     async def get_event_id_for_txn(self, user_id: str, device_id: str, room_id: str, txn_id: str) -> str | None:
+        if self.writes_room(room_id):  # this process stores the room's IDs: memory is exact
+            known = await self.txn_ids.lookup(user_id, device_id, room_id, txn_id, self._device_txn_ids)
+            if known is not NOT_INDEXED:
+                return known  # type: ignore[return-value]
         return await self.db.fetchval(
             "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND room_id = $3"
             " AND txn_id = $4", user_id, device_id, room_id, txn_id)
+
+    async def _device_txn_ids(self, user_id: str, device_id: str, limit: int) -> list[tuple[str, str, str]]:
+        rows = await self.db.fetch(
+            "SELECT room_id, txn_id, event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2"
+            " LIMIT $3", user_id, device_id, limit)
+        return [(r["room_id"], r["txn_id"], r["event_id"]) for r in rows]
 
     # -- state ---------------------------------------------------------------------------------------
     async def get_state_group(self, group: int | None) -> StateMap:
