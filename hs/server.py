@@ -229,7 +229,7 @@ class HomeServer:
         await self.push_rules_stream.setup()
         self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
         if self.events_stream.is_writer:
-            self.event_sender.transaction_hooks.append(self.push_evaluator.prepare)
+            self.event_sender.push_actions = self.push_evaluator.compute_push_actions
         await self.to_device_stream.setup()
         await self.device_lists_stream.setup()
         await self.presence_stream.setup()

@@ -74,27 +74,38 @@ class Database:
         return False
 
     async def run_transaction(self, name: str, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        for attempt in range(MAX_TXN_ATTEMPTS):
+        async def attempt() -> T:
+            async with self._transaction() as conn:
+                return await fn(conn)
+
+        return await self._retrying(name, attempt)
+
+    async def run_statement(self, name: str, sql: str, *args: Any) -> list[Row]:
+        """One statement as its own transaction (a statement is atomic), retried like `run_transaction`:
+        on PostgreSQL one round trip, where BEGIN and COMMIT would add two."""
+        async def one(c: Connection) -> list[Row]:
+            return await c.fetch(sql, *args)
+
+        return await self.run_transaction(name, one)
+
+    async def _retrying(self, name: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        for n in range(MAX_TXN_ATTEMPTS):
             start = time.perf_counter()
             try:
-                async with self._transaction() as conn:
-                    return await fn(conn)
+                return await attempt()
             except Exception as exc:
-                if not self._is_retryable(exc) or attempt == MAX_TXN_ATTEMPTS - 1:
+                if not self._is_retryable(exc) or n == MAX_TXN_ATTEMPTS - 1:
                     raise
                 DB_TXN_RETRIES.labels(name).inc()
                 logger.info("transaction %s conflicted (%s); retrying", name, exc)
-                await asyncio.sleep(0.005 * (2**attempt))
+                await asyncio.sleep(0.005 * (2**n))
             finally:
                 DB_TXN_DURATION.labels(name).observe(time.perf_counter() - start)
         raise AssertionError("unreachable")
 
     # Single statements outside an explicit transaction (each its own transaction).
     async def execute(self, sql: str, *args: Any) -> None:
-        async def f(c: Connection) -> None:
-            await c.execute(sql, *args)
-
-        await self.run_transaction("execute", f)
+        await self.run_statement("execute", sql, *args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         raise NotImplementedError
@@ -160,6 +171,13 @@ class PostgresDatabase(Database):
         import asyncpg
 
         return isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError)
+
+    async def run_statement(self, name: str, sql: str, *args: Any) -> list[Row]:
+        async def attempt() -> list[Row]:
+            async with self.pool.acquire() as raw:
+                return [dict(r) for r in await raw.fetch(sql, *args)]
+
+        return await self._retrying(name, attempt)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self.pool.acquire() as raw:

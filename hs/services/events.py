@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
+from hs.db.stores.event_batch import PushRow, fits_one_statement, persist_plain_events
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
 from hs.events.event import Event, JsonDict, StateKey
@@ -70,12 +71,9 @@ class EventSender:
         # Transaction IDs being persisted or persisted recently, so a retry that races the first
         # request is answered with the same event.
         self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000)
-        # Called with each committed batch before it is published (push rule evaluation), so the
-        # /sync that a batch wakes sees what the hooks wrote. A failing hook is logged, not fatal.
-        self.persisted_hooks: list[Callable[[list[Event]], Awaitable[None]]] = []
-        # Run before a batch's transaction with its events (positions assigned); each returns a
-        # writer that runs inside that transaction (push actions commit with their events).
-        self.transaction_hooks: list[Callable[[list[Event]], Awaitable[Callable[[Any], Awaitable[None]]]]] = []
+        # Push rule evaluation: run on each batch (positions assigned) before its transaction, whose
+        # rows (push actions, unread counts) commit with the events.
+        self.push_actions: Callable[[list[Event]], Awaitable[tuple[list[PushRow], list[str]]]] | None = None
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -278,23 +276,17 @@ class EventSender:
                 p.event.internal["stream_ordering"] = pos
                 # Hooks read room state, which may name events of this very batch (dropped on failure).
                 self.store.cache_event(p.event)
-            writers = [await hook([p.event for p in batch]) for hook in self.transaction_hooks]
-
-            async def write(c: Any) -> None:
-                for p, pos in zip(batch, positions, strict=True):
-                    ev = p.event
-                    before, after = ev.internal["state_group_before"], ev.internal["state_group_after"]
-                    if p.new_group is not None and p.full_after is not None:
-                        await self.store.store_state_group(c, p.new_group, room_id, before,
-                                                           {ev.state_tuple: ev.event_id}, p.full_after)
-                    await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
-                await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
-                for writer in writers:
-                    await writer(c)
-                if len(stream.writers) > 1:  # one writer's position is simply MAX(stream_ordering)
-                    await c.execute(_UPSERT_POSITION, self.hs.instance_name, tracker.persisted_if_committed(positions))
-
-            await self.hs.db.run_transaction("persist_events", write)
+            events = [p.event for p in batch]
+            redacted = [ev.redacts for ev in events if ev.type == "m.room.redaction" and ev.redacts]
+            push_rows = (await self.push_actions(events))[0] if self.push_actions is not None else []
+            own_position = tracker.persisted_if_committed(positions) if len(stream.writers) > 1 else None
+            if self.hs.db.engine == "postgres" and fits_one_statement(events):
+                await persist_plain_events(self.hs.db, room_id, self.hs.instance_name,
+                                           [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)],
+                                           push_rows, own_position)
+            else:
+                await self.hs.db.run_transaction("persist_events", self._batch_writer(
+                    room_id, batch, positions, push_rows, redacted, own_position))
             for p in batch:
                 if p.txn is not None:
                     self.store.txn_ids.add(p.txn[0], p.txn[1], room_id, p.txn[2], p.event.event_id)
@@ -310,12 +302,6 @@ class EventSender:
                     self.store.invalidate_event(ev.redacts)
                 if ev.membership is not None and ev.state_key:
                     users.append(ev.state_key)
-            redacted = [p.event.redacts for p in batch if p.event.type == "m.room.redaction" and p.event.redacts]
-            for hook in self.persisted_hooks:
-                try:
-                    await hook([p.event for p in batch])
-                except Exception:
-                    logger.exception("post-persist hook %r failed for %s", hook, room_id)
             announced = tracker.persisted_upto
             await stream.publish(announced, row_position=positions[-1], first_position=positions[0],
                                  rooms=[room_id], users=users, redacts=redacted)
@@ -324,6 +310,24 @@ class EventSender:
         for p in batch:
             if not p.future.done():
                 p.future.set_result(p.event)
+
+    def _batch_writer(self, room_id: str, batch: list[_Pending], positions: list[int], push_rows: list[PushRow],
+                      redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[None]]:
+        """The general persist transaction: state groups, current state, memberships, redactions."""
+        async def write(c: Any) -> None:
+            for p, pos in zip(batch, positions, strict=True):
+                ev = p.event
+                before, after = ev.internal["state_group_before"], ev.internal["state_group_after"]
+                if p.new_group is not None and p.full_after is not None:
+                    await self.store.store_state_group(c, p.new_group, room_id, before,
+                                                       {ev.state_tuple: ev.event_id}, p.full_after)
+                await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
+            await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
+            await self.hs.push_rules_stream.store.write_push_actions(c, push_rows, redacted)
+            if own_position is not None:
+                await c.execute(_UPSERT_POSITION, self.hs.instance_name, own_position)
+
+        return write
 
 
 class _Pending:

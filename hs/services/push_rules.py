@@ -6,8 +6,8 @@ kind the user's own rules (most important first) come before the server defaults
 mention rules (`.m.rule.contains_display_name`, `.m.rule.roomnotif`, `.m.rule.contains_user_name`)
 are included, as Synapse does; they are skipped for events with `m.mentions`.
 
-`BulkPushEvaluator.on_events_persisted` runs for every batch of events an events writer commits,
-before the batch is published, so the /sync that returns an event also has the counts it caused:
+`BulkPushEvaluator.compute_push_actions` runs for every batch of events an events writer persists,
+and its rows commit with the events, so the /sync that returns an event also has the counts it caused:
 each local joined member but the sender (and an invited local user) gets the event evaluated
 against their rules; `notify` stores a push action, with the highlight tweak a highlighted one.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from hs.errors import MatrixError, not_found
@@ -346,21 +345,6 @@ class BulkPushEvaluator:
                 return MAIN_THREAD
             content = parent.content
         return MAIN_THREAD
-
-    async def on_events_persisted(self, events: list[Event]) -> None:
-        rows, redacted = await self.compute_push_actions(events)
-        await self.hs.push_rules_stream.store.add_push_actions(rows, redacted)
-
-    async def prepare(self, events: list[Event]) -> Callable[[Any], Awaitable[None]]:
-        """Evaluate `events` (positions assigned, not yet committed); the returned writer stores their
-        push actions inside the persister's transaction: one commit for events and notifications."""
-        rows, redacted = await self.compute_push_actions(events)
-        store = self.hs.push_rules_stream.store
-
-        async def write(c: Any) -> None:
-            await store.write_push_actions(c, rows, redacted)
-
-        return write
 
     async def compute_push_actions(self, events: list[Event],
                                    ) -> tuple[list[tuple[str, str, int, str, str, bool]], list[str]]:

@@ -1,0 +1,52 @@
+"""Persisting batches of plain events (PostgreSQL: one statement; SQLite: the general transaction):
+everything a send writes is there, atomically, and the room stays linear."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.harness import ok, user
+
+
+async def test_a_group_committed_batch_stores_events_txn_ids_and_unread_counts(server: Any) -> None:
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{room}")
+    sent = await asyncio.gather(*(alice.send_message(room, f"m{i}", txn_id=f"t{i}") for i in range(30)))
+    db = server.hs.db
+    rows = await db.fetch("SELECT event_id, txn_id FROM events WHERE room_id = $1 AND type = 'm.room.message'",
+                          room)
+    assert {r["event_id"] for r in rows} == set(sent)
+    assert {r["txn_id"] for r in rows} == {f"t{i}" for i in range(30)}
+    txns = await db.fetch("SELECT txn_id, event_id FROM event_txn_ids WHERE room_id = $1", room)
+    assert {(r["txn_id"], r["event_id"]) for r in txns} == {(f"t{i}", sent[i]) for i in range(30)}
+    assert await db.fetchval("SELECT COUNT(*) FROM event_push_actions WHERE user_id = $1 AND room_id = $2",
+                             bob.user_id, room) == 30
+    sync = await bob.sync()
+    assert sync["rooms"]["join"][room]["unread_notifications"]["notification_count"] == 30
+    # Linear: the room's one forward extremity is its newest event.
+    extremities = await db.fetch("SELECT event_id FROM event_forward_extremities WHERE room_id = $1", room)
+    newest = (await ok(alice, "GET", f"/rooms/{room}/messages", dir="b", limit="1"))["chunk"][0]["event_id"]
+    assert [r["event_id"] for r in extremities] == [newest]
+
+
+async def test_a_read_receipt_is_respected_by_the_unread_count_of_later_messages(server: Any) -> None:
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{room}")
+    first = await alice.send_message(room, "one")
+    await ok(bob, "POST", f"/rooms/{room}/receipt/m.read/{first}", {})
+    await alice.send_message(room, "two")
+    await alice.send_message(room, "three")
+    counts = (await bob.sync())["rooms"]["join"][room]["unread_notifications"]
+    assert counts["notification_count"] == 2
+
+
+async def test_a_room_that_lost_its_extremity_row_gets_one_again(server: Any) -> None:
+    alice = await user(server, "alice")
+    room = await alice.create_room()
+    await server.hs.db.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room)
+    last = await alice.send_message(room, "after")
+    rows = await server.hs.db.fetch("SELECT event_id FROM event_forward_extremities WHERE room_id = $1", room)
+    assert [r["event_id"] for r in rows] == [last]
