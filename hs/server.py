@@ -260,8 +260,10 @@ class HomeServer:
         if msg.get("gap"):
             self.event_store.reset_membership_tracking(int(msg["position"]))
         last = int(msg.get("row_position") or msg["position"])
+        events = msg.get("events")
         for room_id in msg.get("rooms") or ():
-            self.event_store.on_room_events(room_id, int(msg.get("first_position") or last), last)
+            self.event_store.on_room_events(room_id, int(msg.get("first_position") or last), last,
+                                            [(int(pos), str(eid)) for pos, eid in events] if events else None)
         users = msg.get("users")
         if users:
             self.event_store.on_membership_change(list(users), int(msg.get("row_position") or msg["position"]))

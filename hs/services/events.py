@@ -304,7 +304,8 @@ class EventSender:
                     users.append(ev.state_key)
             announced = tracker.persisted_upto
             await stream.publish(announced, row_position=positions[-1], first_position=positions[0],
-                                 rooms=[room_id], users=users, redacts=redacted)
+                                 rooms=[room_id], users=users, redacts=redacted,
+                                 events=[[pos, p.event.event_id] for p, pos in zip(batch, positions, strict=True)])
         if tracker.persisted_upto > announced:
             await stream.publish(tracker.persisted_upto)
         for p in batch:

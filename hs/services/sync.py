@@ -425,18 +425,17 @@ class SyncService:
 
     async def _state_at_position(self, room_id: str, position: int) -> dict[StateKey, str]:
         """The room's state after its last event at or below `position` (empty if none)."""
-        evs, _ = await self.store.get_room_events_stream(room_id, 0, position, 1)
-        if not evs:
+        latest = await self.store.get_latest_event_at(room_id, position)
+        if latest is None:
             return {}
-        return await self.store.get_state_group(evs[-1].internal.get("state_group_after"))
+        return await self.store.get_state_group(latest.internal.get("state_group_after"))
 
     async def _room_entry(self, config: SyncConfig, plan: _RoomPlan, next_token: StreamToken,
                           ) -> dict[str, Any] | None:
         room_id = plan.room_id
         timeline, limited, newest = await self._timeline(config, plan)
         if newest is None:
-            latest, _ = await self.store.get_room_events_stream(room_id, 0, plan.upto, 1)
-            newest = latest[-1] if latest else None
+            newest = await self.store.get_latest_event_at(room_id, plan.upto)
         if newest is None:
             return None
         end_ids = await self.store.get_state_group(newest.internal.get("state_group_after"))

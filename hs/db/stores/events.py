@@ -16,6 +16,8 @@ from hs.events.room_versions import KNOWN_ROOM_VERSIONS
 from hs.util import LruCache, json_dumps, json_loads, now_ms
 
 StateMap = dict[StateKey, str]
+# How many of each room's latest events are indexed in memory (a /sync timeline is usually fewer).
+RECENT_EVENTS_PER_ROOM = 64
 # A state group chain longer than this is stored in full, bounding the cost of reading it.
 MAX_STATE_CHAIN = 50
 
@@ -34,9 +36,10 @@ class EventStore:
         self._membership_epoch = 0
         # Below this position we know nothing about membership changes (before start or a catch-up).
         self.membership_baseline = 0
-        # Recent batches of events per room, as (first, last) position intervals, from the events
-        # stream: answers "which of these rooms had events in (a, b]" without a query.
-        self._room_batches: dict[str, list[tuple[int, int]]] = {}
+        # Each room's recent events as (position, event ID), from the events stream: every event of
+        # the room above `_known_from(room)` is listed, so "which rooms had events in (a, b]" and a
+        # /sync timeline are answered from memory (and the event cache) without a query.
+        self._room_recent: dict[str, list[tuple[int, str]]] = {}
         self._room_floor: dict[str, int] = {}
         self._max_noted = 0
         # Transaction IDs stored for the rooms this process writes (see txn_ids.py); `writes_room`
@@ -105,6 +108,12 @@ class EventStore:
                                      ) -> tuple[list[Event], bool]:
         """Newest `limit` events with from_pos < stream_ordering <= to_pos, oldest first, and whether
         there were more (the timeline is `limited`)."""
+        in_range = [eid for pos, eid in self._room_recent.get(room_id, ()) if from_pos < pos <= to_pos]
+        if from_pos >= self._known_from(room_id) or len(in_range) > limit:
+            wanted = in_range[-limit:] if limit > 0 else []
+            found = await self.get_events(wanted)
+            if len(found) == len(wanted):
+                return [found[eid] for eid in wanted], len(in_range) > limit
         rows = await self.db.fetch(
             "SELECT * FROM events WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3"
             " ORDER BY stream_ordering DESC LIMIT $4",
@@ -115,27 +124,49 @@ class EventStore:
         evs.reverse()
         return evs, limited
 
-    def on_room_events(self, room_id: str, first: int, last: int) -> None:
+    async def get_latest_event_at(self, room_id: str, position: int) -> Event | None:
+        """The room's newest event at or below `position`."""
+        known_from = self._known_from(room_id)
+        for pos, eid in reversed(self._room_recent.get(room_id, ())):
+            if pos <= position:
+                if pos > known_from and (ev := await self.get_event(eid)) is not None:
+                    return ev
+                break
+        evs, _ = await self.get_room_events_stream(room_id, 0, position, 1)
+        return evs[-1] if evs else None
+
+    def _known_from(self, room_id: str) -> int:
+        """Every event of the room above this position is in `_room_recent`."""
+        return max(self.membership_baseline, self._room_floor.get(room_id, 0))
+
+    def on_room_events(self, room_id: str, first: int, last: int, events: list[tuple[int, str]] | None) -> None:
+        """The events stream persisted events in the room at positions first..last (`events`: each
+        one's position and ID; without them only the fact that the room changed is known)."""
         self._max_noted = max(self._max_noted, last)
-        batches = self._room_batches.setdefault(room_id, [])
-        batches.append((first, last))
-        if len(batches) > 32:
-            dropped = batches.pop(0)
-            self._room_floor[room_id] = max(self._room_floor.get(room_id, 0), dropped[1])
+        recent = self._room_recent.setdefault(room_id, [])
+        if events is None:
+            recent.clear()
+            self._room_floor[room_id] = max(self._room_floor.get(room_id, 0), last)
+            return
+        recent.extend(events)
+        if len(recent) > RECENT_EVENTS_PER_ROOM:
+            dropped = len(recent) - RECENT_EVENTS_PER_ROOM
+            self._room_floor[room_id] = max(self._room_floor.get(room_id, 0), recent[dropped - 1][0])
+            del recent[:dropped]
 
     async def get_rooms_with_events_between(self, room_ids: list[str], from_pos: int, to_pos: int) -> set[str]:
-        """The rooms with events in (from_pos, to_pos]; may also name a room whose batch straddles the
-        range without an event inside it (its timeline is then simply empty)."""
+        """The rooms with events in (from_pos, to_pos]; may also name a room whose recent events are
+        not all known here (its timeline is then read, and may simply be empty)."""
         if not room_ids or from_pos >= to_pos:
             return set()
         if from_pos >= self.membership_baseline:
             out = set()
             for room_id in room_ids:
-                batches = self._room_batches.get(room_id)
-                if batches is None:
+                recent = self._room_recent.get(room_id)
+                if recent is None:
                     continue  # no events since the baseline
                 if from_pos < self._room_floor.get(room_id, 0) or any(
-                        first <= to_pos and last > from_pos for first, last in batches):
+                        from_pos < pos <= to_pos for pos, _ in recent):
                     out.add(room_id)
             return out
         rows = await self.db.fetch(
@@ -271,7 +302,7 @@ class EventStore:
         self._membership_epoch += 1
         self._rooms_for_user.clear()
         self._membership_changed_at.clear()
-        self._room_batches.clear()
+        self._room_recent.clear()
         self._room_floor.clear()
         self.membership_baseline = max(baseline, self.membership_baseline, self._max_noted)
 
