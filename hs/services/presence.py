@@ -141,6 +141,16 @@ class PresenceService:
             return
         await self._set(user_id, presence, status_msg)
 
+    def user_active(self, user_id: str) -> None:
+        """The user did something (sent an event, a receipt): their last active time is now, and
+        `unavailable` becomes `online`, as Synapse's presence bump does; `offline` stays offline
+        (a client that wants to appear online syncs). Runs in the background, off the request path."""
+        if not self.enabled:
+            return
+        task = asyncio.get_running_loop().create_task(self._active(user_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def get_status(self, observer: str, user_id: str) -> dict[str, Any]:
         """GET /presence/{userId}/status: 404 for unknown users, 403 if no room is shared (as Synapse)."""
         if not self.enabled:
@@ -206,6 +216,8 @@ class PresenceService:
         elif kind == "set":
             status = msg.get("status_msg")
             coro = self._set(user_id, presence, status if isinstance(status, str) else None)
+        elif kind == "active":
+            coro = self._active(user_id)
         else:
             return
         task = asyncio.create_task(coro)
@@ -222,6 +234,19 @@ class PresenceService:
             return replace(new, last_active_ts=t) if presence == ONLINE else new
 
         await self._update(user_id, change)
+
+    async def _active(self, user_id: str) -> None:
+        def change(prev: PresenceState, t: int) -> PresenceState:
+            new = replace(prev, last_active_ts=t)
+            return replace(new, state=ONLINE) if prev.state == UNAVAILABLE else new
+
+        try:
+            if self._is_writer:
+                await self._update(user_id, change)
+            else:
+                await self.stream.send_command({"kind": "active", "user_id": user_id, "presence": ONLINE})
+        except Exception:
+            logger.exception("could not record activity of %s", user_id)
 
     async def _set(self, user_id: str, presence: str, status_msg: str | None) -> None:
         # Setting one's status is client activity too: it counts as a sync (unlike Synapse, so that a

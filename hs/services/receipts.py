@@ -66,6 +66,7 @@ class ReceiptService:
         position = await self._event_position(room_id, event_id)
         await self.hs.receipts_stream.write(room_id, receipt_type, user_id, thread_id or UNTHREADED,
                                             event_id, position, now_ms())
+        self.hs.presence.user_active(user_id)
 
     async def set_read_markers(self, user_id: str, room_id: str, body: dict[str, Any]) -> None:
         if not room_id.startswith("!"):

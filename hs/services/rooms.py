@@ -571,6 +571,7 @@ class RoomService:
         ev = await self.hs.event_sender.send(room_id, user_id, etype, content,
                                              txn=(user_id, requester.device_id, txn_id), redacts=redacts,
                                              room_version=rv, txn_checked=True)
+        self.hs.presence.user_active(user_id)
         return ev.event_id
 
     async def send_state(self, requester: Requester, room_id: str, etype: str, state_key: str,

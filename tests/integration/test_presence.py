@@ -160,6 +160,33 @@ async def test_timeouts_online_unavailable_offline(server: TestHomeServer) -> No
     assert presence_of(res, alice.user_id)["presence"] == "online"  # type: ignore[index]
 
 
+async def test_sending_counts_as_activity(server: TestHomeServer) -> None:
+    """As Synapse: sending an event (or a read receipt) bumps the last active time and brings an
+    unavailable user back online; an offline user stays offline until they sync."""
+    server.hs.presence.set_timeouts(idle_ms=300, sync_ms=60000, active_granularity_ms=200, check_interval_s=0.05)
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await room_of(alice, bob)
+    await alice.sync()
+    deadline = time.monotonic() + 5
+    while (await get_status(bob, alice.user_id))["presence"] != "unavailable":
+        assert time.monotonic() < deadline, "never went idle"
+        await asyncio.sleep(0.05)
+
+    await alice.send_message(room, "back")
+    deadline = time.monotonic() + 5
+    while (status := await get_status(bob, alice.user_id))["presence"] != "online":
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.02)
+    assert status["currently_active"] is True and status["last_active_ago"] < 1000
+
+    carol = await user(server, "carol")  # registered, never synced: offline
+    status, data = await carol.request("POST", f"/join/{room}", {})
+    assert status == 200, data
+    await carol.send_message(room, "hi")
+    await asyncio.sleep(0.2)
+    assert (await get_status(bob, carol.user_id))["presence"] == "offline"
+
+
 async def test_long_poll_keeps_user_online(server: TestHomeServer) -> None:
     server.hs.presence.set_timeouts(sync_ms=300, check_interval_s=0.05)
     alice = await user(server, "alice")
