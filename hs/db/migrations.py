@@ -14,7 +14,19 @@ from hs.db.pool import Connection, Database
 
 logger = logging.getLogger(__name__)
 
-_ENGINE_TYPES = {"postgres": {"{BLOB}": "BYTEA"}, "sqlite": {"{BLOB}": "BLOB"}}
+# What the two engines spell differently, as placeholders in the migration files.
+_ENGINE_TYPES = {
+    "postgres": {
+        "{BLOB}": "BYTEA",
+        "{USERS_JSON}": "COALESCE(json_agg(user_id ORDER BY user_id)::text, '[]')",
+        "{HIGHLIGHT_USERS_JSON}": "COALESCE((json_agg(user_id ORDER BY user_id) FILTER (WHERE highlight = 1))::text, '[]')",
+    },
+    "sqlite": {
+        "{BLOB}": "BLOB",
+        "{USERS_JSON}": "json_group_array(user_id)",
+        "{HIGHLIGHT_USERS_JSON}": "COALESCE(json_group_array(user_id) FILTER (WHERE highlight = 1), '[]')",
+    },
+}
 _MIGRATION_LOCK_ID = 0x68735F6D  # "hs_m"
 
 

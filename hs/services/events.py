@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from hs.db.stores.event_batch import PushRow, fits_one_statement, persist_plain_events
+from hs.db.stores.event_batch import fits_one_statement, persist_plain_events
+from hs.db.stores.push import PushRow
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
 from hs.events.event import Event, JsonDict, StateKey

@@ -137,3 +137,31 @@ async def test_background_prunes_old_transaction_ids(make_server: Any) -> None:
     rows = await srv.hs.db.fetch("SELECT txn_id FROM event_txn_ids")
     assert [r["txn_id"] for r in rows] == ["t-new"]
     await c.close()
+
+
+async def test_push_actions_become_one_notification_row_per_event(db: Database) -> None:
+    """Migration 007 folds the per-user push action rows of a database at version 6 into one row per
+    event, keeping who was notified and highlighted."""
+    from hs.db.migrations import _statements, list_migrations
+
+    async def up_to_6(c: Any) -> None:
+        await c.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, _, sql in list_migrations():
+            if version <= 6:
+                for stmt in _statements(sql, c.engine):
+                    await c.execute(stmt)
+                await c.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        await c.executemany(
+            "INSERT INTO event_push_actions (user_id, room_id, stream_ordering, thread_id, event_id, highlight)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            [("@b:x", "!r:x", 5, "", "$e5", 0), ("@a:x", "!r:x", 5, "", "$e5", 1), ("@a:x", "!r:x", 7, "$t", "$e7", 0)])
+
+    await db.run_transaction("setup", up_to_6)
+    assert await apply_migrations(db) >= 1
+    rows = await db.fetch("SELECT stream_ordering, event_id, thread_id, notify_users, highlight_users"
+                          " FROM event_notifications ORDER BY stream_ordering")
+    import json
+
+    assert [(r["stream_ordering"], r["event_id"], r["thread_id"], sorted(json.loads(r["notify_users"])),
+             sorted(json.loads(r["highlight_users"]))) for r in rows] == [
+        (5, "$e5", "", ["@a:x", "@b:x"], ["@a:x"]), (7, "$e7", "$t", ["@a:x"], [])]

@@ -4,6 +4,7 @@ everything a send writes is there, atomically, and the room stays linear."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from tests.harness import ok, user
@@ -21,8 +22,10 @@ async def test_a_group_committed_batch_stores_events_txn_ids_and_unread_counts(s
     assert {r["txn_id"] for r in rows} == {f"t{i}" for i in range(30)}
     txns = await db.fetch("SELECT txn_id, event_id FROM event_txn_ids WHERE room_id = $1", room)
     assert {(r["txn_id"], r["event_id"]) for r in txns} == {(f"t{i}", sent[i]) for i in range(30)}
-    assert await db.fetchval("SELECT COUNT(*) FROM event_push_actions WHERE user_id = $1 AND room_id = $2",
-                             bob.user_id, room) == 30
+    notifications = await db.fetch("SELECT event_id, notify_users FROM event_notifications WHERE room_id = $1",
+                                   room)
+    assert {r["event_id"] for r in notifications} == set(sent)
+    assert all(json.loads(r["notify_users"]) == [bob.user_id] for r in notifications)
     sync = await bob.sync()
     assert sync["rooms"]["join"][room]["unread_notifications"]["notification_count"] == 30
     # Linear: the room's one forward extremity is its newest event.

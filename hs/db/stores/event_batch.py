@@ -1,7 +1,7 @@
 """Persisting a batch of plain room events on PostgreSQL in one statement: one round trip, one commit.
 
 A message send's transaction used to be BEGIN, an INSERT per event, one per transaction ID, the
-forward-extremity UPDATE, the push actions INSERT, a receipts read, the unread-summary upsert and
+forward-extremity UPDATE, the notifications INSERT, a receipts read, the unread-summary upsert and
 COMMIT: about nine round trips, most of a send's latency on a database a network hop away. For a
 batch without state events or redactions (nearly every batch) the same writes fit in one statement
 of data-modifying CTEs, which PostgreSQL runs atomically in its own transaction. Batches with state
@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs.db.pool import Database
+from hs.db.stores.push import PushRow, notification_rows
 from hs.events.event import Event
 from hs.util import json_dumps, now_ms
-
-PushRow = tuple[str, str, int, str, str, bool]  # user, room, stream_ordering, thread, event_id, highlight
 
 _PERSIST = """
 WITH new_events AS (
@@ -33,19 +32,18 @@ WITH new_events AS (
   FROM unnest($14::text[], $15::text[], $16::text[], $17::text[]) AS t(usr, dev, tid, eid)
 ), extremity AS (
   UPDATE event_forward_extremities SET event_id = $18 WHERE room_id = $1 RETURNING 1
-), new_actions AS (
-  INSERT INTO event_push_actions (user_id, room_id, stream_ordering, thread_id, event_id, highlight)
-  SELECT a.usr, $1, a.so, a.thr, a.eid, a.hl
-  FROM unnest($19::text[], $20::bigint[], $21::text[], $22::text[], $23::smallint[]) AS a(usr, so, thr, eid, hl)
-  ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING
-  RETURNING user_id, stream_ordering, thread_id, highlight
+), new_notifications AS (
+  INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users, highlight_users)
+  SELECT $1, n.so, n.eid, n.thr, n.users, n.high
+  FROM unnest($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[]) AS n(so, eid, thr, users, high)
 ), unread AS (
   -- Count only what the user's read receipt (main timeline, or this thread) does not already cover.
-  SELECT n.user_id, n.thread_id, COUNT(*) AS notifs, SUM(n.highlight) AS highlights FROM new_actions n
-  WHERE n.stream_ordering > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r
-      WHERE r.room_id = $1 AND r.user_id = n.user_id AND r.receipt_type IN ('m.read', 'm.read.private')
-      AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)
-  GROUP BY n.user_id, n.thread_id
+  SELECT a.usr AS user_id, a.thr AS thread_id, COUNT(*) AS notifs, SUM(a.hl) AS highlights
+  FROM unnest($24::text[], $25::bigint[], $26::text[], $27::int[]) AS a(usr, so, thr, hl)
+  WHERE a.so > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r
+      WHERE r.room_id = $1 AND r.user_id = a.usr AND r.receipt_type IN ('m.read', 'm.read.private')
+      AND (r.thread_id = '' OR r.thread_id = a.thr)), 0)
+  GROUP BY a.usr, a.thr
 ), summary AS (
   INSERT INTO event_push_summary (user_id, room_id, thread_id, notif_count, highlight_count)
   SELECT u.user_id, $1, u.thread_id, u.notifs, u.highlights FROM unread u ORDER BY u.user_id, u.thread_id
@@ -54,7 +52,7 @@ WITH new_events AS (
     highlight_count = event_push_summary.highlight_count + excluded.highlight_count
 )"""
 _POSITION = """, own_position AS (
-  INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $2, $24)
+  INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $2, $28)
   ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position
   WHERE stream_positions.position < excluded.position
 )"""
@@ -75,6 +73,7 @@ async def persist_plain_events(db: Database, room_id: str, instance: str,
     room's new forward extremity and (with several writers) this writer's position, atomically."""
     assert db.engine == "postgres" and fits_one_statement([ev for ev, _, _ in events])
     with_txn = [(ev, txn) for ev, _, txn in events if txn is not None]
+    notifications = notification_rows(push_rows)
     args: list[Any] = [
         room_id, instance,
         [pos for _, pos, _ in events], [ev.event_id for ev, _, _ in events], [ev.type for ev, _, _ in events],
@@ -87,8 +86,10 @@ async def persist_plain_events(db: Database, room_id: str, instance: str,
         [txn[0] for _, txn in with_txn], [txn[1] for _, txn in with_txn], [txn[2] for _, txn in with_txn],
         [ev.event_id for ev, _ in with_txn],
         events[-1][0].event_id,
+        [n[1] for n in notifications], [n[2] for n in notifications], [n[3] for n in notifications],
+        [n[4] for n in notifications], [n[5] for n in notifications],
         [r[0] for r in push_rows], [r[2] for r in push_rows], [r[3] for r in push_rows],
-        [r[4] for r in push_rows], [1 if r[5] else 0 for r in push_rows],
+        [1 if r[5] else 0 for r in push_rows],
     ]
     sql = PERSIST_SQL
     if own_position is not None:

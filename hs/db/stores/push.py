@@ -1,9 +1,11 @@
 """Push rules (users' own rules and their changes to server-default rules) and push actions.
 
 Every push rule write also records the user's new push_rules stream position, in the same
-transaction. Push actions are one row per (user, event) that notified the user; unread counts are
-the rows after the user's read receipts (the later of m.read and m.read.private; an unthreaded
-receipt covers every thread, a threaded one its thread).
+transaction. Each event that notified someone has one `event_notifications` row naming the users it
+notified (and highlighted); each user's unread counts per room and thread are kept in
+`event_push_summary`, incremented as events are persisted and recounted from the notifications after
+the user's read receipts (the later of m.read and m.read.private; an unthreaded receipt covers every
+thread, a threaded one its thread) when a receipt or a redaction changes them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from hs.db.pool import Connection, Database
 from hs.util import json_dumps, json_loads
 
 JsonDict = dict[str, Any]
+PushRow = tuple[str, str, int, str, str, bool]  # user, room, stream_ordering, thread, event_id, highlight
 
 
 class PushStore:
@@ -122,50 +125,34 @@ class PushStore:
     async def max_stream_id(self) -> int:
         return int(await self.db.fetchval("SELECT COALESCE(MAX(stream_id), 0) FROM push_rules_stream") or 0)
 
-    # -- push actions --------------------------------------------------------------------------------
-    async def add_push_actions(self, rows: Sequence[tuple[str, str, int, str, str, bool]],
-                               redacted: Sequence[str] = ()) -> None:
-        """Rows (user_id, room_id, stream_ordering, thread_id, event_id, highlight); drop redacted events'.
-
-        The per-thread summary is incremented for the rows actually inserted (a re-run inserts none)
-        that are not already covered by the user's read receipt."""
-        if not rows and not redacted:
-            return
-
-        async def txn(c: Connection) -> None:
-            await self.write_push_actions(c, rows, redacted)
-
-        await self.db.run_transaction("add_push_actions", txn)
-
-    async def write_push_actions(self, c: Connection, rows: Sequence[tuple[str, str, int, str, str, bool]],
-                                 redacted: Sequence[str] = ()) -> None:
-        """`add_push_actions` inside the caller's transaction."""
-        inserted: list[dict[str, Any]] = []
-        for i in range(0, len(rows), 500):
-            chunk = rows[i:i + 500]
-            values = ",".join(f"(${n * 6 + 1},${n * 6 + 2},${n * 6 + 3},${n * 6 + 4},${n * 6 + 5},${n * 6 + 6})"
-                              for n in range(len(chunk)))
-            args = [v for u, r, so, t, e, h in chunk for v in (u, r, so, t, e, 1 if h else 0)]
-            inserted += await c.fetch(
-                "INSERT INTO event_push_actions (user_id, room_id, stream_ordering, thread_id, event_id,"
-                f" highlight) VALUES {values} ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING"
-                " RETURNING user_id, room_id, stream_ordering, thread_id, highlight", *args)
-        if inserted:
-            await self._increment_summary(c, inserted)
+    # -- notifications -------------------------------------------------------------------------------
+    async def write_push_actions(self, c: Connection, rows: Sequence[PushRow], redacted: Sequence[str] = ()) -> None:
+        """Inside the events' transaction: rows (user_id, room_id, stream_ordering, thread_id, event_id,
+        highlight) become one notification row per event and increments of each user's unread summary
+        (except for what the user's read receipt already covers); redacted events' notifications are
+        dropped and their users recounted."""
+        if rows:
+            await c.executemany(
+                "INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users,"
+                " highlight_users) VALUES ($1, $2, $3, $4, $5, $6)", notification_rows(rows))
+            await self._increment_summary(c, rows)
         affected: set[tuple[str, str]] = set()
         for event_id in redacted:
-            for r in await c.fetch("SELECT user_id, room_id FROM event_push_actions WHERE event_id = $1",
-                                   event_id):
-                affected.add((r["user_id"], r["room_id"]))
-            await c.execute("DELETE FROM event_push_actions WHERE event_id = $1", event_id)
-        for user_id, room_id in affected:
+            for r in await c.fetch(
+                    "SELECT n.room_id, n.stream_ordering, n.notify_users FROM event_notifications n"
+                    " JOIN events e ON e.room_id = n.room_id AND e.stream_ordering = n.stream_ordering"
+                    " WHERE e.event_id = $1", event_id):
+                affected.update((u, r["room_id"]) for u in json_loads(r["notify_users"]))
+                await c.execute("DELETE FROM event_notifications WHERE room_id = $1 AND stream_ordering = $2",
+                                r["room_id"], r["stream_ordering"])
+        for user_id, room_id in sorted(affected):
             await recompute_push_summary(c, user_id, room_id)
 
     @staticmethod
-    async def _increment_summary(c: Connection, inserted: list[dict[str, Any]]) -> None:
+    async def _increment_summary(c: Connection, rows: Sequence[PushRow]) -> None:
         receipts: dict[tuple[str, str], dict[str, int]] = {}
-        for room_id in {r["room_id"] for r in inserted}:
-            users = sorted({r["user_id"] for r in inserted if r["room_id"] == room_id})
+        for room_id in {r[1] for r in rows}:
+            users = sorted({r[0] for r in rows if r[1] == room_id})
             placeholders = ",".join(f"${n + 2}" for n in range(len(users)))
             for rec in await c.fetch(
                     "SELECT user_id, thread_id, MAX(event_stream_ordering) AS pos FROM receipts"
@@ -174,19 +161,19 @@ class PushStore:
                     room_id, *users):
                 receipts.setdefault((rec["user_id"], room_id), {})[rec["thread_id"]] = int(rec["pos"])
         deltas: dict[tuple[str, str, str], list[int]] = {}
-        for r in inserted:
-            read = receipts.get((r["user_id"], r["room_id"]), {})
-            if r["stream_ordering"] <= max(read.get("", 0), read.get(r["thread_id"], 0)):
+        for user_id, room_id, position, thread_id, _, highlight in rows:
+            read = receipts.get((user_id, room_id), {})
+            if position <= max(read.get("", 0), read.get(thread_id, 0)):
                 continue  # already read (a receipt raced this evaluation)
-            d = deltas.setdefault((r["user_id"], r["room_id"], r["thread_id"]), [0, 0])
+            d = deltas.setdefault((user_id, room_id, thread_id), [0, 0])
             d[0] += 1
-            d[1] += int(r["highlight"])
+            d[1] += int(highlight)
         await c.executemany(
             "INSERT INTO event_push_summary (user_id, room_id, thread_id, notif_count, highlight_count)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET"
             " notif_count = event_push_summary.notif_count + excluded.notif_count,"
             " highlight_count = event_push_summary.highlight_count + excluded.highlight_count",
-            [(u, r, t, n, h) for (u, r, t), (n, h) in deltas.items()])
+            [(u, r, t, n, h) for (u, r, t), (n, h) in sorted(deltas.items())])
 
     async def get_unread_counts(self, user_id: str, room_ids: list[str], upto: int,
                                 ) -> dict[str, dict[str, tuple[int, int]]]:
@@ -208,15 +195,39 @@ class PushStore:
         return out
 
 
+def notification_rows(rows: Sequence[PushRow]) -> list[tuple[str, int, str, str, str, str]]:
+    """Per-user push rows grouped into one (room, position, event, thread, notify JSON, highlight JSON)
+    row per event."""
+    events: dict[tuple[str, int], tuple[str, str, list[str], list[str]]] = {}
+    for user_id, room_id, position, thread_id, event_id, highlight in rows:
+        entry = events.setdefault((room_id, position), (event_id, thread_id, [], []))
+        entry[2].append(user_id)
+        if highlight:
+            entry[3].append(user_id)
+    return [(room_id, position, event_id, thread_id, json_dumps(sorted(notify)), json_dumps(sorted(high)))
+            for (room_id, position), (event_id, thread_id, notify, high) in events.items()]
+
+
 async def recompute_push_summary(c: Connection, user_id: str, room_id: str) -> None:
-    """Count a user's unread notifications in a room afresh (after a receipt or a redaction)."""
+    """Count a user's unread notifications in a room afresh (after a receipt or a redaction): the
+    notifications after the later of m.read / m.read.private, unthreaded or for the same thread."""
+    read: dict[str, int] = {}
+    for rec in await c.fetch(
+            "SELECT thread_id, MAX(event_stream_ordering) AS pos FROM receipts WHERE user_id = $1"
+            " AND room_id = $2 AND receipt_type IN ('m.read', 'm.read.private') GROUP BY thread_id",
+            user_id, room_id):
+        read[rec["thread_id"]] = int(rec["pos"])
+    counts: dict[str, list[int]] = {}
+    for r in await c.fetch(
+            "SELECT stream_ordering, thread_id, notify_users, highlight_users FROM event_notifications"
+            " WHERE room_id = $1 AND stream_ordering > $2", room_id, read.get("", 0)):
+        thread_id = r["thread_id"]
+        if r["stream_ordering"] <= read.get(thread_id, 0) or user_id not in json_loads(r["notify_users"]):
+            continue
+        count = counts.setdefault(thread_id, [0, 0])
+        count[0] += 1
+        count[1] += user_id in json_loads(r["highlight_users"])
     await c.execute("DELETE FROM event_push_summary WHERE user_id = $1 AND room_id = $2", user_id, room_id)
-    await c.execute(
+    await c.executemany(
         "INSERT INTO event_push_summary (user_id, room_id, thread_id, notif_count, highlight_count)"
-        " SELECT a.user_id, a.room_id, a.thread_id, COUNT(*), SUM(a.highlight) FROM event_push_actions a"
-        " WHERE a.user_id = $1 AND a.room_id = $2"
-        " AND a.stream_ordering > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r"
-        "   WHERE r.user_id = a.user_id AND r.room_id = a.room_id"
-        "   AND r.receipt_type IN ('m.read', 'm.read.private')"
-        "   AND (r.thread_id = '' OR r.thread_id = a.thread_id)), 0)"
-        " GROUP BY a.user_id, a.room_id, a.thread_id", user_id, room_id)
+        " VALUES ($1, $2, $3, $4, $5)", [(user_id, room_id, t, n, h) for t, (n, h) in sorted(counts.items())])

@@ -18,7 +18,7 @@ class ReceiptStore:
     async def upsert(self, room_id: str, receipt_type: str, user_id: str, thread_id: str, event_id: str,
                      event_stream_ordering: int, ts: int, stream_id: int) -> bool:
         """Store the receipt unless the existing one is for the same or a later event; returns whether
-        it was stored. A stored read receipt also deletes the push actions it marks as read."""
+        it was stored. A stored read receipt also recounts the user's unread notifications in the room."""
 
         async def txn(c: Connection) -> bool:
             existing = await c.fetchval(
@@ -34,17 +34,6 @@ class ReceiptStore:
                 " ts = excluded.ts, stream_id = excluded.stream_id",
                 room_id, receipt_type, user_id, thread_id, event_id, event_stream_ordering, ts, stream_id)
             if receipt_type in READ_TYPES:
-                # Garbage collection only: counts are cut at the receipt anyway (an action row written
-                # after this by a racing evaluation is still excluded).
-                if thread_id == UNTHREADED:
-                    await c.execute(
-                        "DELETE FROM event_push_actions WHERE user_id = $1 AND room_id = $2"
-                        " AND stream_ordering <= $3", user_id, room_id, event_stream_ordering)
-                else:
-                    await c.execute(
-                        "DELETE FROM event_push_actions WHERE user_id = $1 AND room_id = $2"
-                        " AND stream_ordering <= $3 AND thread_id = $4",
-                        user_id, room_id, event_stream_ordering, thread_id)
                 await recompute_push_summary(c, user_id, room_id)
             return True
 
