@@ -213,6 +213,7 @@ class HomeServer:
         self.caches.subscribe()
         _ = self.user_store  # registers its cache with the invalidator
         self.replication.subscribe("receipts", self.receipts_stream.handle_message)
+        self.replication.subscribe("receipts", self._on_receipts_message)
         self.replication.subscribe("push_rules", self.push_rules_stream.handle_message)
         self.replication.subscribe("to_device", self.to_device_stream.handle_message)
         self.replication.subscribe("device_lists", self.device_lists_stream.handle_message)
@@ -243,6 +244,7 @@ class HomeServer:
     async def _catch_up(self) -> None:
         """After a replication outage: re-read persisted positions and wake every waiter to re-check."""
         self.caches.flush_all()
+        self.push_rules_stream.store.unread.clear()
         self.event_store.reset_membership_tracking(await self.event_store.get_max_stream_ordering())
         await self.events_stream.catch_up()
         await self.receipts_stream.catch_up()
@@ -261,6 +263,9 @@ class HomeServer:
             self.event_store.reset_membership_tracking(int(msg["position"]))
         last = int(msg.get("row_position") or msg["position"])
         events = msg.get("events")
+        if msg.get("instance") != self.instance_name:  # our own writes set the counts they change
+            for room_id in msg.get("rooms") or ():
+                self.push_rules_stream.store.unread.invalidate_room(room_id)
         for room_id in msg.get("rooms") or ():
             self.event_store.on_room_events(room_id, int(msg.get("first_position") or last), last,
                                             [(int(pos), str(eid)) for pos, eid in events] if events else None)
@@ -272,6 +277,12 @@ class HomeServer:
             task = asyncio.get_running_loop().create_task(self.events_stream.on_other_writer(msg["instance"]))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _on_receipts_message(self, msg: dict[str, Any]) -> None:
+        room_id, users = msg.get("counts_room"), msg.get("users") or ()
+        if isinstance(room_id, str):  # a read receipt recounted these users' unread notifications
+            for user_id in users:
+                self.push_rules_stream.store.unread.invalidate(user_id, room_id)
 
     async def stop(self) -> None:
         if "background" in self.__dict__:

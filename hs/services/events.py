@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 
 from hs.db.stores.event_batch import fits_one_statement, persist_plain_events
-from hs.db.stores.push import PushRow
+from hs.db.stores.push import PushRow, SummaryRow
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
 from hs.events.event import Event, JsonDict, StateKey
@@ -281,13 +281,17 @@ class EventSender:
             redacted = [ev.redacts for ev in events if ev.type == "m.room.redaction" and ev.redacts]
             push_rows = (await self.push_actions(events))[0] if self.push_actions is not None else []
             own_position = tracker.persisted_if_committed(positions) if len(stream.writers) > 1 else None
+            push_store = self.hs.push_rules_stream.store
             if self.hs.db.engine == "postgres" and fits_one_statement(events):
-                await persist_plain_events(self.hs.db, room_id, self.hs.instance_name,
-                                           [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)],
-                                           push_rows, own_position)
+                counts = await persist_plain_events(
+                    self.hs.db, room_id, self.hs.instance_name,
+                    [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)], push_rows, own_position)
             else:
-                await self.hs.db.run_transaction("persist_events", self._batch_writer(
+                counts = await self.hs.db.run_transaction("persist_events", self._batch_writer(
                     room_id, batch, positions, push_rows, redacted, own_position))
+            if redacted:  # recounted in the transaction
+                push_store.unread.invalidate_room(room_id)
+            push_store.unread.set_counts(room_id, [(u, t, n, h) for _, u, t, n, h in counts])
             for p in batch:
                 if p.txn is not None:
                     self.store.txn_ids.add(p.txn[0], p.txn[1], room_id, p.txn[2], p.event.event_id)
@@ -314,9 +318,9 @@ class EventSender:
                 p.future.set_result(p.event)
 
     def _batch_writer(self, room_id: str, batch: list[_Pending], positions: list[int], push_rows: list[PushRow],
-                      redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[None]]:
+                      redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[list[SummaryRow]]]:
         """The general persist transaction: state groups, current state, memberships, redactions."""
-        async def write(c: Any) -> None:
+        async def write(c: Any) -> list[SummaryRow]:
             for p, pos in zip(batch, positions, strict=True):
                 ev = p.event
                 before, after = ev.internal["state_group_before"], ev.internal["state_group_after"]
@@ -325,9 +329,10 @@ class EventSender:
                                                        {ev.state_tuple: ev.event_id}, p.full_after)
                 await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
             await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
-            await self.hs.push_rules_stream.store.write_push_actions(c, push_rows, redacted)
+            counts = await self.hs.push_rules_stream.store.write_push_actions(c, push_rows, redacted)
             if own_position is not None:
                 await c.execute(_UPSERT_POSITION, self.hs.instance_name, own_position)
+            return counts
 
         return write
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hs.db.stores.receipts import ReceiptStore
+from hs.db.stores.receipts import READ_TYPES, ReceiptStore
 from hs.streams.base import TableStream
 
 if TYPE_CHECKING:
@@ -41,8 +41,10 @@ class ReceiptsStream(TableStream):
         if not stored:
             # The position stays unused (and unpublished until a later write covers it).
             return False
+        # A read receipt recounted the user's unread notifications in the room: caches drop them.
+        counts = {"counts_room": room_id} if receipt_type in READ_TYPES else {}
         if receipt_type == PRIVATE:
-            await self.publish(tracker.persisted_upto, row_position=pos, users=[user_id])
+            await self.publish(tracker.persisted_upto, row_position=pos, users=[user_id], **counts)
         else:
-            await self.publish(tracker.persisted_upto, row_position=pos, rooms=[room_id], users=[user_id])
+            await self.publish(tracker.persisted_upto, row_position=pos, rooms=[room_id], users=[user_id], **counts)
         return True

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs.db.pool import Database
-from hs.db.stores.push import PushRow, notification_rows
+from hs.db.stores.push import PushRow, SummaryRow, notification_rows
 from hs.events.event import Event
 from hs.util import json_dumps, now_ms
 
@@ -50,13 +50,17 @@ WITH new_events AS (
   ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET
     notif_count = event_push_summary.notif_count + excluded.notif_count,
     highlight_count = event_push_summary.highlight_count + excluded.highlight_count
+  RETURNING user_id, thread_id, notif_count, highlight_count
 )"""
 _POSITION = """, own_position AS (
   INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $2, $28)
   ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position
   WHERE stream_positions.position < excluded.position
 )"""
-_RESULT = "\nSELECT (SELECT COUNT(*) FROM extremity) AS extremities"
+# One row at least (for the extremity count), plus the new value of every unread summary row touched.
+_RESULT = """
+SELECT x.extremities, s.user_id, s.thread_id, s.notif_count, s.highlight_count
+FROM (SELECT COUNT(*) AS extremities FROM extremity) x LEFT JOIN summary s ON TRUE"""
 PERSIST_SQL = _PERSIST + _RESULT
 PERSIST_WITH_POSITION_SQL = _PERSIST + _POSITION + _RESULT
 
@@ -68,9 +72,10 @@ def fits_one_statement(events: Sequence[Event]) -> bool:
 
 async def persist_plain_events(db: Database, room_id: str, instance: str,
                                events: Sequence[tuple[Event, int, tuple[str, str, str] | None]],
-                               push_rows: Sequence[PushRow], own_position: int | None) -> None:
+                               push_rows: Sequence[PushRow], own_position: int | None) -> list[SummaryRow]:
     """Store (event, stream position, transaction) rows, their push actions and unread counts, the
-    room's new forward extremity and (with several writers) this writer's position, atomically."""
+    room's new forward extremity and (with several writers) this writer's position, atomically.
+    Returns the new values of the unread summary rows it incremented."""
     assert db.engine == "postgres" and fits_one_statement([ev for ev, _, _ in events])
     with_txn = [(ev, txn) for ev, _, txn in events if txn is not None]
     notifications = notification_rows(push_rows)
@@ -108,3 +113,5 @@ async def persist_plain_events(db: Database, room_id: str, instance: str,
         if txn is not None:
             ev.internal["txn"] = (txn[1], txn[2])
         ev.internal.update(stream_ordering=pos, instance_name=instance)
+    return [(room_id, r["user_id"], r["thread_id"], int(r["notif_count"]), int(r["highlight_count"]))
+            for r in rows if r["user_id"] is not None]

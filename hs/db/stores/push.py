@@ -14,14 +14,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs.db.pool import Connection, Database
+from hs.db.stores.unread_cache import UnreadCountsCache
 from hs.util import json_dumps, json_loads
 
 JsonDict = dict[str, Any]
 PushRow = tuple[str, str, int, str, str, bool]  # user, room, stream_ordering, thread, event_id, highlight
+SummaryRow = tuple[str, str, str, int, int]  # room, user, thread, notification count, highlight count
 
 
 class PushStore:
     def __init__(self, db: Database) -> None:
+        self.unread = UnreadCountsCache()
         self.db = db
 
     # -- rules ---------------------------------------------------------------------------------------
@@ -126,16 +129,19 @@ class PushStore:
         return int(await self.db.fetchval("SELECT COALESCE(MAX(stream_id), 0) FROM push_rules_stream") or 0)
 
     # -- notifications -------------------------------------------------------------------------------
-    async def write_push_actions(self, c: Connection, rows: Sequence[PushRow], redacted: Sequence[str] = ()) -> None:
+    async def write_push_actions(self, c: Connection, rows: Sequence[PushRow], redacted: Sequence[str] = (),
+                                 ) -> list[SummaryRow]:
         """Inside the events' transaction: rows (user_id, room_id, stream_ordering, thread_id, event_id,
         highlight) become one notification row per event and increments of each user's unread summary
         (except for what the user's read receipt already covers); redacted events' notifications are
-        dropped and their users recounted."""
+        dropped and their users recounted. Returns the incremented summary rows' new values, for
+        `UnreadCountsCache.set_counts` once the transaction commits."""
+        updated: list[SummaryRow] = []
         if rows:
             await c.executemany(
                 "INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users,"
                 " highlight_users) VALUES ($1, $2, $3, $4, $5, $6)", notification_rows(rows))
-            await self._increment_summary(c, rows)
+            updated = await self._increment_summary(c, rows)
         affected: set[tuple[str, str]] = set()
         for event_id in redacted:
             for r in await c.fetch(
@@ -147,9 +153,10 @@ class PushStore:
                                 r["room_id"], r["stream_ordering"])
         for user_id, room_id in sorted(affected):
             await recompute_push_summary(c, user_id, room_id)
+        return updated
 
     @staticmethod
-    async def _increment_summary(c: Connection, rows: Sequence[PushRow]) -> None:
+    async def _increment_summary(c: Connection, rows: Sequence[PushRow]) -> list[SummaryRow]:
         receipts: dict[tuple[str, str], dict[str, int]] = {}
         for room_id in {r[1] for r in rows}:
             users = sorted({r[0] for r in rows if r[1] == room_id})
@@ -174,24 +181,44 @@ class PushStore:
             " notif_count = event_push_summary.notif_count + excluded.notif_count,"
             " highlight_count = event_push_summary.highlight_count + excluded.highlight_count",
             [(u, r, t, n, h) for (u, r, t), (n, h) in sorted(deltas.items())])
+        updated: list[SummaryRow] = []
+        for room_id in sorted({r for _, r, _ in deltas}):
+            users = sorted({u for u, r, _ in deltas if r == room_id})
+            placeholders = ",".join(f"${n + 2}" for n in range(len(users)))
+            updated += [(room_id, r["user_id"], r["thread_id"], int(r["notif_count"]), int(r["highlight_count"]))
+                        for r in await c.fetch(
+                            "SELECT user_id, thread_id, notif_count, highlight_count FROM event_push_summary"
+                            f" WHERE room_id = $1 AND user_id IN ({placeholders})", room_id, *users)]
+        return updated
 
     async def get_unread_counts(self, user_id: str, room_ids: list[str], upto: int,
                                 ) -> dict[str, dict[str, tuple[int, int]]]:
-        """room -> thread -> (notification_count, highlight_count), from the summary.
+        """room -> thread -> (notification_count, highlight_count), from the summary (via the cache).
 
         `upto` is accepted for the caller's range but not applied: the summary may include a
         notification for an event persisted a moment ago that this sync's timeline does not show yet."""
         out: dict[str, dict[str, tuple[int, int]]] = {}
-        for i in range(0, len(room_ids), 500):
-            chunk = room_ids[i:i + 500]
+        missing = []
+        for room_id in room_ids:
+            cached = self.unread.get(user_id, room_id)
+            if cached is None:
+                missing.append(room_id)
+            elif any(n or h for n, h in cached.values()):
+                out[room_id] = {t: c for t, c in cached.items() if c[0] or c[1]}
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            generations = {room_id: self.unread.generation(room_id) for room_id in chunk}
             placeholders = ",".join(f"${n + 2}" for n in range(len(chunk)))
             rows = await self.db.fetch(
                 "SELECT room_id, thread_id, notif_count, highlight_count FROM event_push_summary"
                 f" WHERE user_id = $1 AND room_id IN ({placeholders})", user_id, *chunk)
+            read: dict[str, dict[str, tuple[int, int]]] = {room_id: {} for room_id in chunk}
             for r in rows:
-                if r["notif_count"] or r["highlight_count"]:
-                    out.setdefault(r["room_id"], {})[r["thread_id"]] = (int(r["notif_count"]),
-                                                                         int(r["highlight_count"]))
+                read[r["room_id"]][r["thread_id"]] = (int(r["notif_count"]), int(r["highlight_count"]))
+            for room_id, threads in read.items():
+                self.unread.fill(user_id, room_id, threads, generations[room_id])
+                if any(n or h for n, h in threads.values()):
+                    out[room_id] = {t: c for t, c in threads.items() if c[0] or c[1]}
         return out
 
 
