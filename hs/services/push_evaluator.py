@@ -283,6 +283,98 @@ def evaluate_compiled(rules: list[CompiledRule], event: JsonDict, ctx: EvalConte
     return None
 
 
+# Rule-set templates: members whose rule sets are alike share the work of evaluating an event.
+_TEMPLATE_IDS: dict[tuple[Any, ...], int] = {}
+
+
+class RuleTemplate:
+    """What a user's compiled rules have in common with other users': `personal[i]` says rule i is
+    evaluated per user (its values name this user, or it reads the display name); every other rule
+    is part of the template, key and actions included, so users with the same template get the same
+    result from it. Which rules are called personal only decides how much is shared, never a result."""
+
+    __slots__ = ("template_id", "personal")
+
+    def __init__(self, template_id: int, personal: tuple[bool, ...]) -> None:
+        self.template_id = template_id
+        self.personal = personal
+
+
+def rule_template(rules: list[CompiledRule], user_id: str) -> RuleTemplate:
+    localpart = user_id[1:].split(":", 1)[0] if user_id.startswith("@") else user_id
+    own = {user_id, localpart}
+    parts: list[tuple[Any, ...]] = []
+    personal: list[bool] = []
+    for kind, rule, conds, rule_key, legacy in rules:
+        if kind in ("override", "underride"):
+            mine = rule_key is None or any(
+                isinstance(c, dict) and (c.get("value") in own or c.get("pattern") in own) for c, _, _ in conds)
+            key: Any = rule_key
+        elif kind == "content":
+            mine = rule.get("pattern") in own
+            key = rule.get("pattern")
+        else:  # room, sender: the rule ID is what it matches
+            mine = False
+            key = rule.get("rule_id")
+        personal.append(mine)
+        parts.append((kind, legacy, "personal") if mine else (kind, legacy, key, _freeze(rule.get("actions"))))
+    template_id = _TEMPLATE_IDS.setdefault(tuple(parts), len(_TEMPLATE_IDS))
+    return RuleTemplate(template_id, tuple(personal))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def evaluate_member(rules: list[CompiledRule], template: RuleTemplate, event: JsonDict, ctx: EvalContext,
+                    memo: dict[Any, Any]) -> list[Any] | None:
+    """`evaluate_compiled` for one member of a room, sharing with the other members of the same
+    template (same `memo`: one event, member count and sender) the walk over the template's rules:
+    once per event it finds the first template rule that matches; each member then checks only their
+    personal rules before it."""
+    plan_key = ("template plan", template.template_id)
+    plan = memo.get(plan_key)
+    if plan is None:
+        plan = memo[plan_key] = _plan(rules, template, event, ctx, memo)
+    first_match, personal_before = plan
+    for i in personal_before:
+        kind, rule, conds, _, _ = rules[i]
+        if (_conditions_match(conds, event, ctx, memo) if kind in ("override", "underride")
+                else rule_matches(kind, rule, event, ctx, memo)):
+            actions = rule.get("actions")
+            return list(actions) if isinstance(actions, list) else []
+    if first_match < 0:
+        return None
+    actions = rules[first_match][1].get("actions")
+    return list(actions) if isinstance(actions, list) else []
+
+
+def _plan(rules: list[CompiledRule], template: RuleTemplate, event: JsonDict, ctx: EvalContext,
+          memo: dict[Any, Any]) -> tuple[int, tuple[int, ...]]:
+    content = event.get("content")
+    has_mentions = isinstance(content, dict) and "m.mentions" in content
+    personal_before: list[int] = []
+    for i, (kind, rule, conds, rule_key, legacy) in enumerate(rules):
+        if has_mentions and legacy:
+            continue
+        if template.personal[i]:
+            personal_before.append(i)
+            continue
+        if rule_key is not None:
+            matched = memo.get(rule_key)
+            if matched is None:
+                matched = memo[rule_key] = _conditions_match(conds, event, ctx, memo)
+        else:
+            matched = rule_matches(kind, rule, event, ctx, memo)
+        if matched:
+            return i, tuple(personal_before)
+    return -1, tuple(personal_before)
+
+
 def _conditions_match(conds: list[CompiledCondition], event: JsonDict, ctx: EvalContext,
                       memo: dict[Any, bool]) -> bool:
     for cond, key, needs_name in conds:

@@ -25,9 +25,11 @@ from hs.services.events import RoomLocks
 from hs.services.push_evaluator import (
     CompiledRule,
     EvalContext,
+    RuleTemplate,
     compile_rules,
-    evaluate_compiled,
+    evaluate_member,
     notify_and_highlight,
+    rule_template,
 )
 from hs.util import LruCache
 
@@ -133,7 +135,8 @@ class PushRulesService:
         self.stream = hs.push_rules_stream
         self.store = self.stream.store
         self._cache: LruCache[str, dict[str, list[JsonDict]]] = LruCache(20000)
-        self._eval_cache: LruCache[str, tuple[list[tuple[str, JsonDict]], list[CompiledRule]]] = LruCache(20000)
+        self._eval_cache: LruCache[str, tuple[list[tuple[str, JsonDict]], list[CompiledRule], RuleTemplate]] = \
+            LruCache(20000)
         self.stream.on_change.append(self._invalidate)
         # One user's read-modify-write changes (ordering within a kind) are serialised in the writer.
         self._locks = RoomLocks()
@@ -188,12 +191,19 @@ class PushRulesService:
     async def compiled_rules(self, user_id: str) -> list[CompiledRule]:
         return (await self._evaluation_entry(user_id))[1]
 
-    async def _evaluation_entry(self, user_id: str) -> tuple[list[tuple[str, JsonDict]], list[CompiledRule]]:
+    async def evaluation_rules(self, user_id: str) -> tuple[list[CompiledRule], RuleTemplate]:
+        """The user's compiled rules and their template (see `evaluate_member`)."""
+        _, compiled, template = await self._evaluation_entry(user_id)
+        return compiled, template
+
+    async def _evaluation_entry(self, user_id: str,
+                                ) -> tuple[list[tuple[str, JsonDict]], list[CompiledRule], RuleTemplate]:
         cached = self._eval_cache.get(user_id)
         if cached is None:
             ruleset = await self.ruleset(user_id)
             rules = [(kind, rule) for kind in KINDS for rule in ruleset[kind]]
-            cached = (rules, compile_rules(rules))
+            compiled = compile_rules(rules)
+            cached = (rules, compiled, rule_template(compiled, user_id))
             self._eval_cache.set(user_id, cached)
         return cached
 
@@ -368,12 +378,13 @@ class BulkPushEvaluator:
             pl = auth.get(("m.room.power_levels", ""))
             levels = pl.content.get("notifications") if pl is not None else None
             thread: str | None = None
-            memo: dict[Any, bool] = {}  # same event, member count and sender for every user
+            memo: dict[Any, Any] = {}  # same event, member count and sender for every user
             for user_id in users:
                 ctx = EvalContext(user_id=user_id, display_name=names.get(user_id), member_count=len(joined),
                                   sender_power_level=sender_level,
                                   notification_levels=levels if isinstance(levels, dict) else {})
-                actions = evaluate_compiled(await rules_service.compiled_rules(user_id), ev.pdu, ctx, memo)
+                compiled, template = await rules_service.evaluation_rules(user_id)
+                actions = evaluate_member(compiled, template, ev.pdu, ctx, memo)
                 notify, highlight = notify_and_highlight(actions)
                 if not notify:
                     continue

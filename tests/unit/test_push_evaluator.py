@@ -299,3 +299,52 @@ def test_compiled_rules_match_plain_evaluation_for_many_users_sharing_a_memo() -
                 plain = evaluate(defaults(user_id), event, ctx)
                 compiled = evaluate_compiled(compile_rules(defaults(user_id)), event, ctx, memo)
                 assert compiled == plain, (event, user_id)
+
+
+def test_members_sharing_a_rule_template_get_the_same_answers_as_plain_evaluation() -> None:
+    """`evaluate_member` walks a template's shared rules once per event; each member's answer must
+    still be exactly what plain evaluation of their own rules gives, whatever they customised."""
+    import copy
+
+    from hs.services.push_evaluator import compile_rules, evaluate_member, rule_template
+
+    def customised(user_id: str, change: str) -> list[tuple[str, dict[str, Any]]]:
+        rules = copy.deepcopy(defaults(user_id))
+        for kind, rule in rules:
+            if change == "mute_messages" and rule["rule_id"] == ".m.rule.message":
+                rule["actions"] = []
+            if change == "no_mentions" and rule["rule_id"] == ".m.rule.is_user_mention":
+                rule["enabled"] = False
+        if change == "keyword":
+            rules.insert(0, ("content", {"rule_id": "kw", "pattern": "lunch", "default": False, "enabled": True,
+                                         "actions": ["notify", {"set_tweak": "highlight"}]}))
+        if change == "mute_room":
+            rules.insert(0, ("override", {"rule_id": "!room:example.org", "default": False, "enabled": True,
+                                          "conditions": [{"kind": "event_match", "key": "room_id",
+                                                          "pattern": "!room:example.org"}], "actions": []}))
+        return rules
+
+    events = [
+        text("hello"), text("lunch time, Bobby Tables?"), text("hey alice"), text("@room up"),
+        ev(content={"msgtype": "m.notice", "body": "bot says hi"}),
+        text("x", **{"m.mentions": {"user_ids": ["@alice:example.org"]}}),
+        text("x", **{"m.mentions": {"user_ids": [ME], "room": True}}),
+        ev("m.room.member", {"membership": "invite"}, state_key="@carol:example.org"),
+        ev("m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2"}),
+    ]
+    members = [(ME, "Bobby Tables", ""), ("@alice:example.org", "Alice", ""), ("@carol:example.org", None, ""),
+               ("@dave:example.org", "Dave", "mute_messages"), ("@erin:example.org", "erin", "no_mentions"),
+               ("@frank:example.org", "Frank", "keyword"), ("@gina:example.org", "Gina", "mute_room"),
+               ("@hal:example.org", "hey", "")]
+    for event in events:
+        for member_count in (2, 5):
+            memo: dict[Any, Any] = {}
+            for user_id, name, change in members:
+                rules = customised(user_id, change)
+                ctx = EvalContext(user_id=user_id, display_name=name, member_count=member_count,
+                                  sender_power_level=50)
+                compiled = compile_rules(rules)
+                shared = evaluate_member(compiled, rule_template(compiled, user_id), event, ctx, memo)
+                assert shared == evaluate(rules, event, ctx), (event, user_id, change)
+    a, b = (compile_rules(defaults(u)) for u in (ME, "@alice:example.org"))
+    assert rule_template(a, ME).template_id == rule_template(b, "@alice:example.org").template_id
