@@ -217,7 +217,7 @@ def start_hs(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, 
         dbname = _create_pg_database("hs_bench_")
         start = text.index("\ndatabase:\n") + 1
         end = text.index("signing_key_path")
-        text = text[:start] + f"database:\n  engine: postgres\n  dsn: postgresql://postgres@127.0.0.1/{dbname}\n\n" + text[end:]
+        text = text[:start] + f"database:\n  engine: postgres\n  dsn: {pg_dsn(dbname)}\n\n" + text[end:]
     secret = text.split('registration_shared_secret: "')[1].split('"')[0]
     text += "\nbcrypt_rounds: 4\n"
     cfg.write_text(text)
@@ -238,6 +238,20 @@ SYNAPSE_VENV = Path(os.environ.get("HS_BENCH_SYNAPSE_VENV", Path.home() / ".cach
 
 
 CREATED_DATABASES: list[str] = []
+PG_SOCKET_DIR = "/var/run/postgresql"
+
+
+def pg_host() -> str:
+    """Where the servers under test reach PostgreSQL: its Unix socket when it runs on this machine (as
+    a local deployment would; a round trip is ~0.1 ms shorter than over TCP here), else TCP."""
+    return PG_SOCKET_DIR if os.path.exists(f"{PG_SOCKET_DIR}/.s.PGSQL.5432") else "127.0.0.1"
+
+
+def pg_dsn(dbname: str) -> str:
+    host = pg_host()
+    if host.startswith("/"):
+        return f"postgresql://postgres@/{dbname}?host={host}"
+    return f"postgresql://postgres@{host}/{dbname}"
 
 
 def _drop_created_databases() -> None:
@@ -287,7 +301,7 @@ def start_synapse(engine: str, workdir: Path) -> tuple[subprocess.Popen[bytes], 
     conf["listeners"] = [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
                           "x_forwarded": True, "resources": [{"names": ["client"], "compress": False}]}]
     if engine == "postgres":
-        conf["database"] = {"name": "psycopg2", "args": {"user": "postgres", "host": "127.0.0.1",
+        conf["database"] = {"name": "psycopg2", "args": {"user": "postgres", "host": pg_host(),
                                                          "database": _create_pg_database("synapse_bench_"),
                                                          "cp_min": 5, "cp_max": 10}}
     secret = uuid.uuid4().hex
@@ -327,7 +341,7 @@ def start_cluster(engine: str, workdir: Path) -> tuple[Any, str, str]:
         raise SystemExit("the cluster benchmark needs Redis on 127.0.0.1:6379")
     d = workdir / "cluster"
     d.mkdir(parents=True, exist_ok=True)
-    dsn = f"postgresql://postgres@127.0.0.1/{_create_pg_database('hs_bench_cluster_')}"
+    dsn = pg_dsn(_create_pg_database('hs_bench_cluster_'))
     cfg = local_cluster_config(dsn, f"redis://127.0.0.1:6379/{int(uuid.uuid4().int % 15) + 1}", "bench-secret",
                                rate_limit=100000)
     cfg["bcrypt_rounds"] = 4

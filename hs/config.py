@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -108,9 +109,11 @@ class DatabaseConfig(Strict):
         a = self.args
         user = a.get("user", "postgres")
         pw = f":{a['password']}" if a.get("password") else ""
-        host = a.get("host", "127.0.0.1")
+        host = str(a.get("host", "127.0.0.1"))
         port = a.get("port", 5432)
         db = a.get("database", a.get("dbname", "hs"))
+        if host.startswith("/"):  # a Unix socket directory, as libpq (and Synapse's psycopg2) take it
+            return f"postgresql://{user}{pw}@/{db}?host={quote(host, safe='/')}&port={port}"
         return f"postgresql://{user}{pw}@{host}:{port}/{db}"
 
 

@@ -32,6 +32,13 @@ def test_synapse_style_database_and_listeners_are_accepted() -> None:
     assert cfg.listeners[0].resources == ["client", "federation"]
 
 
+def test_a_unix_socket_directory_as_host_connects_through_the_socket() -> None:
+    """Synapse admins write `host: /var/run/postgresql` for a local PostgreSQL."""
+    cfg = parse_config({"server_name": "example.org", "database": {
+        "name": "psycopg2", "args": {"user": "hs", "database": "hsdb", "host": "/var/run/postgresql"}}})
+    assert cfg.database.postgres_dsn == "postgresql://hs@/hsdb?host=/var/run/postgresql&port=5432"
+
+
 def test_unknown_key_and_bad_type_are_named() -> None:
     out = problems({"server_name": "x.org", "enable_registraton": True, "listeners": [{"port": "eighty"}]})
     assert "enable_registraton: unknown key" in out
