@@ -310,7 +310,7 @@ def test_members_sharing_a_rule_template_get_the_same_answers_as_plain_evaluatio
 
     def customised(user_id: str, change: str) -> list[tuple[str, dict[str, Any]]]:
         rules = copy.deepcopy(defaults(user_id))
-        for kind, rule in rules:
+        for _, rule in rules:
             if change == "mute_messages" and rule["rule_id"] == ".m.rule.message":
                 rule["actions"] = []
             if change == "no_mentions" and rule["rule_id"] == ".m.rule.is_user_mention":
