@@ -219,3 +219,41 @@ async def test_typing_survives_a_stream_writer_restart(cluster: LocalCluster) ->
     finally:
         for c in (alice, bob, reader):
             await c.close()
+
+
+async def test_unread_counts_on_a_sync_worker_follow_other_processes_writes(cluster: LocalCluster) -> None:
+    """A sync worker caches unread counts; events persisted and receipts written by other processes
+    must still show up in them (its cache drops what their messages say changed)."""
+    alice = await _user(cluster.base_url, "alice")
+    bob = await _user(cluster.base_url, "bob")
+    reader = Client(instance_url(cluster, "sync1"))
+    reader.token, reader.user_id = bob.token, bob.user_id
+    try:
+        room = await alice.create_room(preset="public_chat")
+        assert (await bob.request("POST", f"/join/{room}", {}))[0] == 200
+
+        async def count_becomes(expected: int) -> None:
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                body = await reader.sync()
+                entry = body["rooms"]["join"].get(room, {})
+                count = entry.get("unread_notifications", {}).get("notification_count")
+                if count == expected:
+                    return
+                assert asyncio.get_running_loop().time() < deadline, (count, expected)
+                await asyncio.sleep(0.1)
+
+        ids = [await alice.send_message(room, f"m{i}") for i in range(3)]
+        await count_becomes(3)  # cached on sync1 from here
+        ids.append(await alice.send_message(room, "one more"))
+        await count_becomes(4)
+        status, _ = await bob.request("POST", f"/rooms/{room}/receipt/m.read/{ids[2]}", {})
+        assert status == 200
+        await count_becomes(1)
+        status, _ = await bob.request("POST", f"/rooms/{room}/receipt/m.read.private/{ids[3]}", {})
+        assert status == 200
+        await count_becomes(0)
+    finally:
+        await alice.close()
+        await bob.close()
+        await reader.close()
