@@ -5,7 +5,9 @@ get the original event back). Asking the database costs a round trip on the hot 
 is almost always "no". The room's events writer is the only process that stores transaction IDs for
 the room, so once it has read a device's stored IDs it can keep them exact in memory: it adds each
 one as its transaction commits. Lookups for rooms this process does not write, and for devices with
-too many stored IDs to hold, still go to the database.
+too many stored IDs to hold, still go to the database. (IDs the background task prunes from the table
+after a day may still be answered from memory until a restart: a retry that late gets the original
+event, which is still what idempotency asks.)
 """
 
 from __future__ import annotations
