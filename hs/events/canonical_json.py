@@ -41,12 +41,14 @@ def _orjson_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not a JSON type")
 
 
-def encode_canonical_json(obj: Any) -> bytes:
+def encode_canonical_json(obj: Any, *, floats_checked: bool = False) -> bytes:
     """Encode ``obj`` as canonical JSON bytes.
 
     Integers outside the canonical range are *accepted* here: events in room versions 1-5 may carry
     them and must still be hashed and signed exactly. Rooms with strict canonical JSON (v6+) call
-    `validate_canonical_int_range` on incoming data instead. Floats are always refused.
+    `validate_canonical_int_range` on incoming data instead. Floats are always refused;
+    `floats_checked` says the caller already checked a value containing ``obj`` (`contains_float`),
+    so the walk is not repeated for each of an event's several encodings.
     """
     try:
         out = orjson.dumps(obj, default=_orjson_default, option=_ORJSON_OPTIONS)
@@ -54,9 +56,14 @@ def encode_canonical_json(obj: Any) -> bytes:
         return _encode_slow(obj)
     # orjson happily writes floats (NaN even as "null"); a type walk is cheaper than parsing the
     # output back. It runs after orjson so cyclic input has already been refused.
-    if _contains_float(obj):
+    if not floats_checked and _contains_float(obj):
         raise CanonicalJsonError("floats are not allowed in canonical JSON")
     return out
+
+
+def contains_float(obj: Any) -> bool:
+    """True if any value in the JSON-like ``obj`` is a float."""
+    return _contains_float(obj)
 
 
 def _contains_float(obj: Any) -> bool:

@@ -24,9 +24,13 @@ _NOT_IN_CONTENT_HASH = ("unsigned", "signatures", "hashes")
 _NOT_IN_REFERENCE_HASH = ("signatures", "unsigned", "age_ts")
 
 
+def content_hash_body(pdu: JsonDict) -> JsonDict:
+    """What the content hash covers: the event without ``unsigned``/``signatures``/``hashes``."""
+    return {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
+
+
 def _content_hash_bytes(pdu: JsonDict) -> bytes:
-    body = {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
-    return hashlib.sha256(encode_canonical_json(body)).digest()
+    return hashlib.sha256(encode_canonical_json(content_hash_body(pdu))).digest()
 
 
 def compute_content_hash(pdu: JsonDict) -> str:
@@ -85,7 +89,11 @@ def compute_event_id(pdu: JsonDict, room_version: RoomVersion) -> str:
         raise ValueError(
             f"room version {room_version.identifier} events carry their own event_id; it is not computed"
         )
-    digest = compute_reference_hash(pdu, room_version)
-    if fmt == EventFormat.V2:
+    return event_id_from_reference_hash(compute_reference_hash(pdu, room_version), room_version)
+
+
+def event_id_from_reference_hash(digest: bytes, room_version: RoomVersion) -> str:
+    """Room v3 uses standard unpadded base64; v4+ the URL-safe alphabet."""
+    if room_version.event_format == EventFormat.V2:
         return "$" + encode_base64(digest)
     return "$" + encode_base64(digest, urlsafe=True)

@@ -8,6 +8,7 @@ signature still verifies after the event has been redacted.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import os
 import secrets
 import string
@@ -20,10 +21,10 @@ import nacl.exceptions
 import nacl.signing
 from unpaddedbase64 import decode_base64, encode_base64
 
-from hs.events.canonical_json import encode_canonical_json
-from hs.events.hashing import add_content_hash
+from hs.events.canonical_json import CanonicalJsonError, contains_float, encode_canonical_json
+from hs.events.hashing import add_content_hash, content_hash_body, event_id_from_reference_hash
 from hs.events.redaction import redact_shallow
-from hs.events.room_versions import RoomVersion
+from hs.events.room_versions import EventFormat, RoomVersion
 
 JsonDict = dict[str, Any]
 
@@ -202,6 +203,28 @@ def sign_event(pdu: JsonDict, server_name: str, key: SigningKey, room_version: R
     signature = key.sign(_signable_bytes(redacted))
     pdu["signatures"] = _with_signature(pdu.get("signatures"), server_name, key.key_id, signature)
     return pdu
+
+
+def finish_local_event(pdu: JsonDict, server_name: str, key: SigningKey, room_version: RoomVersion) -> str | None:
+    """For an event this server builds: add the content hash and our signature in place and return
+    the event ID (None for room v1/v2 events, which carry their own). The same bytes as
+    `add_content_hash`, `sign_event` and `compute_event_id` in turn, with the float check made once
+    and the redacted form encoded once: the signature and the reference hash both cover the redacted
+    event without ``signatures``/``unsigned`` (and a freshly built event has no ``age_ts``)."""
+    if contains_float(pdu):
+        raise CanonicalJsonError("floats are not allowed in canonical JSON")
+    digest = hashlib.sha256(encode_canonical_json(content_hash_body(pdu), floats_checked=True)).digest()
+    hashes = pdu.get("hashes")
+    pdu["hashes"] = {**(hashes if isinstance(hashes, dict) else {}), "sha256": encode_base64(digest)}
+    redacted = redact_shallow(pdu, room_version)
+    signable = encode_canonical_json({k: v for k, v in redacted.items() if k not in _NOT_SIGNED},
+                                     floats_checked=True)
+    pdu["signatures"] = _with_signature(pdu.get("signatures"), server_name, key.key_id, key.sign(signable))
+    if room_version.event_format == EventFormat.V1:
+        return None
+    if "age_ts" in redacted:  # not in a reference hash; never in an event built here, but be exact
+        return None
+    return event_id_from_reference_hash(hashlib.sha256(signable).digest(), room_version)
 
 
 def verify_event_signature(

@@ -32,7 +32,7 @@ class EventTooLargeError(ValueError):
         self.field = field
 
 
-def check_event_size(pdu: JsonDict) -> None:
+def check_event_size(pdu: JsonDict, *, floats_checked: bool = False) -> None:
     """Raise `EventTooLargeError` if ``pdu`` breaks a spec size limit.
 
     The whole-event limit counts the canonical JSON of the federation form including signatures, but
@@ -44,6 +44,6 @@ def check_event_size(pdu: JsonDict) -> None:
         if isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) > limit:
             raise EventTooLargeError(f"'{key}' is longer than {limit} bytes", field=key)
     body = pdu if "unsigned" not in pdu else {k: v for k, v in pdu.items() if k != "unsigned"}
-    size = len(encode_canonical_json(body))
+    size = len(encode_canonical_json(body, floats_checked=floats_checked))
     if size > MAX_PDU_SIZE:
         raise EventTooLargeError(f"event is {size} bytes, over the {MAX_PDU_SIZE} byte limit")

@@ -20,10 +20,11 @@ from hs.db.stores.event_batch import fits_one_statement, persist_plain_events
 from hs.db.stores.push import PushRow, SummaryRow
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
+from hs.events.canonical_json import CanonicalJsonError
 from hs.events.event import Event, JsonDict, StateKey
-from hs.events.hashing import add_content_hash, compute_content_hash
+from hs.events.hashing import compute_content_hash
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
-from hs.events.signing import sign_event
+from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
 from hs.streams.events import _UPSERT_POSITION
 from hs.util import LruCache, now_ms, random_string
@@ -149,11 +150,13 @@ class EventSender:
             pdu["origin"] = server
         if rv.event_format == EventFormat.V1:
             pdu["event_id"] = f"${random_string(18)}:{server}"
-        pdu = add_content_hash(pdu)
-        pdu = sign_event(pdu, server, self.hs.signing_key, rv)
-        event = Event(pdu, rv)
         try:
-            check_event_size(event.pdu)
+            event_id = finish_local_event(pdu, server, self.hs.signing_key, rv)
+        except CanonicalJsonError as e:
+            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
+        event = Event(pdu, rv, event_id=event_id)
+        try:
+            check_event_size(event.pdu, floats_checked=True)
         except EventTooLargeError as e:
             raise MatrixError(413, "M_TOO_LARGE", str(e)) from None
         return event

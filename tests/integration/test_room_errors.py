@@ -102,6 +102,9 @@ async def test_send_and_state_bad_input(server: TestHomeServer) -> None:
     await expect(bob, "PUT", f"{send}/t7", 403, "M_FORBIDDEN", {"body": "not a member"})
     await expect(alice, "PUT", f"{send}/t8", 413, "M_TOO_LARGE", {"body": "x" * 70000})
     await expect(alice, "PUT", f"{send}/t9", 401, "M_MISSING_TOKEN", {"body": "x"}, auth=False)
+    # Canonical JSON has no floats: refused as bad JSON (it was a 500), for messages and state.
+    await expect(alice, "PUT", f"{send}/t10", 400, "M_BAD_JSON", {"body": "x", "n": 1.5})
+    await expect(alice, "PUT", f"/rooms/{rid}/state/m.room.topic", 400, "M_BAD_JSON", {"topic": "x", "n": 0.5})
     # State: bad bodies, reserved state keys, missing membership.
     await expect(alice, "PUT", f"/rooms/{rid}/state/m.room.topic", 400, "M_NOT_JSON", raw=b"[")
     await expect(alice, "PUT", f"/rooms/{rid}/state/m.room.topic", 400, "M_BAD_JSON", [])
