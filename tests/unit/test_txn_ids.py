@@ -71,3 +71,20 @@ async def test_a_failed_read_leaves_nothing_cached() -> None:
         pass
     table = FakeTable([("!r", "t1", "$e1")])
     assert await known.lookup("@u", "D", "!r", "t1", table.load) == "$e1"
+
+
+async def test_memory_is_bounded_and_a_dropped_device_is_read_again() -> None:
+    tables = {d: FakeTable([("!r", f"{d}-{i}", f"$e{d}{i}") for i in range(30)]) for d in "ABC"}
+    known = KnownTransactionIds(max_devices=10, max_entries=70)
+    assert await known.lookup("@u", "A", "!r", "A-1", tables["A"].load) == "$eA1"
+    assert await known.lookup("@u", "B", "!r", "B-1", tables["B"].load) == "$eB1"
+    # A third device pushes the total over 70 IDs: the least recently used (A) is dropped ...
+    assert await known.lookup("@u", "C", "!r", "C-1", tables["C"].load) == "$eC1"
+    assert known._entries <= 70 and ("@u", "A") not in known._devices
+    # ... and read again, correctly, when next used; a committed ID added meanwhile is not lost.
+    tables["A"].rows.append(("!r", "A-new", "$new"))
+    assert await known.lookup("@u", "A", "!r", "A-new", tables["A"].load) == "$new"
+    assert tables["A"].reads == 2
+    # A device larger than the whole bound is left to the database.
+    big = FakeTable([("!r", f"x{i}", f"$x{i}") for i in range(80)])
+    assert await known.lookup("@u", "D", "!r", "x1", big.load) is NOT_INDEXED

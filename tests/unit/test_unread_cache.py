@@ -34,3 +34,16 @@ def test_invalidations() -> None:
     assert cache.get("@a", "!r") is None and cache.get("@b", "!r") == {"main": (1, 0)}
     cache.invalidate_room("!r")
     assert cache.get("@b", "!r") is None and cache.get("@a", "!other") == {}
+
+
+def test_a_room_invalidation_makes_every_entry_of_the_room_stale_without_tracking_its_users() -> None:
+    cache = UnreadCountsCache()
+    for user in ("@a", "@b"):
+        cache.fill(user, "!r", {"main": (1, 0)}, cache.generation("!r"))
+    cache.invalidate_room("!r")
+    assert cache.get("@a", "!r") is None and cache.get("@b", "!r") is None
+    # A writer update after the invalidation does not revive a stale entry.
+    cache.set_counts("!r", [("@a", "main", 9, 0)])
+    assert cache.get("@a", "!r") is None
+    cache.fill("@a", "!r", {"main": (9, 0)}, cache.generation("!r"))
+    assert cache.get("@a", "!r") == {"main": (9, 0)}

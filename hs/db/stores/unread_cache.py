@@ -20,45 +20,53 @@ Threads = dict[str, tuple[int, int]]  # thread -> (notification count, highlight
 
 class UnreadCountsCache:
     def __init__(self, max_entries: int = 100000) -> None:
-        self._entries: LruCache[tuple[str, str], Threads] = LruCache(max_entries)
-        self._users_by_room: dict[str, set[str]] = {}
-        self._room_generation: dict[str, int] = {}
-        self._epoch = 0  # bumped by `clear`
+        # (user, room) -> (the room's epoch when stored, counts); an entry from an older epoch is stale.
+        self._entries: LruCache[tuple[str, str], tuple[int, Threads]] = LruCache(max_entries)
+        # room -> [epoch, writes]: `epoch` moves when all the room's entries become stale, `writes`
+        # on any change at all (a read that saw `writes` move may be older than the change).
+        self._rooms: dict[str, list[int]] = {}
+        self._clears = 0  # bumped by `clear`
 
     def get(self, user_id: str, room_id: str) -> Threads | None:
-        return self._entries.get((user_id, room_id))
+        entry = self._entries.get((user_id, room_id))
+        if entry is None or entry[0] != self._room(room_id)[0]:
+            return None
+        return entry[1]
 
-    def generation(self, room_id: str) -> tuple[int, int]:
-        return self._epoch, self._room_generation.get(room_id, 0)
+    def generation(self, room_id: str) -> tuple[int, int, int]:
+        room = self._room(room_id)
+        return self._clears, room[0], room[1]
 
-    def fill(self, user_id: str, room_id: str, threads: Threads, generation: tuple[int, int]) -> None:
+    def fill(self, user_id: str, room_id: str, threads: Threads, generation: tuple[int, int, int]) -> None:
         """Store what was read from the database, unless the room changed while it was read."""
         if self.generation(room_id) != generation:
             return
-        self._entries.set((user_id, room_id), dict(threads))
-        self._users_by_room.setdefault(room_id, set()).add(user_id)
+        self._entries.set((user_id, room_id), (generation[1], dict(threads)))
 
     def set_counts(self, room_id: str, counts: list[tuple[str, str, int, int]]) -> None:
         """The writer's committed values (user, thread, notifications, highlights) for this room."""
-        self._bump(room_id)
+        room = self._room(room_id)
+        room[1] += 1
         for user_id, thread_id, notifs, highlights in counts:
-            threads = self._entries.get((user_id, room_id))
-            if threads is not None:
-                threads[thread_id] = (notifs, highlights)
+            entry = self._entries.get((user_id, room_id))
+            if entry is not None and entry[0] == room[0]:
+                entry[1][thread_id] = (notifs, highlights)
 
     def invalidate_room(self, room_id: str) -> None:
-        self._bump(room_id)
-        for user_id in self._users_by_room.pop(room_id, ()):
-            self._entries.pop((user_id, room_id))
+        room = self._room(room_id)
+        room[0] += 1
+        room[1] += 1
 
     def invalidate(self, user_id: str, room_id: str) -> None:
-        self._bump(room_id)
+        self._room(room_id)[1] += 1
         self._entries.pop((user_id, room_id))
 
     def clear(self) -> None:
-        self._epoch += 1
+        self._clears += 1
         self._entries.clear()
-        self._users_by_room.clear()
 
-    def _bump(self, room_id: str) -> None:
-        self._room_generation[room_id] = self._room_generation.get(room_id, 0) + 1
+    def _room(self, room_id: str) -> list[int]:
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = [0, 0]
+        return room
