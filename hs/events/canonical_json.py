@@ -56,17 +56,12 @@ def encode_canonical_json(obj: Any, *, floats_checked: bool = False) -> bytes:
         return _encode_slow(obj)
     # orjson happily writes floats (NaN even as "null"); a type walk is cheaper than parsing the
     # output back. It runs after orjson so cyclic input has already been refused.
-    if not floats_checked and _contains_float(obj):
+    if not floats_checked and contains_float(obj):
         raise CanonicalJsonError("floats are not allowed in canonical JSON")
     return out
 
 
 def contains_float(obj: Any) -> bool:
-    """True if any value in the JSON-like ``obj`` is a float."""
-    return _contains_float(obj)
-
-
-def _contains_float(obj: Any) -> bool:
     """True if any value in the JSON-like ``obj`` is a float. Iterative: no recursion limit."""
     if isinstance(obj, float):
         return True

@@ -75,7 +75,7 @@ class EventSender:
         self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000)
         # Push rule evaluation: run on each batch (positions assigned) before its transaction, whose
         # rows (push actions, unread counts) commit with the events.
-        self.push_actions: Callable[[list[Event]], Awaitable[tuple[list[PushRow], list[str]]]] | None = None
+        self.push_actions: Callable[[list[Event]], Awaitable[list[PushRow]]] | None = None
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -278,11 +278,12 @@ class EventSender:
         async with tracker.allocate_many(len(batch)) as positions:
             for p, pos in zip(batch, positions, strict=True):
                 p.event.internal["stream_ordering"] = pos
-                # Hooks read room state, which may name events of this very batch (dropped on failure).
+                # Push evaluation reads room state, which may name events of this very batch (dropped
+                # from the cache on failure).
                 self.store.cache_event(p.event)
             events = [p.event for p in batch]
             redacted = [ev.redacts for ev in events if ev.type == "m.room.redaction" and ev.redacts]
-            push_rows = (await self.push_actions(events))[0] if self.push_actions is not None else []
+            push_rows = await self.push_actions(events) if self.push_actions is not None else []
             own_position = tracker.persisted_if_committed(positions) if len(stream.writers) > 1 else None
             push_store = self.hs.push_rules_stream.store
             if self.hs.db.engine == "postgres" and fits_one_statement(events):

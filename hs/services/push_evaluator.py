@@ -236,7 +236,7 @@ CompiledRule = tuple[str, JsonDict, list[CompiledCondition], tuple[Any, ...] | N
 
 def compile_rules(rules: list[tuple[str, JsonDict]]) -> list[CompiledRule]:
     """Rules with their disabled ones dropped and their memo keys worked out once, for a user's cached
-    rule set (see `evaluate_compiled`). A rule whose conditions are all user-independent gets a
+    rule set (see `evaluate_member`). A rule whose conditions are all user-independent gets a
     whole-rule key: in a room of many members it is evaluated once per event, not once per member."""
     out: list[CompiledRule] = []
     for kind, rule in rules:
@@ -258,31 +258,6 @@ def compile_rules(rules: list[tuple[str, JsonDict]]) -> list[CompiledRule]:
         legacy = bool(rule.get("default")) and rule.get("rule_id") in LEGACY_MENTION_RULES
         out.append((kind, rule, conds, rule_key, legacy))
     return out
-
-
-def evaluate_compiled(rules: list[CompiledRule], event: JsonDict, ctx: EvalContext,
-                      memo: dict[Any, bool]) -> list[Any] | None:
-    """`evaluate` over compiled rules; same results, less work per member of a busy room.
-
-    `memo` must be shared only by evaluations of one event with one member count and sender power
-    level (conditions about those are memoised without them in the key)."""
-    content = event.get("content")
-    has_mentions = isinstance(content, dict) and "m.mentions" in content
-    for kind, rule, conds, rule_key, legacy in rules:
-        if has_mentions and legacy:
-            continue
-        if rule_key is not None:
-            matched = memo.get(rule_key)  # type: ignore[assignment]
-            if matched is None:
-                matched = memo[rule_key] = _conditions_match(conds, event, ctx, memo)
-        elif kind in ("override", "underride"):
-            matched = _conditions_match(conds, event, ctx, memo)
-        else:
-            matched = rule_matches(kind, rule, event, ctx, memo)
-        if matched:
-            actions = rule.get("actions")
-            return list(actions) if isinstance(actions, list) else []
-    return None
 
 
 # Rule-set templates: members whose rule sets are alike share the work of evaluating an event.
@@ -334,7 +309,7 @@ def _freeze(value: Any) -> Any:
 
 def evaluate_member(rules: list[CompiledRule], template: RuleTemplate, event: JsonDict, ctx: EvalContext,
                     memo: dict[Any, Any]) -> list[Any] | None:
-    """`evaluate_compiled` for one member of a room, sharing with the other members of the same
+    """`evaluate` over a member's compiled rules, sharing with the other members of the same
     template (same `memo`: one event, member count and sender) the walk over the template's rules:
     once per event it finds the first template rule that matches; each member then checks only their
     personal rules before it."""

@@ -18,6 +18,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
+from hs.db.stores.push import PushRow
 from hs.errors import MatrixError, not_found
 from hs.events.auth import get_user_power_level
 from hs.events.event import Event
@@ -135,8 +136,7 @@ class PushRulesService:
         self.stream = hs.push_rules_stream
         self.store = self.stream.store
         self._cache: LruCache[str, dict[str, list[JsonDict]]] = LruCache(20000)
-        self._eval_cache: LruCache[str, tuple[list[tuple[str, JsonDict]], list[CompiledRule], RuleTemplate]] = \
-            LruCache(20000)
+        self._eval_cache: LruCache[str, tuple[list[CompiledRule], RuleTemplate]] = LruCache(20000)
         self.stream.on_change.append(self._invalidate)
         # One user's read-modify-write changes (ordering within a kind) are serialised in the writer.
         self._locks = RoomLocks()
@@ -185,25 +185,13 @@ class PushRulesService:
             out[kind] = [_client_rule(kind, r) for r in ordered]
         return out
 
-    async def rules_for_evaluation(self, user_id: str) -> list[tuple[str, JsonDict]]:
-        return (await self._evaluation_entry(user_id))[0]
-
-    async def compiled_rules(self, user_id: str) -> list[CompiledRule]:
-        return (await self._evaluation_entry(user_id))[1]
-
     async def evaluation_rules(self, user_id: str) -> tuple[list[CompiledRule], RuleTemplate]:
-        """The user's compiled rules and their template (see `evaluate_member`)."""
-        _, compiled, template = await self._evaluation_entry(user_id)
-        return compiled, template
-
-    async def _evaluation_entry(self, user_id: str,
-                                ) -> tuple[list[tuple[str, JsonDict]], list[CompiledRule], RuleTemplate]:
+        """The user's compiled rules and their template (see `evaluate_member`), cached."""
         cached = self._eval_cache.get(user_id)
         if cached is None:
             ruleset = await self.ruleset(user_id)
-            rules = [(kind, rule) for kind in KINDS for rule in ruleset[kind]]
-            compiled = compile_rules(rules)
-            cached = (rules, compiled, rule_template(compiled, user_id))
+            compiled = compile_rules([(kind, rule) for kind in KINDS for rule in ruleset[kind]])
+            cached = (compiled, rule_template(compiled, user_id))
             self._eval_cache.set(user_id, cached)
         return cached
 
@@ -356,14 +344,12 @@ class BulkPushEvaluator:
             content = parent.content
         return MAIN_THREAD
 
-    async def compute_push_actions(self, events: list[Event],
-                                   ) -> tuple[list[tuple[str, str, int, str, str, bool]], list[str]]:
-        rows: list[tuple[str, str, int, str, str, bool]] = []
-        redacted: list[str] = []
+    async def compute_push_actions(self, events: list[Event]) -> list[PushRow]:
+        """Who each event (positions assigned) notifies: (user, room, position, thread, event ID,
+        highlight) rows for the persister to store with the events."""
+        rows: list[PushRow] = []
         rules_service: PushRulesService = self.hs.push_rules
         for ev in events:
-            if ev.type == "m.room.redaction" and ev.redacts:
-                redacted.append(ev.redacts)
             position = ev.internal.get("stream_ordering")
             if position is None:
                 continue
@@ -391,5 +377,5 @@ class BulkPushEvaluator:
                 if thread is None:
                     thread = await self.thread_of(ev)
                 rows.append((user_id, ev.room_id, int(position), thread, ev.event_id, highlight))
-        return rows, redacted
+        return rows
 

@@ -275,7 +275,7 @@ def test_actions_helpers() -> None:
 
 # -- the compiled form used on the send path gives the same answers -----------------------------------------
 def test_compiled_rules_match_plain_evaluation_for_many_users_sharing_a_memo() -> None:
-    from hs.services.push_evaluator import compile_rules, evaluate_compiled
+    from hs.services.push_evaluator import compile_rules, evaluate_member, rule_template
 
     events = [
         ev(content={"msgtype": "m.text", "body": "hello"}),
@@ -297,7 +297,8 @@ def test_compiled_rules_match_plain_evaluation_for_many_users_sharing_a_memo() -
                 ctx = EvalContext(user_id=user_id, display_name=name, member_count=member_count,
                                   sender_power_level=50)
                 plain = evaluate(defaults(user_id), event, ctx)
-                compiled = evaluate_compiled(compile_rules(defaults(user_id)), event, ctx, memo)
+                rules = compile_rules(defaults(user_id))
+                compiled = evaluate_member(rules, rule_template(rules, user_id), event, ctx, memo)
                 assert compiled == plain, (event, user_id)
 
 

@@ -66,7 +66,8 @@ async def test_after_a_replication_gap_memory_is_not_trusted_below_the_new_basel
     store.reset_membership_tracking(20)
     await store.get_room_events_stream("!r:x", 2, 5, 10)
     assert len(db.queries) == 1
-    assert await store.get_rooms_with_events_between(["!r:x"], 2, 25) is not None
+    # Memory would name the room; below the baseline the database decides (it has no rows here).
+    assert await store.get_rooms_with_events_between(["!r:x"], 2, 25) == set()
     assert len(db.queries) == 2
 
 
