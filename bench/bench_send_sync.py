@@ -91,24 +91,28 @@ async def bench_send(users: list[User], room_id: str, duration: float) -> dict[s
 
 async def bench_wake(sender: User | RawHttpClient, receiver: User | RawHttpClient, room_id: str,
                      trials: int) -> dict[str, float]:
+    async def long_poll(since: str) -> tuple[Any, float]:
+        """A /sync long-poll and the moment it returned (which may be before the sender's PUT does)."""
+        result = await receiver.call("GET", "/sync", params={"timeout": "30000", "since": since})
+        return result, time.perf_counter()
+
     since = (await receiver.call("GET", "/sync", params={"timeout": "0"}))["next_batch"]
     latencies, puts = [], []
     for i in range(trials):
         body = f"wake {i} {uuid.uuid4().hex}"
-        poll = asyncio.create_task(receiver.call("GET", "/sync", params={"timeout": "30000", "since": since}))
+        poll = asyncio.create_task(long_poll(since))
         await asyncio.sleep(0.05)  # let the long-poll park on the server
         t0 = time.perf_counter()
         await sender.call("PUT", f"/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
                           {"msgtype": "m.text", "body": body})
         puts.append(time.perf_counter() - t0)
         while True:
-            result = await poll
-            t1 = time.perf_counter()
+            result, t1 = await poll
             since = result["next_batch"]
             events = result.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {}).get("events", [])
             if any(e.get("content", {}).get("body") == body for e in events):
                 break
-            poll = asyncio.create_task(receiver.call("GET", "/sync", params={"timeout": "30000", "since": since}))
+            poll = asyncio.create_task(long_poll(since))
         latencies.append(t1 - t0)
     return {"trials": trials, "p50_ms": pct(latencies, 50) * 1000, "p99_ms": pct(latencies, 99) * 1000,
             "put_p50_ms": pct(puts, 50) * 1000}

@@ -231,6 +231,7 @@ class HomeServer:
         self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
         if self.events_stream.is_writer:
             self.event_sender.push_actions = self.push_evaluator.compute_push_actions
+            await self.event_sender.restore_notifications()
         await self.to_device_stream.setup()
         await self.device_lists_stream.setup()
         await self.presence_stream.setup()
@@ -285,6 +286,8 @@ class HomeServer:
                 self.push_rules_stream.store.unread.invalidate(user_id, room_id)
 
     async def stop(self) -> None:
+        if "event_sender" in self.__dict__:
+            await self.event_sender.flush_notifications()
         if "background" in self.__dict__:
             await self.background.stop()
         if "presence" in self.__dict__:

@@ -18,6 +18,10 @@ MESSAGE_VERSION = 1
 
 
 class ReplicationTransport:
+    # Whether every subscriber is in this process (the monolith), so that a writer may tell its readers
+    # things it has not yet written to the database.
+    single_process = False
+
     async def start(self) -> None:
         pass
 
@@ -32,6 +36,8 @@ class ReplicationTransport:
 
 
 class InProcessTransport(ReplicationTransport):
+    single_process = True
+
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from hs.db.stores.event_batch import fits_one_statement, persist_plain_events
+from hs.db.stores.event_batch import fits_one_statement, persist_notifications, persist_plain_events
 from hs.db.stores.push import PushRow, SummaryRow
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
@@ -76,6 +76,9 @@ class EventSender:
         # Push rule evaluation: run on each batch (positions assigned) before its transaction, whose
         # rows (push actions, unread counts) commit with the events.
         self.push_actions: Callable[[list[Event]], Awaitable[list[PushRow]]] | None = None
+        # First positions of batches whose notifications follow their events and are not stored yet.
+        self._unnotified: set[int] = set()
+        self._notification_writes: set[asyncio.Task[None]] = set()
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -275,6 +278,8 @@ class EventSender:
         stream = self.hs.events_stream
         assert stream.tracker is not None, "only an events writer persists events"
         tracker = stream.tracker
+        push_store = self.hs.push_rules_stream.store
+        unnotified: list[PushRow] | None = None  # notifications to write once the events are out
         async with tracker.allocate_many(len(batch)) as positions:
             for p, pos in zip(batch, positions, strict=True):
                 p.event.internal["stream_ordering"] = pos
@@ -283,16 +288,20 @@ class EventSender:
                 self.store.cache_event(p.event)
             events = [p.event for p in batch]
             redacted = [ev.redacts for ev in events if ev.type == "m.room.redaction" and ev.redacts]
-            push_rows = await self.push_actions(events) if self.push_actions is not None else []
             own_position = tracker.persisted_if_committed(positions) if len(stream.writers) > 1 else None
-            push_store = self.hs.push_rules_stream.store
             if self.hs.db.engine == "postgres" and fits_one_statement(events):
-                counts = await persist_plain_events(
-                    self.hs.db, room_id, self.hs.instance_name,
-                    [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)], push_rows, own_position)
+                rows = [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)]
+                if self._defer_notifications():
+                    unnotified = await self._persist_events_first(room_id, rows, positions)
+                    counts: list[SummaryRow] = []
+                else:
+                    counts = await persist_plain_events(self.hs.db, room_id, self.hs.instance_name, rows,
+                                                        await self._push_rows(events), own_position)
             else:
+                if redacted:  # it recounts from the notifications, so they must all be there
+                    await push_store.pending.settled(room_id)
                 counts = await self.hs.db.run_transaction("persist_events", self._batch_writer(
-                    room_id, batch, positions, push_rows, redacted, own_position))
+                    room_id, batch, positions, await self._push_rows(events), redacted, own_position))
             if redacted:  # recounted in the transaction
                 push_store.unread.invalidate_room(room_id)
             push_store.unread.set_counts(room_id, [(u, t, n, h) for _, u, t, n, h in counts])
@@ -320,6 +329,95 @@ class EventSender:
         for p in batch:
             if not p.future.done():
                 p.future.set_result(p.event)
+        if unnotified is not None:
+            # A task of its own: it goes out after the woken /syncs have run, and the room's next
+            # batch need not wait for it.
+            task = asyncio.get_running_loop().create_task(
+                self._persist_notifications(room_id, unnotified, positions))
+            self._notification_writes.add(task)
+            task.add_done_callback(self._notification_writes.discard)
+
+    async def _push_rows(self, events: list[Event]) -> list[PushRow]:
+        return await self.push_actions(events) if self.push_actions is not None else []
+
+    def _defer_notifications(self) -> bool:
+        """Notifications may follow their events when every reader of the unread counts is in this
+        process (`UnreadCountsCache.add_counts` covers the gap; other processes would read the
+        database in between)."""
+        return self.hs.replication.single_process and len(self.hs.events_stream.writers) == 1
+
+    async def _persist_events_first(self, room_id: str,
+                                    rows: list[tuple[Event, int, tuple[str, str, str] | None]],
+                                    positions: list[int]) -> list[PushRow]:
+        """Commit plain events alone, evaluating push rules while PostgreSQL works; the cached unread
+        counts take the new notifications at once, the database right after (`_persist_notifications`)."""
+        push_store = self.hs.push_rules_stream.store
+        push_store.pending.start(room_id)
+        self._unnotified.add(positions[0])
+        statement = asyncio.ensure_future(persist_plain_events(
+            self.hs.db, room_id, self.hs.instance_name, rows, None, None))
+        try:
+            await asyncio.sleep(0)  # let the statement go out before the evaluation takes the CPU
+            try:
+                push_rows = await self._push_rows([ev for ev, _, _ in rows])
+            except Exception:
+                # The events commit regardless; at the next start-up they are evaluated again.
+                logger.exception("push rule evaluation failed in %s", room_id)
+                push_rows = []
+            await statement
+        except BaseException:
+            if not statement.done():
+                statement.cancel()
+            push_store.pending.done(room_id)
+            self._unnotified.discard(positions[0])
+            raise
+        deltas: dict[tuple[str, str], tuple[int, int]] = {}
+        for user_id, _, _, thread_id, _, highlight in push_rows:
+            n, h = deltas.get((user_id, thread_id), (0, 0))
+            deltas[(user_id, thread_id)] = (n + 1, h + int(highlight))
+        push_store.unread.add_counts(room_id, deltas)
+        return push_rows
+
+    async def _persist_notifications(self, room_id: str, push_rows: list[PushRow], positions: list[int]) -> None:
+        """The second statement of `_persist_events_first`, with the writer's NOTIFIED_UPTO mark (every
+        batch below it has its notifications stored). The cache took the counts already."""
+        push_store = self.hs.push_rules_stream.store
+        mark = min(p for p in self._unnotified if p != positions[0]) - 1 \
+            if len(self._unnotified) > 1 else positions[-1]
+        try:
+            await persist_notifications(self.hs.db, room_id, self.hs.instance_name, push_rows, mark)
+            self._unnotified.discard(positions[0])
+        except Exception:
+            # The batch stays in `_unnotified`, holding the mark below it: the next start-up stores them.
+            logger.exception("storing notifications of %d event(s) in %s failed", len(positions), room_id)
+            push_store.unread.invalidate_room(room_id)
+        finally:
+            push_store.pending.done(room_id)
+
+    async def restore_notifications(self) -> None:
+        """At start-up: store the notifications of events persisted by this writer whose second
+        statement never ran (the process stopped between the two), evaluating them again."""
+        push_store = self.hs.push_rules_stream.store
+        instance = self.hs.instance_name
+        if not (self.hs.db.engine == "postgres" and self._defer_notifications()):
+            # Nothing is deferred: forget the mark, which would otherwise be stale should this
+            # writer defer again some day.
+            await push_store.forget_notified_upto(instance)
+            return
+        mark = await push_store.get_notified_upto(instance)
+        if mark is None:  # nothing ever deferred here: everything so far was stored with its events
+            await push_store.restore_notifications(instance, [], await self.store.get_max_stream_ordering())
+            return
+        while events := await self.store.get_events_persisted_by(instance, mark, 500):
+            rows = await self._push_rows(events)
+            mark = int(events[-1].internal["stream_ordering"])
+            await push_store.restore_notifications(instance, rows, mark)
+            logger.info("stored the notifications of %d event(s) persisted before the last stop", len(events))
+
+    async def flush_notifications(self) -> None:
+        """Wait for notifications still being written (at shutdown)."""
+        while self._notification_writes:
+            await asyncio.gather(*self._notification_writes, return_exceptions=True)
 
     def _batch_writer(self, room_id: str, batch: list[_Pending], positions: list[int], push_rows: list[PushRow],
                       redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[list[SummaryRow]]]:

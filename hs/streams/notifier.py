@@ -86,11 +86,14 @@ class Notifier:
         for room in listener.room_ids:
             self._by_room[room].add(listener)
         SYNC_WAITERS.inc()
+        # The timeout wakes the listener like a notification does. Awaiting the bare future (no
+        # `wait_for`, no `shield`) makes the wake-up one event-loop hop: the woken /sync runs before
+        # the sender's own response, which needs two.
+        timer = asyncio.get_running_loop().call_later(timeout, listener.wake)
         try:
-            await asyncio.wait_for(asyncio.shield(listener.future), timeout)
-        except TimeoutError:
-            pass
+            await listener.future
         finally:
+            timer.cancel()
             SYNC_WAITERS.dec()
             self._all.discard(listener)
             self._discard(self._by_user, user_id, listener)

@@ -22,6 +22,7 @@ async def test_a_group_committed_batch_stores_events_txn_ids_and_unread_counts(s
     assert {r["txn_id"] for r in rows} == {f"t{i}" for i in range(30)}
     txns = await db.fetch("SELECT txn_id, event_id FROM event_txn_ids WHERE room_id = $1", room)
     assert {(r["txn_id"], r["event_id"]) for r in txns} == {(f"t{i}", sent[i]) for i in range(30)}
+    await server.hs.event_sender.flush_notifications()  # a monolith on PostgreSQL writes them just after
     notifications = await db.fetch("SELECT event_id, notify_users FROM event_notifications WHERE room_id = $1",
                                    room)
     assert {r["event_id"] for r in notifications} == set(sent)

@@ -7,6 +7,14 @@ batch without state events or redactions (nearly every batch) the same writes fi
 of data-modifying CTEs, which PostgreSQL runs atomically in its own transaction. Batches with state
 events or redactions, and SQLite (in-process, one hop per transaction anyway), use the general path
 in `hs/services/events.py`.
+
+When every reader of the events stream is in the writer's own process (a monolith), the batch's
+notifications and unread counts are not needed in that statement: the writer keeps the counts its
+/sync reads in memory. The events then commit on their own (`EVENTS_ONLY_SQL`) while push rules are
+evaluated, and the notifications follow in a second statement (`NOTIFICATIONS_SQL`) after the
+readers were woken, taking push evaluation and the count upserts off a message's way to its
+recipients. The second statement also moves the writer's NOTIFIED_UPTO mark; at start-up the writer
+evaluates again whatever it persisted above the mark (a crash between the two statements).
 """
 
 from __future__ import annotations
@@ -15,12 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs.db.pool import Database
-from hs.db.stores.push import PushRow, SummaryRow, notification_rows
+from hs.db.stores.push import NOTIFIED_UPTO, PushRow, SummaryRow, notification_rows
 from hs.events.event import Event
 from hs.util import json_dumps, now_ms
 
-_PERSIST = """
-WITH new_events AS (
+_EVENTS = """
+new_events AS (
   INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth, origin_server_ts,
                       instance_name, state_group_before, state_group_after, txn_device_id, txn_id, json)
   SELECT e.so, e.eid, $1, e.typ, e.snd, e.dep, e.ts, $2, e.sg, e.sg, e.tdev, e.tid, e.js
@@ -32,14 +40,18 @@ WITH new_events AS (
   FROM unnest($14::text[], $15::text[], $16::text[], $17::text[]) AS t(usr, dev, tid, eid)
 ), extremity AS (
   UPDATE event_forward_extremities SET event_id = $18 WHERE room_id = $1 RETURNING 1
-), new_notifications AS (
+)"""
+# Notifications and unread counts; parameters from ${N} on (room ID is $1).
+_COUNTS = """
+new_notifications AS (
   INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users, highlight_users)
   SELECT $1, n.so, n.eid, n.thr, n.users, n.high
-  FROM unnest($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[]) AS n(so, eid, thr, users, high)
+  FROM unnest(${N}::bigint[], ${N1}::text[], ${N2}::text[], ${N3}::text[], ${N4}::text[])
+    AS n(so, eid, thr, users, high)
 ), unread AS (
   -- Count only what the user's read receipt (main timeline, or this thread) does not already cover.
   SELECT a.usr AS user_id, a.thr AS thread_id, COUNT(*) AS notifs, SUM(a.hl) AS highlights
-  FROM unnest($24::text[], $25::bigint[], $26::text[], $27::int[]) AS a(usr, so, thr, hl)
+  FROM unnest(${N5}::text[], ${N6}::bigint[], ${N7}::text[], ${N8}::int[]) AS a(usr, so, thr, hl)
   WHERE a.so > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r
       WHERE r.room_id = $1 AND r.user_id = a.usr AND r.receipt_type IN ('m.read', 'm.read.private')
       AND (r.thread_id = '' OR r.thread_id = a.thr)), 0)
@@ -52,8 +64,10 @@ WITH new_events AS (
     highlight_count = event_push_summary.highlight_count + excluded.highlight_count
   RETURNING user_id, thread_id, notif_count, highlight_count
 )"""
-_POSITION = """, own_position AS (
-  INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $2, $28)
+# A stream position row (stream $S, instance $I, position $P), never moved backwards.
+_POSITION = """
+{NAME} AS (
+  INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('{STREAM}', ${I}, ${P})
   ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position
   WHERE stream_positions.position < excluded.position
 )"""
@@ -61,8 +75,34 @@ _POSITION = """, own_position AS (
 _RESULT = """
 SELECT x.extremities, s.user_id, s.thread_id, s.notif_count, s.highlight_count
 FROM (SELECT COUNT(*) AS extremities FROM extremity) x LEFT JOIN summary s ON TRUE"""
-PERSIST_SQL = _PERSIST + _RESULT
-PERSIST_WITH_POSITION_SQL = _PERSIST + _POSITION + _RESULT
+_EVENTS_ONLY_RESULT = """
+SELECT COUNT(*) AS extremities FROM extremity"""
+_COUNTS_ONLY_RESULT = """
+SELECT user_id, thread_id, notif_count, highlight_count FROM summary"""
+
+
+def _counts(first: int) -> str:
+    sql = _COUNTS
+    for k in range(8, 0, -1):
+        sql = sql.replace(f"{{N{k}}}", str(first + k))
+    return sql.replace("{N}", str(first))
+
+
+def _position(name: str, stream: str, instance_param: int, position_param: int) -> str:
+    return (_POSITION.replace("{NAME}", name).replace("{STREAM}", stream)
+            .replace("{I}", str(instance_param)).replace("{P}", str(position_param)))
+
+
+# Events with their notifications (parameters $19-$27), in one statement; with several writers,
+# this writer's position too ($28).
+PERSIST_SQL = "WITH" + _EVENTS + "," + _counts(19) + _RESULT
+PERSIST_WITH_POSITION_SQL = ("WITH" + _EVENTS + "," + _counts(19) + "," + _position("own_position", "events", 2, 28)
+                             + _RESULT)
+# The events alone; their notifications follow in NOTIFICATIONS_SQL (see `persist_plain_events`).
+EVENTS_ONLY_SQL = "WITH" + _EVENTS + _EVENTS_ONLY_RESULT
+# A batch's notifications and unread counts once its events committed ($1 room, $2-$10 as in
+# `_COUNTS`), and the writer's NOTIFIED_UPTO mark ($11 instance, $12 position).
+NOTIFICATIONS_SQL = ("WITH" + _counts(2) + "," + _position("mark", NOTIFIED_UPTO, 11, 12) + _COUNTS_ONLY_RESULT)
 
 
 def fits_one_statement(events: Sequence[Event]) -> bool:
@@ -72,13 +112,14 @@ def fits_one_statement(events: Sequence[Event]) -> bool:
 
 async def persist_plain_events(db: Database, room_id: str, instance: str,
                                events: Sequence[tuple[Event, int, tuple[str, str, str] | None]],
-                               push_rows: Sequence[PushRow], own_position: int | None) -> list[SummaryRow]:
+                               push_rows: Sequence[PushRow] | None, own_position: int | None) -> list[SummaryRow]:
     """Store (event, stream position, transaction) rows, their push actions and unread counts, the
     room's new forward extremity and (with several writers) this writer's position, atomically.
-    Returns the new values of the unread summary rows it incremented."""
+    Returns the new values of the unread summary rows it incremented.
+
+    With `push_rows` None the events are stored alone: `persist_notifications` must follow."""
     assert db.engine == "postgres" and fits_one_statement([ev for ev, _, _ in events])
     with_txn = [(ev, txn) for ev, _, txn in events if txn is not None]
-    notifications = notification_rows(push_rows)
     args: list[Any] = [
         room_id, instance,
         [pos for _, pos, _ in events], [ev.event_id for ev, _, _ in events], [ev.type for ev, _, _ in events],
@@ -91,15 +132,16 @@ async def persist_plain_events(db: Database, room_id: str, instance: str,
         [txn[0] for _, txn in with_txn], [txn[1] for _, txn in with_txn], [txn[2] for _, txn in with_txn],
         [ev.event_id for ev, _ in with_txn],
         events[-1][0].event_id,
-        [n[1] for n in notifications], [n[2] for n in notifications], [n[3] for n in notifications],
-        [n[4] for n in notifications], [n[5] for n in notifications],
-        [r[0] for r in push_rows], [r[2] for r in push_rows], [r[3] for r in push_rows],
-        [1 if r[5] else 0 for r in push_rows],
     ]
-    sql = PERSIST_SQL
-    if own_position is not None:
-        sql = PERSIST_WITH_POSITION_SQL
-        args.append(own_position)
+    if push_rows is None:
+        assert own_position is None, "only a single writer defers notifications"
+        sql = EVENTS_ONLY_SQL
+    else:
+        args += _counts_args(push_rows)
+        sql = PERSIST_SQL
+        if own_position is not None:
+            sql = PERSIST_WITH_POSITION_SQL
+            args.append(own_position)
     rows = await db.run_statement("persist_events", sql, *args)
     if rows[0]["extremities"] != 1:
         # Not a linear local room (no extremity row, or several): make the last event the only one.
@@ -113,5 +155,28 @@ async def persist_plain_events(db: Database, room_id: str, instance: str,
         if txn is not None:
             ev.internal["txn"] = (txn[1], txn[2])
         ev.internal.update(stream_ordering=pos, instance_name=instance)
+    return _summary_rows(room_id, rows)
+
+
+async def persist_notifications(db: Database, room_id: str, instance: str, push_rows: Sequence[PushRow],
+                                notified_upto: int) -> list[SummaryRow]:
+    """The notifications and unread-count increments of events `persist_plain_events` stored without
+    them, and the writer's NOTIFIED_UPTO mark; returns the incremented summary rows' new values."""
+    rows = await db.run_statement("persist_notifications", NOTIFICATIONS_SQL, room_id,
+                                  *_counts_args(push_rows), instance, notified_upto)
+    return _summary_rows(room_id, rows)
+
+
+def _counts_args(push_rows: Sequence[PushRow]) -> list[Any]:
+    notifications = notification_rows(push_rows)
+    return [
+        [n[1] for n in notifications], [n[2] for n in notifications], [n[3] for n in notifications],
+        [n[4] for n in notifications], [n[5] for n in notifications],
+        [r[0] for r in push_rows], [r[2] for r in push_rows], [r[3] for r in push_rows],
+        [1 if r[5] else 0 for r in push_rows],
+    ]
+
+
+def _summary_rows(room_id: str, rows: list[Any]) -> list[SummaryRow]:
     return [(room_id, r["user_id"], r["thread_id"], int(r["notif_count"]), int(r["highlight_count"]))
-            for r in rows if r["user_id"] is not None]
+            for r in rows if r.get("user_id") is not None]

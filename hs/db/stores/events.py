@@ -197,6 +197,14 @@ class EventStore:
             f" ORDER BY depth {order}, stream_ordering {order} LIMIT $4", *args)
         return await self._rows_to_events(rows)
 
+    async def get_events_persisted_by(self, instance: str, after: int, limit: int) -> list[Event]:
+        """Events this writer persisted above a position, oldest first."""
+        rows = await self.db.fetch(
+            "SELECT event_id FROM events WHERE instance_name = $1 AND stream_ordering > $2"
+            " ORDER BY stream_ordering LIMIT $3", instance, after, limit)
+        found = await self.get_events([r["event_id"] for r in rows])
+        return sorted(found.values(), key=lambda ev: int(ev.internal["stream_ordering"]))
+
     async def get_max_stream_ordering(self) -> int:
         return int(await self.db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events") or 0)
 

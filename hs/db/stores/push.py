@@ -10,6 +10,7 @@ thread, a threaded one its thread) when a receipt or a redaction changes them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +19,44 @@ from hs.db.stores.unread_cache import UnreadCountsCache
 from hs.util import json_dumps, json_loads
 
 JsonDict = dict[str, Any]
+# The `stream_positions` row below which every event a writer persisted has its notifications (see
+# hs/db/stores/event_batch.py).
+NOTIFIED_UPTO = "event_notifications"
 PushRow = tuple[str, str, int, str, str, bool]  # user, room, stream_ordering, thread, event_id, highlight
 SummaryRow = tuple[str, str, str, int, int]  # room, user, thread, notification count, highlight count
+
+
+class PendingCounts:
+    """Rooms whose newest events committed before their notifications (a monolith's writer writes
+    those a moment later, see hs/db/stores/event_batch.py). Whoever reads or recounts a room's unread
+    counts in the database waits for them first; the cache already has them (`add_counts`)."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, tuple[list[int], asyncio.Future[None]]] = {}
+
+    def start(self, room_id: str) -> None:
+        entry = self._rooms.get(room_id)
+        if entry is None:
+            entry = self._rooms[room_id] = ([0], asyncio.get_running_loop().create_future())
+        entry[0][0] += 1
+
+    def done(self, room_id: str) -> None:
+        entry = self._rooms[room_id]
+        entry[0][0] -= 1
+        if entry[0][0] == 0:
+            del self._rooms[room_id]
+            entry[1].set_result(None)
+
+    async def settled(self, room_id: str) -> None:
+        entry = self._rooms.get(room_id)
+        if entry is not None:
+            await asyncio.shield(entry[1])
 
 
 class PushStore:
     def __init__(self, db: Database) -> None:
         self.unread = UnreadCountsCache()
+        self.pending = PendingCounts()
         self.db = db
 
     # -- rules ---------------------------------------------------------------------------------------
@@ -155,6 +187,35 @@ class PushStore:
             await recompute_push_summary(c, user_id, room_id)
         return updated
 
+    async def get_notified_upto(self, instance: str) -> int | None:
+        """The writer's mark below which every event it persisted has its notifications stored."""
+        value = await self.db.fetchval(
+            "SELECT position FROM stream_positions WHERE stream_name = $1 AND instance_name = $2",
+            NOTIFIED_UPTO, instance)
+        return None if value is None else int(value)
+
+    async def forget_notified_upto(self, instance: str) -> None:
+        await self.db.execute("DELETE FROM stream_positions WHERE stream_name = $1 AND instance_name = $2",
+                              NOTIFIED_UPTO, instance)
+
+    async def restore_notifications(self, instance: str, rows: Sequence[PushRow], upto: int) -> None:
+        """Store notifications of events that may have missed them (those already there stay),
+        recount the users' unread summaries, and move the writer's mark to `upto`."""
+        async def txn(c: Connection) -> None:
+            await c.executemany(
+                "INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users,"
+                " highlight_users) VALUES ($1, $2, $3, $4, $5, $6)"
+                " ON CONFLICT (room_id, stream_ordering) DO NOTHING", notification_rows(rows))
+            for user_id, room_id in sorted({(r[0], r[1]) for r in rows}):
+                await recompute_push_summary(c, user_id, room_id)
+            await c.execute(
+                "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ($1, $2, $3)"
+                " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position",
+                NOTIFIED_UPTO, instance, upto)
+
+        await self.db.run_transaction("restore_notifications", txn)
+        self.unread.clear()
+
     @staticmethod
     async def _increment_summary(c: Connection, rows: Sequence[PushRow]) -> list[SummaryRow]:
         receipts: dict[tuple[str, str], dict[str, int]] = {}
@@ -205,6 +266,8 @@ class PushStore:
                 missing.append(room_id)
             elif any(n or h for n, h in cached.values()):
                 out[room_id] = {t: c for t, c in cached.items() if c[0] or c[1]}
+        for room_id in missing:
+            await self.pending.settled(room_id)
         for i in range(0, len(missing), 500):
             chunk = missing[i:i + 500]
             generations = {room_id: self.unread.generation(room_id) for room_id in chunk}

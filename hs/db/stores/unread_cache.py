@@ -4,7 +4,9 @@ Every joined room in a /sync carries its unread counts (`event_push_summary`). T
 three ways, and the cache follows each:
 * an events writer increments them as it persists events: it reads the new values back in the same
   transaction and sets them here (`set_counts`), so on the writer, the process a monolith's /sync runs
-  in, the entries stay current and a /sync woken by a new message needs no query;
+  in, the entries stay current and a /sync woken by a new message needs no query (a monolith's writer
+  commits notifications just after the events: it adds them here first, `add_counts`, and sets the
+  committed values when they commit);
 * other processes only learn that a writer persisted events in a room, and drop the room's entries;
 * a read receipt or a redaction recounts them: the affected entries are dropped.
 A read that raced a change to its room is not stored (a per-room generation tells), so a value read
@@ -51,6 +53,17 @@ class UnreadCountsCache:
             entry = self._entries.get((user_id, room_id))
             if entry is not None and entry[0] == room[0]:
                 entry[1][thread_id] = (notifs, highlights)
+
+    def add_counts(self, room_id: str, deltas: dict[tuple[str, str], tuple[int, int]]) -> None:
+        """Increments (user, thread) -> (notifications, highlights) from events whose notifications
+        are not committed yet (see `PushStore.counts_pending`); cached entries move at once."""
+        room = self._room(room_id)
+        room[1] += 1
+        for (user_id, thread_id), (notifs, highlights) in deltas.items():
+            entry = self._entries.get((user_id, room_id))
+            if entry is not None and entry[0] == room[0]:
+                n, h = entry[1].get(thread_id, (0, 0))
+                entry[1][thread_id] = (n + notifs, h + highlights)
 
     def invalidate_room(self, room_id: str) -> None:
         room = self._room(room_id)
