@@ -230,7 +230,7 @@ class HomeServer:
         await self.push_rules_stream.setup()
         self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
         if self.events_stream.is_writer:
-            self.event_sender.push_actions = self.push_evaluator.compute_push_actions
+            self.event_sender.push_evaluator = self.push_evaluator
             await self.event_sender.restore_notifications()
         await self.to_device_stream.setup()
         await self.device_lists_stream.setup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +27,13 @@ from hs.events.hashing import compute_content_hash
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
+from hs.services.push_evaluator import evaluate_push
 from hs.streams.events import _UPSERT_POSITION
 from hs.util import LruCache, now_ms, random_string
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
+    from hs.services.push_rules import BulkPushEvaluator
 
 logger = logging.getLogger(__name__)
 EVENTS_PERSISTED = Counter("hs_events_persisted_total", "Events persisted by this process")
@@ -75,7 +78,11 @@ class EventSender:
         self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000)
         # Push rule evaluation: run on each batch (positions assigned) before its transaction, whose
         # rows (push actions, unread counts) commit with the events.
-        self.push_actions: Callable[[list[Event]], Awaitable[list[PushRow]]] | None = None
+        self.push_evaluator: BulkPushEvaluator | None = None
+        # Evaluating a small batch's push rules in a thread of its own lets it run while the event
+        # loop's thread waits for the database: on few cores the database's backend is otherwise
+        # scheduled onto the loop's core and the two take turns.
+        self._push_thread = ThreadPoolExecutor(1, thread_name_prefix="push-eval")
         # First positions of batches whose notifications follow their events and are not stored yet.
         self._unnotified: set[int] = set()
         self._notification_writes: set[asyncio.Task[None]] = set()
@@ -338,7 +345,7 @@ class EventSender:
             task.add_done_callback(self._notification_writes.discard)
 
     async def _push_rows(self, events: list[Event]) -> list[PushRow]:
-        return await self.push_actions(events) if self.push_actions is not None else []
+        return await self.push_evaluator.compute_push_actions(events) if self.push_evaluator is not None else []
 
     def _defer_notifications(self) -> bool:
         """Notifications may follow their events when every reader of the unread counts is in this
@@ -359,7 +366,7 @@ class EventSender:
         try:
             await asyncio.sleep(0)  # let the statement go out before the evaluation takes the CPU
             try:
-                push_rows = await self._push_rows([ev for ev, _, _ in rows])
+                push_rows = await self._evaluate_while_waiting([ev for ev, _, _ in rows])
             except Exception:
                 # The events commit regardless; at the next start-up they are evaluated again.
                 logger.exception("push rule evaluation failed in %s", room_id)
@@ -377,6 +384,15 @@ class EventSender:
             deltas[(user_id, thread_id)] = (n + 1, h + int(highlight))
         push_store.unread.add_counts(room_id, deltas)
         return push_rows
+
+    async def _evaluate_while_waiting(self, events: list[Event]) -> list[PushRow]:
+        if self.push_evaluator is None:
+            return []
+        jobs = await self.push_evaluator.prepare_push(events)
+        if sum(len(job.members) for job in jobs) > MAX_THREADED_EVALUATIONS:
+            # Long enough to hold the interpreter lock against the event loop for a while: run inline.
+            return evaluate_push(jobs)
+        return await asyncio.get_running_loop().run_in_executor(self._push_thread, evaluate_push, jobs)
 
     async def _persist_notifications(self, room_id: str, push_rows: list[PushRow], positions: list[int]) -> None:
         """The second statement of `_persist_events_first`, with the writer's NOTIFIED_UPTO mark (every
@@ -452,3 +468,5 @@ class _Pending:
 
 
 MAX_BATCH = 100
+# Member evaluations (~15 µs each) a batch may have for its push rules to be evaluated in the thread.
+MAX_THREADED_EVALUATIONS = 64

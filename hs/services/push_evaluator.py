@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from hs.db.stores.push import PushRow
+from hs.events.event import Event
+
 JsonDict = dict[str, Any]
 
 # Rules skipped when the event has `m.mentions` (intentional mentions, MSC3952), as Synapse does.
@@ -381,3 +384,31 @@ def notify_and_highlight(actions: list[Any] | None) -> tuple[bool, bool]:
             value = a.get("value", True)
             highlight = value is True
     return notify, notify and highlight
+
+
+@dataclass(slots=True)
+class PushJob:
+    """One event to evaluate for its room's members, with what the evaluation reads."""
+
+    event: Event
+    position: int
+    members: list[tuple[str, str | None, list[CompiledRule], RuleTemplate]]  # user, display name, rules
+    member_count: int
+    sender_level: float
+    notification_levels: JsonDict
+    thread: str
+
+
+def evaluate_push(jobs: list[PushJob]) -> list[PushRow]:
+    """The push rows of prepared events: pure (no I/O, no shared state but thread-safe caches)."""
+    rows: list[PushRow] = []
+    for job in jobs:
+        ev = job.event
+        memo: dict[Any, Any] = {}  # same event, member count and sender for every user
+        for user_id, display_name, compiled, template in job.members:
+            ctx = EvalContext(user_id=user_id, display_name=display_name, member_count=job.member_count,
+                              sender_power_level=job.sender_level, notification_levels=job.notification_levels)
+            notify, highlight = notify_and_highlight(evaluate_member(compiled, template, ev.pdu, ctx, memo))
+            if notify:
+                rows.append((user_id, ev.room_id, job.position, job.thread, ev.event_id, highlight))
+    return rows

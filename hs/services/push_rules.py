@@ -25,11 +25,10 @@ from hs.events.event import Event
 from hs.services.events import RoomLocks
 from hs.services.push_evaluator import (
     CompiledRule,
-    EvalContext,
+    PushJob,
     RuleTemplate,
     compile_rules,
-    evaluate_member,
-    notify_and_highlight,
+    evaluate_push,
     rule_template,
 )
 from hs.util import LruCache
@@ -347,7 +346,12 @@ class BulkPushEvaluator:
     async def compute_push_actions(self, events: list[Event]) -> list[PushRow]:
         """Who each event (positions assigned) notifies: (user, room, position, thread, event ID,
         highlight) rows for the persister to store with the events."""
-        rows: list[PushRow] = []
+        return evaluate_push(await self.prepare_push(events))
+
+    async def prepare_push(self, events: list[Event]) -> list[PushJob]:
+        """Everything evaluating these events reads (room facts, members' rules, threads), fetched:
+        what is left, `evaluate_push`, is pure and may run in another thread."""
+        jobs: list[PushJob] = []
         rules_service: PushRulesService = self.hs.push_rules
         for ev in events:
             position = ev.internal.get("stream_ordering")
@@ -360,22 +364,15 @@ class BulkPushEvaluator:
                 users.append(ev.state_key)
             if not users:
                 continue
-            sender_level = get_user_power_level(ev.sender, auth, ev.room_version)
             pl = auth.get(("m.room.power_levels", ""))
             levels = pl.content.get("notifications") if pl is not None else None
-            thread: str | None = None
-            memo: dict[Any, Any] = {}  # same event, member count and sender for every user
+            members = []
             for user_id in users:
-                ctx = EvalContext(user_id=user_id, display_name=names.get(user_id), member_count=len(joined),
-                                  sender_power_level=sender_level,
-                                  notification_levels=levels if isinstance(levels, dict) else {})
                 compiled, template = await rules_service.evaluation_rules(user_id)
-                actions = evaluate_member(compiled, template, ev.pdu, ctx, memo)
-                notify, highlight = notify_and_highlight(actions)
-                if not notify:
-                    continue
-                if thread is None:
-                    thread = await self.thread_of(ev)
-                rows.append((user_id, ev.room_id, int(position), thread, ev.event_id, highlight))
-        return rows
+                members.append((user_id, names.get(user_id), compiled, template))
+            jobs.append(PushJob(ev, int(position), members, len(joined),
+                                get_user_power_level(ev.sender, auth, ev.room_version),
+                                levels if isinstance(levels, dict) else {}, await self.thread_of(ev)))
+        return jobs
+
 
