@@ -165,8 +165,7 @@ class EventStore:
                 recent = self._room_recent.get(room_id)
                 if recent is None:
                     continue  # no events since the baseline
-                if from_pos < self._room_floor.get(room_id, 0) or any(
-                        from_pos < pos <= to_pos for pos, _ in recent):
+                if from_pos < self._room_floor.get(room_id, 0) or _any_between(recent, from_pos, to_pos):
                     out.add(room_id)
             return out
         rows = await self.db.fetch(
@@ -422,3 +421,14 @@ class EventStore:
                             redacts, event.event_id, event.room_id)
         event.internal.update(stream_ordering=stream, instance_name=instance,
                               state_group_before=group_before, state_group_after=group_after)
+
+
+def _any_between(recent: list[tuple[int, str]], from_pos: int, to_pos: int) -> bool:
+    """Whether a room's recent (position, event ID) list, oldest first, has a position in
+    (from_pos, to_pos]; scanned from the newest end, where a /sync's range usually is."""
+    for pos, _ in reversed(recent):
+        if pos <= from_pos:
+            return False
+        if pos <= to_pos:
+            return True
+    return False
