@@ -31,6 +31,8 @@ DB_POOL_SIZE = Gauge("hs_db_pool_connections", "Database pool connections", ["st
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 MAX_TXN_ATTEMPTS = 8
+# How often the embedded database copies its write-ahead log into the database file.
+CHECKPOINT_INTERVAL_S = 1.0
 
 
 class Connection:
@@ -266,6 +268,13 @@ class SqliteDatabase(Database):
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        # Checkpoints (copying the WAL into the database file, with an fsync) run on a connection and
+        # thread of their own: left to SQLite, one runs inside whichever commit crosses 1000 WAL pages,
+        # and that commit, with every job queued behind it on the thread, waits for the fsync.
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._written = False
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -280,13 +289,43 @@ class SqliteDatabase(Database):
             conn.execute("PRAGMA foreign_keys=OFF")
             return conn
 
-        self._conn = await asyncio.get_running_loop().run_in_executor(self._thread, connect)
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._thread, connect)
+        await self._run(lambda conn: conn.execute("PRAGMA wal_autocheckpoint=0"))
+        self._checkpoint_conn = await loop.run_in_executor(self._checkpoint_thread, connect)
+        self._checkpointer = loop.create_task(self._checkpoint_periodically())
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            if self._written:
+                self._written = False
+                await self._checkpoint("PASSIVE")
+
+    async def _checkpoint(self, mode: str) -> None:
+        conn = self._checkpoint_conn
+        assert conn is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._checkpoint_thread, lambda: conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall())
+        except sqlite3.Error as e:  # busy: the next round catches up
+            logger.warning("sqlite checkpoint failed: %s", e)
+            self._written = True
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            self._checkpointer = None
         if self._conn is not None:
             await self._run(lambda conn: conn.close())
             self._conn = None
+        if self._checkpoint_conn is not None:
+            await self._checkpoint("TRUNCATE")
+            conn = self._checkpoint_conn
+            await asyncio.get_running_loop().run_in_executor(self._checkpoint_thread, conn.close)
+            self._checkpoint_conn = None
         self._thread.shutdown(wait=True)
+        self._checkpoint_thread.shutdown(wait=True)
 
     async def run_transaction(self, name: str, fn: Callable[[Connection], Awaitable[T]]) -> T:
         # One writer and one thread: there is no concurrent transaction to conflict with, so no retry.
@@ -298,6 +337,7 @@ class SqliteDatabase(Database):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self._written = True
             return result
 
         start = time.perf_counter()

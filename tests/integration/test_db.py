@@ -165,3 +165,28 @@ async def test_push_actions_become_one_notification_row_per_event(db: Database) 
     assert [(r["stream_ordering"], r["event_id"], r["thread_id"], sorted(json.loads(r["notify_users"])),
              sorted(json.loads(r["highlight_users"]))) for r in rows] == [
         (5, "$e5", "", ["@a:x", "@b:x"], ["@a:x"]), (7, "$e7", "$t", ["@a:x"], [])]
+
+
+async def test_sqlite_copies_its_write_ahead_log_into_the_database_file_in_the_background(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits never wait for a checkpoint's fsync (SQLite's own runs inside a commit): a checkpointer
+    of its own moves committed rows into the main file, and closing leaves no log behind."""
+    import shutil
+    import sqlite3
+
+    from hs.db import pool
+
+    monkeypatch.setattr(pool, "CHECKPOINT_INTERVAL_S", 0.05)
+    path = tmp_path / "hs.db"
+    db = pool.SqliteDatabase(str(path))
+    await db.open()
+    await db.execute("CREATE TABLE t (n INTEGER)")
+    for n in range(50):
+        await db.execute("INSERT INTO t (n) VALUES ($1)", n)
+    await asyncio.sleep(0.3)
+    copy = tmp_path / "main-file-only.db"
+    shutil.copy(path, copy)  # the database file without its -wal file
+    assert sqlite3.connect(copy).execute("SELECT COUNT(*) FROM t").fetchone() == (50,)
+    await db.close()
+    wal = tmp_path / "hs.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
