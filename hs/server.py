@@ -231,7 +231,7 @@ class HomeServer:
         self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
         if self.events_stream.is_writer:
             self.event_sender.push_evaluator = self.push_evaluator
-            await self.event_sender.restore_notifications()
+            await self.event_sender.restore_batches()
         await self.to_device_stream.setup()
         await self.device_lists_stream.setup()
         await self.presence_stream.setup()
@@ -287,7 +287,7 @@ class HomeServer:
 
     async def stop(self) -> None:
         if "event_sender" in self.__dict__:
-            await self.event_sender.flush_notifications()
+            await self.event_sender.flush_rests()
         if "background" in self.__dict__:
             await self.background.stop()
         if "presence" in self.__dict__:

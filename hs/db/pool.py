@@ -149,6 +149,7 @@ class PostgresDatabase(Database):
         self.min_size = min_size
         self.max_size = max_size
         self.pool: Any = None
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         import asyncpg
@@ -164,7 +165,22 @@ class PostgresDatabase(Database):
 
     async def close(self) -> None:
         if self.pool is not None:
+            while self._releases:
+                await asyncio.gather(*self._releases, return_exceptions=True)
             await self.pool.close()
+
+    @asynccontextmanager
+    async def _connection(self):  # type: ignore[no-untyped-def]
+        """A pooled connection for single statements, handed back in the background: asyncpg's
+        release runs in a task of its own (`asyncio.shield`) and awaiting it costs the caller event-loop
+        turns, whatever else is ready running first, before a query's result reaches it."""
+        raw = await self.pool.acquire()
+        try:
+            yield raw
+        finally:
+            task = asyncio.get_running_loop().create_task(self.pool.release(raw))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
 
     @asynccontextmanager
     async def _transaction(self):  # type: ignore[no-untyped-def]
@@ -178,13 +194,13 @@ class PostgresDatabase(Database):
 
     async def run_statement(self, name: str, sql: str, *args: Any) -> list[Row]:
         async def attempt() -> list[Row]:
-            async with self.pool.acquire() as raw:
+            async with self._connection() as raw:
                 return [dict(r) for r in await raw.fetch(sql, *args)]
 
         return await self._retrying(name, attempt)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self.pool.acquire() as raw:
+        async with self._connection() as raw:
             return [dict(r) for r in await raw.fetch(sql, *args)]
 
 

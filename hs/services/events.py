@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from hs.db.stores.event_batch import fits_one_statement, persist_notifications, persist_plain_events
+from hs.db.stores.event_batch import (
+    PlainRow,
+    fits_one_statement,
+    persist_plain_events,
+    persist_rest,
+    restore_batches,
+)
 from hs.db.stores.push import PushRow, SummaryRow
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
@@ -85,7 +91,8 @@ class EventSender:
         self._push_thread = ThreadPoolExecutor(1, thread_name_prefix="push-eval")
         # First positions of batches whose notifications follow their events and are not stored yet.
         self._unnotified: set[int] = set()
-        self._notification_writes: set[asyncio.Task[None]] = set()
+        self._rest_writes: set[asyncio.Task[None]] = set()
+        self._rests: dict[str, asyncio.Task[None]] = {}  # each room's latest
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -175,6 +182,7 @@ class EventSender:
                      state_key: str | None, redacts: str | None) -> tuple[Event, int | None, dict[StateKey, str]]:
         prevs = self._heads.get(room_id)
         if prevs is None:
+            await self.hs.push_rules_stream.store.pending.settled(room_id)  # the stored extremity
             prev_ids = await self.store.get_forward_extremities(room_id)
             prevs = list((await self.store.get_events(prev_ids)).values())
         if not prevs:
@@ -286,7 +294,7 @@ class EventSender:
         assert stream.tracker is not None, "only an events writer persists events"
         tracker = stream.tracker
         push_store = self.hs.push_rules_stream.store
-        unnotified: list[PushRow] | None = None  # notifications to write once the events are out
+        rest: tuple[list[PlainRow], list[PushRow]] | None = None  # to store once the events are out
         async with tracker.allocate_many(len(batch)) as positions:
             for p, pos in zip(batch, positions, strict=True):
                 p.event.internal["stream_ordering"] = pos
@@ -299,14 +307,15 @@ class EventSender:
             if self.hs.db.engine == "postgres" and fits_one_statement(events):
                 rows = [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)]
                 if self._defer_notifications():
-                    unnotified = await self._persist_events_first(room_id, rows, positions)
+                    rest = (rows, await self._persist_events_first(room_id, rows, positions))
                     counts: list[SummaryRow] = []
                 else:
                     counts = await persist_plain_events(self.hs.db, room_id, self.hs.instance_name, rows,
                                                         await self._push_rows(events), own_position)
             else:
-                if redacted:  # it recounts from the notifications, so they must all be there
-                    await push_store.pending.settled(room_id)
+                # The room's earlier batches complete first: this one moves the extremity on from
+                # theirs, and a redaction recounts from their notifications.
+                await push_store.pending.settled(room_id)
                 counts = await self.hs.db.run_transaction("persist_events", self._batch_writer(
                     room_id, batch, positions, await self._push_rows(events), redacted, own_position))
             if redacted:  # recounted in the transaction
@@ -336,28 +345,29 @@ class EventSender:
         for p in batch:
             if not p.future.done():
                 p.future.set_result(p.event)
-        if unnotified is not None:
+        if rest is not None:
             # A task of its own: it goes out after the woken /syncs have run, and the room's next
-            # batch need not wait for it.
+            # batch need not wait for it (the room's rests run in order, each after the one before).
+            previous = self._rests.get(room_id)
             task = asyncio.get_running_loop().create_task(
-                self._persist_notifications(room_id, unnotified, positions))
-            self._notification_writes.add(task)
-            task.add_done_callback(self._notification_writes.discard)
+                self._persist_rest(room_id, rest[0], rest[1], positions, previous))
+            self._rests[room_id] = task
+            self._rest_writes.add(task)
+            task.add_done_callback(self._rest_writes.discard)
+            task.add_done_callback(lambda t: self._rests.pop(room_id) if self._rests.get(room_id) is t else None)
 
     async def _push_rows(self, events: list[Event]) -> list[PushRow]:
         return await self.push_evaluator.compute_push_actions(events) if self.push_evaluator is not None else []
 
     def _defer_notifications(self) -> bool:
-        """Notifications may follow their events when every reader of the unread counts is in this
-        process (`UnreadCountsCache.add_counts` covers the gap; other processes would read the
-        database in between)."""
+        """The rest of a plain batch may follow its events when every reader is in this process
+        (`UnreadCountsCache.add_counts`, the transaction-ID index and the room's head cover the gap;
+        other processes would read the database in between)."""
         return self.hs.replication.single_process and len(self.hs.events_stream.writers) == 1
 
-    async def _persist_events_first(self, room_id: str,
-                                    rows: list[tuple[Event, int, tuple[str, str, str] | None]],
-                                    positions: list[int]) -> list[PushRow]:
+    async def _persist_events_first(self, room_id: str, rows: list[PlainRow], positions: list[int]) -> list[PushRow]:
         """Commit plain events alone, evaluating push rules while PostgreSQL works; the cached unread
-        counts take the new notifications at once, the database right after (`_persist_notifications`)."""
+        counts take the new notifications at once, the database right after (`_persist_rest`)."""
         push_store = self.hs.push_rules_stream.store
         push_store.pending.start(room_id)
         self._unnotified.add(positions[0])
@@ -394,25 +404,28 @@ class EventSender:
             return evaluate_push(jobs)
         return await asyncio.get_running_loop().run_in_executor(self._push_thread, evaluate_push, jobs)
 
-    async def _persist_notifications(self, room_id: str, push_rows: list[PushRow], positions: list[int]) -> None:
-        """The second statement of `_persist_events_first`, with the writer's NOTIFIED_UPTO mark (every
-        batch below it has its notifications stored). The cache took the counts already."""
+    async def _persist_rest(self, room_id: str, rows: list[PlainRow], push_rows: list[PushRow],
+                            positions: list[int], previous: asyncio.Task[None] | None) -> None:
+        """The second statement of `_persist_events_first` (transaction IDs, forward extremity,
+        notifications), with the writer's NOTIFIED_UPTO mark: every batch below it is complete."""
         push_store = self.hs.push_rules_stream.store
-        mark = min(p for p in self._unnotified if p != positions[0]) - 1 \
-            if len(self._unnotified) > 1 else positions[-1]
         try:
-            await persist_notifications(self.hs.db, room_id, self.hs.instance_name, push_rows, mark)
+            if previous is not None:
+                await asyncio.wait([previous])
+            mark = min(p for p in self._unnotified if p != positions[0]) - 1 \
+                if len(self._unnotified) > 1 else positions[-1]
+            await persist_rest(self.hs.db, room_id, self.hs.instance_name, rows, push_rows, mark)
             self._unnotified.discard(positions[0])
         except Exception:
-            # The batch stays in `_unnotified`, holding the mark below it: the next start-up stores them.
-            logger.exception("storing notifications of %d event(s) in %s failed", len(positions), room_id)
+            # The batch stays in `_unnotified`, holding the mark below it: the next start-up completes it.
+            logger.exception("storing the rest of %d event(s) in %s failed", len(positions), room_id)
             push_store.unread.invalidate_room(room_id)
         finally:
             push_store.pending.done(room_id)
 
-    async def restore_notifications(self) -> None:
-        """At start-up: store the notifications of events persisted by this writer whose second
-        statement never ran (the process stopped between the two), evaluating them again."""
+    async def restore_batches(self) -> None:
+        """At start-up: complete the batches this writer persisted whose second statement never ran
+        (the process stopped between the two), evaluating their push rules again."""
         push_store = self.hs.push_rules_stream.store
         instance = self.hs.instance_name
         if not (self.hs.db.engine == "postgres" and self._defer_notifications()):
@@ -421,19 +434,20 @@ class EventSender:
             await push_store.forget_notified_upto(instance)
             return
         mark = await push_store.get_notified_upto(instance)
-        if mark is None:  # nothing ever deferred here: everything so far was stored with its events
-            await push_store.restore_notifications(instance, [], await self.store.get_max_stream_ordering())
+        if mark is None:  # nothing ever deferred here: every batch so far was stored whole
+            await restore_batches(self.hs.db, instance, [], [], await self.store.get_max_stream_ordering())
             return
         while events := await self.store.get_events_persisted_by(instance, mark, 500):
             rows = await self._push_rows(events)
-            mark = int(events[-1].internal["stream_ordering"])
-            await push_store.restore_notifications(instance, rows, mark)
-            logger.info("stored the notifications of %d event(s) persisted before the last stop", len(events))
+            after, mark = mark, int(events[-1].internal["stream_ordering"])
+            await restore_batches(self.hs.db, instance, events, rows, mark, after)
+            logger.info("completed %d event(s) persisted just before the last stop", len(events))
+        push_store.unread.clear()
 
-    async def flush_notifications(self) -> None:
-        """Wait for notifications still being written (at shutdown)."""
-        while self._notification_writes:
-            await asyncio.gather(*self._notification_writes, return_exceptions=True)
+    async def flush_rests(self) -> None:
+        """Wait for batches still being completed (at shutdown)."""
+        while self._rest_writes:
+            await asyncio.gather(*self._rest_writes, return_exceptions=True)
 
     def _batch_writer(self, room_id: str, batch: list[_Pending], positions: list[int], push_rows: list[PushRow],
                       redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[list[SummaryRow]]]:

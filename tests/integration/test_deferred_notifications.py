@@ -1,6 +1,7 @@
-"""A monolith on PostgreSQL commits a message's notifications just after the message itself (see
-hs/db/stores/event_batch.py): counts stay exact for every reader in the meantime, and notifications
-whose statement never ran (the process stopped between the two) are stored at the next start-up."""
+"""A monolith on PostgreSQL commits a message alone and the rest of its batch (notifications, unread
+counts, transaction IDs, forward extremity) just after (see hs/db/stores/event_batch.py): readers
+stay exact in the meantime, and a batch whose second statement never ran (the process stopped
+between the two) is completed at the next start-up."""
 
 from __future__ import annotations
 
@@ -32,26 +33,36 @@ async def test_notifications_that_never_got_stored_are_stored_at_the_next_start(
     await ok(bob, "POST", f"/join/{room}")
     for i in range(2):
         await alice.send_message(room, f"stored {i}")
-    await server.hs.event_sender.flush_notifications()
+    await server.hs.event_sender.flush_rests()
     assert await notification_rows(server, room) == 2
 
     async def lost(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("the process stopped here")
 
-    monkeypatch.setattr(events_module, "persist_notifications", lost)
-    for i in range(3):
-        await alice.send_message(room, f"lost {i}")
-    await server.hs.event_sender.flush_notifications()
+    monkeypatch.setattr(events_module, "persist_rest", lost)
+    lost_ids = [await alice.send_message(room, f"lost {i}", txn_id=f"lost{i}") for i in range(3)]
+    await server.hs.event_sender.flush_rests()
     assert await notification_rows(server, room) == 2
     monkeypatch.undo()
 
     await server.restart()
     assert await notification_rows(server, room) == 5
     assert count_in(await bob.sync(), room) == 5
+    # The transaction IDs were stored too: a retry after the restart is answered with the same event.
+    assert await alice.send_message(room, "lost 1", txn_id="lost1") == lost_ids[1]
+    # And the room's stored head is its newest event: the next message follows it.
+    extremities = await server.hs.db.fetch("SELECT event_id FROM event_forward_extremities WHERE room_id = $1",
+                                           room)
+    assert [r["event_id"] for r in extremities] == [lost_ids[-1]]
+    after = await alice.send_message(room, "after the restart")
+    event = (await ok(alice, "GET", f"/rooms/{room}/event/{after}"))
+    assert event["content"]["body"] == "after the restart"
+    assert count_in(await bob.sync(), room) == 6
     # Stored once: another restart finds nothing left to do.
+    await server.hs.event_sender.flush_rests()
     await server.restart()
-    assert await notification_rows(server, room) == 5
-    assert count_in(await bob.sync(), room) == 5
+    assert await notification_rows(server, room) == 6
+    assert count_in(await bob.sync(), room) == 6
 
 
 async def test_a_reader_without_cached_counts_waits_for_the_notifications(
@@ -61,13 +72,13 @@ async def test_a_reader_without_cached_counts_waits_for_the_notifications(
     room = await alice.create_room(preset="public_chat")
     await ok(bob, "POST", f"/join/{room}")
     release = asyncio.Event()
-    real: Persist = events_module.persist_notifications
+    real: Persist = events_module.persist_rest
 
     async def held(*args: Any, **kwargs: Any) -> Any:
         await release.wait()
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(events_module, "persist_notifications", held)
+    monkeypatch.setattr(events_module, "persist_rest", held)
     await alice.send_message(room, "hello")
     server.hs.push_rules_stream.store.unread.clear()  # a reader that must ask the database
     sync = asyncio.create_task(bob.sync())
@@ -83,18 +94,18 @@ async def test_a_read_receipt_right_after_a_message_counts_it_as_read(
     alice, bob = await user(server, "alice"), await user(server, "bob")
     room = await alice.create_room(preset="public_chat")
     await ok(bob, "POST", f"/join/{room}")
-    real: Persist = events_module.persist_notifications
+    real: Persist = events_module.persist_rest
 
     async def slow(*args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(0.3)
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(events_module, "persist_notifications", slow)
+    monkeypatch.setattr(events_module, "persist_rest", slow)
     event_id = await alice.send_message(room, "read me")
     # Bob's cached count has it at once.
     assert count_in(await bob.sync(), room) == 1
     await ok(bob, "POST", f"/rooms/{room}/receipt/m.read/{event_id}", {})
-    await server.hs.event_sender.flush_notifications()
+    await server.hs.event_sender.flush_rests()
     server.hs.push_rules_stream.store.unread.clear()
     sync = await bob.sync()
     assert sync["rooms"]["join"][room].get("unread_notifications", {}).get("notification_count", 0) == 0
@@ -102,3 +113,23 @@ async def test_a_read_receipt_right_after_a_message_counts_it_as_read(
         "SELECT COALESCE(SUM(notif_count), 0) FROM event_push_summary WHERE user_id = $1 AND room_id = $2",
         bob.user_id, room)
     assert stored == 0
+
+
+async def test_a_state_event_right_after_a_message_leaves_the_room_head_on_itself(
+        make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = await make_server("postgres")
+    alice = await user(server, "alice")
+    room = await alice.create_room(preset="public_chat")
+    real: Persist = events_module.persist_rest
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(events_module, "persist_rest", slow)
+    await alice.send_message(room, "first")
+    topic = (await ok(alice, "PUT", f"/rooms/{room}/state/m.room.topic", {"topic": "t"}))["event_id"]
+    await server.hs.event_sender.flush_rests()
+    extremities = await server.hs.db.fetch("SELECT event_id FROM event_forward_extremities WHERE room_id = $1",
+                                           room)
+    assert [r["event_id"] for r in extremities] == [topic]

@@ -16,13 +16,13 @@ async def test_a_group_committed_batch_stores_events_txn_ids_and_unread_counts(s
     await ok(bob, "POST", f"/join/{room}")
     sent = await asyncio.gather(*(alice.send_message(room, f"m{i}", txn_id=f"t{i}") for i in range(30)))
     db = server.hs.db
+    await server.hs.event_sender.flush_rests()  # a monolith on PostgreSQL stores all but the events just after
     rows = await db.fetch("SELECT event_id, txn_id FROM events WHERE room_id = $1 AND type = 'm.room.message'",
                           room)
     assert {r["event_id"] for r in rows} == set(sent)
     assert {r["txn_id"] for r in rows} == {f"t{i}" for i in range(30)}
     txns = await db.fetch("SELECT txn_id, event_id FROM event_txn_ids WHERE room_id = $1", room)
     assert {(r["txn_id"], r["event_id"]) for r in txns} == {(f"t{i}", sent[i]) for i in range(30)}
-    await server.hs.event_sender.flush_notifications()  # a monolith on PostgreSQL writes them just after
     notifications = await db.fetch("SELECT event_id, notify_users FROM event_notifications WHERE room_id = $1",
                                    room)
     assert {r["event_id"] for r in notifications} == set(sent)
@@ -52,5 +52,6 @@ async def test_a_room_that_lost_its_extremity_row_gets_one_again(server: Any) ->
     room = await alice.create_room()
     await server.hs.db.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room)
     last = await alice.send_message(room, "after")
+    await server.hs.event_sender.flush_rests()
     rows = await server.hs.db.fetch("SELECT event_id FROM event_forward_extremities WHERE room_id = $1", room)
     assert [r["event_id"] for r in rows] == [last]

@@ -8,13 +8,14 @@ of data-modifying CTEs, which PostgreSQL runs atomically in its own transaction.
 events or redactions, and SQLite (in-process, one hop per transaction anyway), use the general path
 in `hs/services/events.py`.
 
-When every reader of the events stream is in the writer's own process (a monolith), the batch's
-notifications and unread counts are not needed in that statement: the writer keeps the counts its
-/sync reads in memory. The events then commit on their own (`EVENTS_ONLY_SQL`) while push rules are
-evaluated, and the notifications follow in a second statement (`NOTIFICATIONS_SQL`) after the
-readers were woken, taking push evaluation and the count upserts off a message's way to its
-recipients. The second statement also moves the writer's NOTIFIED_UPTO mark; at start-up the writer
-evaluates again whatever it persisted above the mark (a crash between the two statements).
+When every reader is in the writer's own process (a monolith), only the events themselves must be
+stored before readers are woken: the writer keeps the unread counts its /sync reads in memory, and
+answers transaction-ID retries and builds the room's next event from memory. The events then commit
+alone (`EVENTS_ONLY_SQL`) while push rules are evaluated, and the rest of the batch (notifications,
+unread counts, transaction IDs, the forward extremity) follows in a second statement (`REST_SQL`)
+after the readers were woken. The second statement also moves the writer's NOTIFIED_UPTO mark; at
+start-up the writer completes whatever it persisted above the mark (`restore_batches`: a stop
+between the two statements).
 """
 
 from __future__ import annotations
@@ -23,35 +24,41 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs.db.pool import Database
-from hs.db.stores.push import NOTIFIED_UPTO, PushRow, SummaryRow, notification_rows
+from hs.db.stores.push import NOTIFIED_UPTO, PushRow, SummaryRow, notification_rows, recompute_push_summary
 from hs.events.event import Event
 from hs.util import json_dumps, now_ms
 
+PlainRow = tuple[Event, int, tuple[str, str, str] | None]  # event, stream position, (user, device, txn ID)
+
+# Parameters are written ${0}, ${1}, ... relative to where a piece's parameters start (`_numbered`);
+# $1 is always the room ID.
 _EVENTS = """
 new_events AS (
   INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth, origin_server_ts,
                       instance_name, state_group_before, state_group_after, txn_device_id, txn_id, json)
-  SELECT e.so, e.eid, $1, e.typ, e.snd, e.dep, e.ts, $2, e.sg, e.sg, e.tdev, e.tid, e.js
-  FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[],
-              $10::text[], $11::text[], $12::text[]) AS e(so, eid, typ, snd, dep, ts, sg, tdev, tid, js)
-), new_txns AS (
-  INSERT INTO event_txn_ids (user_id, device_id, room_id, txn_id, event_id, inserted_ts)
-  SELECT t.usr, t.dev, $1, t.tid, t.eid, $13
-  FROM unnest($14::text[], $15::text[], $16::text[], $17::text[]) AS t(usr, dev, tid, eid)
-), extremity AS (
-  UPDATE event_forward_extremities SET event_id = $18 WHERE room_id = $1 RETURNING 1
+  SELECT e.so, e.eid, $1, e.typ, e.snd, e.dep, e.ts, ${0}, e.sg, e.sg, e.tdev, e.tid, e.js
+  FROM unnest(${1}::bigint[], ${2}::text[], ${3}::text[], ${4}::text[], ${5}::bigint[], ${6}::bigint[],
+              ${7}::bigint[], ${8}::text[], ${9}::text[], ${10}::text[])
+    AS e(so, eid, typ, snd, dep, ts, sg, tdev, tid, js)
 )"""
-# Notifications and unread counts; parameters from ${N} on (room ID is $1).
+_TXNS_AND_EXTREMITY = """
+new_txns AS (
+  INSERT INTO event_txn_ids (user_id, device_id, room_id, txn_id, event_id, inserted_ts)
+  SELECT t.usr, t.dev, $1, t.tid, t.eid, ${0}
+  FROM unnest(${1}::text[], ${2}::text[], ${3}::text[], ${4}::text[]) AS t(usr, dev, tid, eid)
+), extremity AS (
+  UPDATE event_forward_extremities SET event_id = ${5} WHERE room_id = $1 RETURNING 1
+)"""
 _COUNTS = """
 new_notifications AS (
   INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users, highlight_users)
   SELECT $1, n.so, n.eid, n.thr, n.users, n.high
-  FROM unnest(${N}::bigint[], ${N1}::text[], ${N2}::text[], ${N3}::text[], ${N4}::text[])
+  FROM unnest(${0}::bigint[], ${1}::text[], ${2}::text[], ${3}::text[], ${4}::text[])
     AS n(so, eid, thr, users, high)
 ), unread AS (
   -- Count only what the user's read receipt (main timeline, or this thread) does not already cover.
   SELECT a.usr AS user_id, a.thr AS thread_id, COUNT(*) AS notifs, SUM(a.hl) AS highlights
-  FROM unnest(${N5}::text[], ${N6}::bigint[], ${N7}::text[], ${N8}::int[]) AS a(usr, so, thr, hl)
+  FROM unnest(${5}::text[], ${6}::bigint[], ${7}::text[], ${8}::int[]) AS a(usr, so, thr, hl)
   WHERE a.so > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r
       WHERE r.room_id = $1 AND r.user_id = a.usr AND r.receipt_type IN ('m.read', 'm.read.private')
       AND (r.thread_id = '' OR r.thread_id = a.thr)), 0)
@@ -64,10 +71,10 @@ new_notifications AS (
     highlight_count = event_push_summary.highlight_count + excluded.highlight_count
   RETURNING user_id, thread_id, notif_count, highlight_count
 )"""
-# A stream position row (stream $S, instance $I, position $P), never moved backwards.
+# A stream position row (instance $I, position $P), never moved backwards.
 _POSITION = """
 {NAME} AS (
-  INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('{STREAM}', ${I}, ${P})
+  INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('{STREAM}', $I, $P)
   ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position
   WHERE stream_positions.position < excluded.position
 )"""
@@ -75,34 +82,31 @@ _POSITION = """
 _RESULT = """
 SELECT x.extremities, s.user_id, s.thread_id, s.notif_count, s.highlight_count
 FROM (SELECT COUNT(*) AS extremities FROM extremity) x LEFT JOIN summary s ON TRUE"""
-_EVENTS_ONLY_RESULT = """
-SELECT COUNT(*) AS extremities FROM extremity"""
-_COUNTS_ONLY_RESULT = """
-SELECT user_id, thread_id, notif_count, highlight_count FROM summary"""
 
 
-def _counts(first: int) -> str:
-    sql = _COUNTS
-    for k in range(8, 0, -1):
-        sql = sql.replace(f"{{N{k}}}", str(first + k))
-    return sql.replace("{N}", str(first))
+def _numbered(sql: str, first: int) -> str:
+    """A piece's relative parameters ${0}, ${1}, ... as $first, $first+1, ..."""
+    for k in range(20, -1, -1):
+        sql = sql.replace(f"${{{k}}}", f"${first + k}")
+    return sql
 
 
 def _position(name: str, stream: str, instance_param: int, position_param: int) -> str:
     return (_POSITION.replace("{NAME}", name).replace("{STREAM}", stream)
-            .replace("{I}", str(instance_param)).replace("{P}", str(position_param)))
+            .replace("$I", f"${instance_param}").replace("$P", f"${position_param}"))
 
 
-# Events with their notifications (parameters $19-$27), in one statement; with several writers,
-# this writer's position too ($28).
-PERSIST_SQL = "WITH" + _EVENTS + "," + _counts(19) + _RESULT
-PERSIST_WITH_POSITION_SQL = ("WITH" + _EVENTS + "," + _counts(19) + "," + _position("own_position", "events", 2, 28)
-                             + _RESULT)
-# The events alone; their notifications follow in NOTIFICATIONS_SQL (see `persist_plain_events`).
-EVENTS_ONLY_SQL = "WITH" + _EVENTS + _EVENTS_ONLY_RESULT
-# A batch's notifications and unread counts once its events committed ($1 room, $2-$10 as in
-# `_COUNTS`), and the writer's NOTIFIED_UPTO mark ($11 instance, $12 position).
-NOTIFICATIONS_SQL = ("WITH" + _counts(2) + "," + _position("mark", NOTIFIED_UPTO, 11, 12) + _COUNTS_ONLY_RESULT)
+# Everything in one statement: $1 room, $2-$12 events, $13-$18 transaction IDs and extremity,
+# $19-$27 notifications; with several writers this writer's position too ($2 instance, $28).
+_ALL = "WITH" + _numbered(_EVENTS, 2) + "," + _numbered(_TXNS_AND_EXTREMITY, 13) + "," + _numbered(_COUNTS, 19)
+PERSIST_SQL = _ALL + _RESULT
+PERSIST_WITH_POSITION_SQL = _ALL + "," + _position("own_position", "events", 2, 28) + _RESULT
+# The events alone ($1 room, $2-$12 events); the rest of the batch follows in REST_SQL.
+EVENTS_ONLY_SQL = "WITH" + _numbered(_EVENTS, 2) + "\nSELECT 1"
+# The rest of a batch whose events committed alone: $1 room, $2-$7 transaction IDs and extremity,
+# $8-$16 notifications, $17-$18 the writer's NOTIFIED_UPTO mark (instance, position).
+REST_SQL = ("WITH" + _numbered(_TXNS_AND_EXTREMITY, 2) + "," + _numbered(_COUNTS, 8) + ","
+            + _position("mark", NOTIFIED_UPTO, 17, 18) + _RESULT)
 
 
 def fits_one_statement(events: Sequence[Event]) -> bool:
@@ -110,16 +114,14 @@ def fits_one_statement(events: Sequence[Event]) -> bool:
     return all(ev.state_key is None and ev.type != "m.room.redaction" for ev in events)
 
 
-async def persist_plain_events(db: Database, room_id: str, instance: str,
-                               events: Sequence[tuple[Event, int, tuple[str, str, str] | None]],
+async def persist_plain_events(db: Database, room_id: str, instance: str, events: Sequence[PlainRow],
                                push_rows: Sequence[PushRow] | None, own_position: int | None) -> list[SummaryRow]:
     """Store (event, stream position, transaction) rows, their push actions and unread counts, the
     room's new forward extremity and (with several writers) this writer's position, atomically.
     Returns the new values of the unread summary rows it incremented.
 
-    With `push_rows` None the events are stored alone: `persist_notifications` must follow."""
+    With `push_rows` None the events are stored alone: `persist_rest` must follow."""
     assert db.engine == "postgres" and fits_one_statement([ev for ev, _, _ in events])
-    with_txn = [(ev, txn) for ev, _, txn in events if txn is not None]
     args: list[Any] = [
         room_id, instance,
         [pos for _, pos, _ in events], [ev.event_id for ev, _, _ in events], [ev.type for ev, _, _ in events],
@@ -128,29 +130,19 @@ async def persist_plain_events(db: Database, room_id: str, instance: str,
         [ev.internal["state_group_after"] for ev, _, _ in events],
         [txn[1] if txn else None for _, _, txn in events], [txn[2] if txn else None for _, _, txn in events],
         [json_dumps(ev.pdu) for ev, _, _ in events],
-        now_ms(),
-        [txn[0] for _, txn in with_txn], [txn[1] for _, txn in with_txn], [txn[2] for _, txn in with_txn],
-        [ev.event_id for ev, _ in with_txn],
-        events[-1][0].event_id,
     ]
+    rows: list[Any] = []
     if push_rows is None:
-        assert own_position is None, "only a single writer defers notifications"
-        sql = EVENTS_ONLY_SQL
+        assert own_position is None, "only a single writer stores its events alone"
+        await db.run_statement("persist_events", EVENTS_ONLY_SQL, *args)
     else:
-        args += _counts_args(push_rows)
+        args += _txn_args(events) + _counts_args(push_rows)
         sql = PERSIST_SQL
         if own_position is not None:
             sql = PERSIST_WITH_POSITION_SQL
             args.append(own_position)
-    rows = await db.run_statement("persist_events", sql, *args)
-    if rows[0]["extremities"] != 1:
-        # Not a linear local room (no extremity row, or several): make the last event the only one.
-        async def reset_extremity(c: Any) -> None:
-            await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room_id)
-            await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
-                            room_id, events[-1][0].event_id)
-
-        await db.run_transaction("reset_extremity", reset_extremity)
+        rows = await db.run_statement("persist_events", sql, *args)
+        await _check_extremity(db, room_id, events, rows)
     for ev, pos, txn in events:
         if txn is not None:
             ev.internal["txn"] = (txn[1], txn[2])
@@ -158,13 +150,74 @@ async def persist_plain_events(db: Database, room_id: str, instance: str,
     return _summary_rows(room_id, rows)
 
 
-async def persist_notifications(db: Database, room_id: str, instance: str, push_rows: Sequence[PushRow],
-                                notified_upto: int) -> list[SummaryRow]:
-    """The notifications and unread-count increments of events `persist_plain_events` stored without
-    them, and the writer's NOTIFIED_UPTO mark; returns the incremented summary rows' new values."""
-    rows = await db.run_statement("persist_notifications", NOTIFICATIONS_SQL, room_id,
+async def persist_rest(db: Database, room_id: str, instance: str, events: Sequence[PlainRow],
+                       push_rows: Sequence[PushRow], notified_upto: int) -> list[SummaryRow]:
+    """What `persist_plain_events` left out when it stored events alone (transaction IDs, forward
+    extremity, notifications and unread counts), and the writer's NOTIFIED_UPTO mark; returns the
+    incremented summary rows' new values."""
+    rows = await db.run_statement("persist_rest", REST_SQL, room_id, *_txn_args(events),
                                   *_counts_args(push_rows), instance, notified_upto)
+    await _check_extremity(db, room_id, events, rows)
     return _summary_rows(room_id, rows)
+
+
+async def _check_extremity(db: Database, room_id: str, events: Sequence[PlainRow], rows: list[Any]) -> None:
+    if rows[0]["extremities"] == 1:
+        return
+    # Not a linear local room (no extremity row, or several): make the last event the only one.
+    async def reset_extremity(c: Any) -> None:
+        await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room_id)
+        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                        room_id, events[-1][0].event_id)
+
+    await db.run_transaction("reset_extremity", reset_extremity)
+
+
+async def restore_batches(db: Database, instance: str, events: Sequence[Event], push_rows: Sequence[PushRow],
+                          upto: int, after: int | None = None) -> None:
+    """Complete batches whose events were stored alone and whose `persist_rest` never ran: `events`
+    (this writer's, positions in (after, upto]) with their push rows evaluated again. Idempotent:
+    notifications already there stay, unread counts are recounted, transaction IDs come from the
+    events' own columns, each room's extremity becomes its newest event (local rooms are linear).
+    Then the writer's NOTIFIED_UPTO mark is `upto`."""
+    rooms = sorted({ev.room_id for ev in events})
+
+    async def txn(c: Any) -> None:
+        await c.executemany(
+            "INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users,"
+            " highlight_users) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id, stream_ordering) DO NOTHING",
+            notification_rows(push_rows))
+        for user_id, room_id in sorted({(r[0], r[1]) for r in push_rows}):
+            await recompute_push_summary(c, user_id, room_id)
+        if after is not None:
+            await c.execute(
+                "INSERT INTO event_txn_ids (user_id, device_id, room_id, txn_id, event_id, inserted_ts)"
+                " SELECT sender, txn_device_id, room_id, txn_id, event_id, $4 FROM events"
+                " WHERE instance_name = $1 AND stream_ordering > $2 AND stream_ordering <= $3"
+                " AND txn_id IS NOT NULL AND txn_device_id IS NOT NULL ON CONFLICT DO NOTHING",
+                instance, after, upto, now_ms())
+        for room_id in rooms:
+            newest = await c.fetchval(
+                "SELECT event_id FROM events WHERE room_id = $1 ORDER BY stream_ordering DESC LIMIT 1", room_id)
+            await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1", room_id)
+            await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                            room_id, newest)
+        await c.execute(
+            "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ($1, $2, $3)"
+            " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position",
+            NOTIFIED_UPTO, instance, upto)
+
+    await db.run_transaction("restore_batches", txn)
+
+
+def _txn_args(events: Sequence[PlainRow]) -> list[Any]:
+    with_txn = [(ev, txn) for ev, _, txn in events if txn is not None]
+    return [
+        now_ms(),
+        [txn[0] for _, txn in with_txn], [txn[1] for _, txn in with_txn], [txn[2] for _, txn in with_txn],
+        [ev.event_id for ev, _ in with_txn],
+        events[-1][0].event_id,
+    ]
 
 
 def _counts_args(push_rows: Sequence[PushRow]) -> list[Any]:

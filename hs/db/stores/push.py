@@ -27,9 +27,10 @@ SummaryRow = tuple[str, str, str, int, int]  # room, user, thread, notification 
 
 
 class PendingCounts:
-    """Rooms whose newest events committed before their notifications (a monolith's writer writes
-    those a moment later, see hs/db/stores/event_batch.py). Whoever reads or recounts a room's unread
-    counts in the database waits for them first; the cache already has them (`add_counts`)."""
+    """Rooms whose newest events committed before the rest of their batch: notifications, unread
+    counts, transaction IDs, forward extremity (a monolith's writer stores those a moment later, see
+    hs/db/stores/event_batch.py). Whoever reads or recounts a room's unread counts, or reads its
+    stored extremity, waits for them first; the writer's memory already has them."""
 
     def __init__(self) -> None:
         self._rooms: dict[str, tuple[list[int], asyncio.Future[None]]] = {}
@@ -197,24 +198,6 @@ class PushStore:
     async def forget_notified_upto(self, instance: str) -> None:
         await self.db.execute("DELETE FROM stream_positions WHERE stream_name = $1 AND instance_name = $2",
                               NOTIFIED_UPTO, instance)
-
-    async def restore_notifications(self, instance: str, rows: Sequence[PushRow], upto: int) -> None:
-        """Store notifications of events that may have missed them (those already there stay),
-        recount the users' unread summaries, and move the writer's mark to `upto`."""
-        async def txn(c: Connection) -> None:
-            await c.executemany(
-                "INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users,"
-                " highlight_users) VALUES ($1, $2, $3, $4, $5, $6)"
-                " ON CONFLICT (room_id, stream_ordering) DO NOTHING", notification_rows(rows))
-            for user_id, room_id in sorted({(r[0], r[1]) for r in rows}):
-                await recompute_push_summary(c, user_id, room_id)
-            await c.execute(
-                "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ($1, $2, $3)"
-                " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position",
-                NOTIFIED_UPTO, instance, upto)
-
-        await self.db.run_transaction("restore_notifications", txn)
-        self.unread.clear()
 
     @staticmethod
     async def _increment_summary(c: Connection, rows: Sequence[PushRow]) -> list[SummaryRow]:
