@@ -371,22 +371,22 @@ class EventSender:
         push_store = self.hs.push_rules_stream.store
         push_store.pending.start(room_id)
         self._unnotified.add(positions[0])
-        statement = asyncio.ensure_future(persist_plain_events(
-            self.hs.db, room_id, self.hs.instance_name, rows, None, None))
+        # The evaluation is a task that first runs when this one waits for PostgreSQL: the statement
+        # goes out first, and its result reaches this task directly, with no task in between.
+        evaluation = asyncio.ensure_future(self._evaluate_while_waiting(room_id, [ev for ev, _, _ in rows]))
         try:
-            await asyncio.sleep(0)  # let the statement go out before the evaluation takes the CPU
-            try:
-                push_rows = await self._evaluate_while_waiting([ev for ev, _, _ in rows])
-            except Exception:
-                # The events commit regardless; at the next start-up they are evaluated again.
-                logger.exception("push rule evaluation failed in %s", room_id)
-                push_rows = []
-            await statement
+            await persist_plain_events(self.hs.db, room_id, self.hs.instance_name, rows, None, None)
         except BaseException:
-            if not statement.done():
-                statement.cancel()
+            evaluation.cancel()
             push_store.pending.done(room_id)
             self._unnotified.discard(positions[0])
+            raise
+        try:
+            push_rows = await evaluation
+        except BaseException:
+            # Cancelled (shutting down) after the events committed: the batch stays unfinished, holding
+            # the mark below it, and the next start-up completes it.
+            push_store.pending.done(room_id)
             raise
         deltas: dict[tuple[str, str], tuple[int, int]] = {}
         for user_id, _, _, thread_id, _, highlight in push_rows:
@@ -395,14 +395,19 @@ class EventSender:
         push_store.unread.add_counts(room_id, deltas)
         return push_rows
 
-    async def _evaluate_while_waiting(self, events: list[Event]) -> list[PushRow]:
+    async def _evaluate_while_waiting(self, room_id: str, events: list[Event]) -> list[PushRow]:
         if self.push_evaluator is None:
             return []
-        jobs = await self.push_evaluator.prepare_push(events)
-        if sum(len(job.members) for job in jobs) > MAX_THREADED_EVALUATIONS:
-            # Long enough to hold the interpreter lock against the event loop for a while: run inline.
-            return evaluate_push(jobs)
-        return await asyncio.get_running_loop().run_in_executor(self._push_thread, evaluate_push, jobs)
+        try:
+            jobs = await self.push_evaluator.prepare_push(events)
+            if sum(len(job.members) for job in jobs) > MAX_THREADED_EVALUATIONS:
+                # Long enough to hold the interpreter lock against the event loop for a while: inline.
+                return evaluate_push(jobs)
+            return await asyncio.get_running_loop().run_in_executor(self._push_thread, evaluate_push, jobs)
+        except Exception:
+            # The events commit regardless; at the next start-up they are evaluated again.
+            logger.exception("push rule evaluation failed in %s", room_id)
+            return []
 
     async def _persist_rest(self, room_id: str, rows: list[PlainRow], push_rows: list[PushRow],
                             positions: list[int], previous: asyncio.Task[None] | None) -> None:
