@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import hs.services.events as events_module
-from tests.harness import ok, user
+from tests.harness import Client, ok, user
 
 Persist = Callable[..., Awaitable[Any]]
 
@@ -21,16 +21,21 @@ def count_in(sync: dict[str, Any], room: str) -> int:
     return int(sync["rooms"]["join"][room]["unread_notifications"]["notification_count"])
 
 
+async def alice_and_bob_in_a_room(make_server: Any) -> tuple[Any, Client, Client, str]:
+    server = await make_server("postgres")
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{room}")
+    return server, alice, bob, room
+
+
 async def notification_rows(server: Any, room: str) -> int:
     return int(await server.hs.db.fetchval("SELECT COUNT(*) FROM event_notifications WHERE room_id = $1", room))
 
 
 async def test_notifications_that_never_got_stored_are_stored_at_the_next_start(
         make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = await make_server("postgres")
-    alice, bob = await user(server, "alice"), await user(server, "bob")
-    room = await alice.create_room(preset="public_chat")
-    await ok(bob, "POST", f"/join/{room}")
+    server, alice, bob, room = await alice_and_bob_in_a_room(make_server)
     for i in range(2):
         await alice.send_message(room, f"stored {i}")
     await server.hs.event_sender.flush_rests()
@@ -67,10 +72,7 @@ async def test_notifications_that_never_got_stored_are_stored_at_the_next_start(
 
 async def test_a_reader_without_cached_counts_waits_for_the_notifications(
         make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = await make_server("postgres")
-    alice, bob = await user(server, "alice"), await user(server, "bob")
-    room = await alice.create_room(preset="public_chat")
-    await ok(bob, "POST", f"/join/{room}")
+    server, alice, bob, room = await alice_and_bob_in_a_room(make_server)
     release = asyncio.Event()
     real: Persist = events_module.persist_rest
 
@@ -90,10 +92,7 @@ async def test_a_reader_without_cached_counts_waits_for_the_notifications(
 
 async def test_a_read_receipt_right_after_a_message_counts_it_as_read(
         make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = await make_server("postgres")
-    alice, bob = await user(server, "alice"), await user(server, "bob")
-    room = await alice.create_room(preset="public_chat")
-    await ok(bob, "POST", f"/join/{room}")
+    server, alice, bob, room = await alice_and_bob_in_a_room(make_server)
     real: Persist = events_module.persist_rest
 
     async def slow(*args: Any, **kwargs: Any) -> Any:
