@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
@@ -35,7 +34,7 @@ from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
 from hs.services.push_evaluator import evaluate_push
 from hs.streams.events import _UPSERT_POSITION
-from hs.util import LruCache, now_ms, random_string
+from hs.util import KeyedLocks, LruCache, now_ms, random_string
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -45,25 +44,8 @@ logger = logging.getLogger(__name__)
 EVENTS_PERSISTED = Counter("hs_events_persisted_total", "Events persisted by this process")
 
 
-class RoomLocks:
-    """One asyncio lock per room, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def lock(self, room_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(room_id, (asyncio.Lock(), 0))
-        self._locks[room_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[room_id]
-            if users <= 1:
-                del self._locks[room_id]
-            else:
-                self._locks[room_id] = (lock, users - 1)
+# One asyncio lock per room (see `KeyedLocks`).
+RoomLocks = KeyedLocks
 
 
 class EventSender:
@@ -310,14 +292,18 @@ class EventSender:
                     rest = (rows, await self._persist_events_first(room_id, rows, positions))
                     counts: list[SummaryRow] = []
                 else:
-                    counts = await persist_plain_events(self.hs.db, room_id, self.hs.instance_name, rows,
-                                                        await self._push_rows(events), own_position)
+                    push_rows = await self._push_rows(events)
+                    async with push_store.count_locks.lock(room_id):
+                        counts = await persist_plain_events(self.hs.db, room_id, self.hs.instance_name, rows,
+                                                            push_rows, own_position)
             else:
                 # The room's earlier batches complete first: this one moves the extremity on from
                 # theirs, and a redaction recounts from their notifications.
                 await push_store.pending.settled(room_id)
-                counts = await self.hs.db.run_transaction("persist_events", self._batch_writer(
-                    room_id, batch, positions, await self._push_rows(events), redacted, own_position))
+                push_rows = await self._push_rows(events)
+                async with push_store.count_locks.lock(room_id):
+                    counts = await self.hs.db.run_transaction("persist_events", self._batch_writer(
+                        room_id, batch, positions, push_rows, redacted, own_position))
             if redacted:  # recounted in the transaction
                 push_store.unread.invalidate_room(room_id)
             push_store.unread.set_counts(room_id, [(u, t, n, h) for _, u, t, n, h in counts])
@@ -419,7 +405,8 @@ class EventSender:
                 await asyncio.wait([previous])
             mark = min(p for p in self._unnotified if p != positions[0]) - 1 \
                 if len(self._unnotified) > 1 else positions[-1]
-            await persist_rest(self.hs.db, room_id, self.hs.instance_name, rows, push_rows, mark)
+            async with push_store.count_locks.lock(room_id):
+                await persist_rest(self.hs.db, room_id, self.hs.instance_name, rows, push_rows, mark)
             self._unnotified.discard(positions[0])
         except Exception:
             # The batch stays in `_unnotified`, holding the mark below it: the next start-up completes it.

@@ -35,9 +35,10 @@ class ReceiptsStream(TableStream):
         tracker = self.tracker
         if tracker is None:
             raise self.not_writer()
+        push_store = self.hs.push_rules_stream.store
         if receipt_type in READ_TYPES:  # the recount must see the room's notifications
-            await self.hs.push_rules_stream.store.pending.settled(room_id)
-        async with tracker.allocate() as pos:
+            await push_store.pending.settled(room_id)
+        async with push_store.count_locks.lock(room_id), tracker.allocate() as pos:
             stored = await self.store.upsert(room_id, receipt_type, user_id, thread_id, event_id,
                                              event_stream_ordering, ts, pos)
         if not stored:

@@ -16,7 +16,7 @@ from typing import Any
 
 from hs.db.pool import Connection, Database
 from hs.db.stores.unread_cache import UnreadCountsCache
-from hs.util import json_dumps, json_loads
+from hs.util import KeyedLocks, json_dumps, json_loads
 
 JsonDict = dict[str, Any]
 # The `stream_positions` row below which every event a writer persisted has its notifications (see
@@ -58,6 +58,10 @@ class PushStore:
     def __init__(self, db: Database) -> None:
         self.unread = UnreadCountsCache()
         self.pending = PendingCounts()
+        # Held around every write to a room's unread summaries in this process (increments with
+        # persisted events, recounts after a read receipt): a recount that reads the notifications
+        # while an increment commits would otherwise overwrite the increment.
+        self.count_locks = KeyedLocks()
         self.db = db
 
     # -- rules ---------------------------------------------------------------------------------------
