@@ -44,15 +44,11 @@ logger = logging.getLogger(__name__)
 EVENTS_PERSISTED = Counter("hs_events_persisted_total", "Events persisted by this process")
 
 
-# One asyncio lock per room (see `KeyedLocks`).
-RoomLocks = KeyedLocks
-
-
 class EventSender:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.store = hs.event_store
-        self.locks = RoomLocks()
+        self.locks = KeyedLocks()  # per room
         # The latest event built for each room: the next event's prev_event. Only the room's writer
         # changes it (under the room lock), so the cache cannot go stale; it is dropped if a
         # persist fails, so the next build starts again from the database.
@@ -64,8 +60,8 @@ class EventSender:
         # Transaction IDs being persisted or persisted recently, so a retry that races the first
         # request is answered with the same event.
         self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000)
-        # Push rule evaluation: run on each batch (positions assigned) before its transaction, whose
-        # rows (push actions, unread counts) commit with the events.
+        # Push rule evaluation: run on each batch (positions assigned); its rows (notifications,
+        # unread counts) commit with the events, or just after them (`_persist_events_first`).
         self.push_evaluator: BulkPushEvaluator | None = None
         # Evaluating a small batch's push rules in a thread of its own lets it run while the event
         # loop's thread waits for the database: on few cores the database's backend is otherwise
@@ -73,8 +69,8 @@ class EventSender:
         self._push_thread = ThreadPoolExecutor(1, thread_name_prefix="push-eval")
         # First positions of batches whose notifications follow their events and are not stored yet.
         self._unnotified: set[int] = set()
-        self._rest_writes: set[asyncio.Task[None]] = set()
-        self._rests: dict[str, asyncio.Task[None]] = {}  # each room's latest
+        # Each room's latest second statement (`_persist_rest`); it waits for the room's one before.
+        self._rests: dict[str, asyncio.Task[None]] = {}
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -338,8 +334,6 @@ class EventSender:
             task = asyncio.get_running_loop().create_task(
                 self._persist_rest(room_id, rest[0], rest[1], positions, previous))
             self._rests[room_id] = task
-            self._rest_writes.add(task)
-            task.add_done_callback(self._rest_writes.discard)
             task.add_done_callback(lambda t: self._rests.pop(room_id) if self._rests.get(room_id) is t else None)
 
     async def _push_rows(self, events: list[Event]) -> list[PushRow]:
@@ -437,9 +431,9 @@ class EventSender:
         push_store.unread.clear()
 
     async def flush_rests(self) -> None:
-        """Wait for batches still being completed (at shutdown)."""
-        while self._rest_writes:
-            await asyncio.gather(*self._rest_writes, return_exceptions=True)
+        """Wait for batches still being completed (at shutdown); a room's latest waits for the others."""
+        while self._rests:
+            await asyncio.gather(*self._rests.values(), return_exceptions=True)
 
     def _batch_writer(self, room_id: str, batch: list[_Pending], positions: list[int], push_rows: list[PushRow],
                       redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[list[SummaryRow]]]:

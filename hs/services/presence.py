@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.presence import OFFLINE, ONLINE, UNAVAILABLE, PresenceState
 from hs.errors import forbidden, not_found
-from hs.services.events import RoomLocks
-from hs.util import now_ms
+from hs.util import KeyedLocks, now_ms
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -75,7 +74,7 @@ class PresenceService:
         # Writer only: when each user's current /sync long-poll ends (ms); they count as syncing until then.
         self._sync_until: dict[str, int] = {}
         self._dirty: set[str] = set()
-        self._locks = RoomLocks()
+        self._locks = KeyedLocks()
         self._task: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()

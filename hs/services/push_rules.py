@@ -22,7 +22,6 @@ from hs.db.stores.push import PushRow
 from hs.errors import MatrixError, not_found
 from hs.events.auth import get_user_power_level
 from hs.events.event import Event
-from hs.services.events import RoomLocks
 from hs.services.push_evaluator import (
     CompiledRule,
     PushJob,
@@ -31,7 +30,7 @@ from hs.services.push_evaluator import (
     evaluate_push,
     rule_template,
 )
-from hs.util import LruCache
+from hs.util import KeyedLocks, LruCache
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -138,7 +137,7 @@ class PushRulesService:
         self._eval_cache: LruCache[str, tuple[list[CompiledRule], RuleTemplate]] = LruCache(20000)
         self.stream.on_change.append(self._invalidate)
         # One user's read-modify-write changes (ordering within a kind) are serialised in the writer.
-        self._locks = RoomLocks()
+        self._locks = KeyedLocks()
 
     def _invalidate(self, users: list[str] | None) -> None:
         if users is None:

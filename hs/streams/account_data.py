@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.account_data import AccountDataStore
-from hs.services.events import RoomLocks
 from hs.streams.base import TableStream
 from hs.streams.positions import PositionTracker
+from hs.util import KeyedLocks
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -29,7 +29,7 @@ class AccountDataStream(TableStream):
         super().__init__(hs, hs.config.stream_writers.account_data)
         self.store = AccountDataStore(hs.db)
         # Read-modify-write updates (tags) of one user's room are serialised in the (single) writer.
-        self._locks = RoomLocks()
+        self._locks = KeyedLocks()
 
     async def stored_max(self) -> int:
         return int(await self.store.max_stream_id())

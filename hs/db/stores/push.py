@@ -26,7 +26,7 @@ PushRow = tuple[str, str, int, str, str, bool]  # user, room, stream_ordering, t
 SummaryRow = tuple[str, str, str, int, int]  # room, user, thread, notification count, highlight count
 
 
-class PendingCounts:
+class PendingBatches:
     """Rooms whose newest events committed before the rest of their batch: notifications, unread
     counts, transaction IDs, forward extremity (a monolith's writer stores those a moment later, see
     hs/db/stores/event_batch.py). Whoever reads or recounts a room's unread counts, or reads its
@@ -57,7 +57,7 @@ class PendingCounts:
 class PushStore:
     def __init__(self, db: Database) -> None:
         self.unread = UnreadCountsCache()
-        self.pending = PendingCounts()
+        self.pending = PendingBatches()
         # Held around every write to a room's unread summaries in this process (increments with
         # persisted events, recounts after a read receipt): a recount that reads the notifications
         # while an increment commits would otherwise overwrite the increment.
