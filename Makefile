@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 SERVER_NAME ?= localhost
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench venv system-packages clean
 
 $(BIN)/hs: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,10 @@ $(DATA)/homeserver.yaml: | $(BIN)/hs
 run: $(BIN)/hs $(DATA)/homeserver.yaml
 	$(BIN)/hs run --config $(DATA)/homeserver.yaml
 
-test: $(BIN)/hs
+system-packages:
+	deploy/system-packages.sh
+
+test: system-packages $(BIN)/hs
 	$(BIN)/pytest -q -x -p no:cacheprovider tests
 
 lint: $(BIN)/hs
