@@ -55,3 +55,24 @@ async def test_a_room_that_lost_its_extremity_row_gets_one_again(server: Any) ->
     await server.hs.event_sender.flush_rests()
     rows = await server.hs.db.fetch("SELECT event_id FROM event_forward_extremities WHERE room_id = $1", room)
     assert [r["event_id"] for r in rows] == [last]
+
+
+async def test_a_lone_event_row_holds_every_column_of_the_event(server: Any) -> None:
+    """A batch of one event (the commonest) may be stored by a statement of its own: each column right."""
+    alice = await user(server, "alice")
+    room = await alice.create_room()
+    event_id = await alice.send_message(room, "alone", txn_id="lone-txn")
+    await server.hs.event_sender.flush_rests()
+    rows = await server.hs.db.fetch("SELECT * FROM events WHERE event_id = $1", event_id)
+    assert len(rows) == 1
+    row = rows[0]
+    event = await server.hs.event_store.get_event(event_id)
+    assert event is not None
+    assert (row["room_id"], row["type"], row["sender"], row["state_key"]) == (room, "m.room.message",
+                                                                              alice.user_id, None)
+    assert (row["depth"], row["origin_server_ts"]) == (event.depth, event.origin_server_ts)
+    assert row["instance_name"] == server.hs.instance_name
+    assert row["state_group_before"] == row["state_group_after"] == event.internal["state_group_after"]
+    assert row["txn_id"] == "lone-txn" and row["txn_device_id"] == alice.device_id
+    assert json.loads(row["json"])["content"] == {"msgtype": "m.text", "body": "alone"}
+    assert row["stream_ordering"] == event.internal["stream_ordering"]
