@@ -262,3 +262,57 @@ async def test_unread_counts_on_a_sync_worker_follow_other_processes_writes(clus
         await alice.close()
         await bob.close()
         await reader.close()
+
+
+async def test_unread_summaries_stay_exact_when_receipts_race_messages_across_processes(
+        cluster: LocalCluster) -> None:
+    """Read receipts (recounted by the receipts writer) racing messages (counted by the event
+    persisters, other processes): every stored unread summary equals a recount from the notifications.
+    Without a lock both sides share, a recount that read the notifications before an increment
+    committed overwrote the increment."""
+    from hs.db.pool import _PgConnection
+    from hs.db.stores.push import recompute_push_summary
+
+    alice = await _user(cluster.base_url, "alice")
+    bob = await _user(cluster.base_url, "bob")
+    try:
+        rooms = [await alice.create_room(preset="public_chat") for _ in range(4)]
+        for room in rooms:
+            assert (await bob.request("POST", f"/join/{room}", {}))[0] == 200
+
+        async def send(room: str, sent: list[str], worker: int) -> None:
+            for i in range(30):
+                sent.append(await alice.send_message(room, f"{worker}.{i}"))
+
+        async def read(room: str, sent: list[str], sending: asyncio.Future[object]) -> None:
+            while not sending.done():
+                if sent:
+                    status, _ = await bob.request("POST", f"/rooms/{room}/receipt/m.read/{sent[-1]}", {})
+                    assert status == 200
+                await asyncio.sleep(0.002)
+
+        async def send_and_read(room: str) -> None:
+            sent: list[str] = []
+            sending = asyncio.ensure_future(asyncio.gather(*(send(room, sent, w) for w in range(3))))
+            await asyncio.gather(sending, read(room, sent, sending))
+
+        await asyncio.gather(*(send_and_read(room) for room in rooms))
+        conn = await asyncpg.connect(cluster.config.database.postgres_dsn)
+        try:
+            for room in rooms:
+                stored = await conn.fetchval(
+                    "SELECT COALESCE(SUM(notif_count), 0) FROM event_push_summary WHERE user_id = $1"
+                    " AND room_id = $2", bob.user_id, room)
+                recount = conn.transaction()
+                await recount.start()
+                await recompute_push_summary(_PgConnection(conn), bob.user_id, room)
+                recounted = await conn.fetchval(
+                    "SELECT COALESCE(SUM(notif_count), 0) FROM event_push_summary WHERE user_id = $1"
+                    " AND room_id = $2", bob.user_id, room)
+                await recount.rollback()
+                assert stored == recounted, (room, stored, recounted)
+        finally:
+            await conn.close()
+    finally:
+        await alice.close()
+        await bob.close()

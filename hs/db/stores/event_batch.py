@@ -24,7 +24,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs.db.pool import Database
-from hs.db.stores.push import NOTIFIED_UPTO, PushRow, SummaryRow, notification_rows, recompute_push_summary
+from hs.db.stores.push import (
+    NOTIFIED_UPTO,
+    UNREAD_COUNTS_LOCK_SQL,
+    PushRow,
+    SummaryRow,
+    notification_rows,
+    recompute_push_summary,
+)
 from hs.events.event import Event
 from hs.util import json_dumps, now_ms
 
@@ -55,10 +62,15 @@ new_notifications AS (
   SELECT $1, n.so, n.eid, n.thr, n.users, n.high
   FROM unnest(${0}::bigint[], ${1}::text[], ${2}::text[], ${3}::text[], ${4}::text[])
     AS n(so, eid, thr, users, high)
+), count_lock AS (
+  -- The room's unread-summary lock (`lock_unread_counts`), taken before the first summary row is
+  -- written: `unread` reads it, and `summary` reads all of `unread` first.
+  {COUNT_LOCK}
 ), unread AS (
   -- Count only what the user's read receipt (main timeline, or this thread) does not already cover.
   SELECT a.usr AS user_id, a.thr AS thread_id, COUNT(*) AS notifs, SUM(a.hl) AS highlights
   FROM unnest(${5}::text[], ${6}::bigint[], ${7}::text[], ${8}::int[]) AS a(usr, so, thr, hl)
+    CROSS JOIN count_lock
   WHERE a.so > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts r
       WHERE r.room_id = $1 AND r.user_id = a.usr AND r.receipt_type IN ('m.read', 'm.read.private')
       AND (r.thread_id = '' OR r.thread_id = a.thr)), 0)
@@ -70,7 +82,7 @@ new_notifications AS (
     notif_count = event_push_summary.notif_count + excluded.notif_count,
     highlight_count = event_push_summary.highlight_count + excluded.highlight_count
   RETURNING user_id, thread_id, notif_count, highlight_count
-)"""
+)""".replace("{COUNT_LOCK}", UNREAD_COUNTS_LOCK_SQL)
 # A stream position row (instance $I, position $P), never moved backwards.
 _POSITION = """
 {NAME} AS (

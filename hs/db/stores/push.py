@@ -22,6 +22,11 @@ JsonDict = dict[str, Any]
 # The `stream_positions` row below which every event a writer persisted has its notifications (see
 # hs/db/stores/event_batch.py).
 NOTIFIED_UPTO = "event_notifications"
+# The first key of the PostgreSQL advisory lock on a room's unread summaries (the second is a hash of
+# the room ID), held by every transaction that writes them: see `lock_unread_counts`.
+UNREAD_COUNTS_LOCK = 0x756E7264  # "unrd"
+# The same lock taken inside one statement, for data-modifying CTEs ($1 the room ID).
+UNREAD_COUNTS_LOCK_SQL = f"SELECT pg_advisory_xact_lock({UNREAD_COUNTS_LOCK}, hashtext($1))"
 PushRow = tuple[str, str, int, str, str, bool]  # user, room, stream_ordering, thread, event_id, highlight
 SummaryRow = tuple[str, str, str, int, int]  # room, user, thread, notification count, highlight count
 
@@ -60,7 +65,8 @@ class PushStore:
         self.pending = PendingBatches()
         # Held around every write to a room's unread summaries in this process (increments with
         # persisted events, recounts after a read receipt): a recount that reads the notifications
-        # while an increment commits would otherwise overwrite the increment.
+        # while an increment commits would otherwise overwrite the increment. Across processes (a
+        # cluster) the transactions also take `lock_unread_counts`.
         self.count_locks = KeyedLocks()
         self.db = db
 
@@ -206,7 +212,8 @@ class PushStore:
     @staticmethod
     async def _increment_summary(c: Connection, rows: Sequence[PushRow]) -> list[SummaryRow]:
         receipts: dict[tuple[str, str], dict[str, int]] = {}
-        for room_id in {r[1] for r in rows}:
+        for room_id in sorted({r[1] for r in rows}):
+            await lock_unread_counts(c, room_id)
             users = sorted({r[0] for r in rows if r[1] == room_id})
             placeholders = ",".join(f"${n + 2}" for n in range(len(users)))
             for rec in await c.fetch(
@@ -285,9 +292,23 @@ def notification_rows(rows: Sequence[PushRow]) -> list[tuple[str, int, str, str,
             for (room_id, position), (event_id, thread_id, notify, high) in events.items()]
 
 
+async def lock_unread_counts(c: Connection, room_id: str) -> None:
+    """On PostgreSQL, hold the room's unread-summary lock until the transaction ends.
+
+    Processes of a cluster write the same summaries: event persisters increment them, the receipts
+    writer recounts them. A recount that read the notifications just before an increment committed
+    would overwrite it; with the lock, a recount waits for the increment and then (each statement
+    taking a fresh snapshot) counts its notifications, or the increment waits for the recount and
+    adds to it. SQLite serves one process, whose `PushStore.count_locks` suffice.
+    """
+    if c.engine == "postgres":
+        await c.execute(UNREAD_COUNTS_LOCK_SQL, room_id)
+
+
 async def recompute_push_summary(c: Connection, user_id: str, room_id: str) -> None:
     """Count a user's unread notifications in a room afresh (after a receipt or a redaction): the
     notifications after the later of m.read / m.read.private, unthreaded or for the same thread."""
+    await lock_unread_counts(c, room_id)
     read: dict[str, int] = {}
     for rec in await c.fetch(
             "SELECT thread_id, MAX(event_stream_ordering) AS pos FROM receipts WHERE user_id = $1"
