@@ -18,10 +18,10 @@ from prometheus_client import Counter
 
 from hs.db.stores.event_batch import (
     PlainRow,
+    complete_batches,
     fits_one_statement,
     persist_plain_events,
     persist_rest,
-    restore_batches,
 )
 from hs.db.stores.push import PushRow, SummaryRow
 from hs.errors import MatrixError, forbidden, not_found
@@ -421,12 +421,12 @@ class EventSender:
             return
         mark = await push_store.get_notified_upto(instance)
         if mark is None:  # nothing ever deferred here: every batch so far was stored whole
-            await restore_batches(self.hs.db, instance, [], [], await self.store.get_max_stream_ordering())
+            await complete_batches(self.hs.db, instance, [], [], await self.store.get_max_stream_ordering())
             return
         while events := await self.store.get_events_persisted_by(instance, mark, 500):
             rows = await self._push_rows(events)
             after, mark = mark, int(events[-1].internal["stream_ordering"])
-            await restore_batches(self.hs.db, instance, events, rows, mark, after)
+            await complete_batches(self.hs.db, instance, events, rows, mark, after)
             logger.info("completed %d event(s) persisted just before the last stop", len(events))
         push_store.unread.clear()
 

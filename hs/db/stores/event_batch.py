@@ -14,7 +14,7 @@ answers transaction-ID retries and builds the room's next event from memory. The
 alone (`EVENTS_ONLY_SQL`) while push rules are evaluated, and the rest of the batch (notifications,
 unread counts, transaction IDs, the forward extremity) follows in a second statement (`REST_SQL`)
 after the readers were woken. The second statement also moves the writer's NOTIFIED_UPTO mark; at
-start-up the writer completes whatever it persisted above the mark (`restore_batches`: a stop
+start-up the writer completes whatever it persisted above the mark (`complete_batches`: a stop
 between the two statements).
 """
 
@@ -196,7 +196,7 @@ async def _check_extremity(db: Database, room_id: str, events: Sequence[PlainRow
     await db.run_transaction("reset_extremity", reset_extremity)
 
 
-async def restore_batches(db: Database, instance: str, events: Sequence[Event], push_rows: Sequence[PushRow],
+async def complete_batches(db: Database, instance: str, events: Sequence[Event], push_rows: Sequence[PushRow],
                           upto: int, after: int | None = None) -> None:
     """Complete batches whose events were stored alone and whose `persist_rest` never ran: `events`
     (this writer's, positions in (after, upto]) with their push rows evaluated again. Idempotent:
@@ -230,7 +230,7 @@ async def restore_batches(db: Database, instance: str, events: Sequence[Event], 
             " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position",
             NOTIFIED_UPTO, instance, upto)
 
-    await db.run_transaction("restore_batches", txn)
+    await db.run_transaction("complete_batches", txn)
 
 
 def _txn_args(events: Sequence[PlainRow]) -> list[Any]:
