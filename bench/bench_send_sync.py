@@ -90,7 +90,7 @@ async def bench_send(users: list[User], room_id: str, duration: float) -> dict[s
 
 
 async def bench_wake(sender: User | RawHttpClient, receiver: User | RawHttpClient, room_id: str,
-                     trials: int) -> dict[str, float]:
+                     trials: int, idle_s: float = 0.05) -> dict[str, float]:
     async def long_poll(since: str) -> tuple[Any, float]:
         """A /sync long-poll and the moment it returned (which may be before the sender's PUT does)."""
         result = await receiver.call("GET", "/sync", params={"timeout": "30000", "since": since})
@@ -101,7 +101,9 @@ async def bench_wake(sender: User | RawHttpClient, receiver: User | RawHttpClien
     for i in range(trials):
         body = f"wake {i} {uuid.uuid4().hex}"
         poll = asyncio.create_task(long_poll(since))
-        await asyncio.sleep(0.05)  # let the long-poll park on the server
+        # Let the long-poll park on the server. The machine idles meanwhile, and the wake-up pays for
+        # that: halted cores and cold caches (see docs/performance.md, "What the machine costs").
+        await asyncio.sleep(idle_s)
         t0 = time.perf_counter()
         await sender.call("PUT", f"/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
                           {"msgtype": "m.text", "body": body})
@@ -182,7 +184,7 @@ async def bench_fanout(base: str, secret: str, s: aiohttp.ClientSession, receive
 
 
 async def run_workloads(base: str, secret: str, senders: int, duration: float, trials: int,
-                        fanout: int = 0) -> dict[str, Any]:
+                        fanout: int = 0, idle_ms: float = 50) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as s:
         users = [await register(s, base, secret, f"bench{tag}{i}") for i in range(senders + 1)]
@@ -192,10 +194,10 @@ async def run_workloads(base: str, secret: str, senders: int, duration: float, t
         for u in users[1:]:
             await u.call("POST", f"/join/{room_id}", {})
         send = await bench_send(users[1:], room_id, duration)
-        wake = await bench_wake(users[1], owner, room_id, trials)
+        wake = await bench_wake(users[1], owner, room_id, trials, idle_ms / 1000)
         raw_sender, raw_receiver = RawHttpClient(base, users[1].token), RawHttpClient(base, owner.token)
         try:
-            wake_raw = await bench_wake(raw_sender, raw_receiver, room_id, trials)
+            wake_raw = await bench_wake(raw_sender, raw_receiver, room_id, trials, idle_ms / 1000)
         finally:
             await raw_sender.close()
             await raw_receiver.close()
@@ -375,6 +377,8 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=16)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--idle-ms", type=float, default=50,
+                    help="how long the machine idles before each wake-up trial (the long-poll parks meanwhile)")
     ap.add_argument("--synapse", action="store_true", help="also run the workload against Synapse")
     ap.add_argument("--fanout", type=int, default=0, metavar="N",
                     help="also measure fan-out to N long-polling users (typing and messages)")
@@ -382,7 +386,8 @@ def main() -> int:
                     help="also run it against the reference hs cluster (PostgreSQL + Redis + nginx)")
     args = ap.parse_args()
     if args.target:
-        res = asyncio.run(run_workloads(args.target, args.shared_secret, args.senders, args.duration, args.trials))
+        res = asyncio.run(run_workloads(args.target, args.shared_secret, args.senders, args.duration, args.trials,
+                                        idle_ms=args.idle_ms))
         print(f"target {args.target}: {res}")
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="hs-bench-"))
@@ -397,7 +402,8 @@ def main() -> int:
             continue
         proc, base, secret = starter(engine, workdir)
         try:
-            res = asyncio.run(run_workloads(base, secret, args.senders, args.duration, args.trials, args.fanout))
+            res = asyncio.run(run_workloads(base, secret, args.senders, args.duration, args.trials, args.fanout,
+                                            args.idle_ms))
         finally:
             proc.terminate()
             proc.wait(10)
