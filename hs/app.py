@@ -121,7 +121,7 @@ def create_app(hs: HomeServer, listener: Listener) -> web.Application:
     app[HS_KEY] = hs
     resources = listener.all_resources
     seen: set[tuple[str, str]] = set()
-    routes = routes_for_instance(hs.config, hs.instance_name)
+    routes = sorted(routes_for_instance(hs.config, hs.instance_name), key=lambda r: not r.first)
     for route in routes:
         if route.resource not in resources:
             continue

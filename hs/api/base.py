@@ -42,6 +42,10 @@ class Route:
     prefixes: tuple[str, ...] = CLIENT_V3
     resource: str = "client"
     name: str = field(default="")
+    # Mounted before the other routes: aiohttp tries the routes under one literal prefix (such as
+    # /_matrix/client/v3/rooms, ~20 of them) in order, so the busiest endpoint goes first. Only for a
+    # pattern no earlier route could also match.
+    first: bool = False
 
     def full_paths(self) -> list[str]:
         return [p + self.path for p in self.prefixes] if self.prefixes else [self.path]

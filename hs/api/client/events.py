@@ -94,7 +94,8 @@ async def get_context(request: web.Request) -> tuple[int, Any]:
 
 
 ROUTES: list[Route] = [
-    Route("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", send_event, "event_sending", CLIENT_V3_V1),
+    Route("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", send_event, "event_sending", CLIENT_V3_V1,
+          first=True),
     Route("PUT", "/rooms/{roomId}/state/{eventType}", send_state, "event_sending", CLIENT_V3_V1),
     Route("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", send_state, "event_sending", CLIENT_V3_V1),
     Route("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", redact_event, "event_sending", CLIENT_V3_V1),
