@@ -137,6 +137,12 @@ class HomeServer:
         return Registration(self)
 
     @cached_property
+    def user_directory(self) -> Any:
+        from hs.services.user_directory import UserDirectory
+
+        return UserDirectory(self)
+
+    @cached_property
     def rooms(self) -> Any:
         from hs.services.rooms import RoomService
 

@@ -11,7 +11,7 @@ from hs.config import HomeserverConfig
 
 # Endpoint groups a generic worker serves (the seed's generic_worker sections).
 GENERIC_WORKER_GROUPS = {"sync", "client", "encryption", "registration_login", "event_sending",
-                         "pagination", "account_data", "receipts", "presence", "pushrules"}
+                         "pagination", "account_data", "receipts", "presence", "pushrules", "user_directory"}
 # Groups owned by a stream's writer: requests go to that writer.
 STREAM_GROUPS = {"typing": "typing", "to_device": "to_device", "account_data": "account_data",
                  "receipts": "receipts", "presence": "presence",
@@ -32,13 +32,14 @@ def all_routes() -> list[Route]:
         rooms,
         sync,
         to_device,
+        user_directory,
     )
     from hs.api.client import presence as presence_api
     from hs.api.client import typing as typing_api
 
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
-                   presence_api):
+                   presence_api, user_directory):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

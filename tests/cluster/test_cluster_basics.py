@@ -41,6 +41,11 @@ async def test_chat_through_the_proxy(cluster: LocalCluster) -> None:
         assert event_id in [e["event_id"] for e in events]
         status, page = await alice.request("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "50"})
         assert status == 200 and event_id in [e["event_id"] for e in page["chunk"]]
+        # The user directory (served by generic workers) finds the room's other member.
+        assert bob.user_id is not None
+        status, found = await alice.request("POST", "/user_directory/search",
+                                            {"search_term": bob.user_id[1:].split(":")[0]})
+        assert status == 200 and [r["user_id"] for r in found["results"]] == [bob.user_id]
     finally:
         await alice.close()
         await bob.close()
