@@ -54,6 +54,11 @@ registration_shared_secret: "{shared_secret}"
 
 default_room_version: "12"
 
+# TURN servers for voice and video calls, with the shared secret of a coturn `use-auth-secret` setup:
+#turn_uris: ["turn:turn.{server_name}:3478?transport=udp", "turn:turn.{server_name}:3478?transport=tcp"]
+#turn_shared_secret: "..."
+#turn_user_lifetime: 1h
+
 # Rate limits (per user, or per address for login): raise them for benchmarks.
 rc_message: {{per_second: 0.2, burst_count: 10}}
 rc_registration: {{per_second: 0.17, burst_count: 3}}

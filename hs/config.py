@@ -180,6 +180,29 @@ class StreamWriters(Strict):
         return data
 
 
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
+                      "y": 31_536_000_000}
+
+
+def parse_duration_ms(value: object) -> int:
+    """Synapse's durations: an integer of milliseconds, or a string like "30s", "5m", "1h", "7d"."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 3600000 (ms), '1h' or '30m'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        for unit in sorted(_DURATION_UNITS_MS, key=len, reverse=True):
+            number = text[:-len(unit)]
+            if text.endswith(unit) and number.isdigit():
+                return int(number) * _DURATION_UNITS_MS[unit]
+        if text.isdigit():
+            return int(text)
+    raise ValueError(f"{value!r} is not a duration such as 3600000 (ms), '1h' or '30m'")
+
+
 class HomeserverConfig(Strict):
     server_name: str
     public_baseurl: str | None = None
@@ -207,6 +230,15 @@ class HomeserverConfig(Strict):
     rc_message: RateLimit = Field(default_factory=lambda: RateLimit(per_second=0.2, burst_count=10))
     rc_registration: RateLimit = Field(default_factory=lambda: RateLimit(per_second=0.17, burst_count=3))
     rc_login: LoginRateLimit = Field(default_factory=LoginRateLimit)
+    # TURN servers for VoIP calls (GET /voip/turnServer): shared-secret (TURN REST API) credentials
+    # or a fixed username and password.
+    turn_uris: list[str] = Field(default_factory=list)
+    turn_shared_secret: str | None = None
+    turn_shared_secret_path: str | None = None
+    turn_username: str | None = None
+    turn_password: str | None = None
+    turn_user_lifetime: int = 3_600_000  # ms; "1h" and the like are accepted
+    turn_allow_guests: bool = True
     rc_joins: dict[str, RateLimit] = Field(default_factory=lambda: {
         "local": RateLimit(per_second=0.1, burst_count=10),
         "remote": RateLimit(per_second=0.01, burst_count=10),
@@ -235,6 +267,19 @@ class HomeserverConfig(Strict):
     def _server_name(cls, value: str) -> str:
         if not value or any(c in value for c in "/@!#$ ") or value.count(":") > 1 and "]" not in value:
             raise ValueError(f"{value!r} is not a valid Matrix server name")
+        return value
+
+    @field_validator("turn_user_lifetime", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> int:
+        return parse_duration_ms(value)
+
+    @field_validator("turn_uris")
+    @classmethod
+    def _turn_uris(cls, value: list[str]) -> list[str]:
+        for uri in value:
+            if not uri.startswith(("turn:", "turns:")):
+                raise ValueError(f"{uri!r} is not a TURN URI (turn:host:port?transport=udp, or turns:...)")
         return value
 
     @field_validator("default_room_version")
@@ -299,6 +344,13 @@ class HomeserverConfig(Strict):
             return self.worker_replication_secret
         if self.worker_replication_secret_path:
             return self.resolve_path(self.worker_replication_secret_path).read_text().strip()
+        return None
+
+    def get_turn_shared_secret(self) -> str | None:
+        if self.turn_shared_secret:
+            return self.turn_shared_secret
+        if self.turn_shared_secret_path:
+            return self.resolve_path(self.turn_shared_secret_path).read_text().strip()
         return None
 
     def get_registration_shared_secret(self) -> str | None:

@@ -33,13 +33,14 @@ def all_routes() -> list[Route]:
         sync,
         to_device,
         user_directory,
+        voip,
     )
     from hs.api.client import presence as presence_api
     from hs.api.client import typing as typing_api
 
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
-                   presence_api, user_directory):
+                   presence_api, user_directory, voip):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)
