@@ -31,6 +31,7 @@ def all_routes() -> list[Route]:
         profile,
         rooms,
         sync,
+        threepid,
         to_device,
         user_directory,
         voip,
@@ -40,7 +41,7 @@ def all_routes() -> list[Route]:
 
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
-                   presence_api, user_directory, voip):
+                   presence_api, user_directory, voip, threepid):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

@@ -635,3 +635,15 @@ async def test_cli_register_user_wrong_secret(make_server: Any, tmp_path: Path) 
                                         "--url", srv.base_url])
     assert rc == 1
     assert await srv.hs.user_store.get_user("@intruder:test.local") is None
+
+
+# -- third-party identifiers --------------------------------------------------------------------------------
+async def test_accounts_have_no_third_party_identifiers(server: TestHomeServer) -> None:
+    c = await _register(server, "tpid", "tpidpass")
+    status, body = await c.request("GET", "/account/3pid")
+    assert (status, body) == (200, {"threepids": []})
+    for path in ("/account/3pid/email/requestToken", "/register/email/requestToken",
+                 "/account/password/msisdn/requestToken"):
+        status, body = await c.request("POST", path, {"client_secret": "s", "email": "a@b.c", "send_attempt": 1})
+        assert status == 400 and body["errcode"] == "M_THREEPID_MEDIUM_NOT_SUPPORTED", path
+    await c.close()
