@@ -19,7 +19,7 @@ from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
-from hs.roles.duties import BACKGROUND_TASKS, duties_for
+from hs.roles.duties import BACKGROUND_TASKS, PUSHER, duties_for
 from hs.streams.account_data import AccountDataStream
 from hs.streams.caches import CacheInvalidator
 from hs.streams.device_lists import DeviceListsStream
@@ -137,6 +137,18 @@ class HomeServer:
         return Registration(self)
 
     @cached_property
+    def pushers_store(self) -> Any:
+        from hs.db.stores.pushers import PusherStore
+
+        return PusherStore(self.db)
+
+    @cached_property
+    def pushers(self) -> Any:
+        from hs.services.pushers import PusherPool
+
+        return PusherPool(self)
+
+    @cached_property
     def user_directory(self) -> Any:
         from hs.services.user_directory import UserDirectory
 
@@ -246,6 +258,8 @@ class HomeServer:
             self.background.start()
         await self.account_data_stream.setup()
         await self.typing_stream.setup()
+        if PUSHER in self.duties:
+            await self.pushers.start()
         self._started = True
 
     async def _catch_up(self) -> None:
@@ -296,6 +310,8 @@ class HomeServer:
             await self.event_sender.flush_rests()
         if "background" in self.__dict__:
             await self.background.stop()
+        if "pushers" in self.__dict__:
+            await self.pushers.stop()
         if "presence" in self.__dict__:
             await self.presence.stop()
         self.typing_stream.close()

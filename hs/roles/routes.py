@@ -29,6 +29,7 @@ def all_routes() -> list[Route]:
         keys,
         misc,
         profile,
+        pushers,
         rooms,
         sync,
         threepid,
@@ -41,7 +42,7 @@ def all_routes() -> list[Route]:
 
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
-                   presence_api, user_directory, voip, threepid):
+                   presence_api, user_directory, voip, threepid, pushers):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

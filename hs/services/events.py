@@ -430,6 +430,11 @@ class EventSender:
             logger.info("completed %d event(s) persisted just before the last stop", len(events))
         push_store.unread.clear()
 
+    def notifications_stored_upto(self, position: int) -> int:
+        """The highest position at or below `position` below which every batch this writer
+        persisted has its notifications stored too (their second statement may still be running)."""
+        return min(position, min(self._unnotified) - 1) if self._unnotified else position
+
     async def flush_rests(self) -> None:
         """Wait for batches still being completed (at shutdown); a room's latest waits for the others."""
         while self._rests:

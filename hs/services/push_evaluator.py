@@ -399,6 +399,14 @@ class PushJob:
     thread: str
 
 
+def member_actions(job: PushJob, member: int) -> list[Any] | None:
+    """The push rule actions of one member of a prepared job (None: no rule matched)."""
+    user_id, display_name, compiled, template = job.members[member]
+    ctx = EvalContext(user_id=user_id, display_name=display_name, member_count=job.member_count,
+                      sender_power_level=job.sender_level, notification_levels=job.notification_levels)
+    return evaluate_member(compiled, template, job.event.pdu, ctx, {})
+
+
 def evaluate_push(jobs: list[PushJob]) -> list[PushRow]:
     """The push rows of prepared events: pure (no I/O, no shared state but thread-safe caches)."""
     rows: list[PushRow] = []

@@ -28,6 +28,7 @@ from hs.services.push_evaluator import (
     RuleTemplate,
     compile_rules,
     evaluate_push,
+    member_actions,
     rule_template,
 )
 from hs.util import KeyedLocks, LruCache
@@ -347,7 +348,13 @@ class BulkPushEvaluator:
         highlight) rows for the persister to store with the events."""
         return evaluate_push(await self.prepare_push(events))
 
-    async def prepare_push(self, events: list[Event]) -> list[PushJob]:
+    async def actions_for(self, event: Event, user_id: str) -> list[Any] | None:
+        """The user's push rule actions for a persisted event, as their rules are now (pushers
+        evaluate again to learn the tweaks); None if no rule matched or the user is not notified."""
+        jobs = await self.prepare_push([event], only_user=user_id)
+        return member_actions(jobs[0], 0) if jobs else None
+
+    async def prepare_push(self, events: list[Event], only_user: str | None = None) -> list[PushJob]:
         """Everything evaluating these events reads (room facts, members' rules, threads), fetched:
         what is left, `evaluate_push`, is pure and may run in another thread."""
         jobs: list[PushJob] = []
@@ -361,6 +368,8 @@ class BulkPushEvaluator:
             if ev.membership == "invite" and ev.state_key and self.is_mine(ev.state_key) \
                     and ev.state_key != ev.sender:
                 users.append(ev.state_key)
+            if only_user is not None:
+                users = [u for u in users if u == only_user]
             if not users:
                 continue
             pl = auth.get(("m.room.power_levels", ""))

@@ -122,6 +122,8 @@ class UserStore:
             for d in ids:
                 await c.execute("DELETE FROM devices WHERE user_id = $1 AND device_id = $2", user_id, d)
                 await c.execute("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2", user_id, d)
+                # A logged-out device gets no more push notifications.
+                await c.execute("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2", user_id, d)
             return ids
 
         ids = await self.db.run_transaction("delete_devices", txn)
