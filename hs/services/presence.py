@@ -344,10 +344,13 @@ class PresenceService:
     async def _timeout_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # Not `wait_for`: on Python 3.11 it can swallow a cancellation that races the kick, and
+            # `stop` would then wait for this loop forever.
+            timer = loop.call_later(self.check_interval_s, self._kick.set)
             try:
-                await asyncio.wait_for(self._kick.wait(), self.check_interval_s)
-            except TimeoutError:
-                pass
+                await self._kick.wait()
+            finally:
+                timer.cancel()
             self._kick.clear()
             try:
                 await self.check_timeouts()

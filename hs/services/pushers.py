@@ -153,6 +153,7 @@ class PusherPool:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._workers: dict[PusherKey, _PusherWorker] = {}
+        self._stopping = False
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
@@ -165,6 +166,7 @@ class PusherPool:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         if self._task is not None:
             tasks.append(self._task)
@@ -183,11 +185,14 @@ class PusherPool:
         return int(self.hs.event_sender.notifications_stored_upto(position))
 
     async def _run(self) -> None:
-        while True:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            # Not `wait_for`: on Python 3.11 it can swallow a cancellation that races the wake-up.
+            timer = loop.call_later(self.POLL_S, self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.POLL_S)
-            except TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             self._wake.clear()
             try:
                 await self._process()
@@ -198,7 +203,7 @@ class PusherPool:
     async def _process(self) -> None:
         while True:
             upto = self._stored_upto()
-            if upto < self.hs.events_stream.current_position():
+            if upto < self.hs.events_stream.current_position() and not self._stopping:
                 asyncio.get_running_loop().call_later(self.RECHECK_S, self._wake.set)
             if upto <= self._cursor:
                 return

@@ -321,3 +321,25 @@ async def test_unread_summaries_stay_exact_when_receipts_race_messages_across_pr
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_push_notifications_reach_the_gateway_from_the_cluster(cluster: LocalCluster) -> None:
+    """The pusher (on main) follows notifications the event persisters store."""
+    from tests.integration.test_pushers import FakeGateway, pusher_body
+
+    gateway = FakeGateway()
+    await gateway.start()
+    alice = await _user(cluster.base_url, "alice")
+    bob = await _user(cluster.base_url, "bob")
+    try:
+        room = await alice.create_room(preset="private_chat", invite=[bob.user_id])
+        assert (await bob.request("POST", f"/join/{room}", {}))[0] == 200
+        status, _ = await bob.request("POST", "/pushers/set", pusher_body(gateway.url))
+        assert status == 200
+        event_id = await alice.send_message(room, "pushed through the cluster")
+        received = await gateway.wait_for(1)
+        assert received[0]["notification"]["event_id"] == event_id
+    finally:
+        await alice.close()
+        await bob.close()
+        await gateway.stop()
