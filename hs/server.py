@@ -149,6 +149,12 @@ class HomeServer:
         return PusherPool(self)
 
     @cached_property
+    def notifications(self) -> Any:
+        from hs.services.notifications import NotificationsService
+
+        return NotificationsService(self)
+
+    @cached_property
     def user_directory(self) -> Any:
         from hs.services.user_directory import UserDirectory
 

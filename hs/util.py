@@ -88,3 +88,11 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def like_pattern(term: str, fold_case: bool = True) -> str:
+    """A substring pattern for LIKE ... ESCAPE '\\' (case-folded unless told not to), with the
+    term's wildcards escaped."""
+    text = term.lower() if fold_case else term
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

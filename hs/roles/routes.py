@@ -28,6 +28,7 @@ def all_routes() -> list[Route]:
         events,
         keys,
         misc,
+        notifications,
         profile,
         pushers,
         rooms,
@@ -42,7 +43,7 @@ def all_routes() -> list[Route]:
 
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
-                   presence_api, user_directory, voip, threepid, pushers):
+                   presence_api, user_directory, voip, threepid, pushers, notifications):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

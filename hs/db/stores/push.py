@@ -292,6 +292,18 @@ def notification_rows(rows: Sequence[PushRow]) -> list[tuple[str, int, str, str,
             for (room_id, position), (event_id, thread_id, notify, high) in events.items()]
 
 
+async def read_positions(c: Connection | Database, user_id: str, room_id: str) -> dict[str, int]:
+    """The position the user has read up to in a room, per thread ("" for the unthreaded receipt,
+    which covers every thread): the later of m.read and m.read.private."""
+    read: dict[str, int] = {}
+    for rec in await c.fetch(
+            "SELECT thread_id, MAX(event_stream_ordering) AS pos FROM receipts WHERE user_id = $1"
+            " AND room_id = $2 AND receipt_type IN ('m.read', 'm.read.private') GROUP BY thread_id",
+            user_id, room_id):
+        read[rec["thread_id"]] = int(rec["pos"])
+    return read
+
+
 async def lock_unread_counts(c: Connection, room_id: str) -> None:
     """On PostgreSQL, hold the room's unread-summary lock until the transaction ends.
 
@@ -309,12 +321,7 @@ async def recompute_push_summary(c: Connection, user_id: str, room_id: str) -> N
     """Count a user's unread notifications in a room afresh (after a receipt or a redaction): the
     notifications after the later of m.read / m.read.private, unthreaded or for the same thread."""
     await lock_unread_counts(c, room_id)
-    read: dict[str, int] = {}
-    for rec in await c.fetch(
-            "SELECT thread_id, MAX(event_stream_ordering) AS pos FROM receipts WHERE user_id = $1"
-            " AND room_id = $2 AND receipt_type IN ('m.read', 'm.read.private') GROUP BY thread_id",
-            user_id, room_id):
-        read[rec["thread_id"]] = int(rec["pos"])
+    read = await read_positions(c, user_id, room_id)
     counts: dict[str, list[int]] = {}
     for r in await c.fetch(
             "SELECT stream_ordering, thread_id, notify_users, highlight_users FROM event_notifications"

@@ -8,16 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs.db.pool import Database
-from hs.util import json_loads
+from hs.util import json_loads, like_pattern
 
 # Rooms per query: keeps the placeholder list (SQLite's limit is 32766) and the plan small.
 ROOM_CHUNK = 500
-
-
-def like_pattern(term: str) -> str:
-    """A case-folded substring pattern for LIKE ... ESCAPE '\\', with the term's wildcards escaped."""
-    escaped = term.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 class UserDirectoryStore:
