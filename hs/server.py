@@ -155,6 +155,12 @@ class HomeServer:
         return NotificationsService(self)
 
     @cached_property
+    def reports(self) -> Any:
+        from hs.services.reports import ReportService
+
+        return ReportService(self)
+
+    @cached_property
     def user_directory(self) -> Any:
         from hs.services.user_directory import UserDirectory
 

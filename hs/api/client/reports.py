@@ -1,0 +1,60 @@
+"""Reporting content: POST /rooms/{roomId}/report/{eventId}, /rooms/{roomId}/report and
+/users/{userId}/report; admins list event reports at GET /_synapse/admin/v1/event_reports."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hs.api.base import HandlerResult, Route, get_hs, parse_json, query_int
+from hs.errors import forbidden, invalid_param
+from hs.services.reports import check_reason
+
+PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+
+async def report_event(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    reason = check_reason(await parse_json(request, allow_empty=True), required=False)
+    await hs.reports.report_event(requester.user_id, request.match_info["roomId"],
+                                  request.match_info["eventId"], reason)
+    return 200, {}
+
+
+async def report_room(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    reason = check_reason(await parse_json(request), required=True)
+    await hs.reports.report_room(requester.user_id, request.match_info["roomId"], reason)
+    return 200, {}
+
+
+async def report_user(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    reason = check_reason(await parse_json(request), required=True)
+    await hs.reports.report_user(requester.user_id, request.match_info["userId"], reason)
+    return 200, {}
+
+
+async def list_event_reports(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    user = await hs.user_store.get_user(requester.user_id)
+    if user is None or not user.get("admin"):
+        raise forbidden("You are not a server admin")
+    offset = query_int(request, "from", 0) or 0
+    limit = min(query_int(request, "limit", 100) or 100, 1000)
+    direction = request.query.get("dir", "b")
+    if direction not in ("b", "f"):
+        raise invalid_param("'dir' must be 'b' or 'f'")
+    return 200, await hs.reports.list_event_reports(offset, limit, direction == "b",
+                                                    request.query.get("room_id"), request.query.get("user_id"))
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/rooms/{roomId}/report/{eventId}", report_event, "main", prefixes=PREFIXES),
+    Route("POST", "/rooms/{roomId}/report", report_room, "main", prefixes=PREFIXES),
+    Route("POST", "/users/{userId}/report", report_user, "main", prefixes=PREFIXES),
+    Route("GET", "/_synapse/admin/v1/event_reports", list_event_reports, "main", prefixes=()),
+]

@@ -1,0 +1,40 @@
+"""Content reports: what users reported, for the server's admins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hs.db.pool import Database
+from hs.util import now_ms, random_string
+
+
+class ReportStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, kind: str, reporter: str, reason: str | None, room_id: str | None = None,
+                  event_id: str | None = None, target_user_id: str | None = None) -> str:
+        report_id = random_string(24)
+        await self.db.execute(
+            "INSERT INTO content_reports (report_id, kind, room_id, event_id, target_user_id, reporter, reason,"
+            " received_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            report_id, kind, room_id, event_id, target_user_id, reporter, reason, now_ms())
+        return report_id
+
+    async def list(self, kind: str, offset: int, limit: int, newest_first: bool, room_id: str | None,
+                   reporter: str | None) -> tuple[list[dict[str, Any]], int]:
+        """(reports of one kind, in receiving order, one page; how many match in all)."""
+        where, args = ["kind = $1"], [kind]
+        if room_id is not None:
+            args.append(room_id)
+            where.append(f"room_id = ${len(args)}")
+        if reporter is not None:
+            args.append(reporter)
+            where.append(f"reporter = ${len(args)}")
+        clause = " AND ".join(where)
+        order = "DESC" if newest_first else "ASC"
+        rows = await self.db.fetch(
+            f"SELECT * FROM content_reports WHERE {clause} ORDER BY received_ts {order}, report_id {order}"
+            f" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}", *args, limit, offset)
+        total = await self.db.fetchval(f"SELECT COUNT(*) FROM content_reports WHERE {clause}", *args)
+        return rows, int(total or 0)
