@@ -643,6 +643,17 @@ class RoomService:
             return ReadAccess(current[0] if current else None)
         raise forbidden(f"User {user_id} not in room {room_id}")
 
+    async def event_near_timestamp(self, requester: Requester, room_id: str, ts: int, forwards: bool) -> JsonDict:
+        """GET /timestamp_to_event: the event closest to `ts` in the given direction, among those the
+        user may read (a departed member's up to their departure)."""
+        access = await self.check_read_access(requester.user_id, room_id)
+        cap = access.cap.internal.get("stream_ordering") if access.cap is not None else None
+        found = await self.store.get_event_near_timestamp(room_id, ts, forwards, cap)
+        if found is None:
+            direction = "forward" if forwards else "backward"
+            raise not_found(f"Unable to find event from {ts} in {direction} direction")
+        return {"event_id": found[0], "origin_server_ts": found[1]}
+
     async def _state_ids_for_access(self, room_id: str, access: ReadAccess) -> dict[StateKey, str]:
         if access.cap is not None:
             return await self.store.get_state_group(access.cap.internal.get("state_group_after"))

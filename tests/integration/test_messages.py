@@ -3,10 +3,11 @@ visibility over real HTTP, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from tests.harness import Client, TestHomeServer
+from tests.harness import Client, TestHomeServer, ok, user
 from tests.integration.test_rooms import close, q, timeline, users
 
 
@@ -342,3 +343,27 @@ async def test_shared_history_visible_to_later_joiners(server: TestHomeServer) -
     status, ev = await eve.request("GET", f"/rooms/{rid}/event/{q(public)}")
     assert status == 200 and ev["content"]["body"] == "for everyone"
     await close(alice, bob, eve)
+
+
+async def test_timestamp_to_event(server: Any) -> None:
+    """GET /timestamp_to_event: the closest event in either direction; only for readers of the room."""
+    alice, eve = await user(server, "alice"), await user(server, "eve")
+    room = await alice.create_room(preset="private_chat")
+    first = await alice.send_message(room, "first")
+    ts_first = (await ok(alice, "GET", f"/rooms/{room}/event/{first}"))["origin_server_ts"]
+    await asyncio.sleep(0.01)
+    second = await alice.send_message(room, "second")
+    ts_second = (await ok(alice, "GET", f"/rooms/{room}/event/{second}"))["origin_server_ts"]
+    assert ts_second > ts_first
+    path = f"/_matrix/client/v1/rooms/{room}/timestamp_to_event"
+    assert await ok(alice, "GET", path, ts=str(ts_first + 1), dir="f") == {
+        "event_id": second, "origin_server_ts": ts_second}
+    assert await ok(alice, "GET", path, ts=str(ts_second - 1), dir="b") == {
+        "event_id": first, "origin_server_ts": ts_first}
+    status, body = await alice.request("GET", path, params={"ts": str(ts_second + 10 ** 6), "dir": "f"})
+    assert status == 404 and body["errcode"] == "M_NOT_FOUND"
+    status, body = await eve.request("GET", path, params={"ts": "0", "dir": "f"})
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+    for params in ({"dir": "f"}, {"ts": "x", "dir": "f"}, {"ts": "0", "dir": "up"}):
+        status, body = await alice.request("GET", path, params=params)
+        assert status == 400 and body["errcode"] in ("M_MISSING_PARAM", "M_INVALID_PARAM"), params

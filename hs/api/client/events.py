@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, Route, get_hs, parse_json, query_int
+from hs.api.base import CLIENT_V1, CLIENT_V3_V1, Route, get_hs, parse_json, query_int
 from hs.errors import MatrixError, invalid_param
 from hs.services.rooms import MAX_LIMIT, EventFilter, check_room_id
 
@@ -68,6 +68,22 @@ async def get_event(request: web.Request) -> tuple[int, Any]:
     return 200, await hs.rooms.get_event(requester, _room_id(request), request.match_info["eventId"])
 
 
+async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    raw_ts = request.query.get("ts")
+    if raw_ts is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "Missing 'ts'")
+    try:
+        ts = int(raw_ts)
+    except ValueError:
+        raise invalid_param("'ts' must be an integer (milliseconds since the epoch)") from None
+    direction = request.query.get("dir")
+    if direction not in ("b", "f"):
+        raise invalid_param("'dir' must be 'b' or 'f'")
+    return 200, await hs.rooms.event_near_timestamp(requester, _room_id(request), ts, direction == "f")
+
+
 async def get_messages(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
@@ -100,6 +116,7 @@ ROUTES: list[Route] = [
     Route("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", send_state, "event_sending", CLIENT_V3_V1),
     Route("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", redact_event, "event_sending", CLIENT_V3_V1),
     Route("GET", "/rooms/{roomId}/event/{eventId}", get_event, "client", CLIENT_V3_V1),
+    Route("GET", "/rooms/{roomId}/timestamp_to_event", timestamp_to_event, "client", CLIENT_V1),
     Route("GET", "/rooms/{roomId}/messages", get_messages, "pagination", CLIENT_V3_V1),
     Route("GET", "/rooms/{roomId}/context/{eventId}", get_context, "client", CLIENT_V3_V1),
 ]

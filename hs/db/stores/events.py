@@ -348,6 +348,19 @@ class EventStore:
             f" AND state_key = $1 AND membership IN ({placeholders})", user_id, *memberships)
         return {r["room_id"]: r["membership"] for r in rows}
 
+    async def get_event_near_timestamp(self, room_id: str, ts: int, forwards: bool,
+                                       upto: int | None = None) -> tuple[str, int] | None:
+        """(event ID, origin_server_ts) of the room's event closest to `ts` at or after it (forwards)
+        or at or before it; only events at stream positions <= `upto` when given. Scans the room's
+        events (no index on timestamps: it would cost every send an index entry)."""
+        cmp, order = (">=", "ASC") if forwards else ("<=", "DESC")
+        row = await self.db.fetchrow(
+            f"SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts {cmp} $2"
+            " AND stream_ordering <= $3"
+            f" ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1",
+            room_id, ts, upto if upto is not None else 2 ** 62)
+        return None if row is None else (row["event_id"], int(row["origin_server_ts"]))
+
     async def get_joined_members(self, room_id: str) -> list[str]:
         rows = await self.db.fetch(
             "SELECT state_key FROM current_state_events WHERE room_id = $1 AND type = 'm.room.member'"
