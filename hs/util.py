@@ -96,3 +96,15 @@ def like_pattern(term: str, fold_case: bool = True) -> str:
     text = term.lower() if fold_case else term
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+async def wait_set_or_timeout(event: asyncio.Event, timeout: float) -> None:
+    """Wait until `event` is set, or set it after `timeout` seconds; the caller clears it.
+
+    Not `asyncio.wait_for`: on Python 3.11 it can swallow a cancellation that races the event, and a
+    loop cancelled at shutdown would then go on (its stopper waiting forever)."""
+    timer = asyncio.get_running_loop().call_later(timeout, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()

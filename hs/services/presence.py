@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.presence import OFFLINE, ONLINE, UNAVAILABLE, PresenceState
 from hs.errors import forbidden, not_found
-from hs.util import KeyedLocks, now_ms
+from hs.util import KeyedLocks, now_ms, wait_set_or_timeout
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -344,13 +344,7 @@ class PresenceService:
     async def _timeout_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            # Not `wait_for`: on Python 3.11 it can swallow a cancellation that races the kick, and
-            # `stop` would then wait for this loop forever.
-            timer = loop.call_later(self.check_interval_s, self._kick.set)
-            try:
-                await self._kick.wait()
-            finally:
-                timer.cancel()
+            await wait_set_or_timeout(self._kick, self.check_interval_s)
             self._kick.clear()
             try:
                 await self.check_timeouts()

@@ -23,6 +23,7 @@ import aiohttp
 from hs.db.stores.pushers import PusherKey, PusherStore, pusher_key
 from hs.errors import bad_json, invalid_param, missing_param
 from hs.events.event import Event
+from hs.util import wait_set_or_timeout
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -185,14 +186,8 @@ class PusherPool:
         return int(self.hs.event_sender.notifications_stored_upto(position))
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stopping:
-            # Not `wait_for`: on Python 3.11 it can swallow a cancellation that races the wake-up.
-            timer = loop.call_later(self.POLL_S, self._wake.set)
-            try:
-                await self._wake.wait()
-            finally:
-                timer.cancel()
+            await wait_set_or_timeout(self._wake, self.POLL_S)
             self._wake.clear()
             try:
                 await self._process()
