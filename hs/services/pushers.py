@@ -155,6 +155,8 @@ class PusherPool:
         self._session: aiohttp.ClientSession | None = None
         self._workers: dict[PusherKey, _PusherWorker] = {}
         self._stopping = False
+        self._any_pushers = False
+        self._checked_at = 0.0
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
@@ -162,6 +164,8 @@ class PusherPool:
         lowest = await self.store.lowest_position()
         # Undelivered notifications from before a restart are sent now.
         self._cursor = min(lowest, upto) if lowest is not None else upto
+        self._any_pushers = lowest is not None
+        self._checked_at = asyncio.get_running_loop().time()
         self.hs.replication.subscribe("events", lambda _msg: self._wake.set())
         self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -178,8 +182,22 @@ class PusherPool:
             await self._session.close()
 
     def poke(self) -> None:
-        """Look for notifications now (a pusher was added)."""
+        """Look for notifications now (a pusher was added in this process)."""
+        self._checked_at = 0.0
         self._wake.set()
+
+    async def _check_for_pushers(self) -> None:
+        """Whether any pusher exists, looked up every POLL_S (or when poked): with none, new
+        notifications are not even read. A pusher added meanwhile (by another process) starts at the
+        position it was added at, so the cursor goes back to it."""
+        now = asyncio.get_running_loop().time()
+        if now - self._checked_at < self.POLL_S:
+            return
+        self._checked_at = now
+        lowest = await self.store.lowest_position()
+        if lowest is not None and not self._any_pushers:
+            self._cursor = min(self._cursor, lowest)
+        self._any_pushers = lowest is not None
 
     def _stored_upto(self) -> int:
         position = self.hs.events_stream.current_position()
@@ -190,6 +208,7 @@ class PusherPool:
             await wait_set_or_timeout(self._wake, self.POLL_S)
             self._wake.clear()
             try:
+                await self._check_for_pushers()
                 await self._process()
             except Exception:
                 logger.exception("pushers: reading new notifications failed")
@@ -198,6 +217,9 @@ class PusherPool:
     async def _process(self) -> None:
         while True:
             upto = self._stored_upto()
+            if not self._any_pushers:
+                self._cursor = max(self._cursor, upto)
+                return
             if upto < self.hs.events_stream.current_position() and not self._stopping:
                 asyncio.get_running_loop().call_later(self.RECHECK_S, self._wake.set)
             if upto <= self._cursor:

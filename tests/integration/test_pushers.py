@@ -205,3 +205,19 @@ async def test_undelivered_notifications_are_sent_after_a_restart(server: Any, g
     gateway.failures = 0
     received = await gateway.wait_for(1)
     assert received[0]["notification"]["event_id"] == event_id
+
+
+async def test_a_pusher_added_by_another_process_is_found(server: Any, gateway: FakeGateway,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no pushers the pool reads no notifications; one added elsewhere (straight into the
+    database here, as another process would) is found at the next check and gets what came since."""
+    monkeypatch.setattr(PusherPool, "POLL_S", 0.2)
+    alice, bob, room = await two_in_a_room(server)
+    await alice.send_message(room, "before any pusher")
+    await asyncio.sleep(0.3)
+    body = pusher_body(gateway.url)
+    await server.hs.pushers_store.set_pusher(bob.user_id, bob.device_id, body, 0,
+                                             server.hs.events_stream.current_position(), False)
+    event_id = await alice.send_message(room, "after the pusher")
+    received = await gateway.wait_for(1)
+    assert [r["notification"]["event_id"] for r in received] == [event_id]
