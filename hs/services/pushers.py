@@ -141,6 +141,7 @@ class PusherPool:
     BATCH = 500
     POLL_S = 5.0  # also looks without being woken, at this interval
     RECHECK_S = 0.05  # notifications of persisted events not stored yet: look again this soon
+    DELAY_S = 0.005  # how long after events are persisted the pool looks
     RETRY_INITIAL_S = 1.0
     RETRY_MAX_S = 3600.0
     GIVE_UP_AFTER_S = 86400.0
@@ -157,6 +158,7 @@ class PusherPool:
         self._stopping = False
         self._any_pushers = False
         self._checked_at = 0.0
+        self._wake_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
@@ -166,7 +168,7 @@ class PusherPool:
         self._cursor = min(lowest, upto) if lowest is not None else upto
         self._any_pushers = lowest is not None
         self._checked_at = asyncio.get_running_loop().time()
-        self.hs.replication.subscribe("events", lambda _msg: self._wake.set())
+        self.hs.replication.subscribe("events", lambda _msg: self._wake_soon())
         self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -180,6 +182,16 @@ class PusherPool:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+    def _wake_soon(self) -> None:
+        """Events were persisted: look a moment later, out of the way of the woken /syncs and the
+        sender's response (and taking whatever else arrives meanwhile in the same read)."""
+        if self._wake_timer is None:
+            self._wake_timer = asyncio.get_running_loop().call_later(self.DELAY_S, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_timer = None
+        self._wake.set()
 
     def poke(self) -> None:
         """Look for notifications now (a pusher was added in this process)."""
