@@ -161,6 +161,12 @@ class HomeServer:
         return ReportService(self)
 
     @cached_property
+    def spaces(self) -> Any:
+        from hs.services.spaces import SpaceHierarchy
+
+        return SpaceHierarchy(self)
+
+    @cached_property
     def user_directory(self) -> Any:
         from hs.services.user_directory import UserDirectory
 

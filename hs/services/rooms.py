@@ -977,7 +977,8 @@ class RoomService:
             raise forbidden("This user is not permitted to publish rooms to the room list")
         await self.rooms.set_room_is_public(room_id, visibility == "public")
 
-    async def _public_room_entry(self, room_id: str) -> JsonDict | None:
+    async def room_summary(self, room_id: str) -> JsonDict | None:
+        """A room as the room directory and space hierarchies show it (None if nobody is in it)."""
         ids = await self.store.get_current_state_ids(room_id)
         keys = [("m.room.create", ""), ("m.room.name", ""), ("m.room.topic", ""), ("m.room.canonical_alias", ""),
                 ("m.room.join_rules", ""), ("m.room.history_visibility", ""), ("m.room.guest_access", ""),
@@ -1021,7 +1022,7 @@ class RoomService:
             offset = int(since[1:])
         entries = []
         for room_id in await self.rooms.get_public_room_ids():
-            entry = await self._public_room_entry(room_id)
+            entry = await self.room_summary(room_id)
             if entry is None:
                 continue
             if room_types is not None and entry.get("room_type") not in room_types:

@@ -1,0 +1,155 @@
+"""The space hierarchy (GET /rooms/{roomId}/hierarchy): a space and the rooms below it, depth first.
+
+Only rooms this server knows are described (rooms it would have to ask other servers about are left
+out until federation exists). A room is shown when the requester is joined or invited, or could
+join or knock (public, knock; restricted when they are in one of the allowed rooms), or its history
+is world-readable; otherwise it, and whatever is below it, is left out. Children are ordered as the
+spec says: a valid `order` first (by code point), then by the `m.space.child` event's timestamp,
+then by room ID. A room reached twice (spaces may loop) is shown once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hs.errors import forbidden, invalid_param
+
+if TYPE_CHECKING:
+    from hs.events.event import Event
+    from hs.server import HomeServer
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+DEFAULT_MAX_DEPTH = 5
+MAX_MAX_DEPTH = 20
+CHILD = "m.space.child"
+
+
+@dataclass(frozen=True)
+class HierarchyRequest:
+    room_id: str
+    suggested_only: bool = False
+    max_depth: int = DEFAULT_MAX_DEPTH
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0  # rooms already returned by earlier pages
+
+
+def valid_order(content: dict[str, Any]) -> str | None:
+    """An `order` the spec accepts: a string of at most 50 printable ASCII characters."""
+    order = content.get("order")
+    if isinstance(order, str) and len(order) <= 50 and all("\x20" <= c <= "\x7e" for c in order):
+        return order
+    return None
+
+
+def order_children(children: list[Event]) -> list[Event]:
+    def key(ev: Event) -> tuple[int, str, int, str]:
+        order = valid_order(ev.content)
+        return (0 if order is not None else 1, order or "", ev.origin_server_ts, ev.state_key or "")
+
+    return sorted(children, key=key)
+
+
+def encode_token(req: HierarchyRequest, offset: int) -> str:
+    return f"{offset}_{int(req.suggested_only)}_{req.max_depth}"
+
+
+def decode_token(token: str, req: HierarchyRequest) -> int:
+    """The offset a `from` token continues at; the walk's parameters must be the first request's."""
+    parts = token.split("_")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or len(parts[0]) > 9:
+        raise invalid_param("Unknown 'from' token")
+    if (parts[1], parts[2]) != (str(int(req.suggested_only)), str(req.max_depth)):
+        raise invalid_param("suggested_only and max_depth cannot change on paginated requests")
+    return int(parts[0])
+
+
+class SpaceHierarchy:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.store = hs.event_store
+
+    async def get(self, user_id: str, req: HierarchyRequest) -> dict[str, Any]:
+        root = req.room_id
+        if not await self._may_see(user_id, root):
+            raise forbidden("You are not allowed to view this room.")
+        rooms: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        wanted_end = req.offset + req.limit
+        position = 0
+        more = False
+        # Depth first: a stack of (room, depth), children pushed in reverse so the first comes next.
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            room_id, depth = stack.pop()
+            if room_id in seen:
+                continue
+            seen.add(room_id)
+            if room_id != root and not await self._may_see(user_id, room_id):
+                continue
+            summary = await self.hs.rooms.room_summary(room_id)
+            if summary is None:
+                continue
+            if position >= wanted_end:
+                more = True
+                break
+            children = await self._children(room_id, req.suggested_only)
+            if position >= req.offset:
+                summary["children_state"] = [_stripped(ev) for ev in children]
+                rooms.append(summary)
+            position += 1
+            if depth < req.max_depth:
+                for ev in reversed(children):
+                    stack.append((ev.state_key or "", depth + 1))
+        body: dict[str, Any] = {"rooms": rooms}
+        if more:
+            body["next_batch"] = encode_token(req, position)
+        return body
+
+    async def _children(self, room_id: str, suggested_only: bool) -> list[Event]:
+        """The room's valid m.space.child events (non-empty `via`), in the spec's order."""
+        state = await self.store.get_current_state_ids(room_id)
+        ids = [event_id for (etype, _), event_id in state.items() if etype == CHILD]
+        events = await self.store.get_events(ids)
+        children = []
+        for ev in events.values():
+            via = ev.content.get("via")
+            if not ev.state_key or not isinstance(via, list) or not via:
+                continue
+            if suggested_only and ev.content.get("suggested") is not True:
+                continue
+            children.append(ev)
+        return order_children(children)
+
+    async def _may_see(self, user_id: str, room_id: str) -> bool:
+        membership = await self.store.get_membership(room_id, user_id)
+        if membership is not None and membership[0] in ("join", "invite"):
+            return True
+        if membership is not None and membership[0] == "ban":
+            return False
+        state = await self.store.get_current_state_ids(room_id)
+        wanted = [("m.room.join_rules", ""), ("m.room.history_visibility", ""), ("m.room.create", "")]
+        events = await self.store.get_events([state[k] for k in wanted if k in state])
+        content = {k: events[state[k]].content for k in wanted if k in state and state[k] in events}
+        if ("m.room.create", "") not in content:
+            return False  # not a room this server knows
+        rule = content.get(("m.room.join_rules", ""), {}).get("join_rule")
+        if rule in ("public", "knock", "knock_restricted"):
+            return True
+        if content.get(("m.room.history_visibility", ""), {}).get("history_visibility") == "world_readable":
+            return True
+        if rule in ("restricted", "knock_restricted"):
+            allow = content.get(("m.room.join_rules", ""), {}).get("allow")
+            for entry in allow if isinstance(allow, list) else []:
+                other = entry.get("room_id") if isinstance(entry, dict) else None
+                if isinstance(other, str):
+                    joined = await self.store.get_membership(other, user_id)
+                    if joined is not None and joined[0] == "join":
+                        return True
+        return False
+
+
+def _stripped(ev: Event) -> dict[str, Any]:
+    return {"type": ev.type, "state_key": ev.state_key, "content": ev.content, "sender": ev.sender,
+            "origin_server_ts": ev.origin_server_ts}
