@@ -161,6 +161,12 @@ class HomeServer:
         return ReportService(self)
 
     @cached_property
+    def search(self) -> Any:
+        from hs.services.search import SearchService
+
+        return SearchService(self)
+
+    @cached_property
     def spaces(self) -> Any:
         from hs.services.spaces import SpaceHierarchy
 

@@ -33,6 +33,7 @@ def all_routes() -> list[Route]:
         pushers,
         reports,
         rooms,
+        search,
         spaces,
         sync,
         threepid,
@@ -46,7 +47,7 @@ def all_routes() -> list[Route]:
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
                    presence_api, user_directory, voip, threepid, pushers, notifications, reports,
-                   spaces):
+                   spaces, search):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

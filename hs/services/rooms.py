@@ -868,16 +868,7 @@ class RoomService:
         if filt.limit is not None:
             limit = min(limit, filt.limit)
         limit = min(limit, MAX_LIMIT)
-        before_limit = limit // 2
-        after_limit = limit - before_limit
-        before, before_next = await self._scan(user_id, room_id, _gap_before(ev), True, before_limit, None,
-                                               access.membership, filt)
-        to = _point_of(access.cap) if access.cap is not None else None
-        after, after_next = await self._scan(user_id, room_id, _point_of(ev), False, after_limit, to,
-                                             access.membership, filt)
-        start = before_next if before_next is not None else (
-            _gap_before(before[-1]) if before else _gap_before(ev))
-        end = after_next if after_next is not None else (_point_of(after[-1]) if after else _point_of(ev))
+        before, after, start, end = await self._around(user_id, ev, access, limit // 2, limit - limit // 2, filt)
         last = after[-1] if after else ev
         state_ids = await self.store.get_state_group(last.internal.get("state_group_after"))
         if filt.lazy_load_members:
@@ -894,6 +885,31 @@ class RoomService:
             "end": encode_point(end),
             "state": await serialize_events(self.hs, state_evs),
         }
+
+    async def _around(self, user_id: str, ev: Event, access: ReadAccess, before_limit: int, after_limit: int,
+                      filt: EventFilter) -> tuple[list[Event], list[Event], Point, Point]:
+        """The events the user may see just before and after `ev`, and the tokens at both ends."""
+        room_id = ev.room_id
+        before, before_next = await self._scan(user_id, room_id, _gap_before(ev), True, before_limit, None,
+                                               access.membership, filt)
+        to = _point_of(access.cap) if access.cap is not None else None
+        after, after_next = await self._scan(user_id, room_id, _point_of(ev), False, after_limit, to,
+                                             access.membership, filt)
+        start = before_next if before_next is not None else (
+            _gap_before(before[-1]) if before else _gap_before(ev))
+        end = after_next if after_next is not None else (_point_of(after[-1]) if after else _point_of(ev))
+        return before, after, start, end
+
+    async def context_around(self, requester: Requester, ev: Event, before_limit: int, after_limit: int,
+                             ) -> JsonDict:
+        """Search results' context: the events around one the user found (and so may see)."""
+        access = await self.check_read_access(requester.user_id, ev.room_id)
+        before, after, start, end = await self._around(requester.user_id, ev, access, before_limit, after_limit,
+                                                       EventFilter())
+        device = requester.device_id
+        return {"events_before": await serialize_events(self.hs, before, device),
+                "events_after": await serialize_events(self.hs, after, device),
+                "start": encode_point(start), "end": encode_point(end)}
 
     # == aliases and the room directory =====================================================================
     def _local_alias(self, alias: str) -> None:

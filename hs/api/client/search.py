@@ -1,0 +1,19 @@
+"""POST /search (the logic is in hs/services/search.py)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hs.api.base import HandlerResult, Route, get_hs, parse_json
+
+
+async def search(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    body = await parse_json(request)
+    return 200, await hs.search.search(requester, body, request.query.get("next_batch"))
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/search", search, "client", prefixes=("/_matrix/client/v3", "/_matrix/client/r0")),
+]
