@@ -161,6 +161,12 @@ class HomeServer:
         return ReportService(self)
 
     @cached_property
+    def relations(self) -> Any:
+        from hs.services.relations import RelationsService
+
+        return RelationsService(self)
+
+    @cached_property
     def search(self) -> Any:
         from hs.services.search import SearchService
 

@@ -79,6 +79,18 @@ class Event:
         return self.pdu.get("redacts")
 
     @property
+    def relation(self) -> tuple[str, str] | None:
+        """(rel_type, parent event ID) of an event that relates to another (a thread reply, an
+        edit, a reaction, a reference); a reply's bare `m.in_reply_to` is not a relation."""
+        rel = self.content.get("m.relates_to")
+        if not isinstance(rel, dict):
+            return None
+        rel_type, parent = rel.get("rel_type"), rel.get("event_id")
+        if isinstance(rel_type, str) and isinstance(parent, str) and rel_type and parent:
+            return rel_type, parent
+        return None
+
+    @property
     def membership(self) -> str | None:
         return self.content.get("membership") if self.type == "m.room.member" else None
 

@@ -31,6 +31,7 @@ def all_routes() -> list[Route]:
         notifications,
         profile,
         pushers,
+        relations,
         reports,
         rooms,
         search,
@@ -47,7 +48,7 @@ def all_routes() -> list[Route]:
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
                    presence_api, user_directory, voip, threepid, pushers, notifications, reports,
-                   spaces, search):
+                   spaces, search, relations):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

@@ -728,7 +728,7 @@ class RoomService:
         current = await self.store.get_membership(room_id, requester.user_id)
         if not await self.hs.visibility.is_visible(requester.user_id, ev, current[0] if current else None):
             raise not_found("Event not found.")
-        return (await serialize_events(self.hs, [ev], requester.device_id))[0]
+        return (await self.hs.relations.serialize([ev], requester))[0]
 
     # -- tokens and timeline positions ---------------------------------------------------------------------
     async def parse_token(self, room_id: str, token: str) -> Point:
@@ -848,7 +848,7 @@ class RoomService:
         events, next_point = await self._scan(user_id, room_id, point, backwards, limit, to,
                                               access.membership, filt)
         result: JsonDict = {
-            "chunk": await serialize_events(self.hs, events, requester.device_id),
+            "chunk": await self.hs.relations.serialize(events, requester),
             "start": start,
         }
         if next_point is not None:
@@ -876,11 +876,11 @@ class RoomService:
         else:
             found = await self.store.get_events(list(state_ids.values()))
             state_evs = sorted(found.values(), key=lambda e: e.internal.get("stream_ordering") or 0)
-        device = requester.device_id
+        serialized = await self.hs.relations.serialize([*before, ev, *after], requester)
         return {
-            "event": (await serialize_events(self.hs, [ev], device))[0],
-            "events_before": await serialize_events(self.hs, before, device),
-            "events_after": await serialize_events(self.hs, after, device),
+            "event": serialized[len(before)],
+            "events_before": serialized[:len(before)],
+            "events_after": serialized[len(before) + 1:],
             "start": encode_point(start),
             "end": encode_point(end),
             "state": await serialize_events(self.hs, state_evs),

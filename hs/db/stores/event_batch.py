@@ -129,8 +129,9 @@ REST_SQL = ("WITH" + _numbered(_TXNS_AND_EXTREMITY, 2) + "," + _numbered(_COUNTS
 
 
 def fits_one_statement(events: Sequence[Event]) -> bool:
-    """Plain events only: no state (current state, memberships, state groups) and no redactions."""
-    return all(ev.state_key is None and ev.type != "m.room.redaction" for ev in events)
+    """Plain events only: no state (current state, memberships, state groups), no redactions and no
+    relations (thread replies, edits, reactions: `event_relations` rows)."""
+    return all(ev.state_key is None and ev.type != "m.room.redaction" and ev.relation is None for ev in events)
 
 
 async def persist_plain_events(db: Database, room_id: str, instance: str, events: Sequence[PlainRow],

@@ -428,10 +428,19 @@ class EventStore:
                 event.event_id, event.room_id, event.state_key, event.sender, event.membership, stream)
             if event.membership in ("join", "invite", "knock"):
                 await self.unforget(c, event.state_key or "", event.room_id)
+        relation = event.relation
+        if relation is not None:
+            await c.execute(
+                "INSERT INTO event_relations (event_id, room_id, relates_to_id, relation_type, event_type, sender,"
+                " stream_ordering) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                event.event_id, event.room_id, relation[1], relation[0], event.type, event.sender, stream)
         redacts = event.redacts if event.type == "m.room.redaction" else None
         if redacts:
             await c.execute("UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3",
                             redacts, event.event_id, event.room_id)
+            # A redacted event's content (its m.relates_to with it) is gone: so is its relation.
+            await c.execute("DELETE FROM event_relations WHERE event_id = $1 AND room_id = $2",
+                            redacts, event.room_id)
         event.internal.update(stream_ordering=stream, instance_name=instance,
                               state_group_before=group_before, state_group_after=group_after)
 

@@ -1,0 +1,189 @@
+"""Event relationships: /relations, /threads, and the aggregations bundled with parent events.
+
+Relations (`m.relates_to` with a `rel_type`) are indexed in `event_relations` as events are persisted
+(hs/db/stores/events.py) and dropped when the child is redacted. Aggregations are bundled into the
+parent's `unsigned.m.relations` by /messages, /context, /event, /relations and /threads:
+`m.thread` (latest reply, count, whether the user took part), `m.replace` (the newest edit by the
+original sender, in full) and `m.reference` (the referencing event IDs). /sync does not bundle them
+(a woken /sync would pay a query for it); clients see thread replies and edits arrive there anyway.
+
+Pagination tokens are stream positions (`r<position>`); /relations also takes a /messages token
+(`t<depth>-<position>`) or a /sync token (`s...`) as its `from`, as the spec allows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hs.errors import invalid_param, not_found
+from hs.events.event import Event
+from hs.services.rooms import MAX_LIMIT
+from hs.services.serialize import serialize_events
+from hs.streams.tokens import InvalidToken, StreamToken, TopologicalToken
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+    from hs.services.auth import Requester
+
+DEFAULT_LIMIT = 50
+THREAD, REPLACE, REFERENCE = "m.thread", "m.replace", "m.reference"
+END = 2 ** 62
+
+
+def decode_position(token: str) -> int:
+    """A stream position from a relations token, a /messages token or a /sync token."""
+    try:
+        if token.startswith("r") and token[1:].isdigit() and len(token) < 20:
+            return int(token[1:])
+        if token.startswith("t"):
+            return TopologicalToken.decode(token).stream + 1
+        return StreamToken.decode(token).get("events") + 1
+    except (InvalidToken, ValueError):
+        raise invalid_param(f"Invalid pagination token {token!r}") from None
+
+
+class RelationsService:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.db = hs.db
+
+    # -- /relations ---------------------------------------------------------------------------------------
+    async def relations(self, requester: Requester, room_id: str, parent_id: str, rel_type: str | None,
+                        event_type: str | None, from_token: str | None, to_token: str | None, limit: int,
+                        forwards: bool) -> dict[str, Any]:
+        user_id = requester.user_id
+        access = await self.hs.rooms.check_read_access(user_id, room_id)
+        parent = await self.hs.event_store.get_event(parent_id)
+        if parent is None or parent.room_id != room_id or not await self.hs.visibility.is_visible(
+                user_id, parent, access.membership):
+            raise not_found("Event not found")
+        limit = min(max(limit, 1), MAX_LIMIT)
+        start = decode_position(from_token) if from_token else None
+        stop = decode_position(to_token) if to_token else None
+        args: list[Any] = [parent_id, room_id]
+        where = ["relates_to_id = $1", "room_id = $2"]
+        if rel_type is not None:
+            args.append(rel_type)
+            where.append(f"relation_type = ${len(args)}")
+            if event_type is not None:
+                args.append(event_type)
+                where.append(f"event_type = ${len(args)}")
+        # Backwards: below `from` (exclusive), down to `to`; forwards: from `from` up, below `to`.
+        if forwards:
+            if start is not None:
+                args.append(start)
+                where.append(f"stream_ordering >= ${len(args)}")
+            if stop is not None:
+                args.append(stop)
+                where.append(f"stream_ordering < ${len(args)}")
+        else:
+            if start is not None:
+                args.append(start)
+                where.append(f"stream_ordering < ${len(args)}")
+            if stop is not None:
+                args.append(stop)
+                where.append(f"stream_ordering >= ${len(args)}")
+        if access.cap is not None:  # a departed member sees what came before they left
+            args.append(int(access.cap.internal.get("stream_ordering") or 0) + 1)
+            where.append(f"stream_ordering < ${len(args)}")
+        args.append(limit + 1)
+        rows = await self.db.fetch(
+            f"SELECT event_id, stream_ordering FROM event_relations WHERE {' AND '.join(where)}"
+            f" ORDER BY stream_ordering {'ASC' if forwards else 'DESC'} LIMIT ${len(args)}", *args)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        found = await self.hs.event_store.get_events([r["event_id"] for r in rows])
+        events = [found[r["event_id"]] for r in rows if r["event_id"] in found]
+        visible = await self.hs.visibility.filter_events_for_user(user_id, events, {room_id: access.membership})
+        body: dict[str, Any] = {"chunk": await self.serialize(visible, requester)}
+        if more and rows:
+            last = int(rows[-1]["stream_ordering"])
+            body["next_batch"] = f"r{last + 1}" if forwards else f"r{last}"
+        if from_token:
+            body["prev_batch"] = from_token
+        return body
+
+    # -- /threads -----------------------------------------------------------------------------------------
+    async def threads(self, requester: Requester, room_id: str, participated_only: bool, from_token: str | None,
+                      limit: int) -> dict[str, Any]:
+        """Thread roots, the most recently active first."""
+        user_id = requester.user_id
+        access = await self.hs.rooms.check_read_access(user_id, room_id)
+        limit = min(max(limit, 1), MAX_LIMIT)
+        before = decode_position(from_token) if from_token else END
+        args: list[Any] = [room_id, before]
+        having = ["MAX(r.stream_ordering) < $2"]
+        if participated_only:  # wrote the root or a reply
+            args.append(user_id)
+            n = len(args)
+            having.append(f"(SUM(CASE WHEN r.sender = ${n} THEN 1 ELSE 0 END) > 0 OR MIN(e.sender) = ${n})")
+        args.append(limit + 1)
+        rows = await self.db.fetch(
+            "SELECT r.relates_to_id AS root, MAX(r.stream_ordering) AS latest FROM event_relations r"
+            " JOIN events e ON e.event_id = r.relates_to_id"
+            " WHERE r.room_id = $1 AND r.relation_type = 'm.thread'"
+            f" GROUP BY r.relates_to_id HAVING {' AND '.join(having)}"
+            f" ORDER BY latest DESC LIMIT ${len(args)}", *args)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        found = await self.hs.event_store.get_events([r["root"] for r in rows])
+        roots = [found[r["root"]] for r in rows if r["root"] in found]
+        visible = await self.hs.visibility.filter_events_for_user(user_id, roots, {room_id: access.membership})
+        body: dict[str, Any] = {"chunk": await self.serialize(visible, requester)}
+        if more and rows:
+            body["next_batch"] = f"r{int(rows[-1]['latest'])}"
+        return body
+
+    # -- bundled aggregations -------------------------------------------------------------------------------
+    async def serialize(self, events: list[Event], requester: Requester) -> list[dict[str, Any]]:
+        """Events in the client format with their aggregations bundled."""
+        out = await serialize_events(self.hs, events, requester.device_id)
+        await self.bundle(events, out, requester)
+        return out
+
+    async def bundle(self, events: list[Event], serialized: list[dict[str, Any]], requester: Requester) -> None:
+        """Add `unsigned.m.relations` to the serialized `events` (same order) that have children."""
+        by_id = {ev.event_id: ev for ev in events if not ev.internal.get("redacted_by")}
+        if not by_id:
+            return
+        ids = sorted(by_id)
+        marks = ",".join(f"${i + 1}" for i in range(len(ids)))
+        rows = await self.db.fetch(
+            "SELECT relates_to_id, event_id, relation_type, sender, stream_ordering FROM event_relations"
+            f" WHERE relates_to_id IN ({marks}) AND relation_type IN ('m.thread', 'm.replace', 'm.reference')"
+            " ORDER BY stream_ordering", *ids)
+        if not rows:
+            return
+        aggregations: dict[str, dict[str, Any]] = {}
+        latest_reply: dict[str, str] = {}
+        latest_edit: dict[str, str] = {}
+        for r in rows:
+            parent = by_id[r["relates_to_id"]]
+            agg = aggregations.setdefault(parent.event_id, {})
+            if r["relation_type"] == THREAD:
+                thread = agg.setdefault(THREAD, {"count": 0, "current_user_participated":
+                                                 parent.sender == requester.user_id})
+                thread["count"] += 1
+                thread["current_user_participated"] |= r["sender"] == requester.user_id
+                latest_reply[parent.event_id] = r["event_id"]
+            elif r["relation_type"] == REPLACE and r["sender"] == parent.sender:
+                latest_edit[parent.event_id] = r["event_id"]
+            elif r["relation_type"] == REFERENCE:
+                agg.setdefault(REFERENCE, {"chunk": []})["chunk"].append({"event_id": r["event_id"]})
+        wanted = list(latest_reply.values()) + list(latest_edit.values())
+        found = await self.hs.event_store.get_events(wanted)
+        for parent_id, reply_id in latest_reply.items():
+            reply = found.get(reply_id)
+            if reply is not None:
+                aggregations[parent_id][THREAD]["latest_event"] = (
+                    await serialize_events(self.hs, [reply], requester.device_id))[0]
+        for parent_id, edit_id in latest_edit.items():
+            edit = found.get(edit_id)
+            if edit is not None:
+                aggregations[parent_id][REPLACE] = (await serialize_events(self.hs, [edit], requester.device_id))[0]
+        for ev, out in zip(events, serialized, strict=True):
+            bundled = aggregations.get(ev.event_id)
+            if bundled is not None and THREAD in bundled and "latest_event" not in bundled[THREAD]:
+                del bundled[THREAD]  # its latest reply is gone
+            if bundled:
+                out.setdefault("unsigned", {})["m.relations"] = bundled
