@@ -167,6 +167,12 @@ class HomeServer:
         return RelationsService(self)
 
     @cached_property
+    def room_upgrader(self) -> Any:
+        from hs.services.upgrade import RoomUpgrader
+
+        return RoomUpgrader(self)
+
+    @cached_property
     def search(self) -> Any:
         from hs.services.search import SearchService
 

@@ -39,6 +39,7 @@ def all_routes() -> list[Route]:
         sync,
         threepid,
         to_device,
+        upgrade,
         user_directory,
         voip,
     )
@@ -48,7 +49,7 @@ def all_routes() -> list[Route]:
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
                    presence_api, user_directory, voip, threepid, pushers, notifications, reports,
-                   spaces, search, relations):
+                   spaces, search, relations, upgrade):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

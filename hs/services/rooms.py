@@ -204,7 +204,7 @@ class RoomService:
         user = await self.hs.user_store.get_user(user_id)
         return bool(user and user.get("admin"))
 
-    async def _profile(self, user_id: str) -> JsonDict:
+    async def profile_content(self, user_id: str) -> JsonDict:
         if user_id.partition(":")[2] != self.hs.server_name:
             return {}
         profile = await self.hs.user_store.get_profile(user_id) or {}
@@ -255,7 +255,7 @@ class RoomService:
             if not isinstance(extra, list) or not all(is_valid_user_id(u) for u in extra):
                 raise bad_json("additional_creators must be a list of user IDs")
 
-        new_id = None if rv.room_id_from_create_event else await self._new_room_id()
+        new_id = None if rv.room_id_from_create_event else await self.new_room_id()
         create = await self.hs.event_sender.create_room_event(rv, user_id, create_content, new_id)
         room_id: str = create.room_id
         sender = self.hs.event_sender
@@ -268,7 +268,7 @@ class RoomService:
                     raise MatrixError(400, "M_INVALID_ROOM_STATE", f"Invalid initial state: {e.msg}") from None
                 raise
 
-        await send(MEMBER, {"membership": "join", **await self._profile(user_id)}, user_id)
+        await send(MEMBER, {"membership": "join", **await self.profile_content(user_id)}, user_id)
 
         initial_state: dict[StateKey, JsonDict] = {}
         for item in cfg["initial_state"]:
@@ -306,7 +306,7 @@ class RoomService:
             await send("m.room.topic", {"topic": topic,
                                         "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]}})
         for invitee in invitees:
-            invite: JsonDict = {"membership": "invite", **await self._profile(invitee)}
+            invite: JsonDict = {"membership": "invite", **await self.profile_content(invitee)}
             if cfg["is_direct"]:
                 invite["is_direct"] = True
             await sender.send(room_id, user_id, MEMBER, invite, state_key=invitee, room_version=rv)
@@ -314,7 +314,7 @@ class RoomService:
             await self.rooms.set_room_is_public(room_id, True)
         return room_id
 
-    async def _new_room_id(self) -> str:
+    async def new_room_id(self) -> str:
         """A fresh v1-v11 room ID; with several event persisters, one this instance writes if it can."""
         stream = self.hs.events_stream
         for _ in range(64):
@@ -436,7 +436,7 @@ class RoomService:
         if reason is not None:
             new_content["reason"] = reason
         if membership in ("join", "invite"):
-            for k, v in (await self._profile(target)).items():
+            for k, v in (await self.profile_content(target)).items():
                 new_content.setdefault(k, v)
         current = await self.store.get_membership(room_id, target)
         if current is not None:
@@ -511,7 +511,7 @@ class RoomService:
             raise not_found("No known servers")
         if not rv.knock_join_rule:
             raise forbidden(f"Room version {rv.identifier} does not support knocking")
-        content: JsonDict = {"membership": "knock", **await self._profile(user_id)}
+        content: JsonDict = {"membership": "knock", **await self.profile_content(user_id)}
         if reason is not None:
             content["reason"] = reason
         current = await self.store.get_membership(room_id, user_id)
