@@ -179,6 +179,12 @@ class HomeServer:
         return SearchService(self)
 
     @cached_property
+    def room_summaries(self) -> Any:
+        from hs.services.spaces import RoomSummaries
+
+        return RoomSummaries(self)
+
+    @cached_property
     def spaces(self) -> Any:
         from hs.services.spaces import SpaceHierarchy
 

@@ -28,6 +28,7 @@ def all_routes() -> list[Route]:
         events,
         keys,
         misc,
+        mutual_rooms,
         notifications,
         profile,
         pushers,
@@ -49,7 +50,7 @@ def all_routes() -> list[Route]:
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
                    presence_api, user_directory, voip, threepid, pushers, notifications, reports,
-                   spaces, search, relations, upgrade):
+                   spaces, search, relations, upgrade, mutual_rooms):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

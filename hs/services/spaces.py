@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hs.errors import forbidden, invalid_param
+from hs.errors import forbidden, invalid_param, not_found
 
 if TYPE_CHECKING:
     from hs.events.event import Event
@@ -72,7 +72,7 @@ class SpaceHierarchy:
 
     async def get(self, user_id: str, req: HierarchyRequest) -> dict[str, Any]:
         root = req.room_id
-        if not await self._may_see(user_id, root):
+        if not await self.may_preview(user_id, root):
             raise forbidden("You are not allowed to view this room.")
         rooms: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -86,7 +86,7 @@ class SpaceHierarchy:
             if room_id in seen:
                 continue
             seen.add(room_id)
-            if room_id != root and not await self._may_see(user_id, room_id):
+            if room_id != root and not await self.may_preview(user_id, room_id):
                 continue
             summary = await self.hs.rooms.room_summary(room_id)
             if summary is None:
@@ -122,8 +122,11 @@ class SpaceHierarchy:
             children.append(ev)
         return order_children(children)
 
-    async def _may_see(self, user_id: str, room_id: str) -> bool:
-        membership = await self.store.get_membership(room_id, user_id)
+    async def may_preview(self, user_id: str | None, room_id: str) -> bool:
+        """Whether the user (None: an unauthenticated client) may see the room's summary: a member
+        or invitee, or anyone when the room is public, knockable or world-readable, or (restricted)
+        when they are in an allowed room."""
+        membership = await self.store.get_membership(room_id, user_id) if user_id is not None else None
         if membership is not None and membership[0] in ("join", "invite"):
             return True
         if membership is not None and membership[0] == "ban":
@@ -139,7 +142,7 @@ class SpaceHierarchy:
             return True
         if content.get(("m.room.history_visibility", ""), {}).get("history_visibility") == "world_readable":
             return True
-        if rule in ("restricted", "knock_restricted"):
+        if rule in ("restricted", "knock_restricted") and user_id is not None:
             allow = content.get(("m.room.join_rules", ""), {}).get("allow")
             for entry in allow if isinstance(allow, list) else []:
                 other = entry.get("room_id") if isinstance(entry, dict) else None
@@ -148,6 +151,40 @@ class SpaceHierarchy:
                     if joined is not None and joined[0] == "join":
                         return True
         return False
+
+
+class RoomSummaries:
+    """GET /_matrix/client/v1/room_summary/{roomIdOrAlias}: a room's public face, for previews."""
+
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+
+    async def summary(self, user_id: str | None, room_id_or_alias: str) -> dict[str, Any]:
+        room_id = room_id_or_alias
+        if room_id_or_alias.startswith("#"):
+            entry = await self.hs.room_store.get_alias(room_id_or_alias)
+            if entry is None:
+                raise not_found("Room not found")
+            room_id = entry["room_id"]
+        elif not room_id_or_alias.startswith("!"):
+            raise invalid_param("Not a room ID or alias")
+        if not await self.hs.spaces.may_preview(user_id, room_id):
+            raise not_found("Room not found, or you may not see it")
+        summary = await self.hs.rooms.room_summary(room_id)
+        if summary is None:
+            raise not_found("Room not found, or you may not see it")
+        version = await self.hs.room_store.get_room_version_id(room_id)
+        if version is not None:
+            summary["room_version"] = version
+        encryption = await self.hs.event_store.get_current_state_event(room_id, "m.room.encryption")
+        algorithm = encryption.content.get("algorithm") if encryption is not None else None
+        if isinstance(algorithm, str):
+            summary["encryption"] = algorithm
+        if user_id is not None:
+            membership = await self.hs.event_store.get_membership(room_id, user_id)
+            if membership is not None:
+                summary["membership"] = membership[0]
+        return summary
 
 
 def _stripped(ev: Event) -> dict[str, Any]:

@@ -75,3 +75,43 @@ async def test_pagination_and_errors(server: Any) -> None:
     for room in (private, "!unknown:test.local"):
         status, body = await eve.request("GET", HIERARCHY.format(room))
         assert status == 403 and body["errcode"] == "M_FORBIDDEN", room
+
+
+async def test_room_summary(server: Any) -> None:
+    alice, eve = await user(server, "alice"), await user(server, "eve")
+    status, created = await alice.request("POST", "/createRoom", {
+        "preset": "public_chat", "name": "Lobby", "room_alias_name": "lobby"})
+    assert status == 200
+    public = created["room_id"]
+    summary = await ok(alice, "GET", f"/_matrix/client/v1/room_summary/{public}")
+    assert summary["room_id"] == public and summary["name"] == "Lobby" and summary["join_rule"] == "public"
+    assert summary["membership"] == "join" and summary["room_version"] == "12"
+    assert summary["canonical_alias"] == "#lobby:test.local" and summary["num_joined_members"] == 1
+    by_alias = await ok(eve, "GET", "/_matrix/client/v1/room_summary/%23lobby:test.local")
+    assert by_alias["room_id"] == public and "membership" not in by_alias
+    anonymous = server.client()
+    status, body = await anonymous.request("GET", f"/_matrix/client/v1/room_summary/{public}")
+    assert status == 200 and body["room_id"] == public and "membership" not in body
+    private = await alice.create_room(preset="private_chat")
+    for client in (eve, anonymous):
+        status, body = await client.request("GET", f"/_matrix/client/v1/room_summary/{private}")
+        assert status == 404 and body["errcode"] == "M_NOT_FOUND"
+    status, body = await eve.request("GET", "/_matrix/client/v1/room_summary/%23nowhere:test.local")
+    assert status == 404
+    await anonymous.close()
+
+
+async def test_mutual_rooms(server: Any) -> None:
+    alice, bob, carol = await user(server, "alice"), await user(server, "bob"), await user(server, "carol")
+    shared = await alice.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{shared}")
+    await alice.create_room(preset="public_chat")  # alice alone
+    other = await carol.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{other}")
+    assert await ok(alice, "GET", "/_matrix/client/v1/mutual_rooms", user_id=bob.user_id) == {
+        "joined": [shared], "count": 1}
+    assert await ok(alice, "GET", "/_matrix/client/v1/mutual_rooms", user_id="@nobody:test.local") == {
+        "joined": [], "count": 0}
+    for params in ({}, {"user_id": alice.user_id}, {"user_id": "bob"}, {"user_id": bob.user_id, "from": "x"}):
+        status, body = await alice.request("GET", "/_matrix/client/v1/mutual_rooms", params=params)
+        assert status == 400 and body["errcode"] == "M_INVALID_PARAM", params

@@ -1,4 +1,5 @@
-"""GET /_matrix/client/v1/rooms/{roomId}/hierarchy (the walk is in hs/services/spaces.py)."""
+"""GET /_matrix/client/v1/rooms/{roomId}/hierarchy and /room_summary/{roomIdOrAlias} (the logic is in
+hs/services/spaces.py)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ async def hierarchy(request: web.Request) -> HandlerResult:
     return 200, await hs.spaces.get(requester.user_id, req)
 
 
+async def room_summary(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    requester = await hs.auth.get_requester(request, optional=True)
+    return 200, await hs.room_summaries.summary(requester.user_id if requester is not None else None,
+                                                request.match_info["roomIdOrAlias"])
+
+
 ROUTES: list[Route] = [
+    Route("GET", "/room_summary/{roomIdOrAlias}", room_summary, "client", prefixes=CLIENT_V1),
     Route("GET", "/rooms/{roomId}/hierarchy", hierarchy, "client", prefixes=CLIENT_V1),
 ]
