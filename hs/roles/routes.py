@@ -38,11 +38,13 @@ def all_routes() -> list[Route]:
         search,
         spaces,
         sync,
+        thirdparty,
         threepid,
         to_device,
         upgrade,
         user_directory,
         voip,
+        whois,
     )
     from hs.api.client import presence as presence_api
     from hs.api.client import typing as typing_api
@@ -50,7 +52,7 @@ def all_routes() -> list[Route]:
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
                    presence_api, user_directory, voip, threepid, pushers, notifications, reports,
-                   spaces, search, relations, upgrade, mutual_rooms):
+                   spaces, search, relations, upgrade, mutual_rooms, thirdparty, whois):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from hs.api.base import (
+    CLIENT_V1,
     CLIENT_V3,
     CLIENT_V3_V1,
     HandlerResult,
@@ -135,6 +136,16 @@ async def register(request: web.Request) -> HandlerResult:
     login = await reg.create_device(user_id, _opt_str(params, "device_id"),
                                     _opt_str(params, "initial_device_display_name"))
     return 200, _login_response(hs, login)
+
+
+async def registration_token_validity(request: web.Request) -> HandlerResult:
+    """Registration here needs no token (it is open, or closed to everyone), so none is valid."""
+    hs = get_hs(request)
+    if not hs.config.enable_registration:
+        raise forbidden("Registration has been disabled")
+    if not request.query.get("token"):
+        raise missing_param("Missing 'token'")
+    return 200, {"valid": False}
 
 
 async def register_available(request: web.Request) -> HandlerResult:
@@ -313,6 +324,8 @@ async def deactivate(request: web.Request) -> HandlerResult:
 ROUTES: list[Route] = [
     Route("POST", "/register", register, "registration_login", prefixes=CLIENT_V3),
     Route("GET", "/register/available", register_available, "main", prefixes=CLIENT_V3),
+    Route("GET", "/register/m.login.registration_token/validity", registration_token_validity, "main",
+          prefixes=CLIENT_V1),
     Route("GET", "/login", login_flows, "registration_login", prefixes=CLIENT_V3_V1),
     Route("POST", "/login", login, "registration_login", prefixes=CLIENT_V3_V1),
     Route("POST", "/logout", logout, "main", prefixes=CLIENT_V3_V1),

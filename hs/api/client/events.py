@@ -68,6 +68,16 @@ async def get_event(request: web.Request) -> tuple[int, Any]:
     return 200, await hs.rooms.get_event(requester, _room_id(request), request.match_info["eventId"])
 
 
+async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
+    """The deprecated GET /events/{eventId}: /rooms/{roomId}/event/{eventId} without the room."""
+    hs = get_hs(request)
+    requester = await hs.auth.requester(request)
+    ev = await hs.event_store.get_event(request.match_info["eventId"])
+    if ev is None:
+        raise MatrixError(404, "M_NOT_FOUND", "Event not found.")
+    return 200, await hs.rooms.get_event(requester, ev.room_id, ev.event_id)
+
+
 async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
@@ -116,6 +126,7 @@ ROUTES: list[Route] = [
     Route("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", send_state, "event_sending", CLIENT_V3_V1),
     Route("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", redact_event, "event_sending", CLIENT_V3_V1),
     Route("GET", "/rooms/{roomId}/event/{eventId}", get_event, "client", CLIENT_V3_V1),
+    Route("GET", "/events/{eventId}", get_event_by_id, "client", CLIENT_V3_V1),
     Route("GET", "/rooms/{roomId}/timestamp_to_event", timestamp_to_event, "client", CLIENT_V1),
     Route("GET", "/rooms/{roomId}/messages", get_messages, "pagination", CLIENT_V3_V1),
     Route("GET", "/rooms/{roomId}/context/{eventId}", get_context, "client", CLIENT_V3_V1),

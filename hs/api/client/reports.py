@@ -40,8 +40,7 @@ async def report_user(request: web.Request) -> HandlerResult:
 async def list_event_reports(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    user = await hs.user_store.get_user(requester.user_id)
-    if user is None or not user.get("admin"):
+    if not await hs.user_store.is_admin(requester.user_id):
         raise forbidden("You are not a server admin")
     offset = query_int(request, "from", 0) or 0
     limit = min(query_int(request, "limit", 100) or 100, 1000)

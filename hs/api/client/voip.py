@@ -47,16 +47,7 @@ async def turn_server(request: web.Request) -> HandlerResult:
     return 200, turn_credentials(hs.config, requester.user_id)
 
 
-async def thirdparty_protocols(request: web.Request) -> HandlerResult:
-    """Third-party networks are offered by application services (bridges); none are registered, so
-    there are none, as Synapse answers without appservices."""
-    await get_hs(request).auth.requester(request)
-    return 200, {}
-
-
 ROUTES: list[Route] = [
     Route("GET", "/voip/turnServer", turn_server, "client", prefixes=(
         "/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/api/v1")),
-    Route("GET", "/thirdparty/protocols", thirdparty_protocols, "main", prefixes=(
-        "/_matrix/client/v3", "/_matrix/client/r0")),
 ]

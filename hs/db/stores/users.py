@@ -139,6 +139,16 @@ class UserStore:
             "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1"
             " ORDER BY device_id", user_id)
 
+    async def get_device_sessions(self, user_id: str) -> list[dict[str, Any]]:
+        """Each device's last sighting (address, time, user agent), for admins' whois."""
+        return await self.db.fetch(
+            "SELECT device_id, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices WHERE user_id = $1"
+            " ORDER BY device_id", user_id)
+
+    async def is_admin(self, user_id: str) -> bool:
+        user = await self.get_user(user_id)
+        return bool(user is not None and user.get("admin"))
+
     async def get_device(self, user_id: str, device_id: str) -> dict[str, Any] | None:
         return await self.db.fetchrow(
             "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices"
