@@ -139,6 +139,34 @@ async def test_background_prunes_old_transaction_ids(make_server: Any) -> None:
     await c.close()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_background_prunes_notifications_older_than_a_month(make_server: Any, engine: str) -> None:
+    from hs.services.background import NOTIFICATION_RETENTION_MS
+    from hs.util import now_ms
+
+    srv = await make_server(engine)
+    alice, bob = srv.client(), srv.client()
+    await alice.register("alice")
+    await bob.register("bob")
+    room = await alice.create_room(preset="public_chat")
+    status, _ = await bob.request("POST", f"/join/{room}", {})
+    assert status == 200
+    sent = [await alice.send_message(room, f"m{i}") for i in range(6)]
+    await srv.hs.event_sender.flush_rests()
+    # The first four are from two months ago (timestamps rewritten; the cut is found by position).
+    old_ts = now_ms() - 2 * NOTIFICATION_RETENTION_MS
+    for event_id in sent[:4]:
+        await srv.hs.db.execute("UPDATE events SET origin_server_ts = $1 WHERE event_id = $2", old_ts, event_id)
+    await srv.hs.db.execute("UPDATE events SET origin_server_ts = $1 WHERE stream_ordering < ("
+                            "SELECT stream_ordering FROM events WHERE event_id = $2)", old_ts, sent[0])
+    assert await srv.hs.background.prune_notifications() == 4
+    rows = await srv.hs.db.fetch("SELECT event_id FROM event_notifications ORDER BY stream_ordering")
+    assert [r["event_id"] for r in rows] == sent[4:]
+    assert await srv.hs.background.prune_notifications() == 0
+    await alice.close()
+    await bob.close()
+
+
 async def test_push_actions_become_one_notification_row_per_event(db: Database) -> None:
     """Migration 007 folds the per-user push action rows of a database at version 6 into one row per
     event, keeping who was notified and highlighted."""
