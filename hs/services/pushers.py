@@ -124,7 +124,6 @@ def build_notification(pusher: JsonDict, event: Event, user_id: str, actions: li
         notification.update(type=event.type, sender=event.sender, content=event.content)
         if event.type == "m.room.member":
             notification["user_is_target"] = event.state_key == user_id
-            notification["membership"] = event.content.get("membership")
         if sender_display_name:
             notification["sender_display_name"] = sender_display_name
         if room_name:
@@ -265,10 +264,9 @@ class PusherPool:
     async def deliver(self, key: PusherKey, event_id: str, user_id: str) -> bool | None:
         """Send one notification: True if done with it (sent, or nothing to send), False to retry
         later, None if the pusher is gone (deleted, or its pushkey rejected)."""
-        pushers = [p for p in await self.store.get_pushers(user_id) if pusher_key(p) == key]
-        if not pushers:
+        pusher = await self.store.get_pusher(key)
+        if pusher is None:
             return None
-        pusher = pushers[0]
         event = await self.hs.event_store.get_event(event_id)
         if event is None:
             return True

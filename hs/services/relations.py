@@ -92,10 +92,8 @@ class RelationsService:
             f" ORDER BY stream_ordering {'ASC' if forwards else 'DESC'} LIMIT ${len(args)}", *args)
         more = len(rows) > limit
         rows = rows[:limit]
-        found = await self.hs.event_store.get_events([r["event_id"] for r in rows])
-        events = [found[r["event_id"]] for r in rows if r["event_id"] in found]
-        visible = await self.hs.visibility.filter_events_for_user(user_id, events, {room_id: access.membership})
-        body: dict[str, Any] = {"chunk": await self.serialize(visible, requester)}
+        body: dict[str, Any] = {"chunk": await self._visible_chunk(
+            requester, room_id, access.membership, [r["event_id"] for r in rows])}
         if more and rows:
             last = int(rows[-1]["stream_ordering"])
             body["next_batch"] = f"r{last + 1}" if forwards else f"r{last}"
@@ -126,13 +124,19 @@ class RelationsService:
             f" ORDER BY latest DESC LIMIT ${len(args)}", *args)
         more = len(rows) > limit
         rows = rows[:limit]
-        found = await self.hs.event_store.get_events([r["root"] for r in rows])
-        roots = [found[r["root"]] for r in rows if r["root"] in found]
-        visible = await self.hs.visibility.filter_events_for_user(user_id, roots, {room_id: access.membership})
-        body: dict[str, Any] = {"chunk": await self.serialize(visible, requester)}
+        body: dict[str, Any] = {"chunk": await self._visible_chunk(
+            requester, room_id, access.membership, [r["root"] for r in rows])}
         if more and rows:
             body["next_batch"] = f"r{int(rows[-1]['latest'])}"
         return body
+
+    async def _visible_chunk(self, requester: Requester, room_id: str, membership: str | None,
+                             event_ids: list[str]) -> list[dict[str, Any]]:
+        """The events (in this order) the user may see, serialized with their aggregations."""
+        found = await self.hs.event_store.get_events(event_ids)
+        events = [found[e] for e in event_ids if e in found]
+        visible = await self.hs.visibility.filter_events_for_user(requester.user_id, events, {room_id: membership})
+        return await self.serialize(visible, requester)
 
     # -- bundled aggregations -------------------------------------------------------------------------------
     async def serialize(self, events: list[Event], requester: Requester) -> list[dict[str, Any]]:
@@ -170,17 +174,17 @@ class RelationsService:
                 latest_edit[parent.event_id] = r["event_id"]
             elif r["relation_type"] == REFERENCE:
                 agg.setdefault(REFERENCE, {"chunk": []})["chunk"].append({"event_id": r["event_id"]})
-        wanted = list(latest_reply.values()) + list(latest_edit.values())
+        wanted = [*latest_reply.values(), *latest_edit.values()]
         found = await self.hs.event_store.get_events(wanted)
+        children = [found[e] for e in wanted if e in found]
+        full = dict(zip((ev.event_id for ev in children),
+                        await serialize_events(self.hs, children, requester.device_id), strict=True))
         for parent_id, reply_id in latest_reply.items():
-            reply = found.get(reply_id)
-            if reply is not None:
-                aggregations[parent_id][THREAD]["latest_event"] = (
-                    await serialize_events(self.hs, [reply], requester.device_id))[0]
+            if reply_id in full:
+                aggregations[parent_id][THREAD]["latest_event"] = full[reply_id]
         for parent_id, edit_id in latest_edit.items():
-            edit = found.get(edit_id)
-            if edit is not None:
-                aggregations[parent_id][REPLACE] = (await serialize_events(self.hs, [edit], requester.device_id))[0]
+            if edit_id in full:
+                aggregations[parent_id][REPLACE] = full[edit_id]
         for ev, out in zip(events, serialized, strict=True):
             bundled = aggregations.get(ev.event_id)
             if bundled is not None and THREAD in bundled and "latest_event" not in bundled[THREAD]:

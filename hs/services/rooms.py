@@ -182,10 +182,7 @@ class RoomService:
         return None if vid is None else KNOWN_ROOM_VERSIONS[vid]
 
     async def _current_state_events(self, room_id: str, keys: list[StateKey]) -> dict[StateKey, Event]:
-        ids = await self.store.get_current_state_ids(room_id)
-        wanted = {k: ids[k] for k in keys if k in ids}
-        evs = await self.store.get_events(list(wanted.values()))
-        return {k: evs[v] for k, v in wanted.items() if v in evs}
+        return await self.store.get_current_state_events(room_id, [(t, sk) for t, sk in keys])
 
     async def _auth_state(self, room_id: str, user_id: str) -> dict[StateKey, Event]:
         return await self._current_state_events(room_id, [
@@ -995,12 +992,11 @@ class RoomService:
 
     async def room_summary(self, room_id: str) -> JsonDict | None:
         """A room as the room directory and space hierarchies show it (None if nobody is in it)."""
-        ids = await self.store.get_current_state_ids(room_id)
-        keys = [("m.room.create", ""), ("m.room.name", ""), ("m.room.topic", ""), ("m.room.canonical_alias", ""),
-                ("m.room.join_rules", ""), ("m.room.history_visibility", ""), ("m.room.guest_access", ""),
-                ("m.room.avatar", "")]
-        evs = await self.store.get_events([ids[k] for k in keys if k in ids])
-        state = {k: evs[ids[k]].content for k in keys if k in ids and ids[k] in evs}
+        keys: list[StateKey] = [
+            ("m.room.create", ""), ("m.room.name", ""), ("m.room.topic", ""), ("m.room.canonical_alias", ""),
+            ("m.room.join_rules", ""), ("m.room.history_visibility", ""), ("m.room.guest_access", ""),
+            ("m.room.avatar", "")]
+        state = {k: ev.content for k, ev in (await self._current_state_events(room_id, keys)).items()}
         joined = len(await self.store.get_joined_members(room_id))
         if joined == 0:
             return None

@@ -114,8 +114,7 @@ class SearchService:
         if criteria.get("include_state") is True:
             out["state"] = {}
             for room_id in sorted({ev.room_id for _, ev in page}):
-                state = await self.hs.event_store.get_current_state_ids(room_id)
-                found = await self.hs.event_store.get_events(list(state.values()))
+                found = await self.hs.event_store.get_current_state_events(room_id)
                 out["state"][room_id] = await serialize_events(self.hs, list(found.values()))
         groupings = criteria.get("groupings")
         if isinstance(groupings, dict) and isinstance(groupings.get("group_by"), list):

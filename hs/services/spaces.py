@@ -109,9 +109,7 @@ class SpaceHierarchy:
 
     async def _children(self, room_id: str, suggested_only: bool) -> list[Event]:
         """The room's valid m.space.child events (non-empty `via`), in the spec's order."""
-        state = await self.store.get_current_state_ids(room_id)
-        ids = [event_id for (etype, _), event_id in state.items() if etype == CHILD]
-        events = await self.store.get_events(ids)
+        events = await self.store.get_current_state_events(room_id, [(CHILD, None)])
         children = []
         for ev in events.values():
             via = ev.content.get("via")
@@ -131,10 +129,9 @@ class SpaceHierarchy:
             return True
         if membership is not None and membership[0] == "ban":
             return False
-        state = await self.store.get_current_state_ids(room_id)
-        wanted = [("m.room.join_rules", ""), ("m.room.history_visibility", ""), ("m.room.create", "")]
-        events = await self.store.get_events([state[k] for k in wanted if k in state])
-        content = {k: events[state[k]].content for k in wanted if k in state and state[k] in events}
+        wanted: list[tuple[str, str | None]] = [
+            ("m.room.join_rules", ""), ("m.room.history_visibility", ""), ("m.room.create", "")]
+        content = {k: ev.content for k, ev in (await self.store.get_current_state_events(room_id, wanted)).items()}
         if ("m.room.create", "") not in content:
             return False  # not a room this server knows
         rule = content.get(("m.room.join_rules", ""), {}).get("join_rule")

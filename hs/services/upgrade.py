@@ -57,7 +57,7 @@ class RoomUpgrader:
                 raise bad_json("'additional_creators' must be a list of user IDs")
             creators_extra = list(dict.fromkeys(u for u in additional_creators if u != user_id))
 
-        state = await self._current_state(old_room_id)
+        state = await self.store.get_current_state_events(old_room_id)
         old_create = state.get(("m.room.create", ""))
         member = state.get((MEMBER, user_id))
         if old_create is None or member is None or member.membership != "join":
@@ -73,11 +73,6 @@ class RoomUpgrader:
             "body": "This room has been replaced", "replacement_room": new_room_id}, state_key="")
         await self._restrict_old_room(old_room_id, user_id, state)
         return new_room_id
-
-    async def _current_state(self, room_id: str) -> dict[StateKey, Event]:
-        ids = await self.store.get_current_state_ids(room_id)
-        found = await self.store.get_events(list(ids.values()))
-        return {k: found[v] for k, v in ids.items() if v in found}
 
     async def _create(self, rv: RoomVersion, user_id: str, old_create: Event, creators_extra: list[str]) -> str:
         content: dict[str, Any] = {"room_version": rv.identifier, "predecessor": {"room_id": old_create.room_id}}

@@ -12,7 +12,8 @@ async def test_whois_for_admins_and_oneself(server: Any) -> None:
     alice, bob = await user(server, "alice"), await user(server, "bob")
     mine = await ok(alice, "GET", f"/admin/whois/{alice.user_id}")
     assert mine["user_id"] == alice.user_id and list(mine["devices"]) == [alice.device_id]
-    assert mine["devices"][alice.device_id]["sessions"][0]["connections"] is not None
+    connections = mine["devices"][alice.device_id]["sessions"][0]["connections"]
+    assert len(connections) == 1 and isinstance(connections[0]["last_seen"], int)
     status, body = await bob.request("GET", f"/admin/whois/{alice.user_id}")
     assert status == 403 and body["errcode"] == "M_FORBIDDEN"
     await server.hs.db.execute("UPDATE users SET admin = 1 WHERE user_id = $1", bob.user_id)

@@ -275,6 +275,17 @@ class EventStore:
             "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = $1", room_id)
         return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
 
+    async def get_current_state_events(self, room_id: str, types: list[tuple[str, str | None]] | None = None,
+                                       ) -> dict[StateKey, Event]:
+        """The room's current state events, all or those of `types` ((type, state key), a None state
+        key meaning every state key of that type), as `get_state_events_for_group` for a group."""
+        ids = await self.get_current_state_ids(room_id)
+        if types is not None:
+            ids = {k: v for k, v in ids.items()
+                   if any(k[0] == t and (sk is None or k[1] == sk) for t, sk in types)}
+        evs = await self.get_events(list(ids.values()))
+        return {k: evs[v] for k, v in ids.items() if v in evs}
+
     async def get_current_state_event(self, room_id: str, etype: str, state_key: str = "") -> Event | None:
         eid = await self.db.fetchval(
             "SELECT event_id FROM current_state_events WHERE room_id = $1 AND type = $2 AND state_key = $3",

@@ -28,6 +28,11 @@ class PusherStore:
         rows = await self.db.fetch("SELECT * FROM pushers WHERE user_id = $1 ORDER BY app_id, pushkey", user_id)
         return [self._decode(r) for r in rows]
 
+    async def get_pusher(self, key: PusherKey) -> JsonDict | None:
+        row = await self.db.fetchrow(
+            "SELECT * FROM pushers WHERE app_id = $1 AND pushkey = $2 AND user_id = $3", *key)
+        return None if row is None else self._decode(row)
+
     async def get_pushers_of(self, user_ids: Sequence[str]) -> list[JsonDict]:
         out: list[JsonDict] = []
         users = sorted(set(user_ids))
