@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,16 +72,65 @@ class Listener(Strict):
         return set(self.resources)
 
 
+class DatabaseArgs(Strict):
+    """Synapse's `database.args`: libpq connection parameters (psycopg2 passes them to libpq) plus the
+    pool's `cp_min`/`cp_max`. hs connects with asyncpg, so only parameters it can honour are accepted:
+    an unknown one is an error rather than a setting silently dropped."""
+
+    user: str | None = None
+    password: str | None = None
+    database: str | None = None
+    dbname: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    cp_min: int | None = Field(default=None, ge=0)
+    cp_max: int | None = Field(default=None, ge=1)
+    # Seconds one connection attempt may take (libpq's connect_timeout).
+    connect_timeout: float | None = Field(default=None, gt=0)
+    # TLS and session parameters asyncpg reads from the connection URI as libpq does.
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    sslcrl: str | None = None
+    sslpassword: str | None = None
+    passfile: str | None = None
+    application_name: str | None = None
+    target_session_attrs: str | None = None
+    # TCP keepalives on the connections (libpq's parameters; Synapse's sample config sets them).
+    keepalives: int | None = Field(default=None, ge=0, le=1)
+    keepalives_idle: int | None = Field(default=None, ge=1)
+    keepalives_interval: int | None = Field(default=None, ge=1)
+    keepalives_count: int | None = Field(default=None, ge=1)
+
+
+# The DatabaseArgs that travel in the connection URI's query string.
+_PG_URI_QUERY_ARGS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword", "passfile",
+                      "application_name", "target_session_attrs")
+_SQLITE_ARGS = {"database", "cp_min", "cp_max"}
+DEFAULT_POOL_MIN = 2
+DEFAULT_POOL_MAX = 10
+
+
 class DatabaseConfig(Strict):
     """`name: sqlite3|psycopg2` with Synapse's `args`, or the shorter `engine` + `path`/`dsn`."""
 
     name: Literal["sqlite3", "psycopg2", "sqlite", "postgres", "postgresql"] | None = None
     engine: Literal["sqlite", "postgres"] | None = None
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: DatabaseArgs = Field(default_factory=DatabaseArgs)
     path: str | None = None
     dsn: str | None = None
-    cp_min: int = 2
-    cp_max: int = 10
+    # The pool's bounds in hs's shorter form; Synapse's place for them is `args`.
+    cp_min: int | None = Field(default=None, ge=0)
+    cp_max: int | None = Field(default=None, ge=1)
+    # How long start-up keeps retrying a PostgreSQL that does not accept connections yet (a container
+    # started alongside it, a server restarting) before giving up: milliseconds, or "30s", "5m".
+    startup_timeout: int = 60_000
+
+    @field_validator("startup_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> int:
+        return parse_duration_ms(value)
 
     @model_validator(mode="after")
     def _pick_engine(self) -> DatabaseConfig:
@@ -94,27 +143,59 @@ class DatabaseConfig(Strict):
                 self.engine = "postgres"
             else:
                 self.engine = "sqlite"
-        if self.engine == "sqlite" and not (self.path or self.args.get("database")):
+        if self.engine == "sqlite" and not (self.path or self.args.database):
             raise ValueError("sqlite needs `path` (or `args.database`)")
         return self
 
+    def problems(self) -> list[str]:
+        """What the field types cannot say, one line per problem naming the key (run by the top level,
+        whose problems are split into lines)."""
+        problems: list[str] = []
+        if self.engine == "sqlite":
+            problems.extend(f"database.args.{key}: not an argument of sqlite3 (it takes {sorted(_SQLITE_ARGS)})"
+                            for key in sorted(self.args.model_fields_set - _SQLITE_ARGS))
+        for key in ("cp_min", "cp_max"):
+            if getattr(self, key) is not None and getattr(self.args, key) is not None:
+                problems.append(f"database.{key}: given again as database.args.{key} (give it once)")
+        if self.pool_min > self.pool_max:
+            problems.append(f"database.args.cp_min: {self.pool_min} is more than cp_max ({self.pool_max})")
+        return problems
+
+    @property
+    def pool_min(self) -> int:
+        """Connections the PostgreSQL pool keeps open (Synapse's `args.cp_min`)."""
+        return next((v for v in (self.args.cp_min, self.cp_min) if v is not None), DEFAULT_POOL_MIN)
+
+    @property
+    def pool_max(self) -> int:
+        """Connections the PostgreSQL pool may open (Synapse's `args.cp_max`)."""
+        return next((v for v in (self.args.cp_max, self.cp_max) if v is not None), DEFAULT_POOL_MAX)
+
     @property
     def sqlite_path(self) -> str:
-        return str(self.path or self.args.get("database"))
+        return str(self.path or self.args.database)
 
     @property
     def postgres_dsn(self) -> str:
+        """The connection URI, every part percent-encoded: a password such as `p@ss:w/rd#1%` or with
+        spaces arrives at the server as written."""
         if self.dsn:
             return self.dsn
         a = self.args
-        user = a.get("user", "postgres")
-        pw = f":{a['password']}" if a.get("password") else ""
-        host = str(a.get("host", "127.0.0.1"))
-        port = a.get("port", 5432)
-        db = a.get("database", a.get("dbname", "hs"))
+        auth = quote(a.user or "postgres", safe="")
+        if a.password:
+            auth += ":" + quote(a.password, safe="")
+        host = a.host or "127.0.0.1"
+        port = a.port or 5432
+        database = quote(a.database or a.dbname or "hs", safe="")
+        query = {key: str(getattr(a, key)) for key in _PG_URI_QUERY_ARGS if getattr(a, key) is not None}
         if host.startswith("/"):  # a Unix socket directory, as libpq (and Synapse's psycopg2) take it
-            return f"postgresql://{user}{pw}@/{db}?host={quote(host, safe='/')}&port={port}"
-        return f"postgresql://{user}{pw}@{host}:{port}/{db}"
+            netloc = f"{auth}@"
+            query = {"host": host, "port": str(port), **query}
+        else:
+            netloc = f"{auth}@{f'[{host}]' if ':' in host else quote(host, safe='')}:{port}"
+        uri = f"postgresql://{netloc}/{database}"
+        return f"{uri}?{urlencode(query, quote_via=quote, safe='/')}" if query else uri
 
 
 class RedisConfig(Strict):
@@ -129,7 +210,7 @@ class RedisConfig(Strict):
     def connection_url(self) -> str:
         if self.url:
             return self.url
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""  # redis-py unquotes it
         return f"redis://{auth}{self.host}:{self.port}/{self.dbid}"
 
 
@@ -293,7 +374,7 @@ class HomeserverConfig(Strict):
 
     @model_validator(mode="after")
     def _cluster_rules(self) -> HomeserverConfig:
-        problems: list[str] = []
+        problems: list[str] = self.database.problems()
         if self.workers and self.database.engine == "sqlite":
             problems.append("database: workers need PostgreSQL; SQLite cannot be shared between processes")
         if self.workers and not self.redis.enabled:
@@ -316,6 +397,11 @@ class HomeserverConfig(Strict):
             for w in getattr(self, key):
                 if w not in instances:
                     problems.append(f"{key}: {w!r} is not a configured worker")
+        for key in ("update_user_directory_from_worker", "notify_appservices_from_worker",
+                    "media_instance_running_background_jobs"):
+            named = getattr(self, key)
+            if named is not None and named not in instances:
+                problems.append(f"{key}: {named!r} is not a configured worker (known: {sorted(instances)})")
         if self.workers and not (self.worker_replication_secret or self.worker_replication_secret_path):
             for name, listener in self.all_listeners():
                 if "replication" in listener.resources and any(
@@ -378,7 +464,7 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        if loc == "(top level)" and "; " in msg:
+        if loc == "(top level)" and e["type"] == "value_error":  # the cross-key rules: each names its key
             problems.extend(msg.split("; "))
         else:
             problems.append(f"{loc}: {msg}")

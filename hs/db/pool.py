@@ -2,7 +2,8 @@
 
 Stores write SQL once, with PostgreSQL's `$1` placeholders; the SQLite backend rewrites them to `?1`.
 Writes go through `run_transaction`, which retries on serialization failures and deadlocks so callers
-never see a transient conflict.
+never see a transient conflict. At start-up a PostgreSQL that does not accept connections yet is
+retried for a bounded time; what cannot be used at all is a `DatabaseStartupError`, one clear line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -17,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -33,6 +36,16 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 MAX_TXN_ATTEMPTS = 8
 # How often the embedded database copies its write-ahead log into the database file.
 CHECKPOINT_INTERVAL_S = 1.0
+
+
+# Start-up retries: the pause doubles from the first to the last, until the configured time is up.
+STARTUP_RETRY_FIRST_S = 0.5
+STARTUP_RETRY_MAX_S = 5.0
+
+
+class DatabaseStartupError(Exception):
+    """The database cannot be used: the message says what was tried, what went wrong and what to do,
+    in one line for the admin (the command prints it and exits; a traceback would add nothing)."""
 
 
 class Connection:
@@ -60,6 +73,7 @@ class Connection:
 
 class Database:
     engine: str
+    description: str  # what and where, for messages (never a password)
 
     async def open(self) -> None:
         raise NotImplementedError
@@ -144,24 +158,61 @@ class _PgConnection(Connection):
 class PostgresDatabase(Database):
     engine = "postgres"
 
-    def __init__(self, dsn: str, min_size: int = 2, max_size: int = 10) -> None:
+    def __init__(self, dsn: str, min_size: int = 2, max_size: int = 10, *, startup_timeout_s: float = 0.0,
+                 connect_timeout_s: float | None = None, keepalives: TcpKeepalives | None = None) -> None:
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
+        self.startup_timeout_s = startup_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.keepalives = keepalives
+        self.description = describe_dsn(dsn)
         self.pool: Any = None
         self._releases: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        import asyncpg
-
-        # No idle-connection expiry: asyncpg arms and cancels a timer per acquire for it, on every
-        # query; an idle pool of `max_size` connections costs PostgreSQL little.
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                              reset=_keep_session, max_inactive_connection_lifetime=0)
+        """Open the pool, retrying for `startup_timeout_s` while the server cannot be reached or is
+        starting up; a refusal that waiting cannot cure (password, missing database) fails at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout_s
+        pause = STARTUP_RETRY_FIRST_S
+        while True:
+            try:
+                self.pool = await self._create_pool()
+                break
+            except DatabaseStartupError:
+                raise
+            except Exception as exc:
+                if not _is_not_up_yet(exc):
+                    raise DatabaseStartupError(
+                        f"cannot use the {self.description}: {_one_line(exc)}{_hint(exc)}") from None
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise DatabaseStartupError(
+                        f"cannot connect to the {self.description}: {_one_line(exc)}; gave up after"
+                        f" {self.startup_timeout_s:g}s (database.startup_timeout)") from None
+                wait = min(pause, left)
+                logger.warning("cannot connect to the %s yet: %s; retrying in %.1fs (giving up in %.0fs)",
+                               self.description, _one_line(exc), wait, left)
+                await asyncio.sleep(wait)
+                pause = min(pause * 2, STARTUP_RETRY_MAX_S)
         DB_POOL_SIZE.labels("max").set(self.max_size)
         pool = self.pool
         DB_POOL_SIZE.labels("open").set_function(lambda: pool.get_size())
         DB_POOL_SIZE.labels("idle").set_function(lambda: pool.get_idle_size())
+
+    async def _create_pool(self) -> Any:
+        import asyncpg
+
+        options: dict[str, Any] = {}
+        if self.connect_timeout_s is not None:
+            options["timeout"] = self.connect_timeout_s
+        if self.keepalives is not None:
+            options["init"] = self.keepalives.apply
+        # No idle-connection expiry: asyncpg arms and cancels a timer per acquire for it, on every
+        # query; an idle pool of `max_size` connections costs PostgreSQL little.
+        return await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
+                                         reset=_keep_session, max_inactive_connection_lifetime=0, **options)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -202,6 +253,67 @@ class PostgresDatabase(Database):
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._connection() as raw:
             return [dict(r) for r in await raw.fetch(sql, *args)]
+
+
+def _is_not_up_yet(exc: BaseException) -> bool:
+    """Errors that waiting can cure: nothing listening yet (or a name not resolvable yet, as in a
+    container network coming up), a server starting up or shutting down, a connection dropped during
+    either, every connection slot taken for the moment."""
+    import asyncpg
+
+    return isinstance(exc, OSError | asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError
+                      | asyncpg.ConnectionDoesNotExistError)
+
+
+def _hint(exc: BaseException) -> str:
+    import asyncpg
+
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return " (create it first, e.g. `createdb --owner=<user> <name>`, or fix database.args.database)"
+    return ""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a connection URI points, for messages: host, port, database and user, never the password."""
+    try:
+        uri = urlsplit(dsn)
+        query = parse_qs(uri.query)
+        host = uri.hostname or query.get("host", ["localhost"])[0]
+        port = uri.port or query.get("port", ["5432"])[0]
+        database = unquote(uri.path.lstrip("/")) or "(default)"
+        user = unquote(uri.username or "") or "(default)"
+    except ValueError:
+        return "PostgreSQL database"
+    return f"PostgreSQL database {database!r} at {host}:{port} as user {user!r}"
+
+
+class TcpKeepalives:
+    """libpq's `keepalives*` parameters, which asyncpg lacks, set on each new connection's socket: a
+    connection whose peer vanished (a NAT or firewall dropping idle flows) is found dead by the kernel
+    instead of hanging a query."""
+
+    def __init__(self, enabled: bool = True, idle_s: int | None = None, interval_s: int | None = None,
+                 count: int | None = None) -> None:
+        self.enabled = enabled
+        self.idle_s = idle_s
+        self.interval_s = interval_s
+        self.count = count
+
+    async def apply(self, conn: Any) -> None:
+        sock = conn._transport.get_extra_info("socket")  # asyncpg offers no public handle on it
+        if sock is None or sock.family == socket.AF_UNIX:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if self.enabled else 0)
+        if not self.enabled:
+            return
+        for option, value in (("TCP_KEEPIDLE", self.idle_s), ("TCP_KEEPINTVL", self.interval_s),
+                              ("TCP_KEEPCNT", self.count)):
+            if value is not None and hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 async def _keep_session(conn: Any) -> None:
@@ -282,6 +394,7 @@ class SqliteDatabase(Database):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.description = f"SQLite database {path}"
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         # Checkpoints (copying the WAL into the database file, with an fsync) run on a connection and
@@ -306,7 +419,10 @@ class SqliteDatabase(Database):
             return conn
 
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._thread, connect)
+        try:
+            self._conn = await loop.run_in_executor(self._thread, connect)
+        except sqlite3.Error as e:
+            raise DatabaseStartupError(f"cannot open the SQLite database {self.path}: {e}") from None
         await self._run(lambda conn: conn.execute("PRAGMA wal_autocheckpoint=0"))
         self._checkpoint_conn = await loop.run_in_executor(self._checkpoint_thread, connect)
         self._checkpointer = loop.create_task(self._checkpoint_periodically())
@@ -369,5 +485,13 @@ class SqliteDatabase(Database):
 def make_database(config: Any) -> Database:
     """Build the database for a `DatabaseConfig`."""
     if config.engine == "postgres":
-        return PostgresDatabase(config.postgres_dsn, config.cp_min, config.cp_max)
+        args = config.args
+        keepalives = None
+        if any(getattr(args, k) is not None for k in
+               ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count")):
+            keepalives = TcpKeepalives(args.keepalives != 0, args.keepalives_idle, args.keepalives_interval,
+                                       args.keepalives_count)
+        return PostgresDatabase(config.postgres_dsn, config.pool_min, config.pool_max,
+                                startup_timeout_s=config.startup_timeout / 1000,
+                                connect_timeout_s=args.connect_timeout, keepalives=keepalives)
     return SqliteDatabase(config.sqlite_path)

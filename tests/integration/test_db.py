@@ -218,3 +218,93 @@ async def test_sqlite_copies_its_write_ahead_log_into_the_database_file_in_the_b
     await db.close()
     wal = tmp_path / "hs.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+async def _create_synapse_schema(db: Database) -> None:
+    """The part of a Synapse database the check looks at: its bookkeeping (common/schema_version.sql,
+    a single-row schema_version with `lock` and `upgraded`) and some of its tables, among them names hs
+    uses too (users, room_memberships) and none of hs's `receipts`."""
+    async def create(c: Any) -> None:
+        for stmt in (
+            "CREATE TABLE schema_version (lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE, version INTEGER NOT NULL,"
+            " upgraded BOOL NOT NULL, CHECK (lock = 'X'))",
+            "CREATE TABLE schema_compat_version (lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,"
+            " compat_version INTEGER NOT NULL, CHECK (lock = 'X'))",
+            "CREATE TABLE applied_schema_deltas (version INTEGER NOT NULL, file TEXT NOT NULL, UNIQUE (version, file))",
+            "CREATE TABLE users (name TEXT, password_hash TEXT, creation_ts BIGINT, admin SMALLINT DEFAULT 0 NOT NULL)",
+            "CREATE TABLE event_json (event_id TEXT NOT NULL, room_id TEXT NOT NULL, internal_metadata TEXT NOT NULL,"
+            " json TEXT NOT NULL, format_version INTEGER)",
+            "CREATE TABLE room_memberships (event_id TEXT NOT NULL, user_id TEXT NOT NULL, sender TEXT NOT NULL,"
+            " room_id TEXT NOT NULL, membership TEXT NOT NULL)",
+            "CREATE TABLE receipts_linearized (stream_id BIGINT NOT NULL, room_id TEXT NOT NULL,"
+            " receipt_type TEXT NOT NULL, user_id TEXT NOT NULL, event_id TEXT NOT NULL, data TEXT NOT NULL)",
+        ):
+            await c.execute(stmt)
+        await c.execute("INSERT INTO schema_version (version, upgraded) VALUES (88, TRUE)")
+        await c.execute("INSERT INTO schema_compat_version (compat_version) VALUES (83)")
+
+    await db.run_transaction("synapse", create)
+
+
+async def _tables(db: Database) -> set[str]:
+    if db.engine == "postgres":
+        rows = await db.fetch("SELECT table_name AS name FROM information_schema.tables"
+                              " WHERE table_schema = current_schema()")
+    else:
+        rows = await db.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {r["name"] for r in rows}
+
+
+async def test_a_synapse_database_is_refused_before_anything_is_changed(db: Database) -> None:
+    """A Synapse database has a schema_version too, at a higher number than hs's: without the check
+    hs migrated nothing and then failed on its first missing table (`no such table: receipts`)."""
+    from hs.db.pool import DatabaseStartupError
+
+    await _create_synapse_schema(db)
+    before = await _tables(db)
+    with pytest.raises(DatabaseStartupError) as refused:
+        await apply_migrations(db)
+    assert str(refused.value) == (
+        f"the {db.description} is a Synapse database (Synapse schema version 88, tables such as"
+        " applied_schema_deltas, schema_compat_version, event_json, receipts_linearized): hs cannot use a"
+        " Synapse database directly. Point `database` at a new, empty database for hs (a tool to port a"
+        " Synapse server's data into hs does not exist yet)")
+    assert await _tables(db) == before
+    assert await db.fetch("SELECT version, upgraded FROM schema_version") == [{"version": 88, "upgraded": True}]
+
+
+async def test_a_synapse_database_is_recognised_by_its_schema_version_alone(db: Database) -> None:
+    """Synapse's separate state database has only the common tables and state groups."""
+    from hs.db.pool import DatabaseStartupError
+
+    await db.execute("CREATE TABLE schema_version (lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,"
+                     " version INTEGER NOT NULL, upgraded BOOL NOT NULL)")
+    await db.execute("INSERT INTO schema_version (version, upgraded) VALUES (80, FALSE)")
+    with pytest.raises(DatabaseStartupError, match=r"is a Synapse database \(Synapse schema version 80,"
+                                                   r" tables such as schema_version\)"):
+        await apply_migrations(db)
+
+
+async def test_another_applications_tables_are_refused_and_listed(db: Database) -> None:
+    from hs.db.pool import DatabaseStartupError
+
+    await db.execute("CREATE TABLE widgets (id INTEGER)")
+    await db.execute("CREATE TABLE orders (id INTEGER)")
+    with pytest.raises(DatabaseStartupError) as refused:
+        await apply_migrations(db)
+    assert str(refused.value) == (
+        f"the {db.description} holds 2 table(s) that hs did not create (orders, widgets) and no hs"
+        " schema_version: hs needs an empty database of its own. Point `database` at a new, empty database"
+        " (or empty this one if its contents are not needed)")
+    assert await _tables(db) == {"orders", "widgets"}
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+async def test_a_worker_refuses_a_synapse_database_instead_of_waiting_for_migrations(db: Database) -> None:
+    """Synapse's schema_version is above hs's latest, so a worker would have taken it as migrated."""
+    from hs.db.migrations import wait_for_migrations
+    from hs.db.pool import DatabaseStartupError
+
+    await _create_synapse_schema(db)
+    with pytest.raises(DatabaseStartupError, match="is a Synapse database"):
+        await wait_for_migrations(db, timeout=1)
