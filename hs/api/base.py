@@ -1,5 +1,7 @@
 """What every handler needs: the HomeServer, JSON body parsing with spec errors, and the requester.
 
+Parameters (integers, booleans, enums, tokens) are read with hs/api/params.py.
+
 Handlers are `async def handler(request) -> (status, body)`; the app wraps them, so they stay thin.
 """
 
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from hs.errors import MatrixError, bad_json, invalid_param, missing_param
+from hs.errors import MatrixError, bad_json
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -69,30 +71,6 @@ async def parse_json(request: web.Request, allow_empty: bool = False) -> JsonDic
     if not isinstance(body, dict):
         raise bad_json("Content must be a JSON object.")
     return body
-
-
-def require_str(body: JsonDict, key: str, optional: bool = False) -> str | None:
-    if key not in body or body[key] is None:
-        if optional:
-            return None
-        raise missing_param(f"Missing '{key}'")
-    value = body[key]
-    if not isinstance(value, str):
-        raise bad_json(f"'{key}' must be a string")
-    return value
-
-
-def query_int(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid_param(f"'{name}' must be an integer") from None
-    if value < minimum:
-        raise invalid_param(f"'{name}' must be >= {minimum}")
-    return value
 
 
 def json_response(code: int, body: Any) -> web.Response:

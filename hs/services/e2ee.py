@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from hs.api.params import body_enum, body_int, body_object, parse_int
 from hs.db.stores.e2ee import E2eeStore
 from hs.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
 from hs.events.signing import SignatureVerifyError, decode_verify_key_base64, verify_signed_json
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
 MAX_TO_DEVICE_PER_SYNC = 100
+# Server-side key backup algorithms the spec defines.
+BACKUP_ALGORITHMS = ("m.megolm_backup.v1.curve25519-aes-sha2",)
 CROSS_SIGNING_TYPES = {"master_key": "master", "self_signing_key": "self_signing",
                        "user_signing_key": "user_signing"}
 
@@ -473,11 +476,13 @@ class E2eeService:
     # -- key backup --------------------------------------------------------------------------------------
     @staticmethod
     def parse_version(raw: str | None) -> int:
+        """A backup version from a path or query; what is not a version we could have given is 404."""
         if raw is None:
             raise missing_param("Missing 'version'")
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-            raise not_found(f"Unknown backup version {raw!r}")
-        return int(raw)
+        try:
+            return parse_int(raw, "version", error=ValueError)
+        except ValueError:
+            raise not_found(f"Unknown backup version {raw[:40]!r}") from None
 
     async def _version_info(self, user_id: str, version: int | None) -> JsonDict:
         row = await self.store.get_backup_version(user_id, version)
@@ -493,16 +498,10 @@ class E2eeService:
 
     @staticmethod
     def _validate_version_body(body: JsonDict) -> tuple[str, JsonDict]:
-        algorithm = body.get("algorithm")
-        if algorithm is None:
-            raise missing_param("Missing 'algorithm'")
-        if not isinstance(algorithm, str):
-            raise bad_json("'algorithm' must be a string")
-        auth_data = body.get("auth_data")
-        if auth_data is None:
-            raise missing_param("Missing 'auth_data'")
-        if not isinstance(auth_data, dict):
-            raise bad_json("'auth_data' must be an object")
+        """(algorithm, auth_data): the algorithm one the spec defines, so clients can restore from it."""
+        algorithm = body_enum(body, "algorithm", BACKUP_ALGORITHMS, required=True, error=invalid_param)
+        auth_data = body_object(body, "auth_data", required=True)
+        assert algorithm is not None and auth_data is not None
         return algorithm, auth_data
 
     async def create_backup_version(self, user_id: str, body: JsonDict) -> JsonDict:
@@ -527,14 +526,12 @@ class E2eeService:
     def _key_data(data: Any) -> JsonDict:
         if not isinstance(data, dict):
             raise bad_json("Key backup data must be an object")
-        for field in ("first_message_index", "forwarded_count"):
-            value = data.get(field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        for field in ("first_message_index", "forwarded_count"):  # BIGINT columns
+            if body_int(data, field) is None:
                 raise bad_json(f"'{field}' must be a non-negative integer")
         if not isinstance(data.get("is_verified"), bool):
             raise bad_json("'is_verified' must be a boolean")
-        if not isinstance(data.get("session_data"), dict):
-            raise bad_json("'session_data' must be an object")
+        body_object(data, "session_data", required=True)
         return data
 
     def parse_backup_upload(self, body: JsonDict, room_id: str | None,

@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from hs.errors import bad_json, invalid_param
+from hs.api.params import body_bool, body_enum, body_int, body_object
+from hs.errors import bad_json
 from hs.events.event import Event
 from hs.services.rooms import EventFilter
 from hs.services.serialize import serialize_events
@@ -57,40 +58,33 @@ class SearchService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
 
-    async def search(self, requester: Requester, body: dict[str, Any], next_batch: str | None) -> dict[str, Any]:
-        categories = body.get("search_categories")
-        if not isinstance(categories, dict):
+    async def search(self, requester: Requester, body: dict[str, Any], offset: int) -> dict[str, Any]:
+        """`offset`: how many results earlier pages gave (the `next_batch` token)."""
+        categories = body_object(body, "search_categories")
+        if categories is None:
             raise bad_json("Missing 'search_categories'")
-        criteria = categories.get("room_events")
+        criteria = body_object(categories, "room_events")
         if criteria is None:
             return {"search_categories": {}}
-        if not isinstance(criteria, dict):
-            raise bad_json("'room_events' must be an object")
-        return {"search_categories": {"room_events": await self._room_events(requester, criteria, next_batch)}}
+        return {"search_categories": {"room_events": await self._room_events(requester, criteria, offset)}}
 
-    async def _room_events(self, requester: Requester, criteria: dict[str, Any],
-                           next_batch: str | None) -> dict[str, Any]:
+    async def _room_events(self, requester: Requester, criteria: dict[str, Any], offset: int) -> dict[str, Any]:
         term = criteria.get("search_term")
         if not isinstance(term, str) or not term.strip():
             raise bad_json("'search_term' must be a non-empty string")
         if len(term) > MAX_TERM_LENGTH:
             raise bad_json(f"'search_term' is longer than {MAX_TERM_LENGTH} characters")
         keys = criteria.get("keys", list(KEYS))
-        if not isinstance(keys, list) or not keys or any(k not in KEYS for k in keys):
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k in KEYS for k in keys):
             raise bad_json(f"'keys' must be a list of {', '.join(KEYS)}")
-        order_by = criteria.get("order_by", "rank")
-        if order_by not in ("rank", "recent"):
-            raise bad_json("'order_by' must be 'rank' or 'recent'")
+        order_by = body_enum(criteria, "order_by", ("rank", "recent"), "rank", where="room_events")
         filt = EventFilter.parse(criteria.get("filter"))
         limit = min(filt.limit or DEFAULT_LIMIT, MAX_LIMIT)
-        context = criteria.get("event_context")
-        if context is not None and not isinstance(context, dict):
-            raise bad_json("'event_context' must be an object")
-        offset = 0
-        if next_batch:
-            if not (next_batch.isascii() and next_batch.isdigit()) or len(next_batch) > 9:
-                raise invalid_param("Invalid 'next_batch' token")
-            offset = int(next_batch)
+        context = body_object(criteria, "event_context")
+        if context is not None:
+            context = self._context_spec(context)
+        include_state = body_bool(criteria, "include_state", False, where="room_events")
+        groupings = body_object(criteria, "groupings")
 
         user_id = requester.user_id
         joined = await self.hs.event_store.get_rooms_for_user(user_id, ("join",))
@@ -111,13 +105,12 @@ class SearchService:
         out: dict[str, Any] = {"count": len(matches), "highlights": words, "results": results}
         if offset + limit < len(matches):
             out["next_batch"] = str(offset + limit)
-        if criteria.get("include_state") is True:
+        if include_state:
             out["state"] = {}
             for room_id in sorted({ev.room_id for _, ev in page}):
                 found = await self.hs.event_store.get_current_state_events(room_id)
                 out["state"][room_id] = await serialize_events(self.hs, list(found.values()))
-        groupings = criteria.get("groupings")
-        if isinstance(groupings, dict) and isinstance(groupings.get("group_by"), list):
+        if groupings is not None and isinstance(groupings.get("group_by"), list):
             out["groups"] = self._groups(groupings["group_by"], page)
         return out
 
@@ -150,15 +143,16 @@ class SearchService:
         visible = await self.hs.visibility.filter_events_for_user(user_id, candidates)
         return [(match_rank(searched_value(ev), words), ev) for ev in visible]
 
+    @staticmethod
+    def _context_spec(spec: dict[str, Any]) -> dict[str, Any]:
+        """`event_context` checked, its limits clamped to MAX_CONTEXT."""
+        return {name: body_int(spec, name, 5, maximum=MAX_CONTEXT, clamp=True, where="event_context")
+                for name in ("before_limit", "after_limit")} | {
+            "include_profile": body_bool(spec, "include_profile", False, where="event_context")}
+
     async def _context(self, requester: Requester, ev: Event, spec: dict[str, Any]) -> dict[str, Any]:
-        before = spec.get("before_limit", 5)
-        after = spec.get("after_limit", 5)
-        for name, value in (("before_limit", before), ("after_limit", after)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad_json(f"'event_context.{name}' must be a non-negative integer")
-        context = await self.hs.rooms.context_around(requester, ev, min(before, MAX_CONTEXT),
-                                                     min(after, MAX_CONTEXT))
-        if spec.get("include_profile") is True:
+        context = await self.hs.rooms.context_around(requester, ev, spec["before_limit"], spec["after_limit"])
+        if spec["include_profile"]:
             profiles: dict[str, Any] = {}
             state = await self.hs.event_store.get_state_events_for_group(
                 ev.internal.get("state_group_after"), [("m.room.member", None)])

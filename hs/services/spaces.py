@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hs.api.params import MAX_OFFSET, parse_int
 from hs.errors import forbidden, invalid_param, not_found
 
 if TYPE_CHECKING:
@@ -51,18 +52,26 @@ def order_children(children: list[Event]) -> list[Event]:
     return sorted(children, key=key)
 
 
+@dataclass(frozen=True)
+class HierarchyToken:
+    """Where a page continues, and the walk's parameters, which later pages must repeat."""
+
+    offset: int
+    suggested_only: bool
+    max_depth: int
+
+
 def encode_token(req: HierarchyRequest, offset: int) -> str:
     return f"{offset}_{int(req.suggested_only)}_{req.max_depth}"
 
 
-def decode_token(token: str, req: HierarchyRequest) -> int:
-    """The offset a `from` token continues at; the walk's parameters must be the first request's."""
+def decode_token(token: str) -> HierarchyToken:
+    """A `from` token; ValueError when it is not one this server gave."""
     parts = token.split("_")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts) or len(parts[0]) > 9:
-        raise invalid_param("Unknown 'from' token")
-    if (parts[1], parts[2]) != (str(int(req.suggested_only)), str(req.max_depth)):
-        raise invalid_param("suggested_only and max_depth cannot change on paginated requests")
-    return int(parts[0])
+    if len(parts) != 3 or parts[1] not in ("0", "1"):
+        raise ValueError(token)
+    return HierarchyToken(parse_int(parts[0], "from", maximum=MAX_OFFSET, error=ValueError), parts[1] == "1",
+                          parse_int(parts[2], "from", maximum=MAX_MAX_DEPTH, error=ValueError))
 
 
 class SpaceHierarchy:

@@ -477,8 +477,10 @@ async def test_directory_visibility_and_public_rooms(server: TestHomeServer) -> 
     assert chess == {"room_id": rooms["Chess"], "name": "Chess", "topic": "openings", "canonical_alias": "#r1:test.local",
                      "num_joined_members": 2, "world_readable": False, "guest_can_join": False,
                      "join_rule": "public"}
-    # Unauthenticated access is off by default.
-    status, err = await bob.request("GET", "/publicRooms", auth=False)
+    # The local directory needs no access token (the spec asks none); another server's would.
+    status, anonymous = await bob.request("GET", "/publicRooms", auth=False)
+    assert status == 200 and anonymous["chunk"] == data["chunk"]
+    status, err = await bob.request("GET", "/publicRooms", params={"server": "other.example"}, auth=False)
     assert status == 401 and err["errcode"] == "M_MISSING_TOKEN"
 
     # Paging with limit and since tokens covers every room exactly once.

@@ -16,8 +16,8 @@ from hs.api.base import (
     Route,
     get_hs,
     parse_json,
-    require_str,
 )
+from hs.api.params import MAX_JSON_QUERY_LENGTH, query_enum, query_str, require_str
 from hs.errors import MatrixError, bad_json, forbidden, missing_param, not_found
 from hs.services.registration import (
     DUMMY,
@@ -80,11 +80,9 @@ async def register(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     reg = _reg(hs)
     body = await parse_json(request)
-    kind = request.query.get("kind", "user")
+    kind = query_enum(request, "kind", ("user", "guest"), "user")
     if kind == "guest":
         raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
-    if kind != "user":
-        raise MatrixError(400, "M_INVALID_PARAM", f"Invalid kind {kind!r}")
     cfg = hs.config
     if not cfg.enable_registration:
         raise forbidden("Registration has been disabled")
@@ -143,16 +141,14 @@ async def registration_token_validity(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     if not hs.config.enable_registration:
         raise forbidden("Registration has been disabled")
-    if not request.query.get("token"):
-        raise missing_param("Missing 'token'")
+    query_str(request, "token", required=True)
     return 200, {"valid": False}
 
 
 async def register_available(request: web.Request) -> HandlerResult:
     reg = _reg(get_hs(request))
-    username = request.query.get("username")
-    if username is None:
-        raise missing_param("Missing 'username'")
+    username = query_str(request, "username", required=True, max_length=MAX_JSON_QUERY_LENGTH)
+    assert username is not None
     await reg.check_username_available(username.lower())
     return 200, {"available": True}
 

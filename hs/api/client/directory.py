@@ -7,9 +7,28 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json, query_int, require_str
+from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json
+from hs.api.params import (
+    MAX_OFFSET,
+    body_bool,
+    body_int,
+    body_object,
+    parse_int,
+    query_int,
+    query_str,
+    query_token,
+    require_str,
+    token,
+)
 from hs.errors import MatrixError, bad_json
 from hs.services.rooms import check_room_id
+
+
+def directory_since(raw: str) -> int:
+    """A /publicRooms `since` token: `n<offset>` (next page) or `p<offset>` (previous page)."""
+    if raw[:1] not in ("n", "p"):
+        raise ValueError(raw)
+    return parse_int(raw[1:], "since", maximum=MAX_OFFSET, error=ValueError)
 
 
 async def put_alias(request: web.Request) -> tuple[int, Any]:
@@ -56,41 +75,50 @@ async def put_visibility(request: web.Request) -> tuple[int, Any]:
     return 200, {}
 
 
-def _check_server(request: web.Request) -> None:
-    server = request.query.get("server")
-    if server and server != get_hs(request).server_name:
-        raise MatrixError(502, "M_UNKNOWN", "Fetching other servers' room directories is not supported")
+def _remote_server(request: web.Request) -> str | None:
+    """The `server` asked about, when it is not this one."""
+    server = query_str(request, "server")
+    return server if server and server != get_hs(request).server_name else None
+
+
+def _no_remote_directories() -> MatrixError:
+    return MatrixError(502, "M_UNKNOWN", "Fetching other servers' room directories is not supported")
 
 
 async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
+    """The spec asks no authentication for the local directory; as Synapse, a token is needed only to
+    have another server's directory fetched (`allow_public_rooms_without_auth` is about federation)."""
     hs = get_hs(request)
     requester = await hs.auth.get_requester(request, optional=True)
-    if requester is None and not hs.config.allow_public_rooms_without_auth:
-        raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
-    _check_server(request)
-    limit = query_int(request, "limit", None)
-    return 200, await hs.rooms.public_rooms(limit, request.query.get("since") or None, None, None)
+    remote = _remote_server(request)
+    if remote is not None:
+        if requester is None:
+            raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+        raise _no_remote_directories()
+    limit = query_int(request, "limit", None, clamp=True)
+    since = query_str(request, "since")
+    query_token(request, "since", directory_since)
+    return 200, await hs.rooms.public_rooms(limit, since, None, None)
 
 
 async def post_public_rooms(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     await hs.auth.requester(request)
-    _check_server(request)
+    if _remote_server(request) is not None:
+        raise _no_remote_directories()
     body = await parse_json(request, allow_empty=True)
-    limit = body.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise bad_json("'limit' must be a non-negative integer")
-    since = require_str(body, "since", optional=True)
-    filt = body.get("filter")
-    if filt is not None and not isinstance(filt, dict):
-        raise bad_json("'filter' must be an object")
-    filt = filt or {}
+    limit = body_int(body, "limit", minimum=0, clamp=True)
+    since = require_str(body, "since", optional=True) or None
+    if since is not None:
+        token(since, "since", directory_since)
+    body_bool(body, "include_all_networks", False)
+    filt = body_object(body, "filter") or {}
     term = require_str(filt, "generic_search_term", optional=True)
     room_types = filt.get("room_types")
     if room_types is not None and (not isinstance(room_types, list)
                                    or not all(t is None or isinstance(t, str) for t in room_types)):
         raise bad_json("'room_types' must be a list of strings or nulls")
-    return 200, await hs.rooms.public_rooms(limit, since or None, term, room_types)
+    return 200, await hs.rooms.public_rooms(limit, since, term, room_types)
 
 
 ROUTES: list[Route] = [

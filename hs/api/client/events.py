@@ -8,9 +8,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, CLIENT_V3_V1, Route, get_hs, parse_json, query_int
-from hs.errors import MatrixError, invalid_param
+from hs.api.base import CLIENT_V1, CLIENT_V3_V1, Route, get_hs, parse_json
+from hs.api.params import (
+    MAX_JSON_QUERY_LENGTH,
+    query_enum,
+    query_limit,
+    query_pagination_token,
+    query_required_int,
+    query_str,
+)
+from hs.errors import MatrixError
 from hs.services.rooms import MAX_LIMIT, EventFilter, check_room_id
+
+DIRECTIONS = ("b", "f")
+DEFAULT_LIMIT = 10
 
 
 def _room_id(request: web.Request) -> str:
@@ -20,8 +31,8 @@ def _room_id(request: web.Request) -> str:
 
 
 def _filter(request: web.Request) -> EventFilter:
-    raw = request.query.get("filter")
-    if raw is None or raw == "":
+    raw = query_str(request, "filter", max_length=MAX_JSON_QUERY_LENGTH)
+    if raw is None:
         return EventFilter()
     try:
         parsed = orjson.loads(raw)
@@ -81,16 +92,10 @@ async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
 async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    raw_ts = request.query.get("ts")
-    if raw_ts is None:
-        raise MatrixError(400, "M_MISSING_PARAM", "Missing 'ts'")
-    try:
-        ts = int(raw_ts)
-    except ValueError:
-        raise invalid_param("'ts' must be an integer (milliseconds since the epoch)") from None
-    direction = request.query.get("dir")
-    if direction not in ("b", "f"):
-        raise invalid_param("'dir' must be 'b' or 'f'")
+    ts = query_required_int(request, "ts", minimum=0)  # origin_server_ts, a BIGINT
+    direction = query_enum(request, "dir", DIRECTIONS)
+    if direction is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "Missing 'dir'")
     return 200, await hs.rooms.event_near_timestamp(requester, _room_id(request), ts, direction == "f")
 
 
@@ -98,14 +103,12 @@ async def get_messages(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     room_id = _room_id(request)
-    direction = request.query.get("dir", "f")
-    if direction not in ("b", "f"):
-        raise invalid_param("'dir' must be 'b' or 'f'")
-    limit = query_int(request, "limit", 10)
-    assert limit is not None
+    direction = query_enum(request, "dir", DIRECTIONS, "f")
+    assert direction is not None
+    limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
     filt = _filter(request)
-    result = await hs.rooms.get_messages(requester, room_id, request.query.get("from") or None,
-                                         request.query.get("to") or None, direction, min(limit, MAX_LIMIT), filt)
+    result = await hs.rooms.get_messages(requester, room_id, query_pagination_token(request, "from"),
+                                         query_pagination_token(request, "to"), direction, limit, filt)
     return 200, result
 
 
@@ -113,10 +116,9 @@ async def get_context(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     room_id = _room_id(request)
-    limit = query_int(request, "limit", 10)
-    assert limit is not None
-    return 200, await hs.rooms.get_context(requester, room_id, request.match_info["eventId"],
-                                           min(limit, MAX_LIMIT), _filter(request))
+    limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
+    return 200, await hs.rooms.get_context(requester, room_id, request.match_info["eventId"], limit,
+                                           _filter(request))
 
 
 ROUTES: list[Route] = [

@@ -6,8 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import HandlerResult, Route, get_hs, parse_json
-from hs.errors import invalid_param, missing_param
-from hs.streams.tokens import InvalidToken, StreamToken
+from hs.api.params import body_int, query_str, query_stream_token
+
+# Remote servers are not asked (no federation), so a request's `timeout` is checked but not waited on.
+DEFAULT_TIMEOUT_MS = 10_000
 
 
 async def upload_keys(request: web.Request) -> HandlerResult:
@@ -21,6 +23,7 @@ async def query_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     body = await parse_json(request)
+    body_int(body, "timeout", DEFAULT_TIMEOUT_MS, clamp=True)
     return 200, await hs.e2ee.query_keys(requester.user_id, body)
 
 
@@ -28,23 +31,16 @@ async def claim_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     await hs.auth.requester(request)
     body = await parse_json(request)
+    body_int(body, "timeout", DEFAULT_TIMEOUT_MS, clamp=True)
     return 200, await hs.e2ee.claim_keys(body)
-
-
-def _token(request: web.Request, name: str) -> StreamToken:
-    raw = request.query.get(name)
-    if not raw:
-        raise missing_param(f"Missing '{name}'")
-    try:
-        return StreamToken.decode(raw)
-    except InvalidToken:
-        raise invalid_param(f"Invalid '{name}' token") from None
 
 
 async def key_changes(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    since, upto = _token(request, "from"), _token(request, "to")
+    since = query_stream_token(request, "from", required=True)
+    upto = query_stream_token(request, "to", required=True)
+    assert since is not None and upto is not None
     changed, left = await hs.e2ee.device_list_changes(requester.user_id, since, upto)
     return 200, {"changed": changed, "left": left}
 
@@ -116,7 +112,7 @@ def _backup_target(request: web.Request) -> tuple[str | None, str | None]:
 async def put_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    version = hs.e2ee.parse_version(request.query.get("version"))
+    version = hs.e2ee.parse_version(query_str(request, "version", required=True))
     body = await parse_json(request)
     room_id, session_id = _backup_target(request)
     keys = hs.e2ee.parse_backup_upload(body, room_id, session_id)
@@ -126,7 +122,7 @@ async def put_backup_keys(request: web.Request) -> HandlerResult:
 async def get_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    version = hs.e2ee.parse_version(request.query.get("version"))
+    version = hs.e2ee.parse_version(query_str(request, "version", required=True))
     room_id, session_id = _backup_target(request)
     return 200, await hs.e2ee.get_backup_keys(requester.user_id, version, room_id, session_id)
 
@@ -134,7 +130,7 @@ async def get_backup_keys(request: web.Request) -> HandlerResult:
 async def delete_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    version = hs.e2ee.parse_version(request.query.get("version"))
+    version = hs.e2ee.parse_version(query_str(request, "version", required=True))
     room_id, session_id = _backup_target(request)
     return 200, await hs.e2ee.delete_backup_keys(requester.user_id, version, room_id, session_id)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
+from hs.api.params import offset_token, query_str, query_token
 from hs.errors import invalid_param
 from hs.services.rooms import is_valid_user_id
 
@@ -14,17 +15,12 @@ PAGE = 100
 async def mutual_rooms(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    other = request.query.get("user_id")
+    other = query_str(request, "user_id")
     if not other or not is_valid_user_id(other):
         raise invalid_param("'user_id' must be a user ID")
     if other == requester.user_id:
         raise invalid_param("'user_id' is your own user ID")
-    start = 0
-    token = request.query.get("from")
-    if token:
-        if not (token.isascii() and token.isdigit()) or len(token) > 9:
-            raise invalid_param("Invalid 'from' token")
-        start = int(token)
+    start = query_token(request, "from", offset_token) or 0
     mine = await hs.event_store.get_rooms_for_user(requester.user_id, ("join",))
     theirs = await hs.event_store.get_rooms_for_user(other, ("join",))
     shared = sorted(set(mine) & set(theirs))

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, query_int
-from hs.errors import invalid_param
-from hs.services.notifications import DEFAULT_LIMIT
+from hs.api.base import HandlerResult, Route, get_hs
+from hs.api.params import parse_int, query_enum, query_limit, query_token
+from hs.services.notifications import DEFAULT_LIMIT, MAX_LIMIT
+
+
+def notifications_token(raw: str) -> int:
+    """A `from` token: the position the previous page stopped above."""
+    return parse_int(raw, "from", error=ValueError)
 
 
 async def get_notifications(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    raw_from = request.query.get("from")
-    before = None
-    if raw_from:
-        if not (raw_from.isascii() and raw_from.isdigit()) or len(raw_from) > 18:
-            raise invalid_param("Invalid 'from' token")
-        before = int(raw_from)
-    limit = query_int(request, "limit", DEFAULT_LIMIT, minimum=1) or DEFAULT_LIMIT
-    only = request.query.get("only")
-    if only not in (None, "", "highlight"):
-        raise invalid_param("'only' must be 'highlight'")
+    before = query_token(request, "from", notifications_token)
+    limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+    only = query_enum(request, "only", ("", "highlight"))
     return 200, await hs.notifications.get(requester.user_id, before, limit, only == "highlight")
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.api.params import body_enum
 from hs.db.stores.presence import PRESENCE_STATES
-from hs.errors import bad_json, forbidden, invalid_param, missing_param
+from hs.errors import bad_json, forbidden, invalid_param
 
 GROUP = "presence"
 
@@ -23,11 +24,8 @@ async def put_status(request: web.Request) -> HandlerResult:
     if request.match_info["userId"] != requester.user_id:
         raise forbidden("Can only set your own presence state")
     body = await parse_json(request)
-    if "presence" not in body:
-        raise missing_param("Missing 'presence'")
-    presence = body["presence"]
-    if presence not in PRESENCE_STATES:
-        raise invalid_param(f"'presence' must be one of {', '.join(PRESENCE_STATES)}")
+    presence = body_enum(body, "presence", PRESENCE_STATES, required=True, error=invalid_param)
+    assert presence is not None
     status_msg = body.get("status_msg")
     if status_msg is not None and not isinstance(status_msg, str):
         raise invalid_param("'status_msg' must be a string")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.api.params import query_str
 from hs.errors import MatrixError
 from hs.services.push_rules import check_actions, check_kind
 
@@ -64,7 +65,7 @@ async def put_rule(request: web.Request) -> HandlerResult:
     kind, rule_id = _path(request)
     body = await parse_json(request)
     await hs.push_rules.put_rule(requester.user_id, kind, rule_id, body,
-                                 request.query.get("before"), request.query.get("after"))
+                                 query_str(request, "before"), query_str(request, "after"))
     return 200, {}
 
 

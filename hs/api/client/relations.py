@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, query_int
-from hs.errors import invalid_param
+from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
+from hs.api.params import query_bool, query_enum, query_limit, query_str, relations_token, token
 from hs.services.relations import DEFAULT_LIMIT
-from hs.services.rooms import check_room_id
+from hs.services.rooms import MAX_LIMIT, check_room_id
+
+
+def _token(request: web.Request, name: str) -> str | None:
+    """A `from`/`to` token checked here (format and range), as text: the service decodes it."""
+    raw = query_str(request, name)
+    if raw is not None:
+        token(raw, name, relations_token)
+    return raw
 
 
 async def relations(request: web.Request) -> HandlerResult:
@@ -16,19 +24,15 @@ async def relations(request: web.Request) -> HandlerResult:
     requester = await hs.auth.requester(request)
     room_id = request.match_info["roomId"]
     check_room_id(room_id)
-    direction = request.query.get("dir", "b")
-    if direction not in ("b", "f"):
-        raise invalid_param("'dir' must be 'b' or 'f'")
-    recurse = request.query.get("recurse")
-    if recurse not in (None, "true", "false"):
-        raise invalid_param("'recurse' must be 'true' or 'false'")
-    limit = query_int(request, "limit", DEFAULT_LIMIT, minimum=1) or DEFAULT_LIMIT
+    direction = query_enum(request, "dir", ("b", "f"), "b")
+    query_bool(request, "recurse")  # checked; the answer is depth 1 either way
+    limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
     body = await hs.relations.relations(
         requester, room_id, request.match_info["eventId"], request.match_info.get("relType"),
-        request.match_info.get("eventType"), request.query.get("from"), request.query.get("to"), limit,
+        request.match_info.get("eventType"), _token(request, "from"), _token(request, "to"), limit,
         direction == "f")
-    if recurse is not None:
-        body["recursion_depth"] = 1  # direct children only
+    if "recurse" in request.query:
+        body["recursion_depth"] = 1  # direct children only (asked for or not, recursion is not done)
     return 200, body
 
 
@@ -37,12 +41,10 @@ async def threads(request: web.Request) -> HandlerResult:
     requester = await hs.auth.requester(request)
     room_id = request.match_info["roomId"]
     check_room_id(room_id)
-    include = request.query.get("include", "all")
-    if include not in ("all", "participated"):
-        raise invalid_param("'include' must be 'all' or 'participated'")
-    limit = query_int(request, "limit", DEFAULT_LIMIT, minimum=1) or DEFAULT_LIMIT
+    include = query_enum(request, "include", ("all", "participated"), "all")
+    limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
     return 200, await hs.relations.threads(requester, room_id, include == "participated",
-                                           request.query.get("from"), limit)
+                                           _token(request, "from"), limit)
 
 
 ROUTES: list[Route] = [

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json, query_int
-from hs.errors import forbidden, invalid_param
+from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.params import MAX_OFFSET, query_enum, query_int, query_limit, query_str
+from hs.errors import forbidden
 from hs.services.reports import check_reason
 
 PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
@@ -42,13 +43,11 @@ async def list_event_reports(request: web.Request) -> HandlerResult:
     requester = await hs.auth.requester(request)
     if not await hs.user_store.is_admin(requester.user_id):
         raise forbidden("You are not a server admin")
-    offset = query_int(request, "from", 0) or 0
-    limit = min(query_int(request, "limit", 100) or 100, 1000)
-    direction = request.query.get("dir", "b")
-    if direction not in ("b", "f"):
-        raise invalid_param("'dir' must be 'b' or 'f'")
-    return 200, await hs.reports.list_event_reports(offset, limit, direction == "b",
-                                                    request.query.get("room_id"), request.query.get("user_id"))
+    offset = query_int(request, "from", 0, maximum=MAX_OFFSET)
+    limit = query_limit(request, 100, 1000, minimum=0)
+    direction = query_enum(request, "dir", ("b", "f"), "b")
+    return 200, await hs.reports.list_event_reports(offset, limit, direction == "b", query_str(request, "room_id"),
+                                                    query_str(request, "user_id"))
 
 
 ROUTES: list[Route] = [

@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json
-from hs.errors import bad_json, invalid_param
+from hs.api.params import query_enum, query_pagination_token
+from hs.errors import bad_json
 from hs.services.rooms import MEMBERSHIPS, check_room_id, require_membership_target
 
 
@@ -101,9 +102,8 @@ async def get_room_state(request: web.Request) -> tuple[int, Any]:
 async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    fmt = request.query.get("format", "content")
-    if fmt not in ("content", "event"):
-        raise invalid_param("'format' must be 'content' or 'event'")
+    fmt = query_enum(request, "format", ("content", "event"), "content")
+    assert fmt is not None
     return 200, await hs.rooms.get_state_event(requester, _room_id(request), request.match_info["eventType"],
                                                request.match_info.get("stateKey", ""), fmt)
 
@@ -111,13 +111,10 @@ async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
 async def get_members(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    membership = request.query.get("membership")
-    not_membership = request.query.get("not_membership")
-    for name, value in (("membership", membership), ("not_membership", not_membership)):
-        if value is not None and value not in MEMBERSHIPS:
-            raise invalid_param(f"'{name}' must be one of {', '.join(MEMBERSHIPS)}")
-    chunk = await hs.rooms.get_members(requester, _room_id(request), request.query.get("at"), membership,
-                                       not_membership)
+    membership = query_enum(request, "membership", MEMBERSHIPS)
+    not_membership = query_enum(request, "not_membership", MEMBERSHIPS)
+    chunk = await hs.rooms.get_members(requester, _room_id(request), query_pagination_token(request, "at"),
+                                       membership, not_membership)
     return 200, {"chunk": chunk}
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, query_int
+from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
+from hs.api.params import query_bool, query_int, query_limit, query_token
 from hs.errors import invalid_param
 from hs.services.rooms import check_room_id
 from hs.services.spaces import (
@@ -23,16 +24,15 @@ async def hierarchy(request: web.Request) -> HandlerResult:
     requester = await hs.auth.requester(request)
     room_id = request.match_info["roomId"]
     check_room_id(room_id)
-    suggested = request.query.get("suggested_only", "false")
-    if suggested not in ("true", "false"):
-        raise invalid_param("'suggested_only' must be 'true' or 'false'")
-    limit = query_int(request, "limit", DEFAULT_LIMIT, minimum=1) or DEFAULT_LIMIT
-    max_depth = query_int(request, "max_depth", DEFAULT_MAX_DEPTH, minimum=0)
-    assert max_depth is not None
-    req = HierarchyRequest(room_id, suggested == "true", min(max_depth, MAX_MAX_DEPTH), min(limit, MAX_LIMIT))
-    token = request.query.get("from")
-    if token:
-        req = HierarchyRequest(req.room_id, req.suggested_only, req.max_depth, req.limit, decode_token(token, req))
+    suggested = query_bool(request, "suggested_only")
+    limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+    max_depth = query_int(request, "max_depth", DEFAULT_MAX_DEPTH, maximum=MAX_MAX_DEPTH, clamp=True)
+    req = HierarchyRequest(room_id, suggested, max_depth, limit)
+    token = query_token(request, "from", decode_token)
+    if token is not None:
+        if (token.suggested_only, token.max_depth) != (req.suggested_only, req.max_depth):
+            raise invalid_param("suggested_only and max_depth cannot change on paginated requests")
+        req = HierarchyRequest(req.room_id, req.suggested_only, req.max_depth, req.limit, token.offset)
     return 200, await hs.spaces.get(requester.user_id, req)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
-from hs.errors import bad_json, forbidden, invalid_param, missing_param
-from hs.streams.typing import DEFAULT_TIMEOUT_MS
+from hs.api.params import body_bool, body_int
+from hs.errors import forbidden, invalid_param, missing_param
+from hs.streams.typing import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
 
 
 async def put_typing(request: web.Request) -> HandlerResult:
@@ -21,16 +22,11 @@ async def put_typing(request: web.Request) -> HandlerResult:
     body = await parse_json(request)
     if "typing" not in body:
         raise missing_param("Missing 'typing'")
-    typing = body["typing"]
-    if not isinstance(typing, bool):
-        raise bad_json("'typing' must be a boolean")
-    timeout = body.get("timeout", DEFAULT_TIMEOUT_MS) if typing else 0
-    if timeout is None:
-        timeout = DEFAULT_TIMEOUT_MS
-    if isinstance(timeout, bool) or not isinstance(timeout, int):
-        raise bad_json("'timeout' must be an integer")
-    if timeout < 0:
-        raise invalid_param("'timeout' must not be negative")
+    typing = body_bool(body, "typing", False)
+    # Longer timeouts are cut to the stream's maximum, as Synapse clamps them.
+    timeout = body_int(body, "timeout", DEFAULT_TIMEOUT_MS, maximum=MAX_TIMEOUT_MS, clamp=True,
+                       range_error=invalid_param) if typing else 0
+    assert timeout is not None
     membership = await hs.event_store.get_membership(room_id, user_id)
     if membership is None or membership[0] != "join":
         raise forbidden("You are not in this room")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json, require_str
+from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.params import body_int, require_str
 from hs.errors import bad_json
 from hs.services.user_directory import DEFAULT_LIMIT, MAX_TERM_LENGTH
 
@@ -17,9 +18,8 @@ async def search(request: web.Request) -> HandlerResult:
     assert term is not None
     if len(term) > MAX_TERM_LENGTH:
         raise bad_json(f"'search_term' is longer than {MAX_TERM_LENGTH} characters")
-    limit = body.get("limit", DEFAULT_LIMIT)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        raise bad_json("'limit' must be a non-negative integer")
+    limit = body_int(body, "limit", DEFAULT_LIMIT, clamp=True)
+    assert limit is not None
     return 200, await hs.user_directory.search(requester.user_id, term, limit)
 
 
