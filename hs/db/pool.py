@@ -192,7 +192,7 @@ class PostgresDatabase(Database):
                         f"cannot connect to the {self.description}: {_one_line(exc)}; gave up after"
                         f" {self.startup_timeout_s:g}s (database.startup_timeout)") from None
                 wait = min(pause, left)
-                logger.warning("cannot connect to the %s yet: %s; retrying in %.1fs (giving up in %.0fs)",
+                logger.warning("cannot connect to the %s yet: %s; retrying in %.1fs (giving up in %.1fs)",
                                self.description, _one_line(exc), wait, left)
                 await asyncio.sleep(wait)
                 pause = min(pause * 2, STARTUP_RETRY_MAX_S)
