@@ -119,16 +119,21 @@ def _run(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+    from hs.db.pool import DatabaseStartupError
     from hs.runner import run_forever
 
-    asyncio.run(run_forever(cfg, instance))
+    try:
+        asyncio.run(run_forever(cfg, instance))
+    except DatabaseStartupError as e:
+        print(f"cannot start: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from hs.db.migrations import apply_migrations
-    from hs.db.pool import make_database
+    from hs.db.pool import DatabaseStartupError, make_database
 
     async def go() -> int:
         db = make_database(cfg.database)
@@ -138,7 +143,12 @@ def _migrate(args: argparse.Namespace) -> int:
         finally:
             await db.close()
 
-    print(f"applied {asyncio.run(go())} migration(s)")
+    try:
+        applied = asyncio.run(go())
+    except DatabaseStartupError as e:
+        print(f"cannot migrate: {e}", file=sys.stderr)
+        return 1
+    print(f"applied {applied} migration(s)")
     return 0
 
 
