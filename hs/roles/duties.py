@@ -8,6 +8,7 @@ appservices); the decision of *which* process runs them is made here, once, so e
 from __future__ import annotations
 
 from hs.config import HomeserverConfig
+from hs.streams.base import stable_shard
 
 BACKGROUND_TASKS = "background_tasks"
 FEDERATION_SENDER = "federation_sender"
@@ -24,8 +25,7 @@ def duties_for(config: HomeserverConfig, instance: str) -> set[str]:
     senders = config.federation_sender_instances or (["main"] if config.send_federation else [])
     if instance in senders and (config.send_federation or config.federation_sender_instances):
         duties.add(FEDERATION_SENDER)
-    pushers = config.pusher_instances or (["main"] if config.start_pushers else [])
-    if instance in pushers and (config.start_pushers or config.pusher_instances):
+    if instance in pusher_instances(config):
         duties.add(PUSHER)
     media = config.media_instance_running_background_jobs or "main"
     if media == instance and config.enable_media_repo:
@@ -35,3 +35,19 @@ def duties_for(config: HomeserverConfig, instance: str) -> set[str]:
     if (config.notify_appservices_from_worker or "main") == instance:
         duties.add(APPSERVICE_NOTIFIER)
     return duties
+
+
+def pusher_instances(config: HomeserverConfig) -> list[str]:
+    """The instances that deliver push notifications: `pusher_instances`, or main unless
+    `start_pushers` is off."""
+    return list(config.pusher_instances) or (["main"] if config.start_pushers else [])
+
+
+def pusher_instance_for(config: HomeserverConfig, user_id: str) -> str | None:
+    """The one instance that delivers a user's push notifications (None: nobody pushes). Users are
+    sharded across `pusher_instances` by a hash of their ID, as Synapse does, so each notification is
+    delivered once however many pusher instances run."""
+    instances = pusher_instances(config)
+    if not instances:
+        return None
+    return instances[stable_shard(user_id, len(instances))]

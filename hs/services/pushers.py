@@ -7,6 +7,10 @@ with pushers POSTs the notification to each pusher's gateway (`/_matrix/push/v1/
 Gateway API). Each pusher remembers the position of the last notification it delivered, so a restart
 goes on from there; a failing gateway is retried with growing pauses, and after a day of failures its
 oldest notification is given up. Pushkeys a gateway rejects lose their pusher.
+
+With several `pusher_instances`, users are sharded across them by a hash of their user ID, as in
+Synapse (`hs/roles/duties.py`, `pusher_instance_for`): every instance reads the same notifications,
+and each delivers only to the pushers of its own users.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import aiohttp
 from hs.db.stores.pushers import PusherKey, PusherStore, pusher_key
 from hs.errors import bad_json, invalid_param, missing_param
 from hs.events.event import Event
+from hs.roles.duties import pusher_instance_for, pusher_instances
 from hs.util import wait_set_or_timeout
 
 if TYPE_CHECKING:
@@ -158,11 +163,25 @@ class PusherPool:
         self._any_pushers = False
         self._checked_at = 0.0
         self._wake_timer: asyncio.TimerHandle | None = None
+        self._sharded = len(pusher_instances(hs.config)) > 1
+
+    def handles(self, user_id: str) -> bool:
+        """Whether this instance delivers the user's notifications (their shard of the pusher
+        instances)."""
+        return not self._sharded or pusher_instance_for(self.hs.config, user_id) == self.hs.instance_name
+
+    async def _lowest_position(self) -> int | None:
+        """Where this instance's pushers stand: the lowest delivered position among them."""
+        if not self._sharded:
+            return await self.store.lowest_position()
+        mine = [pos for user_id, pos in (await self.store.lowest_position_per_user()).items()
+                if self.handles(user_id)]
+        return min(mine) if mine else None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         upto = self._stored_upto()
-        lowest = await self.store.lowest_position()
+        lowest = await self._lowest_position()
         # Undelivered notifications from before a restart are sent now.
         self._cursor = min(lowest, upto) if lowest is not None else upto
         self._any_pushers = lowest is not None
@@ -205,7 +224,7 @@ class PusherPool:
         if now - self._checked_at < self.POLL_S:
             return
         self._checked_at = now
-        lowest = await self.store.lowest_position()
+        lowest = await self._lowest_position()
         if lowest is not None and not self._any_pushers:
             self._cursor = min(self._cursor, lowest)
         self._any_pushers = lowest is not None
@@ -237,7 +256,8 @@ class PusherPool:
                 return
             rows = await self.store.notifications_between(self._cursor, upto, self.BATCH)
             if rows:
-                pushers = await self.store.get_pushers_of([u for r in rows for u in r["notify_users"]])
+                pushers = await self.store.get_pushers_of(
+                    [u for r in rows for u in r["notify_users"] if self.handles(u)])
                 by_user: dict[str, list[JsonDict]] = {}
                 for p in pushers:
                     by_user.setdefault(p["user_id"], []).append(p)

@@ -39,3 +39,21 @@ def test_duty_switches_turn_jobs_off() -> None:
     cfg = parse_config({"server_name": "example.org", "send_federation": False, "start_pushers": False})
     assert FEDERATION_SENDER not in duties_for(cfg, "main")
     assert PUSHER not in duties_for(cfg, "main")
+
+
+def test_users_are_sharded_across_pusher_instances() -> None:
+    from hs.roles.duties import pusher_instance_for
+
+    two = parse_config({**CLUSTER, "workers": {**CLUSTER["workers"], "push2": {"app": "pusher"}},
+                        "pusher_instances": ["push1", "push2"]})
+    assert PUSHER in duties_for(two, "push1") and PUSHER in duties_for(two, "push2")
+    users = [f"@user{i}:example.org" for i in range(200)]
+    shards = [pusher_instance_for(two, u) for u in users]
+    # Each user has exactly one instance, the same every time (every process agrees), and both get users.
+    assert shards == [pusher_instance_for(two, u) for u in users]
+    assert 60 < shards.count("push1") < 140 and shards.count("push1") + shards.count("push2") == 200
+    # One pusher instance, or a monolith: it has every user.
+    assert {pusher_instance_for(parse_config(CLUSTER), u) for u in users} == {"push1"}
+    assert {pusher_instance_for(parse_config({"server_name": "example.org"}), u) for u in users} == {"main"}
+    off = parse_config({"server_name": "example.org", "start_pushers": False})
+    assert pusher_instance_for(off, users[0]) is None

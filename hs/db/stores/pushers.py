@@ -47,6 +47,12 @@ class PusherStore:
         value = await self.db.fetchval("SELECT MIN(last_stream_ordering) FROM pushers WHERE kind = 'http'")
         return None if value is None else int(value)
 
+    async def lowest_position_per_user(self) -> dict[str, int]:
+        """user -> the lowest delivered position among their pushers (for a shard of the users)."""
+        rows = await self.db.fetch(
+            "SELECT user_id, MIN(last_stream_ordering) AS pos FROM pushers WHERE kind = 'http' GROUP BY user_id")
+        return {r["user_id"]: int(r["pos"]) for r in rows}
+
     async def set_pusher(self, user_id: str, device_id: str | None, pusher: JsonDict, now_ms: int,
                          position: int, append: bool) -> None:
         """Create or update the user's pusher for (app_id, pushkey); unless `append`, the same

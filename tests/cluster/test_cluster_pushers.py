@@ -1,0 +1,94 @@
+"""Two pusher instances (`pusher_instances`) share the users between them, as Synapse's do: every
+notification reaches the gateway exactly once, and each instance delivers its own users'."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import yaml
+
+from hs.config import load_config
+from hs.localcluster import LocalCluster, local_cluster_config
+from hs.roles.duties import pusher_instance_for
+from tests.cluster.conftest import SECRET
+from tests.harness import Client, ok
+from tests.integration.test_pushers import FakeGateway, pusher_body
+from tests.services import free_port
+
+pytestmark = pytest.mark.timeout(300)
+PUSHERS = ["pusher1", "pusher2"]
+
+
+@pytest.fixture(scope="module")
+def two_pusher_cluster(pg_base_dsn: str, redis_url: str,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The reference cluster plus two pusher workers (main pushes nothing)."""
+    from hs.events.signing import SigningKey, write_signing_key_file
+
+    name = "hs_cluster_" + uuid.uuid4().hex[:10]
+
+    async def database(sql: str) -> None:
+        conn = await asyncpg.connect(pg_base_dsn + "/postgres")
+        await conn.execute(sql)
+        await conn.close()
+
+    asyncio.run(database(f"CREATE DATABASE {name}"))
+    workdir: Path = tmp_path_factory.mktemp("pushers")
+    cfg = local_cluster_config(f"{pg_base_dsn}/{name}", redis_url, SECRET)
+    for worker in PUSHERS:
+        listener = {"port": free_port(), "resources": ["replication"]}
+        cfg["workers"][worker] = {"app": "pusher", "listeners": [listener]}
+    cfg["pusher_instances"] = PUSHERS
+    (workdir / "cluster.yaml").write_text(yaml.safe_dump(cfg))
+    write_signing_key_file(workdir / "signing.key", SigningKey.generate())
+    c = LocalCluster(workdir / "cluster.yaml", proxy_port=free_port(), workdir=workdir)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("HS_KEEP_CLUSTER_LOGS"):
+            print(f"cluster logs in {c.log_dir}")
+        asyncio.run(database(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def test_each_notification_reaches_the_gateway_once(two_pusher_cluster: LocalCluster) -> None:
+    cluster = two_pusher_cluster
+    config = load_config(cluster.config_path)
+    gateway = FakeGateway()
+    await gateway.start()
+    alice = Client(cluster.base_url)
+    receivers: list[Client] = []
+    try:
+        await alice.register("alice" + uuid.uuid4().hex[:6])
+        room = await alice.create_room(preset="public_chat")
+        # Receivers until each pusher instance has two of them.
+        shards: dict[str | None, int] = {}
+        while min(shards.get(p, 0) for p in PUSHERS) < 2:
+            c = Client(cluster.base_url)
+            receivers.append(c)
+            await c.register("rcv" + uuid.uuid4().hex[:8])
+            assert c.user_id is not None
+            shard = pusher_instance_for(config, c.user_id)
+            shards[shard] = shards.get(shard, 0) + 1
+            await ok(c, "POST", f"/join/{room}")
+            await ok(c, "POST", "/pushers/set", pusher_body(gateway.url, pushkey=f"key-{c.user_id}"))
+        assert set(shards) == set(PUSHERS)
+
+        event_id = await alice.send_message(room, "to everyone's phone")
+        received = await gateway.wait_for(len(receivers), timeout=30)
+        await asyncio.sleep(1.5)  # any second delivery would arrive by now
+        pushkeys = sorted(d["pushkey"] for r in gateway.received for d in r["notification"]["devices"])
+        assert pushkeys == sorted(f"key-{c.user_id}" for c in receivers)
+        assert {r["notification"]["event_id"] for r in received} == {event_id}
+    finally:
+        await alice.close()
+        for c in receivers:
+            await c.close()
+        await gateway.stop()
