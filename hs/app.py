@@ -2,11 +2,13 @@
 
 Middlewares give every response the spec's shape: errors as `{errcode, error}`, unknown endpoints as
 M_UNRECOGNIZED, CORS headers for web clients, and per-endpoint request metrics. An exception in one
-request becomes a 500 for that request only.
+request becomes a 500 for that request only. A long-poll cut short by a server stop is answered as if
+its timeout had expired.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +23,7 @@ from hs.replication.http_client import REPLICATION_PREFIX
 from hs.replication.http_server import REPLICATION_ROUTES, replication_auth
 from hs.roles.routes import STREAM_GROUPS, routes_for_instance
 from hs.server import HomeServer
+from hs.streams.notifier import LongPollInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,12 @@ def _wrap(route: Route, forward_to: str | None = None) -> Callable[[web.Request]
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if forward_to is not None and request.method not in ("GET", "HEAD"):
             return await _forward(request, forward_to)
-        result = await handler(request)
+        try:
+            result = await handler(request)
+        except LongPollInterrupted:
+            # The server is stopping: answer as if the long-poll's timeout had expired, with the
+            # response the handler gives for `timeout=0` (for /sync: a valid one, usually empty).
+            result = await handler(request.clone(rel_url=request.rel_url.update_query(timeout="0")))
         if isinstance(result, web.StreamResponse):
             return result
         code, body = result
@@ -114,10 +122,44 @@ async def _health(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
-def create_app(hs: HomeServer, listener: Listener) -> web.Application:
+class InFlightRequests:
+    """Counts the requests being handled, across an instance's listeners, so that a stop can let them
+    finish. (aiohttp's own shutdown stops reading from connections first, so a request whose body is
+    still arriving could never complete there.)"""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no request is being handled; False if some still are after `timeout` seconds."""
+        waiter = asyncio.ensure_future(self._idle.wait())
+        try:
+            done, _ = await asyncio.wait((waiter,), timeout=timeout)
+        finally:
+            waiter.cancel()
+        return bool(done)
+
+
+def create_app(hs: HomeServer, listener: Listener, in_flight: InFlightRequests | None = None) -> web.Application:
     """An application serving `listener`'s resources with the routes this instance's role owns."""
-    app = web.Application(middlewares=[matrix_middleware, replication_auth],
-                          client_max_size=hs.config.max_request_body_size)
+    middlewares = [matrix_middleware, replication_auth]
+    if in_flight is not None:
+        middlewares.insert(0, in_flight.middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=hs.config.max_request_body_size)
     app[HS_KEY] = hs
     resources = listener.all_resources
     seen: set[tuple[str, str]] = set()

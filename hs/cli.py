@@ -120,11 +120,12 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     from hs.db.pool import DatabaseStartupError
+    from hs.pidfile import PidFileInUse
     from hs.runner import run_forever
 
     try:
         asyncio.run(run_forever(cfg, instance))
-    except DatabaseStartupError as e:
+    except (PidFileInUse, DatabaseStartupError) as e:
         print(f"cannot start: {e}", file=sys.stderr)
         return 1
     return 0

@@ -17,6 +17,11 @@ from hs.streams.tokens import StreamToken
 SYNC_WAITERS = Gauge("hs_sync_waiters", "Long-polling requests waiting for updates")
 
 
+class LongPollInterrupted(Exception):
+    """Raised by `Notifier.wait` once the server is stopping: the request should be answered as if its
+    timeout had expired (hs/app.py does), so the client gets a normal, empty response at once."""
+
+
 class _Listener:
     __slots__ = ("future", "user_id", "room_ids")
 
@@ -35,6 +40,7 @@ class Notifier:
         self._by_user: dict[str, set[_Listener]] = defaultdict(set)
         self._by_room: dict[str, set[_Listener]] = defaultdict(set)
         self._all: set[_Listener] = set()
+        self.stopping = False
         # The highest positions this process has applied per stream; a waiter whose token is behind
         # returns at once.
         self.current = StreamToken({})
@@ -78,8 +84,18 @@ class Notifier:
             for listener in list(self._by_room.get(room, ())):
                 listener.wake()
 
+    def interrupt_long_polls(self) -> None:
+        """The server is stopping: every waiting long-poll, and any that starts from now on, raises
+        `LongPollInterrupted` instead of waiting (aiohttp would otherwise wait for them to time out)."""
+        self.stopping = True
+        for listener in list(self._all):
+            listener.wake()
+
     async def wait(self, user_id: str, room_ids: Iterable[str], timeout: float) -> None:
-        """Return when something for this user or these rooms is notified, or after `timeout` seconds."""
+        """Return when something for this user or these rooms is notified, or after `timeout` seconds;
+        raise `LongPollInterrupted` when the server stops meanwhile."""
+        if self.stopping:
+            raise LongPollInterrupted
         listener = _Listener(user_id, frozenset(room_ids))
         self._all.add(listener)
         self._by_user[user_id].add(listener)
@@ -99,6 +115,8 @@ class Notifier:
             self._discard(self._by_user, user_id, listener)
             for room in listener.room_ids:
                 self._discard(self._by_room, room, listener)
+        if self.stopping:
+            raise LongPollInterrupted
 
     @staticmethod
     def _discard(index: dict[str, set[_Listener]], key: str, listener: _Listener) -> None:
