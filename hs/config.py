@@ -154,6 +154,8 @@ class DatabaseConfig(Strict):
         if self.engine == "sqlite":
             problems.extend(f"database.args.{key}: not an argument of sqlite3 (it takes {sorted(_SQLITE_ARGS)})"
                             for key in sorted(self.args.model_fields_set - _SQLITE_ARGS))
+        if self.args.database is not None and self.args.dbname is not None:
+            problems.append("database.args.dbname: given again as database.args.database (give it once)")
         for key in ("cp_min", "cp_max"):
             if getattr(self, key) is not None and getattr(self.args, key) is not None:
                 problems.append(f"database.{key}: given again as database.args.{key} (give it once)")

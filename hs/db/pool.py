@@ -9,6 +9,7 @@ retried for a bounded time; what cannot be used at all is a `DatabaseStartupErro
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 import socket
@@ -255,14 +256,26 @@ class PostgresDatabase(Database):
             return [dict(r) for r in await raw.fetch(sql, *args)]
 
 
+# Nothing listening (yet): refused, reset, unreachable, or a Unix socket not created yet.
+_NOT_LISTENING_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                         errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENOENT}
+
+
 def _is_not_up_yet(exc: BaseException) -> bool:
     """Errors that waiting can cure: nothing listening yet (or a name not resolvable yet, as in a
     container network coming up), a server starting up or shutting down, a connection dropped during
-    either, every connection slot taken for the moment."""
+    either, every connection slot taken for the moment. TLS failures, OSErrors too, are not."""
+    import ssl
+
     import asyncpg
 
-    return isinstance(exc, OSError | asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError
-                      | asyncpg.ConnectionDoesNotExistError)
+    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError
+                  | asyncpg.ConnectionDoesNotExistError | socket.gaierror | TimeoutError):
+        return True
+    if isinstance(exc, ssl.SSLError) or not isinstance(exc, OSError):
+        return False
+    # asyncio joins the failures of a name with several addresses (localhost: ::1 and 127.0.0.1).
+    return exc.errno in _NOT_LISTENING_ERRNOS or str(exc).startswith("Multiple exceptions")
 
 
 def _hint(exc: BaseException) -> str:

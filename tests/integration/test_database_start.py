@@ -129,6 +129,19 @@ async def test_a_refusal_that_waiting_cannot_cure_fails_at_once(pg_base_dsn: str
         " <name>`, or fix database.args.database)")
 
 
+async def test_a_tls_refusal_is_not_mistaken_for_a_server_not_up_yet(pg_base_dsn: str) -> None:
+    """asyncpg reports a server without TLS as a ConnectionError, an OSError like a refused connection."""
+    conn = await asyncpg.connect(pg_base_dsn + "/postgres")
+    tls = await conn.fetchval("SHOW ssl")
+    await conn.close()
+    if tls == "on":
+        pytest.skip("the test server offers TLS")
+    started = time.monotonic()
+    with pytest.raises(DatabaseStartupError, match="rejected SSL upgrade$"):
+        await PostgresDatabase(f"{pg_base_dsn}/postgres?sslmode=require", startup_timeout_s=60).open()
+    assert time.monotonic() - started < 10
+
+
 async def test_pool_bounds_and_tcp_keepalives_from_synapse_args(pg_base_dsn: str) -> None:
     base = urlsplit(pg_base_dsn)
     cfg = parse_config(_database_config(

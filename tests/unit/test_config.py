@@ -128,6 +128,9 @@ def test_database_args_hs_cannot_honour_are_refused_by_name() -> None:
         "user": "hs", "keepalive": 1, "sslmode": "sometimes"}}})
     assert "database.args.keepalive: unknown key" in out
     assert any(p.startswith("database.args.sslmode: Input should be 'disable'") for p in out)
+    assert problems({"server_name": "x.org", "database": {"name": "psycopg2", "args": {
+        "database": "hs", "dbname": "synapse"}}}) == [
+        "database.args.dbname: given again as database.args.database (give it once)"]
     out = problems({"server_name": "x.org", "database": {"name": "sqlite3", "args": {
         "database": "hs.db", "host": "db", "cp_min": 1}}})
     assert out == ["database.args.host: not an argument of sqlite3 (it takes ['cp_max', 'cp_min', 'database'])"]
