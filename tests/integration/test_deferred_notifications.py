@@ -177,3 +177,38 @@ async def test_counts_stay_exact_under_concurrent_sends_and_receipts(make_server
         assert stored == recounted
         # The last receipt (i = 11) covered everything before it: the 3 x 3 messages of i = 12, 13, 14.
         assert stored == 9
+
+
+async def test_a_reader_waiting_for_one_room_keeps_no_stale_counts_of_another(
+        make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader without cached counts waits for each room's pending notifications, then reads the
+    database. While it waited for one room, another room's message committed with its notifications
+    still to come (held here): what the reader then read of that room lacks the message, and must
+    not be cached, or the cached count stays one behind from then on (later messages add to it)."""
+    server, alice, bob, first = await alice_and_bob_in_a_room(make_server)
+    second = await alice.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{second}")
+    await server.hs.event_sender.flush_rests()
+    held = {first: asyncio.Event(), second: asyncio.Event()}
+    real: Persist = events_module.persist_rest
+
+    async def held_rest(db: Any, room_id: str, *args: Any, **kwargs: Any) -> Any:
+        await held[room_id].wait()
+        return await real(db, room_id, *args, **kwargs)
+
+    monkeypatch.setattr(events_module, "persist_rest", held_rest)
+    store = server.hs.push_rules_stream.store
+    await alice.send_message(second, "in the second room")
+    store.unread.clear()  # a reader that must ask the database for both rooms
+    reading = asyncio.create_task(store.get_unread_counts(bob.user_id, [first, second], 0))
+    await asyncio.sleep(0.2)
+    assert not reading.done()  # waiting for the second room's notifications
+    await alice.send_message(first, "in the first room")  # its notifications held
+    held[second].set()
+    await reading
+    held[first].set()
+    await server.hs.event_sender.flush_rests()
+    sync = await bob.sync()
+    assert count_in(sync, first) == 1 and count_in(sync, second) == 1
+    await alice.send_message(first, "one more")
+    assert count_in(await bob.sync(), first) == 2

@@ -260,11 +260,14 @@ class PushStore:
                 missing.append(room_id)
             elif any(n or h for n, h in cached.values()):
                 out[room_id] = {t: c for t, c in cached.items() if c[0] or c[1]}
+        # Taken before waiting: while this waits for one room's pending notifications, another
+        # room's events may commit with theirs still to come (their counts in the cache only), and
+        # what is then read of that room must not be cached (its generation moved).
+        generations = {room_id: self.unread.generation(room_id) for room_id in missing}
         for room_id in missing:
             await self.pending.settled(room_id)
         for i in range(0, len(missing), 500):
             chunk = missing[i:i + 500]
-            generations = {room_id: self.unread.generation(room_id) for room_id in chunk}
             placeholders = ",".join(f"${n + 2}" for n in range(len(chunk)))
             rows = await self.db.fetch(
                 "SELECT room_id, thread_id, notif_count, highlight_count FROM event_push_summary"
