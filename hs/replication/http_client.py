@@ -18,8 +18,10 @@ import orjson
 from hs.errors import MatrixError
 
 if TYPE_CHECKING:
+    from hs.db.stores.rooms import NewRoom
     from hs.events.event import Event
     from hs.server import HomeServer
+    from hs.services.new_room import InitialEvent
 
 logger = logging.getLogger(__name__)
 REPLICATION_PREFIX = "/_hs/replication"
@@ -98,18 +100,22 @@ class ReplicationClient:
             raise MatrixError(500, "M_UNKNOWN", "event persisted by the writer is not visible")
         return event
 
-    async def persist_create(self, pdu: dict[str, Any], room_version: str) -> Event:
-        from hs.events.event import Event as EventCls
-        from hs.events.room_versions import KNOWN_ROOM_VERSIONS
+    async def create_room(self, create: Event, initial: list[InitialEvent], room: NewRoom) -> None:
+        """Have the room's persister build and persist a new room (`EventSender.persist_new_room`); the
+        create event, built here, names it. Raises RoomIdTaken as the persister does."""
+        from hs.db.stores.rooms import RoomIdTaken
+        from hs.services.new_room import ROOM_ID_TAKEN
 
-        event = EventCls(pdu, KNOWN_ROOM_VERSIONS[room_version])
-        writer = self.hs.events_stream.writer_for_room(event.room_id)
-        reply = await self.call(writer, "persist_create", {"pdu": pdu, "room_version": room_version,
-                                                           "txn_id": "create:" + event.event_id})
+        writer = self.hs.events_stream.writer_for_room(create.room_id)
+        body = {"pdu": create.pdu, "room_version": create.room_version.identifier,
+                "events": [e.to_json() for e in initial], "room": room.to_json()}
+        try:
+            reply = await self.call(writer, "create_room", body)
+        except MatrixError as e:
+            if e.errcode == ROOM_ID_TAKEN:
+                raise RoomIdTaken(create.room_id) from None
+            raise
         await self.wait_for_stream("events", int(reply["stream_ordering"]))
-        stored = await self.hs.event_store.get_event(event.event_id)
-        assert stored is not None
-        return stored
 
     # -- generic forwarding of client requests to a stream's writer ------------------------------------------
     async def forward(self, instance: str, method: str, path_qs: str, body: bytes,

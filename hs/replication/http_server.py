@@ -1,7 +1,8 @@
 """The `replication` resource: calls other instances make to this one as a stream writer.
 
 - POST /_hs/replication/send_event      build + persist an event in a room this instance writes
-- POST /_hs/replication/persist_create  persist a new room's create event (built by the caller)
+- POST /_hs/replication/create_room     build and persist a new room's events in one transaction
+                                        (its create event built by the caller)
 - GET  /_hs/replication/positions       this instance's positions of the streams it writes
 - ANY  /_hs/replication/client/<path>   a client request forwarded by a worker that does not own
                                         the stream it writes; answered by the same handler
@@ -21,11 +22,13 @@ import orjson
 from aiohttp import web
 
 from hs.api.base import get_hs, json_response
+from hs.db.stores.rooms import NewRoom, RoomIdTaken
 from hs.errors import MatrixError
 from hs.events.auth import AuthError, check_auth_rules
 from hs.events.event import Event
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS
 from hs.replication.http_client import FORWARDED_AUTH_HEADER, POSITIONS_HEADER, REPLICATION_PREFIX
+from hs.services.new_room import ROOM_ID_TAKEN, InitialEvent
 from hs.util import LruCache
 
 if TYPE_CHECKING:
@@ -94,22 +97,28 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
     return 200, reply
 
 
-async def persist_create(request: web.Request) -> tuple[int, Any]:
+async def create_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     body = await _body(request)
+    cached = _replies.get(str(body.get("txn_id")))
+    if cached is not None:
+        return 200, cached
     rv = KNOWN_ROOM_VERSIONS[body["room_version"]]
-    event = Event(body["pdu"], rv)
-    existing = await hs.event_store.get_event(event.event_id)
-    if existing is not None:
-        return 200, {"event_id": existing.event_id, "stream_ordering": existing.internal["stream_ordering"]}
-    if not hs.events_stream.is_writer_for_room(event.room_id):
-        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write events for {event.room_id}")
+    create = Event(body["pdu"], rv)
+    if not hs.events_stream.is_writer_for_room(create.room_id):
+        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write events for {create.room_id}")
     try:
-        check_auth_rules(event, {})
+        check_auth_rules(create, {})
     except AuthError as e:
         raise MatrixError(403, "M_FORBIDDEN", str(e)) from None
-    stored = await hs.event_sender.persist_create_event(event)
-    return 200, {"event_id": stored.event_id, "stream_ordering": stored.internal["stream_ordering"]}
+    initial = [InitialEvent.from_json(e) for e in body["events"]]
+    try:
+        events = await hs.event_sender.persist_new_room(create, initial, NewRoom.from_json(body["room"]))
+    except RoomIdTaken:
+        raise MatrixError(409, ROOM_ID_TAKEN, f"{create.room_id} exists") from None
+    reply = {"room_id": create.room_id, "stream_ordering": events[-1].internal["stream_ordering"]}
+    _replies.set(str(body.get("txn_id")), reply)
+    return 200, reply
 
 
 async def device_list_change(request: web.Request) -> tuple[int, Any]:
@@ -134,7 +143,7 @@ async def positions(request: web.Request) -> tuple[int, Any]:
 
 REPLICATION_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[tuple[int, Any]]]]] = [
     ("POST", f"{REPLICATION_PREFIX}/send_event", send_event),
-    ("POST", f"{REPLICATION_PREFIX}/persist_create", persist_create),
+    ("POST", f"{REPLICATION_PREFIX}/create_room", create_room),
     ("GET", f"{REPLICATION_PREFIX}/positions", positions),
     ("POST", f"{REPLICATION_PREFIX}/typing_snapshot", typing_snapshot),
     ("POST", f"{REPLICATION_PREFIX}/device_list_change", device_list_change),

@@ -24,6 +24,7 @@ from hs.db.stores.event_batch import (
     persist_rest,
 )
 from hs.db.stores.push import PushRow, SummaryRow
+from hs.db.stores.rooms import AliasTaken, NewRoom, RoomIdTaken
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
 from hs.events.canonical_json import CanonicalJsonError
@@ -38,6 +39,7 @@ from hs.util import KeyedLocks, LruCache, now_ms, random_string
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
+    from hs.services.new_room import InitialEvent
     from hs.services.push_rules import BulkPushEvaluator
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class EventSender:
         self._unnotified: set[int] = set()
         # Each room's latest second statement (`_persist_rest`); it waits for the room's one before.
         self._rests: dict[str, asyncio.Task[None]] = {}
+        # The origin_server_ts of the latest create event built here: each is later than the one before.
+        self._last_create_ts = 0
 
     async def room_version(self, room_id: str) -> RoomVersion:
         vid = await self.hs.room_store.get_room_version_id(room_id)
@@ -110,32 +114,68 @@ class EventSender:
                 self._txns.set(txn_key, future)
         return await asyncio.shield(future)
 
-    async def create_room_event(self, rv: RoomVersion, sender: str, content: JsonDict,
-                                room_id: str | None) -> Event:
-        """Build and persist the m.room.create event of a new room (v12: it defines the room ID)."""
+    def build_create_event(self, rv: RoomVersion, sender: str, content: JsonDict, room_id: str | None,
+                           after_ts: int | None = None) -> Event:
+        """The m.room.create event of a new room (v12: it defines the room ID), not persisted.
+
+        Its origin_server_ts is later than any other create event's built by this process (and than
+        `after_ts`, a retry after a collision): a v12 room ID is the create event's hash, so one user's
+        two rooms created with the same content in the same millisecond would otherwise be one.
+        """
+        ts = max(now_ms(), self._last_create_ts + 1, (after_ts or 0) + 1)
+        self._last_create_ts = ts
         pdu: JsonDict = {
             "type": "m.room.create", "state_key": "", "sender": sender, "content": content,
-            "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": now_ms(),
+            "depth": 1, "prev_events": [], "auth_events": [], "origin_server_ts": ts,
         }
         if not rv.room_id_from_create_event:
             assert room_id is not None
             pdu["room_id"] = room_id
         event = self._finish(rv, pdu)
-        check_auth_rules(event, {})
-        if not self.hs.events_stream.is_writer_for_room(event.room_id):
-            # The room ID (v12: the create event's hash) decides its writer; hand the event over.
-            await self.hs.room_store.store_room(event.room_id, rv.identifier, sender, False)
-            return await self.hs.replication_client.persist_create(event.pdu, rv.identifier)
-        return await self.persist_create_event(event)
+        try:
+            check_auth_rules(event, {})
+        except AuthError as e:
+            raise forbidden(str(e)) from None
+        return event
 
-    async def persist_create_event(self, event: Event) -> Event:
-        """Persist a new room's create event on this (the room's) writer."""
-        room_id = event.room_id
-        if await self.hs.room_store.get_room_version_id(room_id) is None:
-            await self.hs.room_store.store_room(room_id, event.room_version.identifier, event.sender, False)
+    async def persist_new_room(self, create: Event, initial: list[InitialEvent], room: NewRoom) -> list[Event]:
+        """Build a new room's events on this (its) writer and persist them with the room's rows in one
+        transaction: all of them or, if any is refused or the transaction fails, none (see
+        hs/services/new_room.py). Raises RoomIdTaken if the room exists already."""
+        room_id = create.room_id
+        rv = create.room_version
         async with self.locks.lock(room_id):
-            future = await self._enqueue(event, None, {}, None)
-        return await asyncio.shield(future)
+            if room_id in self._heads or await self.hs.room_store.get_room_version_id(room_id) is not None:
+                raise RoomIdTaken(room_id)
+            batch = [await self._stage(create, None, {}, None)]
+            try:
+                # Each event is built on the one before, from the heads, state groups and events cached
+                # as they are staged (as queued events are), so nothing is read from the database.
+                self.store.cache_event(create)
+                for item in initial:
+                    try:
+                        event, group_before, state_before = await self._build(
+                            rv, room_id, item.sender, item.type, item.content, item.state_key, None)
+                    except MatrixError as e:
+                        if not item.optional:
+                            raise
+                        logger.warning("new room %s: leaving out %s/%s: %s", room_id, item.type, item.state_key,
+                                       e.msg)
+                        continue
+                    batch.append(await self._stage(event, group_before, state_before, None))
+                    self.store.cache_event(event)
+                batch[0].new_room = room
+                try:
+                    await self._persist_batch(room_id, batch)
+                except AliasTaken:
+                    raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken") from None
+            except BaseException:
+                self._heads.pop(room_id, None)
+                for p in batch:
+                    self.store.invalidate_event(p.event.event_id)
+                raise
+            self.hs.room_store.note_new_room(room_id, rv.identifier)
+        return [p.event for p in batch]
 
     # -- building --------------------------------------------------------------------------------------
     def _finish(self, rv: RoomVersion, pdu: JsonDict) -> Event:
@@ -219,9 +259,20 @@ class EventSender:
     async def _enqueue(self, event: Event, group_before: int | None, state_before: dict[StateKey, str],
                        txn: tuple[str, str, str] | None) -> asyncio.Future[Event]:
         """Queue a built event for its room's drain task; the event becomes the room's head at once.
+        Called under the room lock."""
+        pending = await self._stage(event, group_before, state_before, txn)
+        self._queues.setdefault(event.room_id, []).append(pending)
+        if event.room_id not in self._draining:
+            self._draining.add(event.room_id)
+            asyncio.get_running_loop().create_task(self._drain(event.room_id))
+        return pending.future
 
-        Called under the room lock. A state event gets its state group ID now, and the group's full
-        state goes into the cache, so the next event can be built on it before either is committed.
+    async def _stage(self, event: Event, group_before: int | None, state_before: dict[StateKey, str],
+                     txn: tuple[str, str, str] | None) -> _Pending:
+        """Make a built event the room's head, to be persisted. Called under the room lock.
+
+        A state event gets its state group ID now, and the group's full state goes into the cache, so
+        the next event can be built on it before either is committed.
         """
         pending = _Pending(event, group_before, txn)
         group_after = group_before
@@ -232,11 +283,7 @@ class EventSender:
         event.internal["state_group_before"] = group_before
         event.internal["state_group_after"] = group_after
         self._heads[event.room_id] = [event]
-        self._queues.setdefault(event.room_id, []).append(pending)
-        if event.room_id not in self._draining:
-            self._draining.add(event.room_id)
-            asyncio.get_running_loop().create_task(self._drain(event.room_id))
-        return pending.future
+        return pending
 
     async def _drain(self, room_id: str) -> None:
         try:
@@ -444,6 +491,9 @@ class EventSender:
                       redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[list[SummaryRow]]]:
         """The general persist transaction: state groups, current state, memberships, redactions."""
         async def write(c: Any) -> list[SummaryRow]:
+            if batch[0].new_room is not None:  # a new room's first batch: its rows too
+                await self.hs.room_store.insert_new_room(c, room_id, batch[0].event.room_version.identifier,
+                                                         batch[0].new_room)
             for p, pos in zip(batch, positions, strict=True):
                 ev = p.event
                 before, after = ev.internal["state_group_before"], ev.internal["state_group_after"]
@@ -461,7 +511,7 @@ class EventSender:
 
 
 class _Pending:
-    __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future")
+    __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future", "new_room")
 
     def __init__(self, event: Event, group_before: int | None, txn: tuple[str, str, str] | None) -> None:
         self.event = event
@@ -469,6 +519,7 @@ class _Pending:
         self.txn = txn
         self.full_after: dict[StateKey, str] | None = None
         self.new_group: int | None = None
+        self.new_room: NewRoom | None = None  # a new room's first event: the room's rows go with it
         self.future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
 
 

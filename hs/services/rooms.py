@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hs.db.stores.rooms import NewRoom
 from hs.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
 from hs.events.auth import (
     get_join_rule,
@@ -30,6 +31,8 @@ from hs.events.auth import (
 )
 from hs.events.event import Event, JsonDict, StateKey
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from hs.services.new_room import InitialEvent
+from hs.services.new_room import create_room as create_new_room
 from hs.services.serialize import serialize_events
 from hs.streams.tokens import InvalidToken, StreamToken, TopologicalToken
 from hs.util import random_string
@@ -222,6 +225,13 @@ class RoomService:
 
     # == room creation ======================================================================================
     async def create_room(self, requester: Requester, body: JsonDict) -> str:
+        """POST /createRoom: the room is created with every event the request implies, or not at all.
+
+        The request is validated first; then the events (creator's join, power levels, alias, presets,
+        initial_state, name, topic, invites) are built and persisted with the room's rows in one
+        transaction on the room's persister (`hs/services/new_room.py`), so an event the auth rules
+        refuse, or a failure while storing, leaves no half-built room.
+        """
         user_id = requester.user_id
         if requester.is_guest:
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed")
@@ -252,64 +262,56 @@ class RoomService:
             if not isinstance(extra, list) or not all(is_valid_user_id(u) for u in extra):
                 raise bad_json("additional_creators must be a list of user IDs")
 
-        new_id = None if rv.room_id_from_create_event else await self.new_room_id()
-        create = await self.hs.event_sender.create_room_event(rv, user_id, create_content, new_id)
-        room_id: str = create.room_id
-        sender = self.hs.event_sender
+        initial = await self._initial_events(cfg, rv, user_id, preset, invitees, alias)
+        room = NewRoom(creator=user_id, is_public=cfg["visibility"] == "public", alias=alias)
+        try:
+            return await create_new_room(self.hs, rv, user_id, create_content, initial, room)
+        except MatrixError as e:
+            if e.errcode == "M_FORBIDDEN":  # the auth rules refused an event the request asked for
+                raise MatrixError(400, "M_INVALID_ROOM_STATE", f"Invalid initial state: {e.msg}") from None
+            raise
 
-        async def send(etype: str, content: JsonDict, state_key: str = "") -> Event:
-            try:
-                return await sender.send(room_id, user_id, etype, content, state_key=state_key, room_version=rv)
-            except MatrixError as e:
-                if e.errcode == "M_FORBIDDEN":
-                    raise MatrixError(400, "M_INVALID_ROOM_STATE", f"Invalid initial state: {e.msg}") from None
-                raise
-
-        await send(MEMBER, {"membership": "join", **await self.profile_content(user_id)}, user_id)
+    async def _initial_events(self, cfg: JsonDict, rv: RoomVersion, user_id: str, preset: dict[str, Any],
+                              invitees: list[str], alias: str | None) -> list[InitialEvent]:
+        """The events after the create event, in Synapse's order."""
+        def state(etype: str, content: JsonDict, state_key: str = "") -> InitialEvent:
+            return InitialEvent(user_id, etype, content, state_key)
 
         initial_state: dict[StateKey, JsonDict] = {}
         for item in cfg["initial_state"]:
             initial_state[(item["type"], item.get("state_key", ""))] = item["content"]
         initial_state.pop(("m.room.create", ""), None)
 
+        events = [state(MEMBER, {"membership": "join", **await self.profile_content(user_id)}, user_id)]
         pl_initial = initial_state.pop(("m.room.power_levels", ""), None)
-        if pl_initial is not None:
-            await send("m.room.power_levels", pl_initial)
-        else:
-            await send("m.room.power_levels", self._default_power_levels(rv, user_id, preset, invitees,
-                                                                         cfg["power_level_content_override"]))
+        if pl_initial is None:
+            pl_initial = self._default_power_levels(rv, user_id, preset, invitees,
+                                                    cfg["power_level_content_override"])
+        events.append(state("m.room.power_levels", pl_initial))
         if alias is not None:
-            if not await self.rooms.create_alias(alias, room_id, user_id):
-                raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
-            await send("m.room.canonical_alias", {"alias": alias})
-        if ("m.room.join_rules", "") not in initial_state:
-            await send("m.room.join_rules", {"join_rule": preset["join_rule"]})
-        if ("m.room.history_visibility", "") not in initial_state:
-            await send("m.room.history_visibility", {"history_visibility": preset["history_visibility"]})
-        if ("m.room.guest_access", "") not in initial_state:
-            await send("m.room.guest_access", {"guest_access": preset["guest_access"]})
+            events.append(state("m.room.canonical_alias", {"alias": alias}))
+        for key, field in (("m.room.join_rules", "join_rule"), ("m.room.history_visibility", "history_visibility"),
+                           ("m.room.guest_access", "guest_access")):
+            if (key, "") not in initial_state:
+                events.append(state(key, {field: preset[field]}))
         for (etype, state_key), content in initial_state.items():
             if cfg["name"] is not None and (etype, state_key) == ("m.room.name", ""):
                 continue
             if cfg["topic"] is not None and (etype, state_key) == ("m.room.topic", ""):
                 continue
-            if etype == MEMBER:
-                raise MatrixError(400, "M_INVALID_ROOM_STATE", "initial_state may not contain member events")
-            await send(etype, content, state_key)
+            events.append(state(etype, content, state_key))
         if cfg["name"] is not None:
-            await send("m.room.name", {"name": cfg["name"]})
+            events.append(state("m.room.name", {"name": cfg["name"]}))
         if cfg["topic"] is not None:
             topic = cfg["topic"]
-            await send("m.room.topic", {"topic": topic,
-                                        "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]}})
+            events.append(state("m.room.topic", {
+                "topic": topic, "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]}}))
         for invitee in invitees:
             invite: JsonDict = {"membership": "invite", **await self.profile_content(invitee)}
             if cfg["is_direct"]:
                 invite["is_direct"] = True
-            await sender.send(room_id, user_id, MEMBER, invite, state_key=invitee, room_version=rv)
-        if cfg["visibility"] == "public":
-            await self.rooms.set_room_is_public(room_id, True)
-        return room_id
+            events.append(state(MEMBER, invite, invitee))
+        return events
 
     async def new_room_id(self) -> str:
         """A fresh v1-v11 room ID; with several event persisters, one this instance writes if it can."""
@@ -356,6 +358,8 @@ class RoomService:
                     or not isinstance(item.get("content"), dict)
                     or not isinstance(item.get("state_key", ""), str)):
                 raise bad_json("initial_state entries need 'type' and 'content' (and a string 'state_key')")
+            if item["type"] == MEMBER:
+                raise MatrixError(400, "M_INVALID_ROOM_STATE", "initial_state may not contain member events")
         return {
             "visibility": visibility,
             "preset": preset,

@@ -3,11 +3,22 @@
 As the spec describes (and Synapse does): the upgrader needs the power to send `m.room.tombstone` in
 the old room. The new room's create event names its predecessor and keeps the room type; the state
 users expect to keep is copied (join rules, history visibility, guest access, name, topic, avatar,
-encryption, server ACLs, pinned events, space children and parents, bans, power levels: with the
-upgrader raised while copying and the copied levels restored last; in a version where creators are
-privileged, creators are left out of the copied `users`). Local aliases move to the new room, and so
-does a room directory listing. The old room gets a tombstone pointing at the new one, and its power
-levels are raised so that ordinary members can no longer talk or invite there.
+encryption, server ACLs, pinned events, space children and parents, bans, canonical alias, power
+levels: with the upgrader raised while copying and the copied levels restored last; in a version where
+creators are privileged, creators are left out of the copied `users`). Local aliases move to the new
+room, and so does a room directory listing. The old room gets a tombstone pointing at the new one, and
+its power levels are raised so that ordinary members can no longer talk or invite there.
+
+An upgrade is all-or-nothing up to the new room, and resumable after it:
+- everything the new room gets is computed first (power levels made integral in a way that cannot
+  fail), then the room is created with its copied state, moved aliases and listing in one transaction
+  (`hs/services/new_room.py`): a failure leaves no new room and the old one untouched;
+- the old room's changes (canonical alias cleared, tombstone, raised levels) are events in another room
+  (in a cluster, maybe on another persister), so they cannot share that transaction. Should they fail,
+  the new room is recorded as the old one's successor (`rooms.predecessor_room_id`), and the upgrader's
+  next request finishes the upgrade with it instead of creating another room: a successor the old
+  room's tombstone does not name yet, of the requested version and creators, the upgrader still in it.
+Upgrades of one room run one at a time in this process (upgrades are served by the main process).
 """
 
 from __future__ import annotations
@@ -15,11 +26,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from hs.db.stores.rooms import NewRoom
 from hs.errors import MatrixError, bad_json, forbidden
-from hs.events.auth import get_room_creators, get_send_level, get_user_power_level
-from hs.events.event import Event, StateKey
+from hs.events.auth import get_room_creators, get_send_level, get_user_power_level, parse_power_level
+from hs.events.canonical_json import CANONICALJSON_MAX_INT, CANONICALJSON_MIN_INT
+from hs.events.event import Event, JsonDict, StateKey
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from hs.services.new_room import InitialEvent, create_room
 from hs.services.rooms import MEMBER, check_room_id, is_valid_user_id
+from hs.util import KeyedLocks
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -38,6 +53,7 @@ class RoomUpgrader:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.store = hs.event_store
+        self._locks = KeyedLocks()  # per old room
 
     async def upgrade(self, requester: Requester, old_room_id: str, new_version: Any,
                       additional_creators: Any = None) -> str:
@@ -57,25 +73,51 @@ class RoomUpgrader:
                 raise bad_json("'additional_creators' must be a list of user IDs")
             creators_extra = list(dict.fromkeys(u for u in additional_creators if u != user_id))
 
-        state = await self.store.get_current_state_events(old_room_id)
-        old_create = state.get(("m.room.create", ""))
-        member = state.get((MEMBER, user_id))
-        if old_create is None or member is None or member.membership != "join":
-            raise forbidden("You are not in the room")
-        old_rv = old_create.room_version
-        if get_user_power_level(user_id, state, old_rv) < get_send_level(state, "m.room.tombstone", True, old_rv):
-            raise forbidden("You don't have permission to upgrade the room")
+        async with self._locks.lock(old_room_id):
+            state = await self.store.get_current_state_events(old_room_id)
+            old_create = state.get(("m.room.create", ""))
+            member = state.get((MEMBER, user_id))
+            if old_create is None or member is None or member.membership != "join":
+                raise forbidden("You are not in the room")
+            old_rv = old_create.room_version
+            if get_user_power_level(user_id, state, old_rv) < get_send_level(state, "m.room.tombstone", True,
+                                                                              old_rv):
+                raise forbidden("You don't have permission to upgrade the room")
 
-        new_room_id = await self._create(rv, user_id, old_create, creators_extra)
-        await self._copy_state(rv, new_room_id, user_id, state, {user_id, *creators_extra})
-        await self._move_aliases(rv, requester, old_room_id, new_room_id, state)
-        await self.hs.event_sender.send(old_room_id, user_id, "m.room.tombstone", {
-            "body": "This room has been replaced", "replacement_room": new_room_id}, state_key="")
-        await self._restrict_old_room(old_room_id, user_id, state)
+            new_room_id = await self._unfinished_successor(old_room_id, user_id, rv, creators_extra, state)
+            if new_room_id is None:
+                initial = self._initial_events(rv, user_id, await self.hs.rooms.profile_content(user_id), state,
+                                               {user_id, *creators_extra})
+                new_room_id = await create_room(self.hs, rv, user_id,
+                                                self._create_content(rv, user_id, old_create, creators_extra),
+                                                initial, NewRoom(creator=user_id, upgrade_of=old_room_id))
+            else:
+                logger.info("upgrade of %s: finishing the earlier upgrade to %s", old_room_id, new_room_id)
+            await self._retire_old_room(old_room_id, new_room_id, user_id, state)
         return new_room_id
 
-    async def _create(self, rv: RoomVersion, user_id: str, old_create: Event, creators_extra: list[str]) -> str:
-        content: dict[str, Any] = {"room_version": rv.identifier, "predecessor": {"room_id": old_create.room_id}}
+    async def _unfinished_successor(self, old_room_id: str, user_id: str, rv: RoomVersion, creators_extra: list[str],
+                                    state: dict[StateKey, Event]) -> str | None:
+        """A room this user created to replace the old one in an upgrade that stopped before the old room
+        was tombstoned, if it is what this request would create."""
+        candidate = await self.hs.room_store.get_latest_successor(old_room_id, user_id)
+        if candidate is None:
+            return None
+        tombstone = state.get(("m.room.tombstone", ""))
+        if tombstone is not None and tombstone.content.get("replacement_room") == candidate:
+            return None  # that upgrade finished: this is a new one
+        found = await self.store.get_current_state_events(candidate, [("m.room.create", ""), (MEMBER, user_id)])
+        create, member = found.get(("m.room.create", "")), found.get((MEMBER, user_id))
+        if create is None or create.room_version is not rv or member is None or member.membership != "join":
+            return None
+        extra = create.content.get("additional_creators")
+        if sorted(extra if isinstance(extra, list) else []) != sorted(creators_extra):
+            return None
+        return candidate
+
+    @staticmethod
+    def _create_content(rv: RoomVersion, user_id: str, old_create: Event, creators_extra: list[str]) -> JsonDict:
+        content: JsonDict = {"room_version": rv.identifier, "predecessor": {"room_id": old_create.room_id}}
         if not rv.implicit_room_creator:
             content["creator"] = user_id
         room_type = old_create.content.get("type")
@@ -83,77 +125,67 @@ class RoomUpgrader:
             content["type"] = room_type
         if creators_extra:
             content["additional_creators"] = creators_extra
-        new_id = None if rv.room_id_from_create_event else await self.hs.rooms.new_room_id()
-        create = await self.hs.event_sender.create_room_event(rv, user_id, content, new_id)
-        room_id: str = create.room_id
-        await self.hs.event_sender.send(room_id, user_id, MEMBER, {
-            "membership": "join", **await self.hs.rooms.profile_content(user_id)}, state_key=user_id, room_version=rv)
-        return room_id
+        return content
 
-    async def _copy_state(self, rv: RoomVersion, room_id: str, user_id: str, state: dict[StateKey, Event],
-                          creators: set[str]) -> None:
-        sender = self.hs.event_sender
+    @staticmethod
+    def _initial_events(rv: RoomVersion, user_id: str, profile: JsonDict, state: dict[StateKey, Event],
+                        creators: set[str]) -> list[InitialEvent]:
+        """The new room's events after its create event: the upgrader's join, then the copied state.
+        Copies the new version's rules refuse are left out (`optional`)."""
+        def copy(etype: str, content: JsonDict, state_key: str = "") -> InitialEvent:
+            return InitialEvent(user_id, etype, dict(content), state_key, optional=True)
+
+        old_create = state[("m.room.create", "")]
         old_pl = state.get(("m.room.power_levels", ""))
-        levels = integer_levels(old_pl.content) if old_pl is not None else {}
-        users = levels.get("users") or {}
+        levels = integer_levels(old_pl.content, old_create.room_version) if old_pl is not None else {}
+        users: dict[str, int] = levels.get("users") or {}
         if rv.privileged_creators:
             users = {u: lvl for u, lvl in users.items() if u not in creators}
-        else:
-            old_create = state[("m.room.create", "")]
-            if old_create.room_version.privileged_creators or old_pl is None:
-                # The old room's creators outranked every level (or had 100 by default): 100 here.
-                for creator in get_room_creators(state, old_create.room_version) | {user_id}:
-                    users[creator] = max(users.get(creator, 0), 100)
+        elif old_create.room_version.privileged_creators or old_pl is None:
+            # The old room's creators outranked every level (or had 100 by default): 100 here.
+            for creator in get_room_creators(state, old_create.room_version) | {user_id}:
+                users[creator] = max(users.get(creator, 0), 100)
         levels["users"] = users
-        # While copying, the upgrader (the new room's creator, at 100 until the first power levels)
-        # may send anything up to 100, in versions without privileged creators.
-        needed = 100
+
+        events = [InitialEvent(user_id, MEMBER, {"membership": "join", **profile}, user_id)]
         if rv.privileged_creators:
-            await sender.send(room_id, user_id, "m.room.power_levels", levels, state_key="", room_version=rv)
+            events.append(InitialEvent(user_id, "m.room.power_levels", levels))
         else:
-            await sender.send(room_id, user_id, "m.room.power_levels",
-                              {**levels, "users": {**users, user_id: needed}}, state_key="", room_version=rv)
+            # While copying, the upgrader (at 100 until the first power levels) may send anything up to
+            # 100; the copied levels are restored last.
+            events.append(InitialEvent(user_id, "m.room.power_levels", {**levels, "users": {**users, user_id: 100}}))
         for etype in COPIED_STATE:
             ev = state.get((etype, ""))
             if ev is not None and ev.content:
-                await self._send_copy(rv, room_id, user_id, etype, ev.content, "")
+                events.append(copy(etype, ev.content))
         for (etype, state_key), ev in sorted(state.items()):
             if etype in COPIED_KEYED and ev.content:
-                await self._send_copy(rv, room_id, user_id, etype, ev.content, state_key)
+                events.append(copy(etype, ev.content, state_key))
         bans = [k[1] for k, ev in sorted(state.items()) if k[0] == MEMBER and ev.membership == "ban"]
         for banned in bans[:MAX_COPIED_BANS]:
-            await self._send_copy(rv, room_id, user_id, MEMBER, {"membership": "ban"}, banned)
-        if not rv.privileged_creators:
-            await sender.send(room_id, user_id, "m.room.power_levels", levels, state_key="", room_version=rv)
-
-    async def _send_copy(self, rv: RoomVersion, room_id: str, user_id: str, etype: str, content: dict[str, Any],
-                         state_key: str) -> None:
-        try:
-            await self.hs.event_sender.send(room_id, user_id, etype, dict(content), state_key=state_key,
-                                            room_version=rv)
-        except MatrixError as e:  # content the new version's rules refuse: leave it behind
-            logger.warning("upgrade of %s: not copying %s/%s: %s", room_id, etype, state_key, e.msg)
-
-    async def _move_aliases(self, rv: RoomVersion, requester: Requester, old_room_id: str, new_room_id: str,
-                            state: dict[StateKey, Event]) -> None:
-        rooms = self.hs.room_store
-        for alias in await rooms.get_aliases_for_room(old_room_id):
-            entry = await rooms.get_alias(alias)
-            await rooms.delete_alias(alias)
-            await rooms.create_alias(alias, new_room_id, entry["creator"] if entry else requester.user_id)
+            events.append(copy(MEMBER, {"membership": "ban"}, banned))
         canonical = state.get(("m.room.canonical_alias", ""))
         if canonical is not None and canonical.content:
-            await self._send_copy(rv, new_room_id, requester.user_id, "m.room.canonical_alias",
-                                  canonical.content, "")
+            events.append(copy("m.room.canonical_alias", canonical.content))
+        if not rv.privileged_creators:
+            events.append(InitialEvent(user_id, "m.room.power_levels", levels))
+        return events
+
+    async def _retire_old_room(self, old_room_id: str, new_room_id: str, user_id: str,
+                               state: dict[StateKey, Event]) -> None:
+        """The old room's part, once the new room exists: its canonical alias cleared (the aliases moved),
+        the tombstone, raised levels. Only the tombstone is required; a failure there is resumed by the
+        next request (see the module docstring)."""
+        sender = self.hs.event_sender
+        canonical = state.get(("m.room.canonical_alias", ""))
+        if canonical is not None and canonical.content:
             try:
-                await self.hs.event_sender.send(old_room_id, requester.user_id, "m.room.canonical_alias", {},
-                                                state_key="")
+                await sender.send(old_room_id, user_id, "m.room.canonical_alias", {}, state_key="")
             except MatrixError as e:
                 logger.warning("upgrade of %s: could not clear the old canonical alias: %s", old_room_id, e.msg)
-        room = await rooms.get_room(old_room_id)
-        if room is not None and room.get("is_public"):
-            await rooms.set_room_is_public(new_room_id, True)
-            await rooms.set_room_is_public(old_room_id, False)
+        await sender.send(old_room_id, user_id, "m.room.tombstone", {
+            "body": "This room has been replaced", "replacement_room": new_room_id}, state_key="")
+        await self._restrict_old_room(old_room_id, user_id, state)
 
     async def _restrict_old_room(self, room_id: str, user_id: str, state: dict[StateKey, Event]) -> None:
         old_pl = state.get(("m.room.power_levels", ""))
@@ -169,23 +201,21 @@ class RoomUpgrader:
             logger.warning("upgrade of %s: could not restrict the old room: %s", room_id, e.msg)
 
 
-def integer_levels(content: dict[str, Any]) -> dict[str, Any]:
-    """Power levels with numeric strings (allowed before room v10) as integers, as v10+ requires;
-    values that are neither are dropped."""
+def integer_levels(content: JsonDict, room_version: RoomVersion) -> JsonDict:
+    """Power levels as v10+ requires them, from a room of `room_version`: levels as that version reads
+    them (integer strings and floats before v10) made integers; values that are no level there, are
+    outside canonical JSON's integer range, or name no valid user are dropped. Never fails, so an
+    upgrade can compute its new room entirely before creating it."""
     def level(value: Any) -> int | None:
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value.strip())
-        return None
+        lv = parse_power_level(value, room_version)
+        return lv if lv is not None and CANONICALJSON_MIN_INT <= lv <= CANONICALJSON_MAX_INT else None
 
-    out: dict[str, Any] = {}
+    out: JsonDict = {}
     for key, value in content.items():
         if key in ("users", "events", "notifications"):
             if isinstance(value, dict):
-                out[key] = {k: lv for k, v in value.items() if isinstance(k, str) and (lv := level(v)) is not None}
+                out[key] = {k: lv for k, v in value.items()
+                            if (key != "users" or is_valid_user_id(k)) and (lv := level(v)) is not None}
         elif (lv := level(value)) is not None:
             out[key] = lv
     return out

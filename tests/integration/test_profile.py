@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from hs.db.stores.rooms import NewRoom
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS
+from hs.services.new_room import create_room
 from tests.harness import Client, TestHomeServer
 
 
@@ -19,8 +21,7 @@ async def _make_room(srv: TestHomeServer, creator: str, *joiners: str) -> str:
     """A public room built directly through the event sender (independent of the rooms API)."""
     hs = srv.hs
     rv = KNOWN_ROOM_VERSIONS[hs.config.default_room_version]
-    create = await hs.event_sender.create_room_event(rv, creator, {"room_version": rv.identifier}, None)
-    room_id = create.room_id
+    room_id = await create_room(hs, rv, creator, {"room_version": rv.identifier}, [], NewRoom(creator))
     profile = await hs.user_store.get_profile(creator) or {}
     await hs.event_sender.send(room_id, creator, "m.room.member",
                                {"membership": "join", "displayname": profile.get("displayname")},

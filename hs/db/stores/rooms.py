@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from hs.db.pool import Database
+from hs.db.pool import Connection, Database
 from hs.util import now_ms
+
+
+class RoomIdTaken(Exception):
+    """A new room's ID is already a room's: two create events came out identical (a v12 room ID is
+    the create event's hash), or a random v1-v11 ID was drawn twice. The caller builds another."""
+
+
+class AliasTaken(Exception):
+    """The alias a new room was to get was taken meanwhile."""
+
+
+@dataclass(frozen=True)
+class NewRoom:
+    """The rows a new room starts with besides its events, written in the transaction that persists
+    them (`insert_new_room`), so a room exists with all of them or not at all."""
+
+    creator: str
+    is_public: bool = False
+    alias: str | None = None
+    # The room this one upgrades: recorded (an interrupted upgrade resumes with this room), and its
+    # local aliases and room directory listing move here.
+    upgrade_of: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"creator": self.creator, "is_public": self.is_public, "alias": self.alias,
+                "upgrade_of": self.upgrade_of}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NewRoom:
+        return cls(str(data["creator"]), bool(data.get("is_public")), data.get("alias"), data.get("upgrade_of"))
 
 
 class RoomStore:
@@ -13,13 +44,37 @@ class RoomStore:
         self.db = db
         self._versions: dict[str, str] = {}
 
-    async def store_room(self, room_id: str, room_version: str, creator: str, is_public: bool) -> None:
-        await self.db.execute(
-            "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1,$2,$3,$4,$5)"
-            " ON CONFLICT (room_id) DO NOTHING",
-            room_id, room_version, creator, int(is_public), now_ms(),
-        )
+    async def insert_new_room(self, c: Connection, room_id: str, room_version: str, room: NewRoom) -> None:
+        """Inside the transaction persisting a new room's first events: its row, alias and, for an
+        upgrade, the predecessor's aliases and listing. Raises RoomIdTaken or AliasTaken, which roll
+        the whole room back."""
+        inserted = await c.fetchval(
+            "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts, predecessor_room_id)"
+            " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (room_id) DO NOTHING RETURNING room_id",
+            room_id, room_version, room.creator, int(room.is_public), now_ms(), room.upgrade_of)
+        if inserted is None:
+            raise RoomIdTaken(room_id)
+        if room.alias is not None:
+            created = await c.fetchval(
+                "INSERT INTO room_aliases (room_alias, room_id, creator) VALUES ($1,$2,$3)"
+                " ON CONFLICT (room_alias) DO NOTHING RETURNING room_alias", room.alias, room_id, room.creator)
+            if created is None:
+                raise AliasTaken(room.alias)
+        if room.upgrade_of is not None:
+            await c.execute("UPDATE room_aliases SET room_id = $2 WHERE room_id = $1", room.upgrade_of, room_id)
+            if await c.fetchval("SELECT is_public FROM rooms WHERE room_id = $1", room.upgrade_of):
+                await c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = $1", room_id)
+                await c.execute("UPDATE rooms SET is_public = 0 WHERE room_id = $1", room.upgrade_of)
+
+    def note_new_room(self, room_id: str, room_version: str) -> None:
+        """After `insert_new_room` committed."""
         self._versions[room_id] = room_version
+
+    async def get_latest_successor(self, room_id: str, creator: str) -> str | None:
+        """The newest room `creator` created as an upgrade of `room_id`."""
+        return await self.db.fetchval(  # type: ignore[no-any-return]
+            "SELECT room_id FROM rooms WHERE predecessor_room_id = $1 AND creator = $2"
+            " ORDER BY created_ts DESC, room_id LIMIT 1", room_id, creator)
 
     async def get_room_version_id(self, room_id: str) -> str | None:
         """Room versions never change, so they are cached forever."""
