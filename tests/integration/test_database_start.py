@@ -261,3 +261,15 @@ def test_hs_run_and_migrate_refuse_a_synapse_database(tmp_path: Path) -> None:
             " not exist yet)"), command
         assert "Traceback" not in done.stderr
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'receipts'").fetchone() == (0,)
+
+
+async def test_an_sqlite_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    from hs.db.pool import SqliteDatabase
+
+    with pytest.raises(DatabaseStartupError) as refused:
+        await SqliteDatabase(str(tmp_path / "missing-dir" / "hs.db")).open()
+    assert str(refused.value) == f"cannot open the SQLite database {tmp_path}/missing-dir/hs.db: unable to open database file"
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database, but long enough for SQLite to read a header from it\n" * 20)
+    with pytest.raises(DatabaseStartupError, match="notes.txt: file is not a database$"):
+        await SqliteDatabase(str(not_sqlite)).open()
