@@ -69,7 +69,7 @@ async def _forward(request: web.Request, writer: str) -> web.StreamResponse:
     status, body, positions = await client.forward(writer, request.method, request.path_qs, await request.read(),
                                                    request.headers.get("Authorization"))
     for stream, position in positions.items():
-        await client.wait_for_stream(stream, int(position))
+        await client.wait_for_stream(stream, int(position), writer)
     return web.Response(status=status, body=body, content_type="application/json")
 
 

@@ -51,7 +51,7 @@ class HomeServer:
             from hs.replication.redis import RedisTransport
 
             redis_transport = RedisTransport(config.redis.connection_url, config.server_name)
-            redis_transport.on_reconnect(self._catch_up)
+            redis_transport.on_reconnect(self.catch_up)
             self.replication = redis_transport
         else:
             self.replication = InProcessTransport()
@@ -66,6 +66,7 @@ class HomeServer:
         self.typing_stream = TypingStream(self)
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
+        self._catching_up: asyncio.Task[None] | None = None
 
     @property
     def streams(self) -> dict[str, Any]:
@@ -304,8 +305,15 @@ class HomeServer:
             await self.pushers.start()
         self._started = True
 
+    async def catch_up(self) -> None:
+        """After a replication outage, or while replication messages are not arriving: re-read
+        persisted positions and wake every waiter to re-check. Callers arriving while a catch-up runs
+        share it."""
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
+        await asyncio.shield(self._catching_up)
+
     async def _catch_up(self) -> None:
-        """After a replication outage: re-read persisted positions and wake every waiter to re-check."""
         self.caches.flush_all()
         self.push_rules_stream.store.unread.clear()
         self.event_store.reset_membership_tracking(await self.event_store.get_max_stream_ordering())
@@ -357,5 +365,6 @@ class HomeServer:
         if "presence" in self.__dict__:
             await self.presence.stop()
         self.typing_stream.close()
+        self.events_stream.close()
         await self.replication.stop()
         await self.db.close()

@@ -28,6 +28,9 @@ REPLICATION_PREFIX = "/_hs/replication"
 FORWARDED_AUTH_HEADER = "X-Hs-Forwarded-Authorization"
 POSITIONS_HEADER = "X-Hs-Stream-Positions"
 RETRIES = 5
+# How long a read-your-writes wait trusts replication messages before reading the writers' durably
+# recorded positions itself (Redis may be away: the writes must still be answered).
+POSITIONS_FALLBACK_SECONDS = 0.5
 
 
 class ReplicationClient:
@@ -70,19 +73,32 @@ class ReplicationClient:
                     return data  # type: ignore[no-any-return]
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
                 last = e
+                if attempt + 1 == RETRIES:
+                    break  # answer at once: no pause after the last try
                 logger.warning("replication call %s to %s failed (%s); retrying", name, instance, e)
                 await asyncio.sleep(0.2 * (2**attempt))
         raise MatrixError(502, "M_UNKNOWN", f"{instance} is unreachable: {last}")
 
-    async def wait_for_stream(self, stream: str, position: int, timeout: float = 10.0) -> None:
-        """Read-your-writes: return once this process has seen `stream` reach `position`."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.hs.notifier.current.get(stream) < position:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                logger.warning("timed out waiting for %s to reach %d", stream, position)
+    async def wait_for_stream(self, stream: str, position: int, writer: str | None = None,
+                              timeout: float = 10.0) -> None:
+        """Read-your-writes: return once this process has seen `writer`'s rows of `stream` persisted
+        up to `position` (any writer's, for the minimum, when none is named).
+
+        Replication messages normally bring the position within a millisecond. Should they not (Redis
+        restarting), the writers' durably recorded positions are read from the database instead, so a
+        write is answered without waiting for Redis."""
+        notifier = self.hs.notifier
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wait = POSITIONS_FALLBACK_SECONDS
+        while not await notifier.wait_for_position(stream, position, min(wait, timeout), writer):
+            if loop.time() >= deadline:
+                logger.warning("timed out waiting for %s to reach %d (writer %s)", stream, position, writer)
                 return
-            await self.hs.notifier.wait_for_position(stream, position, remaining)
+            logger.info("%s position %d (writer %s) not announced yet; reading positions from the database",
+                        stream, position, writer)
+            await self.hs.catch_up()
+            timeout = max(0.0, deadline - loop.time())
 
     # -- events ------------------------------------------------------------------------------------------
     async def send_event(self, room_id: str, sender: str, etype: str, content: dict[str, Any],
@@ -94,7 +110,7 @@ class ReplicationClient:
         if txn is not None:
             body["txn_id"] = "send:" + ":".join(txn) + ":" + room_id
         reply = await self.call(writer, "send_event", body)
-        await self.wait_for_stream("events", int(reply["stream_ordering"]))
+        await self.wait_for_stream("events", int(reply["stream_ordering"]), writer)
         event = await self.hs.event_store.get_event(reply["event_id"])
         if event is None:
             raise MatrixError(500, "M_UNKNOWN", "event persisted by the writer is not visible")
@@ -115,7 +131,7 @@ class ReplicationClient:
             if e.errcode == ROOM_ID_TAKEN:
                 raise RoomIdTaken(create.room_id) from None
             raise
-        await self.wait_for_stream("events", int(reply["stream_ordering"]))
+        await self.wait_for_stream("events", int(reply["stream_ordering"]), writer)
 
     # -- generic forwarding of client requests to a stream's writer ------------------------------------------
     async def forward(self, instance: str, method: str, path_qs: str, body: bytes,
@@ -132,6 +148,8 @@ class ReplicationClient:
                     positions = orjson.loads(r.headers.get(POSITIONS_HEADER, "{}"))
                     return r.status, await r.read(), positions
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                if attempt + 1 == RETRIES:
+                    break  # answer at once: no pause after the last try
                 logger.warning("forwarding %s %s to %s failed (%s); retrying", method, path_qs, instance, e)
                 await asyncio.sleep(0.2 * (2**attempt))
         raise MatrixError(502, "M_UNKNOWN", f"{instance} is unreachable")

@@ -38,11 +38,12 @@ _replies: LruCache[str, dict[str, Any]] = LruCache(10000)
 
 
 def writer_positions(hs: HomeServer) -> dict[str, int]:
-    """This instance's current position of every stream it writes."""
+    """This instance's own position in every stream it writes (its rows only: the caller waits for
+    this writer, not for the stream's other writers)."""
     out = {}
     for stream in hs.streams.values():
         if hs.instance_name in stream.writers:
-            out[stream.NAME] = hs.notifier.current.get(stream.NAME)
+            out[stream.NAME] = stream.writer_position(hs.instance_name)
     return out
 
 

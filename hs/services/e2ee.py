@@ -280,7 +280,9 @@ class E2eeService:
         """(changed, left): users sharing a room with `user_id` whose devices changed or who newly share a
         room within the range, and users who no longer share any room."""
         dl_from, dl_to = since.get("device_lists"), upto.get("device_lists")
-        ev_from, ev_to = since.get("events"), upto.get("events")
+        events = self.hs.events_stream
+        # The union of every room's range (each room's is its writer's); rows are filtered per room.
+        ev_from, ev_to = events.bounds(since, upto)
         if ev_to > ev_from and not self.hs.event_store.any_membership_changed_after(ev_from):
             ev_to = ev_from  # messages only: no one joined or left, so only device changes matter
         if dl_to <= dl_from and ev_to <= ev_from:
@@ -293,7 +295,8 @@ class E2eeService:
                 if other == user_id or other in sharers:
                     changed.add(other)
         if ev_to > ev_from:
-            mine = await self.hs.event_store.get_membership_changes(user_id, ev_from, ev_to)
+            mine = [r for r in await self.hs.event_store.get_membership_changes(user_id, ev_from, ev_to)
+                    if events.in_range(r["room_id"], r["stream_ordering"], since, upto)]
             current_rooms = set(await self.hs.event_store.get_rooms_for_user(user_id, ("join",)))
             rooms = sorted(current_rooms | {r["room_id"] for r in mine})
             last_mine: dict[str, str] = {}
@@ -304,7 +307,8 @@ class E2eeService:
             changed |= await self.store.get_joined_members(joined_now) - {user_id}
             candidates_left = await self.store.get_joined_members(left_rooms)
             for row in await self.store.get_membership_changes_in_rooms(rooms, ev_from, ev_to):
-                if row["user_id"] == user_id:
+                if row["user_id"] == user_id or not events.in_range(row["room_id"], row["stream_ordering"],
+                                                                     since, upto):
                     continue
                 if row["membership"] == "join":
                     changed.add(row["user_id"])

@@ -171,9 +171,10 @@ class PresenceService:
         since = config.since
         if since is not None and not config.full_state:
             after = min(since.get("presence"), upto)
-            events_upto = now.get("events")
-            events_after = min(since.get("events"), events_upto)
-            if after >= upto and events_after >= events_upto:
+            # Every room's events range lies within these (per-writer positions: the union of the
+            # rooms' ranges); a room-mate seen twice just gets their current presence again.
+            events_after, events_upto = self.hs.events_stream.bounds(since.min(now), now)
+            if after >= upto and not now.stream_is_after(since, "events"):
                 return False
             states = []
             if after < upto:

@@ -13,6 +13,8 @@ Pagination tokens are stream positions (`r<position>`); /relations also takes a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from hs.errors import invalid_param, not_found
@@ -30,16 +32,17 @@ THREAD, REPLACE, REFERENCE = "m.thread", "m.replace", "m.reference"
 END = 2 ** 62
 
 
-def decode_position(token: str) -> int:
-    """A stream position from a relations token, a /messages token or a /sync token."""
+def decode_position(token: str, room_position: Callable[[StreamToken], int]) -> int:
+    """A stream position from a relations token, a /messages token or a /sync token (at the room's
+    position in it: `room_position`, its writer's)."""
     try:
-        if token.startswith("r") and token[1:].isdigit() and len(token) < 20:
+        if token.startswith("r") and token[1:].isascii() and token[1:].isdigit() and len(token) < 20:
             return int(token[1:])
         if token.startswith("t"):
             return TopologicalToken.decode(token).stream + 1
-        return StreamToken.decode(token).get("events") + 1
+        return room_position(StreamToken.decode(token)) + 1
     except (InvalidToken, ValueError):
-        raise invalid_param(f"Invalid pagination token {token!r}") from None
+        raise invalid_param(f"Invalid pagination token {token[:100]!r}") from None
 
 
 class RelationsService:
@@ -58,8 +61,9 @@ class RelationsService:
                 user_id, parent, access.membership):
             raise not_found("Event not found")
         limit = min(max(limit, 1), MAX_LIMIT)
-        start = decode_position(from_token) if from_token else None
-        stop = decode_position(to_token) if to_token else None
+        room_position = partial(self.hs.events_stream.room_position, room_id=room_id)
+        start = decode_position(from_token, room_position) if from_token else None
+        stop = decode_position(to_token, room_position) if to_token else None
         args: list[Any] = [parent_id, room_id]
         where = ["relates_to_id = $1", "room_id = $2"]
         if rel_type is not None:
@@ -108,7 +112,8 @@ class RelationsService:
         user_id = requester.user_id
         access = await self.hs.rooms.check_read_access(user_id, room_id)
         limit = min(max(limit, 1), MAX_LIMIT)
-        before = decode_position(from_token) if from_token else END
+        room_position = partial(self.hs.events_stream.room_position, room_id=room_id)
+        before = decode_position(from_token, room_position) if from_token else END
         args: list[Any] = [room_id, before]
         having = ["MAX(r.stream_ordering) < $2"]
         if participated_only:  # wrote the root or a reply

@@ -738,7 +738,7 @@ class RoomService:
                 t = TopologicalToken.decode(token)
                 return (t.depth, t.stream)
             if token.startswith("s"):
-                pos = StreamToken.decode(token).get("events")
+                pos = self.hs.events_stream.room_position(StreamToken.decode(token), room_id)
                 row = await self.hs.db.fetchrow(
                     "SELECT depth FROM events WHERE room_id = $1 AND stream_ordering <= $2"
                     " ORDER BY stream_ordering DESC LIMIT 1", room_id, pos)

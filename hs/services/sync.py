@@ -4,7 +4,9 @@ Consistency rule: a response covers exactly the events stream range (since, next
 `next_batch` is the notifier's position taken *before* anything is read. Everything at or below that
 position is persisted and visible (hs/streams/base.py), so a chain of syncs sees every event once:
 never skipped, never repeated. Every query is bounded above by that position, including the user's
-memberships, which are rewound when they changed after it.
+memberships, which are rewound when they changed after it. With several event persisters the
+position is one per writer, and each room's range is its own writer's (`EventsStream.room_position`):
+a persister that is down holds back its rooms only.
 
 Per room the response holds (client-server spec, "Syncing"):
 
@@ -87,6 +89,7 @@ class SyncService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.store = hs.event_store
+        self.events_stream = hs.events_stream
         # Filters are immutable once stored, so they are parsed once.
         self._filters: LruCache[tuple[str, int], Filter] = LruCache(10000)
         self._inline_filters: LruCache[str, Filter] = LruCache(1000)
@@ -158,21 +161,20 @@ class SyncService:
             await notifier.wait(config.user_id, joined, remaining)
 
     async def _sync_once(self, config: SyncConfig, now: StreamToken) -> tuple[dict[str, Any], bool, list[str]]:
-        upto = now.get("events")
         since = config.since
         next_token = now if since is None else since.max(now)
         rooms: dict[str, dict[str, Any]] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
         kind = "initial" if since is None else "incremental"
         with SYNC_COMPUTE.labels(kind).time():
             if since is None:
-                plans, invites, knocks, joined = await self._initial_plans(config, upto)
+                plans, invites, knocks, joined = await self._initial_plans(config, now)
             else:
-                after = min(since.get("events"), upto)
-                if after >= upto and not config.full_state:
+                after = since.min(now)
+                if not now.stream_is_after(after, "events") and not config.full_state:
                     # Fast path: nothing was persisted since the token.
                     joined = list(await self.store.get_rooms_for_user(config.user_id, ("join",)))
                     return self._body(next_token, rooms), False, joined
-                plans, invites, knocks, joined = await self._incremental_plans(config, after, upto)
+                plans, invites, knocks, joined = await self._incremental_plans(config, after, now)
             for plan in plans:
                 entry = await self._room_entry(config, plan, next_token)
                 if entry is not None:
@@ -292,12 +294,14 @@ class SyncService:
         return await self.store.get_event(known)
 
     # -- planning ------------------------------------------------------------------------------------------
-    async def _initial_plans(self, config: SyncConfig, upto: int,
+    async def _initial_plans(self, config: SyncConfig, now: StreamToken,
                              ) -> tuple[list[_RoomPlan], list[tuple[str, str]], list[tuple[str, str]], list[str]]:
         user_id = config.user_id
+        room_position = self.events_stream.room_position
         current = await self.store.get_rooms_for_user(user_id, ALL_MEMBERSHIPS)
         memberships: dict[str, tuple[str, str | None]] = {r: (m, None) for r, m in current.items()}
-        later = await self.store.get_membership_changes(user_id, upto, END_OF_STREAM)
+        later = [r for r in await self.store.get_membership_changes(user_id, now.get("events"), END_OF_STREAM)
+                 if r["stream_ordering"] > room_position(now, r["room_id"])]
         if later:
             await self._rewind(user_id, memberships, later)
         plans: list[_RoomPlan] = []
@@ -308,7 +312,7 @@ class SyncService:
             if not config.filter.room_allowed(room_id):
                 continue
             if membership == "join":
-                plans.append(_RoomPlan(room_id, "join", 0, upto, True, "join"))
+                plans.append(_RoomPlan(room_id, "join", 0, room_position(now, room_id), True, "join"))
             elif membership in ("invite", "knock"):
                 ev = await self._membership_event(room_id, user_id, event_id)
                 if ev is not None:
@@ -325,21 +329,24 @@ class SyncService:
                                        with_state=was_joined))
         return plans, invites, knocks, joined
 
-    async def _incremental_plans(self, config: SyncConfig, after: int, upto: int,
+    async def _incremental_plans(self, config: SyncConfig, after_token: StreamToken, upto_token: StreamToken,
                                  ) -> tuple[list[_RoomPlan], list[tuple[str, str]], list[tuple[str, str]], list[str]]:
         user_id = config.user_id
+        room_position = self.events_stream.room_position
+        lowest = after_token.get("events")
         # Current memberships first, then the changes: any change the first read reflects is then in
         # the second, so rewinding the ones after `upto` is exact.
         cached = self.store.cached_rooms_for_user(user_id, ("join",))
-        if cached is not None and not self.store.user_membership_changed_after(user_id, after):
+        if cached is not None and not self.store.user_membership_changed_after(user_id, lowest):
             # The common case: no membership change of this user since the token.
             current, rows = cached, []
         else:
             current = await self.store.get_rooms_for_user(user_id, ("join",))
-            rows = await self.store.get_membership_changes(user_id, after, END_OF_STREAM)
+            rows = [r for r in await self.store.get_membership_changes(user_id, lowest, END_OF_STREAM)
+                    if r["stream_ordering"] > room_position(after_token, r["room_id"])]
         memberships: dict[str, tuple[str, str | None]] = {r: (m, None) for r, m in current.items()}
-        in_range = [r for r in rows if r["stream_ordering"] <= upto]
-        later = [r for r in rows if r["stream_ordering"] > upto]
+        in_range = [r for r in rows if r["stream_ordering"] <= room_position(upto_token, r["room_id"])]
+        later = [r for r in rows if r["stream_ordering"] > room_position(upto_token, r["room_id"])]
         if later:
             await self._rewind(user_id, memberships, later)
         joined = [r for r, (m, _) in memberships.items() if m == "join"]
@@ -378,19 +385,24 @@ class SyncService:
                 joined_at_since = prior is not None and prior[0] == "join"
                 joined_in_range = any(c["membership"] == "join" for c in changes)
                 plans.append(_RoomPlan(
-                    room_id, "leave", after, int(last["stream_ordering"]),
+                    room_id, "leave", room_position(after_token, room_id), int(last["stream_ordering"]),
                     full_state=config.full_state or (joined_in_range and not joined_at_since),
                     membership=membership, with_state=joined_at_since or joined_in_range))
 
         for room_id in sorted(newly_joined):
-            plans.append(_RoomPlan(room_id, "join", 0, upto, True, "join"))
+            plans.append(_RoomPlan(room_id, "join", 0, room_position(upto_token, room_id), True, "join"))
         candidates = [r for r in joined if r not in newly_joined and config.filter.room_allowed(r)]
+        changed: set[str] = set()
         if config.full_state:
-            changed: Iterable[str] = candidates
+            changed.update(candidates)
         else:
-            changed = await self.store.get_rooms_with_events_between(candidates, after, upto)
+            for writer, rooms in self.events_stream.rooms_by_writer(candidates).items():
+                changed |= await self.store.get_rooms_with_events_between(
+                    rooms, after_token.writer_position("events", writer),
+                    upto_token.writer_position("events", writer))
         for room_id in sorted(changed):
-            plans.append(_RoomPlan(room_id, "join", after, upto, config.full_state, "join"))
+            plans.append(_RoomPlan(room_id, "join", room_position(after_token, room_id),
+                                   room_position(upto_token, room_id), config.full_state, "join"))
         return plans, invites, knocks, joined
 
     # -- one room ------------------------------------------------------------------------------------------

@@ -35,15 +35,21 @@ class Stream:
         self.hs = hs
         self.writers = list(writers)
         self.positions: dict[str, int] = dict.fromkeys(self.writers, 0)
-        # (position, users, rooms) notifications held back until the minimum reaches them.
-        self._pending: list[tuple[int, frozenset[str], frozenset[str], bool]] = []
+        # (position, writer, users, rooms, everyone): notifications held back until their writer's
+        # position reaches them (the rows they are about are then readable here).
+        self._pending: list[tuple[int, str, frozenset[str], frozenset[str], bool]] = []
 
     @property
     def is_writer(self) -> bool:
         return self.hs.instance_name in self.writers
 
     def current_position(self) -> int:
+        """The minimum over writers: every row at or below it is persisted, whoever wrote it."""
         return min(self.positions.values()) if self.positions else 0
+
+    def writer_position(self, writer: str) -> int:
+        """How far this process has seen `writer`'s own rows persisted."""
+        return self.positions.get(writer, self.current_position())
 
     def set_initial_positions(self, positions: dict[str, int]) -> None:
         for writer in self.writers:
@@ -65,27 +71,33 @@ class Stream:
             self.positions[writer] = position
             STREAM_POSITION.labels(self.NAME, writer).set(position)
         if users or rooms or everyone:
-            self._pending.append((notify_at if notify_at is not None else position, users, rooms, everyone))
+            self._pending.append((notify_at if notify_at is not None else position, writer, users, rooms,
+                                  everyone))
         self._update_notifier()
 
     def _update_notifier(self) -> None:
         current = self.current_position()
         notifier = self.hs.notifier
+        writers = self.positions if len(self.positions) > 1 else None
         if not self._pending:
-            notifier.advance(self.NAME, current)
+            notifier.advance(self.NAME, current, writers)
             return
-        ready = [p for p in self._pending if p[0] <= current]
-        self._pending = [p for p in self._pending if p[0] > current]
+        ready = [p for p in self._pending if p[0] <= self.positions.get(p[1], current)]
+        if len(ready) < len(self._pending):
+            self._pending = [p for p in self._pending if p[0] > self.positions.get(p[1], current)]
+        else:
+            self._pending = []
         if not ready:
-            notifier.advance(self.NAME, current)
+            notifier.advance(self.NAME, current, writers)
+            return
         users: set[str] = set()
         rooms: set[str] = set()
         everyone = False
-        for _pos, u, r, e in ready:
+        for _pos, _writer, u, r, e in ready:
             users |= u
             rooms |= r
             everyone = everyone or e
-        notifier.notify(self.NAME, current, users=users, rooms=rooms, everyone=everyone)
+        notifier.notify(self.NAME, current, users=users, rooms=rooms, everyone=everyone, writers=writers)
 
     def not_writer(self) -> Exception:
         """A write reached a process that does not own this stream. Client requests are forwarded to

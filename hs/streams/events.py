@@ -1,20 +1,32 @@
 """The events stream: room events, sharded by room over the writers in `stream_writers.events`.
 
 Positions come from one shared source (a PostgreSQL sequence), so they order events across writers.
-With several writers each records its persisted-up-to position in `stream_positions`; a writer with
-nothing in flight claims the sequence so far whenever another writer moves on, so the minimum over
-writers — what readers serve — follows the busiest writer closely.
+With several writers each records its persisted-up-to position in `stream_positions` and readers keep
+one position per writer: a room's events are served up to *its* writer's position (sync tokens carry
+per-writer positions, hs/streams/tokens.py), so a writer that is down or slow holds back only its own
+rooms. A writer with nothing in flight claims the sequence so far whenever another writer moves on,
+every `IDLE_ADVANCE_SECONDS`, and after every replication reconnect, so the minimum over writers (what
+tokens compact to, and what room-independent readers such as pushers follow) keeps up with the busiest
+live writer without anybody having to wait for a message that was lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from hs.streams.base import Stream, stable_shard
 from hs.streams.positions import PositionTracker, make_position_source
+from hs.streams.tokens import StreamToken
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+# How often an idle writer claims the shared sequence on its own (besides when another writer publishes).
+IDLE_ADVANCE_SECONDS = 0.5
 
 _UPSERT_POSITION = (
     "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $1, $2)"
@@ -29,6 +41,7 @@ class EventsStream(Stream):
     def __init__(self, hs: HomeServer) -> None:
         super().__init__(hs, hs.config.stream_writers.events)
         self.tracker: PositionTracker | None = None
+        self._idle_task: asyncio.Task[None] | None = None
 
     async def setup(self) -> None:
         source = await make_position_source(self.hs.db, "events_stream", "events", "stream_ordering",
@@ -45,6 +58,23 @@ class EventsStream(Stream):
             # announced: `gap` tells readers their in-memory view of recent rooms and memberships
             # below this position is incomplete, so they read the database for it instead.
             await self.publish(self.tracker.persisted_upto, gap=True)
+            if len(self.writers) > 1:
+                self._idle_task = asyncio.get_running_loop().create_task(self._advance_periodically())
+
+    def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            self._idle_task = None
+
+    async def _advance_periodically(self) -> None:
+        """Heal by itself: an announcement another writer made while this one could not hear it (a
+        Redis reconnect) must not leave this writer's position, and so the minimum, behind."""
+        while True:
+            await asyncio.sleep(IDLE_ADVANCE_SECONDS)
+            try:
+                await self.advance_if_idle()
+            except Exception as e:  # the database is briefly unreachable: try again next round
+                logger.warning("events stream: idle advance failed (%s)", e)
 
     async def stored_positions(self) -> dict[str, int]:
         """Each writer's durably recorded persisted-up-to position."""
@@ -61,14 +91,26 @@ class EventsStream(Stream):
         for writer, position in (await self.stored_positions()).items():
             if writer in self.positions:
                 self.on_position(writer, position, everyone=True)
+        if self.tracker is not None:
+            # Re-announce: readers that missed our last message while Redis was away hear it now.
+            if not await self.advance_if_idle():
+                await self.publish(self.tracker.persisted_upto)
 
     async def on_other_writer(self, writer: str) -> None:
         """Another writer moved on: if idle, claim the shared sequence so far and publish it."""
-        if self.tracker is None or writer == self.hs.instance_name or len(self.writers) < 2:
+        if writer == self.hs.instance_name:
             return
-        if await self.tracker.advance_idle():
-            position = await self._record_own_position()
-            await self.publish(position)
+        await self.advance_if_idle()
+
+    async def advance_if_idle(self) -> bool:
+        """With nothing in flight, claim the shared sequence so far, record and publish it."""
+        if self.tracker is None or len(self.writers) < 2:
+            return False
+        if not await self.tracker.advance_idle():
+            return False
+        position = await self._record_own_position()
+        await self.publish(position)
+        return True
 
     async def _record_own_position(self) -> int:
         assert self.tracker is not None
@@ -78,7 +120,33 @@ class EventsStream(Stream):
         return position
 
     def writer_for_room(self, room_id: str) -> str:
+        if len(self.writers) == 1:
+            return self.writers[0]
         return self.writers[stable_shard(room_id, len(self.writers))]
 
     def is_writer_for_room(self, room_id: str) -> bool:
         return self.writer_for_room(room_id) == self.hs.instance_name
+
+    # -- per-room views of a token ------------------------------------------------------------------------
+    def room_position(self, token: StreamToken, room_id: str) -> int:
+        """The position `token` stands at for one room: its writer's (all the room's events are)."""
+        if len(self.writers) == 1:
+            return token.get(self.NAME)
+        return token.writer_position(self.NAME, self.writer_for_room(room_id))
+
+    def in_range(self, room_id: str, position: int, after: StreamToken, upto: StreamToken) -> bool:
+        """Whether an event of `room_id` at `position` lies in the token range (after, upto]."""
+        return self.room_position(after, room_id) < position <= self.room_position(upto, room_id)
+
+    def rooms_by_writer(self, room_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The rooms grouped by their writer, for range queries asked once per writer."""
+        out: dict[str, list[str]] = {}
+        for room_id in room_ids:
+            out.setdefault(self.writer_for_room(room_id), []).append(room_id)
+        return out
+
+    @staticmethod
+    def bounds(after: StreamToken, upto: StreamToken) -> tuple[int, int]:
+        """(low, high) covering every room's range (after, upto]: rows read between them are then
+        filtered with `in_range`."""
+        return after.get("events"), upto.maximum("events")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import Gauge
 
@@ -44,35 +44,56 @@ class Notifier:
         # The highest positions this process has applied per stream; a waiter whose token is behind
         # returns at once.
         self.current = StreamToken({})
-        self._position_waiters: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._position_waiters: list[tuple[str, str | None, int, asyncio.Future[None]]] = []
 
-    def advance(self, stream: str, position: int) -> None:
-        if position > self.current.get(stream):
+    def advance(self, stream: str, position: int, writers: Mapping[str, int] | None = None) -> None:
+        """`stream` has reached `position` (its minimum over writers) and, for a multi-writer stream,
+        each writer the position in `writers` (instance name -> position; never lower than before)."""
+        if writers is not None and len(writers) > 1:
+            updated = self.current.with_writer_positions(stream, writers)
+            if not updated.stream_is_after(self.current, stream):
+                return
+            self.current = updated
+        elif position > self.current.get(stream):
             self.current = self.current.with_position(stream, position)
-            if self._position_waiters:
-                still = []
-                for name, pos, fut in self._position_waiters:
-                    if name == stream and pos <= position:
-                        if not fut.done():
-                            fut.set_result(None)
-                    elif not fut.done():
-                        still.append((name, pos, fut))
-                self._position_waiters = still
-
-    async def wait_for_position(self, stream: str, position: int, timeout: float) -> None:
-        """Return once this process has applied `stream` up to `position` (or after `timeout`)."""
-        if self.current.get(stream) >= position:
+        else:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._position_waiters.append((stream, position, fut))
+        if self._position_waiters:
+            still = []
+            for name, writer, pos, fut in self._position_waiters:
+                if fut.done():
+                    continue
+                if name == stream and self._reached(stream, writer, pos):
+                    fut.set_result(None)
+                else:
+                    still.append((name, writer, pos, fut))
+            self._position_waiters = still
+
+    def _reached(self, stream: str, writer: str | None, position: int) -> bool:
+        if writer is None:
+            return self.current.get(stream) >= position
+        return self.current.writer_position(stream, writer) >= position
+
+    async def wait_for_position(self, stream: str, position: int, timeout: float,
+                                writer: str | None = None) -> bool:
+        """Return once this process has applied `stream` up to `position` — `writer`'s position when
+        one is named (its rows only), else the minimum over writers. False after `timeout`."""
+        if self._reached(stream, writer, position):
+            return True
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._position_waiters.append((stream, writer, position, fut))
+        # A timer rather than asyncio.wait_for, which on Python 3.11 can swallow a cancellation.
+        timer = loop.call_later(timeout, _resolve, fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
+            await fut
+        finally:
+            timer.cancel()
+        return self._reached(stream, writer, position)
 
     def notify(self, stream: str, position: int, users: Iterable[str] = (), rooms: Iterable[str] = (),
-               everyone: bool = False) -> None:
-        self.advance(stream, position)
+               everyone: bool = False, writers: Mapping[str, int] | None = None) -> None:
+        self.advance(stream, position, writers)
         if everyone:
             for listener in list(self._all):
                 listener.wake()
@@ -125,3 +146,8 @@ class Notifier:
             bucket.discard(listener)
             if not bucket:
                 del index[key]
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -105,3 +105,96 @@ async def test_idle_claim_waits_for_an_allocation_in_progress() -> None:
     committed.set()
     await writer
     assert tracker.persisted_upto == 1
+
+
+# -- per-writer positions ---------------------------------------------------------------------------------
+def test_multi_writer_token_round_trips_and_compacts() -> None:
+    tok = StreamToken({"typing": 3}).with_writer_positions("events", {"ep1": 10, "ep2": 17})
+    assert tok.get("events") == 10
+    assert tok.writer_position("events", "ep1") == 10
+    assert tok.writer_position("events", "ep2") == 17
+    assert tok.writer_position("events", "a writer the token does not name") == 10
+    text = tok.encode()
+    assert text.startswith("sm10~") and "_" not in text.split("_")[0][1:]
+    back = StreamToken.decode(text)
+    assert back == tok
+    assert back.get("typing") == 3
+    # Writers that agree compact to the plain number, as tokens from before per-writer positions.
+    same = StreamToken({}).with_writer_positions("events", {"ep1": 20, "ep2": 20})
+    assert same.encode().startswith("s20_")
+    # An old plain token: every writer at its number.
+    old = StreamToken.decode("s15_0_0")
+    assert old.writer_position("events", "ep1") == old.writer_position("events", "ep2") == 15
+
+
+def test_multi_writer_token_max_min_and_ordering() -> None:
+    a = StreamToken({}).with_writer_positions("events", {"ep1": 10, "ep2": 30})
+    b = StreamToken({}).with_writer_positions("events", {"ep1": 20, "ep2": 25})
+    top = a.max(b)
+    assert (top.writer_position("events", "ep1"), top.writer_position("events", "ep2")) == (20, 30)
+    assert top.get("events") == 20
+    low = a.min(b)
+    assert (low.writer_position("events", "ep1"), low.writer_position("events", "ep2")) == (10, 25)
+    assert a.is_after(b) and b.is_after(a)  # each is ahead for one writer
+    assert top.is_after(a) and not a.is_after(top)
+    assert not top.is_after(top) and not top.stream_is_after(top, "events")
+    assert top.maximum("events") == 30
+
+
+def test_stream_token_refuses_what_it_never_wrote() -> None:
+    for bad in ("sm5", "sm5~", "sm5~ab", "sm5~ab.x", "sm5~a-b.7", "s²", "s1_²", "s" + "9" * 20,
+                "s9223372036854775808", "sm1~" + "~".join(f"k{i}.2" for i in range(65)), "s1" + "_1" * 9,
+                "t1-²", "s" + "1" * 5000):
+        with pytest.raises(InvalidToken):
+            StreamToken.decode(bad)
+    for bad in ("t1", "t-1-5", "t1-99999999999999999999", "t²-1"):
+        with pytest.raises(InvalidToken):
+            TopologicalToken.decode(bad)
+
+
+def test_a_writers_notifications_wait_for_that_writer_only() -> None:
+    """With two event writers, rows of a writer that is ahead are announced as soon as that writer's
+    position covers them, whatever the other writer's position (it may be down)."""
+    from types import SimpleNamespace
+
+    from hs.streams.base import Stream
+    from hs.streams.notifier import Notifier
+
+    class Events(Stream):
+        NAME = "events"
+
+    notifier = Notifier()
+    woken: list[tuple[set[str], int]] = []
+    real_notify = notifier.notify
+
+    def notify(stream: str, position: int, users=(), rooms=(), everyone=False, writers=None):  # type: ignore[no-untyped-def]
+        woken.append((set(rooms), notifier.current.writer_position("events", "ep1") if writers else -1))
+        real_notify(stream, position, users, rooms, everyone, writers)
+
+    notifier.notify = notify  # type: ignore[method-assign]
+    stream = Events(SimpleNamespace(notifier=notifier), ["ep1", "ep2"])  # type: ignore[arg-type]
+    stream.set_initial_positions({"ep1": 5, "ep2": 5})
+    # ep1 commits 8 while 7 is in flight: held back until ep1's own position reaches 8.
+    stream.on_position("ep1", 6, rooms=frozenset({"!a"}), notify_at=8)
+    assert woken == []
+    stream.on_position("ep1", 8)
+    assert woken and woken[-1][0] == {"!a"}
+    # ep2 never moves (it is down): ep1's rows are still announced, and the token says so per writer.
+    stream.on_position("ep1", 12, rooms=frozenset({"!b"}), notify_at=12)
+    assert woken[-1][0] == {"!b"}
+    assert notifier.current.writer_position("events", "ep1") == 12
+    assert notifier.current.writer_position("events", "ep2") == 5
+    assert notifier.current.get("events") == 5
+
+
+async def test_waiting_for_one_writers_position() -> None:
+    from hs.streams.notifier import Notifier
+
+    notifier = Notifier()
+    notifier.advance("events", 5, {"ep1": 5, "ep2": 5})
+    waiter = asyncio.create_task(notifier.wait_for_position("events", 9, 5.0, writer="ep1"))
+    await asyncio.sleep(0)
+    notifier.advance("events", 5, {"ep1": 9, "ep2": 5})
+    assert await asyncio.wait_for(waiter, 1.0) is True
+    # The minimum has not reached 9: a wait for it times out and says so.
+    assert await notifier.wait_for_position("events", 9, 0.05) is False
