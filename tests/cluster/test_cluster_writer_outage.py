@@ -16,6 +16,7 @@ import pytest
 
 from hs.localcluster import LocalCluster
 from hs.streams.base import stable_shard
+from tests.cluster.conftest import instance_url
 from tests.harness import Client
 
 pytestmark = pytest.mark.timeout(600)
@@ -121,6 +122,44 @@ async def _check_exactly_once(cluster: LocalCluster, traffic: Traffic) -> None:
     assert sorted(await _stored_messages(cluster, traffic.room)) == sorted(acked)
 
 
+async def _alternate_sync_workers(cluster: LocalCluster, user: Client, room: str, seconds: float) -> list[str]:
+    """/sync for `user`, alternating between the two sync workers with each other's tokens, for
+    `seconds`: returns the tokens handed out, and checks every message of `room` arrives once."""
+    readers = [Client(instance_url(cluster, "sync1")), Client(instance_url(cluster, "sync2"))]
+    for r in readers:
+        r.token, r.user_id = user.token, user.user_id
+    tokens: list[str] = []
+    seen: list[str] = []
+    try:
+        since = (await readers[0].sync())["next_batch"]
+        before = set(await _stored_messages(cluster, room))
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            body = await readers[i % 2].sync(since, timeout=500)
+            i += 1
+            since = body["next_batch"]
+            tokens.append(since)
+            seen += [e["event_id"] for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+                     if e["type"] == "m.room.message"]
+        # Everything stored by now arrives (a send in flight may land just after the read).
+        stored = set(await _stored_messages(cluster, room)) - before
+        for _ in range(20):
+            if stored <= set(seen):
+                break
+            body = await readers[i % 2].sync(since, timeout=500)
+            i += 1
+            since = body["next_batch"]
+            seen += [e["event_id"] for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+                     if e["type"] == "m.room.message"]
+        assert len(seen) == len(set(seen)), "a token from one sync worker repeated an event on the other"
+        assert stored <= set(seen), "a token from one sync worker skipped an event on the other"
+    finally:
+        for r in readers:
+            await r.close()
+    return tokens
+
+
 async def test_rooms_of_a_live_persister_keep_going_while_the_other_is_down(cluster: LocalCluster) -> None:
     survivor, victim = cluster.config.stream_writers.events
     owner = await _user(cluster.base_url, "owner")
@@ -139,7 +178,11 @@ async def test_rooms_of_a_live_persister_keep_going_while_the_other_is_down(clus
 
         await asyncio.to_thread(cluster.kill_instance, victim)
         down_at = time.monotonic()
-        await asyncio.sleep(OUTAGE_SECONDS)
+        await asyncio.sleep(2.0)
+        # Tokens stay exact across sync workers while the writers' positions differ.
+        tokens = await _alternate_sync_workers(cluster, owner, live_room, 10.0)
+        assert any(t.startswith("sm") for t in tokens), "no token carried per-writer positions"
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
         # The down persister's room answers quickly (an error, not a hang) while it is down.
         t0 = time.monotonic()
         status, _ = await owner.request("PUT", f"/rooms/{down_room}/send/m.room.message/{uuid.uuid4().hex}",
