@@ -52,15 +52,19 @@ class FailingConnection(Connection):
 
 
 @contextmanager
-def failing_transaction(monkeypatch: pytest.MonkeyPatch, db: Database, name: str, fail_at: int) -> Iterator[list[int]]:
-    """While active, the `fail_at`-th statement of every `name` transaction fails; yields the number of
-    statements the last such transaction ran (so a test knows when `fail_at` is past the end)."""
+def failing_transaction(monkeypatch: pytest.MonkeyPatch, db: Database, name: str, fail_at: int,
+                        first_only: bool = False) -> Iterator[list[int]]:
+    """While active, the `fail_at`-th statement of every `name` transaction (or of the first one only)
+    fails; yields the number of statements the last such transaction ran (so a test knows when
+    `fail_at` is past the end)."""
     counter = [0]
+    seen = [0]
     original = db.run_transaction
 
     async def run_transaction(txn_name: str, fn: Callable[[Connection], Awaitable[Any]]) -> Any:
-        if txn_name != name:
+        if txn_name != name or (first_only and seen[0] > 0):
             return await original(txn_name, fn)
+        seen[0] += 1
         counter[0] = 0
 
         async def wrapped(c: Connection) -> Any:
