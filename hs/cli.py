@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import signal
 import sys
 from pathlib import Path
 
@@ -196,17 +195,33 @@ def _routes(args: argparse.Namespace) -> int:
 
 
 def _local_cluster(args: argparse.Namespace) -> int:
-    from hs.localcluster import LocalCluster
+    import signal
+    import time
+
+    from hs.localcluster import CONSOLE_HELP, LocalCluster, serve_console
 
     cluster = LocalCluster(args.config, proxy_port=args.listen, log_dir=args.log_dir)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    cluster.start()
-    print(f"cluster of {len(cluster.instances)} instance(s) behind nginx at {cluster.base_url};"
-          f" logs in {cluster.log_dir}; Ctrl-C stops it", flush=True)
+    # SIGTERM while starting acts like Ctrl-C: what has started is stopped. (Handlers, unlike a blocked
+    # mask or SIG_IGN, are not inherited by the instances.)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        cluster.start()
+    except KeyboardInterrupt:
+        print("stopped while starting", file=sys.stderr)
+        return 1
+    reason = "error"
+    try:
+        print(f"cluster of {len(cluster.instances)} instance(s) behind nginx at {cluster.base_url};"
+              f" logs in {cluster.log_dir}", flush=True)
+        print(CONSOLE_HELP, flush=True)
+        reason = serve_console(cluster, sys.stdin.fileno() if sys.stdin is not None else None, sys.stdout)
     finally:
+        began = time.monotonic()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
         cluster.stop()
+        killed = f"; killed (no clean stop): {', '.join(cluster.killed)}" if cluster.killed else ""
+        print(f"stopped ({reason}) in {time.monotonic() - began:.2f}s{killed}", flush=True)
     return 0
 
 
