@@ -23,7 +23,7 @@ from hs.db.stores.event_batch import (
     persist_plain_events,
     persist_rest,
 )
-from hs.db.stores.push import PushRow, SummaryRow
+from hs.db.stores.push import PushRow, SummaryRow, local_joins
 from hs.db.stores.rooms import AliasTaken, NewRoom, RoomIdTaken
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
@@ -320,6 +320,7 @@ class EventSender:
         tracker = stream.tracker
         push_store = self.hs.push_rules_stream.store
         rest: tuple[list[PlainRow], list[PushRow]] | None = None  # to store once the events are out
+        joins: list[str] = []  # local users joining: their unread counts are recounted
         async with tracker.allocate_many(len(batch)) as positions:
             for p, pos in zip(batch, positions, strict=True):
                 p.event.internal["stream_ordering"] = pos
@@ -344,12 +345,15 @@ class EventSender:
                 # theirs, and a redaction recounts from their notifications.
                 await push_store.pending.settled(room_id)
                 push_rows = await self._push_rows(events)
+                joins = local_joins(events, self.hs.server_name)
                 async with push_store.count_locks.lock(room_id):
                     counts = await self.hs.db.run_transaction("persist_events", self._batch_writer(
-                        room_id, batch, positions, push_rows, redacted, own_position))
+                        room_id, batch, positions, push_rows, redacted, own_position, joins))
             if redacted:  # recounted in the transaction
                 push_store.unread.invalidate_room(room_id)
             push_store.unread.set_counts(room_id, [(u, t, n, h) for _, u, t, n, h in counts])
+            for user_id in joins:  # recounted in the transaction
+                push_store.unread.invalidate(user_id, room_id)
             for p in batch:
                 if p.txn is not None:
                     self.store.txn_ids.add(p.txn[0], p.txn[1], room_id, p.txn[2], p.event.event_id)
@@ -488,7 +492,8 @@ class EventSender:
             await asyncio.gather(*self._rests.values(), return_exceptions=True)
 
     def _batch_writer(self, room_id: str, batch: list[_Pending], positions: list[int], push_rows: list[PushRow],
-                      redacted: list[str], own_position: int | None) -> Callable[[Any], Awaitable[list[SummaryRow]]]:
+                      redacted: list[str], own_position: int | None, joins: list[str],
+                      ) -> Callable[[Any], Awaitable[list[SummaryRow]]]:
         """The general persist transaction: state groups, current state, memberships, redactions."""
         async def write(c: Any) -> list[SummaryRow]:
             if batch[0].new_room is not None:  # a new room's first batch: its rows too
@@ -502,7 +507,8 @@ class EventSender:
                                                        {ev.state_tuple: ev.event_id}, p.full_after)
                 await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
             await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
-            counts = await self.hs.push_rules_stream.store.write_push_actions(c, push_rows, redacted)
+            counts = await self.hs.push_rules_stream.store.write_push_actions(
+                c, push_rows, redacted, [(user_id, room_id) for user_id in joins])
             if own_position is not None:
                 await c.execute(_UPSERT_POSITION, self.hs.instance_name, own_position)
             return counts

@@ -329,8 +329,17 @@ async def test_invites_and_redactions(server: TestHomeServer) -> None:
     dave = await user(server, "dave")
     other = await alice.create_room()
     await ok(alice, "POST", f"/rooms/{other}/invite", {"user_id": dave.user_id})
-    # The invite notified Dave (counts show once he joins and has not read it).
+    # The invite notified Dave, but without a read receipt his join is where he has read up to (as in
+    # Synapse): the room starts at 0, and counts what comes after.
     await ok(dave, "POST", f"/rooms/{other}/join", {})
+    assert counts(await dave.sync(), other) == (0, 0)
+    notified = await ok(dave, "GET", "/notifications")
+    assert [n["event"]["type"] for n in notified["notifications"]] == ["m.room.member"]
+    first = await alice.send_message(other, "hello there")
+    assert counts(await dave.sync(), other) == (1, 0)
+    # A recount (here after a redaction) keeps to the same rule.
+    await alice.send_message(other, "and again")
+    await ok(alice, "PUT", f"/rooms/{other}/redact/{first}/x0", {})
     assert counts(await dave.sync(), other) == (1, 0)
 
     mention = await alice.send_message(room, "Bobby!")

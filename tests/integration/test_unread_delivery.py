@@ -20,9 +20,8 @@ EXPECTED = [(1, 0), (2, 0), (3, 1)]
 async def a_direct_chat_between(alice: Client, bob: Client) -> str:
     room = await alice.create_room(preset="trusted_private_chat", is_direct=True, invite=[bob.user_id])
     await ok(bob, "POST", f"/join/{room}")
-    # Bob has read everything so far (the invite notified him).
-    joined = (await bob.sync())["rooms"]["join"][room]["timeline"]["events"][-1]["event_id"]
-    await ok(bob, "POST", f"/rooms/{room}/receipt/m.read/{joined}", {})
+    # No read receipt: the invite notified Bob, but his join is where he has read up to (Synapse's
+    # rule), so his counts start at 0.
     return room
 
 

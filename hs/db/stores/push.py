@@ -5,7 +5,10 @@ transaction. Each event that notified someone has one `event_notifications` row 
 notified (and highlighted); each user's unread counts per room and thread are kept in
 `event_push_summary`, incremented as events are persisted and recounted from the notifications after
 the user's read receipts (the later of m.read and m.read.private; an unthreaded receipt covers every
-thread, a threaded one its thread) when a receipt or a redaction changes them.
+thread, a threaded one its thread) when a receipt or a redaction changes them. A user without an
+unthreaded receipt has read up to their current membership event, as in Synapse: joining a room (a
+DM one was invited to) starts its counts at 0, though the invite notified them (their summary is
+recounted as the join is persisted).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from hs.db.pool import Connection, Database
 from hs.db.stores.unread_cache import UnreadCountsCache
+from hs.events.event import Event
 from hs.util import KeyedLocks, json_dumps, json_loads
 
 JsonDict = dict[str, Any]
@@ -173,19 +177,21 @@ class PushStore:
 
     # -- notifications -------------------------------------------------------------------------------
     async def write_push_actions(self, c: Connection, rows: Sequence[PushRow], redacted: Sequence[str] = (),
-                                 ) -> list[SummaryRow]:
+                                 joined: Sequence[tuple[str, str]] = ()) -> list[SummaryRow]:
         """Inside the events' transaction: rows (user_id, room_id, stream_ordering, thread_id, event_id,
         highlight) become one notification row per event and increments of each user's unread summary
         (except for what the user's read receipt already covers); redacted events' notifications are
-        dropped and their users recounted. Returns the incremented summary rows' new values, for
-        `UnreadCountsCache.set_counts` once the transaction commits."""
+        dropped and their users recounted, and so are the (user, room) pairs that just `joined` (their
+        join is where they read from, see `recompute_push_summary`: the caller drops their cached
+        counts). Returns the incremented summary rows' new values, for `UnreadCountsCache.set_counts`
+        once the transaction commits."""
         updated: list[SummaryRow] = []
         if rows:
             await c.executemany(
                 "INSERT INTO event_notifications (room_id, stream_ordering, event_id, thread_id, notify_users,"
                 " highlight_users) VALUES ($1, $2, $3, $4, $5, $6)", notification_rows(rows))
             updated = await self._increment_summary(c, rows)
-        affected: set[tuple[str, str]] = set()
+        affected: set[tuple[str, str]] = set(joined)
         for event_id in redacted:
             for r in await c.fetch(
                     "SELECT n.room_id, n.stream_ordering, n.notify_users FROM event_notifications n"
@@ -307,6 +313,21 @@ async def read_positions(c: Connection | Database, user_id: str, room_id: str) -
     return read
 
 
+async def membership_position(c: Connection | Database, user_id: str, room_id: str) -> int:
+    """The position of the user's current membership event in the room (0 when they have none)."""
+    value = await c.fetchval(
+        "SELECT e.stream_ordering FROM current_state_events s JOIN events e ON e.event_id = s.event_id"
+        " WHERE s.room_id = $1 AND s.type = 'm.room.member' AND s.state_key = $2", room_id, user_id)
+    return 0 if value is None else int(value)
+
+
+def local_joins(events: Sequence[Event], server_name: str) -> list[str]:
+    """The local users these events join to their room (their unread counts are recounted)."""
+    suffix = ":" + server_name
+    return [ev.state_key for ev in events
+            if ev.membership == "join" and ev.state_key and ev.state_key.endswith(suffix)]
+
+
 async def lock_unread_counts(c: Connection, room_id: str) -> None:
     """On PostgreSQL, hold the room's unread-summary lock until the transaction ends.
 
@@ -321,10 +342,13 @@ async def lock_unread_counts(c: Connection, room_id: str) -> None:
 
 
 async def recompute_push_summary(c: Connection, user_id: str, room_id: str) -> None:
-    """Count a user's unread notifications in a room afresh (after a receipt or a redaction): the
-    notifications after the later of m.read / m.read.private, unthreaded or for the same thread."""
+    """Count a user's unread notifications in a room afresh (after a receipt, a redaction or their
+    join): the notifications after the later of m.read / m.read.private, unthreaded or for the same
+    thread; with no unthreaded receipt, after the user's current membership event (Synapse's rule)."""
     await lock_unread_counts(c, room_id)
     read = await read_positions(c, user_id, room_id)
+    if "" not in read:
+        read[""] = await membership_position(c, user_id, room_id)
     counts: dict[str, list[int]] = {}
     for r in await c.fetch(
             "SELECT stream_ordering, thread_id, notify_users, highlight_users FROM event_notifications"
