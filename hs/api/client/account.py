@@ -17,7 +17,7 @@ from hs.api.base import (
     get_hs,
     parse_json,
 )
-from hs.api.params import MAX_JSON_QUERY_LENGTH, query_enum, query_str, require_str
+from hs.api.params import MAX_JSON_QUERY_LENGTH, body_bool, query_enum, query_str, require_str
 from hs.errors import MatrixError, bad_json, forbidden, missing_param, not_found
 from hs.services.registration import (
     DUMMY,
@@ -53,17 +53,7 @@ def _login_response(hs: HomeServer, login: LoginResult) -> JsonDict:
 
 
 def _opt_str(body: JsonDict, key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise bad_json(f"'{key}' must be a string")
-    return value
-
-
-def _opt_bool(body: JsonDict, key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if not isinstance(value, bool):
-        raise bad_json(f"'{key}' must be a boolean")
-    return value
+    return require_str(body, key, optional=True)
 
 
 def _username(body: JsonDict) -> str | None:
@@ -99,7 +89,8 @@ async def register(request: web.Request) -> HandlerResult:
         await reg.check_username_available(username)
     for key in ("device_id", "initial_device_display_name"):
         _opt_str(body, key)
-    _opt_bool(body, "inhibit_login", False)
+    body_bool(body, "inhibit_login", False)
+    body_bool(body, "refresh_token", False)  # checked; no refresh tokens are issued
     password_hash: str | None = None
     if "password" in body and body["password"] is not None:
         password_hash = await reg.hash_password(reg.validate_password(body["password"]))
@@ -120,20 +111,29 @@ async def register(request: web.Request) -> HandlerResult:
     else:
         session.internal["password_hash"] = password_hash
 
+    inhibit_login = body_bool(params, "inhibit_login", False)
+    device_id, device_name = _opt_str(params, "device_id"), _opt_str(params, "initial_device_display_name")
     user_id: str | None = session.internal.get("registered_user_id")
     if user_id is None:
-        user_id = await reg.register_user(_username(params), password_hash)
+        # The account with its device and token, in one transaction (or the account alone).
+        login = None
+        if inhibit_login:
+            user_id = await reg.register_user(_username(params), password_hash)
+        else:
+            login = await reg.register_and_login(_username(params), password_hash, device_id=device_id,
+                                                 device_display_name=device_name)
+            user_id = login.user_id
         session.internal["registered_user_id"] = user_id
         try:
             limiter.check(address)
         except MatrixError:
             pass  # the account exists now; the limit applies to the next attempt
+        if login is not None:
+            return 200, _login_response(hs, login)
 
-    if _opt_bool(params, "inhibit_login", False):
+    if inhibit_login:
         return 200, {"user_id": user_id, "home_server": hs.server_name}
-    login = await reg.create_device(user_id, _opt_str(params, "device_id"),
-                                    _opt_str(params, "initial_device_display_name"))
-    return 200, _login_response(hs, login)
+    return 200, _login_response(hs, await reg.create_device(user_id, device_id, device_name))
 
 
 async def registration_token_validity(request: web.Request) -> HandlerResult:
@@ -162,6 +162,7 @@ async def login(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     reg = _reg(hs)
     body = await parse_json(request)
+    body_bool(body, "refresh_token", False)  # checked; no refresh tokens are issued
     address = client_address(request)
     hs.ratelimiters["login_address"].check(address)
     login_type = require_str(body, "type")
@@ -284,14 +285,14 @@ async def change_password(request: web.Request) -> HandlerResult:
     body = await parse_json(request)
     if body.get("new_password") is not None:
         reg.validate_password(body["new_password"])
-    _opt_bool(body, "logout_devices", True)
+    body_bool(body, "logout_devices", True)
     params = await reg.validate_user_via_ui_auth(request, body, requester)
     new_password = params.get("new_password")
     if new_password is None:
         raise missing_param("Missing 'new_password'")
     await reg.set_password(requester.user_id, reg.validate_password(new_password),
                            keep_token=requester.access_token,
-                           logout_devices=_opt_bool(params, "logout_devices", True),
+                           logout_devices=body_bool(params, "logout_devices", True),
                            keep_device=requester.device_id)
     return 200, {}
 
@@ -301,6 +302,7 @@ async def deactivate(request: web.Request) -> HandlerResult:
     reg = _reg(hs)
     requester = await hs.auth.requester(request)
     body = await parse_json(request, allow_empty=True)
+    body_bool(body, "erase", False)  # checked; events are not erased, the account is deactivated
     await reg.validate_user_via_ui_auth(request, body, requester)
     user_id = requester.user_id
     await hs.db.execute("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1", user_id)

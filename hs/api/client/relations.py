@@ -31,7 +31,7 @@ async def relations(request: web.Request) -> HandlerResult:
         requester, room_id, request.match_info["eventId"], request.match_info.get("relType"),
         request.match_info.get("eventType"), _token(request, "from"), _token(request, "to"), limit,
         direction == "f")
-    if "recurse" in request.query:
+    if query_str(request, "recurse") is not None:
         body["recursion_depth"] = 1  # direct children only (asked for or not, recursion is not done)
     return 200, body
 

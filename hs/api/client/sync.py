@@ -29,6 +29,7 @@ async def sync(request: web.Request) -> HandlerResult:
     requester = await hs.auth.requester(request)
     timeout = query_int(request, "timeout", 0, maximum=MAX_TIMEOUT_MS, clamp=True)
     full_state = query_bool(request, "full_state")
+    query_bool(request, "use_state_after")  # checked; the state section is always the spec's `state`
     set_presence = query_enum(request, "set_presence", PRESENCE_STATES, "online")
     assert set_presence is not None
     since = query_stream_token(request, "since")
