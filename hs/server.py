@@ -367,4 +367,6 @@ class HomeServer:
         self.typing_stream.close()
         self.events_stream.close()
         await self.replication.stop()
+        if "replication_client" in self.__dict__:  # else its session is reported unclosed at exit
+            await self.replication_client.close()
         await self.db.close()
