@@ -54,6 +54,15 @@ def generate_device_id() -> str:
     return random_string(10, string.ascii_uppercase)
 
 
+def check_device_params(device_id: str | None, display_name: str | None) -> None:
+    """A client-chosen device ID and display name, checked before anything is written."""
+    if device_id is not None:
+        if not isinstance(device_id, str) or not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", "Invalid device_id")
+    if display_name is not None and not isinstance(display_name, str):
+        raise bad_json("'initial_device_display_name' must be a string")
+
+
 def _pw_bytes(password: str) -> bytes:
     return password.encode("utf-8")[:BCRYPT_MAX_BYTES]
 
@@ -208,14 +217,17 @@ class Registration:
             self.store.invalidate_token_cache(user_id)
 
     # -- registering ---------------------------------------------------------------------------------
-    async def register_user(self, localpart: str | None, password_hash: str | None, admin: bool = False,
-                            user_type: str | None = None, displayname: str | None = None) -> str:
-        """Create an account; the default display name is the localpart, as in Synapse."""
+    async def _new_user_id(self, localpart: str | None) -> tuple[str, str]:
         if localpart is None:
             localpart = await self._generate_localpart()
-            user_id = self.user_id_for(localpart)
-        else:
-            user_id = await self.check_username_available(localpart)
+            return localpart, self.user_id_for(localpart)
+        return localpart, await self.check_username_available(localpart)
+
+    async def register_user(self, localpart: str | None, password_hash: str | None, admin: bool = False,
+                            user_type: str | None = None, displayname: str | None = None) -> str:
+        """Create an account without a device (inhibit_login); the default display name is the
+        localpart, as in Synapse."""
+        localpart, user_id = await self._new_user_id(localpart)
         created = await self.store.create_user(user_id, password_hash, admin=admin, user_type=user_type,
                                                displayname=displayname if displayname is not None else localpart)
         if not created:
@@ -223,14 +235,35 @@ class Registration:
         logger.info("registered %s", user_id)
         return user_id
 
+    async def register_and_login(self, localpart: str | None, password_hash: str | None, admin: bool = False,
+                                 user_type: str | None = None, displayname: str | None = None,
+                                 device_id: str | None = None, device_display_name: str | None = None,
+                                 ) -> LoginResult:
+        """Create an account with its first device and access token, all-or-nothing: everything is
+        validated first and the user, profile, device and token rows are written in one transaction,
+        so a failure leaves no account without a way to log in (whose name a retry would find taken)."""
+        check_device_params(device_id, device_display_name)
+        localpart, user_id = await self._new_user_id(localpart)
+        device_id = device_id if device_id is not None else generate_device_id()
+        token = generate_access_token()
+        created = await self.store.create_user(user_id, password_hash, admin=admin, user_type=user_type,
+                                               displayname=displayname if displayname is not None else localpart,
+                                               device=(device_id, device_display_name, token))
+        if not created:
+            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+        logger.info("registered %s", user_id)
+        try:
+            await self.hs.e2ee.on_device_created(user_id, device_id)
+        except Exception:
+            # The account is complete and nobody shares a room with it yet: the device list change
+            # (which tells others to fetch its keys) has nobody to tell.
+            logger.exception("recording the first device of %s failed", user_id)
+        return LoginResult(user_id, device_id, token)
+
     async def create_device(self, user_id: str, device_id: str | None = None,
                             display_name: str | None = None) -> LoginResult:
         """A new access token for the device (created if it is new; generated if not given)."""
-        if device_id is not None:
-            if not isinstance(device_id, str) or not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH:
-                raise MatrixError(400, "M_INVALID_PARAM", "Invalid device_id")
-        if display_name is not None and not isinstance(display_name, str):
-            raise bad_json("'initial_device_display_name' must be a string")
+        check_device_params(device_id, display_name)
         if device_id is None:
             for _ in range(10):
                 device_id = generate_device_id()

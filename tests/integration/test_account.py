@@ -13,6 +13,7 @@ import yaml
 
 from hs.db.stores.users import hash_token
 from tests.harness import Client, TestHomeServer
+from tests.integration.faults import InjectedFailure, failing_transaction
 
 ADMIN_REGISTER = "/_synapse/admin/v1/register"
 
@@ -646,4 +647,85 @@ async def test_accounts_have_no_third_party_identifiers(server: TestHomeServer) 
                  "/account/password/msisdn/requestToken"):
         status, body = await c.request("POST", path, {"client_secret": "s", "email": "a@b.c", "send_attempt": 1})
         assert status == 400 and body["errcode"] == "M_THREEPID_MEDIUM_NOT_SUPPORTED", path
+    await c.close()
+
+
+# -- registration is all-or-nothing ---------------------------------------------------------------------------
+async def _account_rows(srv: TestHomeServer, user_id: str) -> dict[str, int]:
+    return {table: int(await srv.hs.db.fetchval(f"SELECT COUNT(*) FROM {table} WHERE user_id = $1", user_id))
+            for table in ("users", "profiles", "devices", "access_tokens")}
+
+
+NO_ROWS = {"users": 0, "profiles": 0, "devices": 0, "access_tokens": 0}
+
+
+async def test_registration_fails_whole_at_every_statement(server: TestHomeServer, monkeypatch: Any) -> None:
+    """The user, profile, device and token rows are written together or not at all: a failure at any
+    statement leaves the name free and a retry succeeds."""
+    c = server.client()
+    body = {"username": "whole", "password": "password123", "device_id": "FIRSTDEV",
+            "initial_device_display_name": "Phone", "auth": {"type": "m.login.dummy"}}
+    fail_at = 1
+    while True:
+        with failing_transaction(monkeypatch, server.hs.db, "create_user", fail_at) as ran:
+            status, data = await c.request("POST", "/register", body, auth=False)
+        if status == 200:
+            assert ran[0] == fail_at - 1 and fail_at > 4
+            break
+        assert status == 500, (fail_at, data)
+        assert await _account_rows(server, "@whole:test.local") == NO_ROWS
+        status, data = await c.request("GET", "/register/available", params={"username": "whole"}, auth=False)
+        assert (status, data) == (200, {"available": True})
+        fail_at += 1
+    c.token = data["access_token"]
+    status, who = await c.request("GET", "/account/whoami")
+    assert (status, who["device_id"]) == (200, "FIRSTDEV")
+    assert (await c.request("GET", "/devices/FIRSTDEV"))[1]["display_name"] == "Phone"
+    await c.close()
+
+
+async def test_registration_checks_the_device_before_creating_the_account(server: TestHomeServer) -> None:
+    c = server.client()
+    status, data = await c.request("POST", "/register", {
+        "username": "longdevice", "password": "password123", "device_id": "D" * 600,
+        "auth": {"type": "m.login.dummy"}}, auth=False)
+    assert (status, data["errcode"]) == (400, "M_INVALID_PARAM")
+    assert await _account_rows(server, "@longdevice:test.local") == NO_ROWS
+    status, data = await c.request("POST", "/register", {
+        "username": "longdevice", "password": "password123", "device_id": "SHORT",
+        "auth": {"type": "m.login.dummy"}}, auth=False)
+    assert status == 200 and data["device_id"] == "SHORT"
+    await c.close()
+
+
+async def test_registration_stands_when_the_device_list_change_fails(server: TestHomeServer,
+                                                                     monkeypatch: Any) -> None:
+    async def broken(user_id: str, device_id: str) -> None:
+        raise InjectedFailure("device list")
+
+    monkeypatch.setattr(server.hs.e2ee, "on_device_created", broken)
+    c = server.client()
+    await c.register("listless")
+    status, who = await c.request("GET", "/account/whoami")
+    assert (status, who["user_id"]) == (200, "@listless:test.local")
+    await c.close()
+
+
+async def test_admin_registration_fails_whole_at_every_statement(server: TestHomeServer, monkeypatch: Any) -> None:
+    c = server.client()
+    fail_at = 1
+    while True:
+        nonce = (await c.request("GET", ADMIN_REGISTER, auth=False))[1]["nonce"]
+        body = {"nonce": nonce, "username": "adm", "password": "pw12345678", "admin": False,
+                "mac": _mac("shared-secret", nonce, "adm", "pw12345678")}
+        with failing_transaction(monkeypatch, server.hs.db, "create_user", fail_at):
+            status, data = await c.request("POST", ADMIN_REGISTER, body, auth=False)
+        if status == 200:
+            assert fail_at > 4
+            break
+        assert status == 500, (fail_at, data)
+        assert await _account_rows(server, "@adm:test.local") == NO_ROWS
+        fail_at += 1
+    c.token = data["access_token"]
+    assert (await c.request("GET", "/account/whoami"))[1]["user_id"] == "@adm:test.local"
     await c.close()

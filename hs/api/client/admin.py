@@ -71,10 +71,9 @@ async def register_with_shared_secret(request: web.Request) -> HandlerResult:
     localpart = username.lower()
     reg.check_localpart(localpart)
     password_hash = await reg.hash_password(reg.validate_password(password))
-    user_id = await reg.register_user(localpart, password_hash, admin=admin, user_type=user_type,
-                                      displayname=displayname or None)
-    login = await reg.create_device(user_id)
-    return 200, {"user_id": user_id, "home_server": hs.server_name,
+    login = await reg.register_and_login(localpart, password_hash, admin=admin, user_type=user_type,
+                                         displayname=displayname or None)
+    return 200, {"user_id": login.user_id, "home_server": hs.server_name,
                  "access_token": login.access_token, "device_id": login.device_id}
 
 

@@ -31,8 +31,10 @@ class UserStore:
 
     # -- users ---------------------------------------------------------------------------------------
     async def create_user(self, user_id: str, password_hash: str | None, admin: bool = False,
-                          user_type: str | None = None, displayname: str | None = None) -> bool:
-        """Create a user and profile; False if the ID is taken."""
+                          user_type: str | None = None, displayname: str | None = None,
+                          device: tuple[str, str | None, str] | None = None) -> bool:
+        """Create a user and profile, and with `device` (ID, display name, access token) its first
+        device and token, in one transaction; False if the ID is taken."""
 
         async def txn(c: Connection) -> bool:
             if await c.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id):
@@ -42,6 +44,8 @@ class UserStore:
                 user_id, password_hash, now_ms(), int(admin), user_type,
             )
             await c.execute("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)", user_id, displayname)
+            if device is not None:
+                await self._insert_device_and_token(c, user_id, *device)
             return True
 
         return await self.db.run_transaction("create_user", txn)
@@ -60,19 +64,24 @@ class UserStore:
     async def create_device_and_token(self, user_id: str, device_id: str, display_name: str | None,
                                       token: str) -> None:
         async def txn(c: Connection) -> None:
-            exists = await c.fetchval(
-                "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2", user_id, device_id)
-            if not exists:
-                await c.execute(
-                    "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES ($1,$2,$3,$4)",
-                    user_id, device_id, display_name, now_ms(),
-                )
-            await c.execute(
-                "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1,$2,$3,$4)",
-                hash_token(token), user_id, device_id, now_ms(),
-            )
+            await self._insert_device_and_token(c, user_id, device_id, display_name, token)
 
         await self.db.run_transaction("create_device_and_token", txn)
+
+    @staticmethod
+    async def _insert_device_and_token(c: Connection, user_id: str, device_id: str, display_name: str | None,
+                                       token: str) -> None:
+        exists = await c.fetchval(
+            "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2", user_id, device_id)
+        if not exists:
+            await c.execute(
+                "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES ($1,$2,$3,$4)",
+                user_id, device_id, display_name, now_ms(),
+            )
+        await c.execute(
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1,$2,$3,$4)",
+            hash_token(token), user_id, device_id, now_ms(),
+        )
 
     async def get_token(self, token: str) -> TokenInfo | None:
         key = hash_token(token)
