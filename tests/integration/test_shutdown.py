@@ -262,3 +262,26 @@ def test_sigterm_stops_hs_run_even_when_its_parent_blocked_it(tmp_path: Path) ->
             server.proc.kill()
             server.proc.wait()
     assert time.monotonic() - signalled < 2.0
+
+
+async def test_stopping_notifier_answers_waiting_and_new_long_polls_at_once(make_server: Any, engine: str) -> None:
+    """In process: a long-poll waiting when the stop begins, and one arriving during the drain (on a
+    kept-alive connection), both get the normal response for `timeout=0`, not a 30 s wait."""
+    srv = await make_server(engine)
+    c = srv.client()
+    await c.register("sleeper")
+    since = (await c.sync())["next_batch"]
+    since = (await c.sync(since))["next_batch"]
+    waiting = asyncio.create_task(c.request("GET", "/sync", params={"since": since, "timeout": "30000"}))
+    for _ in range(100):
+        if await _sync_waiters(srv.base_url) >= 1:
+            break
+        await asyncio.sleep(0.02)
+    began = time.monotonic()
+    srv.hs.notifier.interrupt_long_polls()
+    status, body = await waiting
+    assert status == 200 and body["next_batch"], body
+    status, again = await c.request("GET", "/sync", params={"since": body["next_batch"], "timeout": "30000"})
+    assert status == 200 and again["next_batch"], again
+    assert time.monotonic() - began < 1.0
+    await c.close()
