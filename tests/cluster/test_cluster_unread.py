@@ -44,3 +44,22 @@ async def test_the_long_poll_woken_by_an_event_counts_it_in_the_cluster(cluster:
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_a_room_rule_without_actions_silences_the_room_in_the_cluster(cluster: LocalCluster) -> None:
+    """The rule is written by main, the message evaluated on the room's persister."""
+    from tests.harness import ok
+    from tests.integration.test_unread_delivery import counts, send
+
+    alice, bob = await _pair(cluster)
+    try:
+        room = await a_direct_chat_between(alice, bob)
+        await ok(bob, "PUT", f"/pushrules/global/room/{room}", {"actions": []})
+        await send(alice, room, "quiet")
+        assert counts(await bob.sync(), room) == (0, 0)
+        await ok(bob, "PUT", f"/pushrules/global/room/{room}/actions", {"actions": ["notify"]})
+        await send(alice, room, "loud")
+        assert counts(await bob.sync(), room) == (1, 0)
+    finally:
+        await alice.close()
+        await bob.close()

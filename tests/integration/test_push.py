@@ -375,3 +375,28 @@ async def test_unread_summary_follows_messages_receipts_and_redactions(server: A
     assert (await counts())["notification_count"] == 1
     for c in (alice, bob, carol):
         await c.close()
+
+
+async def test_a_room_rule_without_actions_silences_the_room(server: TestHomeServer) -> None:
+    """A room rule with `actions: []` (or the legacy `["dont_notify"]`, which the spec says to read as
+    empty) outranks the one-to-one and message rules: nothing counts, in a DM or a group; mentions
+    (override rules) still do."""
+    alice, bob, _carol, group = await three_in_a_room(server)
+    dm = await alice.create_room(preset="trusted_private_chat", is_direct=True, invite=[bob.user_id])
+    await ok(bob, "POST", f"/join/{dm}", {})
+    await ok(bob, "PUT", f"/pushrules/global/room/{dm}", {"actions": []})
+    await ok(bob, "PUT", f"/pushrules/global/room/{group}", {"actions": ["dont_notify"]})
+    for room in (dm, group):
+        await alice.send_message(room, "quiet")
+    res = await bob.sync()
+    assert counts(res, dm) == (0, 0) and counts(res, group) == (0, 0)
+    # Unmuting (the actions endpoint) counts again; muting again stops it.
+    await ok(bob, "PUT", f"/pushrules/global/room/{dm}/actions", {"actions": ["notify"]})
+    await alice.send_message(dm, "loud")
+    assert counts(await bob.sync(), dm) == (1, 0)
+    await ok(bob, "PUT", f"/pushrules/global/room/{dm}/actions", {"actions": []})
+    await alice.send_message(dm, "quiet again")
+    assert counts(await bob.sync(), dm) == (1, 0)
+    await ok(alice, "PUT", f"/rooms/{dm}/send/m.room.message/m1",
+             {"msgtype": "m.text", "body": "look", "m.mentions": {"user_ids": [bob.user_id]}})
+    assert counts(await bob.sync(), dm) == (2, 1)
