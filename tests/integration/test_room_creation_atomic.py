@@ -182,3 +182,21 @@ async def test_identical_create_events_are_retried_not_failed(server: TestHomeSe
     assert len({answer["room_id"] for _, answer in answers}) == 8
     assert collisions[0] >= 7
     assert len((await ok(alice, "GET", "/joined_rooms"))["joined_rooms"]) == 8
+
+
+async def test_every_room_version_is_created_whole(server: TestHomeServer) -> None:
+    """Each event of a new room is built on the one before in memory, in every event format (v1's
+    event IDs and hashed references, v3's hashes as IDs, v12's room ID from the create event)."""
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    for version in [str(v) for v in range(1, 13)]:
+        body = {**full_request(f"v{version}", bob.user_id), "room_version": version}
+        room_id = (await ok(alice, "POST", "/createRoom", body))["room_id"]
+        assert room_id.endswith(":test.local") == (version != "12")
+        state = {(e["type"], e["state_key"]): e for e in await ok(alice, "GET", f"/rooms/{room_id}/state")}
+        assert state[("m.room.create", "")]["content"]["room_version"] == version
+        assert state[("m.room.topic", "")]["content"]["topic"] == "All or nothing"
+        assert state[("m.room.member", bob.user_id)]["content"]["membership"] == "invite"
+        assert (await ok(alice, "GET", f"/directory/room/%23v{version}:test.local"))["room_id"] == room_id
+        # The invitee can follow the invite into the room: the room's head is usable after creation.
+        await ok(bob, "POST", f"/join/{room_id}")
+        await alice.send_message(room_id, f"in v{version}")
