@@ -14,7 +14,10 @@ one by one then left a half-built room behind, and another on each retry. So her
   persister's general transaction), on either engine: they commit together or not at all;
 - in a cluster the create event is built where the request arrived (a v12 room ID is its hash, which
   names the persister) and handed over with the list of events to build (`ReplicationClient.
-  create_room`), so the build and the transaction above happen in that one process.
+  create_room`), so the build and the transaction above happen in that one process. A call retried
+  while the persister lives is answered from its replies cache; a persister that dies between commit
+  and reply makes the retry find the room ID taken, and the request ends with another complete room
+  (the first stays whole too: never half of one).
 
 v12 room IDs are create event hashes, so two identical create events would be one room. Each
 process gives its create events strictly increasing `origin_server_ts` values (two requests by one
