@@ -201,17 +201,18 @@ async def whoami(request: web.Request) -> HandlerResult:
 
 # -- devices ----------------------------------------------------------------------------------------------
 def _device_json(row: dict[str, Any]) -> JsonDict:
-    return {
-        "device_id": row["device_id"],
-        "display_name": row.get("display_name"),
-        "last_seen_ip": row.get("last_seen_ip"),
-        "last_seen_ts": row.get("last_seen_ts"),
-    }
+    """The spec's Device: the optional fields a device has no value for are left out, not null."""
+    out: JsonDict = {"device_id": row["device_id"]}
+    for key in ("display_name", "last_seen_ip", "last_seen_ts"):
+        if row.get(key) is not None:
+            out[key] = row[key]
+    return out
 
 
 async def get_devices(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
+    await hs.auth.sightings_stored()  # this request's own sighting included
     rows = await hs.user_store.get_devices(requester.user_id)
     return 200, {"devices": [_device_json(r) for r in rows]}
 
@@ -219,6 +220,7 @@ async def get_devices(request: web.Request) -> HandlerResult:
 async def get_device(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
+    await hs.auth.sightings_stored()
     row = await hs.user_store.get_device(requester.user_id, request.match_info["deviceId"])
     if row is None:
         raise not_found("No device found")

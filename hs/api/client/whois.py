@@ -20,6 +20,7 @@ async def whois(request: web.Request) -> HandlerResult:
         raise invalid_param("The user is not on this server")
     if await hs.user_store.get_user(user_id) is None:
         raise not_found("Unknown user")
+    await hs.auth.sightings_stored()
     devices: dict[str, Any] = {}
     for d in await hs.user_store.get_device_sessions(user_id):
         connection = {k: v for k, v in (("ip", d.get("last_seen_ip")), ("last_seen", d.get("last_seen_ts")),

@@ -163,6 +163,15 @@ class UserStore:
             "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices"
             " WHERE user_id = $1 AND device_id = $2", user_id, device_id)
 
+    async def record_last_seen(self, sightings: list[tuple[str, str, int, str | None, str | None]]) -> None:
+        """(user_id, device_id, ts, ip, user_agent): where and when each device was last seen."""
+        async def txn(c: Connection) -> None:
+            await c.executemany(
+                "UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4, last_seen_user_agent = $5"
+                " WHERE user_id = $1 AND device_id = $2", sightings)
+
+        await self.db.run_transaction("record_last_seen", txn)
+
     async def update_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
         if not await self.get_device(user_id, device_id):
             return False
