@@ -418,6 +418,8 @@ class Registration:
         allowed = {stage for flow in flows for stage in flow}
         stage = auth.get("type") if auth else None
         if stage is not None:
+            if not isinstance(stage, str):
+                raise bad_json("'auth.type' must be a string")
             if stage not in allowed:
                 raise MatrixError(400, "M_UNRECOGNIZED", f"Unrecognised login type {stage!r}")
             if stage == DUMMY:

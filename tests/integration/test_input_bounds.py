@@ -449,3 +449,15 @@ async def test_limits_beyond_64_bits_are_clamped(server: Any) -> None:
                 if status != 200:
                     failures.append(f"{body_case} {p.name}=2**64-1: {status} {data}")
     assert not failures, "\n".join(failures)
+
+
+async def test_unhashable_values_where_strings_are_expected(server: Any) -> None:
+    """A JSON object or list where a string belongs is M_BAD_JSON, not a TypeError's 500."""
+    alice = await user(server, "alice")
+    for method, path, body in [
+            ("POST", "/register", {"auth": {"type": {}}}),
+            ("POST", "/delete_devices", {"devices": [], "auth": {"type": {}}}),
+            ("POST", "/account/password", {"new_password": "a-new-long-password-1", "auth": {"type": []}}),
+            ("POST", "/search", {"search_categories": {"room_events": {"search_term": "x", "keys": [{}]}}})]:
+        status, data = await alice.request(method, path, body)
+        assert (status, data["errcode"]) == (400, "M_BAD_JSON"), (path, data)
