@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from hs.errors import MatrixError, unknown_token
+from hs.replication.http_client import REPLICATION_PREFIX
 from hs.services.registration import client_address
 from hs.util import LruCache, now_ms
 
@@ -71,6 +72,8 @@ class Auth:
     # -- where devices were last seen -------------------------------------------------------------------
     def _saw(self, request: web.Request, user_id: str, device_id: str) -> None:
         """Note the device's sighting; it is stored in the background (the request does not wait)."""
+        if request.path.startswith(REPLICATION_PREFIX):
+            return  # a worker forwarding the client's request: the address would be the worker's
         address = client_address(request)  # X-Forwarded-For only from listeners with x_forwarded
         ip = None if address == "unknown" else address
         agent = (request.headers.get("User-Agent") or "")[:MAX_USER_AGENT_LENGTH] or None
