@@ -136,11 +136,16 @@ class PushRulesService:
         self.store = self.stream.store
         self._cache: LruCache[str, dict[str, list[JsonDict]]] = LruCache(20000)
         self._eval_cache: LruCache[str, tuple[list[CompiledRule], RuleTemplate]] = LruCache(20000)
+        # Moves on every invalidation: rules read while one happened may predate the change they
+        # announce, and are used but not cached (else a rule written during the read is lost until
+        # the user's next change).
+        self._version = 0
         self.stream.on_change.append(self._invalidate)
         # One user's read-modify-write changes (ordering within a kind) are serialised in the writer.
         self._locks = KeyedLocks()
 
     def _invalidate(self, users: list[str] | None) -> None:
+        self._version += 1
         if users is None:
             self._cache.clear()
             self._eval_cache.clear()
@@ -154,8 +159,10 @@ class PushRulesService:
         """The user's rules per kind in priority order, as the API shows them (a fresh copy)."""
         cached = self._cache.get(user_id)
         if cached is None:
+            version = self._version
             cached = await self._load(user_id)
-            self._cache.set(user_id, cached)
+            if version == self._version:
+                self._cache.set(user_id, cached)
         return copy.deepcopy(cached)
 
     async def _load(self, user_id: str) -> dict[str, list[JsonDict]]:
@@ -188,10 +195,12 @@ class PushRulesService:
         """The user's compiled rules and their template (see `evaluate_member`), cached."""
         cached = self._eval_cache.get(user_id)
         if cached is None:
+            version = self._version
             ruleset = await self.ruleset(user_id)
             compiled = compile_rules([(kind, rule) for kind in KINDS for rule in ruleset[kind]])
             cached = (compiled, rule_template(compiled, user_id))
-            self._eval_cache.set(user_id, cached)
+            if version == self._version:
+                self._eval_cache.set(user_id, cached)
         return cached
 
     async def get_rule(self, user_id: str, kind: str, rule_id: str) -> JsonDict:

@@ -400,3 +400,36 @@ async def test_a_room_rule_without_actions_silences_the_room(server: TestHomeSer
     await ok(alice, "PUT", f"/rooms/{dm}/send/m.room.message/m1",
              {"msgtype": "m.text", "body": "look", "m.mentions": {"user_ids": [bob.user_id]}})
     assert counts(await bob.sync(), dm) == (2, 1)
+
+
+async def test_a_rule_written_while_the_rules_are_read_is_not_lost(server: TestHomeServer) -> None:
+    """Bob's rules are read into the cache (for an event or a request) while he mutes a room: what
+    that read found must not be cached over the change, or the room stays loud until his next rule
+    change. The read is held here until the mute is written."""
+    alice, bob, _carol, room = await three_in_a_room(server)
+    store = server.hs.push_rules_stream.store
+    real = store.get_user_rules
+    gate = asyncio.Event()
+    held: list[bool] = []
+
+    async def slow_first_read(user_id: str) -> list[Json]:
+        rules = await real(user_id)
+        if not held:  # only the cache's read: the rule write reads too
+            held.append(True)
+            await gate.wait()
+        return rules
+
+    server.hs.push_rules._invalidate(None)  # nothing cached: the next use reads
+    store.get_user_rules = slow_first_read  # type: ignore[method-assign]
+    try:
+        reading = asyncio.create_task(ok(bob, "GET", "/pushrules/"))
+        while not held:
+            await asyncio.sleep(0.01)
+        await ok(bob, "PUT", f"/pushrules/global/room/{room}", {"actions": []})
+        gate.set()
+        await reading
+    finally:
+        store.get_user_rules = real  # type: ignore[method-assign]
+    assert ids(await ok(bob, "GET", "/pushrules/global/room/")) == [room]
+    await alice.send_message(room, "quiet")
+    assert counts(await bob.sync(), room) == (0, 0)
