@@ -16,12 +16,25 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from hs.replication.transport import MESSAGE_VERSION, Handler, ReplicationTransport
 
 logger = logging.getLogger(__name__)
 # Messages kept while Redis is unreachable; past this the oldest go (readers catch up from the database).
 MAX_PENDING = 10000
+# Pause between attempts to reach Redis again (a refused connection on the local network costs nothing).
+RECONNECT_PAUSE_SECONDS = 0.1
+FLUSH_PAUSE_SECONDS = 0.1
+
+
+def _client(url: str) -> aioredis.Redis:
+    """A client that fails at once instead of retrying inside redis-py: its default (10 tries with
+    growing pauses) held a writer's publish for seconds while Redis restarted, and delayed the
+    first publish after Redis returned. This transport queues and retries itself."""
+    return aioredis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1.0,
+                             socket_timeout=None, socket_keepalive=True)
 
 
 class RedisTransport(ReplicationTransport):
@@ -35,6 +48,7 @@ class RedisTransport(ReplicationTransport):
         self._subscribed = asyncio.Event()
         self._pending: list[dict[str, Any]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._connected = False
 
     def subscribe(self, stream: str, handler: Handler) -> None:
         self._handlers[stream].append(handler)
@@ -43,7 +57,7 @@ class RedisTransport(ReplicationTransport):
         self._reconnect_handlers.append(handler)
 
     async def start(self) -> None:
-        self._pub = aioredis.from_url(self.url)
+        self._pub = _client(self.url)
         self._task = asyncio.create_task(self._listen())
         await asyncio.wait_for(self._subscribed.wait(), 30)
 
@@ -85,13 +99,14 @@ class RedisTransport(ReplicationTransport):
                 await self._send(self._pending[0])
                 self._pending.pop(0)
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(FLUSH_PAUSE_SECONDS)
 
     async def _listen(self) -> None:
         channels = [self.prefix + s for s in self._handlers]
         first = True
+        first_failure = True
         while True:
-            client = aioredis.from_url(self.url)
+            client = _client(self.url)
             pubsub = client.pubsub()
             try:
                 if channels:
@@ -99,7 +114,11 @@ class RedisTransport(ReplicationTransport):
                 if not first:
                     for handler in self._reconnect_handlers:
                         await handler()
+                if not self._connected and not first_failure:
+                    logger.info("redis subscription restored")
                 first = False
+                first_failure = True
+                self._connected = True
                 self._subscribed.set()
                 async for raw in pubsub.listen():
                     if raw.get("type") != "message":
@@ -110,9 +129,13 @@ class RedisTransport(ReplicationTransport):
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # connection lost: back off, reconnect, catch up
-                logger.warning("redis subscription lost (%s); reconnecting", e)
+                if self._connected or first_failure:
+                    logger.warning("redis subscription lost (%s); reconnecting every %.1fs", e,
+                                   RECONNECT_PAUSE_SECONDS)
+                first_failure = False
+                self._connected = False
                 self._subscribed.set()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(RECONNECT_PAUSE_SECONDS)
             finally:
                 try:
                     await pubsub.aclose()
