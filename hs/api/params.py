@@ -74,7 +74,7 @@ def check_enum(value: Any, name: str, choices: Collection[str],
 # -- query strings -------------------------------------------------------------------------------------------
 def query_str(request: web.Request, name: str, *, required: bool = False,
               max_length: int = MAX_TOKEN_LENGTH) -> str | None:
-    """A query parameter's text; absent (or empty, when optional) is None."""
+    """A query parameter's text; absent or empty is None (or 400 M_MISSING_PARAM when required)."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         if required:

@@ -228,8 +228,10 @@ UNTYPED = {
 }
 
 # The integer, boolean, enum and token parameters the spec's OpenAPI (client-server API) gives the
-# endpoints served here, as (method, spec path): names. Spec paths spell `{scope}` as `global` and
-# `{attr}` as `enabled` / `actions`.
+# endpoints served here, as (method, spec path): names, extracted from its path and query parameters
+# (type integer, number or boolean, an enum, or a from/to/since/next_batch/version/at token) and its
+# request bodies' top-level properties (likewise). Spec paths spell `{scope}` as `global` and `{attr}`
+# as `enabled` / `actions`. When the server serves a new spec endpoint, add its typed parameters here.
 SPEC_TYPED_PARAMS: dict[tuple[str, str], set[str]] = {
     ("POST", "/account/deactivate"): {"erase"},
     ("POST", "/createRoom"): {"visibility", "preset", "is_direct"},
