@@ -109,6 +109,22 @@ async def chat_paginate_and_late_joiner(base_url: str, server_name: str, tmp_pat
 
 
 @pytest.mark.parametrize("engine", ["sqlite"])
+async def test_nio_lists_devices_including_one_without_a_name(server: TestHomeServer, tmp_path: Any) -> None:
+    """nio's devices() requires display_name, last_seen_ip and last_seen_ts in every device (null is
+    fine, as Synapse sends): a device registered without a name must not break it."""
+    alice = await nio_user(server.base_url, "test.local", "dora", tmp_path)
+    try:
+        await server.hs.db.execute("UPDATE devices SET display_name = NULL WHERE user_id = $1", alice.user_id)
+        devices = await alice.devices()
+        assert isinstance(devices, nio.DevicesResponse), devices
+        assert len(devices.devices) == 2 and alice.device_id in {d.id for d in devices.devices}
+        assert all(d.display_name is None for d in devices.devices)
+        mine = next(d for d in devices.devices if d.id == alice.device_id)
+        assert mine.last_seen_ip == "127.0.0.1" and mine.last_seen_date is not None
+    finally:
+        await alice.close()
+
+
 async def test_nio_messages_are_idempotent_per_txn(server: TestHomeServer, tmp_path: Any) -> None:
     alice = await nio_user(server.base_url, "test.local", "dave", tmp_path)
     try:

@@ -389,7 +389,9 @@ async def test_devices(server: TestHomeServer) -> None:
     devices = {d["device_id"]: d for d in body["devices"]}
     assert set(devices) == {c.device_id, second.device_id}
     for d in devices.values():
-        assert set(d) >= {"device_id", "last_seen_ts"} and None not in d.values()  # absent, not null
+        assert set(d) == {"device_id", "display_name", "last_seen_ip", "last_seen_ts"}
+        assert isinstance(d["last_seen_ts"], int)
+    assert devices[c.device_id]["last_seen_ip"] == "127.0.0.1"  # this request was a sighting
     assert devices[second.device_id]["display_name"] == "tablet"
 
     status, body = await c.request("GET", f"/devices/{second.device_id}")

@@ -200,12 +200,16 @@ async def whoami(request: web.Request) -> HandlerResult:
 
 
 # -- devices ----------------------------------------------------------------------------------------------
+# Always present, null when unknown, as Synapse sends them: the spec makes them optional, but
+# matrix-nio's devices() validates all three as required keys and fails on a device without them.
+DEVICE_FIELDS = ("display_name", "last_seen_ip", "last_seen_ts")
+
+
 def _device_json(row: dict[str, Any]) -> JsonDict:
-    """The spec's Device: the optional fields a device has no value for are left out, not null."""
+    """The spec's Device, with the fields clients rely on (`DEVICE_FIELDS`) always there."""
     out: JsonDict = {"device_id": row["device_id"]}
-    for key in ("display_name", "last_seen_ip", "last_seen_ts"):
-        if row.get(key) is not None:
-            out[key] = row[key]
+    for key in DEVICE_FIELDS:
+        out[key] = row.get(key)
     return out
 
 
