@@ -108,3 +108,15 @@ async def wait_set_or_timeout(event: asyncio.Event, timeout: float) -> None:
         await event.wait()
     finally:
         timer.cancel()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background loop and wait until it has ended, whatever it ended with (a stopping
+    server has no one to report a loop's last error to: the loop logs its own failures)."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from hs.replication.transport import MESSAGE_VERSION, Handler, ReplicationTransport
+from hs.util import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 # Messages kept while Redis is unreachable; past this the oldest go (readers catch up from the database).
@@ -64,12 +65,7 @@ class RedisTransport(ReplicationTransport):
     async def stop(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
         if self._pub is not None:
             await self._pub.aclose()
 

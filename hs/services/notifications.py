@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hs.db.stores.notifications import NotificationStore
 from hs.db.stores.push import read_positions
 from hs.services.serialize import serialize_event
-from hs.util import json_dumps, json_loads, like_pattern
+from hs.util import json_loads
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -26,19 +27,14 @@ SCAN_BATCH = 200
 class NotificationsService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        self.store = NotificationStore(hs.db)
 
     async def get(self, user_id: str, before: int | None, limit: int, only_highlight: bool) -> dict[str, Any]:
         """{notifications, next_token?}: up to `limit` of the user's notifications below position
         `before` (all when None)."""
         limit = min(max(limit, 1), MAX_LIMIT)
-        # The user ID as it appears inside the JSON arrays of user IDs.
-        pattern = like_pattern(json_dumps(user_id), fold_case=False)
-        column = "highlight_users" if only_highlight else "notify_users"
         upper = before if before is not None else 2 ** 62
-        rows = await self.hs.db.fetch(
-            "SELECT room_id, stream_ordering, event_id, thread_id, highlight_users FROM event_notifications"
-            f" WHERE stream_ordering < $1 AND {column} LIKE $2 ESCAPE '\\'"
-            " ORDER BY stream_ordering DESC LIMIT $3", upper, pattern, limit + 1)
+        rows = await self.store.for_user(user_id, upper, limit + 1, only_highlight)
         more = len(rows) > limit
         rows = rows[:limit]
         read: dict[str, dict[str, int]] = {}

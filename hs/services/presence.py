@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.presence import OFFLINE, ONLINE, UNAVAILABLE, PresenceState
 from hs.errors import forbidden, not_found
-from hs.util import KeyedLocks, now_ms, wait_set_or_timeout
+from hs.util import KeyedLocks, cancel_and_wait, now_ms, wait_set_or_timeout
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -93,13 +93,8 @@ class PresenceService:
         self._task = asyncio.create_task(self._timeout_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for task in list(self._background):
             task.cancel()
         try:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from hs.db.stores.relations import RelationsStore
 from hs.errors import invalid_param, not_found
 from hs.events.event import Event
 from hs.services.rooms import MAX_LIMIT
@@ -48,7 +49,7 @@ def decode_position(token: str, room_position: Callable[[StreamToken], int]) -> 
 class RelationsService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        self.db = hs.db
+        self.store = RelationsStore(hs.db)
 
     # -- /relations ---------------------------------------------------------------------------------------
     async def relations(self, requester: Requester, room_id: str, parent_id: str, rel_type: str | None,
@@ -64,36 +65,13 @@ class RelationsService:
         room_position = partial(self.hs.events_stream.room_position, room_id=room_id)
         start = decode_position(from_token, room_position) if from_token else None
         stop = decode_position(to_token, room_position) if to_token else None
-        args: list[Any] = [parent_id, room_id]
-        where = ["relates_to_id = $1", "room_id = $2"]
-        if rel_type is not None:
-            args.append(rel_type)
-            where.append(f"relation_type = ${len(args)}")
-            if event_type is not None:
-                args.append(event_type)
-                where.append(f"event_type = ${len(args)}")
         # Backwards: below `from` (exclusive), down to `to`; forwards: from `from` up, below `to`.
-        if forwards:
-            if start is not None:
-                args.append(start)
-                where.append(f"stream_ordering >= ${len(args)}")
-            if stop is not None:
-                args.append(stop)
-                where.append(f"stream_ordering < ${len(args)}")
-        else:
-            if start is not None:
-                args.append(start)
-                where.append(f"stream_ordering < ${len(args)}")
-            if stop is not None:
-                args.append(stop)
-                where.append(f"stream_ordering >= ${len(args)}")
+        lower, upper = (start, stop) if forwards else (stop, start)
         if access.cap is not None:  # a departed member sees what came before they left
-            args.append(int(access.cap.internal.get("stream_ordering") or 0) + 1)
-            where.append(f"stream_ordering < ${len(args)}")
-        args.append(limit + 1)
-        rows = await self.db.fetch(
-            f"SELECT event_id, stream_ordering FROM event_relations WHERE {' AND '.join(where)}"
-            f" ORDER BY stream_ordering {'ASC' if forwards else 'DESC'} LIMIT ${len(args)}", *args)
+            cap = int(access.cap.internal.get("stream_ordering") or 0) + 1
+            upper = cap if upper is None else min(upper, cap)
+        rows = await self.store.children(parent_id, room_id, rel_type, event_type, lower=lower, upper=upper,
+                                         limit=limit + 1, forwards=forwards)
         more = len(rows) > limit
         rows = rows[:limit]
         body: dict[str, Any] = {"chunk": await self._visible_chunk(
@@ -114,19 +92,8 @@ class RelationsService:
         limit = min(max(limit, 1), MAX_LIMIT)
         room_position = partial(self.hs.events_stream.room_position, room_id=room_id)
         before = decode_position(from_token, room_position) if from_token else END
-        args: list[Any] = [room_id, before]
-        having = ["MAX(r.stream_ordering) < $2"]
-        if participated_only:  # wrote the root or a reply
-            args.append(user_id)
-            n = len(args)
-            having.append(f"(SUM(CASE WHEN r.sender = ${n} THEN 1 ELSE 0 END) > 0 OR MIN(e.sender) = ${n})")
-        args.append(limit + 1)
-        rows = await self.db.fetch(
-            "SELECT r.relates_to_id AS root, MAX(r.stream_ordering) AS latest FROM event_relations r"
-            " JOIN events e ON e.event_id = r.relates_to_id"
-            " WHERE r.room_id = $1 AND r.relation_type = 'm.thread'"
-            f" GROUP BY r.relates_to_id HAVING {' AND '.join(having)}"
-            f" ORDER BY latest DESC LIMIT ${len(args)}", *args)
+        participant = user_id if participated_only else None  # wrote the root or a reply
+        rows = await self.store.thread_roots(room_id, before, participant, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         body: dict[str, Any] = {"chunk": await self._visible_chunk(
@@ -155,12 +122,7 @@ class RelationsService:
         by_id = {ev.event_id: ev for ev in events if not ev.internal.get("redacted_by")}
         if not by_id:
             return
-        ids = sorted(by_id)
-        marks = ",".join(f"${i + 1}" for i in range(len(ids)))
-        rows = await self.db.fetch(
-            "SELECT relates_to_id, event_id, relation_type, sender, stream_ordering FROM event_relations"
-            f" WHERE relates_to_id IN ({marks}) AND relation_type IN ('m.thread', 'm.replace', 'm.reference')"
-            " ORDER BY stream_ordering", *ids)
+        rows = await self.store.aggregated_children(sorted(by_id))
         if not rows:
             return
         aggregations: dict[str, dict[str, Any]] = {}

@@ -17,11 +17,11 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from hs.api.params import body_bool, body_enum, body_int, body_object
+from hs.db.stores.search import SearchStore
 from hs.errors import bad_json
 from hs.events.event import Event
 from hs.services.rooms import EventFilter
 from hs.services.serialize import serialize_events
-from hs.util import like_pattern
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -57,6 +57,7 @@ def searched_value(ev: Event) -> Any:
 class SearchService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        self.store = SearchStore(hs.db)
 
     async def search(self, requester: Requester, body: dict[str, Any], offset: int) -> dict[str, Any]:
         """`offset`: how many results earlier pages gave (the `next_batch` token)."""
@@ -118,27 +119,9 @@ class SearchService:
                        filt: EventFilter) -> list[tuple[int, Event]]:
         if not rooms or not words:
             return []
-        db = self.hs.db
-        args: list[Any] = []
-        where = []
-        for word in words:
-            args.append(like_pattern(word))
-            where.append(f"LOWER(json) LIKE ${len(args)} ESCAPE '\\'")
-        type_marks = []
-        for t in types:
-            args.append(t)
-            type_marks.append(f"${len(args)}")
-        room_marks = []
-        for r in rooms:
-            args.append(r)
-            room_marks.append(f"${len(args)}")
-        args.append(SCAN_LIMIT)
-        rows = await db.fetch(
-            f"SELECT event_id FROM events WHERE room_id IN ({','.join(room_marks)})"
-            f" AND type IN ({','.join(type_marks)}) AND {' AND '.join(where)}"
-            f" ORDER BY stream_ordering DESC LIMIT ${len(args)}", *args)
-        found = await self.hs.event_store.get_events([r["event_id"] for r in rows])
-        candidates = [found[r["event_id"]] for r in rows if r["event_id"] in found]
+        event_ids = await self.store.candidate_event_ids(rooms, types, words, SCAN_LIMIT)
+        found = await self.hs.event_store.get_events(event_ids)
+        candidates = [found[e] for e in event_ids if e in found]
         candidates = [ev for ev in candidates if filt.matches(ev) and match_rank(searched_value(ev), words)]
         visible = await self.hs.visibility.filter_events_for_user(user_id, candidates)
         return [(match_rank(searched_value(ev), words), ev) for ev in visible]

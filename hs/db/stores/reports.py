@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hs.db.pool import Database
+from hs.db.stores.where import Where
 from hs.util import now_ms, random_string
 
 
@@ -24,17 +25,15 @@ class ReportStore:
     async def list(self, kind: str, offset: int, limit: int, newest_first: bool, room_id: str | None,
                    reporter: str | None) -> tuple[list[dict[str, Any]], int]:
         """(reports of one kind, in receiving order, one page; how many match in all)."""
-        where, args = ["kind = $1"], [kind]
+        where = Where()
+        where.add("kind = {}", kind)
         if room_id is not None:
-            args.append(room_id)
-            where.append(f"room_id = ${len(args)}")
+            where.add("room_id = {}", room_id)
         if reporter is not None:
-            args.append(reporter)
-            where.append(f"reporter = ${len(args)}")
-        clause = " AND ".join(where)
+            where.add("reporter = {}", reporter)
+        total = await self.db.fetchval(f"SELECT COUNT(*) FROM content_reports WHERE {where}", *where.args)
         order = "DESC" if newest_first else "ASC"
         rows = await self.db.fetch(
-            f"SELECT * FROM content_reports WHERE {clause} ORDER BY received_ts {order}, report_id {order}"
-            f" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}", *args, limit, offset)
-        total = await self.db.fetchval(f"SELECT COUNT(*) FROM content_reports WHERE {clause}", *args)
+            f"SELECT * FROM content_reports WHERE {where} ORDER BY received_ts {order}, report_id {order}"
+            f" LIMIT {where.arg(limit)} OFFSET {where.arg(offset)}", *where.args)
         return rows, int(total or 0)
