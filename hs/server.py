@@ -144,6 +144,18 @@ class HomeServer:
         return PusherStore(self.db)
 
     @cached_property
+    def accounts(self) -> Any:
+        from hs.services.accounts import AccountService
+
+        return AccountService(self)
+
+    @cached_property
+    def profiles(self) -> Any:
+        from hs.services.profile import ProfileService
+
+        return ProfileService(self)
+
+    @cached_property
     def pushers(self) -> Any:
         from hs.services.pushers import PusherPool
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar, overload
 from aiohttp import web
 
 from hs.errors import bad_json, invalid_param, missing_param
+from hs.services.rooms import check_room_id
 from hs.streams.tokens import StreamToken, TopologicalToken
 
 INT64_MIN = -(2 ** 63)
@@ -72,6 +73,13 @@ def check_enum(value: Any, name: str, choices: Collection[str],
 
 
 # -- query strings -------------------------------------------------------------------------------------------
+def path_room_id(request: web.Request) -> str:
+    """The path's `{roomId}`: a room ID in form ('!' and more), else 400 M_INVALID_PARAM."""
+    room_id = request.match_info["roomId"]
+    check_room_id(room_id)
+    return room_id
+
+
 def query_str(request: web.Request, name: str, *, required: bool = False,
               max_length: int = MAX_TOKEN_LENGTH) -> str | None:
     """A query parameter's text; absent or empty is None (or 400 M_MISSING_PARAM when required)."""

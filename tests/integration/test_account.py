@@ -14,6 +14,7 @@ import yaml
 from hs.db.stores.users import hash_token
 from tests.harness import Client, TestHomeServer
 from tests.integration.faults import InjectedFailure, failing_transaction
+from tests.integration.test_keys import device_keys
 
 ADMIN_REGISTER = "/_synapse/admin/v1/register"
 
@@ -520,6 +521,32 @@ async def test_deactivate(server: TestHomeServer) -> None:
     status, body = await c.request("GET", "/register/available", params={"username": "nina"}, auth=False)
     assert status == 400 and body["errcode"] == "M_USER_IN_USE"
     await c.close()
+
+
+async def test_deactivate_leaves_rooms_and_drops_keys(server: TestHomeServer) -> None:
+    """A deactivated account leaves the rooms it was in or invited to, and its device keys are gone."""
+    owner = await _register(server, "otto")
+    c = await _register(server, "olga", "olgapass")
+    joined = await owner.create_room(preset="public_chat")
+    invited = await owner.create_room()
+    status, _ = await c.request("POST", f"/join/{joined}")
+    assert status == 200
+    status, _ = await owner.request("POST", f"/rooms/{invited}/invite", {"user_id": c.user_id})
+    assert status == 200
+    status, _ = await c.request("POST", "/keys/upload", {"device_keys": device_keys(c)[0]})
+    assert status == 200
+    status, body = await owner.request("POST", "/keys/query", {"device_keys": {c.user_id: []}})
+    assert status == 200 and list(body["device_keys"][c.user_id]) == [c.device_id]
+    status, body = await c.request("POST", "/account/deactivate", {"auth": {
+        "type": "m.login.password", "user": "olga", "password": "olgapass"}})
+    assert status == 200 and body == {"id_server_unbind_result": "no-support"}
+    for room_id in (joined, invited):
+        member = await server.hs.event_store.get_current_state_event(room_id, "m.room.member", c.user_id)
+        assert member is not None and member.content["membership"] == "leave"
+    status, body = await owner.request("POST", "/keys/query", {"device_keys": {c.user_id: []}})
+    assert status == 200 and body["device_keys"].get(c.user_id, {}) == {}
+    await c.close()
+    await owner.close()
 
 
 # -- shared-secret registration -----------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -30,7 +29,6 @@ from hs.services.registration import (
 if TYPE_CHECKING:
     from hs.server import HomeServer
 
-logger = logging.getLogger(__name__)
 
 MAX_DEVICE_DISPLAY_NAME_LEN = 100
 
@@ -177,19 +175,14 @@ async def login(request: web.Request) -> HandlerResult:
 
 async def logout(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
-    await hs.user_store.delete_token(requester.access_token)
-    deleted = await hs.user_store.delete_devices(requester.user_id, [requester.device_id])
-    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
+    await hs.accounts.logout(await hs.auth.requester(request))
     return 200, {}
 
 
 async def logout_all(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    deleted = await hs.user_store.delete_devices(requester.user_id, None)
-    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
-    await hs.user_store.delete_all_tokens(requester.user_id)
+    await hs.accounts.logout_all(requester.user_id)
     return 200, {}
 
 
@@ -266,8 +259,7 @@ async def delete_device(request: web.Request) -> HandlerResult:
         raise not_found("No device found")
     body = await parse_json(request, allow_empty=True)
     await _reg(hs).validate_user_via_ui_auth(request, body, requester)
-    deleted = await hs.user_store.delete_devices(requester.user_id, [device_id])
-    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
+    await hs.accounts.delete_devices(requester.user_id, [device_id])
     return 200, {}
 
 
@@ -278,8 +270,7 @@ async def delete_devices(request: web.Request) -> HandlerResult:
     if "devices" in body:
         _device_list(body)
     params = await _reg(hs).validate_user_via_ui_auth(request, body, requester)
-    deleted = await hs.user_store.delete_devices(requester.user_id, _device_list(params))
-    await hs.e2ee.on_devices_deleted(requester.user_id, deleted)
+    await hs.accounts.delete_devices(requester.user_id, _device_list(params))
     return 200, {}
 
 
@@ -310,18 +301,7 @@ async def deactivate(request: web.Request) -> HandlerResult:
     body = await parse_json(request, allow_empty=True)
     body_bool(body, "erase", False)  # checked; events are not erased, the account is deactivated
     await reg.validate_user_via_ui_auth(request, body, requester)
-    user_id = requester.user_id
-    await hs.db.execute("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1", user_id)
-    deleted = await hs.user_store.delete_devices(user_id, None)
-    await hs.e2ee.on_devices_deleted(user_id, deleted)
-    await hs.user_store.delete_all_tokens(user_id)
-    rooms = await hs.event_store.get_rooms_for_user(user_id, ("join", "invite", "knock"))
-    for room_id in rooms:
-        try:
-            await hs.event_sender.send(room_id, user_id, "m.room.member", {"membership": "leave"},
-                                       state_key=user_id)
-        except Exception:
-            logger.warning("deactivating %s: could not leave %s", user_id, room_id, exc_info=True)
+    await hs.accounts.deactivate(requester.user_id)
     return 200, {"id_server_unbind_result": "no-support"}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from hs.api.base import HandlerResult, JsonDict, Route, get_hs, parse_json
+from hs.api.params import path_room_id
 from hs.db.stores.account_data import GLOBAL
 from hs.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
 
@@ -30,13 +31,6 @@ async def _own_user(request: web.Request) -> str:
     if user_id != requester.user_id:
         raise forbidden("Cannot access account data of other users.")
     return user_id
-
-
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    if not room_id.startswith("!") or len(room_id) < 2:
-        raise invalid_param(f"{room_id} is not a valid room ID.")
-    return room_id
 
 
 def _data_type(request: web.Request) -> str:
@@ -79,11 +73,11 @@ async def put_global(request: web.Request) -> HandlerResult:
 
 
 async def get_room(request: web.Request) -> HandlerResult:
-    return await _get(request, _room_id(request))
+    return await _get(request, path_room_id(request))
 
 
 async def put_room(request: web.Request) -> HandlerResult:
-    return await _put(request, _room_id(request))
+    return await _put(request, path_room_id(request))
 
 
 # -- tags --------------------------------------------------------------------------------------------------
@@ -101,14 +95,14 @@ def _tag_name(request: web.Request) -> str:
 
 async def get_tags(request: web.Request) -> HandlerResult:
     user_id = await _own_user(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     content = await get_hs(request).account_data_stream.store.get(user_id, room_id, TAG_TYPE)
     return 200, {"tags": _tags_of(content)}
 
 
 async def put_tag(request: web.Request) -> HandlerResult:
     user_id = await _own_user(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     tag = _tag_name(request)
     body = await parse_json(request)
     if "order" in body:
@@ -127,7 +121,7 @@ async def put_tag(request: web.Request) -> HandlerResult:
 
 async def delete_tag(request: web.Request) -> HandlerResult:
     user_id = await _own_user(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     tag = _tag_name(request)
 
     def change(current: JsonDict | None) -> JsonDict | None:

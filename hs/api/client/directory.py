@@ -14,6 +14,7 @@ from hs.api.params import (
     body_int,
     body_object,
     parse_int,
+    path_room_id,
     query_int,
     query_str,
     query_token,
@@ -21,7 +22,6 @@ from hs.api.params import (
     token,
 )
 from hs.errors import MatrixError, bad_json
-from hs.services.rooms import check_room_id
 
 
 def directory_since(raw: str) -> int:
@@ -56,8 +56,7 @@ async def delete_alias(request: web.Request) -> tuple[int, Any]:
 async def get_room_aliases(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = request.match_info["roomId"]
-    check_room_id(room_id)
+    room_id = path_room_id(request)
     return 200, {"aliases": await hs.rooms.get_room_aliases(requester, room_id)}
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from hs.api.base import CLIENT_V1, CLIENT_V3_V1, Route, get_hs, parse_json
 from hs.api.params import (
     MAX_JSON_QUERY_LENGTH,
+    path_room_id,
     query_enum,
     query_limit,
     query_pagination_token,
@@ -18,16 +19,10 @@ from hs.api.params import (
     query_str,
 )
 from hs.errors import MatrixError
-from hs.services.rooms import MAX_LIMIT, EventFilter, check_room_id
+from hs.services.rooms import MAX_LIMIT, EventFilter
 
 DIRECTIONS = ("b", "f")
 DEFAULT_LIMIT = 10
-
-
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    check_room_id(room_id)
-    return room_id
 
 
 def _filter(request: web.Request) -> EventFilter:
@@ -44,7 +39,7 @@ def _filter(request: web.Request) -> EventFilter:
 async def send_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     content = await parse_json(request)
     event_id = await hs.rooms.send_event(requester, room_id, request.match_info["eventType"], content,
                                          request.match_info["txnId"])
@@ -54,7 +49,7 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
 async def send_state(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     content = await parse_json(request)
     event_id = await hs.rooms.send_state(requester, room_id, request.match_info["eventType"],
                                          request.match_info.get("stateKey", ""), content)
@@ -64,7 +59,7 @@ async def send_state(request: web.Request) -> tuple[int, Any]:
 async def redact_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
     if body.get("reason") is not None and not isinstance(body["reason"], str):
         raise MatrixError(400, "M_BAD_JSON", "'reason' must be a string")
@@ -76,7 +71,7 @@ async def redact_event(request: web.Request) -> tuple[int, Any]:
 async def get_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    return 200, await hs.rooms.get_event(requester, _room_id(request), request.match_info["eventId"])
+    return 200, await hs.rooms.get_event(requester, path_room_id(request), request.match_info["eventId"])
 
 
 async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
@@ -96,13 +91,13 @@ async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
     direction = query_enum(request, "dir", DIRECTIONS)
     if direction is None:
         raise MatrixError(400, "M_MISSING_PARAM", "Missing 'dir'")
-    return 200, await hs.rooms.event_near_timestamp(requester, _room_id(request), ts, direction == "f")
+    return 200, await hs.rooms.event_near_timestamp(requester, path_room_id(request), ts, direction == "f")
 
 
 async def get_messages(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     direction = query_enum(request, "dir", DIRECTIONS, "f")
     assert direction is not None
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
@@ -115,7 +110,7 @@ async def get_messages(request: web.Request) -> tuple[int, Any]:
 async def get_context(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
     return 200, await hs.rooms.get_context(requester, room_id, request.match_info["eventId"], limit,
                                            _filter(request))

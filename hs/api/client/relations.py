@@ -6,9 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
-from hs.api.params import query_bool, query_enum, query_limit, query_str, relations_token, token
+from hs.api.params import path_room_id, query_bool, query_enum, query_limit, query_str, relations_token, token
 from hs.services.relations import DEFAULT_LIMIT
-from hs.services.rooms import MAX_LIMIT, check_room_id
+from hs.services.rooms import MAX_LIMIT
 
 
 def _token(request: web.Request, name: str) -> str | None:
@@ -22,8 +22,7 @@ def _token(request: web.Request, name: str) -> str | None:
 async def relations(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = request.match_info["roomId"]
-    check_room_id(room_id)
+    room_id = path_room_id(request)
     direction = query_enum(request, "dir", ("b", "f"), "b")
     query_bool(request, "recurse")  # checked; the answer is depth 1 either way
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
@@ -39,8 +38,7 @@ async def relations(request: web.Request) -> HandlerResult:
 async def threads(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = request.match_info["roomId"]
-    check_room_id(room_id)
+    room_id = path_room_id(request)
     include = query_enum(request, "include", ("all", "participated"), "all")
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
     return 200, await hs.relations.threads(requester, room_id, include == "participated",

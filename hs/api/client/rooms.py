@@ -8,15 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json
-from hs.api.params import query_enum, query_pagination_token
+from hs.api.params import path_room_id, query_enum, query_pagination_token
 from hs.errors import bad_json
-from hs.services.rooms import MEMBERSHIPS, check_room_id, require_membership_target
-
-
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    check_room_id(room_id)
-    return room_id
+from hs.services.rooms import MEMBERSHIPS, require_membership_target
 
 
 def _reason(body: dict[str, Any]) -> str | None:
@@ -54,7 +48,7 @@ async def knock_room(request: web.Request) -> tuple[int, Any]:
 async def join_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
     await hs.rooms.join(requester, room_id, _reason(body))
     return 200, {"room_id": room_id}
@@ -63,7 +57,7 @@ async def join_room(request: web.Request) -> tuple[int, Any]:
 async def leave_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
     await hs.rooms.update_membership(requester, room_id, requester.user_id, "leave", _reason(body))
     return 200, {}
@@ -73,7 +67,7 @@ def _membership_action(action: str) -> Any:
     async def handler(request: web.Request) -> tuple[int, Any]:
         hs = get_hs(request)
         requester = await hs.auth.requester(request)
-        room_id = _room_id(request)
+        room_id = path_room_id(request)
         body = await parse_json(request, allow_empty=True)
         target = require_membership_target(body)
         reason = _reason(body)
@@ -87,7 +81,7 @@ def _membership_action(action: str) -> Any:
 async def forget_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    room_id = _room_id(request)
+    room_id = path_room_id(request)
     await parse_json(request, allow_empty=True)
     await hs.rooms.forget(requester, room_id)
     return 200, {}
@@ -96,7 +90,7 @@ async def forget_room(request: web.Request) -> tuple[int, Any]:
 async def get_room_state(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    return 200, await hs.rooms.get_state(requester, _room_id(request))
+    return 200, await hs.rooms.get_state(requester, path_room_id(request))
 
 
 async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
@@ -104,7 +98,7 @@ async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     fmt = query_enum(request, "format", ("content", "event"), "content")
     assert fmt is not None
-    return 200, await hs.rooms.get_state_event(requester, _room_id(request), request.match_info["eventType"],
+    return 200, await hs.rooms.get_state_event(requester, path_room_id(request), request.match_info["eventType"],
                                                request.match_info.get("stateKey", ""), fmt)
 
 
@@ -113,7 +107,7 @@ async def get_members(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     membership = query_enum(request, "membership", MEMBERSHIPS)
     not_membership = query_enum(request, "not_membership", MEMBERSHIPS)
-    chunk = await hs.rooms.get_members(requester, _room_id(request), query_pagination_token(request, "at"),
+    chunk = await hs.rooms.get_members(requester, path_room_id(request), query_pagination_token(request, "at"),
                                        membership, not_membership)
     return 200, {"chunk": chunk}
 
@@ -121,7 +115,7 @@ async def get_members(request: web.Request) -> tuple[int, Any]:
 async def get_joined_members(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    return 200, {"joined": await hs.rooms.get_joined_members(requester, _room_id(request))}
+    return 200, {"joined": await hs.rooms.get_joined_members(requester, path_room_id(request))}
 
 
 async def get_joined_rooms(request: web.Request) -> tuple[int, Any]:

@@ -60,6 +60,10 @@ class UserStore:
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self.db.execute("UPDATE users SET password_hash = $2 WHERE user_id = $1", user_id, password_hash)
 
+    async def deactivate(self, user_id: str) -> None:
+        """Mark the account deactivated (its tokens stop working) and drop its password."""
+        await self.db.execute("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1", user_id)
+
     # -- devices and tokens --------------------------------------------------------------------------
     async def create_device_and_token(self, user_id: str, device_id: str, display_name: str | None,
                                       token: str) -> None:

@@ -1,0 +1,53 @@
+"""What happens to an account after registration, beyond its password: devices deleted (with their
+keys), logging out, and deactivation.
+
+A deleted device takes its access tokens and pushers with it (hs/db/stores/users.py) and its keys and
+undelivered to-device messages (the E2EE service, which also tells the users who share a room with
+it), whichever endpoint deleted it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+    from hs.services.auth import Requester
+
+logger = logging.getLogger(__name__)
+
+
+class AccountService:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+
+    async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> list[str]:
+        """Delete the user's devices (all when None) with their tokens, pushers and keys; returns the
+        IDs of those that existed."""
+        deleted: list[str] = await self.hs.user_store.delete_devices(user_id, device_ids)
+        await self.hs.e2ee.on_devices_deleted(user_id, deleted)
+        return deleted
+
+    async def logout(self, requester: Requester) -> None:
+        """End the requester's session: its token and its device."""
+        await self.hs.user_store.delete_token(requester.access_token)
+        await self.delete_devices(requester.user_id, [requester.device_id])
+
+    async def logout_all(self, user_id: str) -> None:
+        """End every session of the user: all devices, and any token left without one."""
+        await self.delete_devices(user_id, None)
+        await self.hs.user_store.delete_all_tokens(user_id)
+
+    async def deactivate(self, user_id: str) -> None:
+        """Deactivate the account: no password, no sessions, and out of every room it was in, invited
+        to or knocking on. Events are not erased. A room it cannot leave is logged and skipped."""
+        await self.hs.user_store.deactivate(user_id)
+        await self.logout_all(user_id)
+        rooms = await self.hs.event_store.get_rooms_for_user(user_id, ("join", "invite", "knock"))
+        for room_id in rooms:
+            try:
+                await self.hs.event_sender.send(room_id, user_id, "m.room.member", {"membership": "leave"},
+                                                state_key=user_id)
+            except Exception:
+                logger.warning("deactivating %s: could not leave %s", user_id, room_id, exc_info=True)
