@@ -245,22 +245,44 @@ class WorkerInstance(Strict):
         return value.removeprefix("synapse.app.")
 
 
-class StreamWriters(Strict):
-    events: list[str] = Field(default_factory=lambda: ["main"])
-    typing: list[str] = Field(default_factory=lambda: ["main"])
-    to_device: list[str] = Field(default_factory=lambda: ["main"])
-    receipts: list[str] = Field(default_factory=lambda: ["main"])
-    presence: list[str] = Field(default_factory=lambda: ["main"])
-    account_data: list[str] = Field(default_factory=lambda: ["main"])
-    push_rules: list[str] = Field(default_factory=lambda: ["main"])
-    device_lists: list[str] = Field(default_factory=lambda: ["main"])
+class StreamWriters(BaseModel):
+    """`stream_writers`: each stream's writer instance(s), a name or a list; `main` when not given.
+
+    Which streams exist, and which may have several writers, is the stream registry's
+    (hs/streams/registry.py), so the keys are checked against it rather than listed here."""
+
+    model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="before")
     @classmethod
     def _listify(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: ([v] if isinstance(v, str) else v) for k, v in data.items()}
-        return data
+        if not isinstance(data, dict):
+            return data
+        from hs.streams.registry import stream_names  # the registry imports the streams, which use config
+
+        known = stream_names()
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise ValueError(f"{key!r} is not a stream (streams: {', '.join(known)})")
+            writers = [value] if isinstance(value, str) else value
+            if not isinstance(writers, list) or not all(isinstance(w, str) for w in writers):
+                raise ValueError(f"{key}: must be an instance name or a list of them")
+            out[key] = writers
+        return out
+
+    def writers_of(self, stream: str) -> list[str]:
+        """The stream's writers (`main` unless configured)."""
+        return list((self.model_extra or {}).get(stream, ["main"]))
+
+    def __getattr__(self, name: str) -> Any:
+        # `stream_writers.events` reads like the keys an admin writes.
+        if not name.startswith("_"):
+            from hs.streams.registry import stream_names
+
+            if name in stream_names():
+                return self.writers_of(name)
+        return super().__getattr__(name)  # type: ignore[misc]
 
 
 _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
@@ -382,11 +404,13 @@ class HomeserverConfig(Strict):
         if self.workers and not self.redis.enabled:
             problems.append("redis.enabled: workers replicate through Redis; set redis.enabled: true")
         instances = {"main", *self.workers}
-        for stream in StreamWriters.model_fields:
-            writers = getattr(self.stream_writers, stream)
+        from hs.streams.registry import is_multi_writer, stream_names
+
+        for stream in stream_names():
+            writers = self.stream_writers.writers_of(stream)
             if not writers:
                 problems.append(f"stream_writers.{stream}: needs at least one writer")
-            if stream != "events" and len(writers) > 1:
+            if not is_multi_writer(stream) and len(writers) > 1:
                 problems.append(f"stream_writers.{stream}: only one writer is supported, got {writers}")
             for w in writers:
                 if w not in instances:

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AsyncExitStack
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from hs.config import HomeserverConfig
 from hs.db.migrations import apply_migrations, wait_for_migrations
 from hs.db.pool import Database, make_database
 from hs.db.stores.events import EventStore
+from hs.db.stores.push import PushStore
 from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
 from hs.roles.duties import BACKGROUND_TASKS, PUSHER, duties_for
+from hs.streams import registry
 from hs.streams.account_data import AccountDataStream
+from hs.streams.base import Stream, StreamContext
 from hs.streams.caches import CacheInvalidator
 from hs.streams.device_lists import DeviceListsStream
 from hs.streams.events import EventsStream
@@ -31,6 +35,35 @@ from hs.streams.push_rules import PushRulesStream
 from hs.streams.receipts import ReceiptsStream
 from hs.streams.to_device import ToDeviceStream
 from hs.streams.typing import TypingStream
+
+if TYPE_CHECKING:
+    from hs.db.stores.pushers import PusherStore
+    from hs.replication.http_client import ReplicationClient
+    from hs.services.accounts import AccountService
+    from hs.services.auth import Auth
+    from hs.services.background import BackgroundTasks
+    from hs.services.e2ee import E2eeService
+    from hs.services.events import EventSender
+    from hs.services.notifications import NotificationsService
+    from hs.services.presence import PresenceService
+    from hs.services.profile import ProfileService
+    from hs.services.push_rules import BulkPushEvaluator, PushRulesService
+    from hs.services.pushers import PusherPool
+    from hs.services.ratelimit import Ratelimiter
+    from hs.services.receipts import ReceiptService
+    from hs.services.registration import Registration
+    from hs.services.relations import RelationsService
+    from hs.services.reports import ReportService
+    from hs.services.room_summaries import RoomSummaries
+    from hs.services.rooms import RoomService
+    from hs.services.search import SearchService
+    from hs.services.spaces import SpaceHierarchy
+    from hs.services.sync import SyncService
+    from hs.services.upgrade import RoomUpgrader
+    from hs.services.user_directory import UserDirectory
+    from hs.services.visibility import Visibility
+
+S = TypeVar("S", bound=Stream)
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +89,27 @@ class HomeServer:
         else:
             self.replication = InProcessTransport()
         self.state_group_ids: PositionSource
-        self.events_stream = EventsStream(self)
-        self.receipts_stream = ReceiptsStream(self)
-        self.push_rules_stream = PushRulesStream(self)
-        self.to_device_stream = ToDeviceStream(self)
-        self.device_lists_stream = DeviceListsStream(self)
-        self.presence_stream = PresenceStream(self)
-        self.account_data_stream = AccountDataStream(self)
-        self.typing_stream = TypingStream(self)
+        context = StreamContext(instance_name, config, self.db, self.replication, self.notifier, self.event_store,
+                                self.push_store, lambda: self.replication_client)
+        # Every registered stream (hs/streams/registry.py), by name, in sync token order.
+        self.streams: dict[str, Stream] = {cls.NAME: cls(context) for cls in registry.stream_classes()}
+        self.events_stream = self._stream(EventsStream)
+        self.receipts_stream = self._stream(ReceiptsStream)
+        self.push_rules_stream = self._stream(PushRulesStream)
+        self.to_device_stream = self._stream(ToDeviceStream)
+        self.device_lists_stream = self._stream(DeviceListsStream)
+        self.presence_stream = self._stream(PresenceStream)
+        self.account_data_stream = self._stream(AccountDataStream)
+        self.typing_stream = self._stream(TypingStream)
         self._started = False
+        self._teardown = AsyncExitStack()
         self._background: set[asyncio.Task[None]] = set()
         self._catching_up: asyncio.Task[None] | None = None
 
-    @property
-    def streams(self) -> dict[str, Any]:
-        """Every stream this process tracks, by name (any attribute that is a Stream)."""
-        from hs.streams.base import Stream
-
-        return {v.NAME: v for v in vars(self).values() if isinstance(v, Stream)}
+    def _stream(self, cls: type[S]) -> S:
+        stream = self.streams[cls.NAME]
+        assert isinstance(stream, cls)
+        return stream
 
     @property
     def signing_key(self) -> SigningKey:
@@ -91,6 +127,12 @@ class HomeServer:
         return EventStore(self.db, self.room_store)
 
     @cached_property
+    def push_store(self) -> PushStore:
+        """Push actions, notifications and unread counts (and their cache), shared by the events,
+        receipts and push rules streams and the push services."""
+        return PushStore(self.db)
+
+    @cached_property
     def user_store(self) -> UserStore:
         store = UserStore(self.db, self.config.access_token_cache_size)
         self.caches.register("access_tokens", store.drop_cached_tokens)
@@ -104,7 +146,7 @@ class HomeServer:
         return store
 
     @cached_property
-    def background(self) -> Any:
+    def background(self) -> BackgroundTasks:
         from hs.services.background import BackgroundTasks
 
         return BackgroundTasks(self)
@@ -114,151 +156,151 @@ class HomeServer:
         return CacheInvalidator(self)
 
     @cached_property
-    def event_sender(self) -> Any:
+    def event_sender(self) -> EventSender:
         from hs.services.events import EventSender
 
         return EventSender(self)
 
     @cached_property
-    def replication_client(self) -> Any:
+    def replication_client(self) -> ReplicationClient:
         from hs.replication.http_client import ReplicationClient
 
         return ReplicationClient(self)
 
     @cached_property
-    def auth(self) -> Any:
+    def auth(self) -> Auth:
         from hs.services.auth import Auth
 
         return Auth(self)
 
     @cached_property
-    def registration(self) -> Any:
+    def registration(self) -> Registration:
         from hs.services.registration import Registration
 
         return Registration(self)
 
     @cached_property
-    def pushers_store(self) -> Any:
+    def pushers_store(self) -> PusherStore:
         from hs.db.stores.pushers import PusherStore
 
         return PusherStore(self.db)
 
     @cached_property
-    def accounts(self) -> Any:
+    def accounts(self) -> AccountService:
         from hs.services.accounts import AccountService
 
         return AccountService(self)
 
     @cached_property
-    def profiles(self) -> Any:
+    def profiles(self) -> ProfileService:
         from hs.services.profile import ProfileService
 
         return ProfileService(self)
 
     @cached_property
-    def pushers(self) -> Any:
+    def pushers(self) -> PusherPool:
         from hs.services.pushers import PusherPool
 
         return PusherPool(self)
 
     @cached_property
-    def notifications(self) -> Any:
+    def notifications(self) -> NotificationsService:
         from hs.services.notifications import NotificationsService
 
         return NotificationsService(self)
 
     @cached_property
-    def reports(self) -> Any:
+    def reports(self) -> ReportService:
         from hs.services.reports import ReportService
 
         return ReportService(self)
 
     @cached_property
-    def relations(self) -> Any:
+    def relations(self) -> RelationsService:
         from hs.services.relations import RelationsService
 
         return RelationsService(self)
 
     @cached_property
-    def room_upgrader(self) -> Any:
+    def room_upgrader(self) -> RoomUpgrader:
         from hs.services.upgrade import RoomUpgrader
 
         return RoomUpgrader(self)
 
     @cached_property
-    def search(self) -> Any:
+    def search(self) -> SearchService:
         from hs.services.search import SearchService
 
         return SearchService(self)
 
     @cached_property
-    def room_summaries(self) -> Any:
-        from hs.services.spaces import RoomSummaries
+    def room_summaries(self) -> RoomSummaries:
+        from hs.services.room_summaries import RoomSummaries
 
         return RoomSummaries(self)
 
     @cached_property
-    def spaces(self) -> Any:
+    def spaces(self) -> SpaceHierarchy:
         from hs.services.spaces import SpaceHierarchy
 
         return SpaceHierarchy(self)
 
     @cached_property
-    def user_directory(self) -> Any:
+    def user_directory(self) -> UserDirectory:
         from hs.services.user_directory import UserDirectory
 
         return UserDirectory(self)
 
     @cached_property
-    def rooms(self) -> Any:
+    def rooms(self) -> RoomService:
         from hs.services.rooms import RoomService
 
         return RoomService(self)
 
     @cached_property
-    def e2ee(self) -> Any:
+    def e2ee(self) -> E2eeService:
         from hs.services.e2ee import E2eeService
 
         return E2eeService(self)
 
     @cached_property
-    def receipts(self) -> Any:
+    def receipts(self) -> ReceiptService:
         from hs.services.receipts import ReceiptService
 
         return ReceiptService(self)
 
     @cached_property
-    def push_rules(self) -> Any:
+    def push_rules(self) -> PushRulesService:
         from hs.services.push_rules import PushRulesService
 
         return PushRulesService(self)
 
     @cached_property
-    def push_evaluator(self) -> Any:
+    def push_evaluator(self) -> BulkPushEvaluator:
         from hs.services.push_rules import BulkPushEvaluator
 
         return BulkPushEvaluator(self)
 
     @cached_property
-    def sync(self) -> Any:
+    def sync(self) -> SyncService:
         from hs.services.sync import SyncService
 
         return SyncService(self)
 
     @cached_property
-    def presence(self) -> Any:
+    def presence(self) -> PresenceService:
         from hs.services.presence import PresenceService
 
         return PresenceService(self)
 
     @cached_property
-    def visibility(self) -> Any:
+    def visibility(self) -> Visibility:
         from hs.services.visibility import Visibility
 
         return Visibility(self)
 
     @cached_property
-    def ratelimiters(self) -> Any:
+    def ratelimiters(self) -> dict[str, Ratelimiter]:
         from hs.services.ratelimit import Ratelimiter
 
         c = self.config
@@ -275,110 +317,71 @@ class HomeServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start step by step, each step's teardown registered as soon as it has run: a failure half
+        way undoes what had started, in reverse (and `stop` is the same unwinding)."""
         if self._started:
             return
-        await self.db.open()
-        if self.instance_name == "main" or self.config.database.engine == "sqlite":
-            await apply_migrations(self.db)
-        else:
-            await wait_for_migrations(self.db)
-        self.replication.subscribe("events", self._on_events_message)
-        self.caches.subscribe()
-        _ = self.user_store  # registers its cache with the invalidator
-        self.replication.subscribe("receipts", self.receipts_stream.handle_message)
-        self.replication.subscribe("receipts", self._on_receipts_message)
-        self.replication.subscribe("push_rules", self.push_rules_stream.handle_message)
-        self.replication.subscribe("to_device", self.to_device_stream.handle_message)
-        self.replication.subscribe("device_lists", self.device_lists_stream.handle_message)
-        self.replication.subscribe("account_data", self.account_data_stream.handle_message)
-        self.replication.subscribe("typing", self.typing_stream.handle_message)
-        self.replication.subscribe("events", self.typing_stream.on_events_message)
-        self.presence_stream.subscribe()
-        await self.replication.start()
-        self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
-        await self.events_stream.setup()
-        self.event_store.writes_room = self.events_stream.is_writer_for_room
-        self.event_store.reset_membership_tracking(self.events_stream.current_position())
-        await self.receipts_stream.setup()
-        await self.push_rules_stream.setup()
-        self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
-        if self.events_stream.is_writer:
-            self.event_sender.push_evaluator = self.push_evaluator
-            await self.event_sender.restore_batches()
-        await self.to_device_stream.setup()
-        await self.device_lists_stream.setup()
-        await self.presence_stream.setup()
-        await self.presence.start()
-        if BACKGROUND_TASKS in self.duties:
-            self.background.start()
-        await self.account_data_stream.setup()
-        await self.typing_stream.setup()
-        if PUSHER in self.duties:
-            await self.pushers.start()
+        exits = self._teardown
+        try:
+            await self.db.open()
+            exits.push_async_callback(self.db.close)
+            if self.instance_name == "main" or self.config.database.engine == "sqlite":
+                await apply_migrations(self.db)
+            else:
+                await wait_for_migrations(self.db)
+            self.caches.subscribe()
+            _ = self.user_store  # registers its cache with the invalidator
+            for stream in self.streams.values():
+                stream.subscribe()
+            await self.replication.start()
+            exits.push_async_callback(self._close_replication)
+            self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
+            for stream in self.streams.values():
+                await stream.setup()
+                exits.push_async_callback(stream.close)
+            self.push_rules  # noqa: B018 - subscribes its cache to push rule changes
+            if self.events_stream.is_writer:
+                self.event_sender.push_evaluator = self.push_evaluator
+                # Batches cut off by the last stop are completed before anything new is persisted.
+                await self.event_sender.restore_batches()
+                exits.push_async_callback(self.event_sender.flush_rests)
+            await self.presence.start()
+            exits.push_async_callback(self.presence.stop)
+            if BACKGROUND_TASKS in self.duties:
+                self.background.start()
+                exits.push_async_callback(self.background.stop)
+            if PUSHER in self.duties:
+                await self.pushers.start()
+                exits.push_async_callback(self.pushers.stop)
+        except BaseException:
+            await self._unwind()
+            raise
         self._started = True
 
+    async def stop(self) -> None:
+        """Undo the start-up, last step first: pushers and background tasks stop, event batches being
+        persisted are completed, then the streams, replication and the database close."""
+        await self._unwind()
+        self._started = False
+
+    async def _unwind(self) -> None:
+        exits, self._teardown = self._teardown, AsyncExitStack()
+        await exits.aclose()
+
+    async def _close_replication(self) -> None:
+        await self.replication.stop()
+        if "replication_client" in self.__dict__:  # else its session is reported unclosed at exit
+            await self.replication_client.close()
+
     async def catch_up(self) -> None:
-        """After a replication outage, or while replication messages are not arriving: re-read
-        persisted positions and wake every waiter to re-check. Callers arriving while a catch-up runs
-        share it."""
+        """After a replication outage, or while replication messages are not arriving: every stream
+        re-reads its persisted positions (and drops what its messages kept in memory) and wakes every
+        waiter to re-check. Callers arriving while a catch-up runs share it."""
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
         await asyncio.shield(self._catching_up)
 
     async def _catch_up(self) -> None:
         self.caches.flush_all()
-        self.push_rules_stream.store.unread.clear()
-        self.event_store.reset_membership_tracking(await self.event_store.get_max_stream_ordering())
-        await self.events_stream.catch_up()
-        await self.receipts_stream.catch_up()
-        await self.push_rules_stream.catch_up()
-        await self.to_device_stream.catch_up()
-        await self.device_lists_stream.catch_up()
-        await self.presence_stream.catch_up()
-        await self.account_data_stream.catch_up()
-        await self.typing_stream.catch_up()
-
-    def _on_events_message(self, msg: dict[str, Any]) -> None:
-        redacts = msg.get("redacts") or []
-        for event_id in [redacts] if isinstance(redacts, str) else redacts:
-            self.event_store.invalidate_event(event_id)
-        if msg.get("gap"):
-            self.event_store.reset_membership_tracking(int(msg["position"]))
-        last = int(msg.get("row_position") or msg["position"])
-        events = msg.get("events")
-        if msg.get("instance") != self.instance_name:  # our own writes set the counts they change
-            for room_id in msg.get("rooms") or ():
-                self.push_rules_stream.store.unread.invalidate_room(room_id)
-        for room_id in msg.get("rooms") or ():
-            self.event_store.on_room_events(room_id, int(msg.get("first_position") or last), last,
-                                            [(int(pos), str(eid)) for pos, eid in events] if events else None)
-        users = msg.get("users")
-        if users:
-            self.event_store.on_membership_change(list(users), int(msg.get("row_position") or msg["position"]))
-        self.events_stream.handle_message(msg)
-        if self.events_stream.tracker is not None and msg.get("instance") != self.instance_name:
-            task = asyncio.get_running_loop().create_task(self.events_stream.on_other_writer(msg["instance"]))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    def _on_receipts_message(self, msg: dict[str, Any]) -> None:
-        room_id, users = msg.get("counts_room"), msg.get("users") or ()
-        if isinstance(room_id, str):  # a read receipt recounted these users' unread notifications
-            for user_id in users:
-                self.push_rules_stream.store.unread.invalidate(user_id, room_id)
-
-    async def stop(self) -> None:
-        if "event_sender" in self.__dict__:
-            await self.event_sender.flush_rests()
-        if "background" in self.__dict__:
-            await self.background.stop()
-        if "pushers" in self.__dict__:
-            await self.pushers.stop()
-        if "presence" in self.__dict__:
-            await self.presence.stop()
-        self.typing_stream.close()
-        self.events_stream.close()
-        await self.replication.stop()
-        if "replication_client" in self.__dict__:  # else its session is reported unclosed at exit
-            await self.replication_client.close()
-        await self.db.close()
+        for stream in self.streams.values():
+            await stream.catch_up()

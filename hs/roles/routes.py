@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from hs.api.base import Route
 from hs.config import HomeserverConfig
+from hs.streams.registry import write_groups
 
 # Endpoint groups a generic worker serves (the seed's generic_worker sections).
 GENERIC_WORKER_GROUPS = {"sync", "client", "encryption", "registration_login", "event_sending",
                          "pagination", "account_data", "receipts", "presence", "pushrules", "user_directory"}
-# Groups owned by a stream's writer: requests go to that writer.
-STREAM_GROUPS = {"typing": "typing", "to_device": "to_device", "account_data": "account_data",
-                 "receipts": "receipts", "presence": "presence",
-                 # Push rule reads are served anywhere; writes go to the push_rules writer.
-                 "pushrules": "push_rules"}
+# Route group -> the stream whose writer handles the group's writes (each stream says which groups
+# are its own: `Stream.WRITE_GROUPS`).
+STREAM_GROUPS = write_groups()
 
 
 def all_routes() -> list[Route]:

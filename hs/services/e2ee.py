@@ -319,36 +319,41 @@ class E2eeService:
         return sorted(changed), sorted(left)
 
     # -- sync --------------------------------------------------------------------------------------------
-    async def add_sync_fields(self, config: SyncConfig, body: JsonDict) -> bool:
-        """Fill the E2EE fields of a /sync response; True if there is something new for the client."""
+    async def add_to_device(self, config: SyncConfig, upto: StreamToken, body: JsonDict) -> tuple[bool, int | None]:
+        """The to-device section of /sync: the device's messages in the range, at most
+        MAX_TO_DEVICE_PER_SYNC of them. Returns whether there were any, and the position of the last
+        one sent when more may wait (the next sync continues right after it)."""
         user_id, device_id, since = config.user_id, config.device_id, config.since
-        next_token = StreamToken.decode(body["next_batch"])
-        updates = False
+        if not device_id:
+            return False, None
+        after = since.get("to_device") if since is not None else 0
+        if after:
+            # The client has the messages up to its token: they can go.
+            await self.store.delete_to_device_messages(user_id, device_id, after)
+        end = upto.get("to_device")
+        if end <= after:
+            return False, None
+        rows = await self.store.get_to_device_messages(user_id, device_id, after, end, MAX_TO_DEVICE_PER_SYNC)
+        if not rows:
+            return False, None
+        body["to_device"] = {"events": [{"sender": r["sender"], "type": r["type"], "content": r["content"]}
+                                        for r in rows]}
+        reached = int(rows[-1]["stream_id"]) if len(rows) == MAX_TO_DEVICE_PER_SYNC else None
+        return True, reached
+
+    async def add_device_lists(self, config: SyncConfig, next_token: StreamToken, body: JsonDict) -> bool:
+        """The device-lists section of /sync: who changed devices or stopped sharing a room with the
+        user since the token, and this device's one-time and fallback key counts."""
+        user_id, device_id, since = config.user_id, config.device_id, config.since
         if device_id:
-            after = since.get("to_device") if since is not None else 0
-            if after:
-                # The client has the messages up to its token: they can go.
-                await self.store.delete_to_device_messages(user_id, device_id, after)
-            upto = next_token.get("to_device")
-            if upto > after:
-                rows = await self.store.get_to_device_messages(user_id, device_id, after, upto,
-                                                               MAX_TO_DEVICE_PER_SYNC)
-                if rows:
-                    updates = True
-                    body["to_device"] = {"events": [{"sender": r["sender"], "type": r["type"],
-                                                     "content": r["content"]} for r in rows]}
-                    if len(rows) == MAX_TO_DEVICE_PER_SYNC:
-                        # More may wait: the next sync continues right after the last one sent.
-                        next_token = next_token.with_position("to_device", rows[-1]["stream_id"])
-                        body["next_batch"] = next_token.encode()
             counts, fallback_types = await self.key_counts(user_id, device_id)
             body["device_one_time_keys_count"] = counts
             body["device_unused_fallback_key_types"] = fallback_types
-        if since is not None:
-            changed, left = await self.device_list_changes(user_id, since, next_token)
-            body["device_lists"] = {"changed": changed, "left": left}
-            updates = updates or bool(changed or left)
-        return updates
+        if since is None:
+            return False
+        changed, left = await self.device_list_changes(user_id, since, next_token)
+        body["device_lists"] = {"changed": changed, "left": left}
+        return bool(changed or left)
 
     # -- cross-signing -----------------------------------------------------------------------------------
     async def cross_signing_needs_uia(self, user_id: str, body: JsonDict) -> bool:

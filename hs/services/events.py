@@ -25,6 +25,7 @@ from hs.db.stores.event_batch import (
 )
 from hs.db.stores.push import PushRow, SummaryRow, local_joins
 from hs.db.stores.rooms import AliasTaken, NewRoom, RoomIdTaken
+from hs.db.stores.stream_positions import StreamPositionStore
 from hs.errors import MatrixError, forbidden, not_found
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
 from hs.events.canonical_json import CanonicalJsonError
@@ -34,7 +35,6 @@ from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersio
 from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
 from hs.services.push_evaluator import evaluate_push
-from hs.streams.events import _UPSERT_POSITION
 from hs.util import KeyedLocks, LruCache, now_ms, random_string
 
 if TYPE_CHECKING:
@@ -510,7 +510,7 @@ class EventSender:
             counts = await self.hs.push_rules_stream.store.write_push_actions(
                 c, push_rows, redacted, [(user_id, room_id) for user_id in joins])
             if own_position is not None:
-                await c.execute(_UPSERT_POSITION, self.hs.instance_name, own_position)
+                await StreamPositionStore.record_position_in(c, "events", self.hs.instance_name, own_position)
             return counts
 
         return write

@@ -68,6 +68,7 @@ class PresenceService:
         self.hs = hs
         self.enabled = hs.config.use_presence
         self.stream = hs.presence_stream
+        self.stream.on_command = self.handle_command
         self.store = self.stream.store
         # Writer only: users who are not offline (and those touched since they went offline).
         self._states: dict[str, PresenceState] = {}

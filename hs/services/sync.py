@@ -38,6 +38,7 @@ from hs.errors import MatrixError, invalid_param
 from hs.events.event import Event, StateKey
 from hs.services.filtering import DEFAULT_FILTER, Filter, only_fields
 from hs.services.serialize import serialize_event, serialize_events
+from hs.services.sync_sections import SECTIONS, SyncRequest, check_sections
 from hs.streams.tokens import StreamToken, TopologicalToken
 from hs.util import LruCache, json_loads
 
@@ -96,6 +97,9 @@ class SyncService:
         # Lazy-loading: the member event last sent per (user, device, room) and member, so members the
         # client already has are not sent again (unless include_redundant_members).
         self._sent_members: LruCache[tuple[str, str | None, str], dict[str, str]] = LruCache(50000)
+        self._sections = [section(hs) for section in SECTIONS]
+        for problem in check_sections(tuple(hs.streams)):
+            logger.warning("%s: its changes never reach /sync", problem)
 
     # -- filters -----------------------------------------------------------------------------------------
     async def resolve_filter(self, user_id: str, param: str | None) -> Filter:
@@ -142,12 +146,17 @@ class SyncService:
         await self.hs.presence.user_syncing(config.user_id, config.set_presence, config.timeout_ms)
         while True:
             now = notifier.current
-            body, has_updates, joined = await self._sync_once(config, now)
-            has_updates = await self.hs.presence.add_to_sync(config, now, body) or has_updates
-            has_updates = await self._add_non_event_data(config, now, body, joined) or has_updates
-            has_updates = await self.hs.receipts.add_to_sync(config, now, body, joined) or has_updates
-            has_updates = await self.hs.push_rules.add_to_sync(config, now, body) or has_updates
-            has_updates = await self.hs.e2ee.add_sync_fields(config, body) or has_updates
+            request = SyncRequest(config, now)
+            next_token = request.next_token
+            body = self._body(next_token)
+            has_updates = False
+            for section in self._sections:
+                result = await section.add(request, body)
+                has_updates = has_updates or result.updated
+                if result.reached is not None:
+                    next_token = next_token.with_position(section.STREAM, result.reached)
+            body["next_batch"] = next_token.encode()
+            joined = request.joined
             if has_updates or config.since is None or config.full_state:
                 return body
             remaining = deadline - loop.time()
@@ -160,10 +169,12 @@ class SyncService:
             # No await between the check above and the listener's registration inside `wait`.
             await notifier.wait(config.user_id, joined, remaining)
 
-    async def _sync_once(self, config: SyncConfig, now: StreamToken) -> tuple[dict[str, Any], bool, list[str]]:
+    async def add_rooms(self, config: SyncConfig, now: StreamToken, body: dict[str, Any]) -> tuple[bool, list[str]]:
+        """The rooms section (the events stream): fill `body["rooms"]`; returns whether anything was
+        added, and the rooms the user is joined to at `now`."""
         since = config.since
-        next_token = now if since is None else since.max(now)
-        rooms: dict[str, dict[str, Any]] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
+        next_token = StreamToken.decode(body["next_batch"])
+        rooms: dict[str, dict[str, Any]] = body["rooms"]
         kind = "initial" if since is None else "incremental"
         with SYNC_COMPUTE.labels(kind).time():
             if since is None:
@@ -173,7 +184,7 @@ class SyncService:
                 if not now.stream_is_after(after, "events") and not config.full_state:
                     # Fast path: nothing was persisted since the token.
                     joined = list(await self.store.get_rooms_for_user(config.user_id, ("join",)))
-                    return self._body(next_token, rooms), False, joined
+                    return False, joined
                 plans, invites, knocks, joined = await self._incremental_plans(config, after, now)
             for plan in plans:
                 entry = await self._room_entry(config, plan, next_token)
@@ -187,14 +198,13 @@ class SyncService:
                 stripped = await self._stripped_state(event_id)
                 if stripped is not None:
                     rooms["knock"][room_id] = {"knock_state": {"events": stripped}}
-        has_updates = any(rooms.values())
-        return self._body(next_token, rooms), has_updates, joined
+        return any(rooms.values()), joined
 
     @staticmethod
-    def _body(next_token: StreamToken, rooms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _body(next_token: StreamToken) -> dict[str, Any]:
         return {
             "next_batch": next_token.encode(),
-            "rooms": rooms,
+            "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
             "presence": {"events": []},
             "account_data": {"events": []},
             "to_device": {"events": []},
@@ -202,52 +212,58 @@ class SyncService:
             "device_one_time_keys_count": {},
         }
 
-    # -- account data and ephemeral events ---------------------------------------------------------------
-    async def _add_non_event_data(self, config: SyncConfig, now: StreamToken, body: dict[str, Any],
-                                  joined: list[str]) -> bool:
-        """Add the account data (global and per joined room) and the typing notifications of joined rooms
-        in the token range to `body`.
-
-        A joined room with nothing but these gets an entry with an empty timeline. Returns whether
-        anything was added.
-        """
-        since = config.since
-        user_id = config.user_id
-        f = config.filter
+    # -- account data and typing -------------------------------------------------------------------------
+    def _room_entry_for(self, body: dict[str, Any], room_id: str) -> dict[str, Any]:
+        """A joined room's entry in the response, added empty if the rooms section gave it none."""
         rooms_join: dict[str, dict[str, Any]] = body["rooms"]["join"]
-        joined_set = {r for r in joined if f.room_allowed(r)}
-        room_account_data: dict[str, list[dict[str, Any]]] = {}
-        added = False
+        entry = rooms_join.get(room_id)
+        if entry is None:
+            entry = rooms_join[room_id] = empty_join_entry(body["next_batch"])
+        return entry
 
+    async def add_account_data(self, config: SyncConfig, now: StreamToken, body: dict[str, Any],
+                               joined: list[str]) -> bool:
+        """The account data section: global, and per joined room (a room with nothing else gets an
+        entry with an empty timeline). Returns whether anything was added."""
+        since = config.since
+        f = config.filter
         upto = now.get("account_data")
         after = 0 if since is None else min(since.get("account_data"), upto)
-        if after < upto:
-            for row in await self.hs.account_data_stream.store.get_changed(user_id, after, upto):
-                ev = {"type": row["type"], "content": row["content"]}
-                if not row["room_id"]:
-                    if f.account_data.type_allowed(row["type"]):
-                        body["account_data"]["events"].append(ev)
-                        added = True
-                elif (row["room_id"] in joined_set and f.room.account_data.type_allowed(row["type"])
-                      and f.room.account_data.room_allowed(row["room_id"])):
-                    room_account_data.setdefault(row["room_id"], []).append(ev)
-
-        ephemeral: dict[str, list[dict[str, Any]]] = {}
-        typing_upto = now.get("typing")
-        typing_after = None if since is None else min(since.get("typing"), typing_upto)
-        if f.room.ephemeral.type_allowed("m.typing") and (typing_after is None or typing_after < typing_upto):
-            rooms = [r for r in joined_set if f.room.ephemeral.room_allowed(r)]
-            for room_id, users in self.hs.typing_stream.changes(rooms, typing_after, typing_upto).items():
-                ephemeral[room_id] = [{"type": "m.typing", "content": {"user_ids": users}}]
-
-        for room_id in sorted(room_account_data.keys() | ephemeral.keys()):
-            entry = rooms_join.get(room_id)
-            if entry is None:
-                entry = rooms_join[room_id] = empty_join_entry(body["next_batch"])
-            entry["account_data"]["events"].extend(room_account_data.get(room_id, ()))
-            entry.setdefault("ephemeral", {"events": []})["events"].extend(ephemeral.get(room_id, ()))
+        if after >= upto:
+            return False
+        joined_set = {r for r in joined if f.room_allowed(r)}
+        added = False
+        per_room: dict[str, list[dict[str, Any]]] = {}
+        for row in await self.hs.account_data_stream.store.get_changed(config.user_id, after, upto):
+            ev = {"type": row["type"], "content": row["content"]}
+            if not row["room_id"]:
+                if f.account_data.type_allowed(row["type"]):
+                    body["account_data"]["events"].append(ev)
+                    added = True
+            elif (row["room_id"] in joined_set and f.room.account_data.type_allowed(row["type"])
+                  and f.room.account_data.room_allowed(row["room_id"])):
+                per_room.setdefault(row["room_id"], []).append(ev)
+        for room_id in sorted(per_room):
+            self._room_entry_for(body, room_id)["account_data"]["events"].extend(per_room[room_id])
             added = True
         return added
+
+    async def add_typing(self, config: SyncConfig, now: StreamToken, body: dict[str, Any],
+                         joined: list[str]) -> bool:
+        """The typing section: who is typing in the joined rooms whose typing changed in the range."""
+        since = config.since
+        f = config.filter
+        typing_upto = now.get("typing")
+        typing_after = None if since is None else min(since.get("typing"), typing_upto)
+        if not f.room.ephemeral.type_allowed("m.typing") or (typing_after is not None and typing_after >= typing_upto):
+            return False
+        rooms = [r for r in joined if f.room_allowed(r) and f.room.ephemeral.room_allowed(r)]
+        changes = self.hs.typing_stream.changes(rooms, typing_after, typing_upto)
+        for room_id in sorted(changes):
+            entry = self._room_entry_for(body, room_id)
+            entry.setdefault("ephemeral", {"events": []})["events"].append(
+                {"type": "m.typing", "content": {"user_ids": changes[room_id]}})
+        return bool(changes)
 
     def _clamp_since(self, config: SyncConfig, since: StreamToken) -> SyncConfig:
         """Typing positions restart at 0 with the writer: a token from before that reads as 0."""

@@ -7,27 +7,25 @@ user whose position is in its range. A write wakes only that user's long-polls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hs.db.stores.account_data import AccountDataStore
-from hs.streams.base import TableStream
+from hs.streams.base import StreamContext, TableStream
 from hs.streams.positions import PositionTracker
 from hs.util import KeyedLocks
-
-if TYPE_CHECKING:
-    from hs.server import HomeServer
 
 Content = dict[str, Any]
 
 
 class AccountDataStream(TableStream):
     NAME = "account_data"
+    WRITE_GROUPS = ("account_data",)
     SOURCE = "account_data"
     TABLE = "account_data"
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.account_data)
-        self.store = AccountDataStore(hs.db)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
+        self.store = AccountDataStore(ctx.db)
         # Read-modify-write updates (tags) of one user's room are serialised in the (single) writer.
         self._locks = KeyedLocks()
 

@@ -2,14 +2,16 @@
 
 Each process keeps, per writer, the position up to which it has seen that writer's rows committed. The
 stream's *current* position is the minimum over writers: everything at or below it is persisted and
-visible. Notifications for positions above the minimum wait until the minimum reaches them, so a
-long-poll is never woken for (and never returns) an event it then cannot see.
+visible. A notification about a row waits until its writer's position reaches the row, so a long-poll
+is never woken for (and never returns) an event it then cannot see.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import Gauge
@@ -17,7 +19,13 @@ from prometheus_client import Gauge
 from hs.streams.positions import PositionTracker, make_position_source
 
 if TYPE_CHECKING:
-    from hs.server import HomeServer
+    from hs.config import HomeserverConfig
+    from hs.db.pool import Database
+    from hs.db.stores.events import EventStore
+    from hs.db.stores.push import PushStore
+    from hs.replication.http_client import ReplicationClient
+    from hs.replication.transport import ReplicationTransport
+    from hs.streams.notifier import Notifier
 
 logger = logging.getLogger(__name__)
 STREAM_POSITION = Gauge("hs_stream_position", "Current stream position", ["stream", "writer"])
@@ -28,12 +36,37 @@ def stable_shard(key: str, n: int) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n
 
 
-class Stream:
-    NAME: ClassVar[str]
+@dataclass
+class StreamContext:
+    """What a stream works with: its process's identity, config, database and replication, the
+    notifier it wakes, and the stores whose caches its messages keep right. Not the HomeServer: a
+    stream calls no service."""
 
-    def __init__(self, hs: HomeServer, writers: list[str]) -> None:
-        self.hs = hs
-        self.writers = list(writers)
+    instance_name: str
+    config: HomeserverConfig
+    db: Database
+    replication: ReplicationTransport
+    notifier: Notifier
+    event_store: EventStore
+    push_store: PushStore
+    # Built on first use (it needs the HomeServer): HTTP calls to another instance's stream writer.
+    replication_client: Callable[[], ReplicationClient]
+
+
+class Stream:
+    """One stream: its writers' positions in this process, what it tells the notifier, and (in its
+    subclass) how it writes, replicates and catches up. Registered in hs/streams/registry.py."""
+
+    NAME: ClassVar[str]
+    # Whether `stream_writers` may name several writers (each with its own positions).
+    MULTI_WRITER: ClassVar[bool] = False
+    # Route groups (hs/roles/routes.py) whose writes are handled by this stream's writer: a worker
+    # that is not the writer forwards them there.
+    WRITE_GROUPS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+        self.writers = list(ctx.config.stream_writers.writers_of(self.NAME))
         self.positions: dict[str, int] = dict.fromkeys(self.writers, 0)
         # (position, writer, users, rooms, everyone): notifications held back until their writer's
         # position reaches them (the rows they are about are then readable here).
@@ -41,7 +74,22 @@ class Stream:
 
     @property
     def is_writer(self) -> bool:
-        return self.hs.instance_name in self.writers
+        return self.ctx.instance_name in self.writers
+
+    # -- lifecycle (every process; hs/server.py runs these for every registered stream) ------------------
+    def subscribe(self) -> None:
+        """Register for this stream's replication messages (before the transport starts)."""
+        self.ctx.replication.subscribe(self.NAME, self.handle_message)
+
+    async def setup(self) -> None:
+        """Read the persisted positions; a writer also gets ready to allocate."""
+        self.set_initial_positions(dict.fromkeys(self.writers, 0))
+
+    async def catch_up(self) -> None:
+        """After replication messages may have been lost: re-read positions, wake every waiter."""
+
+    async def close(self) -> None:
+        """Stop whatever the stream runs in the background."""
 
     def current_position(self) -> int:
         """The minimum over writers: every row at or below it is persisted, whoever wrote it."""
@@ -77,7 +125,7 @@ class Stream:
 
     def _update_notifier(self) -> None:
         current = self.current_position()
-        notifier = self.hs.notifier
+        notifier = self.ctx.notifier
         writers = self.positions if len(self.positions) > 1 else None
         if not self._pending:
             notifier.advance(self.NAME, current, writers)
@@ -105,11 +153,11 @@ class Stream:
         from hs.errors import MatrixError
 
         return MatrixError(500, "M_UNKNOWN", f"{self.NAME} is written by {self.writers[0]}, not "
-                                             f"{self.hs.instance_name}; the write should have been forwarded")
+                                             f"{self.ctx.instance_name}; the write should have been forwarded")
 
     async def publish(self, position: int, **data: Any) -> None:
         """Tell every process (this one included) that this writer has persisted up to `position`."""
-        await self.hs.replication.publish(self.NAME, self.hs.instance_name, position, data)
+        await self.ctx.replication.publish(self.NAME, self.ctx.instance_name, position, data)
 
     def handle_message(self, msg: dict[str, Any]) -> None:
         self.on_position(msg["instance"], int(msg["position"]), frozenset(msg.get("users", ())),
@@ -127,15 +175,15 @@ class TableStream(Stream):
     TABLE: ClassVar[str]
     COLUMN: ClassVar[str] = "stream_id"
 
-    def __init__(self, hs: HomeServer, writers: list[str]) -> None:
-        super().__init__(hs, writers)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
         self.tracker: PositionTracker | None = None
 
     async def stored_max(self) -> int:
         raise NotImplementedError
 
     async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, self.SOURCE, self.TABLE, self.COLUMN)
+        source = await make_position_source(self.ctx.db, self.SOURCE, self.TABLE, self.COLUMN)
         maximum = await self.stored_max()
         self.set_initial_positions(dict.fromkeys(self.writers, maximum))
         if self.is_writer:

@@ -8,13 +8,9 @@ long-polls of exactly those users (and the changed user).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from hs.db.stores.e2ee import E2eeStore
-from hs.streams.base import TableStream
-
-if TYPE_CHECKING:
-    from hs.server import HomeServer
+from hs.streams.base import StreamContext, TableStream
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +20,9 @@ class DeviceListsStream(TableStream):
     SOURCE = "device_lists"
     TABLE = "device_lists_stream"
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.device_lists)
-        self.store = E2eeStore(hs.db)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
+        self.store = E2eeStore(ctx.db)
 
     async def stored_max(self) -> int:
         return int(await self.store.max_device_list_position())
@@ -35,7 +31,7 @@ class DeviceListsStream(TableStream):
         """Log a change of the user's device list and wake everyone who shares a room with them."""
         if self.tracker is None:
             # Not ours to write: the writer records it; we answer once we have seen its position.
-            client = self.hs.replication_client
+            client = self.ctx.replication_client()
             reply = await client.call(self.writers[0], "device_list_change",
                                       {"user_id": user_id, "device_id": device_id})
             await client.wait_for_stream(self.NAME, int(reply["position"]))

@@ -15,41 +15,42 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from hs.streams.base import Stream, stable_shard
+from hs.db.stores.stream_positions import StreamPositionStore
+from hs.streams.base import Stream, StreamContext, stable_shard
 from hs.streams.positions import PositionTracker, make_position_source
-from hs.streams.tokens import StreamToken
 
 if TYPE_CHECKING:
-    from hs.server import HomeServer
+    from hs.streams.tokens import StreamToken
 
 logger = logging.getLogger(__name__)
 # How often an idle writer claims the shared sequence on its own (besides when another writer publishes).
 IDLE_ADVANCE_SECONDS = 0.5
 
-_UPSERT_POSITION = (
-    "INSERT INTO stream_positions (stream_name, instance_name, position) VALUES ('events', $1, $2)"
-    " ON CONFLICT (stream_name, instance_name) DO UPDATE SET position = excluded.position"
-    " WHERE stream_positions.position < excluded.position"
-)
 
 
 class EventsStream(Stream):
     NAME = "events"
+    MULTI_WRITER = True
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.events)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
         self.tracker: PositionTracker | None = None
+        self.store = StreamPositionStore(ctx.db)
         self._idle_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "events_stream", "events", "stream_ordering",
+        source = await make_position_source(self.ctx.db, "events_stream", "events", "stream_ordering",
                                             local_if_single_writer=True, writers=len(self.writers))
         stored = await self.stored_positions()
         self.set_initial_positions(stored)
+        event_store = self.ctx.event_store
+        event_store.writes_room = self.is_writer_for_room
+        event_store.reset_membership_tracking(self.current_position())
         if self.is_writer:
-            self.tracker = PositionTracker(source, stored.get(self.hs.instance_name, 0))
+            self.tracker = PositionTracker(source, stored.get(self.ctx.instance_name, 0))
             # Whatever was in flight when this writer last stopped is gone: claim the sequence so far.
             if len(self.writers) > 1:
                 await self.tracker.advance_idle()
@@ -61,10 +62,14 @@ class EventsStream(Stream):
             if len(self.writers) > 1:
                 self._idle_task = asyncio.get_running_loop().create_task(self._advance_periodically())
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        tasks = list(self._background)
         if self._idle_task is not None:
-            self._idle_task.cancel()
+            tasks.append(self._idle_task)
             self._idle_task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _advance_periodically(self) -> None:
         """Heal by itself: an announcement another writer made while this one could not hear it (a
@@ -79,15 +84,15 @@ class EventsStream(Stream):
     async def stored_positions(self) -> dict[str, int]:
         """Each writer's durably recorded persisted-up-to position."""
         if len(self.writers) == 1:
-            maximum = await self.hs.db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events")
-            return {self.writers[0]: int(maximum or 0)}
-        rows = await self.hs.db.fetch(
-            "SELECT instance_name, position FROM stream_positions WHERE stream_name = 'events'")
-        return {r["instance_name"]: int(r["position"]) for r in rows}
+            return {self.writers[0]: await self.store.max_event_position()}
+        return await self.store.get_positions(self.NAME)
 
     async def catch_up(self) -> None:
         """Apply every writer's recorded position (replication messages may have been lost) and wake
-        every waiter so it re-reads what it missed."""
+        every waiter so it re-reads what it missed. What the messages kept up to date in memory (recent
+        events and memberships, unread counts) is forgotten and read from the database again."""
+        self.ctx.push_store.unread.clear()
+        self.ctx.event_store.reset_membership_tracking(await self.store.max_event_position())
         for writer, position in (await self.stored_positions()).items():
             if writer in self.positions:
                 self.on_position(writer, position, everyone=True)
@@ -96,9 +101,38 @@ class EventsStream(Stream):
             if not await self.advance_if_idle():
                 await self.publish(self.tracker.persisted_upto)
 
+    def handle_message(self, msg: dict[str, Any]) -> None:
+        """A writer persisted a batch: keep the event store's view of recent events, memberships and
+        redactions, and the unread counts, right, then apply the position and wake the listeners."""
+        event_store = self.ctx.event_store
+        redacts = msg.get("redacts") or []
+        for event_id in [redacts] if isinstance(redacts, str) else redacts:
+            event_store.invalidate_event(event_id)
+        if msg.get("gap"):
+            event_store.reset_membership_tracking(int(msg["position"]))
+        last = int(msg.get("row_position") or msg["position"])
+        events = msg.get("events")
+        rooms = msg.get("rooms") or ()
+        own = msg.get("instance") == self.ctx.instance_name
+        if not own:  # our own writes set the counts they change
+            for room_id in rooms:
+                self.ctx.push_store.unread.invalidate_room(room_id)
+        first = int(msg.get("first_position") or last)
+        for room_id in rooms:
+            event_store.on_room_events(room_id, first, last,
+                                       [(int(pos), str(eid)) for pos, eid in events] if events else None)
+        users = msg.get("users")
+        if users:
+            event_store.on_membership_change(list(users), last)
+        super().handle_message(msg)
+        if self.tracker is not None and not own:
+            task = asyncio.get_running_loop().create_task(self.on_other_writer(msg["instance"]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def on_other_writer(self, writer: str) -> None:
         """Another writer moved on: if idle, claim the shared sequence so far and publish it."""
-        if writer == self.hs.instance_name:
+        if writer == self.ctx.instance_name:
             return
         await self.advance_if_idle()
 
@@ -115,8 +149,8 @@ class EventsStream(Stream):
     async def _record_own_position(self) -> int:
         assert self.tracker is not None
         position = self.tracker.persisted_upto
-        await self.hs.db.execute(_UPSERT_POSITION, self.hs.instance_name, position)
-        self.on_position(self.hs.instance_name, position)
+        await self.store.record_position(self.NAME, self.ctx.instance_name, position)
+        self.on_position(self.ctx.instance_name, position)
         return position
 
     def writer_for_room(self, room_id: str) -> str:
@@ -125,7 +159,7 @@ class EventsStream(Stream):
         return self.writers[stable_shard(room_id, len(self.writers))]
 
     def is_writer_for_room(self, room_id: str) -> bool:
-        return self.writer_for_room(room_id) == self.hs.instance_name
+        return self.writer_for_room(room_id) == self.ctx.instance_name
 
     # -- per-room views of a token ------------------------------------------------------------------------
     def room_position(self, token: StreamToken, room_id: str) -> int:

@@ -11,35 +11,36 @@ timeouts (hs/services/presence.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hs.db.stores.presence import PresenceState, PresenceStore
-from hs.streams.base import TableStream
-
-if TYPE_CHECKING:
-    from hs.server import HomeServer
+from hs.streams.base import StreamContext, TableStream
 
 COMMANDS_CHANNEL = "presence_commands"
 
 
 class PresenceStream(TableStream):
     NAME = "presence"
+    WRITE_GROUPS = ("presence",)
     SOURCE = "presence_stream"
     TABLE = "presence"
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.presence)
-        self.store = PresenceStore(hs.db)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
+        self.store = PresenceStore(ctx.db)
+        # On the writer: what handles the activity other processes report (the presence service).
+        self.on_command: Callable[[dict[str, Any]], None] | None = None
 
     async def stored_max(self) -> int:
         return int(await self.store.max_stream_id())
 
     def subscribe(self) -> None:
         """Register the replication handlers; must run before the transport starts."""
-        self.hs.replication.subscribe(self.NAME, self.handle_message)
+        self.ctx.replication.subscribe(self.NAME, self.handle_message)
         if self.is_writer:
-            self.hs.replication.subscribe(COMMANDS_CHANNEL, self._on_command)
+            self.ctx.replication.subscribe(COMMANDS_CHANNEL, self._on_command)
 
     async def persist(self, state: PresenceState, rooms: list[str]) -> PresenceState:
         """Store the state at a new position and wake the user and the members of `rooms`."""
@@ -52,7 +53,8 @@ class PresenceStream(TableStream):
 
     async def send_command(self, command: dict[str, Any]) -> None:
         """From a process that is not the writer: tell the writer about a user's activity."""
-        await self.hs.replication.publish(COMMANDS_CHANNEL, self.hs.instance_name, 0, command)
+        await self.ctx.replication.publish(COMMANDS_CHANNEL, self.ctx.instance_name, 0, command)
 
     def _on_command(self, msg: dict[str, Any]) -> None:
-        self.hs.presence.handle_command(msg)
+        if self.on_command is not None:
+            self.on_command(msg)

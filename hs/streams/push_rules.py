@@ -7,25 +7,24 @@ data) and wakes that user's long-polls. Every process drops its cached rules for
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from hs.db.stores.push import PushStore
-from hs.streams.base import TableStream
-
-if TYPE_CHECKING:
-    from hs.server import HomeServer
+from hs.streams.base import StreamContext, TableStream
 
 T = TypeVar("T")
 
 
 class PushRulesStream(TableStream):
     NAME = "push_rules"
+    # Push rule reads are served anywhere; writes go to the push_rules writer.
+    WRITE_GROUPS = ("pushrules",)
     SOURCE = "push_rules"
     TABLE = "push_rules_stream"
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.push_rules)
-        self.store = PushStore(hs.db)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
+        self.store: PushStore = ctx.push_store
         # Called with the user IDs whose rules changed (cache invalidation), in every process.
         # None means every user (after a replication outage).
         self.on_change: list[Callable[[list[str] | None], None]] = []

@@ -6,25 +6,30 @@ private one wakes only its owner, the only user who ever sees it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from hs.db.stores.receipts import READ_TYPES, ReceiptStore
-from hs.streams.base import TableStream
-
-if TYPE_CHECKING:
-    from hs.server import HomeServer
+from hs.streams.base import StreamContext, TableStream
 
 PRIVATE = "m.read.private"
 
 
 class ReceiptsStream(TableStream):
     NAME = "receipts"
+    WRITE_GROUPS = ("receipts",)
     SOURCE = "receipts"
     TABLE = "receipts"
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.receipts)
-        self.store = ReceiptStore(hs.db)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
+        self.store = ReceiptStore(ctx.db)
+
+    def handle_message(self, msg: dict[str, Any]) -> None:
+        room_id, users = msg.get("counts_room"), msg.get("users") or ()
+        if isinstance(room_id, str):  # a read receipt recounted these users' unread notifications
+            for user_id in users:
+                self.ctx.push_store.unread.invalidate(user_id, room_id)
+        super().handle_message(msg)
 
     async def stored_max(self) -> int:
         return int(await self.store.max_stream_id())
@@ -35,7 +40,7 @@ class ReceiptsStream(TableStream):
         tracker = self.tracker
         if tracker is None:
             raise self.not_writer()
-        push_store = self.hs.push_rules_stream.store
+        push_store = self.ctx.push_store
         if receipt_type in READ_TYPES:  # the recount must see the room's notifications
             await push_store.pending.settled(room_id)
         async with push_store.count_locks.lock(room_id), tracker.allocate() as pos:

@@ -9,28 +9,26 @@ A write wakes only the recipients' long-polls.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hs.db.stores.e2ee import E2eeStore
-from hs.streams.base import Stream
+from hs.streams.base import Stream, StreamContext
 from hs.streams.positions import LocalCounter, PositionTracker, PostgresSequence, make_position_source
-
-if TYPE_CHECKING:
-    from hs.server import HomeServer
 
 logger = logging.getLogger(__name__)
 
 
 class ToDeviceStream(Stream):
     NAME = "to_device"
+    WRITE_GROUPS = ("to_device",)
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.to_device)
-        self.store = E2eeStore(hs.db)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
+        self.store = E2eeStore(ctx.db)
         self.tracker: PositionTracker | None = None
 
     async def setup(self) -> None:
-        source = await make_position_source(self.hs.db, "to_device", "device_inbox", "stream_id")
+        source = await make_position_source(self.ctx.db, "to_device", "device_inbox", "stream_id")
         maximum = await self.store.max_to_device_position()
         if isinstance(source, PostgresSequence):
             await source.setup(max(maximum, 1))
@@ -53,12 +51,12 @@ class ToDeviceStream(Stream):
         tracker = self.tracker
         if not messages:
             return await self.store.add_to_device_messages(sender, sender_device, event_type, txn_id, [],
-                                                           self.hs.instance_name)
+                                                           self.ctx.instance_name)
         async with tracker.allocate_many(len(messages)) as positions:
             rows = [(pos, user, device, content) for pos, (user, device, content) in zip(positions, messages,
                                                                                          strict=True)]
             fresh = await self.store.add_to_device_messages(sender, sender_device, event_type, txn_id, rows,
-                                                            self.hs.instance_name)
+                                                            self.ctx.instance_name)
         users = sorted({user for user, _device, _content in messages}) if fresh else []
         await self.publish(tracker.persisted_upto, row_position=positions[-1], users=users)
         return fresh

@@ -1,8 +1,9 @@
 """Sync and pagination tokens: opaque to clients, exact for the server.
 
 A sync token carries a position for every stream, so any worker can answer a /sync from any token.
-Format: `s<events>_<typing>_<receipts>_...` in the order of `SYNC_STREAMS`; streams added later are
-appended, and a token missing them reads as position 0, so old tokens stay valid.
+Format: `s<events>_<typing>_<receipts>_...` in the order of the stream registry
+(hs/streams/registry.py); streams added later are appended, and a token missing them reads as
+position 0, so old tokens stay valid.
 
 A stream with several writers (the events stream, sharded by room over its persisters) has a position
 per writer: a writer's position says that every row *that writer* wrote at or below it is persisted,
@@ -20,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-SYNC_STREAMS = ("events", "typing", "receipts", "account_data", "presence", "to_device", "device_lists",
-                "push_rules")
+from hs.streams.registry import stream_names
+
 # Positions are BIGINT columns.
 MAX_POSITION = 2 ** 63 - 1
 # A token names each writer ahead of the minimum; more than this is not a token we wrote.
@@ -105,7 +106,7 @@ class StreamToken:
     def _combine(self, other: StreamToken, pick: Callable[[int, int], int]) -> StreamToken:
         positions: dict[str, int] = {}
         ahead: dict[str, dict[str, int]] = {}
-        for s in SYNC_STREAMS:
+        for s in stream_names():
             minimum = pick(self.get(s), other.get(s))
             positions[s] = minimum
             mine, theirs = self.ahead.get(s, {}), other.ahead.get(s, {})
@@ -129,7 +130,7 @@ class StreamToken:
 
     def is_after(self, other: StreamToken) -> bool:
         """True if any stream, or any writer of one, is ahead of `other`."""
-        for s in SYNC_STREAMS:
+        for s in stream_names():
             if self.get(s) > other.get(s):
                 return True
             mine = self.ahead.get(s)
@@ -151,7 +152,7 @@ class StreamToken:
 
     def encode(self) -> str:
         parts = []
-        for s in SYNC_STREAMS:
+        for s in stream_names():
             ahead = self.ahead.get(s)
             if ahead:
                 writers = "~".join(f"{k}.{p}" for k, p in sorted(ahead.items()))
@@ -165,11 +166,11 @@ class StreamToken:
         if not text.startswith("s") or len(text) > MAX_TOKEN_LENGTH:
             raise InvalidToken(f"invalid stream token {text[:100]!r}")
         sections = text[1:].split("_")
-        if len(sections) > len(SYNC_STREAMS):
+        if len(sections) > len(stream_names()):
             raise InvalidToken(f"invalid stream token {text[:100]!r}")
         positions: dict[str, int] = {}
         ahead: dict[str, dict[str, int]] = {}
-        for stream, section in zip(SYNC_STREAMS, sections, strict=False):
+        for stream, section in zip(stream_names(), sections, strict=False):
             if not section.startswith("m"):
                 positions[stream] = _parse_position(section, text)
                 continue

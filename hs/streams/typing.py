@@ -15,12 +15,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hs.streams.base import Stream
-
-if TYPE_CHECKING:
-    from hs.server import HomeServer
+from hs.streams.base import Stream, StreamContext
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +29,10 @@ MAX_IDLE_ROOMS = 10_000
 
 class TypingStream(Stream):
     NAME = "typing"
+    WRITE_GROUPS = ("typing",)
 
-    def __init__(self, hs: HomeServer) -> None:
-        super().__init__(hs, hs.config.stream_writers.typing)
+    def __init__(self, ctx: StreamContext) -> None:
+        super().__init__(ctx)
         # Writer only: room -> user -> the timer that ends their typing.
         self._timers: dict[str, dict[str, asyncio.TimerHandle]] = {}
         self._last_position = 0
@@ -60,11 +58,11 @@ class TypingStream(Stream):
 
     async def catch_up(self) -> None:
         """Readers: fetch the writer's state over HTTP replication and apply it."""
-        if self.is_writer or not self.hs.config.workers:
+        if self.is_writer or not self.ctx.config.workers:
             return
         writer = self.writers[0]
         try:
-            snap = await self.hs.replication_client.call(writer, "typing_snapshot", {})
+            snap = await self.ctx.replication_client().call(writer, "typing_snapshot", {})
         except Exception as e:  # the writer may not be up yet; its next change brings us up to date
             logger.warning("could not fetch typing state from %s: %s", writer, e)
             return
@@ -81,13 +79,19 @@ class TypingStream(Stream):
             changed.add(room_id)
         self.on_position(writer, position, rooms=frozenset(changed))
 
-    def close(self) -> None:
+    def subscribe(self) -> None:
+        super().subscribe()
+        self.ctx.replication.subscribe("events", self.on_events_message)
+
+    async def close(self) -> None:
         for timers in self._timers.values():
             for handle in timers.values():
                 handle.cancel()
         self._timers.clear()
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- writing (the writer) --------------------------------------------------------------------------
     async def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int = DEFAULT_TIMEOUT_MS,
@@ -148,7 +152,7 @@ class TypingStream(Stream):
     async def _drop_departed(self, candidates: list[tuple[str, str]]) -> None:
         for room_id, user_id in candidates:
             try:
-                membership = await self.hs.event_store.get_membership(room_id, user_id)
+                membership = await self.ctx.event_store.get_membership(room_id, user_id)
                 if membership is None or membership[0] != "join":
                     await self.set_typing(room_id, user_id, False)
             except Exception:

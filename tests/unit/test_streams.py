@@ -172,7 +172,9 @@ def test_a_writers_notifications_wait_for_that_writer_only() -> None:
         real_notify(stream, position, users, rooms, everyone, writers)
 
     notifier.notify = notify  # type: ignore[method-assign]
-    stream = Events(SimpleNamespace(notifier=notifier), ["ep1", "ep2"])  # type: ignore[arg-type]
+    writers = SimpleNamespace(writers_of=lambda _name: ["ep1", "ep2"])
+    ctx = SimpleNamespace(notifier=notifier, instance_name="reader", config=SimpleNamespace(stream_writers=writers))
+    stream = Events(ctx)  # type: ignore[arg-type]
     stream.set_initial_positions({"ep1": 5, "ep2": 5})
     # ep1 commits 8 while 7 is in flight: held back until ep1's own position reaches 8.
     stream.on_position("ep1", 6, rooms=frozenset({"!a"}), notify_at=8)
@@ -198,3 +200,26 @@ async def test_waiting_for_one_writers_position() -> None:
     assert await asyncio.wait_for(waiter, 1.0) is True
     # The minimum has not reached 9: a wait for it times out and says so.
     assert await notifier.wait_for_position("events", 9, 0.05) is False
+
+
+def test_every_registered_stream_reaches_sync_or_says_it_does_not() -> None:
+    from hs.streams.registry import stream_names
+
+    from hs.services.sync_sections import SECTIONS, TOKEN_ONLY, check_sections
+
+    assert check_sections(stream_names()) == []
+    assert check_sections((*stream_names(), "new_stream")) == [
+        "stream 'new_stream' has no /sync section (hs/services/sync_sections.py)"]
+    # Each section belongs to a registered stream.
+    assert {s.STREAM for s in SECTIONS} | TOKEN_ONLY <= set(stream_names())
+
+
+def test_stream_writers_config_is_checked_against_the_registry() -> None:
+    from hs.config import parse_config
+
+    config = parse_config({"server_name": "x", "stream_writers": {"typing": "main", "events": ["main"]}})
+    assert config.stream_writers.writers_of("typing") == ["main"]
+    assert config.stream_writers.events == ["main"]
+    assert config.stream_writers.writers_of("receipts") == ["main"]  # not configured: main
+    with pytest.raises(Exception, match="'typo' is not a stream"):
+        parse_config({"server_name": "x", "stream_writers": {"typo": "main"}})
