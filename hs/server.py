@@ -54,10 +54,9 @@ if TYPE_CHECKING:
     from hs.services.registration import Registration
     from hs.services.relations import RelationsService
     from hs.services.reports import ReportService
-    from hs.services.room_summaries import RoomSummaries
     from hs.services.rooms import RoomService
     from hs.services.search import SearchService
-    from hs.services.spaces import SpaceHierarchy
+    from hs.services.spaces import RoomSummaries, SpaceHierarchy
     from hs.services.sync import SyncService
     from hs.services.upgrade import RoomUpgrader
     from hs.services.user_directory import UserDirectory
@@ -235,13 +234,12 @@ class HomeServer:
 
     @cached_property
     def room_summaries(self) -> RoomSummaries:
-        from hs.services.room_summaries import RoomSummaries
-
+    
         return RoomSummaries(self)
 
     @cached_property
     def spaces(self) -> SpaceHierarchy:
-        from hs.services.spaces import SpaceHierarchy
+        from hs.services.spaces import RoomSummaries, SpaceHierarchy
 
         return SpaceHierarchy(self)
 
