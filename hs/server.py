@@ -234,12 +234,13 @@ class HomeServer:
 
     @cached_property
     def room_summaries(self) -> RoomSummaries:
-    
+        from hs.services.spaces import RoomSummaries
+
         return RoomSummaries(self)
 
     @cached_property
     def spaces(self) -> SpaceHierarchy:
-        from hs.services.spaces import RoomSummaries, SpaceHierarchy
+        from hs.services.spaces import SpaceHierarchy
 
         return SpaceHierarchy(self)
 
