@@ -54,9 +54,16 @@ if TYPE_CHECKING:
     from hs.services.registration import Registration
     from hs.services.relations import RelationsService
     from hs.services.reports import ReportService
-    from hs.services.rooms import RoomService
+    from hs.services.room_aliases import RoomAliases
+    from hs.services.room_creation import RoomCreator
+    from hs.services.room_directory import RoomDirectory
+    from hs.services.room_history import RoomHistory
+    from hs.services.room_membership import RoomMembership
+    from hs.services.room_sending import ClientEventSender
+    from hs.services.room_state import RoomStateReader
+    from hs.services.room_summaries import RoomSummaries
     from hs.services.search import SearchService
-    from hs.services.spaces import RoomSummaries, SpaceHierarchy
+    from hs.services.spaces import SpaceHierarchy
     from hs.services.sync import SyncService
     from hs.services.upgrade import RoomUpgrader
     from hs.services.user_directory import UserDirectory
@@ -234,7 +241,7 @@ class HomeServer:
 
     @cached_property
     def room_summaries(self) -> RoomSummaries:
-        from hs.services.spaces import RoomSummaries
+        from hs.services.room_summaries import RoomSummaries
 
         return RoomSummaries(self)
 
@@ -251,10 +258,46 @@ class HomeServer:
         return UserDirectory(self)
 
     @cached_property
-    def rooms(self) -> RoomService:
-        from hs.services.rooms import RoomService
+    def room_creator(self) -> RoomCreator:
+        from hs.services.room_creation import RoomCreator
 
-        return RoomService(self)
+        return RoomCreator(self)
+
+    @cached_property
+    def room_membership(self) -> RoomMembership:
+        from hs.services.room_membership import RoomMembership
+
+        return RoomMembership(self)
+
+    @cached_property
+    def client_event_sender(self) -> ClientEventSender:
+        from hs.services.room_sending import ClientEventSender
+
+        return ClientEventSender(self)
+
+    @cached_property
+    def room_history(self) -> RoomHistory:
+        from hs.services.room_history import RoomHistory
+
+        return RoomHistory(self)
+
+    @cached_property
+    def room_state(self) -> RoomStateReader:
+        from hs.services.room_state import RoomStateReader
+
+        return RoomStateReader(self)
+
+    @cached_property
+    def room_aliases(self) -> RoomAliases:
+        from hs.services.room_aliases import RoomAliases
+
+        return RoomAliases(self)
+
+    @cached_property
+    def room_directory(self) -> RoomDirectory:
+        from hs.services.room_directory import RoomDirectory
+
+        return RoomDirectory(self)
 
     @cached_property
     def e2ee(self) -> E2eeService:

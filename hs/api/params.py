@@ -24,7 +24,7 @@ from typing import Any, TypeVar, overload
 from aiohttp import web
 
 from hs.errors import bad_json, invalid_param, missing_param
-from hs.services.rooms import check_room_id
+from hs.services.room_ids import check_room_id
 from hs.streams.tokens import StreamToken, TopologicalToken
 
 INT64_MIN = -(2 ** 63)

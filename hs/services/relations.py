@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hs.db.stores.relations import RelationsStore
 from hs.errors import invalid_param, not_found
 from hs.events.event import Event
-from hs.services.rooms import MAX_LIMIT
+from hs.services.room_history import MAX_LIMIT
 from hs.services.serialize import serialize_events
 from hs.streams.tokens import InvalidToken, StreamToken, TopologicalToken
 
@@ -56,7 +56,7 @@ class RelationsService:
                         event_type: str | None, from_token: str | None, to_token: str | None, limit: int,
                         forwards: bool) -> dict[str, Any]:
         user_id = requester.user_id
-        access = await self.hs.rooms.check_read_access(user_id, room_id)
+        access = await self.hs.room_history.check_read_access(user_id, room_id)
         parent = await self.hs.event_store.get_event(parent_id)
         if parent is None or parent.room_id != room_id or not await self.hs.visibility.is_visible(
                 user_id, parent, access.membership):
@@ -88,7 +88,7 @@ class RelationsService:
                       limit: int) -> dict[str, Any]:
         """Thread roots, the most recently active first."""
         user_id = requester.user_id
-        access = await self.hs.rooms.check_read_access(user_id, room_id)
+        access = await self.hs.room_history.check_read_access(user_id, room_id)
         limit = min(max(limit, 1), MAX_LIMIT)
         room_position = partial(self.hs.events_stream.room_position, room_id=room_id)
         before = decode_position(from_token, room_position) if from_token else END

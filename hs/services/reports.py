@@ -46,7 +46,7 @@ class ReportService:
                              target_user_id=event.sender)
 
     async def report_room(self, reporter: str, room_id: str, reason: str | None) -> None:
-        if not await self.hs.rooms.room_exists(room_id):
+        if not await self.hs.room_store.room_exists(room_id):
             raise not_found("The room was not found")
         await self.store.add("room", reporter, reason, room_id=room_id)
 

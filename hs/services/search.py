@@ -20,7 +20,7 @@ from hs.api.params import body_bool, body_enum, body_int, body_object
 from hs.db.stores.search import SearchStore
 from hs.errors import bad_json
 from hs.events.event import Event
-from hs.services.rooms import EventFilter
+from hs.services.room_history import EventFilter
 from hs.services.serialize import serialize_events
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class SearchService:
             "include_profile": body_bool(spec, "include_profile", False, where="event_context")}
 
     async def _context(self, requester: Requester, ev: Event, spec: dict[str, Any]) -> dict[str, Any]:
-        context = await self.hs.rooms.context_around(requester, ev, spec["before_limit"], spec["after_limit"])
+        context = await self.hs.room_history.context_around(requester, ev, spec["before_limit"], spec["after_limit"])
         if spec["include_profile"]:
             profiles: dict[str, Any] = {}
             state = await self.hs.event_store.get_state_events_for_group(

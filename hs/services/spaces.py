@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hs.api.params import MAX_OFFSET, parse_int
-from hs.errors import forbidden, invalid_param, not_found
+from hs.errors import forbidden
 
 if TYPE_CHECKING:
     from hs.events.event import Event
@@ -97,7 +97,7 @@ class SpaceHierarchy:
             seen.add(room_id)
             if room_id != root and not await self.may_preview(user_id, room_id):
                 continue
-            summary = await self.hs.rooms.room_summary(room_id)
+            summary = await self.hs.room_summaries.entry(room_id)
             if summary is None:
                 continue
             if position >= wanted_end:
@@ -157,40 +157,6 @@ class SpaceHierarchy:
                     if joined is not None and joined[0] == "join":
                         return True
         return False
-
-
-class RoomSummaries:
-    """GET /_matrix/client/v1/room_summary/{roomIdOrAlias}: a room's public face, for previews."""
-
-    def __init__(self, hs: HomeServer) -> None:
-        self.hs = hs
-
-    async def summary(self, user_id: str | None, room_id_or_alias: str) -> dict[str, Any]:
-        room_id = room_id_or_alias
-        if room_id_or_alias.startswith("#"):
-            entry = await self.hs.room_store.get_alias(room_id_or_alias)
-            if entry is None:
-                raise not_found("Room not found")
-            room_id = entry["room_id"]
-        elif not room_id_or_alias.startswith("!"):
-            raise invalid_param("Not a room ID or alias")
-        if not await self.hs.spaces.may_preview(user_id, room_id):
-            raise not_found("Room not found, or you may not see it")
-        summary = await self.hs.rooms.room_summary(room_id)
-        if summary is None:
-            raise not_found("Room not found, or you may not see it")
-        version = await self.hs.room_store.get_room_version_id(room_id)
-        if version is not None:
-            summary["room_version"] = version
-        encryption = await self.hs.event_store.get_current_state_event(room_id, "m.room.encryption")
-        algorithm = encryption.content.get("algorithm") if encryption is not None else None
-        if isinstance(algorithm, str):
-            summary["encryption"] = algorithm
-        if user_id is not None:
-            membership = await self.hs.event_store.get_membership(room_id, user_id)
-            if membership is not None:
-                summary["membership"] = membership[0]
-        return summary
 
 
 def _stripped(ev: Event) -> dict[str, Any]:

@@ -12,7 +12,7 @@ Per room the response holds (client-server spec, "Syncing"):
 
 * `timeline`: the newest `limit` events of the range the user may see and the filter lets through,
   oldest first; `limited` when older ones were left out, and `prev_batch` naming the gap just before
-  the first returned event (`t<depth>-<stream - 1>`, for /messages dir=b; see hs/services/rooms.py).
+  the first returned event (`t<depth>-<stream - 1>`, for /messages dir=b; see hs/services/room_history.py).
 * `state`: the state at the *start* of the timeline, minus what the client already has: everything
   for an initial sync, a room joined within the range or `full_state`; otherwise the difference from
   the state at `since` (empty unless the timeline is limited, since the state events are then in the

@@ -28,12 +28,19 @@ from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.rooms import NewRoom
 from hs.errors import MatrixError, bad_json, forbidden
-from hs.events.auth import get_room_creators, get_send_level, get_user_power_level, parse_power_level
+from hs.events.auth import (
+    get_room_creators,
+    get_send_level,
+    get_user_power_level,
+    is_valid_user_id,
+    parse_power_level,
+)
 from hs.events.canonical_json import CANONICALJSON_MAX_INT, CANONICALJSON_MIN_INT
 from hs.events.event import Event, JsonDict, StateKey
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from hs.services.new_room import InitialEvent, create_room
-from hs.services.rooms import MEMBER, check_room_id, is_valid_user_id
+from hs.services.room_ids import check_room_id
+from hs.services.room_membership import MEMBER
 from hs.util import KeyedLocks
 
 if TYPE_CHECKING:
@@ -86,8 +93,8 @@ class RoomUpgrader:
 
             new_room_id = await self._unfinished_successor(old_room_id, user_id, rv, creators_extra, state)
             if new_room_id is None:
-                initial = self._initial_events(rv, user_id, await self.hs.rooms.profile_content(user_id), state,
-                                               {user_id, *creators_extra})
+                profile = await self.hs.room_membership.profile_content(user_id)
+                initial = self._initial_events(rv, user_id, profile, state, {user_id, *creators_extra})
                 new_room_id = await create_room(self.hs, rv, user_id,
                                                 self._create_content(rv, user_id, old_create, creators_extra),
                                                 initial, NewRoom(creator=user_id, upgrade_of=old_room_id))

@@ -1,5 +1,5 @@
 """Room aliases (/directory/room), a room's local aliases, and the published room directory
-(/directory/list/room, /publicRooms). The logic lives in `hs.services.rooms.RoomService`."""
+(/directory/list/room, /publicRooms). The logic lives in `hs/services/room_aliases.py` and `room_directory.py`."""
 
 from __future__ import annotations
 
@@ -37,19 +37,19 @@ async def put_alias(request: web.Request) -> tuple[int, Any]:
     body = await parse_json(request)
     room_id = require_str(body, "room_id")
     assert room_id is not None
-    await hs.rooms.create_alias(requester, request.match_info["roomAlias"], room_id)
+    await hs.room_aliases.create_alias(requester, request.match_info["roomAlias"], room_id)
     return 200, {}
 
 
 async def get_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    return 200, await hs.rooms.get_alias(request.match_info["roomAlias"])
+    return 200, await hs.room_aliases.get_alias(request.match_info["roomAlias"])
 
 
 async def delete_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    await hs.rooms.delete_alias(requester, request.match_info["roomAlias"])
+    await hs.room_aliases.delete_alias(requester, request.match_info["roomAlias"])
     return 200, {}
 
 
@@ -57,12 +57,12 @@ async def get_room_aliases(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     room_id = path_room_id(request)
-    return 200, {"aliases": await hs.rooms.get_room_aliases(requester, room_id)}
+    return 200, {"aliases": await hs.room_aliases.get_room_aliases(requester, room_id)}
 
 
 async def get_visibility(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    return 200, {"visibility": await hs.rooms.get_directory_visibility(request.match_info["roomId"])}
+    return 200, {"visibility": await hs.room_directory.get_visibility(request.match_info["roomId"])}
 
 
 async def put_visibility(request: web.Request) -> tuple[int, Any]:
@@ -70,7 +70,7 @@ async def put_visibility(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     body = await parse_json(request, allow_empty=True)
     visibility = require_str(body, "visibility", optional=True) or "public"
-    await hs.rooms.set_directory_visibility(requester, request.match_info["roomId"], visibility)
+    await hs.room_directory.set_visibility(requester, request.match_info["roomId"], visibility)
     return 200, {}
 
 
@@ -97,7 +97,7 @@ async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
     limit = query_int(request, "limit", None, clamp=True)
     since = query_str(request, "since")
     query_token(request, "since", directory_since)
-    return 200, await hs.rooms.public_rooms(limit, since, None, None)
+    return 200, await hs.room_directory.public_rooms(limit, since, None, None)
 
 
 async def post_public_rooms(request: web.Request) -> tuple[int, Any]:
@@ -117,7 +117,7 @@ async def post_public_rooms(request: web.Request) -> tuple[int, Any]:
     if room_types is not None and (not isinstance(room_types, list)
                                    or not all(t is None or isinstance(t, str) for t in room_types)):
         raise bad_json("'room_types' must be a list of strings or nulls")
-    return 200, await hs.rooms.public_rooms(limit, since, term, room_types)
+    return 200, await hs.room_directory.public_rooms(limit, since, term, room_types)
 
 
 ROUTES: list[Route] = [

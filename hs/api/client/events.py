@@ -1,5 +1,5 @@
 """Sending events (messages, state, redactions) and reading them back: a single event, /messages
-pagination and /context. The logic lives in `hs.services.rooms.RoomService`."""
+pagination and /context. The logic lives in `hs/services/room_sending.py` and `room_history.py`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hs.api.params import (
     query_str,
 )
 from hs.errors import MatrixError
-from hs.services.rooms import MAX_LIMIT, EventFilter
+from hs.services.room_history import MAX_LIMIT, EventFilter
 
 DIRECTIONS = ("b", "f")
 DEFAULT_LIMIT = 10
@@ -41,7 +41,7 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     room_id = path_room_id(request)
     content = await parse_json(request)
-    event_id = await hs.rooms.send_event(requester, room_id, request.match_info["eventType"], content,
+    event_id = await hs.client_event_sender.send_event(requester, room_id, request.match_info["eventType"], content,
                                          request.match_info["txnId"])
     return 200, {"event_id": event_id}
 
@@ -51,7 +51,7 @@ async def send_state(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     room_id = path_room_id(request)
     content = await parse_json(request)
-    event_id = await hs.rooms.send_state(requester, room_id, request.match_info["eventType"],
+    event_id = await hs.client_event_sender.send_state(requester, room_id, request.match_info["eventType"],
                                          request.match_info.get("stateKey", ""), content)
     return 200, {"event_id": event_id}
 
@@ -63,7 +63,7 @@ async def redact_event(request: web.Request) -> tuple[int, Any]:
     body = await parse_json(request, allow_empty=True)
     if body.get("reason") is not None and not isinstance(body["reason"], str):
         raise MatrixError(400, "M_BAD_JSON", "'reason' must be a string")
-    event_id = await hs.rooms.redact(requester, room_id, request.match_info["eventId"],
+    event_id = await hs.client_event_sender.redact(requester, room_id, request.match_info["eventId"],
                                      request.match_info["txnId"], body)
     return 200, {"event_id": event_id}
 
@@ -71,7 +71,7 @@ async def redact_event(request: web.Request) -> tuple[int, Any]:
 async def get_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    return 200, await hs.rooms.get_event(requester, path_room_id(request), request.match_info["eventId"])
+    return 200, await hs.room_history.get_event(requester, path_room_id(request), request.match_info["eventId"])
 
 
 async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
@@ -81,7 +81,7 @@ async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
     ev = await hs.event_store.get_event(request.match_info["eventId"])
     if ev is None:
         raise MatrixError(404, "M_NOT_FOUND", "Event not found.")
-    return 200, await hs.rooms.get_event(requester, ev.room_id, ev.event_id)
+    return 200, await hs.room_history.get_event(requester, ev.room_id, ev.event_id)
 
 
 async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
@@ -91,7 +91,7 @@ async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
     direction = query_enum(request, "dir", DIRECTIONS)
     if direction is None:
         raise MatrixError(400, "M_MISSING_PARAM", "Missing 'dir'")
-    return 200, await hs.rooms.event_near_timestamp(requester, path_room_id(request), ts, direction == "f")
+    return 200, await hs.room_history.event_near_timestamp(requester, path_room_id(request), ts, direction == "f")
 
 
 async def get_messages(request: web.Request) -> tuple[int, Any]:
@@ -102,7 +102,7 @@ async def get_messages(request: web.Request) -> tuple[int, Any]:
     assert direction is not None
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
     filt = _filter(request)
-    result = await hs.rooms.get_messages(requester, room_id, query_pagination_token(request, "from"),
+    result = await hs.room_history.get_messages(requester, room_id, query_pagination_token(request, "from"),
                                          query_pagination_token(request, "to"), direction, limit, filt)
     return 200, result
 
@@ -112,7 +112,7 @@ async def get_context(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     room_id = path_room_id(request)
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
-    return 200, await hs.rooms.get_context(requester, room_id, request.match_info["eventId"], limit,
+    return 200, await hs.room_history.get_context(requester, room_id, request.match_info["eventId"], limit,
                                            _filter(request))
 
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
 from hs.api.params import offset_token, query_str, query_token
 from hs.errors import invalid_param
-from hs.services.rooms import is_valid_user_id
+from hs.events.auth import is_valid_user_id
 
 PAGE = 100
 

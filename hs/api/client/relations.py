@@ -8,7 +8,7 @@ from aiohttp import web
 from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
 from hs.api.params import path_room_id, query_bool, query_enum, query_limit, query_str, relations_token, token
 from hs.services.relations import DEFAULT_LIMIT
-from hs.services.rooms import MAX_LIMIT
+from hs.services.room_history import MAX_LIMIT
 
 
 def _token(request: web.Request, name: str) -> str | None:

@@ -1,5 +1,5 @@
 """Room creation, membership (join, knock, invite, leave, kick, ban, unban, forget) and reading a room's state
-and members. The logic lives in `hs.services.rooms.RoomService`; handlers parse and validate."""
+and members. The logic lives in `hs/services/` (room_creation, room_membership, room_state); handlers parse and validate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiohttp import web
 from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json
 from hs.api.params import path_room_id, query_enum, query_pagination_token
 from hs.errors import bad_json
-from hs.services.rooms import MEMBERSHIPS, require_membership_target
+from hs.services.room_membership import MEMBERSHIPS, require_membership_target
 
 
 def _reason(body: dict[str, Any]) -> str | None:
@@ -24,7 +24,7 @@ async def create_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     body = await parse_json(request, allow_empty=True)
-    room_id = await hs.rooms.create_room(requester, body)
+    room_id = await hs.room_creator.create_room(requester, body)
     return 200, {"room_id": room_id}
 
 
@@ -32,7 +32,7 @@ async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     body = await parse_json(request, allow_empty=True)
-    room_id = await hs.rooms.join(requester, request.match_info["roomIdOrAlias"], _reason(body))
+    room_id = await hs.room_membership.join(requester, request.match_info["roomIdOrAlias"], _reason(body))
     return 200, {"room_id": room_id}
 
 
@@ -41,7 +41,7 @@ async def knock_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
     body = await parse_json(request, allow_empty=True)
-    room_id = await hs.rooms.knock(requester, request.match_info["roomIdOrAlias"], _reason(body))
+    room_id = await hs.room_membership.knock(requester, request.match_info["roomIdOrAlias"], _reason(body))
     return 200, {"room_id": room_id}
 
 
@@ -50,7 +50,7 @@ async def join_room(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
-    await hs.rooms.join(requester, room_id, _reason(body))
+    await hs.room_membership.join(requester, room_id, _reason(body))
     return 200, {"room_id": room_id}
 
 
@@ -59,7 +59,7 @@ async def leave_room(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
-    await hs.rooms.update_membership(requester, room_id, requester.user_id, "leave", _reason(body))
+    await hs.room_membership.update_membership(requester, room_id, requester.user_id, "leave", _reason(body))
     return 200, {}
 
 
@@ -71,7 +71,7 @@ def _membership_action(action: str) -> Any:
         body = await parse_json(request, allow_empty=True)
         target = require_membership_target(body)
         reason = _reason(body)
-        await hs.rooms.update_membership(requester, room_id, target, action, reason)
+        await hs.room_membership.update_membership(requester, room_id, target, action, reason)
         return 200, {}
 
     handler.__name__ = f"{action}_user"
@@ -83,14 +83,14 @@ async def forget_room(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     room_id = path_room_id(request)
     await parse_json(request, allow_empty=True)
-    await hs.rooms.forget(requester, room_id)
+    await hs.room_membership.forget(requester, room_id)
     return 200, {}
 
 
 async def get_room_state(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    return 200, await hs.rooms.get_state(requester, path_room_id(request))
+    return 200, await hs.room_state.get_state(requester, path_room_id(request))
 
 
 async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
@@ -98,7 +98,7 @@ async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     fmt = query_enum(request, "format", ("content", "event"), "content")
     assert fmt is not None
-    return 200, await hs.rooms.get_state_event(requester, path_room_id(request), request.match_info["eventType"],
+    return 200, await hs.room_state.get_state_event(requester, path_room_id(request), request.match_info["eventType"],
                                                request.match_info.get("stateKey", ""), fmt)
 
 
@@ -107,7 +107,7 @@ async def get_members(request: web.Request) -> tuple[int, Any]:
     requester = await hs.auth.requester(request)
     membership = query_enum(request, "membership", MEMBERSHIPS)
     not_membership = query_enum(request, "not_membership", MEMBERSHIPS)
-    chunk = await hs.rooms.get_members(requester, path_room_id(request), query_pagination_token(request, "at"),
+    chunk = await hs.room_state.get_members(requester, path_room_id(request), query_pagination_token(request, "at"),
                                        membership, not_membership)
     return 200, {"chunk": chunk}
 
@@ -115,13 +115,13 @@ async def get_members(request: web.Request) -> tuple[int, Any]:
 async def get_joined_members(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    return 200, {"joined": await hs.rooms.get_joined_members(requester, path_room_id(request))}
+    return 200, {"joined": await hs.room_state.get_joined_members(requester, path_room_id(request))}
 
 
 async def get_joined_rooms(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await hs.auth.requester(request)
-    return 200, {"joined_rooms": await hs.rooms.joined_rooms(requester.user_id)}
+    return 200, {"joined_rooms": await hs.room_membership.joined_rooms(requester.user_id)}
 
 
 ROUTES: list[Route] = [

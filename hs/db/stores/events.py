@@ -196,6 +196,22 @@ class EventStore:
             f" ORDER BY depth {order}, stream_ordering {order} LIMIT $4", *args)
         return await self._rows_to_events(rows)
 
+    async def get_last_point(self, room_id: str) -> tuple[int, int] | None:
+        """(depth, stream_ordering) of the room's last event in topological order."""
+        row = await self.db.fetchrow(
+            "SELECT depth, stream_ordering FROM events WHERE room_id = $1"
+            " ORDER BY depth DESC, stream_ordering DESC LIMIT 1", room_id)
+        return (int(row["depth"]), int(row["stream_ordering"])) if row else None
+
+    async def get_state_group_at(self, room_id: str, depth: int, stream: int) -> int | None:
+        """The state group after the room's last event at or before the point (depth, stream); None
+        before the room's first event."""
+        row = await self.db.fetchrow(
+            "SELECT state_group_after FROM events WHERE room_id = $1"
+            " AND (depth < $2 OR (depth = $2 AND stream_ordering <= $3))"
+            " ORDER BY depth DESC, stream_ordering DESC LIMIT 1", room_id, depth, stream)
+        return None if row is None else row["state_group_after"]
+
     async def get_events_persisted_by(self, instance: str, after: int, limit: int) -> list[Event]:
         """Events this writer persisted above a position, oldest first."""
         rows = await self.db.fetch(
@@ -246,7 +262,11 @@ class EventStore:
 
     async def get_state_events_for_group(self, group: int | None,
                                          types: list[tuple[str, str | None]] | None = None) -> dict[StateKey, Event]:
-        ids = await self.get_state_group(group)
+        return await self._state_events(await self.get_state_group(group), types)
+
+    async def _state_events(self, ids: StateMap, types: list[tuple[str, str | None]] | None) -> dict[StateKey, Event]:
+        """The events of a state map, all or those of `types` ((type, state key), a None state key
+        meaning every state key of that type)."""
         if types is not None:
             ids = {k: v for k, v in ids.items()
                    if any(k[0] == t and (sk is None or k[1] == sk) for t, sk in types)}
@@ -279,12 +299,7 @@ class EventStore:
                                        ) -> dict[StateKey, Event]:
         """The room's current state events, all or those of `types` ((type, state key), a None state
         key meaning every state key of that type), as `get_state_events_for_group` for a group."""
-        ids = await self.get_current_state_ids(room_id)
-        if types is not None:
-            ids = {k: v for k, v in ids.items()
-                   if any(k[0] == t and (sk is None or k[1] == sk) for t, sk in types)}
-        evs = await self.get_events(list(ids.values()))
-        return {k: evs[v] for k, v in ids.items() if v in evs}
+        return await self._state_events(await self.get_current_state_ids(room_id), types)
 
     async def get_current_state_event(self, room_id: str, etype: str, state_key: str = "") -> Event | None:
         eid = await self.db.fetchval(
@@ -383,6 +398,12 @@ class EventStore:
             "SELECT room_id, membership, event_id, stream_ordering FROM room_memberships"
             " WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 ORDER BY stream_ordering",
             user_id, from_pos, to_pos)
+
+    async def has_ever_joined(self, room_id: str, user_id: str) -> bool:
+        """Whether the user was ever joined to the room (a departed member saw history only if so)."""
+        return bool(await self.db.fetchval(
+            "SELECT 1 FROM room_memberships WHERE room_id = $1 AND user_id = $2 AND membership = 'join'",
+            room_id, user_id))
 
     async def is_forgotten(self, user_id: str, room_id: str) -> bool:
         return bool(await self.db.fetchval(

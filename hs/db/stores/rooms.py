@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hs.db.pool import Connection, Database
+from hs.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from hs.util import now_ms
 
 
@@ -85,6 +86,14 @@ class RoomStore:
                 self._versions[room_id] = v
         return v
 
+    async def get_room_version(self, room_id: str) -> RoomVersion | None:
+        """The room's version, or None for a room this server does not know."""
+        vid = await self.get_room_version_id(room_id)
+        return None if vid is None else KNOWN_ROOM_VERSIONS[vid]
+
+    async def room_exists(self, room_id: str) -> bool:
+        return await self.get_room_version_id(room_id) is not None
+
     async def get_room(self, room_id: str) -> dict[str, Any] | None:
         return await self.db.fetchrow("SELECT * FROM rooms WHERE room_id = $1", room_id)
 
@@ -97,12 +106,11 @@ class RoomStore:
 
     # -- aliases -------------------------------------------------------------------------------------
     async def create_alias(self, alias: str, room_id: str, creator: str) -> bool:
-        existing = await self.db.fetchval("SELECT room_id FROM room_aliases WHERE room_alias = $1", alias)
-        if existing is not None:
-            return False
-        await self.db.execute("INSERT INTO room_aliases (room_alias, room_id, creator) VALUES ($1,$2,$3)",
-                              alias, room_id, creator)
-        return True
+        """False when the alias exists already (also when a concurrent create won)."""
+        created = await self.db.fetchval(
+            "INSERT INTO room_aliases (room_alias, room_id, creator) VALUES ($1,$2,$3)"
+            " ON CONFLICT (room_alias) DO NOTHING RETURNING room_alias", alias, room_id, creator)
+        return created is not None
 
     async def get_alias(self, alias: str) -> dict[str, Any] | None:
         return await self.db.fetchrow("SELECT room_id, creator FROM room_aliases WHERE room_alias = $1", alias)

@@ -1,0 +1,175 @@
+"""Membership as clients change it: join, knock, invite, leave, kick, ban, unban, forget, and the
+list of joined rooms.
+
+Every change is an `m.room.member` event sent through `EventSender.send`, which checks it against the
+auth rules; this service adds what the client-server API puts on top: profile data on member events,
+restricted joins (an authorising local member), the join rate limit and deduplication of no-op
+changes (as Synapse does: the existing event is the answer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hs.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
+from hs.events.auth import get_join_rule, get_named_level, get_user_power_level, is_valid_user_id
+from hs.events.event import Event, JsonDict, StateKey
+from hs.events.room_versions import RoomVersion
+from hs.services.room_ids import check_room_id
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+    from hs.services.auth import Requester
+
+MEMBER = "m.room.member"
+MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
+
+
+def require_membership_target(body: JsonDict) -> str:
+    """The `user_id` of an invite/kick/ban/unban body: M_MISSING_PARAM if absent, M_BAD_JSON if not a
+    string, M_INVALID_PARAM if not a user ID."""
+    if "user_id" not in body:
+        raise missing_param("Missing 'user_id'")
+    target = body["user_id"]
+    if not isinstance(target, str):
+        raise bad_json("'user_id' must be a string")
+    if not is_valid_user_id(target):
+        raise invalid_param(f"{target!r} is not a valid user ID")
+    return target
+
+
+class RoomMembership:
+    """Member events as clients ask for them (the auth rules have the last word)."""
+
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.store = hs.event_store
+
+    async def profile_content(self, user_id: str) -> JsonDict:
+        """The display name and avatar a local user's member events carry (remote users': none known)."""
+        if user_id.partition(":")[2] != self.hs.server_name:
+            return {}
+        profile = await self.hs.user_store.get_profile(user_id) or {}
+        return {k: profile[k] for k in ("displayname", "avatar_url") if profile.get(k) is not None}
+
+    async def update_membership(self, requester: Requester, room_id: str, target: str, action: str,
+                                reason: str | None = None, content: JsonDict | None = None,
+                                ratelimit: bool = True) -> Event:
+        """Change `target`'s membership: action is join, invite, leave, kick, ban or unban."""
+        check_room_id(room_id)
+        user_id = requester.user_id
+        membership = {"kick": "leave", "unban": "leave"}.get(action, action)
+        if membership not in MEMBERSHIPS or membership == "knock":
+            raise bad_json(f"Unknown membership {action!r}")
+        rv = await self.hs.room_store.get_room_version(room_id)
+        if rv is None:
+            if membership in ("join", "leave") and target == user_id:
+                raise not_found("No known servers" if membership == "join" else "Not a known room")
+            raise forbidden("Unknown room")
+        new_content: JsonDict = dict(content or {})
+        new_content["membership"] = membership
+        if reason is not None:
+            new_content["reason"] = reason
+        if membership in ("join", "invite"):
+            for k, v in (await self.profile_content(target)).items():
+                new_content.setdefault(k, v)
+        current = await self.store.get_membership(room_id, target)
+        if current is not None:
+            old = await self.store.get_event(current[1])
+            if (old is not None and old.membership == membership and old.sender == user_id
+                    and old.content == new_content):
+                return old  # a no-op change: Synapse returns the existing event
+        if membership == "join":
+            await self._prepare_join(requester, room_id, rv, new_content, current)
+            if ratelimit and (current is None or current[0] != "join"):
+                self.hs.ratelimiters["joins_local"].check(user_id)
+        elif action == "unban" and (current is None or current[0] != "ban"):
+            raise forbidden(f"{target} is not banned from the room")
+        return await self.hs.event_sender.send(room_id, user_id, MEMBER, new_content, state_key=target,
+                                               room_version=rv)
+
+    async def _prepare_join(self, requester: Requester, room_id: str, rv: RoomVersion, content: JsonDict,
+                            current: tuple[str, str] | None) -> None:
+        user_id = requester.user_id
+        if requester.is_guest:
+            guest = await self.store.get_current_state_event(room_id, "m.room.guest_access")
+            if guest is None or guest.content.get("guest_access") != "can_join":
+                raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
+        if current is not None and current[0] in ("join", "invite"):
+            return
+        state = await self.store.get_current_state_events(room_id, [
+            ("m.room.create", ""), ("m.room.power_levels", ""), ("m.room.join_rules", ""), (MEMBER, user_id)])
+        rule = get_join_rule(state)
+        if rule in ("restricted", "knock_restricted") and rv.restricted_join_rule:
+            content.pop("join_authorised_via_users_server", None)
+            authoriser = await self._restricted_join_authoriser(room_id, user_id, state)
+            if authoriser is None:
+                raise forbidden("You do not belong to any of the required rooms/spaces to join this room.")
+            content["join_authorised_via_users_server"] = authoriser
+
+    async def _restricted_join_authoriser(self, room_id: str, user_id: str,
+                                          state: dict[StateKey, Event]) -> str | None:
+        """A joined local user able to invite, if `user_id` is joined to a room the allow list names."""
+        jr = state.get(("m.room.join_rules", ""))
+        allow = jr.content.get("allow") if jr is not None else None
+        allowed_rooms = [a.get("room_id") for a in allow or [] if isinstance(a, dict)
+                         and a.get("type") == "m.room_membership" and isinstance(a.get("room_id"), str)]
+        joined = await self.store.get_rooms_for_user(user_id, ("join",))
+        if not any(r in joined for r in allowed_rooms):
+            return None
+        rv = await self.hs.room_store.get_room_version(room_id)
+        pl_state = await self.store.get_current_state_events(room_id, [("m.room.create", ""), ("m.room.power_levels", "")])
+        invite_level = get_named_level(pl_state, "invite", rv)
+        for member in sorted(await self.store.get_joined_members(room_id)):
+            if member.partition(":")[2] != self.hs.server_name:
+                continue
+            if get_user_power_level(member, pl_state, rv) >= invite_level:
+                return member
+        return None
+
+    async def join(self, requester: Requester, room_id_or_alias: str, reason: str | None = None) -> str:
+        room_id = await self.hs.room_aliases.resolve_room(room_id_or_alias)
+        await self.update_membership(requester, room_id, requester.user_id, "join", reason)
+        return room_id
+
+    async def knock(self, requester: Requester, room_id_or_alias: str, reason: str | None = None) -> str:
+        """POST /knock: ask to join a local room. The auth rules decide (join rule `knock`, or
+        `knock_restricted` where the room version has it; not banned, invited or joined). Accepting is an
+        invite, rejecting a kick, and the knocker rescinds with /leave (all through update_membership)."""
+        user_id = requester.user_id
+        if requester.is_guest:
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed")
+        room_id = await self.hs.room_aliases.resolve_room(room_id_or_alias)
+        check_room_id(room_id)
+        rv = await self.hs.room_store.get_room_version(room_id)
+        if rv is None:
+            # Only local rooms are known; knocking over federation is not built.
+            raise not_found("No known servers")
+        if not rv.knock_join_rule:
+            raise forbidden(f"Room version {rv.identifier} does not support knocking")
+        content: JsonDict = {"membership": "knock", **await self.profile_content(user_id)}
+        if reason is not None:
+            content["reason"] = reason
+        current = await self.store.get_membership(room_id, user_id)
+        if current is not None and current[0] == "knock":
+            old = await self.store.get_event(current[1])
+            if old is not None and old.sender == user_id and old.content == content:
+                return room_id  # a no-op change, as update_membership treats one
+        else:
+            # Knocks count against the join rate limit (rc_joins), as in Synapse.
+            self.hs.ratelimiters["joins_local"].check(user_id)
+        await self.hs.event_sender.send(room_id, user_id, MEMBER, content, state_key=user_id, room_version=rv)
+        return room_id
+
+    async def forget(self, requester: Requester, room_id: str) -> None:
+        check_room_id(room_id)
+        current = await self.store.get_membership(room_id, requester.user_id)
+        if current is None:
+            if not await self.hs.room_store.room_exists(room_id):
+                raise not_found("Room not found")
+        elif current[0] == "join":
+            raise MatrixError(400, "M_UNKNOWN", f"User {requester.user_id} is in room {room_id}")
+        await self.store.forget(requester.user_id, room_id)
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        return sorted(await self.store.get_rooms_for_user(user_id, ("join",)))
