@@ -183,8 +183,7 @@ class RoomHistory:
                 return (t.depth, t.stream)
             if token.startswith("s"):
                 pos = self.hs.events_stream.room_position(StreamToken.decode(token), room_id)
-                last = await self.store.get_latest_event_at(room_id, pos)
-                return (last.depth if last is not None else 0, pos)
+                return (await self.store.get_depth_at(room_id, pos) or 0, pos)
         except InvalidToken:
             pass
         raise invalid_param(f"Invalid pagination token {token!r}")

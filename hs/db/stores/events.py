@@ -203,6 +203,14 @@ class EventStore:
             " ORDER BY depth DESC, stream_ordering DESC LIMIT 1", room_id)
         return (int(row["depth"]), int(row["stream_ordering"])) if row else None
 
+    async def get_depth_at(self, room_id: str, position: int) -> int | None:
+        """The depth of the room's last event at or below a stream position, as the database has it
+        (not the recent events this process was told about, which may lag behind the token)."""
+        depth = await self.db.fetchval(
+            "SELECT depth FROM events WHERE room_id = $1 AND stream_ordering <= $2"
+            " ORDER BY stream_ordering DESC LIMIT 1", room_id, position)
+        return None if depth is None else int(depth)
+
     async def get_state_group_at(self, room_id: str, depth: int, stream: int) -> int | None:
         """The state group after the room's last event at or before the point (depth, stream); None
         before the room's first event."""
