@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from hs.errors import MatrixError, bad_json
+from hs.errors import MatrixError, bad_json, forbidden
+from hs.replication.http_client import REPLICATION_PREFIX
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
+    from hs.services.auth import Requester
 
 JsonDict = dict[str, Any]
 HandlerResult = tuple[int, Any] | web.StreamResponse
@@ -55,6 +57,68 @@ class Route:
 
 def get_hs(request: web.Request) -> HomeServer:
     return request.app[HS_KEY]  # type: ignore[return-value]
+
+
+def extract_token(request: web.Request) -> str | None:
+    """The access token: the Authorization header's bearer token, else the `access_token` parameter."""
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header")
+        return token.strip()
+    return request.query.get("access_token")
+
+
+def client_address(request: web.Request) -> str:
+    """The client's IP: X-Forwarded-For's first hop when the listener it came in on trusts it."""
+    forwarded = request.headers.get("X-Forwarded-For")
+    if forwarded:
+        try:
+            hs = get_hs(request)
+            sock = request.transport.get_extra_info("sockname") if request.transport else None
+            port = sock[1] if isinstance(sock, tuple) and len(sock) >= 2 else None
+            if any(lst.x_forwarded and lst.port == port for lst in hs.config.listeners_for(hs.instance_name)):
+                return forwarded.split(",")[0].strip()
+        except Exception:  # pragma: no cover - defensive: fall back to the peer address
+            pass
+    return request.remote or "unknown"
+
+
+async def get_optional_requester(request: web.Request) -> Requester | None:
+    """Who sent the request (None without an access token), their device's sighting noted."""
+    token = extract_token(request)
+    if token is None:
+        return None
+    auth = get_hs(request).auth
+    requester: Requester = await auth.authenticate(token)
+    if not request.path.startswith(REPLICATION_PREFIX):
+        # (A worker forwarding the client's request is no sighting: the address would be the worker's.)
+        address = client_address(request)  # X-Forwarded-For only from listeners with x_forwarded
+        auth.saw(requester.user_id, requester.device_id, None if address == "unknown" else address,
+                 request.headers.get("User-Agent"))
+    return requester
+
+
+async def get_requester(request: web.Request) -> Requester:
+    """Who sent the request, or 401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN."""
+    requester = await get_optional_requester(request)
+    if requester is None:
+        raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+    return requester
+
+
+async def get_own_requester(request: web.Request, refusal: str) -> Requester:
+    """The requester, when the path's `{userId}` is theirs; else 403 M_FORBIDDEN saying `refusal`."""
+    requester = await get_requester(request)
+    if request.match_info["userId"] != requester.user_id:
+        raise forbidden(refusal)
+    return requester
+
+
+def uia_operation(request: web.Request) -> tuple[str, str]:
+    """What a user-interactive authentication session is for: the request's method and path."""
+    return request.method, request.path
 
 
 async def parse_json(request: web.Request, allow_empty: bool = False) -> JsonDict:

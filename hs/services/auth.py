@@ -1,5 +1,8 @@
 """Who is making a request: access-token lookup (hashed, cached) and the resulting Requester, and
-where each device was last seen (address, time, user agent), for GET /devices and admins' whois."""
+where each device was last seen (address, time, user agent), for GET /devices and admins' whois.
+
+Reading the token, address and user agent from the HTTP request is the API layer's part
+(`get_requester` in hs/api/base.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from hs.errors import MatrixError, unknown_token
-from hs.replication.http_client import REPLICATION_PREFIX
-from hs.services.registration import client_address
+from hs.errors import unknown_token
 from hs.util import LruCache, now_ms
 
 if TYPE_CHECKING:
@@ -35,16 +34,6 @@ class Requester:
     is_guest: bool = False
 
 
-def extract_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header")
-        return token.strip()
-    return request.query.get("access_token")
-
-
 class Auth:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
@@ -52,31 +41,17 @@ class Auth:
         self._unstored: dict[tuple[str, str], Sighting] = {}
         self._storing: asyncio.Task[None] | None = None
 
-    async def get_requester(self, request: web.Request, optional: bool = False) -> Requester | None:
-        token = extract_token(request)
-        if token is None:
-            if optional:
-                return None
-            raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+    async def authenticate(self, token: str) -> Requester:
+        """The requester an access token belongs to, or 401 M_UNKNOWN_TOKEN."""
         info = await self.hs.user_store.get_token(token)
         if info is None:
             raise unknown_token()
-        self._saw(request, info.user_id, info.device_id)
         return Requester(info.user_id, info.device_id, token, info.is_guest)
 
-    async def requester(self, request: web.Request) -> Requester:
-        r = await self.get_requester(request)
-        assert r is not None
-        return r
-
     # -- where devices were last seen -------------------------------------------------------------------
-    def _saw(self, request: web.Request, user_id: str, device_id: str) -> None:
+    def saw(self, user_id: str, device_id: str, ip: str | None, user_agent: str | None) -> None:
         """Note the device's sighting; it is stored in the background (the request does not wait)."""
-        if request.path.startswith(REPLICATION_PREFIX):
-            return  # a worker forwarding the client's request: the address would be the worker's
-        address = client_address(request)  # X-Forwarded-For only from listeners with x_forwarded
-        ip = None if address == "unknown" else address
-        agent = (request.headers.get("User-Agent") or "")[:MAX_USER_AGENT_LENGTH] or None
+        agent = (user_agent or "")[:MAX_USER_AGENT_LENGTH] or None
         key = (user_id, device_id)
         now = now_ms()
         last = self._last_seen.get(key)

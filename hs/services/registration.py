@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import bcrypt
-from aiohttp import web
 
 from hs.errors import MatrixError, bad_json, forbidden, missing_param
 from hs.util import now_ms, random_string
@@ -65,23 +64,6 @@ def check_device_params(device_id: str | None, display_name: str | None) -> None
 
 def _pw_bytes(password: str) -> bytes:
     return password.encode("utf-8")[:BCRYPT_MAX_BYTES]
-
-
-def client_address(request: web.Request) -> str:
-    """The client's IP: X-Forwarded-For's first hop when the listener it came in on trusts it."""
-    forwarded = request.headers.get("X-Forwarded-For")
-    if forwarded:
-        try:
-            from hs.api.base import get_hs
-
-            hs = get_hs(request)
-            sock = request.transport.get_extra_info("sockname") if request.transport else None
-            port = sock[1] if isinstance(sock, tuple) and len(sock) >= 2 else None
-            if any(lst.x_forwarded and lst.port == port for lst in hs.config.listeners_for(hs.instance_name)):
-                return forwarded.split(",")[0].strip()
-        except Exception:  # pragma: no cover - defensive: fall back to the peer address
-            pass
-    return request.remote or "unknown"
 
 
 class InteractiveAuthIncomplete(MatrixError):
@@ -380,10 +362,11 @@ class Registration:
             body["completed"] = list(session.completed)
         return InteractiveAuthIncomplete(body, errcode, error)
 
-    async def check_ui_auth(self, request: web.Request, body: dict[str, Any], flows: list[list[str]],
+    async def check_ui_auth(self, operation: tuple[str, str], body: dict[str, Any], flows: list[list[str]],
                             params: dict[str, Any] | None = None, requester: Requester | None = None,
                             ) -> UiaResult:
-        """Run one round of UIA for `body`; returns when a flow is complete, else raises the 401.
+        """Run one round of UIA for `body` (of the request `operation`, its method and path); returns
+        when a flow is complete, else raises the 401.
 
         The clientdict (body without `auth`) is remembered in the session, so a client may send it only
         with the first request. With a `requester`, a completed m.login.password stage must be theirs.
@@ -400,7 +383,7 @@ class Registration:
             session = self.get_session(sid)
             if session is None:
                 raise MatrixError(400, "M_UNKNOWN", f"Unknown session ID: {sid}")
-            if (session.method, session.path) != (request.method, request.path):
+            if (session.method, session.path) != operation:
                 raise forbidden("Requested operation has changed during the UI authentication session.")
             if session.internal.get("requester") != (requester.user_id if requester is not None else None):
                 raise forbidden("This UI authentication session belongs to another user")
@@ -410,7 +393,7 @@ class Registration:
                 clientdict = session.clientdict
         else:
             self._prune_sessions()
-            session = UiaSession(random_string(24), request.method, request.path, now_ms(), clientdict)
+            session = UiaSession(random_string(24), *operation, now_ms(), clientdict)
             if requester is not None:
                 session.internal["requester"] = requester.user_id
             self._sessions[session.session_id] = session
@@ -456,13 +439,13 @@ class Registration:
             raise forbidden("Invalid auth")
         return canonical
 
-    async def validate_user_via_ui_auth(self, request: web.Request, body: dict[str, Any],
+    async def validate_user_via_ui_auth(self, operation: tuple[str, str], body: dict[str, Any],
                                         requester: Requester) -> dict[str, Any]:
         """UIA with the user's password (the flows a logged-in user's sensitive operations need).
 
         Returns the clientdict to act on; the session is used up.
         """
-        result = await self.check_ui_auth(request, body, [[PASSWORD]], requester=requester)
+        result = await self.check_ui_auth(operation, body, [[PASSWORD]], requester=requester)
         self.drop_session(result.session.session_id)
         return result.clientdict
 

@@ -74,7 +74,10 @@ async def _get(client: Any, path: str, headers: dict[str, str]) -> None:
 
 async def test_requests_a_worker_forwards_are_not_sightings(server: Any) -> None:
     """A stream writer answering a worker's forwarded request would record the worker's address."""
+    from aiohttp import web
     from aiohttp.test_utils import make_mocked_request
+
+    from hs.api.base import HS_KEY, get_requester
 
     alice = await user(server, "alice")
     await ok(alice, "GET", "/account/whoami")
@@ -82,8 +85,10 @@ async def test_requests_a_worker_forwards_are_not_sightings(server: Any) -> None
     server.hs.auth._last_seen.clear()
     await server.hs.db.execute("UPDATE devices SET last_seen_ts = 5 WHERE device_id = $1", alice.device_id)
     headers = {"Authorization": f"Bearer {alice.token}"}
+    app = web.Application()
+    app[HS_KEY] = server.hs
     forwarded = make_mocked_request("PUT", "/_hs/replication/client/_matrix/client/v3/rooms/x/typing/y",
-                                    headers=headers)
-    assert (await server.hs.auth.requester(forwarded)).device_id == alice.device_id
+                                    headers=headers, app=app)
+    assert (await get_requester(forwarded)).device_id == alice.device_id
     await server.hs.auth.sightings_stored()
     assert (await server.hs.user_store.get_device(alice.user_id, alice.device_id))["last_seen_ts"] == 5

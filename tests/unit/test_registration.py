@@ -26,8 +26,8 @@ def _reg(bcrypt_rounds: int = 4) -> Registration:
     return Registration(hs)
 
 
-def _request(method: str = "POST", path: str = "/_matrix/client/v3/register") -> Any:
-    return SimpleNamespace(method=method, path=path)
+def _operation(method: str = "POST", path: str = "/_matrix/client/v3/register") -> tuple[str, str]:
+    return method, path
 
 
 @pytest.mark.parametrize("localpart", ["alice", "a.b_c=d-e/f+g", "x1", "0day", "a" * 200])
@@ -122,7 +122,7 @@ def test_nonces_single_use_and_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_uia_dummy_flow() -> None:
     reg = _reg()
-    req = _request()
+    req = _operation()
     with pytest.raises(InteractiveAuthIncomplete) as exc:
         await reg.check_ui_auth(req, {"username": "a"}, [[DUMMY]])
     body = exc.value.to_json()
@@ -145,14 +145,14 @@ async def test_uia_dummy_flow() -> None:
 
     # The session is bound to the endpoint it was created for.
     with pytest.raises(MatrixError) as err:
-        await reg.check_ui_auth(_request("DELETE", "/_matrix/client/v3/devices/X"),
+        await reg.check_ui_auth(_operation("DELETE", "/_matrix/client/v3/devices/X"),
                                 {"auth": {"type": DUMMY, "session": sid}}, [[DUMMY]])
     assert err.value.code == 403
 
 
 async def test_uia_multi_stage_reports_completed() -> None:
     reg = _reg()
-    req = _request()
+    req = _operation()
     flows = [[DUMMY, "m.login.other"]]
     with pytest.raises(InteractiveAuthIncomplete) as exc:
         await reg.check_ui_auth(req, {"auth": {"type": DUMMY}}, flows)
@@ -162,7 +162,7 @@ async def test_uia_multi_stage_reports_completed() -> None:
 
 async def test_uia_session_bound_to_requester() -> None:
     reg = _reg()
-    req = _request("POST", "/_matrix/client/v3/delete_devices")
+    req = _operation("POST", "/_matrix/client/v3/delete_devices")
     alice: Any = SimpleNamespace(user_id="@alice:example.org")
     bob: Any = SimpleNamespace(user_id="@bob:example.org")
     with pytest.raises(InteractiveAuthIncomplete) as exc:

@@ -13,8 +13,11 @@ from hs.api.base import (
     HandlerResult,
     JsonDict,
     Route,
+    client_address,
     get_hs,
+    get_requester,
     parse_json,
+    uia_operation,
 )
 from hs.api.params import MAX_JSON_QUERY_LENGTH, body_bool, query_enum, query_str, require_str
 from hs.errors import MatrixError, bad_json, forbidden, missing_param, not_found
@@ -23,7 +26,6 @@ from hs.services.registration import (
     InteractiveAuthIncomplete,
     LoginResult,
     Registration,
-    client_address,
 )
 
 if TYPE_CHECKING:
@@ -96,7 +98,7 @@ async def register(request: web.Request) -> HandlerResult:
     uia_body = {k: v for k, v in body.items() if k != "password"}
 
     try:
-        result = await reg.check_ui_auth(request, uia_body, [[DUMMY]])
+        result = await reg.check_ui_auth(uia_operation(request), uia_body, [[DUMMY]])
     except InteractiveAuthIncomplete as e:
         session = reg.get_session(e.body["session"])
         if session is not None and password_hash is not None:
@@ -175,19 +177,19 @@ async def login(request: web.Request) -> HandlerResult:
 
 async def logout(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    await hs.accounts.logout(await hs.auth.requester(request))
+    await hs.accounts.logout(await get_requester(request))
     return 200, {}
 
 
 async def logout_all(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     await hs.accounts.logout_all(requester.user_id)
     return 200, {}
 
 
 async def whoami(request: web.Request) -> HandlerResult:
-    requester = await get_hs(request).auth.requester(request)
+    requester = await get_requester(request)
     return 200, {"user_id": requester.user_id, "device_id": requester.device_id,
                  "is_guest": requester.is_guest}
 
@@ -208,7 +210,7 @@ def _device_json(row: dict[str, Any]) -> JsonDict:
 
 async def get_devices(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     await hs.auth.sightings_stored()  # this request's own sighting included
     rows = await hs.user_store.get_devices(requester.user_id)
     return 200, {"devices": [_device_json(r) for r in rows]}
@@ -216,7 +218,7 @@ async def get_devices(request: web.Request) -> HandlerResult:
 
 async def get_device(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     await hs.auth.sightings_stored()
     row = await hs.user_store.get_device(requester.user_id, request.match_info["deviceId"])
     if row is None:
@@ -226,7 +228,7 @@ async def get_device(request: web.Request) -> HandlerResult:
 
 async def put_device(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     device_id = request.match_info["deviceId"]
     row = await hs.user_store.get_device(requester.user_id, device_id)
@@ -253,23 +255,23 @@ def _device_list(body: JsonDict) -> list[str]:
 
 async def delete_device(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     device_id = request.match_info["deviceId"]
     if await hs.user_store.get_device(requester.user_id, device_id) is None:
         raise not_found("No device found")
     body = await parse_json(request, allow_empty=True)
-    await _reg(hs).validate_user_via_ui_auth(request, body, requester)
+    await _reg(hs).validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.accounts.delete_devices(requester.user_id, [device_id])
     return 200, {}
 
 
 async def delete_devices(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     if "devices" in body:
         _device_list(body)
-    params = await _reg(hs).validate_user_via_ui_auth(request, body, requester)
+    params = await _reg(hs).validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.accounts.delete_devices(requester.user_id, _device_list(params))
     return 200, {}
 
@@ -278,12 +280,12 @@ async def delete_devices(request: web.Request) -> HandlerResult:
 async def change_password(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     reg = _reg(hs)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     if body.get("new_password") is not None:
         reg.validate_password(body["new_password"])
     body_bool(body, "logout_devices", True)
-    params = await reg.validate_user_via_ui_auth(request, body, requester)
+    params = await reg.validate_user_via_ui_auth(uia_operation(request), body, requester)
     new_password = params.get("new_password")
     if new_password is None:
         raise missing_param("Missing 'new_password'")
@@ -297,10 +299,10 @@ async def change_password(request: web.Request) -> HandlerResult:
 async def deactivate(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     reg = _reg(hs)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     body_bool(body, "erase", False)  # checked; events are not erased, the account is deactivated
-    await reg.validate_user_via_ui_auth(request, body, requester)
+    await reg.validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.accounts.deactivate(requester.user_id)
     return 200, {"id_server_unbind_result": "no-support"}
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, JsonDict, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, JsonDict, Route, get_hs, get_own_requester, parse_json
 from hs.api.params import path_room_id
 from hs.db.stores.account_data import GLOBAL
-from hs.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
+from hs.errors import MatrixError, bad_json, invalid_param, not_found
 
 SERVER_MANAGED_TYPES = ("m.fully_read", "m.push_rules")
 TAG_TYPE = "m.tag"
@@ -25,12 +25,8 @@ GROUP = "account_data"
 
 async def _own_user(request: web.Request) -> str:
     """The path's user ID, if it is the requester's own; else 403 M_FORBIDDEN."""
-    hs = get_hs(request)
-    requester = await hs.auth.requester(request)
-    user_id = request.match_info["userId"]
-    if user_id != requester.user_id:
-        raise forbidden("Cannot access account data of other users.")
-    return user_id
+    requester = await get_own_requester(request, "Cannot access account data of other users.")
+    return requester.user_id
 
 
 def _data_type(request: web.Request) -> str:

@@ -7,7 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json
+from hs.api.base import (
+    CLIENT_V3,
+    CLIENT_V3_V1,
+    Route,
+    get_hs,
+    get_optional_requester,
+    get_requester,
+    parse_json,
+)
 from hs.api.params import (
     MAX_OFFSET,
     body_bool,
@@ -33,7 +41,7 @@ def directory_since(raw: str) -> int:
 
 async def put_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     room_id = require_str(body, "room_id")
     assert room_id is not None
@@ -48,14 +56,14 @@ async def get_alias(request: web.Request) -> tuple[int, Any]:
 
 async def delete_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     await hs.room_aliases.delete_alias(requester, request.match_info["roomAlias"])
     return 200, {}
 
 
 async def get_room_aliases(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     return 200, {"aliases": await hs.room_aliases.get_room_aliases(requester, room_id)}
 
@@ -67,7 +75,7 @@ async def get_visibility(request: web.Request) -> tuple[int, Any]:
 
 async def put_visibility(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     visibility = require_str(body, "visibility", optional=True) or "public"
     await hs.room_directory.set_visibility(requester, request.match_info["roomId"], visibility)
@@ -88,7 +96,7 @@ async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
     """The spec asks no authentication for the local directory; as Synapse, a token is needed only to
     have another server's directory fetched (`allow_public_rooms_without_auth` is about federation)."""
     hs = get_hs(request)
-    requester = await hs.auth.get_requester(request, optional=True)
+    requester = await get_optional_requester(request)
     remote = _remote_server(request)
     if remote is not None:
         if requester is None:
@@ -102,7 +110,7 @@ async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
 
 async def post_public_rooms(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    await hs.auth.requester(request)
+    await get_requester(request)
     if _remote_server(request) is not None:
         raise _no_remote_directories()
     body = await parse_json(request, allow_empty=True)

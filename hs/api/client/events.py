@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, CLIENT_V3_V1, Route, get_hs, parse_json
+from hs.api.base import CLIENT_V1, CLIENT_V3_V1, Route, get_hs, get_requester, parse_json
 from hs.api.params import (
     MAX_JSON_QUERY_LENGTH,
     path_room_id,
@@ -38,7 +38,7 @@ def _filter(request: web.Request) -> EventFilter:
 
 async def send_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     content = await parse_json(request)
     event_id = await hs.client_event_sender.send_event(requester, room_id, request.match_info["eventType"], content,
@@ -48,7 +48,7 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
 
 async def send_state(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     content = await parse_json(request)
     event_id = await hs.client_event_sender.send_state(requester, room_id, request.match_info["eventType"],
@@ -58,7 +58,7 @@ async def send_state(request: web.Request) -> tuple[int, Any]:
 
 async def redact_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
     if body.get("reason") is not None and not isinstance(body["reason"], str):
@@ -70,14 +70,14 @@ async def redact_event(request: web.Request) -> tuple[int, Any]:
 
 async def get_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     return 200, await hs.room_history.get_event(requester, path_room_id(request), request.match_info["eventId"])
 
 
 async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
     """The deprecated GET /events/{eventId}: /rooms/{roomId}/event/{eventId} without the room."""
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     ev = await hs.event_store.get_event(request.match_info["eventId"])
     if ev is None:
         raise MatrixError(404, "M_NOT_FOUND", "Event not found.")
@@ -86,7 +86,7 @@ async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
 
 async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     ts = query_required_int(request, "ts", minimum=0)  # origin_server_ts, a BIGINT
     direction = query_enum(request, "dir", DIRECTIONS)
     if direction is None:
@@ -96,7 +96,7 @@ async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
 
 async def get_messages(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     direction = query_enum(request, "dir", DIRECTIONS, "f")
     assert direction is not None
@@ -109,7 +109,7 @@ async def get_messages(request: web.Request) -> tuple[int, Any]:
 
 async def get_context(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
     return 200, await hs.room_history.get_context(requester, room_id, request.match_info["eventId"], limit,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json, uia_operation
 from hs.api.params import body_int, query_str, query_stream_token
 
 # Remote servers are not asked (no federation), so a request's `timeout` is checked but not waited on.
@@ -14,14 +14,14 @@ DEFAULT_TIMEOUT_MS = 10_000
 
 async def upload_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     return 200, await hs.e2ee.upload_keys(requester.user_id, requester.device_id, body)
 
 
 async def query_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     body_int(body, "timeout", DEFAULT_TIMEOUT_MS, clamp=True)
     return 200, await hs.e2ee.query_keys(requester.user_id, body)
@@ -29,7 +29,7 @@ async def query_keys(request: web.Request) -> HandlerResult:
 
 async def claim_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    await hs.auth.requester(request)
+    await get_requester(request)
     body = await parse_json(request)
     body_int(body, "timeout", DEFAULT_TIMEOUT_MS, clamp=True)
     return 200, await hs.e2ee.claim_keys(body)
@@ -37,7 +37,7 @@ async def claim_keys(request: web.Request) -> HandlerResult:
 
 async def key_changes(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     since = query_stream_token(request, "from", required=True)
     upto = query_stream_token(request, "to", required=True)
     assert since is not None and upto is not None
@@ -48,21 +48,21 @@ async def key_changes(request: web.Request) -> HandlerResult:
 # -- cross-signing ----------------------------------------------------------------------------------------
 async def upload_cross_signing_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     params = {k: v for k, v in body.items() if k != "auth"}
     auth = body.get("auth")
     # A UIA follow-up may carry only `auth`: the keys are in its session.
     follow_up = isinstance(auth, dict) and "session" in auth and not params
     if follow_up or await hs.e2ee.cross_signing_needs_uia(requester.user_id, params):
-        params = await hs.registration.validate_user_via_ui_auth(request, body, requester)
+        params = await hs.registration.validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.e2ee.upload_cross_signing_keys(requester.user_id, params)
     return 200, {}
 
 
 async def upload_signatures(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     return 200, await hs.e2ee.upload_signatures(requester.user_id, body)
 
@@ -70,27 +70,27 @@ async def upload_signatures(request: web.Request) -> HandlerResult:
 # -- key backup -------------------------------------------------------------------------------------------
 async def create_backup_version(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     return 200, await hs.e2ee.create_backup_version(requester.user_id, body)
 
 
 async def get_current_backup_version(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     return 200, await hs.e2ee.get_backup_version(requester.user_id, None)
 
 
 async def get_backup_version(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     version = hs.e2ee.parse_version(request.match_info["version"])
     return 200, await hs.e2ee.get_backup_version(requester.user_id, version)
 
 
 async def put_backup_version(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     version = hs.e2ee.parse_version(request.match_info["version"])
     body = await parse_json(request)
     await hs.e2ee.update_backup_version(requester.user_id, version, body)
@@ -99,7 +99,7 @@ async def put_backup_version(request: web.Request) -> HandlerResult:
 
 async def delete_backup_version(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     version = hs.e2ee.parse_version(request.match_info["version"])
     await hs.e2ee.delete_backup_version(requester.user_id, version)
     return 200, {}
@@ -111,7 +111,7 @@ def _backup_target(request: web.Request) -> tuple[str | None, str | None]:
 
 async def put_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     version = hs.e2ee.parse_version(query_str(request, "version", required=True))
     body = await parse_json(request)
     room_id, session_id = _backup_target(request)
@@ -121,7 +121,7 @@ async def put_backup_keys(request: web.Request) -> HandlerResult:
 
 async def get_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     version = hs.e2ee.parse_version(query_str(request, "version", required=True))
     room_id, session_id = _backup_target(request)
     return 200, await hs.e2ee.get_backup_keys(requester.user_id, version, room_id, session_id)
@@ -129,7 +129,7 @@ async def get_backup_keys(request: web.Request) -> HandlerResult:
 
 async def delete_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     version = hs.e2ee.parse_version(query_str(request, "version", required=True))
     room_id, session_id = _backup_target(request)
     return 200, await hs.e2ee.delete_backup_keys(requester.user_id, version, room_id, session_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, JsonDict, Route, get_hs
+from hs.api.base import HandlerResult, JsonDict, Route, get_hs, get_requester
 from hs.errors import not_found
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS
 
@@ -20,7 +20,7 @@ async def versions(request: web.Request) -> HandlerResult:
 
 async def capabilities(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    await hs.auth.requester(request)
+    await get_requester(request)
     available = {
         vid: "stable" if rv.stable else "unstable"
         for vid, rv in sorted(KNOWN_ROOM_VERSIONS.items(), key=lambda kv: int(kv[0]))

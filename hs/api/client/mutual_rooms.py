@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
+from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, get_requester
 from hs.api.params import offset_token, query_str, query_token
 from hs.errors import invalid_param
 from hs.events.auth import is_valid_user_id
@@ -14,7 +14,7 @@ PAGE = 100
 
 async def mutual_rooms(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     other = query_str(request, "user_id")
     if not other or not is_valid_user_id(other):
         raise invalid_param("'user_id' must be a user ID")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs
+from hs.api.base import HandlerResult, Route, get_hs, get_requester
 from hs.api.params import parse_int, query_enum, query_limit, query_token
 from hs.services.notifications import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -16,7 +16,7 @@ def notifications_token(raw: str) -> int:
 
 async def get_notifications(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     before = query_token(request, "from", notifications_token)
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
     only = query_enum(request, "only", ("", "highlight"))

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.api.base import (
+    CLIENT_V3_V1,
+    HandlerResult,
+    Route,
+    get_hs,
+    get_own_requester,
+    get_requester,
+    parse_json,
+)
 from hs.api.params import body_enum
 from hs.db.stores.presence import PRESENCE_STATES
-from hs.errors import bad_json, forbidden, invalid_param
+from hs.errors import bad_json, invalid_param
 
 GROUP = "presence"
 
 
 async def get_status(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     return 200, await hs.presence.get_status(requester.user_id, request.match_info["userId"])
 
 
 async def put_status(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
-    if request.match_info["userId"] != requester.user_id:
-        raise forbidden("Can only set your own presence state")
+    requester = await get_own_requester(request, "Can only set your own presence state")
     body = await parse_json(request)
     presence = body_enum(body, "presence", PRESENCE_STATES, required=True, error=invalid_param)
     assert presence is not None

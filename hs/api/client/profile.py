@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.errors import missing_param
 from hs.services.profile import FIELDS
 
@@ -16,7 +16,7 @@ async def _profile(request: web.Request) -> dict[str, Any]:
     """The path user's stored profile (404 if none), when the requester may see profiles."""
     hs = get_hs(request)
     if hs.config.require_auth_for_profile_requests:
-        await hs.auth.requester(request)
+        await get_requester(request)
     profile: dict[str, Any] = await hs.profiles.get(request.match_info["userId"])
     return profile
 
@@ -33,7 +33,7 @@ def _field_handlers(field: str) -> tuple[Any, Any, Any]:
 
     async def set_field(value: Any, request: web.Request) -> HandlerResult:
         hs = get_hs(request)
-        requester = await hs.auth.requester(request)
+        requester = await get_requester(request)
         await hs.profiles.set_field(requester.user_id, request.match_info["userId"], field, value)
         return 200, {}
 

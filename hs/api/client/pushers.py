@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.roles.duties import PUSHER
 from hs.services.pushers import client_pusher, parse_pusher_request
 from hs.util import now_ms
@@ -14,14 +14,14 @@ PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/api/v1"
 
 async def get_pushers(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     rows = await hs.pushers_store.get_pushers(requester.user_id)
     return 200, {"pushers": [client_pusher(r) for r in rows]}
 
 
 async def set_pusher(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     pusher, app_id, pushkey, append = parse_pusher_request(await parse_json(request))
     if pusher is None:
         await hs.pushers_store.delete_pusher(requester.user_id, app_id, pushkey)

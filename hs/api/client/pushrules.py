@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.api.params import query_str
 from hs.errors import MatrixError
 from hs.services.push_rules import check_actions, check_kind
@@ -26,13 +26,13 @@ def _unrecognized(msg: str = "Unrecognized request") -> MatrixError:
 
 async def get_all(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     return 200, {"global": await hs.push_rules.ruleset(requester.user_id)}
 
 
 async def get_scope(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     if request.match_info["scope"] != "global":
         raise _unrecognized("Push rules scope must be 'global'")
     return 200, await hs.push_rules.ruleset(requester.user_id)
@@ -40,7 +40,7 @@ async def get_scope(request: web.Request) -> HandlerResult:
 
 async def get_kind(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     kind = request.match_info["kind"]
     check_kind(request.match_info["scope"], kind)
     return 200, (await hs.push_rules.ruleset(requester.user_id))[kind]
@@ -54,14 +54,14 @@ def _path(request: web.Request) -> tuple[str, str]:
 
 async def get_rule(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     kind, rule_id = _path(request)
     return 200, await hs.push_rules.get_rule(requester.user_id, kind, rule_id)
 
 
 async def put_rule(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     kind, rule_id = _path(request)
     body = await parse_json(request)
     await hs.push_rules.put_rule(requester.user_id, kind, rule_id, body,
@@ -71,7 +71,7 @@ async def put_rule(request: web.Request) -> HandlerResult:
 
 async def delete_rule(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     kind, rule_id = _path(request)
     await hs.push_rules.delete_rule(requester.user_id, kind, rule_id)
     return 200, {}
@@ -86,7 +86,7 @@ def _attr(request: web.Request) -> str:
 
 async def get_attr(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     kind, rule_id = _path(request)
     attr = _attr(request)
     rule = await hs.push_rules.get_rule(requester.user_id, kind, rule_id)
@@ -95,7 +95,7 @@ async def get_attr(request: web.Request) -> HandlerResult:
 
 async def put_attr(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     kind, rule_id = _path(request)
     attr = _attr(request)
     body = await parse_json(request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.errors import invalid_param
 
 GROUP = "receipts"
@@ -13,7 +13,7 @@ GROUP = "receipts"
 
 async def post_receipt(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = request.match_info["roomId"]
     event_id = request.match_info["eventId"]
     receipt_type = request.match_info["receiptType"]
@@ -29,7 +29,7 @@ async def post_receipt(request: web.Request) -> HandlerResult:
 
 async def post_read_markers(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     await hs.receipts.set_read_markers(requester.user_id, request.match_info["roomId"], body)
     return 200, {}

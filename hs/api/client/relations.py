@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
+from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, get_requester
 from hs.api.params import path_room_id, query_bool, query_enum, query_limit, query_str, relations_token, token
 from hs.services.relations import DEFAULT_LIMIT
 from hs.services.room_history import MAX_LIMIT
@@ -21,7 +21,7 @@ def _token(request: web.Request, name: str) -> str | None:
 
 async def relations(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     direction = query_enum(request, "dir", ("b", "f"), "b")
     query_bool(request, "recurse")  # checked; the answer is depth 1 either way
@@ -37,7 +37,7 @@ async def relations(request: web.Request) -> HandlerResult:
 
 async def threads(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     include = query_enum(request, "include", ("all", "participated"), "all")
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)

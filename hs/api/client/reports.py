@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.api.params import MAX_OFFSET, query_enum, query_int, query_limit, query_str
 from hs.errors import forbidden
 from hs.services.reports import check_reason
@@ -15,7 +15,7 @@ PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 async def report_event(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     reason = check_reason(await parse_json(request, allow_empty=True), required=False)
     await hs.reports.report_event(requester.user_id, request.match_info["roomId"],
                                   request.match_info["eventId"], reason)
@@ -24,7 +24,7 @@ async def report_event(request: web.Request) -> HandlerResult:
 
 async def report_room(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     reason = check_reason(await parse_json(request), required=True)
     await hs.reports.report_room(requester.user_id, request.match_info["roomId"], reason)
     return 200, {}
@@ -32,7 +32,7 @@ async def report_room(request: web.Request) -> HandlerResult:
 
 async def report_user(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     reason = check_reason(await parse_json(request), required=True)
     await hs.reports.report_user(requester.user_id, request.match_info["userId"], reason)
     return 200, {}
@@ -40,7 +40,7 @@ async def report_user(request: web.Request) -> HandlerResult:
 
 async def list_event_reports(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     if not await hs.user_store.is_admin(requester.user_id):
         raise forbidden("You are not a server admin")
     offset = query_int(request, "from", 0, maximum=MAX_OFFSET)

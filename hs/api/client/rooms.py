@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, parse_json
+from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, get_requester, parse_json
 from hs.api.params import path_room_id, query_enum, query_pagination_token
 from hs.errors import bad_json
 from hs.services.room_membership import MEMBERSHIPS, require_membership_target
@@ -22,7 +22,7 @@ def _reason(body: dict[str, Any]) -> str | None:
 
 async def create_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     room_id = await hs.room_creator.create_room(requester, body)
     return 200, {"room_id": room_id}
@@ -30,7 +30,7 @@ async def create_room(request: web.Request) -> tuple[int, Any]:
 
 async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     room_id = await hs.room_membership.join(requester, request.match_info["roomIdOrAlias"], _reason(body))
     return 200, {"room_id": room_id}
@@ -39,7 +39,7 @@ async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
 async def knock_room(request: web.Request) -> tuple[int, Any]:
     """POST /knock/{roomIdOrAlias}; `via` / `server_name` only matter for remote rooms (not built)."""
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     room_id = await hs.room_membership.knock(requester, request.match_info["roomIdOrAlias"], _reason(body))
     return 200, {"room_id": room_id}
@@ -47,7 +47,7 @@ async def knock_room(request: web.Request) -> tuple[int, Any]:
 
 async def join_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
     await hs.room_membership.join(requester, room_id, _reason(body))
@@ -56,7 +56,7 @@ async def join_room(request: web.Request) -> tuple[int, Any]:
 
 async def leave_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
     await hs.room_membership.update_membership(requester, room_id, requester.user_id, "leave", _reason(body))
@@ -66,7 +66,7 @@ async def leave_room(request: web.Request) -> tuple[int, Any]:
 def _membership_action(action: str) -> Any:
     async def handler(request: web.Request) -> tuple[int, Any]:
         hs = get_hs(request)
-        requester = await hs.auth.requester(request)
+        requester = await get_requester(request)
         room_id = path_room_id(request)
         body = await parse_json(request, allow_empty=True)
         target = require_membership_target(body)
@@ -80,7 +80,7 @@ def _membership_action(action: str) -> Any:
 
 async def forget_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     await parse_json(request, allow_empty=True)
     await hs.room_membership.forget(requester, room_id)
@@ -89,13 +89,13 @@ async def forget_room(request: web.Request) -> tuple[int, Any]:
 
 async def get_room_state(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     return 200, await hs.room_state.get_state(requester, path_room_id(request))
 
 
 async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     fmt = query_enum(request, "format", ("content", "event"), "content")
     assert fmt is not None
     return 200, await hs.room_state.get_state_event(requester, path_room_id(request), request.match_info["eventType"],
@@ -104,7 +104,7 @@ async def get_room_state_event(request: web.Request) -> tuple[int, Any]:
 
 async def get_members(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     membership = query_enum(request, "membership", MEMBERSHIPS)
     not_membership = query_enum(request, "not_membership", MEMBERSHIPS)
     chunk = await hs.room_state.get_members(requester, path_room_id(request), query_pagination_token(request, "at"),
@@ -114,13 +114,13 @@ async def get_members(request: web.Request) -> tuple[int, Any]:
 
 async def get_joined_members(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     return 200, {"joined": await hs.room_state.get_joined_members(requester, path_room_id(request))}
 
 
 async def get_joined_rooms(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     return 200, {"joined_rooms": await hs.room_membership.joined_rooms(requester.user_id)}
 
 

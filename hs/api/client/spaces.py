@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs
+from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, get_optional_requester, get_requester
 from hs.api.params import path_room_id, query_bool, query_int, query_limit, query_token
 from hs.errors import invalid_param
 from hs.services.spaces import (
@@ -20,7 +20,7 @@ from hs.services.spaces import (
 
 async def hierarchy(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     room_id = path_room_id(request)
     suggested = query_bool(request, "suggested_only")
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
@@ -36,7 +36,7 @@ async def hierarchy(request: web.Request) -> HandlerResult:
 
 async def room_summary(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.get_requester(request, optional=True)
+    requester = await get_optional_requester(request)
     return 200, await hs.room_summaries.summary(requester.user_id if requester is not None else None,
                                                 request.match_info["roomIdOrAlias"])
 

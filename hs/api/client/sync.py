@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, Route, get_hs, get_own_requester, get_requester, parse_json
 from hs.api.params import (
     INT64_MAX,
     MAX_JSON_QUERY_LENGTH,
@@ -15,7 +15,7 @@ from hs.api.params import (
     query_str,
     query_stream_token,
 )
-from hs.errors import forbidden, not_found
+from hs.errors import not_found
 from hs.services.filtering import Filter
 from hs.services.sync import SyncConfig
 
@@ -26,7 +26,7 @@ MAX_TIMEOUT_MS = 10 * 60 * 1000
 
 async def sync(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     timeout = query_int(request, "timeout", 0, maximum=MAX_TIMEOUT_MS, clamp=True)
     full_state = query_bool(request, "full_state")
     query_bool(request, "use_state_after")  # checked; the state section is always the spec's `state`
@@ -44,9 +44,7 @@ async def sync(request: web.Request) -> HandlerResult:
 
 async def create_filter(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
-    if request.match_info["userId"] != requester.user_id:
-        raise forbidden("Cannot create filters for other users")
+    requester = await get_own_requester(request, "Cannot create filters for other users")
     body = await parse_json(request)
     Filter.parse(body)
     filter_id = await hs.user_store.add_filter(requester.user_id, body)
@@ -55,9 +53,7 @@ async def create_filter(request: web.Request) -> HandlerResult:
 
 async def get_filter(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
-    if request.match_info["userId"] != requester.user_id:
-        raise forbidden("Cannot get filters for other users")
+    requester = await get_own_requester(request, "Cannot get filters for other users")
     try:  # a malformed ID names no filter: the spec's answer is 404
         filter_id = parse_int(request.match_info["filterId"], "filterId", maximum=INT64_MAX, error=ValueError)
     except ValueError:

@@ -8,24 +8,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs
+from hs.api.base import HandlerResult, Route, get_requester
 from hs.errors import not_found
 
 PREFIXES = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 async def protocols(request: web.Request) -> HandlerResult:
-    await get_hs(request).auth.requester(request)
+    await get_requester(request)
     return 200, {}
 
 
 async def protocol(request: web.Request) -> HandlerResult:
-    await get_hs(request).auth.requester(request)
+    await get_requester(request)
     raise not_found(f"Unknown protocol {request.match_info['protocol']!r}")
 
 
 async def lookup(request: web.Request) -> HandlerResult:
-    await get_hs(request).auth.requester(request)
+    await get_requester(request)
     return 200, []
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import Handler, HandlerResult, Route, get_hs
+from hs.api.base import Handler, HandlerResult, Route, get_requester
 from hs.errors import MatrixError
 
 
 async def get_threepids(request: web.Request) -> HandlerResult:
-    await get_hs(request).auth.requester(request)
+    await get_requester(request)
     return 200, {"threepids": []}
 
 

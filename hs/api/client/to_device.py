@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json
 
 
 async def send_to_device(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     await hs.e2ee.send_to_device(requester.user_id, requester.device_id, request.match_info["eventType"],
                                  request.match_info["txnId"], body)

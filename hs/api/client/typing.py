@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.api.base import (
+    CLIENT_V3_V1,
+    HandlerResult,
+    Route,
+    get_hs,
+    get_own_requester,
+    parse_json,
+)
 from hs.api.params import body_bool, body_int
 from hs.errors import forbidden, invalid_param, missing_param
 from hs.streams.typing import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
@@ -12,11 +19,8 @@ from hs.streams.typing import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
 
 async def put_typing(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
-    room_id = request.match_info["roomId"]
-    user_id = request.match_info["userId"]
-    if user_id != requester.user_id:
-        raise forbidden("Cannot set another user's typing state")
+    requester = await get_own_requester(request, "Cannot set another user's typing state")
+    room_id, user_id = request.match_info["roomId"], requester.user_id
     if not room_id.startswith("!"):
         raise invalid_param(f"{room_id} is not a valid room ID")
     body = await parse_json(request)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, parse_json
+from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.errors import missing_param
 
 
 async def upgrade_room(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     if "new_version" not in body:
         raise missing_param("Missing 'new_version'")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, parse_json
+from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.api.params import body_int, require_str
 from hs.errors import bad_json
 from hs.services.user_directory import DEFAULT_LIMIT, MAX_TERM_LENGTH
@@ -12,7 +12,7 @@ from hs.services.user_directory import DEFAULT_LIMIT, MAX_TERM_LENGTH
 
 async def search(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     body = await parse_json(request)
     term = require_str(body, "search_term")
     assert term is not None

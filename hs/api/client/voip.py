@@ -16,7 +16,7 @@ import time
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, JsonDict, Route, get_hs
+from hs.api.base import HandlerResult, JsonDict, Route, get_hs, get_requester
 from hs.config import HomeserverConfig
 from hs.errors import forbidden
 
@@ -41,7 +41,7 @@ def turn_credentials(config: HomeserverConfig, user_id: str, now_s: float | None
 
 async def turn_server(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     if requester.is_guest and not hs.config.turn_allow_guests:
         raise forbidden("Guest access to TURN servers is disabled")
     return 200, turn_credentials(hs.config, requester.user_id)

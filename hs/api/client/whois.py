@@ -6,13 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs
+from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, get_requester
 from hs.errors import forbidden, invalid_param, not_found
 
 
 async def whois(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await hs.auth.requester(request)
+    requester = await get_requester(request)
     user_id = request.match_info["userId"]
     if user_id != requester.user_id and not await hs.user_store.is_admin(requester.user_id):
         raise forbidden("You are not a server admin")
