@@ -200,7 +200,7 @@ class EventSender:
                      state_key: str | None, redacts: str | None) -> tuple[Event, int | None, dict[StateKey, str]]:
         prevs = self._heads.get(room_id)
         if prevs is None:
-            await self.hs.push_rules_stream.store.pending.settled(room_id)  # the stored extremity
+            await self.hs.push_store.pending.settled(room_id)  # the stored extremity
             prev_ids = await self.store.get_forward_extremities(room_id)
             prevs = list((await self.store.get_events(prev_ids)).values())
         if not prevs:
@@ -318,7 +318,7 @@ class EventSender:
         stream = self.hs.events_stream
         assert stream.tracker is not None, "only an events writer persists events"
         tracker = stream.tracker
-        push_store = self.hs.push_rules_stream.store
+        push_store = self.hs.push_store
         rest: tuple[list[PlainRow], list[PushRow]] | None = None  # to store once the events are out
         joins: list[str] = []  # local users joining: their unread counts are recounted
         async with tracker.allocate_many(len(batch)) as positions:
@@ -399,7 +399,7 @@ class EventSender:
     async def _persist_events_first(self, room_id: str, rows: list[PlainRow], positions: list[int]) -> list[PushRow]:
         """Commit plain events alone, evaluating push rules while PostgreSQL works; the cached unread
         counts take the new notifications at once, the database right after (`_persist_rest`)."""
-        push_store = self.hs.push_rules_stream.store
+        push_store = self.hs.push_store
         push_store.pending.start(room_id)
         self._unnotified.add(positions[0])
         # The evaluation is a task that first runs when this one waits for PostgreSQL: the statement
@@ -444,7 +444,7 @@ class EventSender:
                             positions: list[int], previous: asyncio.Task[None] | None) -> None:
         """The second statement of `_persist_events_first` (transaction IDs, forward extremity,
         notifications), with the writer's NOTIFIED_UPTO mark: every batch below it is complete."""
-        push_store = self.hs.push_rules_stream.store
+        push_store = self.hs.push_store
         try:
             if previous is not None:
                 await asyncio.wait([previous])
@@ -463,7 +463,7 @@ class EventSender:
     async def restore_batches(self) -> None:
         """At start-up: complete the batches this writer persisted whose second statement never ran
         (the process stopped between the two), evaluating their push rules again."""
-        push_store = self.hs.push_rules_stream.store
+        push_store = self.hs.push_store
         instance = self.hs.instance_name
         if not (self.hs.db.engine == "postgres" and self._defer_notifications()):
             # Nothing is deferred: forget the mark, which would otherwise be stale should this
@@ -507,7 +507,7 @@ class EventSender:
                                                        {ev.state_tuple: ev.event_id}, p.full_after)
                 await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
             await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
-            counts = await self.hs.push_rules_stream.store.write_push_actions(
+            counts = await self.hs.push_store.write_push_actions(
                 c, push_rows, redacted, [(user_id, room_id) for user_id in joins])
             if own_position is not None:
                 await StreamPositionStore.record_position_in(c, "events", self.hs.instance_name, own_position)

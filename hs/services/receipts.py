@@ -153,7 +153,7 @@ class ReceiptService:
 
     async def _add_unread_counts(self, config: SyncConfig, now: StreamToken,
                                  rooms_join: dict[str, dict[str, Any]]) -> None:
-        counts = await self.hs.push_rules_stream.store.get_unread_counts(
+        counts = await self.hs.push_store.get_unread_counts(
             config.user_id, list(rooms_join), now.get("events"))
         per_thread = config.filter.room.timeline.unread_thread_notifications
         for room_id, entry in rooms_join.items():

@@ -83,7 +83,7 @@ async def test_a_reader_without_cached_counts_waits_for_the_notifications(
 
     monkeypatch.setattr(events_module, "persist_rest", held)
     await alice.send_message(room, "hello")
-    server.hs.push_rules_stream.store.unread.clear()  # a reader that must ask the database
+    server.hs.push_store.unread.clear()  # a reader that must ask the database
     sync = asyncio.create_task(bob.sync())
     await asyncio.sleep(0.3)
     assert not sync.done()
@@ -106,7 +106,7 @@ async def test_a_read_receipt_right_after_a_message_counts_it_as_read(
     assert count_in(await bob.sync(), room) == 1
     await ok(bob, "POST", f"/rooms/{room}/receipt/m.read/{event_id}", {})
     await server.hs.event_sender.flush_rests()
-    server.hs.push_rules_stream.store.unread.clear()
+    server.hs.push_store.unread.clear()
     sync = await bob.sync()
     assert sync["rooms"]["join"][room].get("unread_notifications", {}).get("notification_count", 0) == 0
     stored = await server.hs.db.fetchval(
@@ -197,7 +197,7 @@ async def test_a_reader_waiting_for_one_room_keeps_no_stale_counts_of_another(
         return await real(db, room_id, *args, **kwargs)
 
     monkeypatch.setattr(events_module, "persist_rest", held_rest)
-    store = server.hs.push_rules_stream.store
+    store = server.hs.push_store
     await alice.send_message(second, "in the second room")
     store.unread.clear()  # a reader that must ask the database for both rooms
     reading = asyncio.create_task(store.get_unread_counts(bob.user_id, [first, second], 0))

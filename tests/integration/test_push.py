@@ -407,7 +407,7 @@ async def test_a_rule_written_while_the_rules_are_read_is_not_lost(server: TestH
     that read found must not be cached over the change, or the room stays loud until his next rule
     change. The read is held here until the mute is written."""
     alice, bob, _carol, room = await three_in_a_room(server)
-    store = server.hs.push_rules_stream.store
+    store = server.hs.push_store
     real = store.get_user_rules
     gate = asyncio.Event()
     held: list[bool] = []

@@ -364,13 +364,7 @@ class E2eeStore:
                     " session_data = excluded.session_data",
                     user_id, version, room_id, session_id, data["first_message_index"], data["forwarded_count"],
                     int(bool(data["is_verified"])), json_dumps(data["session_data"]))
-            if changed:
-                etag += 1
-                await c.execute("UPDATE e2e_room_keys_versions SET etag = $3 WHERE user_id = $1 AND version = $2",
-                                user_id, version, etag)
-            count = int(await c.fetchval(
-                "SELECT COUNT(*) FROM e2e_room_keys WHERE user_id = $1 AND version = $2", user_id, version) or 0)
-            return etag, count
+            return await _backup_written(c, user_id, version, etag, changed)
 
         return await self.db.run_transaction("put_backup_keys", txn)
 
@@ -389,15 +383,21 @@ class E2eeStore:
             etag = int(await c.fetchval(
                 "SELECT etag FROM e2e_room_keys_versions WHERE user_id = $1 AND version = $2",
                 user_id, version) or 0)
-            if deleted:
-                etag += 1
-                await c.execute("UPDATE e2e_room_keys_versions SET etag = $3 WHERE user_id = $1 AND version = $2",
-                                user_id, version, etag)
-            count = int(await c.fetchval(
-                "SELECT COUNT(*) FROM e2e_room_keys WHERE user_id = $1 AND version = $2", user_id, version) or 0)
-            return etag, count
+            return await _backup_written(c, user_id, version, etag, bool(deleted))
 
         return await self.db.run_transaction("delete_backup_keys", txn)
+
+
+async def _backup_written(c: Connection, user_id: str, version: int, etag: int,
+                          changed: bool) -> tuple[int, int]:
+    """After a write to a backup: its etag (moved on if the write changed anything) and key count."""
+    if changed:
+        etag += 1
+        await c.execute("UPDATE e2e_room_keys_versions SET etag = $3 WHERE user_id = $1 AND version = $2",
+                        user_id, version, etag)
+    count = int(await c.fetchval(
+        "SELECT COUNT(*) FROM e2e_room_keys WHERE user_id = $1 AND version = $2", user_id, version) or 0)
+    return etag, count
 
 
 def _should_replace(old: JsonDict, new: JsonDict) -> bool:
