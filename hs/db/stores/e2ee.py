@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hs.db.pool import Connection, Database
+from hs.db.stores.where import Where
 from hs.util import json_dumps, json_loads, now_ms
 
 JsonDict = dict[str, Any]
@@ -323,16 +324,10 @@ class E2eeStore:
 
     async def get_backup_keys(self, user_id: str, version: int, room_id: str | None,
                               session_id: str | None) -> list[JsonDict]:
-        sql = ("SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data"
-               " FROM e2e_room_keys WHERE user_id = $1 AND version = $2")
-        args: list[Any] = [user_id, version]
-        if room_id is not None:
-            sql += " AND room_id = $3"
-            args.append(room_id)
-            if session_id is not None:
-                sql += " AND session_id = $4"
-                args.append(session_id)
-        return await self.db.fetch(sql + " ORDER BY room_id, session_id", *args)
+        where = _backup_keys(user_id, version, room_id, session_id)
+        return await self.db.fetch(
+            "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data"
+            f" FROM e2e_room_keys WHERE {where} ORDER BY room_id, session_id", *where.args)
 
     async def put_backup_keys(self, user_id: str, version: int,
                               keys: list[tuple[str, str, JsonDict]]) -> tuple[int, int] | None:
@@ -371,21 +366,25 @@ class E2eeStore:
     async def delete_backup_keys(self, user_id: str, version: int, room_id: str | None,
                                  session_id: str | None) -> tuple[int, int]:
         async def txn(c: Connection) -> tuple[int, int]:
-            sql = "DELETE FROM e2e_room_keys WHERE user_id = $1 AND version = $2"
-            args: list[Any] = [user_id, version]
-            if room_id is not None:
-                sql += " AND room_id = $3"
-                args.append(room_id)
-                if session_id is not None:
-                    sql += " AND session_id = $4"
-                    args.append(session_id)
-            deleted = await c.fetch(sql + " RETURNING session_id", *args)
+            where = _backup_keys(user_id, version, room_id, session_id)
+            deleted = await c.fetch(f"DELETE FROM e2e_room_keys WHERE {where} RETURNING session_id", *where.args)
             etag = int(await c.fetchval(
                 "SELECT etag FROM e2e_room_keys_versions WHERE user_id = $1 AND version = $2",
                 user_id, version) or 0)
             return await _backup_written(c, user_id, version, etag, bool(deleted))
 
         return await self.db.run_transaction("delete_backup_keys", txn)
+
+
+def _backup_keys(user_id: str, version: int, room_id: str | None, session_id: str | None) -> Where:
+    """A backup's keys: all, one room's, or one session's (a session only within a room)."""
+    where = Where()
+    where.add("user_id = {} AND version = {}", user_id, version)
+    if room_id is not None:
+        where.add("room_id = {}", room_id)
+        if session_id is not None:
+            where.add("session_id = {}", session_id)
+    return where
 
 
 async def _backup_written(c: Connection, user_id: str, version: int, etag: int,

@@ -101,6 +101,18 @@ class PushStore:
             "INSERT INTO push_rules_stream (user_id, stream_id) VALUES ($1, $2)"
             " ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id", user_id, stream_id)
 
+    @staticmethod
+    async def _set_attrs(c: Connection, table: str, rule: tuple[str, str, str], enabled: bool | None,
+                         actions: list[Any] | None) -> None:
+        """Set a rule's `enabled` and/or `actions` (None: leave it) in `table` (the user's own rules or
+        their changes to the defaults); `rule` is (user_id, kind, rule_id)."""
+        assert table in ("push_rules", "push_rules_defaults")
+        where = "WHERE user_id = $1 AND kind = $2 AND rule_id = $3"
+        if enabled is not None:
+            await c.execute(f"UPDATE {table} SET enabled = $4 {where}", *rule, 1 if enabled else 0)
+        if actions is not None:
+            await c.execute(f"UPDATE {table} SET actions = $4 {where}", *rule, json_dumps(actions))
+
     async def replace_kind(self, user_id: str, kind: str, rules: Sequence[JsonDict], stream_id: int) -> None:
         """Rewrite the user's rules of one kind, most important first."""
 
@@ -140,12 +152,7 @@ class PushStore:
                 user_id, kind, rule_id)
             if not found:
                 return False
-            if enabled is not None:
-                await c.execute("UPDATE push_rules SET enabled = $4 WHERE user_id = $1 AND kind = $2"
-                                " AND rule_id = $3", user_id, kind, rule_id, 1 if enabled else 0)
-            if actions is not None:
-                await c.execute("UPDATE push_rules SET actions = $4 WHERE user_id = $1 AND kind = $2"
-                                " AND rule_id = $3", user_id, kind, rule_id, json_dumps(actions))
+            await self._set_attrs(c, "push_rules", (user_id, kind, rule_id), enabled, actions)
             await self._bump(c, user_id, stream_id)
             return True
 
@@ -158,12 +165,7 @@ class PushStore:
                 "INSERT INTO push_rules_defaults (user_id, kind, rule_id, enabled, actions)"
                 " VALUES ($1, $2, $3, NULL, NULL) ON CONFLICT (user_id, kind, rule_id) DO NOTHING",
                 user_id, kind, rule_id)
-            if enabled is not None:
-                await c.execute("UPDATE push_rules_defaults SET enabled = $4 WHERE user_id = $1 AND kind = $2"
-                                " AND rule_id = $3", user_id, kind, rule_id, 1 if enabled else 0)
-            if actions is not None:
-                await c.execute("UPDATE push_rules_defaults SET actions = $4 WHERE user_id = $1 AND kind = $2"
-                                " AND rule_id = $3", user_id, kind, rule_id, json_dumps(actions))
+            await self._set_attrs(c, "push_rules_defaults", (user_id, kind, rule_id), enabled, actions)
             await self._bump(c, user_id, stream_id)
 
         await self.db.run_transaction("set_default_push_rule_attr", txn)
