@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from hs.api.params import path_room_id
 from hs.errors import MatrixError, bad_json, forbidden
 from hs.replication.http_client import REPLICATION_PREFIX
 
@@ -106,6 +107,12 @@ async def get_requester(request: web.Request) -> Requester:
     if requester is None:
         raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
     return requester
+
+
+async def get_requester_and_room(request: web.Request) -> tuple[Requester, str]:
+    """The requester and the path's `{roomId}` (checked), for the endpoints about one room."""
+    requester = await get_requester(request)
+    return requester, path_room_id(request)
 
 
 async def get_own_requester(request: web.Request, refusal: str) -> Requester:

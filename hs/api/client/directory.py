@@ -14,6 +14,7 @@ from hs.api.base import (
     get_hs,
     get_optional_requester,
     get_requester,
+    get_requester_and_room,
     parse_json,
 )
 from hs.api.params import (
@@ -22,7 +23,6 @@ from hs.api.params import (
     body_int,
     body_object,
     parse_int,
-    path_room_id,
     query_int,
     query_str,
     query_token,
@@ -63,8 +63,7 @@ async def delete_alias(request: web.Request) -> tuple[int, Any]:
 
 async def get_room_aliases(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     return 200, {"aliases": await hs.room_aliases.get_room_aliases(requester, room_id)}
 
 

@@ -8,7 +8,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, CLIENT_V3_V1, Route, get_hs, get_requester, parse_json
+from hs.api.base import (
+    CLIENT_V1,
+    CLIENT_V3_V1,
+    Route,
+    get_hs,
+    get_requester,
+    get_requester_and_room,
+    parse_json,
+)
 from hs.api.params import (
     MAX_JSON_QUERY_LENGTH,
     path_room_id,
@@ -38,8 +46,7 @@ def _filter(request: web.Request) -> EventFilter:
 
 async def send_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     content = await parse_json(request)
     event_id = await hs.client_event_sender.send_event(requester, room_id, request.match_info["eventType"], content,
                                          request.match_info["txnId"])
@@ -48,8 +55,7 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
 
 async def send_state(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     content = await parse_json(request)
     event_id = await hs.client_event_sender.send_state(requester, room_id, request.match_info["eventType"],
                                          request.match_info.get("stateKey", ""), content)
@@ -58,8 +64,7 @@ async def send_state(request: web.Request) -> tuple[int, Any]:
 
 async def redact_event(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     body = await parse_json(request, allow_empty=True)
     if body.get("reason") is not None and not isinstance(body["reason"], str):
         raise MatrixError(400, "M_BAD_JSON", "'reason' must be a string")
@@ -96,8 +101,7 @@ async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
 
 async def get_messages(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     direction = query_enum(request, "dir", DIRECTIONS, "f")
     assert direction is not None
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
@@ -109,8 +113,7 @@ async def get_messages(request: web.Request) -> tuple[int, Any]:
 
 async def get_context(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT, minimum=0)
     return 200, await hs.room_history.get_context(requester, room_id, request.match_info["eventId"], limit,
                                            _filter(request))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, get_requester
-from hs.api.params import path_room_id, query_bool, query_enum, query_limit, query_str, relations_token, token
+from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, get_requester_and_room
+from hs.api.params import query_bool, query_enum, query_limit, query_str, relations_token, token
 from hs.services.relations import DEFAULT_LIMIT
 from hs.services.room_history import MAX_LIMIT
 
@@ -21,8 +21,7 @@ def _token(request: web.Request, name: str) -> str | None:
 
 async def relations(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     direction = query_enum(request, "dir", ("b", "f"), "b")
     query_bool(request, "recurse")  # checked; the answer is depth 1 either way
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
@@ -37,8 +36,7 @@ async def relations(request: web.Request) -> HandlerResult:
 
 async def threads(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     include = query_enum(request, "include", ("all", "participated"), "all")
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
     return 200, await hs.relations.threads(requester, room_id, include == "participated",

@@ -7,7 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V3, CLIENT_V3_V1, Route, get_hs, get_requester, parse_json
+from hs.api.base import (
+    CLIENT_V3,
+    CLIENT_V3_V1,
+    Route,
+    get_hs,
+    get_requester,
+    get_requester_and_room,
+    parse_json,
+)
 from hs.api.params import path_room_id, query_enum, query_pagination_token
 from hs.errors import bad_json
 from hs.services.room_membership import MEMBERSHIPS, require_membership_target
@@ -47,8 +55,7 @@ async def knock_room(request: web.Request) -> tuple[int, Any]:
 
 async def join_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     body = await parse_json(request, allow_empty=True)
     await hs.room_membership.join(requester, room_id, _reason(body))
     return 200, {"room_id": room_id}
@@ -56,8 +63,7 @@ async def join_room(request: web.Request) -> tuple[int, Any]:
 
 async def leave_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     body = await parse_json(request, allow_empty=True)
     await hs.room_membership.update_membership(requester, room_id, requester.user_id, "leave", _reason(body))
     return 200, {}
@@ -80,8 +86,7 @@ def _membership_action(action: str) -> Any:
 
 async def forget_room(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     await parse_json(request, allow_empty=True)
     await hs.room_membership.forget(requester, room_id)
     return 200, {}

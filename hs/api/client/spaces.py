@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import CLIENT_V1, HandlerResult, Route, get_hs, get_optional_requester, get_requester
-from hs.api.params import path_room_id, query_bool, query_int, query_limit, query_token
+from hs.api.base import (
+    CLIENT_V1,
+    HandlerResult,
+    Route,
+    get_hs,
+    get_optional_requester,
+    get_requester_and_room,
+)
+from hs.api.params import query_bool, query_int, query_limit, query_token
 from hs.errors import invalid_param
 from hs.services.spaces import (
     DEFAULT_LIMIT,
@@ -20,8 +27,7 @@ from hs.services.spaces import (
 
 async def hierarchy(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
-    requester = await get_requester(request)
-    room_id = path_room_id(request)
+    requester, room_id = await get_requester_and_room(request)
     suggested = query_bool(request, "suggested_only")
     limit = query_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
     max_depth = query_int(request, "max_depth", DEFAULT_MAX_DEPTH, maximum=MAX_MAX_DEPTH, clamp=True)

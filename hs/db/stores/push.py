@@ -63,6 +63,10 @@ class PendingBatches:
             await asyncio.shield(entry[1])
 
 
+# One rule of a user's: (user_id, kind, rule_id) as $1, $2, $3.
+RULE = "WHERE user_id = $1 AND kind = $2 AND rule_id = $3"
+
+
 class PushStore:
     def __init__(self, db: Database) -> None:
         self.unread = UnreadCountsCache()
@@ -107,11 +111,10 @@ class PushStore:
         """Set a rule's `enabled` and/or `actions` (None: leave it) in `table` (the user's own rules or
         their changes to the defaults); `rule` is (user_id, kind, rule_id)."""
         assert table in ("push_rules", "push_rules_defaults")
-        where = "WHERE user_id = $1 AND kind = $2 AND rule_id = $3"
         if enabled is not None:
-            await c.execute(f"UPDATE {table} SET enabled = $4 {where}", *rule, 1 if enabled else 0)
+            await c.execute(f"UPDATE {table} SET enabled = $4 {RULE}", *rule, 1 if enabled else 0)
         if actions is not None:
-            await c.execute(f"UPDATE {table} SET actions = $4 {where}", *rule, json_dumps(actions))
+            await c.execute(f"UPDATE {table} SET actions = $4 {RULE}", *rule, json_dumps(actions))
 
     async def replace_kind(self, user_id: str, kind: str, rules: Sequence[JsonDict], stream_id: int) -> None:
         """Rewrite the user's rules of one kind, most important first."""
@@ -132,13 +135,9 @@ class PushStore:
 
     async def delete_rule(self, user_id: str, kind: str, rule_id: str, stream_id: int) -> bool:
         async def txn(c: Connection) -> bool:
-            found = await c.fetchval(
-                "SELECT 1 FROM push_rules WHERE user_id = $1 AND kind = $2 AND rule_id = $3",
-                user_id, kind, rule_id)
-            if not found:
+            if not await c.fetchval(f"SELECT 1 FROM push_rules {RULE}", user_id, kind, rule_id):
                 return False
-            await c.execute("DELETE FROM push_rules WHERE user_id = $1 AND kind = $2 AND rule_id = $3",
-                            user_id, kind, rule_id)
+            await c.execute(f"DELETE FROM push_rules {RULE}", user_id, kind, rule_id)
             await self._bump(c, user_id, stream_id)
             return True
 
@@ -147,10 +146,7 @@ class PushStore:
     async def set_user_rule_attr(self, user_id: str, kind: str, rule_id: str, enabled: bool | None,
                                  actions: list[Any] | None, stream_id: int) -> bool:
         async def txn(c: Connection) -> bool:
-            found = await c.fetchval(
-                "SELECT 1 FROM push_rules WHERE user_id = $1 AND kind = $2 AND rule_id = $3",
-                user_id, kind, rule_id)
-            if not found:
+            if not await c.fetchval(f"SELECT 1 FROM push_rules {RULE}", user_id, kind, rule_id):
                 return False
             await self._set_attrs(c, "push_rules", (user_id, kind, rule_id), enabled, actions)
             await self._bump(c, user_id, stream_id)
