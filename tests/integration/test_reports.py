@@ -33,6 +33,24 @@ async def test_event_reports_reach_the_admins(server: Any) -> None:
     assert (await ok(mod, "GET", "/_synapse/admin/v1/event_reports", room_id="!other:test.local"))["total"] == 0
 
 
+async def test_reports_in_one_millisecond_list_in_the_order_they_came(server: Any, monkeypatch: Any) -> None:
+    """Report IDs are random: reports stored with the same time listed in a random order."""
+    import hs.db.stores.reports
+
+    alice, mod = await user(server, "alice"), await user(server, "mod")
+    await make_admin(server, mod)
+    room = await alice.create_room(preset="public_chat")
+    event_id = await alice.send_message(room, "hello")
+    monkeypatch.setattr(hs.db.stores.reports, "now_ms", lambda: 1_700_000_000_000)
+    reasons = [f"r{i}" for i in range(8)]
+    for reason in reasons:
+        await ok(alice, "POST", f"/rooms/{room}/report/{event_id}", {"reason": reason})
+    listed = await ok(mod, "GET", "/_synapse/admin/v1/event_reports", dir="f")
+    assert [r["reason"] for r in listed["event_reports"]] == reasons
+    times = [r["received_ts"] for r in listed["event_reports"]]
+    assert times == sorted(set(times)) and times[0] == 1_700_000_000_000
+
+
 async def test_event_reports_need_a_joined_reporter_and_a_real_event(server: Any) -> None:
     alice, carol = await user(server, "alice"), await user(server, "carol")
     room = await alice.create_room(preset="private_chat")

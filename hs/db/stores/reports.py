@@ -15,10 +15,14 @@ class ReportStore:
 
     async def add(self, kind: str, reporter: str, reason: str | None, room_id: str | None = None,
                   event_id: str | None = None, target_user_id: str | None = None) -> str:
+        """Store a report; its time is after every earlier report's of the kind, so reports received in
+        the same millisecond still list in the order they came (report IDs are random)."""
         report_id = random_string(24)
         await self.db.execute(
             "INSERT INTO content_reports (report_id, kind, room_id, event_id, target_user_id, reporter, reason,"
-            " received_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            " received_ts) SELECT $1, $2, $3, $4, $5, $6, $7,"
+            " CASE WHEN MAX(received_ts) >= $8 THEN MAX(received_ts) + 1 ELSE $8 END"
+            " FROM content_reports WHERE kind = $2",
             report_id, kind, room_id, event_id, target_user_id, reporter, reason, now_ms())
         return report_id
 
