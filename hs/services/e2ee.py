@@ -417,10 +417,19 @@ class E2eeService:
         def fail(target_user: str, target: str, errcode: str, error: str) -> None:
             failures.setdefault(target_user, {})[target] = {"status": 400, "errcode": errcode, "error": error}
 
-        def signer(obj: JsonDict, kind: str) -> tuple[str, str] | None:
-            """(key id, public key) of our key that should have signed this (self/user-signing key)."""
+        def cross_signed(target_user: str, target: str, obj: JsonDict, sigs: JsonDict, kind: str) -> str | None:
+            """The ID of our `kind` key (self_signing, user_signing) if it signed `obj`; else None, the
+            failure recorded."""
             key = own_cross.get(kind)
-            return None if key is None else _single_ed25519_key(key)
+            name = kind.replace("_", "-")
+            if key is None:
+                fail(target_user, target, "M_MISSING_PARAM", f"No {name} key uploaded")
+                return None
+            kid, pub = _single_ed25519_key(key)
+            if kid not in sigs or not _check_signature(obj, user_id, kid, pub):
+                fail(target_user, target, "M_INVALID_SIGNATURE", f"Invalid {name} signature")
+                return None
+            return kid
 
         for target_user, objects in body.items():
             for target, obj in objects.items():
@@ -448,16 +457,7 @@ class E2eeService:
                     if target not in own_devices:
                         fail(target_user, target, "M_NOT_FOUND", "Unknown device or key")
                         continue
-                    ssk = signer(obj, "self_signing")
-                    if ssk is None:
-                        fail(target_user, target, "M_MISSING_PARAM", "No self-signing key uploaded")
-                        continue
-                    kid, pub = ssk
-                    if kid not in sigs or not _check_signature(obj, user_id, kid, pub):
-                        fail(target_user, target, "M_INVALID_SIGNATURE", "Invalid self-signing signature")
-                        continue
-                    rows.append((user_id, kid, user_id, target, str(sigs[kid])))
-                    changed_users.add(user_id)
+                    kind = "self_signing"  # our own device
                 else:
                     if _server_of(target_user) != self.hs.server_name:
                         fail(target_user, target, "M_UNAVAILABLE", "Federation is not available")
@@ -466,14 +466,9 @@ class E2eeService:
                     if their is None or _single_ed25519_key(their)[1] != target:
                         fail(target_user, target, "M_NOT_FOUND", "Unknown master key")
                         continue
-                    usk = signer(obj, "user_signing")
-                    if usk is None:
-                        fail(target_user, target, "M_MISSING_PARAM", "No user-signing key uploaded")
-                        continue
-                    kid, pub = usk
-                    if kid not in sigs or not _check_signature(obj, user_id, kid, pub):
-                        fail(target_user, target, "M_INVALID_SIGNATURE", "Invalid user-signing signature")
-                        continue
+                    kind = "user_signing"  # another user's master key
+                kid = cross_signed(target_user, target, obj, sigs, kind)
+                if kid is not None:
                     rows.append((user_id, kid, target_user, target, str(sigs[kid])))
                     changed_users.add(user_id)
         if rows:
