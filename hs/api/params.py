@@ -224,16 +224,22 @@ def require_str(body: JsonDict, key: str, optional: bool = False) -> str | None:
     return value
 
 
+def _body_field(body: JsonDict, key: str, where: str, required: bool) -> tuple[str, Any]:
+    """(the field's name in errors, its value; None when absent or null), or M_MISSING_PARAM if required."""
+    name = f"{where}.{key}" if where else key
+    value = body.get(key)
+    if value is None and required:
+        raise missing_param(f"Missing '{name}'")
+    return name, value
+
+
 def body_int(body: JsonDict, key: str, default: int | None = None, *, required: bool = False, minimum: int = 0,
              maximum: int = INT64_MAX, clamp: bool = False, where: str = "",
              range_error: Callable[[str], Exception] = bad_json) -> int | None:
     """An integer field of a JSON body: not a boolean, not a float (M_BAD_JSON), within [minimum,
     maximum] (`range_error`, M_BAD_JSON unless the endpoint has always answered another code)."""
-    name = f"{where}.{key}" if where else key
-    value = body.get(key)
+    name, value = _body_field(body, key, where, required)
     if value is None:
-        if required:
-            raise missing_param(f"Missing '{name}'")
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_json(f"'{name}' must be an integer")
@@ -251,11 +257,8 @@ def body_enum(body: JsonDict, key: str, choices: Collection[str], default: str |
               required: bool = False, where: str = "", error: Callable[[str], Exception] = bad_json,
               ) -> str | None:
     """One of `choices`; `error` for anything else (M_BAD_JSON unless the endpoint's is another)."""
-    name = f"{where}.{key}" if where else key
-    value = body.get(key)
+    name, value = _body_field(body, key, where, required)
     if value is None:
-        if required:
-            raise missing_param(f"Missing '{name}'")
         return default
     return check_enum(value, name, choices, error=error)
 

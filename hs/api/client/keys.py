@@ -105,16 +105,17 @@ async def delete_backup_version(request: web.Request) -> HandlerResult:
     return 200, {}
 
 
-def _backup_target(request: web.Request) -> tuple[str | None, str | None]:
-    return request.match_info.get("roomId"), request.match_info.get("sessionId")
+def _backup_keys_at(request: web.Request) -> tuple[int, str | None, str | None]:
+    """Which backup's keys: the `version` parameter, and the path's room and session (either absent)."""
+    version = get_hs(request).e2ee.parse_version(query_str(request, "version", required=True))
+    return version, request.match_info.get("roomId"), request.match_info.get("sessionId")
 
 
 async def put_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await get_requester(request)
-    version = hs.e2ee.parse_version(query_str(request, "version", required=True))
+    version, room_id, session_id = _backup_keys_at(request)
     body = await parse_json(request)
-    room_id, session_id = _backup_target(request)
     keys = hs.e2ee.parse_backup_upload(body, room_id, session_id)
     return 200, await hs.e2ee.put_backup_keys(requester.user_id, version, keys)
 
@@ -122,16 +123,14 @@ async def put_backup_keys(request: web.Request) -> HandlerResult:
 async def get_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await get_requester(request)
-    version = hs.e2ee.parse_version(query_str(request, "version", required=True))
-    room_id, session_id = _backup_target(request)
+    version, room_id, session_id = _backup_keys_at(request)
     return 200, await hs.e2ee.get_backup_keys(requester.user_id, version, room_id, session_id)
 
 
 async def delete_backup_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await get_requester(request)
-    version = hs.e2ee.parse_version(query_str(request, "version", required=True))
-    room_id, session_id = _backup_target(request)
+    version, room_id, session_id = _backup_keys_at(request)
     return 200, await hs.e2ee.delete_backup_keys(requester.user_id, version, room_id, session_id)
 
 
