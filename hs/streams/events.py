@@ -48,7 +48,11 @@ class EventsStream(Stream):
         self.set_initial_positions(stored)
         event_store = self.ctx.event_store
         event_store.writes_room = self.is_writer_for_room
-        event_store.reset_membership_tracking(self.current_position())
+        # This process was told of no event stored before now: everything up to the highest stored
+        # position is read from the database, not from the (empty) memory of recent events. (The
+        # minimum over writers is not enough: a writer ahead of it has events above it that a /sync
+        # with a token from another worker would then look for in memory, and miss.)
+        event_store.reset_membership_tracking(await self.store.max_event_position())
         if self.is_writer:
             self.tracker = PositionTracker(source, stored.get(self.ctx.instance_name, 0))
             # Whatever was in flight when this writer last stopped is gone: claim the sequence so far.

@@ -203,9 +203,8 @@ async def test_waiting_for_one_writers_position() -> None:
 
 
 def test_every_registered_stream_reaches_sync_or_says_it_does_not() -> None:
-    from hs.streams.registry import stream_names
-
     from hs.services.sync_sections import SECTIONS, TOKEN_ONLY, check_sections
+    from hs.streams.registry import stream_names
 
     assert check_sections(stream_names()) == []
     assert check_sections((*stream_names(), "new_stream")) == [
