@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from hs.api.params import path_room_id
-from hs.errors import MatrixError, bad_json, forbidden
+from hs.errors import bad_json, forbidden, missing_token, not_json
 from hs.replication.http_client import REPLICATION_PREFIX
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ Handler = Callable[[web.Request], Awaitable[HandlerResult]]
 CLIENT_V3 = ("/_matrix/client/v3", "/_matrix/client/r0")
 CLIENT_V3_V1 = ("/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/api/v1")
 CLIENT_V1 = ("/_matrix/client/v1",)
-HS_KEY = web.AppKey("hs", object)
+# Typed by its annotation alone (the HomeServer class is imported only for type checking here).
+HS_KEY: web.AppKey[HomeServer] = web.AppKey("hs")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Route:
 
 
 def get_hs(request: web.Request) -> HomeServer:
-    return request.app[HS_KEY]  # type: ignore[return-value]
+    return request.app[HS_KEY]
 
 
 def extract_token(request: web.Request) -> str | None:
@@ -66,7 +67,7 @@ def extract_token(request: web.Request) -> str | None:
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header")
+            raise missing_token("Invalid Authorization header")
         return token.strip()
     return request.query.get("access_token")
 
@@ -105,7 +106,7 @@ async def get_requester(request: web.Request) -> Requester:
     """Who sent the request, or 401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN."""
     requester = await get_optional_requester(request)
     if requester is None:
-        raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+        raise missing_token("Missing access token")
     return requester
 
 
@@ -134,11 +135,11 @@ async def parse_json(request: web.Request, allow_empty: bool = False) -> JsonDic
     if not raw.strip():
         if allow_empty:
             return {}
-        raise MatrixError(400, "M_NOT_JSON", "Content not JSON.")
+        raise not_json("Content not JSON.")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise MatrixError(400, "M_NOT_JSON", "Content not JSON.") from None
+        raise not_json("Content not JSON.") from None
     if not isinstance(body, dict):
         raise bad_json("Content must be a JSON object.")
     return body

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from hs.errors import MatrixError
+from hs.errors import ROOM_ID_TAKEN, MatrixError, internal_error, unreachable
 
 if TYPE_CHECKING:
     from hs.db.stores.rooms import NewRoom
@@ -41,7 +41,7 @@ class ReplicationClient:
     def _base(self, instance: str) -> str:
         loc = self.hs.config.instance_map.get(instance)
         if loc is None:
-            raise MatrixError(500, "M_UNKNOWN", f"instance {instance!r} is not in instance_map")
+            raise internal_error(f"instance {instance!r} is not in instance_map")
         scheme = "https" if loc.tls else "http"
         return f"{scheme}://{loc.host}:{loc.port}"
 
@@ -77,7 +77,7 @@ class ReplicationClient:
                     break  # answer at once: no pause after the last try
                 logger.warning("replication call %s to %s failed (%s); retrying", name, instance, e)
                 await asyncio.sleep(0.2 * (2**attempt))
-        raise MatrixError(502, "M_UNKNOWN", f"{instance} is unreachable: {last}")
+        raise unreachable(f"{instance} is unreachable: {last}")
 
     async def wait_for_stream(self, stream: str, position: int, writer: str | None = None,
                               timeout: float = 10.0) -> None:
@@ -113,14 +113,13 @@ class ReplicationClient:
         await self.wait_for_stream("events", int(reply["stream_ordering"]), writer)
         event = await self.hs.event_store.get_event(reply["event_id"])
         if event is None:
-            raise MatrixError(500, "M_UNKNOWN", "event persisted by the writer is not visible")
+            raise internal_error("event persisted by the writer is not visible")
         return event
 
     async def create_room(self, create: Event, initial: list[InitialEvent], room: NewRoom) -> None:
         """Have the room's persister build and persist a new room (`EventSender.persist_new_room`); the
         create event, built here, names it. Raises RoomIdTaken as the persister does."""
         from hs.db.stores.rooms import RoomIdTaken
-        from hs.services.new_room import ROOM_ID_TAKEN
 
         writer = self.hs.events_stream.writer_for_room(create.room_id)
         body = {"pdu": create.pdu, "room_version": create.room_version.identifier,
@@ -152,4 +151,4 @@ class ReplicationClient:
                     break  # answer at once: no pause after the last try
                 logger.warning("forwarding %s %s to %s failed (%s); retrying", method, path_qs, instance, e)
                 await asyncio.sleep(0.2 * (2**attempt))
-        raise MatrixError(502, "M_UNKNOWN", f"{instance} is unreachable")
+        raise unreachable(f"{instance} is unreachable")

@@ -23,12 +23,12 @@ from aiohttp import web
 
 from hs.api.base import get_hs, json_response
 from hs.db.stores.rooms import NewRoom, RoomIdTaken
-from hs.errors import MatrixError
+from hs.errors import bad_json, bad_request, forbidden, not_json, room_id_taken
 from hs.events.auth import AuthError, check_auth_rules
 from hs.events.event import Event
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS
 from hs.replication.http_client import FORWARDED_AUTH_HEADER, POSITIONS_HEADER, REPLICATION_PREFIX
-from hs.services.new_room import ROOM_ID_TAKEN, InitialEvent
+from hs.services.new_room import InitialEvent
 from hs.util import LruCache
 
 if TYPE_CHECKING:
@@ -74,9 +74,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise MatrixError(400, "M_NOT_JSON", "replication body is not JSON") from None
+        raise not_json("replication body is not JSON") from None
     if not isinstance(body, dict):
-        raise MatrixError(400, "M_BAD_JSON", "replication body must be an object")
+        raise bad_json("replication body must be an object")
     return body
 
 
@@ -88,7 +88,7 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
         return 200, cached
     room_id = body["room_id"]
     if not hs.events_stream.is_writer_for_room(room_id):
-        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write events for {room_id}")
+        raise bad_request(f"{hs.instance_name} does not write events for {room_id}")
     txn = tuple(body["txn"]) if body.get("txn") else None
     event = await hs.event_sender.send(room_id, body["sender"], body["type"], body["content"],
                                        state_key=body.get("state_key"), txn=txn,  # type: ignore[arg-type]
@@ -107,16 +107,16 @@ async def create_room(request: web.Request) -> tuple[int, Any]:
     rv = KNOWN_ROOM_VERSIONS[body["room_version"]]
     create = Event(body["pdu"], rv)
     if not hs.events_stream.is_writer_for_room(create.room_id):
-        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write events for {create.room_id}")
+        raise bad_request(f"{hs.instance_name} does not write events for {create.room_id}")
     try:
         check_auth_rules(create, {})
     except AuthError as e:
-        raise MatrixError(403, "M_FORBIDDEN", str(e)) from None
+        raise forbidden(str(e)) from None
     initial = [InitialEvent.from_json(e) for e in body["events"]]
     try:
         events = await hs.event_sender.persist_new_room(create, initial, NewRoom.from_json(body["room"]))
     except RoomIdTaken:
-        raise MatrixError(409, ROOM_ID_TAKEN, f"{create.room_id} exists") from None
+        raise room_id_taken(f"{create.room_id} exists") from None
     reply = {"room_id": create.room_id, "stream_ordering": events[-1].internal["stream_ordering"]}
     _replies.set(str(body.get("txn_id")), reply)
     return 200, reply
@@ -126,7 +126,7 @@ async def device_list_change(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     body = await _body(request)
     if not hs.device_lists_stream.is_writer:
-        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write device_lists")
+        raise bad_request(f"{hs.instance_name} does not write device_lists")
     position = await hs.device_lists_stream.record_change(body["user_id"], body.get("device_id"))
     return 200, {"position": position}
 
@@ -134,7 +134,7 @@ async def device_list_change(request: web.Request) -> tuple[int, Any]:
 async def typing_snapshot(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     if not hs.typing_stream.is_writer:
-        raise MatrixError(400, "M_UNKNOWN", f"{hs.instance_name} does not write typing")
+        raise bad_request(f"{hs.instance_name} does not write typing")
     return 200, hs.typing_stream.snapshot()
 
 

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from hs.api.params import body_enum, body_int, body_object, parse_int
 from hs.db.stores.e2ee import E2eeStore
-from hs.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
+from hs.errors import (
+    MatrixError,
+    bad_json,
+    invalid_param,
+    invalid_signature,
+    missing_param,
+    not_found,
+    wrong_room_keys_version,
+)
 from hs.events.signing import SignatureVerifyError, decode_verify_key_base64, verify_signed_json
 from hs.streams.tokens import StreamToken
 from hs.util import LruCache, json_loads
@@ -401,7 +409,7 @@ class E2eeService:
             raise missing_param("No master key available to sign the other keys")
         for key_type in ("self_signing", "user_signing"):
             if key_type in new and not _check_signature(new[key_type][1], user_id, master_kid, master_pub):
-                raise MatrixError(400, "M_INVALID_SIGNATURE", f"The {key_type} key is not signed by the master key")
+                raise invalid_signature(f"The {key_type} key is not signed by the master key")
         await self.store.set_cross_signing_keys(user_id, new)
         await self.hs.device_lists_stream.record_change(user_id)
 
@@ -562,8 +570,7 @@ class E2eeService:
             current = await self.store.get_backup_version(user_id, None)
             if current is None or await self.store.get_backup_version(user_id, version) is None:
                 raise not_found(f"Unknown backup version {version}")
-            raise MatrixError(403, "M_WRONG_ROOM_KEYS_VERSION", "Wrong backup version.",
-                              current_version=str(current["version"]))
+            raise wrong_room_keys_version(str(current["version"]))
         etag, count = result
         return {"etag": str(etag), "count": count}
 

@@ -26,7 +26,7 @@ from hs.db.stores.event_batch import (
 from hs.db.stores.push import PushRow, SummaryRow, local_joins
 from hs.db.stores.rooms import AliasTaken, NewRoom, RoomIdTaken
 from hs.db.stores.stream_positions import StreamPositionStore
-from hs.errors import MatrixError, forbidden, not_found
+from hs.errors import MatrixError, bad_json, forbidden, internal_error, not_found, room_in_use, too_large
 from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
 from hs.events.canonical_json import CanonicalJsonError
 from hs.events.event import Event, JsonDict, StateKey
@@ -168,7 +168,7 @@ class EventSender:
                 try:
                     await self._persist_batch(room_id, batch)
                 except AliasTaken:
-                    raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken") from None
+                    raise room_in_use("Room alias already taken") from None
             except BaseException:
                 self._heads.pop(room_id, None)
                 for p in batch:
@@ -188,12 +188,12 @@ class EventSender:
         try:
             event_id = finish_local_event(pdu, server, self.hs.signing_key, rv)
         except CanonicalJsonError as e:
-            raise MatrixError(400, "M_BAD_JSON", str(e)) from None
+            raise bad_json(str(e)) from None
         event = Event(pdu, rv, event_id=event_id)
         try:
             check_event_size(event.pdu, floats_checked=True)
         except EventTooLargeError as e:
-            raise MatrixError(413, "M_TOO_LARGE", str(e)) from None
+            raise too_large(str(e)) from None
         return event
 
     async def _build(self, rv: RoomVersion, room_id: str, sender: str, etype: str, content: JsonDict,
@@ -305,7 +305,7 @@ class EventSender:
         async with self.locks.lock(room_id):
             failed = batch + self._queues.pop(room_id, [])
             self._heads.pop(room_id, None)
-        err = MatrixError(500, "M_UNKNOWN", "Failed to persist event")
+        err = internal_error("Failed to persist event")
         for p in failed:
             self.store.invalidate_event(p.event.event_id)
             if p.txn is not None:

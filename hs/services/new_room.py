@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.rooms import NewRoom, RoomIdTaken
-from hs.errors import MatrixError
+from hs.errors import unavailable
 from hs.events.event import JsonDict
 from hs.events.room_versions import RoomVersion
 from hs.util import random_string
@@ -45,11 +45,6 @@ logger = logging.getLogger(__name__)
 
 # Create events built for one request before giving up (each collision needs a concurrent identical one).
 ROOM_ID_ATTEMPTS = 16
-# The error code a persister answers a replicated creation with when the room ID is taken (between
-# processes only: the creating process builds another create event).
-ROOM_ID_TAKEN = "HS_ROOM_ID_TAKEN"
-
-
 @dataclass(frozen=True)
 class InitialEvent:
     """One event of a new room after its create event, built on the one before it."""
@@ -88,7 +83,7 @@ async def create_room(hs: HomeServer, rv: RoomVersion, creator: str, create_cont
         except RoomIdTaken:
             logger.info("room ID %s is taken; building another create event", create.room_id)
             after_ts = create.origin_server_ts
-    raise MatrixError(503, "M_UNKNOWN", "Could not find a free room ID; please try again")
+    raise unavailable("Could not find a free room ID; please try again")
 
 
 def new_room_id(hs: HomeServer) -> str:

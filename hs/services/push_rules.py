@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.push import PushRow
-from hs.errors import MatrixError, not_found
+from hs.errors import bad_request, not_found, unrecognized
 from hs.events.auth import get_user_power_level
 from hs.events.event import Event
 from hs.services.push_evaluator import (
@@ -112,21 +112,21 @@ def _client_rule(kind: str, rule: JsonDict) -> JsonDict:
 
 def check_actions(actions: Any) -> list[Any]:
     if not isinstance(actions, list):
-        raise MatrixError(400, "M_UNKNOWN", "Invalid rule: 'actions' must be a list")
+        raise bad_request("Invalid rule: 'actions' must be a list")
     for a in actions:
         if a in ("notify", "dont_notify", "coalesce"):
             continue
         if isinstance(a, dict) and isinstance(a.get("set_tweak"), str):
             continue
-        raise MatrixError(400, "M_UNKNOWN", f"Invalid rule: unrecognised action {a!r}")
+        raise bad_request(f"Invalid rule: unrecognised action {a!r}")
     return actions
 
 
 def check_kind(scope: str, kind: str) -> None:
     if scope != "global":
-        raise MatrixError(400, "M_UNRECOGNIZED", "Push rules scope must be 'global'")
+        raise unrecognized("Push rules scope must be 'global'")
     if kind not in KINDS:
-        raise MatrixError(400, "M_UNRECOGNIZED", f"Unknown push rule kind {kind!r}")
+        raise unrecognized(f"Unknown push rule kind {kind!r}")
 
 
 class PushRulesService:
@@ -213,25 +213,25 @@ class PushRulesService:
     async def put_rule(self, user_id: str, kind: str, rule_id: str, body: JsonDict,
                        before: str | None, after: str | None) -> None:
         if rule_id.startswith("."):
-            raise MatrixError(400, "M_UNKNOWN", "cannot add new rule_ids that start with '.'")
+            raise bad_request("cannot add new rule_ids that start with '.'")
         if not rule_id or "/" in rule_id or "\\" in rule_id:
-            raise MatrixError(400, "M_UNKNOWN", "rule_id may not be empty or contain slashes")
+            raise bad_request("rule_id may not be empty or contain slashes")
         actions = check_actions(body.get("actions"))
         rule: JsonDict = {"rule_id": rule_id, "actions": actions, "enabled": True}
         if kind in ("override", "underride"):
             conditions = body.get("conditions", [])
             if not isinstance(conditions, list) or not all(
                     isinstance(c, dict) and isinstance(c.get("kind"), str) for c in conditions):
-                raise MatrixError(400, "M_UNKNOWN", "Invalid rule: every condition needs a 'kind'")
+                raise bad_request("Invalid rule: every condition needs a 'kind'")
             rule["conditions"] = conditions
         elif kind == "content":
             pattern = body.get("pattern")
             if not isinstance(pattern, str):
-                raise MatrixError(400, "M_UNKNOWN", "Invalid rule: content rules need a 'pattern'")
+                raise bad_request("Invalid rule: content rules need a 'pattern'")
             rule["pattern"] = pattern
         for relative in (before, after):
             if relative is not None and relative.startswith("."):
-                raise MatrixError(400, "M_UNKNOWN", "before/after cannot refer to a server-default rule")
+                raise bad_request("before/after cannot refer to a server-default rule")
         async with self._locks.lock(user_id):
             await self._put_rule(user_id, kind, rule_id, rule, before, after)
 
@@ -246,7 +246,7 @@ class PushRulesService:
         if relative is not None:
             at = next((i for i, r in enumerate(current) if r["rule_id"] == relative), None)
             if at is None:
-                raise MatrixError(400, "M_UNKNOWN", f"before/after rule not found: {relative}")
+                raise bad_request(f"before/after rule not found: {relative}")
             current.insert(at if before is not None else at + 1, rule)
         elif index is not None:
             current.insert(index, rule)

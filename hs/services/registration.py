@@ -20,7 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 import bcrypt
 
-from hs.errors import MatrixError, bad_json, forbidden, missing_param
+from hs.errors import (
+    MatrixError,
+    bad_json,
+    bad_request,
+    forbidden,
+    internal_error,
+    invalid_param,
+    invalid_username,
+    missing_param,
+    unrecognized,
+    user_deactivated,
+    user_in_use,
+)
 from hs.util import now_ms, random_string
 
 if TYPE_CHECKING:
@@ -57,7 +69,7 @@ def check_device_params(device_id: str | None, display_name: str | None) -> None
     """A client-chosen device ID and display name, checked before anything is written."""
     if device_id is not None:
         if not isinstance(device_id, str) or not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH:
-            raise MatrixError(400, "M_INVALID_PARAM", "Invalid device_id")
+            raise invalid_param("Invalid device_id")
     if display_name is not None and not isinstance(display_name, str):
         raise bad_json("'initial_device_display_name' must be a string")
 
@@ -121,25 +133,23 @@ class Registration:
     def check_localpart(self, localpart: str) -> str:
         """The full user ID for a valid, non-reserved localpart, else M_INVALID_USERNAME."""
         if not localpart:
-            raise MatrixError(400, "M_INVALID_USERNAME", "User ID cannot be empty")
+            raise invalid_username("User ID cannot be empty")
         if any(c not in LOCALPART_CHARS for c in localpart):
-            raise MatrixError(400, "M_INVALID_USERNAME",
-                              "User ID can only contain characters a-z, 0-9, or '=_-./+'")
+            raise invalid_username("User ID can only contain characters a-z, 0-9, or '=_-./+'")
         if localpart[0] == "_":
-            raise MatrixError(400, "M_INVALID_USERNAME", "User ID may not begin with _")
+            raise invalid_username("User ID may not begin with _")
         if localpart.isdigit():
-            raise MatrixError(400, "M_INVALID_USERNAME", "Numeric user IDs are reserved for guest users.")
+            raise invalid_username("Numeric user IDs are reserved for guest users.")
         user_id = self.user_id_for(localpart)
         if len(user_id) > MAX_USERID_LENGTH:
-            raise MatrixError(400, "M_INVALID_USERNAME",
-                              f"User ID may not be longer than {MAX_USERID_LENGTH} characters")
+            raise invalid_username(f"User ID may not be longer than {MAX_USERID_LENGTH} characters")
         return user_id
 
     async def check_username_available(self, localpart: str) -> str:
         """Validate and check that nobody holds the ID (case-insensitively); returns the user ID."""
         user_id = self.check_localpart(localpart)
         if await self.store.find_user_case_insensitive(user_id):
-            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+            raise user_in_use("User ID already taken.")
         return user_id
 
     async def _generate_localpart(self) -> str:
@@ -148,15 +158,15 @@ class Registration:
             candidate = str(10**11 + secrets.randbelow(9 * 10**11))
             if not await self.store.get_user(self.user_id_for(candidate)):
                 return candidate
-        raise MatrixError(500, "M_UNKNOWN", "Could not generate a user ID")
+        raise internal_error("Could not generate a user ID")
 
     # -- passwords -----------------------------------------------------------------------------------
     @staticmethod
     def validate_password(password: Any) -> str:
         if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
-            raise MatrixError(400, "M_INVALID_PARAM", "Invalid password")
+            raise invalid_param("Invalid password")
         if "\x00" in password:
-            raise MatrixError(400, "M_INVALID_PARAM", "Invalid password")
+            raise invalid_param("Invalid password")
         return password
 
     async def hash_password(self, password: str) -> str:
@@ -213,7 +223,7 @@ class Registration:
         created = await self.store.create_user(user_id, password_hash, admin=admin, user_type=user_type,
                                                displayname=displayname if displayname is not None else localpart)
         if not created:
-            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+            raise user_in_use("User ID already taken.")
         logger.info("registered %s", user_id)
         return user_id
 
@@ -232,7 +242,7 @@ class Registration:
                                                displayname=displayname if displayname is not None else localpart,
                                                device=(device_id, device_display_name, token))
         if not created:
-            raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.")
+            raise user_in_use("User ID already taken.")
         logger.info("registered %s", user_id)
         try:
             await self.hs.e2ee.on_device_created(user_id, device_id)
@@ -280,12 +290,12 @@ class Registration:
         if itype == "m.id.user":
             user = identifier.get("user")
             if not isinstance(user, str) or not user:
-                raise MatrixError(400, "M_INVALID_PARAM", "User identifier is missing 'user' key")
+                raise invalid_param("User identifier is missing 'user' key")
             return self.qualify(user)
         if itype in ("m.id.thirdparty", "m.id.phone"):
             # No third-party identifiers are bound on this server.
             raise forbidden("Invalid username or password")
-        raise MatrixError(400, "M_UNKNOWN", "Unknown login identifier type")
+        raise bad_request("Unknown login identifier type")
 
     async def resolve_user(self, user_id: str) -> tuple[str, dict[str, Any]] | None:
         """The canonical (stored) user ID and row for a case-insensitive match, as Synapse does."""
@@ -320,7 +330,7 @@ class Registration:
             raise forbidden("Invalid username or password")
         canonical, row = resolved
         if row.get("deactivated"):
-            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+            raise user_deactivated("This account has been deactivated")
         return canonical
 
     async def login_password(self, body: dict[str, Any], address: str) -> str:
@@ -331,7 +341,7 @@ class Registration:
         if password is None:
             raise missing_param("Missing 'password'")
         if not isinstance(password, str):
-            raise MatrixError(400, "M_INVALID_PARAM", "Bad parameter: password")
+            raise invalid_param("Bad parameter: password")
         return await self.check_password(user_id, password, address)
 
     # -- user-interactive auth -----------------------------------------------------------------------
@@ -382,7 +392,7 @@ class Registration:
                 raise bad_json("'session' must be a string")
             session = self.get_session(sid)
             if session is None:
-                raise MatrixError(400, "M_UNKNOWN", f"Unknown session ID: {sid}")
+                raise bad_request(f"Unknown session ID: {sid}")
             if (session.method, session.path) != operation:
                 raise forbidden("Requested operation has changed during the UI authentication session.")
             if session.internal.get("requester") != (requester.user_id if requester is not None else None):
@@ -404,7 +414,7 @@ class Registration:
             if not isinstance(stage, str):
                 raise bad_json("'auth.type' must be a string")
             if stage not in allowed:
-                raise MatrixError(400, "M_UNRECOGNIZED", f"Unrecognised login type {stage!r}")
+                raise unrecognized(f"Unrecognised login type {stage!r}")
             if stage == DUMMY:
                 session.completed[DUMMY] = True
             elif stage == PASSWORD:
@@ -419,7 +429,7 @@ class Registration:
                     raise
                 session.completed[PASSWORD] = user_id
             else:  # pragma: no cover - only the stages above are ever offered
-                raise MatrixError(400, "M_UNRECOGNIZED", f"Unrecognised login type {stage!r}")
+                raise unrecognized(f"Unrecognised login type {stage!r}")
 
         for flow in flows:
             if all(s in session.completed for s in flow):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hs.errors import MatrixError, forbidden, invalid_param, not_found
+from hs.errors import MatrixError, bad_alias, forbidden, invalid_param, not_found, room_in_use
 from hs.events.event import JsonDict
 from hs.services.room_ids import check_room_id, parse_alias
 
@@ -61,7 +61,7 @@ class RoomAliases:
                 continue
             row = await self.rooms.get_alias(alias)
             if row is None or row["room_id"] != room_id:
-                raise MatrixError(400, "M_BAD_ALIAS", f"Room alias {alias} does not point to the room")
+                raise bad_alias(f"Room alias {alias} does not point to the room")
 
     def _local_alias(self, alias: str) -> None:
         _localpart, server = parse_alias(alias)
@@ -74,9 +74,9 @@ class RoomAliases:
         if not await self.rooms.room_exists(room_id):
             raise not_found("Room not found")
         if await self.rooms.get_alias(alias) is not None:
-            raise MatrixError(409, "M_ROOM_IN_USE", f"Room alias {alias} already exists")
+            raise room_in_use(f"Room alias {alias} already exists", status=409)
         if not await self.rooms.create_alias(alias, room_id, requester.user_id):
-            raise MatrixError(409, "M_ROOM_IN_USE", f"Room alias {alias} already exists")
+            raise room_in_use(f"Room alias {alias} already exists", status=409)
 
     async def get_alias(self, alias: str) -> JsonDict:
         parse_alias(alias)

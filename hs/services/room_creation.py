@@ -10,7 +10,16 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.rooms import NewRoom
-from hs.errors import MatrixError, bad_json, invalid_param
+from hs.errors import (
+    MatrixError,
+    bad_json,
+    bad_request,
+    guest_access_forbidden,
+    invalid_param,
+    invalid_room_state,
+    room_in_use,
+    unsupported_room_version,
+)
 from hs.events.auth import is_valid_user_id
 from hs.events.event import JsonDict, StateKey
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -50,7 +59,7 @@ class RoomCreator:
         """
         user_id = requester.user_id
         if requester.is_guest:
-            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed")
+            raise guest_access_forbidden("Guest access is not allowed")
         cfg = self._validate_create_body(body)
         self.hs.ratelimiters["message"].check(user_id)
         rv: RoomVersion = cfg["room_version"]
@@ -62,7 +71,7 @@ class RoomCreator:
             alias = f"#{cfg['room_alias_name']}:{self.hs.server_name}"
             parse_alias(alias)
             if await self.hs.room_store.get_alias(alias) is not None:
-                raise MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
+                raise room_in_use("Room alias already taken")
 
         create_content: JsonDict = dict(cfg["creation_content"])
         create_content.pop("creator", None)
@@ -84,7 +93,7 @@ class RoomCreator:
             return await create_new_room(self.hs, rv, user_id, create_content, initial, room)
         except MatrixError as e:
             if e.errcode == "M_FORBIDDEN":  # the auth rules refused an event the request asked for
-                raise MatrixError(400, "M_INVALID_ROOM_STATE", f"Invalid initial state: {e.msg}") from None
+                raise invalid_room_state(f"Invalid initial state: {e.msg}") from None
             raise
 
     async def _initial_events(self, cfg: JsonDict, rv: RoomVersion, user_id: str, preset: dict[str, Any],
@@ -147,7 +156,7 @@ class RoomCreator:
             raise bad_json(f"'{preset}' is not a valid preset")
         version_id = opt("room_version", str, "a string") or self.hs.config.default_room_version
         if version_id not in KNOWN_ROOM_VERSIONS:
-            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support this room version")
+            raise unsupported_room_version("Your homeserver does not support this room version")
         alias_name = opt("room_alias_name", str, "a string")
         if alias_name is not None and (not alias_name or _ALIAS_LOCALPART_BAD.search(alias_name)):
             raise invalid_param("Invalid characters in room alias")
@@ -159,7 +168,7 @@ class RoomCreator:
                 raise invalid_param(f"Invalid user ID {u!r}")
         invite_3pid = opt("invite_3pid", list, "a list") or []
         if invite_3pid:
-            raise MatrixError(400, "M_UNKNOWN", "Third party invites are not supported by this server")
+            raise bad_request("Third party invites are not supported by this server")
         initial_state = opt("initial_state", list, "a list of state events") or []
         for item in initial_state:
             if (not isinstance(item, dict) or not isinstance(item.get("type"), str)
@@ -167,7 +176,7 @@ class RoomCreator:
                     or not isinstance(item.get("state_key", ""), str)):
                 raise bad_json("initial_state entries need 'type' and 'content' (and a string 'state_key')")
             if item["type"] == MEMBER:
-                raise MatrixError(400, "M_INVALID_ROOM_STATE", "initial_state may not contain member events")
+                raise invalid_room_state("initial_state may not contain member events")
         return {
             "visibility": visibility,
             "preset": preset,

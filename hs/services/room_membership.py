@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hs.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
+from hs.errors import (
+    bad_json,
+    bad_request,
+    forbidden,
+    guest_access_forbidden,
+    invalid_param,
+    missing_param,
+    not_found,
+)
 from hs.events.auth import get_join_rule, get_named_level, get_user_power_level, is_valid_user_id
 from hs.events.event import Event, JsonDict, StateKey
 from hs.events.room_versions import RoomVersion
@@ -94,7 +102,7 @@ class RoomMembership:
         if requester.is_guest:
             guest = await self.store.get_current_state_event(room_id, "m.room.guest_access")
             if guest is None or guest.content.get("guest_access") != "can_join":
-                raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
+                raise guest_access_forbidden("Guest access not allowed")
         if current is not None and current[0] in ("join", "invite"):
             return
         state = await self.store.get_current_state_events(room_id, [
@@ -138,7 +146,7 @@ class RoomMembership:
         invite, rejecting a kick, and the knocker rescinds with /leave (all through update_membership)."""
         user_id = requester.user_id
         if requester.is_guest:
-            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed")
+            raise guest_access_forbidden("Guest access is not allowed")
         room_id = await self.hs.room_aliases.resolve_room(room_id_or_alias)
         check_room_id(room_id)
         rv = await self.hs.room_store.get_room_version(room_id)
@@ -168,7 +176,7 @@ class RoomMembership:
             if not await self.hs.room_store.room_exists(room_id):
                 raise not_found("Room not found")
         elif current[0] == "join":
-            raise MatrixError(400, "M_UNKNOWN", f"User {requester.user_id} is in room {room_id}")
+            raise bad_request(f"User {requester.user_id} is in room {room_id}")
         await self.store.forget(requester.user_id, room_id)
 
     async def joined_rooms(self, user_id: str) -> list[str]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Histogram
 
-from hs.errors import MatrixError, invalid_param
+from hs.errors import MatrixError, invalid_param, not_json
 from hs.events.event import Event, StateKey
 from hs.services.filtering import DEFAULT_FILTER, Filter, only_fields
 from hs.services.serialize import serialize_event, serialize_events
@@ -113,7 +113,7 @@ class SyncService:
             try:
                 raw = json_loads(param)
             except ValueError:
-                raise MatrixError(400, "M_NOT_JSON", "Invalid filter JSON") from None
+                raise not_json("Invalid filter JSON") from None
             parsed = Filter.parse(raw)
             self._inline_filters.set(param, parsed)
             return parsed

@@ -27,7 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.rooms import NewRoom
-from hs.errors import MatrixError, bad_json, forbidden
+from hs.errors import bad_json, forbidden, unsupported_room_version
 from hs.events.auth import (
     get_room_creators,
     get_send_level,
@@ -70,7 +70,7 @@ class RoomUpgrader:
             raise bad_json("'new_version' must be a string")
         rv = KNOWN_ROOM_VERSIONS.get(new_version)
         if rv is None:
-            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Unsupported room version {new_version!r}")
+            raise unsupported_room_version(f"Unsupported room version {new_version!r}")
         creators_extra: list[str] = []
         if additional_creators is not None:
             if not rv.privileged_creators:

@@ -150,10 +150,10 @@ class Stream:
     def not_writer(self) -> Exception:
         """A write reached a process that does not own this stream. Client requests are forwarded to
         the writer before they get here (hs/app.py), so this means a misrouted internal call."""
-        from hs.errors import MatrixError
+        from hs.errors import internal_error
 
-        return MatrixError(500, "M_UNKNOWN", f"{self.NAME} is written by {self.writers[0]}, not "
-                                             f"{self.ctx.instance_name}; the write should have been forwarded")
+        return internal_error(f"{self.NAME} is written by {self.writers[0]}, not "
+                              f"{self.ctx.instance_name}; the write should have been forwarded")
 
     async def publish(self, position: int, **data: Any) -> None:
         """Tell every process (this one included) that this writer has persisted up to `position`."""

@@ -20,7 +20,17 @@ from hs.api.base import (
     uia_operation,
 )
 from hs.api.params import MAX_JSON_QUERY_LENGTH, body_bool, query_enum, query_str, require_str
-from hs.errors import MatrixError, bad_json, forbidden, missing_param, not_found
+from hs.errors import (
+    MatrixError,
+    bad_json,
+    bad_request,
+    forbidden,
+    guest_access_forbidden,
+    invalid_param,
+    invalid_username,
+    missing_param,
+    not_found,
+)
 from hs.services.registration import (
     DUMMY,
     InteractiveAuthIncomplete,
@@ -61,7 +71,7 @@ def _username(body: JsonDict) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > 512:
-        raise MatrixError(400, "M_INVALID_USERNAME", "Invalid username")
+        raise invalid_username("Invalid username")
     return value.lower()
 
 
@@ -72,7 +82,7 @@ async def register(request: web.Request) -> HandlerResult:
     body = await parse_json(request)
     kind = query_enum(request, "kind", ("user", "guest"), "user")
     if kind == "guest":
-        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+        raise guest_access_forbidden("Guest access is disabled")
     cfg = hs.config
     if not cfg.enable_registration:
         raise forbidden("Registration has been disabled")
@@ -167,7 +177,7 @@ async def login(request: web.Request) -> HandlerResult:
     hs.ratelimiters["login_address"].check(address)
     login_type = require_str(body, "type")
     if login_type != "m.login.password":
-        raise MatrixError(400, "M_UNKNOWN", "Unknown login type")
+        raise bad_request("Unknown login type")
     device_id = _opt_str(body, "device_id")
     display_name = _opt_str(body, "initial_device_display_name")
     user_id = await reg.login_password(body, address)
@@ -237,8 +247,7 @@ async def put_device(request: web.Request) -> HandlerResult:
     if "display_name" in body:
         name = _opt_str(body, "display_name")
         if name is not None and len(name) > MAX_DEVICE_DISPLAY_NAME_LEN:
-            raise MatrixError(400, "M_INVALID_PARAM",
-                              f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LEN})")
+            raise invalid_param(f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LEN})")
         await hs.user_store.update_device(requester.user_id, device_id, name)
         await hs.e2ee.on_device_changed(requester.user_id, device_id)  # the name is in its keys' unsigned
     return 200, {}

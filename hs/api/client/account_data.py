@@ -14,7 +14,7 @@ from aiohttp import web
 from hs.api.base import HandlerResult, JsonDict, Route, get_hs, get_own_requester, parse_json
 from hs.api.params import path_room_id
 from hs.db.stores.account_data import GLOBAL
-from hs.errors import MatrixError, bad_json, invalid_param, not_found
+from hs.errors import bad_json, invalid_param, not_found
 
 SERVER_MANAGED_TYPES = ("m.fully_read", "m.push_rules")
 TAG_TYPE = "m.tag"
@@ -38,7 +38,7 @@ def _data_type(request: web.Request) -> str:
 
 def _check_settable(data_type: str) -> None:
     if data_type in SERVER_MANAGED_TYPES:
-        raise MatrixError(405, "M_BAD_JSON", f"Cannot set {data_type} through this API.")
+        raise bad_json(f"Cannot set {data_type} through this API.", status=405)
 
 
 # -- account data ------------------------------------------------------------------------------------------

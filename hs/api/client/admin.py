@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from hs.api.base import HandlerResult, Route, get_hs, parse_json
-from hs.errors import MatrixError, bad_json, forbidden
+from hs.errors import bad_json, bad_request, forbidden
 
 if TYPE_CHECKING:
     from hs.services.registration import Registration
@@ -39,13 +39,13 @@ async def register_with_shared_secret(request: web.Request) -> HandlerResult:
     reg: Registration = hs.registration
     secret = hs.config.get_registration_shared_secret()
     if not secret:
-        raise MatrixError(400, "M_UNKNOWN", "Shared secret registration is not enabled")
+        raise bad_request("Shared secret registration is not enabled")
     body = await parse_json(request)
     nonce = body.get("nonce")
     if nonce is None:
         raise bad_json("nonce must be specified")
     if not isinstance(nonce, str) or not reg.use_nonce(nonce):
-        raise MatrixError(400, "M_UNKNOWN", "unrecognised nonce")
+        raise bad_request("unrecognised nonce")
     username = _field(body, "username")
     password = _field(body, "password")
     admin = body.get("admin", False)

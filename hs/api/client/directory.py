@@ -29,7 +29,7 @@ from hs.api.params import (
     require_str,
     token,
 )
-from hs.errors import MatrixError, bad_json
+from hs.errors import MatrixError, bad_json, missing_token, unreachable
 
 
 def directory_since(raw: str) -> int:
@@ -88,7 +88,7 @@ def _remote_server(request: web.Request) -> str | None:
 
 
 def _no_remote_directories() -> MatrixError:
-    return MatrixError(502, "M_UNKNOWN", "Fetching other servers' room directories is not supported")
+    return unreachable("Fetching other servers' room directories is not supported")
 
 
 async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
@@ -99,7 +99,7 @@ async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
     remote = _remote_server(request)
     if remote is not None:
         if requester is None:
-            raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+            raise missing_token("Missing access token")
         raise _no_remote_directories()
     limit = query_int(request, "limit", None, clamp=True)
     since = query_str(request, "since")

@@ -26,7 +26,7 @@ from hs.api.params import (
     query_required_int,
     query_str,
 )
-from hs.errors import MatrixError
+from hs.errors import bad_json, missing_param, not_found, not_json
 from hs.services.room_history import MAX_LIMIT, EventFilter
 
 DIRECTIONS = ("b", "f")
@@ -40,7 +40,7 @@ def _filter(request: web.Request) -> EventFilter:
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise MatrixError(400, "M_NOT_JSON", "'filter' is not valid JSON") from None
+        raise not_json("'filter' is not valid JSON") from None
     return EventFilter.parse(parsed)
 
 
@@ -67,7 +67,7 @@ async def redact_event(request: web.Request) -> tuple[int, Any]:
     requester, room_id = await get_requester_and_room(request)
     body = await parse_json(request, allow_empty=True)
     if body.get("reason") is not None and not isinstance(body["reason"], str):
-        raise MatrixError(400, "M_BAD_JSON", "'reason' must be a string")
+        raise bad_json("'reason' must be a string")
     event_id = await hs.client_event_sender.redact(requester, room_id, request.match_info["eventId"],
                                      request.match_info["txnId"], body)
     return 200, {"event_id": event_id}
@@ -85,7 +85,7 @@ async def get_event_by_id(request: web.Request) -> tuple[int, Any]:
     requester = await get_requester(request)
     ev = await hs.event_store.get_event(request.match_info["eventId"])
     if ev is None:
-        raise MatrixError(404, "M_NOT_FOUND", "Event not found.")
+        raise not_found("Event not found.")
     return 200, await hs.room_history.get_event(requester, ev.room_id, ev.event_id)
 
 
@@ -95,7 +95,7 @@ async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
     ts = query_required_int(request, "ts", minimum=0)  # origin_server_ts, a BIGINT
     direction = query_enum(request, "dir", DIRECTIONS)
     if direction is None:
-        raise MatrixError(400, "M_MISSING_PARAM", "Missing 'dir'")
+        raise missing_param("Missing 'dir'")
     return 200, await hs.room_history.event_near_timestamp(requester, path_room_id(request), ts, direction == "f")
 
 

@@ -11,17 +11,13 @@ from aiohttp import web
 
 from hs.api.base import CLIENT_V3_V1, HandlerResult, Route, get_hs, get_requester, parse_json
 from hs.api.params import query_str
-from hs.errors import MatrixError
+from hs.errors import bad_json, unrecognized
 from hs.services.push_rules import check_actions, check_kind
 
 READ_GROUP = "pushrules"
 # The same group: a proxy routes by path only, so one path must not be split over two groups.
 WRITE_GROUP = "pushrules"
 ATTRS = ("enabled", "actions")
-
-
-def _unrecognized(msg: str = "Unrecognized request") -> MatrixError:
-    return MatrixError(400, "M_UNRECOGNIZED", msg)
 
 
 async def get_all(request: web.Request) -> HandlerResult:
@@ -34,7 +30,7 @@ async def get_scope(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await get_requester(request)
     if request.match_info["scope"] != "global":
-        raise _unrecognized("Push rules scope must be 'global'")
+        raise unrecognized("Push rules scope must be 'global'")
     return 200, await hs.push_rules.ruleset(requester.user_id)
 
 
@@ -80,7 +76,7 @@ async def delete_rule(request: web.Request) -> HandlerResult:
 def _attr(request: web.Request) -> str:
     attr = request.match_info["attr"]
     if attr not in ATTRS:
-        raise _unrecognized(f"Unknown push rule attribute {attr!r}")
+        raise unrecognized(f"Unknown push rule attribute {attr!r}")
     return attr
 
 
@@ -102,11 +98,11 @@ async def put_attr(request: web.Request) -> HandlerResult:
     if attr == "enabled":
         enabled = body.get("enabled")
         if not isinstance(enabled, bool):
-            raise MatrixError(400, "M_BAD_JSON", "'enabled' must be a boolean")
+            raise bad_json("'enabled' must be a boolean")
         await hs.push_rules.set_enabled(requester.user_id, kind, rule_id, enabled)
     else:
         if "actions" not in body:
-            raise MatrixError(400, "M_BAD_JSON", "'actions' is required")
+            raise bad_json("'actions' is required")
         await hs.push_rules.set_actions(requester.user_id, kind, rule_id, check_actions(body["actions"]))
     return 200, {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import Handler, HandlerResult, Route, get_requester
-from hs.errors import MatrixError
+from hs.errors import threepid_medium_not_supported
 
 
 async def get_threepids(request: web.Request) -> HandlerResult:
@@ -21,8 +21,7 @@ async def get_threepids(request: web.Request) -> HandlerResult:
 
 def _unsupported(medium: str) -> Handler:
     async def request_token(request: web.Request) -> HandlerResult:
-        raise MatrixError(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED",
-                          f"This server does not verify {medium}; accounts have no third-party identifiers")
+        raise threepid_medium_not_supported(f"This server does not verify {medium}; accounts have no third-party identifiers")
 
     return request_token
 
