@@ -64,7 +64,7 @@ def _wrap(route: Route, forward_to: str | None = None) -> Callable[[web.Request]
 async def _forward(request: web.Request, writer: str) -> web.StreamResponse:
     """A write to a stream this instance does not own: the writer handles it, and we answer only once
     we have seen the writer's resulting stream positions (read-your-writes)."""
-    hs: HomeServer = request.app[HS_KEY]  # type: ignore[assignment]
+    hs = request.app[HS_KEY]
     client = hs.replication_client
     status, body, positions = await client.forward(writer, request.method, request.path_qs, await request.read(),
                                                    request.headers.get("Authorization"))
