@@ -6,12 +6,34 @@ event ID (which for room versions 3+ is computed from the PDU, not stored in it)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from hs.events.room_versions import EventFormat, RoomVersion
 
 JsonDict = dict[str, Any]
 StateKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class EventMetadata:
+    """What this server knows about an event beyond its PDU, never sent to anybody. An event built
+    but not yet persisted has none of it; the store fills it in when it writes or reads the event."""
+
+    stream_ordering: int | None = None  # its position in the events stream
+    instance_name: str | None = None  # the process that persisted it
+    state_group_before: int | None = None  # the room's state before the event ...
+    state_group_after: int | None = None  # ... and after it (the same for a message)
+    txn: tuple[str, str] | None = None  # (device ID, transaction ID) of the request that sent it
+    redacted_by: str | None = None  # the ID of the redaction that redacted it
+    rejected: bool = False  # the auth rules rejected it (state resolution does not use it for checks)
+
+    def position(self) -> int:
+        """The stream ordering of an event known to be persisted; asking for an unpersisted
+        event's is a bug."""
+        if self.stream_ordering is None:
+            raise ValueError("the event has not been persisted: it has no stream ordering")
+        return self.stream_ordering
 
 
 class Event:
@@ -28,8 +50,7 @@ class Event:
 
                 event_id = compute_event_id(pdu, room_version)
         self.event_id: str = event_id
-        # Server-local metadata never sent to anybody: stream ordering, txn id, redacted-by ...
-        self.internal: JsonDict = {}
+        self.internal = EventMetadata()
 
     # -- accessors -----------------------------------------------------------------------------------
     @property

@@ -93,7 +93,7 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
     event = await hs.event_sender.send(room_id, body["sender"], body["type"], body["content"],
                                        state_key=body.get("state_key"), txn=txn,  # type: ignore[arg-type]
                                        redacts=body.get("redacts"))
-    reply = {"event_id": event.event_id, "stream_ordering": event.internal["stream_ordering"]}
+    reply = {"event_id": event.event_id, "stream_ordering": event.internal.stream_ordering}
     _replies.set(str(body.get("txn_id")), reply)
     return 200, reply
 
@@ -117,7 +117,7 @@ async def create_room(request: web.Request) -> tuple[int, Any]:
         events = await hs.event_sender.persist_new_room(create, initial, NewRoom.from_json(body["room"]))
     except RoomIdTaken:
         raise room_id_taken(f"{create.room_id} exists") from None
-    reply = {"room_id": create.room_id, "stream_ordering": events[-1].internal["stream_ordering"]}
+    reply = {"room_id": create.room_id, "stream_ordering": events[-1].internal.stream_ordering}
     _replies.set(str(body.get("txn_id")), reply)
     return 200, reply
 

@@ -207,7 +207,7 @@ class EventSender:
             raise not_found(f"Unknown room {room_id}")
         depth = max(p.depth for p in prevs) + 1
         # Local rooms have one extremity; the state before the new event is the state after it.
-        group_before = prevs[0].internal["state_group_after"]
+        group_before = prevs[0].internal.state_group_after
         state_before = await self.store.get_state_group(group_before)
         auth_keys = auth_types_for_event(rv, etype, sender, state_key, content)
         auth_ids = [state_before[k] for k in sorted(auth_keys) if k in state_before]
@@ -280,8 +280,8 @@ class EventSender:
             pending.full_after = {**state_before, event.state_tuple: event.event_id}
             pending.new_group = group_after = await self.hs.state_group_ids.next()
             self.store.cache_state_group(group_after, pending.full_after)
-        event.internal["state_group_before"] = group_before
-        event.internal["state_group_after"] = group_after
+        event.internal.state_group_before = group_before
+        event.internal.state_group_after = group_after
         self._heads[event.room_id] = [event]
         return pending
 
@@ -323,7 +323,7 @@ class EventSender:
         joins: list[str] = []  # local users joining: their unread counts are recounted
         async with tracker.allocate_many(len(batch)) as positions:
             for p, pos in zip(batch, positions, strict=True):
-                p.event.internal["stream_ordering"] = pos
+                p.event.internal.stream_ordering = pos
                 # Push evaluation reads room state, which may name events of this very batch (dropped
                 # from the cache on failure).
                 self.store.cache_event(p.event)
@@ -476,7 +476,7 @@ class EventSender:
             return
         while events := await self.store.get_events_persisted_by(instance, mark, 500):
             rows = await self._push_rows(events)
-            after, mark = mark, int(events[-1].internal["stream_ordering"])
+            after, mark = mark, events[-1].internal.position()
             await complete_batches(self.hs.db, instance, events, rows, mark, after)
             logger.info("completed %d event(s) persisted just before the last stop", len(events))
         push_store.unread.clear()
@@ -501,7 +501,7 @@ class EventSender:
                                                          batch[0].new_room)
             for p, pos in zip(batch, positions, strict=True):
                 ev = p.event
-                before, after = ev.internal["state_group_before"], ev.internal["state_group_after"]
+                before, after = ev.internal.state_group_before, ev.internal.state_group_after
                 if p.new_group is not None and p.full_after is not None:
                     await self.store.store_state_group(c, p.new_group, room_id, before,
                                                        {ev.state_tuple: ev.event_id}, p.full_after)

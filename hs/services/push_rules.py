@@ -369,10 +369,10 @@ class BulkPushEvaluator:
         jobs: list[PushJob] = []
         rules_service: PushRulesService = self.hs.push_rules
         for ev in events:
-            position = ev.internal.get("stream_ordering")
+            position = ev.internal.stream_ordering
             if position is None:
                 continue
-            joined, names, auth = await self._room_facts(ev.internal.get("state_group_after"))
+            joined, names, auth = await self._room_facts(ev.internal.state_group_after)
             users = [u for u in joined if u != ev.sender and self.is_mine(u)]
             if ev.membership == "invite" and ev.state_key and self.is_mine(ev.state_key) \
                     and ev.state_key != ev.sender:

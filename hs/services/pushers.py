@@ -315,7 +315,7 @@ class PusherPool:
 
     async def _room_facts(self, event: Event) -> tuple[str | None, str | None, str | None]:
         state = await self.hs.event_store.get_state_events_for_group(
-            event.internal.get("state_group_after"),
+            event.internal.state_group_after,
             [("m.room.name", ""), ("m.room.canonical_alias", ""), ("m.room.member", event.sender)])
         name_ev, alias_ev = state.get(("m.room.name", "")), state.get(("m.room.canonical_alias", ""))
         member = state.get(("m.room.member", event.sender))

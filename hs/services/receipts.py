@@ -43,9 +43,9 @@ class ReceiptService:
 
     async def _event_position(self, room_id: str, event_id: str) -> int:
         ev = await self.hs.event_store.get_event(event_id)
-        if ev is None or ev.room_id != room_id or ev.internal.get("stream_ordering") is None:
+        if ev is None or ev.room_id != room_id or ev.internal.stream_ordering is None:
             raise not_found(f"Could not find event {event_id}")
-        return int(ev.internal["stream_ordering"])
+        return ev.internal.position()
 
     @staticmethod
     def check_ids(room_id: str, event_id: str) -> None:
@@ -100,7 +100,7 @@ class ReceiptService:
             if current_id == event_id:
                 return
             old = await self.hs.event_store.get_event(current_id)
-            old_pos = None if old is None else old.internal.get("stream_ordering")
+            old_pos = None if old is None else old.internal.stream_ordering
             if old_pos is not None and int(old_pos) >= position:
                 return
         content = {"event_id": event_id}

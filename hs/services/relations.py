@@ -68,7 +68,7 @@ class RelationsService:
         # Backwards: below `from` (exclusive), down to `to`; forwards: from `from` up, below `to`.
         lower, upper = (start, stop) if forwards else (stop, start)
         if access.cap is not None:  # a departed member sees what came before they left
-            cap = int(access.cap.internal.get("stream_ordering") or 0) + 1
+            cap = (access.cap.internal.stream_ordering or 0) + 1
             upper = cap if upper is None else min(upper, cap)
         rows = await self.store.children(parent_id, room_id, rel_type, event_type, lower=lower, upper=upper,
                                          limit=limit + 1, forwards=forwards)
@@ -119,7 +119,7 @@ class RelationsService:
 
     async def bundle(self, events: list[Event], serialized: list[dict[str, Any]], requester: Requester) -> None:
         """Add `unsigned.m.relations` to the serialized `events` (same order) that have children."""
-        by_id = {ev.event_id: ev for ev in events if not ev.internal.get("redacted_by")}
+        by_id = {ev.event_id: ev for ev in events if not ev.internal.redacted_by}
         if not by_id:
             return
         rows = await self.store.aggregated_children(sorted(by_id))

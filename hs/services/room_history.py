@@ -115,12 +115,12 @@ def _type_matches(pattern: str, etype: str) -> bool:
 
 def point_of(ev: Event) -> Point:
     """The gap just after `ev`."""
-    return (ev.depth, int(ev.internal["stream_ordering"]))
+    return (ev.depth, ev.internal.position())
 
 
 def gap_before(ev: Event) -> Point:
     """The gap just before `ev`."""
-    return (ev.depth, int(ev.internal["stream_ordering"]) - 1)
+    return (ev.depth, ev.internal.position() - 1)
 
 
 def encode_point(point: Point) -> str:
@@ -142,7 +142,7 @@ class RoomHistory:
             return ReadAccess("join")
         if allow_departed and current is not None and current[0] in ("leave", "ban"):
             ev = await self.store.get_event(current[1])
-            if ev is not None and ev.internal.get("stream_ordering") is not None:
+            if ev is not None and ev.internal.stream_ordering is not None:
                 # Did they ever join? Only then did they see anything.
                 if await self.store.has_ever_joined(room_id, user_id):
                     return ReadAccess(current[0], ev)
@@ -158,7 +158,7 @@ class RoomHistory:
         """GET /timestamp_to_event: the event closest to `ts` in the given direction, among those the
         user may read (a departed member's up to their departure)."""
         access = await self.check_read_access(requester.user_id, room_id)
-        cap = access.cap.internal.get("stream_ordering") if access.cap is not None else None
+        cap = access.cap.internal.stream_ordering if access.cap is not None else None
         found = await self.store.get_event_near_timestamp(room_id, ts, forwards, cap)
         if found is None:
             direction = "forward" if forwards else "backward"
@@ -245,7 +245,7 @@ class RoomHistory:
         for ev in events:
             if ev.sender in wanted:
                 continue
-            state = await self.store.get_state_group(ev.internal.get("state_group_after"))
+            state = await self.store.get_state_group(ev.internal.state_group_after)
             eid = state.get((MEMBER, ev.sender))
             if eid is not None:
                 wanted[ev.sender] = eid
@@ -299,12 +299,12 @@ class RoomHistory:
         limit = min(limit, MAX_LIMIT)
         before, after, start, end = await self._around(user_id, ev, access, limit // 2, limit - limit // 2, filt)
         last = after[-1] if after else ev
-        state_ids = await self.store.get_state_group(last.internal.get("state_group_after"))
+        state_ids = await self.store.get_state_group(last.internal.state_group_after)
         if filt.lazy_load_members:
             state_evs = await self._lazy_members([*before, ev, *after])
         else:
             found = await self.store.get_events(list(state_ids.values()))
-            state_evs = sorted(found.values(), key=lambda e: e.internal.get("stream_ordering") or 0)
+            state_evs = sorted(found.values(), key=lambda e: e.internal.stream_ordering or 0)
         serialized = await self.hs.relations.serialize([*before, ev, *after], requester)
         return {
             "event": serialized[len(before)],

@@ -26,14 +26,14 @@ class RoomStateReader:
 
     async def _state_ids_for_access(self, room_id: str, access: ReadAccess) -> dict[StateKey, str]:
         if access.cap is not None:
-            return await self.store.get_state_group(access.cap.internal.get("state_group_after"))
+            return await self.store.get_state_group(access.cap.internal.state_group_after)
         return await self.store.get_current_state_ids(room_id)
 
     async def get_state(self, requester: Requester, room_id: str) -> list[JsonDict]:
         access = await self.hs.room_history.check_read_access(requester.user_id, room_id)
         ids = await self._state_ids_for_access(room_id, access)
         evs = await self.store.get_events(list(ids.values()))
-        ordered = sorted(evs.values(), key=lambda e: e.internal.get("stream_ordering") or 0)
+        ordered = sorted(evs.values(), key=lambda e: e.internal.stream_ordering or 0)
         return await serialize_events(self.hs, ordered)
 
     async def get_state_event(self, requester: Requester, room_id: str, etype: str, state_key: str,

@@ -93,7 +93,7 @@ class SearchService:
         words = term_words(term)
         matches = await self._matches(user_id, rooms, [KEYS[k] for k in keys], words, filt)
         if order_by == "rank":
-            matches.sort(key=lambda m: (-m[0], -int(m[1].internal.get("stream_ordering") or 0)))
+            matches.sort(key=lambda m: (-m[0], -(m[1].internal.stream_ordering or 0)))
         page = matches[offset:offset + limit]
         device = requester.device_id
         results = []
@@ -138,7 +138,7 @@ class SearchService:
         if spec["include_profile"]:
             profiles: dict[str, Any] = {}
             state = await self.hs.event_store.get_state_events_for_group(
-                ev.internal.get("state_group_after"), [("m.room.member", None)])
+                ev.internal.state_group_after, [("m.room.member", None)])
             senders = {ev.sender, *(e["sender"] for e in context["events_before"] + context["events_after"])}
             for sender in senders:
                 member = state.get(("m.room.member", sender))

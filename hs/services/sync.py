@@ -279,7 +279,7 @@ class SyncService:
         ev = await self.store.get_event(event_id)
         if ev is None:
             return None
-        state = await self.store.get_state_group(ev.internal.get("state_group_before"))
+        state = await self.store.get_state_group(ev.internal.state_group_before)
         prior_id = state.get((MEMBER, user_id))
         if prior_id is None:
             return None
@@ -341,7 +341,7 @@ class SyncService:
                     continue
                 prior = await self._membership_before(ev.event_id, user_id)
                 was_joined = prior is not None and prior[0] == "join"
-                plans.append(_RoomPlan(room_id, "leave", 0, ev.internal["stream_ordering"], True, membership,
+                plans.append(_RoomPlan(room_id, "leave", 0, ev.internal.position(), True, membership,
                                        with_state=was_joined))
         return plans, invites, knocks, joined
 
@@ -443,7 +443,7 @@ class SyncService:
         while more and len(events) < limit and oldest is not None and attempts < FILL_ATTEMPTS:
             attempts += 1
             chunk, more = await self.store.get_room_events_stream(
-                plan.room_id, plan.after, oldest.internal["stream_ordering"] - 1, max(limit * 2, 20))
+                plan.room_id, plan.after, oldest.internal.position() - 1, max(limit * 2, 20))
             if not chunk:
                 break
             oldest = chunk[0]
@@ -456,7 +456,7 @@ class SyncService:
         latest = await self.store.get_latest_event_at(room_id, position)
         if latest is None:
             return {}
-        return await self.store.get_state_group(latest.internal.get("state_group_after"))
+        return await self.store.get_state_group(latest.internal.state_group_after)
 
     async def _room_entry(self, config: SyncConfig, plan: _RoomPlan, next_token: StreamToken,
                           ) -> dict[str, Any] | None:
@@ -466,8 +466,8 @@ class SyncService:
             newest = await self.store.get_latest_event_at(room_id, plan.upto)
         if newest is None:
             return None
-        end_ids = await self.store.get_state_group(newest.internal.get("state_group_after"))
-        start_ids = (await self.store.get_state_group(timeline[0].internal.get("state_group_before"))
+        end_ids = await self.store.get_state_group(newest.internal.state_group_after)
+        start_ids = (await self.store.get_state_group(timeline[0].internal.state_group_before)
                      if timeline else end_ids)
         previous: dict[StateKey, str] | None = None
         if not plan.full_state and plan.with_state:
@@ -489,7 +489,7 @@ class SyncService:
 
         # Pagination tokens name the gap just after the event at (depth, stream): the gap before the
         # first event is "after (its depth, its stream - 1)". With no events, the live end at next_batch.
-        prev_batch = (TopologicalToken(timeline[0].depth, timeline[0].internal["stream_ordering"] - 1).encode()
+        prev_batch = (TopologicalToken(timeline[0].depth, timeline[0].internal.position() - 1).encode()
                       if timeline else next_token.encode())
         entry: dict[str, Any] = {
             "timeline": {"events": await self._serialize(config, timeline), "limited": limited,
@@ -550,7 +550,7 @@ class SyncService:
         out = [events[v] for v in chosen.values() if v in events]
         if not state_filter.is_unrestricted:
             out = [e for e in out if state_filter.matches(e)]
-        out.sort(key=lambda e: e.internal.get("stream_ordering", 0))
+        out.sort(key=lambda e: e.internal.stream_ordering or 0)
         return out
 
     def _remember_sent_members(self, config: SyncConfig, plan: _RoomPlan, timeline: list[Event],
@@ -580,7 +580,7 @@ class SyncService:
             return summary
 
         def order(evs: list[Event]) -> list[str]:
-            evs = sorted(evs, key=lambda e: e.internal.get("stream_ordering", 0))
+            evs = sorted(evs, key=lambda e: e.internal.stream_ordering or 0)
             return [e.state_key for e in evs if e.state_key and e.state_key != user_id][:MAX_HEROES]
 
         heroes = order(joined + invited)
@@ -594,7 +594,7 @@ class SyncService:
         ev = await self.store.get_event(event_id)
         if ev is None:
             return None
-        state = await self.store.get_state_group(ev.internal.get("state_group_after"))
+        state = await self.store.get_state_group(ev.internal.state_group_after)
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         found = await self.store.get_events(ids)
         stripped: list[dict[str, Any]] = [

@@ -54,8 +54,8 @@ class Visibility:
         return out
 
     async def is_visible(self, user_id: str, ev: Event, current_membership: str | None) -> bool:
-        before = ev.internal.get("state_group_before")
-        after = ev.internal.get("state_group_after")
+        before = ev.internal.state_group_before
+        after = ev.internal.state_group_after
         visibility = await self._visibility_at(before)
         if ev.type == "m.room.history_visibility" and ev.state_key == "":
             new = ev.content.get("history_visibility", "shared")

@@ -14,7 +14,7 @@ conflicted events) joins the full conflicted set. Both make replays follow the a
 possibly stale state from partial synchronisation.
 
 Events are fetched lazily through `get_events`; events it does not return are treated as unknown and
-left out. Auth events flagged ``event.internal["rejected"]`` are not used during iterative auth checks.
+left out. Auth events flagged ``event.internal.rejected`` are not used during iterative auth checks.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def is_power_event(event: Event) -> bool:
 
 def is_rejected(event: Event) -> bool:
     """Whether the server recorded `event` as rejected (such auth events are not used for checks)."""
-    return bool(event.internal.get("rejected"))
+    return event.internal.rejected
 
 
 def topological_sort(parents: Mapping[str, Collection[str]], key: Callable[[str], Any]) -> list[str]:

@@ -72,7 +72,7 @@ async def test_a_lone_event_row_holds_every_column_of_the_event(server: Any) -> 
                                                                               alice.user_id, None)
     assert (row["depth"], row["origin_server_ts"]) == (event.depth, event.origin_server_ts)
     assert row["instance_name"] == server.hs.instance_name
-    assert row["state_group_before"] == row["state_group_after"] == event.internal["state_group_after"]
+    assert row["state_group_before"] == row["state_group_after"] == event.internal.state_group_after
     assert row["txn_id"] == "lone-txn" and row["txn_device_id"] == alice.device_id
     assert json.loads(row["json"])["content"] == {"msgtype": "m.text", "body": "alone"}
-    assert row["stream_ordering"] == event.internal["stream_ordering"]
+    assert row["stream_ordering"] == event.internal.stream_ordering

@@ -31,7 +31,7 @@ def store_with_room(count: int, first: int = 1) -> tuple[EventStore, RecordingDb
         ev = Event({"type": "m.room.message", "room_id": "!r:x", "sender": "@a:x", "content": {},
                     "depth": pos, "prev_events": [], "auth_events": [], "origin_server_ts": 0}, V11,
                    event_id=f"$e{pos}")
-        ev.internal["stream_ordering"] = pos
+        ev.internal.stream_ordering = pos
         store.cache_event(ev)
         store.on_room_events("!r:x", pos, pos, [(pos, ev.event_id)])
     return store, db

@@ -147,7 +147,7 @@ async def persist_plain_events(db: Database, room_id: str, instance: str, events
         [pos for _, pos, _ in events], [ev.event_id for ev, _, _ in events], [ev.type for ev, _, _ in events],
         [ev.sender for ev, _, _ in events], [ev.depth for ev, _, _ in events],
         [ev.origin_server_ts for ev, _, _ in events],
-        [ev.internal["state_group_after"] for ev, _, _ in events],
+        [ev.internal.state_group_after for ev, _, _ in events],
         [txn[1] if txn else None for _, _, txn in events], [txn[2] if txn else None for _, _, txn in events],
         [json_dumps(ev.pdu) for ev, _, _ in events],
     ]
@@ -169,8 +169,8 @@ async def persist_plain_events(db: Database, room_id: str, instance: str, events
         await _check_extremity(db, room_id, events, rows)
     for ev, pos, txn in events:
         if txn is not None:
-            ev.internal["txn"] = (txn[1], txn[2])
-        ev.internal.update(stream_ordering=pos, instance_name=instance)
+            ev.internal.txn = (txn[1], txn[2])
+        ev.internal.stream_ordering, ev.internal.instance_name = pos, instance
     return _summary_rows(room_id, rows)
 
 

@@ -50,21 +50,21 @@ class EventStore:
     # -- events --------------------------------------------------------------------------------------
     def _row_to_event(self, row: dict[str, Any], version_id: str) -> Event:
         ev = Event(json_loads(row["json"]), KNOWN_ROOM_VERSIONS[version_id], event_id=row["event_id"])
-        ev.internal["stream_ordering"] = row["stream_ordering"]
-        ev.internal["instance_name"] = row["instance_name"]
-        ev.internal["state_group_before"] = row["state_group_before"]
-        ev.internal["state_group_after"] = row["state_group_after"]
+        ev.internal.stream_ordering = row["stream_ordering"]
+        ev.internal.instance_name = row["instance_name"]
+        ev.internal.state_group_before = row["state_group_before"]
+        ev.internal.state_group_after = row["state_group_after"]
         if row.get("txn_id"):
-            ev.internal["txn"] = (row["txn_device_id"], row["txn_id"])
+            ev.internal.txn = (row["txn_device_id"], row["txn_id"])
         if row.get("redacted_by"):
-            ev.internal["redacted_by"] = row["redacted_by"]
+            ev.internal.redacted_by = row["redacted_by"]
         return ev
 
     async def _rows_to_events(self, rows: list[dict[str, Any]]) -> list[Event]:
         out = []
         for row in rows:
             cached = self._event_cache.get(row["event_id"])
-            if cached is not None and cached.internal.get("redacted_by") == row.get("redacted_by"):
+            if cached is not None and cached.internal.redacted_by == row.get("redacted_by"):
                 out.append(cached)
                 continue
             version = await self.rooms.get_room_version_id(row["room_id"])
@@ -226,7 +226,7 @@ class EventStore:
             "SELECT event_id FROM events WHERE instance_name = $1 AND stream_ordering > $2"
             " ORDER BY stream_ordering LIMIT $3", instance, after, limit)
         found = await self.get_events([r["event_id"] for r in rows])
-        return sorted(found.values(), key=lambda ev: int(ev.internal["stream_ordering"]))
+        return sorted(found.values(), key=lambda ev: ev.internal.position())
 
     async def get_max_stream_ordering(self) -> int:
         return int(await self.db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events") or 0)
@@ -449,7 +449,7 @@ class EventStore:
             txn[1] if txn else None, txn[2] if txn else None, json_dumps(pdu),
         )
         if txn is not None:
-            event.internal["txn"] = (txn[1], txn[2])
+            event.internal.txn = (txn[1], txn[2])
         if txn is not None:
             user_id, device_id, txn_id = txn
             await c.execute(
@@ -481,8 +481,9 @@ class EventStore:
             # A redacted event's content (its m.relates_to with it) is gone: so is its relation.
             await c.execute("DELETE FROM event_relations WHERE event_id = $1 AND room_id = $2",
                             redacts, event.room_id)
-        event.internal.update(stream_ordering=stream, instance_name=instance,
-                              state_group_before=group_before, state_group_after=group_after)
+        meta = event.internal
+        meta.stream_ordering, meta.instance_name = stream, instance
+        meta.state_group_before, meta.state_group_after = group_before, group_after
 
 
 def _any_between(recent: list[tuple[int, str]], from_pos: int, to_pos: int) -> bool:
