@@ -7,7 +7,7 @@ event ID (which for room versions 3+ is computed from the PDU, not stored in it)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hs.events.room_versions import EventFormat, RoomVersion
 
@@ -55,11 +55,12 @@ class Event:
     # -- accessors -----------------------------------------------------------------------------------
     @property
     def type(self) -> str:
-        return self.pdu["type"]
+        # The PDU's fields were checked when it was built or received: these casts only name them.
+        return cast(str, self.pdu["type"])
 
     @property
     def sender(self) -> str:
-        return self.pdu["sender"]
+        return cast(str, self.pdu["sender"])
 
     @property
     def room_id(self) -> str:
@@ -71,7 +72,7 @@ class Event:
 
     @property
     def content(self) -> JsonDict:
-        return self.pdu.get("content", {})
+        return cast(JsonDict, self.pdu.get("content", {}))
 
     @property
     def state_key(self) -> str | None:

@@ -91,7 +91,7 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
         raise bad_request(f"{hs.instance_name} does not write events for {room_id}")
     txn = tuple(body["txn"]) if body.get("txn") else None
     event = await hs.event_sender.send(room_id, body["sender"], body["type"], body["content"],
-                                       state_key=body.get("state_key"), txn=txn,  # type: ignore[arg-type]
+                                       state_key=body.get("state_key"), txn=txn,
                                        redacts=body.get("redacts"))
     reply = {"event_id": event.event_id, "stream_ordering": event.internal.stream_ordering}
     _replies.set(str(body.get("txn_id")), reply)

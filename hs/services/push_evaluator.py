@@ -163,12 +163,15 @@ def condition_matches(cond: Any, event: JsonDict, ctx: EvalContext) -> bool:
         key = cond.get("key")
         if not isinstance(key, str):
             return False
-        required = ctx.notification_levels.get(key, 50)
-        if isinstance(required, bool) or not isinstance(required, int | float):
+        level = ctx.notification_levels.get(key, 50)
+        required: float
+        if isinstance(level, bool) or not isinstance(level, int | float):
             try:
-                required = int(required)
+                required = int(level)
             except (TypeError, ValueError):
                 required = 50
+        else:
+            required = level
         return ctx.sender_power_level >= required
     return False
 

@@ -237,9 +237,10 @@ class EventStore:
             known = await self.txn_ids.lookup(user_id, device_id, room_id, txn_id, self._device_txn_ids)
             if known is not NOT_INDEXED:
                 return known  # type: ignore[return-value]
-        return await self.db.fetchval(
+        event_id: str | None = await self.db.fetchval(
             "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND room_id = $3"
             " AND txn_id = $4", user_id, device_id, room_id, txn_id)
+        return event_id
 
     async def _device_txn_ids(self, user_id: str, device_id: str, limit: int) -> list[tuple[str, str, str]]:
         rows = await self.db.fetch(
@@ -334,7 +335,7 @@ class EventStore:
         self._last_membership_change = max(self._last_membership_change, position)
         for user in users:
             self._membership_changed_at[user] = max(self._membership_changed_at.get(user, 0), position)
-            self._rooms_for_user.invalidate_where(lambda k, _v, u=user: k[0] == u)  # type: ignore[misc]
+            self._rooms_for_user.invalidate_where(lambda k, _v, u=user: k[0] == u)
 
     def reset_membership_tracking(self, baseline: int) -> None:
         """After start or a replication gap: forget what we knew. Everything at or below the new
