@@ -271,8 +271,9 @@ class EventSender:
                      txn: tuple[str, str, str] | None) -> _Pending:
         """Make a built event the room's head, to be persisted. Called under the room lock.
 
-        A state event gets its state group ID now, and the group's full state goes into the cache, so
-        the next event can be built on it before either is committed.
+        A state event gets its state group ID now, and the group's full state and the event go into
+        the caches, so the next event can be built on (and authorised against) it before either is
+        committed.
         """
         pending = _Pending(event, group_before, txn)
         group_after = group_before
@@ -283,6 +284,9 @@ class EventSender:
         event.internal.state_group_before = group_before
         event.internal.state_group_after = group_after
         self._heads[event.room_id] = [event]
+        # The events built next find it as an auth event or a state entry while it waits in the
+        # queue (a batch may be in flight before it); a failed batch drops it again (`_fail_room`).
+        self.store.cache_event(event)
         return pending
 
     async def _drain(self, room_id: str) -> None:
