@@ -197,16 +197,8 @@ class Registration:
             devices = [d["device_id"] for d in await self.store.get_devices(user_id)]
             others = [d for d in devices if d != keep_device]
             if others:
-                deleted = await self.store.delete_devices(user_id, others)
-                await self.hs.e2ee.on_devices_deleted(user_id, deleted)
-            if keep_token is not None:
-                from hs.db.stores.users import hash_token
-
-                await self.hs.db.execute("DELETE FROM access_tokens WHERE user_id = $1 AND token_hash <> $2",
-                                         user_id, hash_token(keep_token))
-            else:
-                await self.hs.db.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
-            self.store.invalidate_token_cache(user_id)
+                await self.hs.accounts.delete_devices(user_id, others)
+            await self.store.delete_all_tokens(user_id, keep_token)
 
     # -- registering ---------------------------------------------------------------------------------
     async def _new_user_id(self, localpart: str | None) -> tuple[str, str]:

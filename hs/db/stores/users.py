@@ -143,8 +143,13 @@ class UserStore:
         self.invalidate_token_cache(user_id)
         return ids
 
-    async def delete_all_tokens(self, user_id: str) -> None:
-        await self.db.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
+    async def delete_all_tokens(self, user_id: str, keep_token: str | None = None) -> None:
+        """Every access token of the user (but `keep_token`, the one a password change came with)."""
+        if keep_token is None:
+            await self.db.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
+        else:
+            await self.db.execute("DELETE FROM access_tokens WHERE user_id = $1 AND token_hash <> $2",
+                                  user_id, hash_token(keep_token))
         self.invalidate_token_cache(user_id)
 
     async def get_devices(self, user_id: str) -> list[dict[str, Any]]:
