@@ -256,15 +256,12 @@ class StreamWriters(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _listify(cls, data: Any) -> Any:
+        """A single name is a list of one; what is neither is refused. Which keys are streams is
+        checked with the other cluster rules (`HomeserverConfig._cluster_rules`), one line each."""
         if not isinstance(data, dict):
             return data
-        from hs.streams.registry import stream_names  # the registry imports the streams, which use config
-
-        known = stream_names()
         out: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in known:
-                raise ValueError(f"{key!r} is not a stream (streams: {', '.join(known)})")
             writers = [value] if isinstance(value, str) else value
             if not isinstance(writers, list) or not all(isinstance(w, str) for w in writers):
                 raise ValueError(f"{key}: must be an instance name or a list of them")
@@ -404,8 +401,11 @@ class HomeserverConfig(Strict):
         if self.workers and not self.redis.enabled:
             problems.append("redis.enabled: workers replicate through Redis; set redis.enabled: true")
         instances = {"main", *self.workers}
-        from hs.streams.registry import is_multi_writer, stream_names
+        from hs.streams.registry import is_multi_writer, stream_names  # the registry imports the streams
 
+        for key in self.stream_writers.model_extra or {}:
+            if key not in stream_names():
+                problems.append(f"stream_writers.{key}: not a stream (streams: {', '.join(stream_names())})")
         for stream in stream_names():
             writers = self.stream_writers.writers_of(stream)
             if not writers:

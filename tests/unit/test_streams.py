@@ -220,5 +220,7 @@ def test_stream_writers_config_is_checked_against_the_registry() -> None:
     assert config.stream_writers.writers_of("typing") == ["main"]
     assert config.stream_writers.events == ["main"]
     assert config.stream_writers.writers_of("receipts") == ["main"]  # not configured: main
-    with pytest.raises(Exception, match="'typo' is not a stream"):
-        parse_config({"server_name": "x", "stream_writers": {"typo": "main"}})
+    # Every problem is named, one per line: an unknown stream and a second writer where one is allowed.
+    with pytest.raises(Exception, match="stream_writers.typo: not a stream") as refused:
+        parse_config({"server_name": "x", "stream_writers": {"typo": "main", "typing": ["main", "main"]}})
+    assert "stream_writers.typing: only one writer is supported" in str(refused.value)
