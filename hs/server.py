@@ -110,7 +110,8 @@ class HomeServer:
         self._started = False
         self._teardown = AsyncExitStack()
         self._background: set[asyncio.Task[None]] = set()
-        self._catching_up: asyncio.Task[None] | None = None
+        # Catch-ups in progress: of every stream (None) or of one, shared by whoever asks meanwhile.
+        self._catching_up: dict[str | None, asyncio.Task[None]] = {}
 
     def _stream(self, cls: type[S]) -> S:
         stream = self.streams[cls.NAME]
@@ -415,15 +416,20 @@ class HomeServer:
         if "replication_client" in self.__dict__:  # else its session is reported unclosed at exit
             await self.replication_client.close()
 
-    async def catch_up(self) -> None:
-        """After a replication outage, or while replication messages are not arriving: every stream
-        re-reads its persisted positions (and drops what its messages kept in memory) and wakes every
-        waiter to re-check. Callers arriving while a catch-up runs share it."""
-        if self._catching_up is None or self._catching_up.done():
-            self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
-        await asyncio.shield(self._catching_up)
+    async def catch_up(self, stream: str | None = None) -> None:
+        """After a replication outage (every stream, and the invalidation-driven caches), or while one
+        stream's messages are not arriving (that stream alone): re-read persisted positions, drop what
+        the messages kept in memory, and wake every waiter to re-check. Callers arriving while the same
+        catch-up runs share it."""
+        task = self._catching_up.get(stream)
+        if task is None or task.done():
+            task = self._catching_up[stream] = asyncio.get_running_loop().create_task(self._catch_up(stream))
+        await asyncio.shield(task)
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, name: str | None) -> None:
+        if name is not None:
+            await self.streams[name].catch_up()
+            return
         self.caches.flush_all()
         for stream in self.streams.values():
             await stream.catch_up()

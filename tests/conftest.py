@@ -4,15 +4,13 @@ serving real HTTP on a free port, on SQLite or PostgreSQL."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.harness import OPEN_CLIENTS, TestHomeServer
-from tests.services import ThrowawayPostgres, port_open
+from tests.services import ThrowawayPostgres, create_database, drop_database, port_open
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +32,11 @@ def pg_base_dsn() -> Iterator[str]:
 @pytest.fixture
 async def pg_dsn(pg_base_dsn: str) -> AsyncIterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name = "hs_test_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(pg_base_dsn + "/postgres")
-    await conn.execute(f"CREATE DATABASE {name}")
-    await conn.close()
+    dsn = await create_database(pg_base_dsn)
     try:
-        yield f"{pg_base_dsn}/{name}"
+        yield dsn
     finally:
-        conn = await asyncpg.connect(pg_base_dsn + "/postgres")
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.close()
+        await drop_database(dsn)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -59,12 +52,7 @@ async def make_server(tmp_path: Any, request: pytest.FixtureRequest) -> AsyncIte
     async def factory(engine: str = "sqlite", **config: Any) -> TestHomeServer:
         dsn = None
         if engine == "postgres":
-            base = request.getfixturevalue("pg_base_dsn")
-            name = "hs_test_" + uuid.uuid4().hex[:12]
-            conn = await asyncpg.connect(base + "/postgres")
-            await conn.execute(f"CREATE DATABASE {name}")
-            await conn.close()
-            dsn = f"{base}/{name}"
+            dsn = await create_database(request.getfixturevalue("pg_base_dsn"))
         srv = TestHomeServer(tmp_path / f"hs{len(started)}", engine, dsn, config)
         await srv.start()
         started.append(srv)
@@ -74,10 +62,7 @@ async def make_server(tmp_path: Any, request: pytest.FixtureRequest) -> AsyncIte
     for srv in started:
         await srv.stop()
         if srv.dsn:
-            base, name = srv.dsn.rsplit("/", 1)
-            conn = await asyncpg.connect(base + "/postgres")
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await conn.close()
+            await drop_database(srv.dsn)
 
 
 @pytest.fixture

@@ -89,3 +89,30 @@ class ThrowawayRedis:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+async def create_database(base_dsn: str) -> str:
+    """A fresh, empty PostgreSQL database on the server at `base_dsn`; returns its DSN."""
+    import uuid
+
+    import asyncpg
+
+    name = "hs_test_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(base_dsn + "/postgres")
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return f"{base_dsn}/{name}"
+
+
+async def drop_database(dsn: str) -> None:
+    """Drop a database made by `create_database`, whoever is still connected to it."""
+    import asyncpg
+
+    base, name = dsn.rsplit("/", 1)
+    conn = await asyncpg.connect(base + "/postgres")
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()

@@ -97,7 +97,7 @@ class ReplicationClient:
                 return
             logger.info("%s position %d (writer %s) not announced yet; reading positions from the database",
                         stream, position, writer)
-            await self.hs.catch_up()
+            await self.hs.catch_up(stream)
             timeout = max(0.0, deadline - loop.time())
 
     # -- events ------------------------------------------------------------------------------------------

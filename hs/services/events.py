@@ -151,7 +151,6 @@ class EventSender:
             try:
                 # Each event is built on the one before, from the heads, state groups and events cached
                 # as they are staged (as queued events are), so nothing is read from the database.
-                self.store.cache_event(create)
                 for item in initial:
                     try:
                         event, group_before, state_before = await self._build(
@@ -163,7 +162,6 @@ class EventSender:
                                        e.msg)
                         continue
                     batch.append(await self._stage(event, group_before, state_before, None))
-                    self.store.cache_event(event)
                 batch[0].new_room = room
                 try:
                     await self._persist_batch(room_id, batch)

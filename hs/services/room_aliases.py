@@ -73,8 +73,6 @@ class RoomAliases:
         check_room_id(room_id)
         if not await self.rooms.room_exists(room_id):
             raise not_found("Room not found")
-        if await self.rooms.get_alias(alias) is not None:
-            raise room_in_use(f"Room alias {alias} already exists", status=409)
         if not await self.rooms.create_alias(alias, room_id, requester.user_id):
             raise room_in_use(f"Room alias {alias} already exists", status=409)
 

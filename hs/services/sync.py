@@ -169,11 +169,11 @@ class SyncService:
             # No await between the check above and the listener's registration inside `wait`.
             await notifier.wait(config.user_id, joined, remaining)
 
-    async def add_rooms(self, config: SyncConfig, now: StreamToken, body: dict[str, Any]) -> tuple[bool, list[str]]:
+    async def add_rooms(self, config: SyncConfig, now: StreamToken, next_token: StreamToken, body: dict[str, Any],
+                        ) -> tuple[bool, list[str]]:
         """The rooms section (the events stream): fill `body["rooms"]`; returns whether anything was
-        added, and the rooms the user is joined to at `now`."""
+        added, and the rooms the user is joined to at `now`. `next_token` is the response's."""
         since = config.since
-        next_token = StreamToken.decode(body["next_batch"])
         rooms: dict[str, dict[str, Any]] = body["rooms"]
         kind = "initial" if since is None else "incremental"
         with SYNC_COMPUTE.labels(kind).time():

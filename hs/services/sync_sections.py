@@ -34,16 +34,12 @@ class SyncRequest:
     config: SyncConfig
     upto: StreamToken
     joined: list[str] = field(default_factory=list)
+    # Where the response leaves the client: `upto`, and never behind `since` on any stream.
+    next_token: StreamToken = field(init=False)
 
-    @property
-    def since(self) -> StreamToken | None:
-        return self.config.since
-
-    @property
-    def next_token(self) -> StreamToken:
-        """Where the response leaves the client: `upto`, and never behind `since` on any stream."""
+    def __post_init__(self) -> None:
         since = self.config.since
-        return self.upto if since is None else since.max(self.upto)
+        self.next_token = self.upto if since is None else since.max(self.upto)
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class RoomsSection(SyncSection):
     STREAM = "events"
 
     async def add(self, request: SyncRequest, body: JsonDict) -> SectionResult:
-        updated, joined = await self.hs.sync.add_rooms(request.config, request.upto, body)
+        updated, joined = await self.hs.sync.add_rooms(request.config, request.upto, request.next_token, body)
         request.joined = joined
         return SectionResult(updated)
 

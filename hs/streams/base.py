@@ -12,6 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import Gauge
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 STREAM_POSITION = Gauge("hs_stream_position", "Current stream position", ["stream", "writer"])
 
 
+@lru_cache(maxsize=65536)
 def stable_shard(key: str, n: int) -> int:
     """The same shard for the same key in every process and across restarts (unlike `hash()`)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n

@@ -39,7 +39,7 @@ class EventsStream(Stream):
         self.tracker: PositionTracker | None = None
         self.store = StreamPositionStore(ctx.db)
         self._idle_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[bool]] = set()
 
     async def setup(self) -> None:
         source = await make_position_source(self.ctx.db, "events_stream", "events", "stream_ordering",
@@ -52,7 +52,7 @@ class EventsStream(Stream):
         # position is read from the database, not from the (empty) memory of recent events. (The
         # minimum over writers is not enough: a writer ahead of it has events above it that a /sync
         # with a token from another worker would then look for in memory, and miss.)
-        event_store.reset_membership_tracking(await self.store.max_event_position())
+        event_store.reset_membership_tracking(await self._highest_stored(stored))
         if self.is_writer:
             self.tracker = PositionTracker(source, stored.get(self.ctx.instance_name, 0))
             # Whatever was in flight when this writer last stopped is gone: claim the sequence so far.
@@ -67,7 +67,7 @@ class EventsStream(Stream):
                 self._idle_task = asyncio.get_running_loop().create_task(self._advance_periodically())
 
     async def close(self) -> None:
-        tasks = list(self._background)
+        tasks: list[asyncio.Task[Any]] = list(self._background)
         if self._idle_task is not None:
             tasks.append(self._idle_task)
             self._idle_task = None
@@ -88,16 +88,23 @@ class EventsStream(Stream):
     async def stored_positions(self) -> dict[str, int]:
         """Each writer's durably recorded persisted-up-to position."""
         if len(self.writers) == 1:
-            return {self.writers[0]: await self.store.max_event_position()}
+            return {self.writers[0]: await self.ctx.event_store.get_max_stream_ordering()}
         return await self.store.get_positions(self.NAME)
+
+    async def _highest_stored(self, stored: dict[str, int]) -> int:
+        """The highest event position in the database (a single writer's position is just that)."""
+        if len(self.writers) == 1:
+            return max(stored.values())
+        return await self.ctx.event_store.get_max_stream_ordering()
 
     async def catch_up(self) -> None:
         """Apply every writer's recorded position (replication messages may have been lost) and wake
         every waiter so it re-reads what it missed. What the messages kept up to date in memory (recent
         events and memberships, unread counts) is forgotten and read from the database again."""
         self.ctx.push_store.unread.clear()
-        self.ctx.event_store.reset_membership_tracking(await self.store.max_event_position())
-        for writer, position in (await self.stored_positions()).items():
+        stored = await self.stored_positions()
+        self.ctx.event_store.reset_membership_tracking(await self._highest_stored(stored))
+        for writer, position in stored.items():
             if writer in self.positions:
                 self.on_position(writer, position, everyone=True)
         if self.tracker is not None:
@@ -130,15 +137,10 @@ class EventsStream(Stream):
             event_store.on_membership_change(list(users), last)
         super().handle_message(msg)
         if self.tracker is not None and not own:
-            task = asyncio.get_running_loop().create_task(self.on_other_writer(msg["instance"]))
+            # Another writer moved on: if idle, claim the shared sequence so far and publish it.
+            task = asyncio.get_running_loop().create_task(self.advance_if_idle())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-
-    async def on_other_writer(self, writer: str) -> None:
-        """Another writer moved on: if idle, claim the shared sequence so far and publish it."""
-        if writer == self.ctx.instance_name:
-            return
-        await self.advance_if_idle()
 
     async def advance_if_idle(self) -> bool:
         """With nothing in flight, claim the shared sequence so far, record and publish it."""

@@ -130,15 +130,7 @@ class StreamToken:
 
     def is_after(self, other: StreamToken) -> bool:
         """True if any stream, or any writer of one, is ahead of `other`."""
-        for s in stream_names():
-            if self.get(s) > other.get(s):
-                return True
-            mine = self.ahead.get(s)
-            if mine:
-                theirs = other.ahead.get(s, {})
-                if any(p > theirs.get(k, other.get(s)) for k, p in mine.items()):
-                    return True
-        return False
+        return any(self.stream_is_after(other, s) for s in stream_names())
 
     def stream_is_after(self, other: StreamToken, stream: str) -> bool:
         """True if `stream`, or any writer of it, is ahead of `other`."""

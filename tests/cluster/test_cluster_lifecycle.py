@@ -18,14 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import yaml
 
 from hs.localcluster import LocalCluster, local_cluster_config
 from tests.cluster.conftest import SECRET, instance_url
 from tests.harness import Client
-from tests.services import free_port, port_open
+from tests.services import create_database, drop_database, free_port, port_open
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -65,19 +64,14 @@ async def cluster_file(pg_base_dsn: str, redis_url: str, tmp_path: Path) -> Asyn
     """A cluster file for the reference cluster on a fresh database, with its signing key."""
     from hs.events.signing import SigningKey, write_signing_key_file
 
-    name = "hs_cluster_" + uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(pg_base_dsn + "/postgres")
-    await conn.execute(f"CREATE DATABASE {name}")
-    await conn.close()
+    dsn = await create_database(pg_base_dsn)
     cfg = tmp_path / "cluster.yaml"
-    cfg.write_text(yaml.safe_dump(local_cluster_config(f"{pg_base_dsn}/{name}", redis_url, SECRET)))
+    cfg.write_text(yaml.safe_dump(local_cluster_config(dsn, redis_url, SECRET)))
     write_signing_key_file(tmp_path / "signing.key", SigningKey.generate())
     try:
         yield cfg
     finally:
-        conn = await asyncpg.connect(pg_base_dsn + "/postgres")
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.close()
+        await drop_database(dsn)
 
 
 class ClusterCommand:

@@ -4,19 +4,16 @@ notification reaches the gateway exactly once, and each instance delivers its ow
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
-import asyncpg
 import pytest
-import yaml
 
 from hs.config import load_config
-from hs.localcluster import LocalCluster, local_cluster_config
+from hs.localcluster import LocalCluster
 from hs.roles.duties import pusher_instance_for
-from tests.cluster.conftest import SECRET
+from tests.cluster.conftest import running_cluster
 from tests.harness import Client, ok
 from tests.integration.test_pushers import FakeGateway, pusher_body
 from tests.services import free_port
@@ -29,33 +26,14 @@ PUSHERS = ["pusher1", "pusher2"]
 def two_pusher_cluster(pg_base_dsn: str, redis_url: str,
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """The reference cluster plus two pusher workers (main pushes nothing)."""
-    from hs.events.signing import SigningKey, write_signing_key_file
+    def add_pushers(cfg: dict[str, Any]) -> None:
+        for worker in PUSHERS:
+            listener = {"port": free_port(), "resources": ["replication"]}
+            cfg["workers"][worker] = {"app": "pusher", "listeners": [listener]}
+        cfg["pusher_instances"] = PUSHERS
 
-    name = "hs_cluster_" + uuid.uuid4().hex[:10]
-
-    async def database(sql: str) -> None:
-        conn = await asyncpg.connect(pg_base_dsn + "/postgres")
-        await conn.execute(sql)
-        await conn.close()
-
-    asyncio.run(database(f"CREATE DATABASE {name}"))
-    workdir: Path = tmp_path_factory.mktemp("pushers")
-    cfg = local_cluster_config(f"{pg_base_dsn}/{name}", redis_url, SECRET)
-    for worker in PUSHERS:
-        listener = {"port": free_port(), "resources": ["replication"]}
-        cfg["workers"][worker] = {"app": "pusher", "listeners": [listener]}
-    cfg["pusher_instances"] = PUSHERS
-    (workdir / "cluster.yaml").write_text(yaml.safe_dump(cfg))
-    write_signing_key_file(workdir / "signing.key", SigningKey.generate())
-    c = LocalCluster(workdir / "cluster.yaml", proxy_port=free_port(), workdir=workdir)
-    c.start()
-    try:
+    with running_cluster(pg_base_dsn, redis_url, tmp_path_factory.mktemp("pushers"), add_pushers) as c:
         yield c
-    finally:
-        c.stop()
-        if os.environ.get("HS_KEEP_CLUSTER_LOGS"):
-            print(f"cluster logs in {c.log_dir}")
-        asyncio.run(database(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 async def test_each_notification_reaches_the_gateway_once(two_pusher_cluster: LocalCluster) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from hs.localcluster import LocalCluster
 from hs.streams.base import stable_shard
+from hs.streams.tokens import StreamToken
 from tests.cluster.conftest import instance_url
 from tests.harness import Client
 
@@ -203,7 +204,8 @@ async def test_rooms_of_a_live_persister_keep_going_while_the_other_is_down(clus
         assert len(during) >= OUTAGE_SECONDS / (SEND_PAUSE_SECONDS + MAX_GAP_SECONDS)
         assert send_gap <= MAX_GAP_SECONDS
         assert sync_gap <= MAX_GAP_SECONDS
-        assert status in (502, 503) and answered_in < 5.0
+        # Answered after the last retry, with no pause after it (it slept 3.2 s more: 6.2 s in all).
+        assert status in (502, 503) and answered_in < 4.0
         await _check_exactly_once(cluster, traffic)
 
         # The restarted persister's room works again, and the member's /sync sees it.
@@ -231,6 +233,7 @@ async def test_sends_and_syncs_resume_within_a_second_of_redis_returning(cluster
         traffic = Traffic(owner, member, room)
         traffic.start((await member.sync())["next_batch"])
         await asyncio.sleep(1.0)
+        minimum_before = StreamToken.decode(traffic.since).get("events")
 
         port = redis_server.port
         await asyncio.to_thread(redis_server.stop)
@@ -253,6 +256,9 @@ async def test_sends_and_syncs_resume_within_a_second_of_redis_returning(cluster
         assert first_seen - back_at < 1.0
         assert ack_gap < 1.0 and seen_gap < 1.0
         await _check_exactly_once(cluster, traffic)
+        # The idle persister's position healed by itself: the minimum over writers moved on past where
+        # it stood before the outage (the idle writer heard no announcement while Redis was away).
+        assert StreamToken.decode(traffic.since).get("events") > minimum_before
     finally:
         await owner.close()
         await member.close()

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 import yaml
 
 from hs.events.signing import SigningKey, write_signing_key_file
 from tests.harness import Client
-from tests.services import free_port
+from tests.services import create_database, drop_database, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -97,17 +96,11 @@ async def database(engine: str, request: pytest.FixtureRequest) -> Any:
     if engine != "postgres":
         yield None
         return
-    base = request.getfixturevalue("pg_base_dsn")
-    name = "hs_test_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(base + "/postgres")
-    await conn.execute(f"CREATE DATABASE {name}")
-    await conn.close()
+    dsn = await create_database(request.getfixturevalue("pg_base_dsn"))
     try:
-        yield f"{base}/{name}"
+        yield dsn
     finally:
-        conn = await asyncpg.connect(base + "/postgres")
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.close()
+        await drop_database(dsn)
 
 
 async def _sync_waiters(base_url: str) -> float:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import asyncpg
 import pytest
 from aiohttp import web
 
@@ -25,7 +24,7 @@ from hs.streams.base import Stream
 from hs.streams.positions import LocalCounter, PositionTracker
 from hs.streams.tokens import StreamToken
 from tests.harness import OPEN_LIMITS, Client
-from tests.services import ThrowawayRedis, free_port
+from tests.services import ThrowawayRedis, create_database, drop_database, free_port
 
 
 class NotesStream(Stream):
@@ -66,14 +65,11 @@ class NotesStream(Stream):
 async def two_instances(pg_base_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[HomeServer, HomeServer, str]]:
     redis = ThrowawayRedis()
     redis_url = redis.start()
-    name = "hs_test_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(pg_base_dsn + "/postgres")
-    await conn.execute(f"CREATE DATABASE {name}")
-    await conn.close()
+    dsn = await create_database(pg_base_dsn)
     main_port, worker_port, main_repl, worker_repl = (free_port() for _ in range(4))
     raw: dict[str, Any] = {
         "server_name": "test.local",
-        "database": {"engine": "postgres", "dsn": f"{pg_base_dsn}/{name}"},
+        "database": {"engine": "postgres", "dsn": dsn},
         "redis": {"enabled": True, "url": redis_url},
         "worker_replication_secret": "secret",
         "enable_registration": True,
@@ -89,6 +85,9 @@ async def two_instances(pg_base_dsn: str, tmp_path: Path) -> AsyncIterator[tuple
             {"port": worker_port, "resources": ["client"]}, {"port": worker_repl, "resources": ["replication"]}]}},
     }
     key = SigningKey.generate()
+    NotesStream.stored = 0
+    for record in (NotesStream.set_up, NotesStream.caught_up, NotesStream.messages):
+        record.clear()
     with registry.registered(NotesStream):
         config = parse_config(raw, config_dir=str(tmp_path))
         main, worker = HomeServer(config, "main", key), HomeServer(config, "worker", key)
@@ -108,9 +107,7 @@ async def two_instances(pg_base_dsn: str, tmp_path: Path) -> AsyncIterator[tuple
             await worker.stop()
             await main.stop()
             redis.stop()
-            conn = await asyncpg.connect(pg_base_dsn + "/postgres")
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await conn.close()
+            await drop_database(dsn)
 
 
 async def test_a_stream_known_only_to_the_registry_runs_everywhere(two_instances: Any) -> None:
@@ -139,8 +136,9 @@ async def test_a_stream_known_only_to_the_registry_runs_everywhere(two_instances
 
         # Messages lost (Redis away): a catch-up re-reads the stored position in every stream.
         NotesStream.stored += 5
+        catch_ups = NotesStream.caught_up.count("worker")
         await worker.catch_up()
-        assert "worker" in NotesStream.caught_up
+        assert NotesStream.caught_up.count("worker") == catch_ups + 1
         assert worker.notifier.current.get("test_notes") == NotesStream.stored
     finally:
         await alice.close()

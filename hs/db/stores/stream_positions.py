@@ -30,7 +30,3 @@ class StreamPositionStore:
     async def record_position_in(c: Connection, stream: str, instance: str, position: int) -> None:
         """`record_position` inside a transaction: true exactly when the transaction's rows commit."""
         await c.execute(_UPSERT, stream, instance, position)
-
-    async def max_event_position(self) -> int:
-        """The highest events stream position stored: a single writer's position, every row being its own."""
-        return int(await self.db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events") or 0)
