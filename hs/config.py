@@ -286,6 +286,34 @@ _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_4
                       "y": 31_536_000_000}
 
 
+# Synapse's default `ip_range_blacklist`: private, loopback, link-local, multicast and documentation
+# ranges. Outbound federation never connects to them unless `ip_range_whitelist` names the address.
+DEFAULT_IP_RANGE_BLACKLIST = [
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24",
+    "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "ff00::/8",
+    "fec0::/10",
+]
+
+
+class TrustedKeyServer(Strict):
+    """One entry of `trusted_key_servers`: a notary asked for other servers' keys (Synapse's shape)."""
+
+    server_name: str
+    # The notary's own keys (`ed25519:<version>` -> unpadded base64); without them its keys are fetched
+    # from it directly, which Synapse only allows with `accept_keys_insecurely`.
+    verify_keys: dict[str, str] | None = None
+    accept_keys_insecurely: bool = False
+
+
+class OldSigningKey(Strict):
+    """An `old_signing_keys` entry: a retired public key (still published, so that events it signed
+    keep verifying elsewhere) and when it stopped being used."""
+
+    key: str
+    expired_ts: int = Field(ge=0)
+
+
 def parse_duration_ms(value: object) -> int:
     """Synapse's durations: an integer of milliseconds, or a string like "30s", "5m", "1h", "7d"."""
     if isinstance(value, bool):
@@ -345,6 +373,30 @@ class HomeserverConfig(Strict):
         "local": RateLimit(per_second=0.1, burst_count=10),
         "remote": RateLimit(per_second=0.01, burst_count=10),
     })
+    # -- federation (Synapse's keys) -------------------------------------------------------------------
+    # The certificate and key a `tls: true` listener serves (PEM files; the certificate may be a chain).
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
+    # Extra CA certificates trusted for outbound federation (PEM files), e.g. a private CA in tests.
+    federation_custom_ca_list: list[str] = Field(default_factory=list)
+    federation_verify_certificates: bool = True
+    federation_client_minimum_tls_version: Literal["1", "1.0", "1.1", "1.2", "1.3"] = "1"
+    # Absent (None): federate with every server; a list: only with those, in both directions.
+    federation_domain_whitelist: list[str] | None = None
+    # Outbound requests (federation, and later URL previews and push) never connect to these ranges,
+    # except to addresses `ip_range_whitelist` names. `federation_ip_range_blacklist` is Synapse's older
+    # name, used when `ip_range_blacklist` is not given.
+    ip_range_blacklist: list[str] | None = None
+    federation_ip_range_blacklist: list[str] | None = None
+    ip_range_whitelist: list[str] = Field(default_factory=list)
+    # Notaries asked for other servers' keys; Synapse's default is matrix.org. `[]` asks servers directly.
+    trusted_key_servers: list[TrustedKeyServer] = Field(
+        default_factory=lambda: [TrustedKeyServer(server_name="matrix.org")])
+    # How long the keys this server publishes are valid for (`valid_until_ts` = now + this).
+    key_refresh_interval: int = 86_400_000
+    old_signing_keys: dict[str, OldSigningKey] = Field(default_factory=dict)
+    allow_profile_lookup_over_federation: bool = True
+    allow_public_rooms_over_federation: bool = False
     # -- cluster --------------------------------------------------------------------------------------
     instance_map: dict[str, InstanceLocation] = Field(default_factory=dict)
     stream_writers: StreamWriters = Field(default_factory=StreamWriters)
@@ -371,10 +423,30 @@ class HomeserverConfig(Strict):
             raise ValueError(f"{value!r} is not a valid Matrix server name")
         return value
 
-    @field_validator("turn_user_lifetime", mode="before")
+    @field_validator("turn_user_lifetime", "key_refresh_interval", mode="before")
     @classmethod
     def _duration(cls, value: object) -> int:
         return parse_duration_ms(value)
+
+    @field_validator("ip_range_blacklist", "federation_ip_range_blacklist", "ip_range_whitelist")
+    @classmethod
+    def _ip_ranges(cls, value: list[str] | None) -> list[str] | None:
+        import ipaddress
+
+        for cidr in value or []:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP range such as 10.0.0.0/8 or ::1/128") from None
+        return value
+
+    @field_validator("old_signing_keys")
+    @classmethod
+    def _old_key_ids(cls, value: dict[str, OldSigningKey]) -> dict[str, OldSigningKey]:
+        for key_id in value:
+            if not key_id.startswith("ed25519:") or len(key_id) == len("ed25519:"):
+                raise ValueError(f"{key_id!r} is not a key ID such as 'ed25519:a_old1'")
+        return value
 
     @field_validator("turn_uris")
     @classmethod
@@ -417,6 +489,10 @@ class HomeserverConfig(Strict):
                     problems.append(f"stream_writers.{stream}: {w!r} is not a configured worker")
                 elif w != "main" and w not in self.instance_map:
                     problems.append(f"stream_writers.{stream}: {w!r} is missing from instance_map")
+        tls_listeners = [name for name, lst in self.all_listeners() if lst.tls]
+        if tls_listeners and not (self.tls_certificate_path and self.tls_private_key_path):
+            problems.append(f"tls_certificate_path: listeners with `tls: true` (on {sorted(set(tls_listeners))}) "
+                            "need tls_certificate_path and tls_private_key_path")
         if self.run_background_tasks_on not in instances:
             problems.append(f"run_background_tasks_on: {self.run_background_tasks_on!r} is not a configured worker")
         for key in ("federation_sender_instances", "pusher_instances"):
@@ -472,6 +548,19 @@ class HomeserverConfig(Strict):
             return self.resolve_path(self.registration_shared_secret_path).read_text().strip()
         return None
 
+    @property
+    def outbound_ip_blacklist(self) -> list[str]:
+        """The ranges outbound requests may not reach (Synapse's precedence of the two keys)."""
+        if self.ip_range_blacklist is not None:
+            return self.ip_range_blacklist
+        if self.federation_ip_range_blacklist is not None:
+            return self.federation_ip_range_blacklist
+        return DEFAULT_IP_RANGE_BLACKLIST
+
+    def federation_allowed(self, server_name: str) -> bool:
+        """Whether `federation_domain_whitelist` lets this server federate with `server_name`."""
+        return self.federation_domain_whitelist is None or server_name in self.federation_domain_whitelist
+
     def listeners_for(self, instance: str) -> list[Listener]:
         if instance == "main":
             return self.listeners
@@ -503,7 +592,7 @@ def parse_config(data: Any, config_dir: str = ".") -> HomeserverConfig:
     data = dict(data)
     data.pop("config_dir", None)
     # Keys Synapse users commonly carry over that we accept and ignore, so a Synapse config still loads.
-    for ignored in ("report_stats", "log_config", "trusted_key_servers", "suppress_key_server_warning",
+    for ignored in ("report_stats", "log_config", "suppress_key_server_warning",
                     "media_store_path_legacy", "enable_metrics"):
         data.pop(ignored, None)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
@@ -32,6 +33,17 @@ DRAIN_TIMEOUT_S = 1.0
 CANCEL_TIMEOUT_S = 0.2
 
 
+def server_tls_context(config: HomeserverConfig) -> ssl.SSLContext:
+    """The TLS context of `tls: true` listeners (federation's port 8448): the configured certificate
+    chain and key, TLS 1.2 at least."""
+    assert config.tls_certificate_path and config.tls_private_key_path  # checked by the config
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.resolve_path(config.tls_certificate_path),
+                            config.resolve_path(config.tls_private_key_path))
+    return context
+
+
 class Instance:
     """A started HomeServer and the aiohttp runners serving its listeners."""
 
@@ -43,13 +55,17 @@ class Instance:
     async def start(self) -> None:
         hs = self.hs
         await hs.start()
+        tls_context: ssl.SSLContext | None = None
         for listener in hs.config.listeners_for(hs.instance_name):
+            if listener.tls and tls_context is None:
+                tls_context = server_tls_context(hs.config)
             app = create_app(hs, listener, self.in_flight)
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CANCEL_TIMEOUT_S)
             await runner.setup()
             self.runners.append(runner)
             for addr in listener.bind_addresses:
-                site = web.TCPSite(runner, addr, listener.port, reuse_address=True)
+                site = web.TCPSite(runner, addr, listener.port, reuse_address=True,
+                                   ssl_context=tls_context if listener.tls else None)
                 await site.start()
                 logger.info("%s listening on %s:%d for %s", hs.instance_name, addr, listener.port,
                             sorted(listener.all_resources))
