@@ -38,6 +38,8 @@ from hs.streams.typing import TypingStream
 
 if TYPE_CHECKING:
     from hs.db.stores.pushers import PusherStore
+    from hs.federation.client import FederationClient
+    from hs.federation.keys import KeyRing
     from hs.replication.http_client import ReplicationClient
     from hs.services.accounts import AccountService
     from hs.services.auth import Auth
@@ -189,6 +191,8 @@ class HomeServer:
     @cached_property
     def pushers_store(self) -> PusherStore:
         from hs.db.stores.pushers import PusherStore
+    from hs.federation.client import FederationClient
+    from hs.federation.keys import KeyRing
 
         return PusherStore(self.db)
 
@@ -358,6 +362,21 @@ class HomeServer:
             if "local" in c.rc_joins else Ratelimiter(0, 0),
         }
 
+    # -- federation ------------------------------------------------------------------------------------
+    @cached_property
+    def federation_client(self) -> FederationClient:
+        """Signed requests to other homeservers, over one shared connection pool (closed at stop)."""
+        from hs.federation.client import FederationClient
+
+        return FederationClient(self.config, lambda: self.signing_key)
+
+    @cached_property
+    def keyring(self) -> KeyRing:
+        """This server's published keys, and other servers' keys fetched, cached and checked."""
+        from hs.federation.keys import KeyRing
+
+        return KeyRing(self)
+
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start step by step, each step's teardown registered as soon as it has run: a failure half
@@ -378,6 +397,7 @@ class HomeServer:
                 stream.subscribe()
             await self.replication.start()
             exits.push_async_callback(self._close_replication)
+            exits.push_async_callback(self._close_federation_client)
             self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
             for stream in self.streams.values():
                 await stream.setup()
@@ -415,6 +435,10 @@ class HomeServer:
         await self.replication.stop()
         if "replication_client" in self.__dict__:  # else its session is reported unclosed at exit
             await self.replication_client.close()
+
+    async def _close_federation_client(self) -> None:
+        if "federation_client" in self.__dict__:  # created on first use
+            await self.federation_client.close()
 
     async def catch_up(self, stream: str | None = None) -> None:
         """After a replication outage (every stream, and the invalidation-driven caches), or while one
