@@ -191,8 +191,6 @@ class HomeServer:
     @cached_property
     def pushers_store(self) -> PusherStore:
         from hs.db.stores.pushers import PusherStore
-    from hs.federation.client import FederationClient
-    from hs.federation.keys import KeyRing
 
         return PusherStore(self.db)
 
