@@ -27,6 +27,10 @@ class EventMetadata:
     txn: tuple[str, str] | None = None  # (device ID, transaction ID) of the request that sent it
     redacted_by: str | None = None  # the ID of the redaction that redacted it
     rejected: bool = False  # the auth rules rejected it (state resolution does not use it for checks)
+    # Held without a place in the room's timeline (state or auth chain from another server, or
+    # rejected, or soft-failed): see the event_outliers table.
+    outlier: bool = False
+    soft_failed: bool = False
 
     def position(self) -> int:
         """The stream ordering of an event known to be persisted; asking for an unpersisted

@@ -1,9 +1,13 @@
 """Building, authorising and persisting local events: the write path of the events stream.
 
-Everything that changes a room goes through `EventSender.send`, on the room's event persister, under a
-per-room lock, so each room's DAG stays linear on this server: the new event's prev_events are the
-room's forward extremity, its state before is the extremity's state after, and its auth events are
-picked from that state by the room version's rules.
+Everything that changes a room goes through `EventSender`, on the room's event persister, under a
+per-room lock and through one queue per room, so that the room's forward extremities (its "heads") are
+known in memory exactly. A local event's prev_events are the heads (up to MAX_PREV_EVENTS); with one
+head (every room no other server writes to) its state before is the head's state after, the fast path;
+with several, the heads' states are resolved (state resolution v2/v2.1) into a new state group.
+Events from other servers (`persist_received`, after hs/federation/ checked them) join the same queue:
+their prev events stop being heads, they become one, and the room's current state moves to the
+resolution of the new heads' states.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersio
 from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
 from hs.services.push_evaluator import evaluate_push
+from hs.state.resolution import resolve_state
 from hs.util import KeyedLocks, LruCache, now_ms, random_string
 
 if TYPE_CHECKING:
@@ -107,9 +112,9 @@ class EventSender:
                 if pending_txn is not None:
                     return await asyncio.shield(pending_txn)
             rv = room_version or await self.room_version(room_id)
-            event, group_before, state_before = await self._build(
+            event, group_before, state_before, groups = await self._build(
                 rv, room_id, sender, etype, content, state_key, redacts)
-            future = await self._enqueue(event, group_before, state_before, txn)
+            future = await self._enqueue(event, group_before, state_before, txn, groups)
             if txn_key is not None:
                 self._txns.set(txn_key, future)
         return await asyncio.shield(future)
@@ -153,7 +158,7 @@ class EventSender:
                 # as they are staged (as queued events are), so nothing is read from the database.
                 for item in initial:
                     try:
-                        event, group_before, state_before = await self._build(
+                        event, group_before, state_before, _ = await self._build(
                             rv, room_id, item.sender, item.type, item.content, item.state_key, None)
                     except MatrixError as e:
                         if not item.optional:
@@ -194,19 +199,55 @@ class EventSender:
             raise too_large(str(e)) from None
         return event
 
-    async def _build(self, rv: RoomVersion, room_id: str, sender: str, etype: str, content: JsonDict,
-                     state_key: str | None, redacts: str | None) -> tuple[Event, int | None, dict[StateKey, str]]:
-        prevs = self._heads.get(room_id)
-        if prevs is None:
+    async def _load_heads(self, room_id: str) -> list[Event]:
+        """The room's forward extremities: from memory, or (first use, after a failure) the database."""
+        heads = self._heads.get(room_id)
+        if heads is None:
             await self.hs.push_store.pending.settled(room_id)  # the stored extremity
             prev_ids = await self.store.get_forward_extremities(room_id)
-            prevs = list((await self.store.get_events(prev_ids)).values())
+            heads = list((await self.store.get_events(prev_ids)).values())
+            if heads:
+                self._heads[room_id] = heads
+        return heads
+
+    async def _resolve_heads(self, rv: RoomVersion, heads: list[Event]) -> dict[StateKey, str]:
+        """The room state after `heads`: the one head's state after, or the resolution of theirs."""
+        if len(heads) == 1:
+            return await self.store.get_state_group(heads[0].internal.state_group_after)
+        states = [await self.store.get_state_group(h.internal.state_group_after) for h in heads]
+        return await resolve_state(rv, states, self.store.get_events, self.store.get_auth_chain_ids)
+
+    async def _new_group(self, room_id: str, base: int | None, full: dict[StateKey, str]) -> _NewGroup:
+        """A state group for a state no event has after it yet (a resolution, or a remote event's
+        state before), stored as a delta from `base` with the batch that first uses it."""
+        base_state = await self.store.get_state_group(base) if base is not None else {}
+        delta = {k: v for k, v in full.items() if base_state.get(k) != v}
+        removed = [k for k in base_state if k not in full]
+        if removed:  # a delta cannot remove entries: store it whole
+            base, delta = None, dict(full)
+        group = _NewGroup(await self.hs.state_group_ids.next(), room_id, base, delta, dict(full))
+        self.store.cache_state_group(group.id, full)
+        return group
+
+    async def _build(self, rv: RoomVersion, room_id: str, sender: str, etype: str, content: JsonDict,
+                     state_key: str | None, redacts: str | None,
+                     ) -> tuple[Event, int | None, dict[StateKey, str], list[_NewGroup]]:
+        prevs = await self._load_heads(room_id)
         if not prevs:
             raise not_found(f"Unknown room {room_id}")
+        groups: list[_NewGroup] = []
+        if len(prevs) == 1:
+            # The fast path (a room only this server writes to): the state before the new event is
+            # the state after the one head.
+            group_before = prevs[0].internal.state_group_after
+            state_before = await self.store.get_state_group(group_before)
+        else:
+            prevs = sorted(prevs, key=lambda e: (e.depth, e.event_id), reverse=True)[:MAX_PREV_EVENTS]
+            state_before = await self._resolve_heads(rv, prevs)
+            group = await self._new_group(room_id, prevs[0].internal.state_group_after, state_before)
+            groups.append(group)
+            group_before = group.id
         depth = max(p.depth for p in prevs) + 1
-        # Local rooms have one extremity; the state before the new event is the state after it.
-        group_before = prevs[0].internal.state_group_after
-        state_before = await self.store.get_state_group(group_before)
         auth_keys = auth_types_for_event(rv, etype, sender, state_key, content)
         auth_ids = [state_before[k] for k in sorted(auth_keys) if k in state_before]
         auth_events = await self.store.get_events(auth_ids + [state_before[("m.room.create", "")]])
@@ -239,7 +280,7 @@ class EventSender:
             if prev is not None:
                 event.pdu["unsigned"] = {"replaces_state": prev.event_id, "prev_content": prev.content,
                                          "prev_sender": prev.sender}
-        return event, group_before, state_before
+        return event, group_before, state_before, groups
 
     async def _check_redaction_allowed(self, event: Event, redacts: str, auth_map: dict[StateKey, Event]) -> None:
         """From room v3 the auth rules defer redaction checks to the server that sees the target."""
@@ -255,18 +296,71 @@ class EventSender:
 
     # -- persisting --------------------------------------------------------------------------------------
     async def _enqueue(self, event: Event, group_before: int | None, state_before: dict[StateKey, str],
-                       txn: tuple[str, str, str] | None) -> asyncio.Future[Event]:
+                       txn: tuple[str, str, str] | None, groups: list[_NewGroup] | None = None,
+                       ) -> asyncio.Future[Event]:
         """Queue a built event for its room's drain task; the event becomes the room's head at once.
         Called under the room lock."""
         pending = await self._stage(event, group_before, state_before, txn)
+        if groups:
+            pending.groups = groups
+            pending.prev_ids = event.prev_event_ids
+        self._queue(pending)
+        return pending.future
+
+    def _queue(self, pending: _Pending) -> None:
+        event = pending.event
         self._queues.setdefault(event.room_id, []).append(pending)
         if event.room_id not in self._draining:
             self._draining.add(event.room_id)
             asyncio.get_running_loop().create_task(self._drain(event.room_id))
-        return pending.future
+
+    async def persist_received(self, event: Event, state_before: dict[StateKey, str],
+                               group_before: int | None = None) -> Event:
+        """Persist an event from another server that hs/federation/ has checked (signatures, hashes,
+        auth against its auth events and against `state_before`, the state at its prev events): it
+        joins the room's queue behind the local events built so far, its prev events stop being heads
+        and it becomes one, and the room's current state becomes the resolution of the heads' states.
+
+        `group_before` is a stored group holding exactly `state_before`, when the caller knows one (the
+        state after its only prev event); otherwise a new group is made."""
+        room_id = event.room_id
+        rv = event.room_version
+        async with self.locks.lock(room_id):
+            heads = await self._load_heads(room_id)
+            current_before = await self._resolve_heads(rv, heads) if heads else {}
+            groups: list[_NewGroup] = []
+            if group_before is None:
+                base = next((h.internal.state_group_after for h in heads
+                             if h.event_id in event.prev_event_ids), None)
+                group = await self._new_group(room_id, base, state_before)
+                groups.append(group)
+                group_before = group.id
+            prev_ids = set(event.prev_event_ids)
+            new_heads = [h for h in heads if h.event_id not in prev_ids] + [event]
+            pending = await self._stage(event, group_before, state_before, None, new_heads)
+            pending.groups = groups
+            pending.prev_ids = event.prev_event_ids
+            pending.was_outlier = event.internal.outlier
+            event.internal.outlier = False
+            state_after = pending.full_after if pending.full_after is not None else state_before
+            current_after = state_after if len(new_heads) == 1 else await self._resolve_heads(rv, new_heads)
+            pending.current_delta = await self._state_delta(current_before, current_after)
+            self._queue(pending)
+        return await asyncio.shield(pending.future)
+
+    async def _state_delta(self, before: dict[StateKey, str], after: dict[StateKey, str],
+                           ) -> list[tuple[str, str, str | None, str | None]]:
+        """The rows that move current state from `before` to `after` (type, state key, event ID or None,
+        membership)."""
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        events = await self.store.get_events(list(changed.values()))
+        delta: list[tuple[str, str, str | None, str | None]] = [
+            (k[0], k[1], v, events[v].membership if v in events else None) for k, v in changed.items()]
+        delta.extend((k[0], k[1], None, None) for k in before if k not in after)
+        return delta
 
     async def _stage(self, event: Event, group_before: int | None, state_before: dict[StateKey, str],
-                     txn: tuple[str, str, str] | None) -> _Pending:
+                     txn: tuple[str, str, str] | None, heads: list[Event] | None = None) -> _Pending:
         """Make a built event the room's head, to be persisted. Called under the room lock.
 
         A state event gets its state group ID now, and the group's full state and the event go into
@@ -281,7 +375,7 @@ class EventSender:
             self.store.cache_state_group(group_after, pending.full_after)
         event.internal.state_group_before = group_before
         event.internal.state_group_after = group_after
-        self._heads[event.room_id] = [event]
+        self._heads[event.room_id] = heads if heads is not None else [event]
         # The events built next find it as an auth event or a state entry while it waits in the
         # queue (a batch may be in flight before it); a failed batch drops it again (`_fail_room`).
         self.store.cache_event(event)
@@ -332,7 +426,7 @@ class EventSender:
             events = [p.event for p in batch]
             redacted = [ev.redacts for ev in events if ev.type == "m.room.redaction" and ev.redacts]
             own_position = tracker.persisted_if_committed(positions) if len(stream.writers) > 1 else None
-            if self.hs.db.engine == "postgres" and fits_one_statement(events):
+            if self.hs.db.engine == "postgres" and fits_one_statement(events) and all(p.linear for p in batch):
                 rows = [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)]
                 if self._defer_notifications():
                     rest = (rows, await self._persist_events_first(room_id, rows, positions))
@@ -501,14 +595,25 @@ class EventSender:
             if batch[0].new_room is not None:  # a new room's first batch: its rows too
                 await self.hs.room_store.insert_new_room(c, room_id, batch[0].event.room_version.identifier,
                                                          batch[0].new_room)
-            for p, pos in zip(batch, positions, strict=True):
+            for i, (p, pos) in enumerate(zip(batch, positions, strict=True)):
                 ev = p.event
                 before, after = ev.internal.state_group_before, ev.internal.state_group_after
+                for group in p.groups:
+                    await self.store.store_state_group(c, group.id, room_id, group.base, group.delta, group.full)
                 if p.new_group is not None and p.full_after is not None:
                     await self.store.store_state_group(c, p.new_group, room_id, before,
                                                        {ev.state_tuple: ev.event_id}, p.full_after)
-                await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn)
-            await self.store.set_forward_extremity(c, room_id, batch[-1].event.event_id)
+                if p.was_outlier:
+                    await self.store.remove_outlier(c, ev.event_id)
+                await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn,
+                                              update_current_state=p.current_delta is None)
+                if p.current_delta is not None:
+                    await self.store.apply_current_state_delta(c, room_id, p.current_delta)
+                if p.prev_ids is not None:
+                    await self.store.move_extremities(c, room_id, p.prev_ids, ev.event_id)
+                elif i + 1 == len(batch) or batch[i + 1].prev_ids is not None:
+                    # A run of events each built on the one before: the last is the room's one head.
+                    await self.store.set_forward_extremity(c, room_id, ev.event_id)
             counts = await self.hs.push_store.write_push_actions(
                 c, push_rows, redacted, [(user_id, room_id) for user_id in joins])
             if own_position is not None:
@@ -518,8 +623,19 @@ class EventSender:
         return write
 
 
+class _NewGroup:
+    """A state group staged with the batch that first refers to it."""
+
+    __slots__ = ("id", "room_id", "base", "delta", "full")
+
+    def __init__(self, group_id: int, room_id: str, base: int | None, delta: dict[StateKey, str],
+                 full: dict[StateKey, str]) -> None:
+        self.id, self.room_id, self.base, self.delta, self.full = group_id, room_id, base, delta, full
+
+
 class _Pending:
-    __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future", "new_room")
+    __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future", "new_room", "groups",
+                 "prev_ids", "current_delta", "was_outlier")
 
     def __init__(self, event: Event, group_before: int | None, txn: tuple[str, str, str] | None) -> None:
         self.event = event
@@ -529,8 +645,21 @@ class _Pending:
         self.new_group: int | None = None
         self.new_room: NewRoom | None = None  # a new room's first event: the room's rows go with it
         self.future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self.groups: list[_NewGroup] = []  # state groups to store before the event (resolutions)
+        # Not built on the one head: the event's prev events, which stop being forward extremities.
+        self.prev_ids: list[str] | None = None
+        # From another server: how the room's current state moves (else: the event's own entry).
+        self.current_delta: list[tuple[str, str, str | None, str | None]] | None = None
+        self.was_outlier = False  # held as an outlier before: that row goes
+
+    @property
+    def linear(self) -> bool:
+        """Built on the room's one head, with nothing else to store: the fast path may take it."""
+        return self.prev_ids is None and not self.groups
 
 
 MAX_BATCH = 100
+# The most prev_events a local event names when the room has several forward extremities (Synapse's cap).
+MAX_PREV_EVENTS = 10
 # Member evaluations (~15 µs each) a batch may have for its push rules to be evaluated in the thread.
 MAX_THREADED_EVALUATIONS = 64

@@ -6,7 +6,7 @@ membership reads go to the database, since other writers may change them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hs.db.pool import Connection, Database
@@ -93,7 +93,66 @@ class EventStore:
             rows = await self.db.fetch(f"SELECT * FROM events WHERE event_id IN ({placeholders})", *chunk)
             for ev in await self._rows_to_events(rows):
                 found[ev.event_id] = ev
+        if len(found) < len(ids):
+            await self._get_outliers([eid for eid in missing if eid not in found], found)
         return found
+
+    async def _get_outliers(self, event_ids: list[str], found: dict[str, Event]) -> None:
+        """Events held outside the timeline (federation's state and auth chains, rejected and
+        soft-failed events), for the lookups that may use them (auth events, state)."""
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i:i + 500]
+            placeholders = ",".join(f"${n + 1}" for n in range(len(chunk)))
+            rows = await self.db.fetch(f"SELECT * FROM event_outliers WHERE event_id IN ({placeholders})", *chunk)
+            for row in rows:
+                version = await self.rooms.get_room_version_id(row["room_id"])
+                if version is None:
+                    continue
+                ev = Event(json_loads(row["json"]), KNOWN_ROOM_VERSIONS[version], event_id=row["event_id"])
+                meta = ev.internal
+                meta.outlier = True
+                meta.rejected = row["rejected_reason"] is not None
+                meta.soft_failed = bool(row["soft_failed"])
+                meta.state_group_before = row["state_group_before"]
+                meta.state_group_after = row["state_group_after"]
+                self._event_cache.set(ev.event_id, ev)
+                found[ev.event_id] = ev
+
+    async def have_events(self, event_ids: list[str] | set[str]) -> set[str]:
+        """Which of these events this server holds, in a timeline or as outliers (rejected included)."""
+        return set(await self.get_events(event_ids))
+
+    async def insert_outliers(self, c: Connection, events: list[Event], rejected: dict[str, str] | None = None,
+                              ) -> None:
+        """Hold events outside the timeline; one already held (anywhere) is left as it is."""
+        rejected = rejected or {}
+        for ev in events:
+            if await c.fetchval("SELECT 1 FROM events WHERE event_id = $1", ev.event_id):
+                continue
+            meta = ev.internal
+            await c.execute(
+                "INSERT INTO event_outliers (event_id, room_id, json, rejected_reason, soft_failed,"
+                " state_group_before, state_group_after, received_ts) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                ev.event_id, ev.room_id, json_dumps(ev.pdu), rejected.get(ev.event_id), int(meta.soft_failed),
+                meta.state_group_before, meta.state_group_after, now_ms())
+            meta.outlier = True
+            meta.rejected = ev.event_id in rejected
+
+    async def get_auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """The auth events of these events, recursively (not the events themselves); events this
+        server does not hold end their branch."""
+        chain: set[str] = set()
+        frontier = set(event_ids)
+        while frontier:
+            evs = await self.get_events(frontier)
+            frontier = set()
+            for ev in evs.values():
+                for aid in ev.auth_event_ids:
+                    if aid not in chain:
+                        chain.add(aid)
+                        frontier.add(aid)
+        return chain
 
     def cache_event(self, event: Event) -> None:
         self._event_cache.set(event.event_id, event)
@@ -426,6 +485,32 @@ class EventStore:
         await c.execute("DELETE FROM room_forgotten WHERE user_id = $1 AND room_id = $2", user_id, room_id)
 
     # -- writing (event persisters only) ---------------------------------------------------------------
+    async def move_extremities(self, c: Connection, room_id: str, replaced: list[str], event_id: str) -> None:
+        """A DAG step: the event's prev events stop being forward extremities and the event is one."""
+        for prev in replaced:
+            await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1 AND event_id = $2",
+                            room_id, prev)
+        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)"
+                        " ON CONFLICT (room_id, event_id) DO NOTHING", room_id, event_id)
+
+    async def apply_current_state_delta(self, c: Connection, room_id: str,
+                                        delta: list[tuple[str, str, str | None, str | None]]) -> None:
+        """Change the room's current state by (type, state key, event ID or None to remove, membership)."""
+        for etype, state_key, event_id, membership in delta:
+            if event_id is None:
+                await c.execute("DELETE FROM current_state_events WHERE room_id = $1 AND type = $2"
+                                " AND state_key = $3", room_id, etype, state_key)
+            else:
+                await c.execute(
+                    "INSERT INTO current_state_events (room_id, type, state_key, event_id, membership)"
+                    " VALUES ($1,$2,$3,$4,$5) ON CONFLICT (room_id, type, state_key) DO UPDATE"
+                    " SET event_id = excluded.event_id, membership = excluded.membership",
+                    room_id, etype, state_key, event_id, membership)
+
+    async def remove_outlier(self, c: Connection, event_id: str) -> None:
+        """An outlier taken into the timeline (it now has a place in the room's DAG here)."""
+        await c.execute("DELETE FROM event_outliers WHERE event_id = $1", event_id)
+
     async def set_forward_extremity(self, c: Connection, room_id: str, event_id: str) -> None:
         """Local rooms are linear: after a batch, the room's one extremity is its last event."""
         updated = await c.fetch(
@@ -438,7 +523,9 @@ class EventStore:
 
     async def insert_event(self, c: Connection, event: Event, stream: int, instance: str,
                            group_before: int | None, group_after: int | None,
-                           txn: tuple[str, str, str] | None) -> None:
+                           txn: tuple[str, str, str] | None, update_current_state: bool = True) -> None:
+        """`update_current_state` False: the caller writes the room's current state itself (an event
+        from another server may lose state resolution, or bring several changes with it)."""
         pdu = event.pdu
         await c.execute(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,"
@@ -456,7 +543,7 @@ class EventStore:
             await c.execute(
                 "INSERT INTO event_txn_ids (user_id, device_id, room_id, txn_id, event_id, inserted_ts)"
                 " VALUES ($1,$2,$3,$4,$5,$6)", user_id, device_id, event.room_id, txn_id, event.event_id, now_ms())
-        if event.is_state():
+        if event.is_state() and update_current_state:
             await c.execute(
                 "INSERT INTO current_state_events (room_id, type, state_key, event_id, membership)"
                 " VALUES ($1,$2,$3,$4,$5) ON CONFLICT (room_id, type, state_key) DO UPDATE"
