@@ -21,6 +21,7 @@ INVALID_PARAM = "M_INVALID_PARAM"
 MISSING_PARAM = "M_MISSING_PARAM"
 MISSING_TOKEN = "M_MISSING_TOKEN"
 UNKNOWN_TOKEN = "M_UNKNOWN_TOKEN"
+UNAUTHORIZED = "M_UNAUTHORIZED"
 LIMIT_EXCEEDED = "M_LIMIT_EXCEEDED"
 TOO_LARGE = "M_TOO_LARGE"
 INVALID_USERNAME = "M_INVALID_USERNAME"
@@ -97,6 +98,11 @@ def missing_token(msg: str) -> MatrixError:
 
 def unknown_token(msg: str = "Unrecognised access token", soft_logout: bool = False) -> MatrixError:
     return MatrixError(401, UNKNOWN_TOKEN, msg, soft_logout=soft_logout)
+
+
+def unauthorized(msg: str) -> MatrixError:
+    """401: a server-server request whose X-Matrix signature is missing or does not check out."""
+    return MatrixError(401, UNAUTHORIZED, msg)
 
 
 def forbidden(msg: str) -> MatrixError:

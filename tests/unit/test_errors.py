@@ -23,6 +23,7 @@ HELPERS: list[tuple[Callable[[], MatrixError], int, str]] = [
     (lambda: errors.too_large("x"), 413, "M_TOO_LARGE"),
     (lambda: errors.missing_token("x"), 401, "M_MISSING_TOKEN"),
     (lambda: errors.unknown_token(), 401, "M_UNKNOWN_TOKEN"),
+    (lambda: errors.unauthorized("x"), 401, "M_UNAUTHORIZED"),
     (lambda: errors.forbidden("x"), 403, "M_FORBIDDEN"),
     (lambda: errors.guest_access_forbidden("x"), 403, "M_GUEST_ACCESS_FORBIDDEN"),
     (lambda: errors.user_deactivated("x"), 403, "M_USER_DEACTIVATED"),
