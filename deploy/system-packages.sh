@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages hs's build and tests use when this machine lacks them: Python with venv,
-# a C compiler, PostgreSQL and Redis (tests start throwaway servers from their binaries when none is
+# a C compiler with libpq's and Python's headers (the federation tests build psycopg2 for the Synapse
+# they install), PostgreSQL and Redis (tests start throwaway servers from their binaries when none is
 # running) and nginx (the cluster tests put it in front). Used by `make test` and `.ci/run`.
 set -euo pipefail
 
@@ -13,6 +14,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)
+# The federation tests install Synapse with psycopg2, which compiles against libpq and Python's headers.
+command -v pg_config >/dev/null || need_pkgs+=(libpq-dev)
+python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+  2>/dev/null || need_pkgs+=(python3-dev)
 [ ${#need_pkgs[@]} -eq 0 ] && exit 0
 
 echo "installing system packages: ${need_pkgs[*]}"
