@@ -182,6 +182,15 @@ async def read_body_capped(response: aiohttp.ClientResponse, limit: int) -> byte
     return bytes(body)
 
 
+def _describe(e: BaseException) -> str:
+    """A readable reason; aiohttp's connector errors otherwise say e.g. "ssl:default [None]"."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        cause = e.os_error
+        reason = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        return f"cannot connect to {e.host}:{e.port}: {reason}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -203,7 +212,7 @@ class FederationClient:
         self._config = config
         self._signing_key = signing_key
         self._ip_filter = IpRangeFilter(config.outbound_ip_blacklist, config.ip_range_whitelist)
-        self.resolver = ServerResolver(self._fetch_well_known, srv_lookup)
+        self.resolver = ServerResolver(self.fetch_well_known_hop, srv_lookup)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -345,7 +354,7 @@ class FederationClient:
         except (aiohttp.ClientError, OSError) as e:
             if isinstance(e, TimeoutError):
                 raise
-            raise FederationUnreachable(destination, f"{what}: {e or type(e).__name__}") from None
+            raise FederationUnreachable(destination, f"{what}: {_describe(e)}") from None
         return self._parse_response(destination, what, status, reason, raw)
 
     @staticmethod
@@ -370,7 +379,7 @@ class FederationClient:
             error += f": {raw[:ERROR_BODY_EXCERPT].decode('utf-8', 'replace')!r}"
         raise FederationError(destination, error, status=status, errcode=errcode, body=parsed)
 
-    async def _fetch_well_known(self, url: str) -> WellKnownResponse:
+    async def fetch_well_known_hop(self, url: str) -> WellKnownResponse:
         """One hop of a `.well-known` lookup (discovery follows redirects), through the same
         connector, TLS settings and IP filter as federation requests."""
         host = URL(url).host or url
