@@ -12,7 +12,8 @@ from hs.streams.registry import write_groups
 
 # Endpoint groups a generic worker serves (the seed's generic_worker sections).
 GENERIC_WORKER_GROUPS = {"sync", "client", "encryption", "registration_login", "event_sending",
-                         "pagination", "account_data", "receipts", "presence", "pushrules", "user_directory"}
+                         "pagination", "account_data", "receipts", "presence", "pushrules", "user_directory",
+                         "federation"}
 # Route group -> the stream whose writer handles the group's writes (each stream says which groups
 # are its own: `Stream.WRITE_GROUPS`).
 STREAM_GROUPS = write_groups()
@@ -58,6 +59,11 @@ def all_routes() -> list[Route]:
     from hs.api.client import pushrules, receipts
 
     for module in (receipts, pushrules):
+        routes.extend(module.ROUTES)
+    from hs.api.federation import keys as key_server
+    from hs.api.federation import misc as federation_misc
+
+    for module in (key_server, federation_misc):
         routes.extend(module.ROUTES)
     return routes
 
