@@ -162,23 +162,31 @@ def order_srv_records(records: Sequence[SrvRecord], rng: random.Random | None = 
     return out
 
 
-def make_dns_srv_lookup() -> SrvLookup:
+def make_dns_srv_lookup(nameservers: Sequence[str] | None = None, port: int = 53) -> SrvLookup:
     """An SRV lookup with dnspython's async resolver and a TTL-respecting cache. NXDOMAIN and "no
-    answer" are "no records"; other DNS failures raise DiscoveryError."""
+    answer" are "no records"; other DNS failures (including no usable resolver configuration)
+    raise DiscoveryError. The resolver is made on first use, from the system configuration unless
+    ``nameservers`` (and ``port``) are given."""
     import dns.asyncresolver
     import dns.exception
     import dns.resolver
 
-    resolver = dns.asyncresolver.Resolver()
-    resolver.cache = dns.resolver.Cache()
+    resolver: dns.asyncresolver.Resolver | None = None
 
     async def lookup(name: str) -> list[SrvRecord]:
+        nonlocal resolver
         try:
+            if resolver is None:
+                resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
+                if nameservers is not None:
+                    resolver.nameservers = list(nameservers)
+                    resolver.port = port
+                resolver.cache = dns.resolver.Cache()
             answer = await resolver.resolve(name, "SRV")
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
-        except dns.exception.DNSException as e:
-            raise DiscoveryError(f"SRV lookup for {name} failed: {e}") from e
+        except (dns.exception.DNSException, OSError) as e:
+            raise DiscoveryError(f"SRV lookup for {name} failed: {type(e).__name__}: {e}") from e
         return [SrvRecord(int(r.priority), int(r.weight), int(r.port), r.target.to_text(omit_final_dot=True) or ".")
                 for r in answer]
 

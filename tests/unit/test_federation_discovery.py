@@ -3,10 +3,15 @@ and the outbound IP range filter. The network is replaced by scripted fetchers a
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 from collections.abc import Sequence
+from typing import cast
 
+import dns.message
+import dns.rcode
+import dns.rrset
 import pytest
 
 from hs.config import DEFAULT_IP_RANGE_BLACKLIST
@@ -24,6 +29,7 @@ from hs.federation.discovery import (
     SrvRecord,
     WellKnownFetchError,
     WellKnownResponse,
+    make_dns_srv_lookup,
     order_srv_records,
     parse_server_name,
 )
@@ -374,3 +380,57 @@ def test_whitelist_wins_but_never_for_the_any_address() -> None:
     # an empty blacklist lets everything but the any-address through
     assert IpRangeFilter([], []).allowed("127.0.0.1")
     assert not IpRangeFilter([], []).allowed("0.0.0.0")
+
+
+# -- the real SRV lookup, against a DNS server on loopback ------------------------------------------------
+class _DnsServer(asyncio.DatagramProtocol):
+    """Answers SRV queries from a table; SERVFAIL for names in ``broken``, NXDOMAIN otherwise."""
+
+    def __init__(self, table: dict[str, list[str]], broken: set[str]) -> None:
+        self.table, self.broken = table, broken
+        self.queries: list[str] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        name = query.question[0].name.to_text(omit_final_dot=True)
+        self.queries.append(name)
+        response = dns.message.make_response(query)
+        if name in self.broken:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif name in self.table:
+            response.answer.append(dns.rrset.from_text_list(name + ".", 300, "IN", "SRV", self.table[name]))
+        else:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        assert self.transport is not None
+        self.transport.sendto(response.to_wire(), addr)
+
+
+async def test_dns_srv_lookup_against_a_real_dns_server() -> None:
+    table = {"_matrix-fed._tcp.example.test": ["10 5 8443 fed.example.test.", "20 0 443 backup.example.test."],
+             "_matrix-fed._tcp.off.test": ["0 0 0 ."]}
+    server = _DnsServer(table, {"_matrix-fed._tcp.broken.test"})
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: server, local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        lookup = make_dns_srv_lookup(["127.0.0.1"], port)
+        records = await lookup("_matrix-fed._tcp.example.test")
+        assert sorted(records, key=lambda r: r.priority) == [SrvRecord(10, 5, 8443, "fed.example.test"),
+                                                               SrvRecord(20, 0, 443, "backup.example.test")]
+        await lookup("_matrix-fed._tcp.example.test")
+        assert server.queries == ["_matrix-fed._tcp.example.test"]  # the second answer came from the cache
+        assert await lookup("_matrix-fed._tcp.missing.test") == []
+        with pytest.raises(DiscoveryError, match="broken.test"):
+            await lookup("_matrix-fed._tcp.broken.test")
+        # through the resolver: SRV target, and "." meaning no service
+        res = ServerResolver(FakeWeb(), lookup, rng=FixedJitter())
+        assert await res.resolve("example.test") == ResolvedServer("fed.example.test", 8443, "example.test",
+                                                                   "example.test")
+        with pytest.raises(DiscoveryError, match="not available"):
+            await res.resolve("off.test")
+    finally:
+        transport.close()
