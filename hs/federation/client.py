@@ -226,9 +226,13 @@ class FederationClient:
         if self._closed:
             raise FederationUnreachable(destination, "the federation client is closed")
         if self._session is None:
+            try:
+                tls = build_ssl_context(self._config)
+            except OSError as e:  # ssl.SSLError is one too: a CA file missing or not PEM
+                raise FederationError(destination, f"federation_custom_ca_list unusable: {e}") from None
             connector = FilteringConnector(
                 self._ip_filter,
-                ssl=build_ssl_context(self._config),
+                ssl=tls,
                 limit=CONNECTION_LIMIT,
                 keepalive_timeout=KEEPALIVE_TIMEOUT,
             )

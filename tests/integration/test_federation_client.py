@@ -391,6 +391,15 @@ async def test_well_known_hop(remote: Remote, make_client: Callable[..., Federat
     assert len(remote.requests) == 3
 
 
+async def test_unusable_ca_file_is_a_clear_error(remote: Remote, tmp_path: Path,
+                                                 make_client: Callable[..., FederationClient]) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    for path in (tmp_path / "missing.pem", tmp_path / "junk.pem"):
+        with pytest.raises(FederationError, match="federation_custom_ca_list unusable"):
+            await make_client(federation_custom_ca_list=[str(path)]).get_json(remote.name, "/_matrix/test/echo")
+    assert remote.connections == 0
+
+
 async def test_verification_can_be_disabled(remote: Remote, pki: Pki,
                                             make_client: Callable[..., FederationClient]) -> None:
     client = make_client(federation_custom_ca_list=[str(pki.other_ca_path)], federation_verify_certificates=False)
