@@ -31,6 +31,7 @@ GUEST_ACCESS_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
 ROOM_IN_USE = "M_ROOM_IN_USE"
 BAD_ALIAS = "M_BAD_ALIAS"
 INVALID_ROOM_STATE = "M_INVALID_ROOM_STATE"
+INCOMPATIBLE_ROOM_VERSION = "M_INCOMPATIBLE_ROOM_VERSION"
 UNSUPPORTED_ROOM_VERSION = "M_UNSUPPORTED_ROOM_VERSION"
 INVALID_SIGNATURE = "M_INVALID_SIGNATURE"
 WRONG_ROOM_KEYS_VERSION = "M_WRONG_ROOM_KEYS_VERSION"
@@ -154,6 +155,13 @@ def invalid_room_state(msg: str) -> MatrixError:
 
 def unsupported_room_version(msg: str) -> MatrixError:
     return MatrixError(400, UNSUPPORTED_ROOM_VERSION, msg)
+
+
+def incompatible_room_version(room_version: str) -> MatrixError:
+    """make_join/make_knock: the joining server does not support the room's version (the spec names
+    the version in the body)."""
+    return MatrixError(400, INCOMPATIBLE_ROOM_VERSION,
+                       f"Your homeserver does not support room version {room_version}", room_version=room_version)
 
 
 def invalid_signature(msg: str) -> MatrixError:

@@ -39,7 +39,12 @@ from hs.streams.typing import TypingStream
 if TYPE_CHECKING:
     from hs.db.stores.pushers import PusherStore
     from hs.federation.client import FederationClient
+    from hs.federation.event_handler import FederationEventHandler
     from hs.federation.keys import KeyRing
+    from hs.federation.membership import FederationMembership
+    from hs.federation.room_reads import FederationRoomReads
+    from hs.federation.sender import FederationSender
+    from hs.federation.transactions import TransactionHandler
     from hs.replication.http_client import ReplicationClient
     from hs.services.accounts import AccountService
     from hs.services.auth import Auth
@@ -358,6 +363,8 @@ class HomeServer:
                                         c.rc_login.failed_attempts.burst_count),
             "joins_local": Ratelimiter(c.rc_joins["local"].per_second, c.rc_joins["local"].burst_count)
             if "local" in c.rc_joins else Ratelimiter(0, 0),
+            "joins_remote": Ratelimiter(c.rc_joins["remote"].per_second, c.rc_joins["remote"].burst_count)
+            if "remote" in c.rc_joins else Ratelimiter(0.01, 10),
         }
 
     # -- federation ------------------------------------------------------------------------------------
@@ -374,6 +381,47 @@ class HomeServer:
         from hs.federation.keys import KeyRing
 
         return KeyRing(self)
+
+    @cached_property
+    def federation_event_handler(self) -> FederationEventHandler:
+        """Checks events from other servers and takes them into the room DAG."""
+        from hs.federation.event_handler import FederationEventHandler
+
+        return FederationEventHandler(self)
+
+    @cached_property
+    def federation_membership(self) -> FederationMembership:
+        """Joins, leaves and invites across servers (both sides of each handshake)."""
+        from hs.federation.membership import FederationMembership
+
+        return FederationMembership(self)
+
+    @cached_property
+    def federation_transactions(self) -> TransactionHandler:
+        """Inbound /send: one transaction per origin at a time, answered once per transaction ID."""
+        from hs.federation.transactions import TransactionHandler
+
+        return TransactionHandler(self)
+
+    @cached_property
+    def federation_room_reads(self) -> FederationRoomReads:
+        """What other servers may read of our rooms (events, state, auth chains, backfill)."""
+        from hs.federation.room_reads import FederationRoomReads
+
+        return FederationRoomReads(self)
+
+    @cached_property
+    def federation_sender(self) -> FederationSender:
+        """Queues of events and EDUs for other servers (closed at stop)."""
+        from hs.federation.sender import FederationSender
+
+        return FederationSender(self)
+
+    @property
+    def sends_federation(self) -> bool:
+        """Whether this process sends events to other servers: the monolith does (`send_federation`);
+        in a cluster the federation senders will (the cluster federation issue)."""
+        return self.config.send_federation and not self.config.workers and self.instance_name == "main"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -435,6 +483,8 @@ class HomeServer:
             await self.replication_client.close()
 
     async def _close_federation_client(self) -> None:
+        if "federation_sender" in self.__dict__:
+            await self.federation_sender.close()
         if "federation_client" in self.__dict__:  # created on first use
             await self.federation_client.close()
 

@@ -62,8 +62,9 @@ def all_routes() -> list[Route]:
         routes.extend(module.ROUTES)
     from hs.api.federation import keys as key_server
     from hs.api.federation import misc as federation_misc
+    from hs.api.federation import rooms as federation_rooms
 
-    for module in (key_server, federation_misc):
+    for module in (key_server, federation_misc, federation_rooms):
         routes.extend(module.ROUTES)
     return routes
 

@@ -119,6 +119,14 @@ class EventSender:
                 self._txns.set(txn_key, future)
         return await asyncio.shield(future)
 
+    async def template(self, room_id: str, sender: str, etype: str, content: JsonDict, state_key: str | None,
+                       rv: RoomVersion) -> JsonDict:
+        """An event as this server would build it now, unsigned and not persisted: make_join's
+        template for another server's user (who signs it). Refused as a local send would be."""
+        async with self.locks.lock(room_id):
+            event, _, _, _ = await self._build(rv, room_id, sender, etype, content, state_key, None)
+        return {k: v for k, v in event.pdu.items() if k not in ("signatures", "hashes", "unsigned", "event_id")}
+
     def build_create_event(self, rv: RoomVersion, sender: str, content: JsonDict, room_id: str | None,
                            after_ts: int | None = None) -> Event:
         """The m.room.create event of a new room (v12: it defines the room ID), not persisted.
@@ -474,6 +482,12 @@ class EventSender:
         for p in batch:
             if not p.future.done():
                 p.future.set_result(p.event)
+        if self.hs.sends_federation:
+            local = [p.event for p in batch if p.current_delta is None]
+            if local:
+                await self.hs.federation_sender.on_events_persisted(room_id, local)
+            elif any(p.event.membership is not None for p in batch):
+                self.hs.federation_sender.forget_room_servers(room_id)
         if rest is not None:
             # A task of its own: it goes out after the woken /syncs have run, and the room's next
             # batch need not wait for it (the room's rests run in order, each after the one before).

@@ -32,15 +32,41 @@ class RoomAliases:
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
         """The room a /join or /knock path names: a room ID as it is, a local alias looked up."""
+        return (await self.resolve_room_and_servers(room_id_or_alias))[0]
+
+    async def resolve_room_and_servers(self, room_id_or_alias: str) -> tuple[str, list[str]]:
+        """The room a path names, and servers in it to join through: a remote alias is asked of its
+        server (federation's query/directory)."""
         if room_id_or_alias.startswith("!"):
-            return room_id_or_alias
+            return room_id_or_alias, []
         if room_id_or_alias.startswith("#"):
-            parse_alias(room_id_or_alias)
+            _local, server = parse_alias(room_id_or_alias)
+            if server != self.hs.server_name:
+                return await self._remote_alias(room_id_or_alias, server)
             row = await self.rooms.get_alias(room_id_or_alias)
             if row is None:
                 raise not_found(f"Room alias {room_id_or_alias} not found")
-            return str(row["room_id"])
+            return str(row["room_id"]), []
         raise invalid_param(f"{room_id_or_alias!r} is not a legal room ID or room alias")
+
+    async def _remote_alias(self, alias: str, server: str) -> tuple[str, list[str]]:
+        from hs.federation.client import FederationError
+
+        if not self.hs.config.federation_allowed(server):
+            raise not_found(f"Room alias {alias} not found (federation with {server} is not allowed)")
+        try:
+            body = await self.hs.federation_client.get_json(server, "/_matrix/federation/v1/query/directory",
+                                                            {"room_alias": alias})
+        except FederationError as e:
+            if e.status == 404:
+                raise not_found(f"Room alias {alias} not found") from None
+            raise not_found(f"Room alias {alias} could not be resolved: {e}") from None
+        room_id = body.get("room_id") if isinstance(body, dict) else None
+        servers = body.get("servers") if isinstance(body, dict) else None
+        if not isinstance(room_id, str) or not room_id.startswith("!"):
+            raise not_found(f"Room alias {alias} could not be resolved: {server} answered without a room ID")
+        via = [s for s in servers if isinstance(s, str)][:20] if isinstance(servers, list) else []
+        return room_id, [server, *via]
 
     async def check_canonical_alias(self, room_id: str, content: JsonDict) -> None:
         """Before an m.room.canonical_alias is sent: its local aliases must exist and point at the room

@@ -135,10 +135,36 @@ class RoomMembership:
                 return member
         return None
 
-    async def join(self, requester: Requester, room_id_or_alias: str, reason: str | None = None) -> str:
-        room_id = await self.hs.room_aliases.resolve_room(room_id_or_alias)
+    async def join(self, requester: Requester, room_id_or_alias: str, reason: str | None = None,
+                   via: list[str] | None = None) -> str:
+        """Join a room here, or (not known here, or we are not in it any more) through other servers:
+        `via`, the alias's server and what it named, and the room ID's server (before room v12)."""
+        room_id, servers = await self.hs.room_aliases.resolve_room_and_servers(room_id_or_alias)
+        check_room_id(room_id)
+        if await self._must_join_remotely(room_id):
+            candidates = [*(via or []), *servers]
+            if ":" in room_id:
+                candidates.append(room_id.split(":", 1)[1])
+            if not candidates:
+                raise not_found("No known servers")
+            self.hs.ratelimiters["joins_remote"].check(requester.user_id)
+            content: JsonDict = await self.profile_content(requester.user_id)
+            if reason is not None:
+                content["reason"] = reason
+            return await self.hs.federation_membership.join_remote_room(requester.user_id, room_id, candidates,
+                                                                        content)
         await self.update_membership(requester, room_id, requester.user_id, "join", reason)
         return room_id
+
+    async def _must_join_remotely(self, room_id: str) -> bool:
+        """The room is not here, or is a room joined over federation where no local user is left."""
+        room = await self.hs.room_store.get_room(room_id)
+        if room is None:
+            return True
+        if not room.get("remote"):
+            return False
+        members = await self.store.get_joined_members(room_id)
+        return not any(m.partition(":")[2] == self.hs.server_name for m in members)
 
     async def knock(self, requester: Requester, room_id_or_alias: str, reason: str | None = None) -> str:
         """POST /knock: ask to join a local room. The auth rules decide (join rule `knock`, or

@@ -40,7 +40,8 @@ async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
-    room_id = await hs.room_membership.join(requester, request.match_info["roomIdOrAlias"], _reason(body))
+    via = [*request.query.getall("via", []), *request.query.getall("server_name", [])][:20]
+    room_id = await hs.room_membership.join(requester, request.match_info["roomIdOrAlias"], _reason(body), via)
     return 200, {"room_id": room_id}
 
 

@@ -487,11 +487,12 @@ class EventStore:
     # -- writing (event persisters only) ---------------------------------------------------------------
     async def move_extremities(self, c: Connection, room_id: str, replaced: list[str], event_id: str) -> None:
         """A DAG step: the event's prev events stop being forward extremities and the event is one."""
-        for prev in replaced:
+        # (The table has no unique key, so that the one-head rewrite stays a HOT update: see 008.)
+        for gone in [*replaced, event_id]:
             await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1 AND event_id = $2",
-                            room_id, prev)
-        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)"
-                        " ON CONFLICT (room_id, event_id) DO NOTHING", room_id, event_id)
+                            room_id, gone)
+        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                        room_id, event_id)
 
     async def apply_current_state_delta(self, c: Connection, room_id: str,
                                         delta: list[tuple[str, str, str | None, str | None]]) -> None:

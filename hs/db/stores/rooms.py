@@ -67,6 +67,14 @@ class RoomStore:
                 await c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = $1", room_id)
                 await c.execute("UPDATE rooms SET is_public = 0 WHERE room_id = $1", room.upgrade_of)
 
+    async def insert_remote_room(self, room_id: str, room_version: str, creator: str | None) -> None:
+        """The row of a room joined over federation, before its events arrive (they need its version)."""
+        await self.db.execute(
+            "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts, remote)"
+            " VALUES ($1,$2,$3,0,$4,1) ON CONFLICT (room_id) DO NOTHING",
+            room_id, room_version, creator, now_ms())
+        self._versions[room_id] = room_version
+
     def note_new_room(self, room_id: str, room_version: str) -> None:
         """After `insert_new_room` committed."""
         self._versions[room_id] = room_version

@@ -1,0 +1,212 @@
+"""Membership handshakes across servers, both sides: make_join/send_join (and leave), for a remote user
+joining a room here and for a local user joining a room on another server.
+
+A server not yet in a room cannot build the join event itself: it asks a resident server for a
+template (`make_join`), signs it, and sends it back (`send_join`); the resident server checks it,
+persists it, relays it to the room's other servers, and answers with the room state before the join
+and its auth chain, from which the joining server builds its copy of the room.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from hs.errors import MatrixError, bad_json, forbidden, incompatible_room_version, not_found, unavailable
+from hs.events.auth import AuthError, get_domain
+from hs.events.event import Event, JsonDict, StateKey
+from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
+from hs.events.signing import finish_local_event
+from hs.federation.event_handler import PduRejected
+from hs.federation.remote import RemoteRooms
+from hs.federation.sender import federation_pdu
+from hs.util import now_ms, random_string
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+
+MEMBER = "m.room.member"
+_TEMPLATE_STRIPPED = ("signatures", "hashes", "unsigned", "event_id")
+
+
+class FederationMembership:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.store = hs.event_store
+        self.remote = RemoteRooms(hs.federation_client)
+
+    # -- resident side ---------------------------------------------------------------------------------
+    async def make_membership(self, origin: str, room_id: str, user_id: str, membership: str,
+                              versions: list[str] | None) -> JsonDict:
+        """make_join / make_leave / make_knock: an unsigned event template for a user of `origin`."""
+        if get_domain(user_id) != origin:
+            raise forbidden(f"{origin} cannot make a membership event for {user_id}")
+        rv = await self.hs.room_store.get_room_version(room_id)
+        if rv is None:
+            raise not_found(f"Unknown room {room_id}")
+        if versions is not None and rv.identifier not in versions:
+            raise incompatible_room_version(rv.identifier)
+        content: JsonDict = {"membership": membership}
+        if membership == "join":
+            state = await self.store.get_current_state_events(room_id, [("m.room.join_rules", "")])
+            rule = state.get(("m.room.join_rules", ""))
+            if rule is not None and rule.content.get("join_rule") in ("restricted", "knock_restricted") \
+                    and rv.restricted_join_rule:
+                current = await self.store.get_membership(room_id, user_id)
+                if current is None or current[0] not in ("join", "invite"):
+                    authoriser = await self.hs.room_membership._restricted_join_authoriser(
+                        room_id, user_id, await self.store.get_current_state_events(room_id))
+                    if authoriser is None:
+                        raise forbidden("The user is not in any room this room's join rule allows")
+                    content["join_authorised_via_users_server"] = authoriser
+        pdu = await self.hs.event_sender.template(room_id, user_id, MEMBER, content, user_id, rv)
+        if not rv.updated_redaction_rules:
+            pdu["origin"] = origin
+        return {"event": pdu, "room_version": rv.identifier}
+
+    async def on_send_membership(self, origin: str, room_id: str, event_id: str, pdu: Any,
+                                 membership: str) -> Event:
+        """send_join / send_leave / send_knock: check and persist the event the remote user signed,
+        relay it to the room's other servers; returns it."""
+        rv = await self.hs.room_store.get_room_version(room_id)
+        if rv is None:
+            raise not_found(f"Unknown room {room_id}")
+        handler = self.hs.federation_event_handler
+        try:
+            event = await handler.checked_event(pdu, rv)
+        except PduRejected as e:
+            raise bad_json(str(e)) from None
+        if event.event_id != event_id or event.room_id != room_id:
+            raise bad_json("The event does not match the path's room and event IDs")
+        if event.type != MEMBER or event.membership != membership or event.state_key != event.sender:
+            raise bad_json(f"Not a {membership} event of its sender")
+        if get_domain(event.sender) != origin:
+            raise forbidden(f"{origin} cannot send a membership event for {event.sender}")
+        if membership == "join" and "join_authorised_via_users_server" in event.content:
+            # Restricted join: our server vouches for it with its signature (the auth rules check it).
+            authoriser = event.content["join_authorised_via_users_server"]
+            if not isinstance(authoriser, str) or get_domain(authoriser) != self.hs.server_name:
+                raise forbidden("join_authorised_via_users_server names a user of another server")
+            finish = event.pdu
+            from hs.events.signing import sign_event
+
+            sign_event(finish, self.hs.server_name, self.hs.signing_key, rv)
+        try:
+            persisted = await handler.on_receive_pdu(origin, event.pdu)
+        except PduRejected as e:
+            raise forbidden(str(e)) from None
+        if persisted is None:
+            known = await self.store.get_event(event_id)
+            if known is None or known.internal.outlier:
+                raise forbidden("The event was not accepted into the room (soft-failed or rejected)")
+            persisted = known
+        elif self.hs.sends_federation:
+            await self.hs.federation_sender.on_events_persisted(room_id, [persisted], relay_from=origin)
+        return persisted
+
+    async def send_join_response(self, event: Event) -> JsonDict:
+        """The state before the join and the auth chain of it and the join (send_join v2's answer)."""
+        state_ids = await self.store.get_state_group(event.internal.state_group_before)
+        state = await self.store.get_events(list(state_ids.values()))
+        chain_ids = await self.store.get_auth_chain_ids([*state_ids.values(), event.event_id])
+        chain = await self.store.get_events(chain_ids)
+        servers = sorted({get_domain(m) for m in await self.store.get_joined_members(event.room_id)})
+        return {
+            "origin": self.hs.server_name,
+            "state": [federation_pdu(e) for e in state.values()],
+            "auth_chain": [federation_pdu(e) for e in chain.values()],
+            "event": federation_pdu(event),
+            "members_omitted": False,
+            "servers_in_room": servers,
+        }
+
+    # -- joining side ----------------------------------------------------------------------------------
+    async def join_remote_room(self, user_id: str, room_id: str, servers: list[str],
+                               content: JsonDict | None = None) -> str:
+        """Join `user_id` (local) to a room on other servers, asking each of `servers` in turn."""
+        candidates = [s for s in dict.fromkeys(servers) if s != self.hs.server_name]
+        if not candidates:
+            raise not_found("No known servers")
+        last_error: Exception | None = None
+        for server in candidates:
+            if not self.hs.config.federation_allowed(server):
+                continue
+            try:
+                return await self._join_via(server, user_id, room_id, content or {})
+            except MatrixError:
+                raise
+            except Exception as e:  # the server is down, refused, or answered nonsense: try the next
+                logger.info("joining %s via %s failed: %s", room_id, server, e)
+                last_error = e
+        if last_error is not None and getattr(last_error, "status", None) == 403:
+            raise forbidden(f"Not allowed to join: {getattr(last_error, 'msg', last_error)}")
+        raise unavailable(f"Could not join {room_id} through any of {candidates}: {last_error}")
+
+    async def _join_via(self, server: str, user_id: str, room_id: str, content: JsonDict) -> str:
+        template = await self.remote.make_membership(server, "join", room_id, user_id,
+                                                     sorted(KNOWN_ROOM_VERSIONS, key=int))
+        rv = KNOWN_ROOM_VERSIONS.get(template.room_version)
+        if rv is None:
+            raise incompatible_room_version(template.room_version)
+        pdu = self._own_event(template.event, rv, room_id, user_id, "join", content)
+        event = self._finish(pdu, rv)
+        result = await self.remote.send_join(server, room_id, event.event_id, event.pdu)
+        if result.event is not None and rv.restricted_join_rule:
+            returned = Event(result.event, rv)
+            if returned.event_id == event.event_id:
+                event = returned  # with the resident server's signature (restricted joins)
+        await self._create_remote_room(room_id, rv, result.state + result.auth_chain)
+        handler = self.hs.federation_event_handler
+        held = await handler.persist_outliers(server, result.state + result.auth_chain, rv, room_id)
+        by_id = {ev.event_id: ev for ev in held}
+        by_id.update(await self.store.get_events([p.get("event_id") or Event(p, rv).event_id
+                                                  for p in result.state if isinstance(p, dict)]))
+        state_before: dict[StateKey, str] = {}
+        for p in result.state:
+            try:
+                eid = p["event_id"] if rv.event_format == EventFormat.V1 else Event(p, rv).event_id
+            except Exception:
+                continue
+            ev = by_id.get(eid)
+            if ev is not None and ev.state_key is not None and not ev.internal.rejected:
+                state_before[ev.state_tuple] = eid
+        if ("m.room.create", "") not in state_before:
+            raise unavailable(f"{server} sent a room state without its create event")
+        try:
+            await handler.check_against_state(event, state_before)
+        except AuthError as e:
+            raise forbidden(f"The join is not allowed by the room's state: {e}") from None
+        async with handler.room_locks.lock(room_id):
+            if not await self.store.have_events([event.event_id]):
+                await self.hs.event_sender.persist_received(event, state_before)
+        logger.info("%s joined %s via %s (%d state events)", user_id, room_id, server, len(state_before))
+        return room_id
+
+    def _own_event(self, template: Any, rv: RoomVersion, room_id: str, user_id: str, membership: str,
+                   content: JsonDict) -> JsonDict:
+        """The template checked (it must be our user's membership in that room) and made ours."""
+        if not isinstance(template, dict):
+            raise unavailable("The resident server's template is not an object")
+        t_content = template.get("content")
+        if (template.get("type") != MEMBER or template.get("state_key") != user_id
+                or template.get("sender") != user_id or template.get("room_id") != room_id
+                or not isinstance(t_content, dict) or t_content.get("membership") != membership):
+            raise unavailable("The resident server's template is not this user's membership event")
+        pdu = {k: v for k, v in template.items() if k not in _TEMPLATE_STRIPPED}
+        pdu["content"] = {**t_content, **content, "membership": membership}
+        pdu["origin_server_ts"] = now_ms()
+        if not rv.updated_redaction_rules:
+            pdu["origin"] = self.hs.server_name
+        if rv.event_format == EventFormat.V1:
+            pdu["event_id"] = f"${random_string(18)}:{self.hs.server_name}"
+        return pdu
+
+    def _finish(self, pdu: JsonDict, rv: RoomVersion) -> Event:
+        event_id = finish_local_event(pdu, self.hs.server_name, self.hs.signing_key, rv)
+        return Event(pdu, rv, event_id=event_id)
+
+    async def _create_remote_room(self, room_id: str, rv: RoomVersion, pdus: list[JsonDict]) -> None:
+        creator = next((p.get("sender") for p in pdus if p.get("type") == "m.room.create"), None)
+        await self.hs.room_store.insert_remote_room(room_id, rv.identifier, creator if isinstance(creator, str) else None)

@@ -1,0 +1,104 @@
+"""Inbound transactions (`PUT /_matrix/federation/v1/send/{txnId}`): PDUs and EDUs from one server.
+
+One transaction per origin at a time (the spec asks servers to send one at a time; this enforces it
+against a server that does not, so that its PDUs are taken in order), idempotent by (origin, txnId):
+a retried transaction gets the first answer again without being processed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from hs.errors import bad_json
+from hs.events.auth import get_domain
+from hs.events.event import JsonDict
+from hs.federation.event_handler import PduRejected, parse_pdu
+from hs.util import KeyedLocks, LruCache
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+EduHandler = Callable[[str, JsonDict], Awaitable[None]]
+
+
+class TransactionHandler:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self._locks = KeyedLocks()
+        self._answered: LruCache[tuple[str, str], JsonDict] = LruCache(10_000)
+        # EDU type -> handler(origin, content); the streams register theirs.
+        self.edu_handlers: dict[str, EduHandler] = {}
+
+    async def on_transaction(self, origin: str, txn_id: str, body: Any) -> JsonDict:
+        if not isinstance(body, dict):
+            raise bad_json("The transaction must be an object")
+        pdus = body.get("pdus", [])
+        edus = body.get("edus", [])
+        if not isinstance(pdus, list) or not isinstance(edus, list):
+            raise bad_json("pdus and edus must be lists")
+        if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
+            raise bad_json(f"A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")
+        body_origin = body.get("origin")
+        if body_origin is not None and body_origin != origin:
+            raise bad_json("The transaction's origin is not the server that signed the request")
+        async with self._locks.lock(origin):
+            done = self._answered.get((origin, txn_id))
+            if done is not None:
+                return done
+            if self.hs.sends_federation:
+                self.hs.federation_sender.wake_destination(origin)
+            results = {}
+            for pdu in pdus:
+                event_id, error = await self._one_pdu(origin, pdu)
+                if event_id is not None:
+                    results[event_id] = {"error": error} if error else {}
+            for edu in edus:
+                await self._one_edu(origin, edu)
+            answer: JsonDict = {"pdus": results}
+            self._answered.set((origin, txn_id), answer)
+            return answer
+
+    async def _one_pdu(self, origin: str, pdu: Any) -> tuple[str | None, str | None]:
+        room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
+        rv = await self.hs.room_store.get_room_version(room_id) if isinstance(room_id, str) else None
+        event_id: str | None = pdu.get("event_id") if isinstance(pdu, dict) and isinstance(pdu.get("event_id"), str) else None
+        if rv is not None:
+            try:
+                event_id = parse_pdu(pdu, rv).event_id
+            except PduRejected as e:
+                logger.info("PDU from %s dropped: %s", origin, e)
+                return event_id, str(e)
+        sender = pdu.get("sender") if isinstance(pdu, dict) else None
+        if (isinstance(sender, str) and get_domain(sender) != origin
+                and not (isinstance(pdu, dict) and pdu.get("type") == "m.room.member")):
+            # Servers send their own events; only membership events (joins relayed by the resident
+            # server that took them) come from elsewhere, and signatures still decide.
+            logger.warning("PDU %s from %s was sent by %s: dropped", event_id, origin, sender)
+            return event_id, f"{origin} is not the origin of this event"
+        try:
+            await self.hs.federation_event_handler.on_receive_pdu(origin, pdu)
+        except PduRejected as e:
+            logger.info("PDU %s from %s: %s", event_id, origin, e)
+            return event_id, str(e)
+        except Exception as e:
+            logger.exception("PDU %s from %s failed", event_id, origin)
+            return event_id, f"internal error: {type(e).__name__}"
+        return event_id, None
+
+    async def _one_edu(self, origin: str, edu: Any) -> None:
+        if not isinstance(edu, dict) or not isinstance(edu.get("edu_type"), str):
+            return
+        content = edu.get("content")
+        handler = self.edu_handlers.get(edu["edu_type"])
+        if handler is None or not isinstance(content, dict):
+            return
+        try:
+            await handler(origin, content)
+        except Exception:
+            logger.exception("EDU %s from %s failed", edu["edu_type"], origin)

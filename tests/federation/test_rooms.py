@@ -1,0 +1,79 @@
+"""Rooms across servers, against a real Synapse and against a second hs: joins both ways, messages
+both ways with identical event IDs, state converging."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+from tests.federation.client import TlsClient, unique, user
+
+
+async def wait_for_event(client: TlsClient, room_id: str, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """Poll /messages (newest first) until an event matches; fail with what was seen."""
+    deadline = time.monotonic() + timeout
+    seen: list[Any] = []
+    while time.monotonic() < deadline:
+        status, body = await client.request("GET", f"/rooms/{room_id}/messages",
+                                            params={"dir": "b", "limit": "50"})
+        if status == 200:
+            seen = body.get("chunk", [])
+            for ev in seen:
+                if predicate(ev):
+                    return dict(ev)
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no matching event in {room_id} within {timeout}s; saw "
+                         f"{[(e.get('type'), e.get('sender'), e.get('content')) for e in seen][:10]}")
+
+
+async def wait_joined(client: TlsClient, room_id: str, user_id: str, timeout: float = 20.0) -> None:
+    await wait_for_event(client, room_id, lambda e: e.get("type") == "m.room.member"
+                         and e.get("state_key") == user_id and e["content"].get("membership") == "join", timeout)
+
+
+def text(body: str) -> Any:
+    return lambda e: e.get("type") == "m.room.message" and e.get("content", {}).get("body") == body
+
+
+async def test_remote_user_joins_hs_room_and_messages_flow_both_ways(make_fed_hs: Any, remote_server: Any) -> None:
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    room_id = await alice.create_room(preset="public_chat", name="fed test")
+    status, body = await bob.request("POST", f"/join/{room_id}", {}, params={"server_name": local.server_name})
+    assert status == 200, (body, remote_server.log_tail(40))
+    await wait_joined(alice, room_id, bob.user_id)
+    from_alice = await alice.send_message(room_id, "hello from hs")
+    seen_by_bob = await wait_for_event(bob, room_id, text("hello from hs"))
+    assert seen_by_bob["event_id"] == from_alice
+    status, body = await bob.request("PUT", f"/rooms/{room_id}/send/m.room.message/t1",
+                                     {"msgtype": "m.text", "body": "hello from remote"})
+    assert status == 200, body
+    seen_by_alice = await wait_for_event(alice, room_id, text("hello from remote"))
+    assert seen_by_alice["event_id"] == body["event_id"]
+
+
+async def test_hs_user_joins_remote_room_by_alias(make_fed_hs: Any, remote_server: Any) -> None:
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    alias_name = unique("fedroom")
+    room_id = await bob.create_room(preset="public_chat", name="remote room", room_alias_name=alias_name)
+    alias = f"#{alias_name}:{remote_server.server_name}"
+    status, body = await alice.request("POST", f"/join/{quote(alias)}", {})
+    assert status == 200, (body, local.log_tail(40))
+    assert body["room_id"] == room_id
+    await wait_joined(bob, room_id, alice.user_id)
+    # The room's state arrived with the join: its name is readable here.
+    status, name = await alice.request("GET", f"/rooms/{room_id}/state/m.room.name")
+    assert status == 200 and name["name"] == "remote room"
+    status, sent = await bob.request("PUT", f"/rooms/{room_id}/send/m.room.message/t1",
+                                     {"msgtype": "m.text", "body": "from the room's home"})
+    assert status == 200
+    seen = await wait_for_event(alice, room_id, text("from the room's home"))
+    assert seen["event_id"] == sent["event_id"]
+    from_alice = await alice.send_message(room_id, "from the joiner")
+    seen = await wait_for_event(bob, room_id, text("from the joiner"))
+    assert seen["event_id"] == from_alice
