@@ -32,8 +32,11 @@ class TransactionHandler:
         self.hs = hs
         self._locks = KeyedLocks()
         self._answered: LruCache[tuple[str, str], JsonDict] = LruCache(10_000)
-        # EDU type -> handler(origin, content); the streams register theirs.
+        # EDU type -> handler(origin, content): see hs/federation/edus.py.
         self.edu_handlers: dict[str, EduHandler] = {}
+        from hs.federation.edus import register_edu_handlers
+
+        register_edu_handlers(hs, self)
 
     async def on_transaction(self, origin: str, txn_id: str, body: Any) -> JsonDict:
         if not isinstance(body, dict):
