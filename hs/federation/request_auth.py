@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Where a handler finds the authenticated origin once `authenticate_origin` has run.
-ORIGIN_KEY = "federation_origin"
-
-
 def x_matrix_headers(values: list[str], our_server_name: str) -> list[XMatrixAuth]:
     """The parsed X-Matrix Authorization headers; 401 when there are none, one is malformed, one names
     another destination, or they name different origins."""
@@ -85,13 +81,7 @@ async def request_content(request: web.Request) -> Any | None:
 
 async def authenticate_origin(request: web.Request) -> str:
     """For federation handlers: the authenticated origin server of `request` (401/403 otherwise).
-    Computed once per request; the handler can read the body again with `request.read()`."""
-    cached = request.get(ORIGIN_KEY)
-    if isinstance(cached, str):
-        return cached
-    hs = get_hs(request)
+    The handler can still read the body (`request.read()` returns it again)."""
     content = await request_content(request)
-    origin = await authenticate(hs, request.method, request.raw_path, request.headers.getall("Authorization", []),
-                                content)
-    request[ORIGIN_KEY] = origin
-    return origin
+    return await authenticate(get_hs(request), request.method, request.raw_path,
+                              request.headers.getall("Authorization", []), content)
