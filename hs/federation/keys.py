@@ -221,6 +221,7 @@ class KeyRing:
         # server -> (until when its /key/v2/server is not asked again, why it failed)
         self._unreachable: LruCache[str, tuple[int, str]] = LruCache(MAX_CACHED_SERVERS)
         self._warned_notaries: set[str] = set()
+        self._own: dict[str, ServerKey] | None = None
 
     @property
     def client(self) -> KeyClient:
@@ -242,6 +243,12 @@ class KeyRing:
         return sign_json(response, self.server_name, key)
 
     def _own_keys(self) -> dict[str, ServerKey]:
+        if self._own is None:
+            self._own = self._load_own_keys()
+        return self._own
+
+    def _load_own_keys(self) -> dict[str, ServerKey]:
+        """Our current key (good for anything) and `old_signing_keys` (up to their expired_ts)."""
         key = self.hs.signing_key
         forever = 2**62
         keys = {key.key_id: ServerKey(self.server_name, key.key_id, key.verify_key, forever, forever)}
