@@ -36,6 +36,7 @@ HELPERS: list[tuple[Callable[[], MatrixError], int, str]] = [
     (lambda: errors.bad_alias("x"), 400, "M_BAD_ALIAS"),
     (lambda: errors.invalid_room_state("x"), 400, "M_INVALID_ROOM_STATE"),
     (lambda: errors.unsupported_room_version("x"), 400, "M_UNSUPPORTED_ROOM_VERSION"),
+    (lambda: errors.incompatible_room_version("9"), 400, "M_INCOMPATIBLE_ROOM_VERSION"),
     (lambda: errors.invalid_signature("x"), 400, "M_INVALID_SIGNATURE"),
     (lambda: errors.wrong_room_keys_version("3"), 403, "M_WRONG_ROOM_KEYS_VERSION"),
     (lambda: errors.threepid_medium_not_supported("x"), 400, "M_THREEPID_MEDIUM_NOT_SUPPORTED"),
