@@ -1,0 +1,290 @@
+"""The spec's checks on receipt of a PDU and on inbound transactions, driven by a fake remote server
+the test controls (tests/federation/fake_remote.py): it joins a public room on an hs properly, then
+sends crafted PDUs, transactions and requests. What the hs must drop, reject or refuse leaves its
+stored room state (read through the Client-Server API as a local user) unchanged, and its log says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hs.events.signing import SigningKey, sign_event
+from hs.federation.xmatrix import sign_request
+from tests.federation.client import TlsClient, unique, user
+from tests.federation.conftest import MakeFedHs
+from tests.federation.fake_remote import FakeRemote, q
+from tests.federation.hs_server import FederatingHs
+from tests.federation.test_rooms import text, wait_for_event
+from tests.federation.tls import TestCA
+
+MESSAGE = "m.room.message"
+
+
+@pytest.fixture
+async def make_fake(federation_ca: TestCA, tmp_path: Path) -> AsyncIterator[Any]:
+    started: list[FakeRemote] = []
+
+    async def factory() -> FakeRemote:
+        fake = FakeRemote(federation_ca, tmp_path)
+        await fake.start()
+        started.append(fake)
+        return fake
+
+    try:
+        yield factory
+    finally:
+        for fake in started:
+            await fake.stop()
+
+
+@dataclass
+class Joined:
+    local: FederatingHs
+    alice: TlsClient  # the room's creator, on the hs
+    room_id: str
+    fake: FakeRemote
+    mallory: str  # the fake server's joined user
+
+    async def state_ids(self) -> set[str]:
+        status, body = await self.alice.request("GET", f"/rooms/{self.room_id}/state")
+        assert status == 200, body
+        return {e["event_id"] for e in body}
+
+    async def held(self, event_id: str) -> bool:
+        return bool(await self.local.hs.event_store.have_events([event_id]))
+
+    async def send(self, pdus: list[dict[str, Any]], **kwargs: Any) -> tuple[int, Any]:
+        return await self.fake.send_transaction(self.local.server_name, pdus, **kwargs)
+
+    async def visible(self, event_id: str) -> tuple[int, Any]:
+        return await self.alice.request("GET", f"/rooms/{self.room_id}/event/{q(event_id)}")
+
+
+@pytest.fixture
+async def joined(make_fed_hs: MakeFedHs, make_fake: Any, caplog: pytest.LogCaptureFixture) -> Joined:
+    caplog.set_level(logging.INFO, logger="hs")
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    room_id = await alice.create_room(preset="public_chat", name="inbound safety")
+    fake = await make_fake()
+    mallory = fake.user_id("mallory")
+    await fake.join(local.server_name, room_id, "mallory")
+    j = Joined(local, alice, room_id, fake, mallory)
+    # The join is in the room for the hs's users too.
+    await wait_for_event(alice, room_id, lambda e: e.get("state_key") == mallory
+                         and e.get("content", {}).get("membership") == "join")
+    return j
+
+
+def logged(caplog: pytest.LogCaptureFixture, *words: str) -> bool:
+    return any(all(w in r.getMessage() for w in words) for r in caplog.records)
+
+
+async def test_fake_server_joins_and_messages_flow(joined: Joined) -> None:
+    """The baseline: the fake server's signed message is accepted; the hs's is sent to it."""
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "hi"})
+    status, body = await joined.send([pdu])
+    assert status == 200 and body == {"pdus": {eid: {}}}, body
+    seen = await wait_for_event(joined.alice, joined.room_id, text("hi"))
+    assert seen["event_id"] == eid
+    sent = await joined.alice.send_message(joined.room_id, "to the fake")
+    for _ in range(200):
+        if sent in joined.fake.events:
+            break
+        await asyncio.sleep(0.1)
+    assert sent in joined.fake.events, joined.fake.requests
+
+
+async def test_forged_signature_is_dropped(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    before = await joined.state_ids()
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, "m.room.topic", {"topic": "forged"}, "",
+                                 keep=False)
+    # Signed by a key the server does not publish, under its published key ID.
+    forger = SigningKey(joined.fake.key.version, SigningKey.generate().key)
+    forged = {k: v for k, v in pdu.items() if k != "signatures"}
+    sign_event(forged, joined.fake.server_name, forger, joined.fake.rooms[joined.room_id].rv)
+    assert forged["signatures"] != pdu["signatures"]
+    status, body = await joined.send([forged])
+    assert status == 200, body
+    assert "signature" in body["pdus"][eid]["error"], body
+    assert not await joined.held(eid)
+    assert await joined.state_ids() == before
+    assert logged(caplog, eid, "signature")
+
+
+async def test_bad_content_hash_keeps_the_redacted_form(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE,
+                                 {"msgtype": "m.text", "body": "original"}, keep=False)
+    tampered = copy.deepcopy(pdu)
+    tampered["content"]["body"] = "tampered on the way"  # the signature covers the redacted form only
+    status, body = await joined.send([tampered])
+    assert status == 200 and body["pdus"] == {eid: {}}, body
+    status, ev = await joined.visible(eid)
+    assert status == 200, ev
+    assert ev["content"] == {}, ev
+    assert logged(caplog, eid, "content hash")
+
+
+async def test_event_failing_auth_is_rejected(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    """A public_chat room: state events need power 50, mallory has 0."""
+    before = await joined.state_ids()
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, "m.room.name", {"name": "taken over"}, "",
+                                 keep=False)
+    status, body = await joined.send([pdu])
+    assert status == 200, body
+    assert "rejected" in body["pdus"][eid]["error"], body
+    assert await joined.state_ids() == before
+    status, name = await joined.alice.request("GET", f"/rooms/{joined.room_id}/state/m.room.name")
+    assert status == 200 and name == {"name": "inbound safety"}
+    status, ev = await joined.visible(eid)
+    assert status == 404, ev
+    status, msgs = await joined.alice.request("GET", f"/rooms/{joined.room_id}/messages",
+                                              params={"dir": "b", "limit": "50"})
+    assert status == 200 and eid not in {e["event_id"] for e in msgs["chunk"]}
+    assert logged(caplog, "rejected", eid)
+    # The rejected event is remembered as such (not fetched nor served again).
+    stored = await joined.local.hs.event_store.get_event(eid)
+    assert stored is not None and stored.internal.rejected
+
+
+async def test_pdu_of_another_servers_sender_is_refused(joined: Joined, make_fake: Any,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A second fake server's user sends a properly signed message; the first relays it: refused."""
+    other = await make_fake()
+    await other.join(joined.local.server_name, joined.room_id, "eve")
+    eid, pdu = other.build(joined.room_id, other.user_id("eve"), MESSAGE, {"msgtype": "m.text", "body": "relayed"},
+                           keep=False)
+    status, body = await joined.send([pdu])
+    assert status == 200, body
+    assert "origin" in body["pdus"][eid]["error"], body
+    assert not await joined.held(eid)
+    assert logged(caplog, eid, joined.fake.server_name, "dropped")
+    # The same event from its own server is fine.
+    status, body = await other.send_transaction(joined.local.server_name, [pdu])
+    assert status == 200 and body["pdus"] == {eid: {}}, body
+
+
+async def test_replayed_transaction_is_answered_again_not_processed(joined: Joined) -> None:
+    calls: list[dict[str, Any]] = []
+
+    async def count(origin: str, content: dict[str, Any]) -> None:
+        calls.append(content)
+
+    joined.local.hs.federation_transactions.edu_handlers["org.example.count"] = count
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "once"})
+    edu = {"edu_type": "org.example.count", "content": {"n": 1}}
+    first = await joined.send([pdu], edus=[edu], txn_id="txn-replayed")
+    assert first == (200, {"pdus": {eid: {}}})
+    # The same transaction ID again, even with other contents: the first answer, nothing processed.
+    eid2, pdu2 = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "twice"},
+                                   keep=False)
+    again = await joined.send([pdu2], edus=[edu], txn_id="txn-replayed")
+    assert again == first
+    assert calls == [{"n": 1}]
+    assert not await joined.held(eid2)
+    # Another transaction ID is processed.
+    assert await joined.send([], edus=[edu], txn_id="txn-other") == (200, {"pdus": {}})
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(("pdus", "edus"), [(51, 0), (0, 101)])
+async def test_oversized_transaction_is_refused(joined: Joined, pdus: int, edus: int) -> None:
+    before = await joined.state_ids()
+    built = [joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": str(i)},
+                               keep=False)[1] for i in range(pdus)]
+    status, body = await joined.send(built, edus=[{"edu_type": "m.typing", "content": {}}] * edus)
+    assert status == 400, body
+    assert body["errcode"] == "M_BAD_JSON"
+    assert await joined.state_ids() == before
+
+
+async def test_unsigned_request_is_refused(joined: Joined) -> None:
+    status, body = await joined.send([], authorization=False)
+    assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED"), body
+
+
+async def test_tampered_request_is_refused(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "x"},
+                                 keep=False)
+    # Signed for an empty transaction, sent with a PDU in it.
+    status, body = await joined.send([pdu], signed_body={"origin": joined.fake.server_name, "pdus": [], "edus": []})
+    assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED"), body
+    assert not await joined.held(eid)
+    assert logged(caplog, "refused", joined.fake.server_name)
+    # A header signed by another key under the server's key ID.
+    forger = SigningKey(joined.fake.key.version, SigningKey.generate().key)
+    path = "/_matrix/federation/v1/send/t-forged"
+    txn = {"origin": joined.fake.server_name, "pdus": [pdu], "edus": []}
+    header = sign_request(joined.fake.server_name, joined.local.server_name, forger, "PUT", path, txn)
+    status, body = await joined.fake.request(joined.local.server_name, "PUT", path, txn, authorization=header)
+    assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED"), body
+    # Addressed to another server.
+    header = sign_request(joined.fake.server_name, "elsewhere.example", joined.fake.key, "PUT", path, txn)
+    status, body = await joined.fake.request(joined.local.server_name, "PUT", path, txn, authorization=header)
+    assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED"), body
+    assert not await joined.held(eid)
+
+
+async def test_server_outside_the_domain_whitelist_is_forbidden(make_fed_hs: MakeFedHs, make_fake: Any) -> None:
+    local = await make_fed_hs(federation_domain_whitelist=["friend.example"])
+    fake = await make_fake()
+    status, body = await fake.send_transaction(local.server_name, [])
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+    # Refused before its keys were fetched.
+    assert not any(r.startswith("GET /_matrix/key/") for r in fake.requests)
+
+
+async def test_unknown_prev_events_that_cannot_be_filled(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    before = await joined.state_ids()
+    unknown = "$" + "A" * 43
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "orphan"},
+                                 prev_events=[unknown], keep=False)
+    status, body = await joined.send([pdu])
+    assert status == 200, body
+    assert unknown in body["pdus"][eid]["error"], body
+    assert any(r.startswith("POST /_matrix/federation/v1/get_missing_events/") for r in joined.fake.requests)
+    assert not await joined.held(eid) or (await joined.visible(eid))[0] == 404
+    assert await joined.state_ids() == before
+    assert logged(caplog, eid, "get_missing_events")
+    assert logged(caplog, unknown, "could not be had")
+    # The room still works both ways.
+    eid2, pdu2 = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "after"})
+    status, body = await joined.send([pdu2])
+    assert status == 200 and body["pdus"] == {eid2: {}}, body
+    await wait_for_event(joined.alice, joined.room_id, text("after"))
+
+
+async def test_event_allowed_before_a_ban_but_not_now_is_soft_failed(joined: Joined,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Mallory is banned; the fake server then sends a message built on the state before the ban. It
+    passes the auth rules against its prev events' state, not against the current state: soft-failed,
+    not shown, not built upon."""
+    room = joined.fake.rooms[joined.room_id]
+    old_state, old_heads = dict(room.state), list(room.heads)
+    status, body = await joined.alice.request("POST", f"/rooms/{joined.room_id}/ban",
+                                              {"user_id": joined.mallory, "reason": "test"})
+    assert status == 200, body
+    before = await joined.state_ids()
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "late"},
+                                 prev_events=old_heads, state=old_state, keep=False)
+    status, body = await joined.send([pdu])
+    assert status == 200, body
+    assert logged(caplog, "soft-failing", eid)
+    assert await joined.state_ids() == before
+    status, msgs = await joined.alice.request("GET", f"/rooms/{joined.room_id}/messages",
+                                              params={"dir": "b", "limit": "50"})
+    assert status == 200 and eid not in {e["event_id"] for e in msgs["chunk"]}
+    assert eid not in await joined.local.hs.event_store.get_forward_extremities(joined.room_id)
+    # The next local event is not built on it.
+    await joined.alice.send_message(joined.room_id, "after the ban")
+    [head] = await joined.local.hs.event_store.get_forward_extremities(joined.room_id)
+    latest = await joined.local.hs.event_store.get_event(head)
+    assert latest is not None and eid not in latest.prev_event_ids
