@@ -38,6 +38,7 @@ from hs.streams.typing import TypingStream
 
 if TYPE_CHECKING:
     from hs.db.stores.pushers import PusherStore
+    from hs.federation.backfill import Backfiller
     from hs.federation.client import FederationClient
     from hs.federation.event_handler import FederationEventHandler
     from hs.federation.keys import KeyRing
@@ -395,6 +396,14 @@ class HomeServer:
         from hs.federation.membership import FederationMembership
 
         return FederationMembership(self)
+
+    @cached_property
+    def backfiller(self) -> Backfiller:
+        """Older events of rooms joined over federation, asked of other servers when /messages
+        reaches the oldest one held here."""
+        from hs.federation.backfill import Backfiller
+
+        return Backfiller(self)
 
     @cached_property
     def federation_transactions(self) -> TransactionHandler:

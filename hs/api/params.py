@@ -93,6 +93,19 @@ def query_str(request: web.Request, name: str, *, required: bool = False,
     return raw
 
 
+def query_list(request: web.Request, *names: str, max_items: int = 20,
+               max_length: int = MAX_TOKEN_LENGTH) -> list[str]:
+    """Every value of repeated query parameters (`via=a&via=b`), of all `names` in turn, empty ones
+    left out; more than `max_items` or an over-long value is 400 M_INVALID_PARAM."""
+    values = [v for name in names for v in request.query.getall(name, []) if v]
+    if len(values) > max_items:
+        raise invalid_param(f"At most {max_items} values of {'/'.join(names)} are accepted")
+    for v in values:
+        if len(v) > max_length:
+            raise invalid_param(f"A value of {'/'.join(names)} is longer than {max_length} characters")
+    return values
+
+
 @overload
 def query_int(request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int = INT64_MAX,
               clamp: bool = False) -> int: ...

@@ -206,6 +206,7 @@ class RoomHistory:
         matched: list[Event] = []
         cursor = point
         scanned = 0
+        backfilled = False
         next_point: Point | None = None
         while True:
             want = max(limit - len(matched), 20)
@@ -230,6 +231,12 @@ class RoomHistory:
             if done:
                 break
             if not more:
+                # The oldest event held here: a room joined over federation may have older ones on
+                # other servers (fetched once per page).
+                if backwards and not backfilled and self.hs.config.federation_domain_whitelist != []:
+                    backfilled = True
+                    if await self.hs.backfiller.backfill(room_id):
+                        continue
                 next_point = None
                 break
             if scanned >= MAX_SCAN:

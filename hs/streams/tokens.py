@@ -201,7 +201,9 @@ class TopologicalToken:
     def decode(cls, text: str) -> TopologicalToken:
         if text.startswith("t") and len(text) < 64:
             d, dash, s = text[1:].partition("-")
-            if dash and d.isascii() and d.isdigit() and s.isascii() and s.isdigit():
+            # (Backfilled events have negative stream orderings: `t5--3`.)
+            digits = s[1:] if s.startswith("-") else s
+            if dash and d.isascii() and d.isdigit() and digits.isascii() and digits.isdigit():
                 depth, stream = int(d), int(s)
                 if depth <= MAX_POSITION and stream <= MAX_POSITION:
                     return cls(depth, stream)

@@ -77,3 +77,35 @@ async def test_hs_user_joins_remote_room_by_alias(make_fed_hs: Any, remote_serve
     from_alice = await alice.send_message(room_id, "from the joiner")
     seen = await wait_for_event(bob, room_id, text("from the joiner"))
     assert seen["event_id"] == from_alice
+
+
+async def test_backfill_of_40_messages_back_to_the_create_event(make_fed_hs: Any, remote_server: Any) -> None:
+    """History from before the join is fetched from the room's server as the joiner pages back."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    room_id = await bob.create_room(preset="public_chat", name="history")
+    sent = []
+    for i in range(40):
+        status, body = await bob.request("PUT", f"/rooms/{room_id}/send/m.room.message/h{i}",
+                                         {"msgtype": "m.text", "body": f"old {i}"})
+        assert status == 200
+        sent.append(body["event_id"])
+    status, body = await alice.request("POST", f"/join/{room_id}", {},
+                                       params={"server_name": remote_server.server_name})
+    assert status == 200, (body, local.log_tail(30))
+    seen: list[dict[str, Any]] = []
+    token: str | None = None
+    for _ in range(30):
+        params = {"dir": "b", "limit": "10"}
+        if token is not None:
+            params["from"] = token
+        status, page = await alice.request("GET", f"/rooms/{room_id}/messages", params=params)
+        assert status == 200, page
+        seen.extend(page["chunk"])
+        token = page.get("end")
+        if token is None or any(e["type"] == "m.room.create" for e in page["chunk"]):
+            break
+    messages = [e["event_id"] for e in seen if e["type"] == "m.room.message"]
+    assert messages == list(reversed(sent)), (len(messages), local.log_tail(30))
+    assert any(e["type"] == "m.room.create" for e in seen), [e["type"] for e in seen]

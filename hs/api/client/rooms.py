@@ -16,7 +16,7 @@ from hs.api.base import (
     get_requester_and_room,
     parse_json,
 )
-from hs.api.params import path_room_id, query_enum, query_pagination_token
+from hs.api.params import path_room_id, query_enum, query_list, query_pagination_token
 from hs.errors import bad_json
 from hs.services.room_membership import MEMBERSHIPS, require_membership_target
 
@@ -40,7 +40,7 @@ async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
-    via = [*request.query.getall("via", []), *request.query.getall("server_name", [])][:20]
+    via = query_list(request, "via", "server_name")
     room_id = await hs.room_membership.join(requester, request.match_info["roomIdOrAlias"], _reason(body), via)
     return 200, {"room_id": room_id}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hs.api.base import HandlerResult, Route, get_hs, parse_json
-from hs.api.params import query_int, query_str
+from hs.api.params import query_int, query_list, query_str
 from hs.errors import bad_json, missing_param
 from hs.events.event import Event
 from hs.federation.request_auth import authenticate_origin
@@ -31,7 +31,7 @@ async def send_transaction(request: web.Request) -> HandlerResult:
 async def _make(request: web.Request, membership: str) -> HandlerResult:
     origin = await authenticate_origin(request)
     hs = get_hs(request)
-    versions = request.query.getall("ver", []) if membership in ("join", "knock") else None
+    versions = query_list(request, "ver", max_items=100) if membership in ("join", "knock") else None
     if membership == "join" and not versions:
         versions = ["1"]  # the spec: a server that names no version supports only room version 1
     return 200, await hs.federation_membership.make_membership(
@@ -126,12 +126,12 @@ async def get_missing_events(request: web.Request) -> HandlerResult:
 
 async def backfill(request: web.Request) -> HandlerResult:
     origin = await authenticate_origin(request)
-    from_ids = request.query.getall("v", [])
+    from_ids = query_list(request, "v")
     if not from_ids:
         raise missing_param("Missing parameter: v")
     limit = query_int(request, "limit", 10, minimum=0, maximum=1000, clamp=True)
     return 200, await get_hs(request).federation_room_reads.backfill(
-        origin, _path(request, "roomId"), from_ids[:20], limit)
+        origin, _path(request, "roomId"), from_ids, limit)
 
 
 def _v1(method: str, path: str, handler: object, group: str = "federation") -> Route:
