@@ -34,6 +34,21 @@ listeners:
   - port: 9000
     bind_addresses: ["127.0.0.1"]
     type: metrics
+  # Federation: other servers connect to port 8448 over TLS (or to 443 through a reverse proxy that
+  # terminates TLS, with https://{server_name}/.well-known/matrix/server naming it):
+  #- port: 8448
+  #  bind_addresses: ["0.0.0.0"]
+  #  tls: true
+  #  resources: [federation, keys]
+
+# The certificate a `tls: true` listener serves (the full chain) and its key:
+#tls_certificate_path: "/etc/letsencrypt/live/{server_name}/fullchain.pem"
+#tls_private_key_path: "/etc/letsencrypt/live/{server_name}/privkey.pem"
+# Notaries vouching for other servers' signing keys (Synapse's default is matrix.org; [] asks each
+# server itself):
+#trusted_key_servers: [{{server_name: matrix.org}}]
+# Federate only with these servers, both ways (absent: every server):
+#federation_domain_whitelist: [example.com]
 
 # The embedded default. For production (and for any worker cluster) use PostgreSQL:
 #   database: {{name: psycopg2, args: {{user: hs, database: hs, host: 127.0.0.1, cp_min: 5, cp_max: 10}}}}
