@@ -60,11 +60,12 @@ def all_routes() -> list[Route]:
 
     for module in (receipts, pushrules):
         routes.extend(module.ROUTES)
+    from hs.api.federation import e2ee as federation_e2ee
     from hs.api.federation import keys as key_server
     from hs.api.federation import misc as federation_misc
     from hs.api.federation import rooms as federation_rooms
 
-    for module in (key_server, federation_misc, federation_rooms):
+    for module in (key_server, federation_misc, federation_rooms, federation_e2ee):
         routes.extend(module.ROUTES)
     return routes
 

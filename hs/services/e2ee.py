@@ -1,13 +1,21 @@
 """End-to-end encryption: to-device messaging, device keys, one-time/fallback keys, device-list
 tracking, cross-signing and server-side key backup (client-server spec, "End-to-End Encryption",
-"Send-to-Device messaging", "Server-side key backups").
+"Send-to-Device messaging", "Server-side key backups"), and their server-server side ("Device
+Management", "End-to-End Encryption", "Send-to-device messaging").
 
-Only local users are served: keys and messages of remote users would need federation.
+Remote users' keys are not cached: /keys/query and /keys/claim ask their servers each time (a server
+that cannot be asked is named in `failures`). A remote user's device-list or cross-signing change (an
+EDU) is logged in the device-list stream like a local change, so /sync tells the local users sharing a
+room with them to query again. Local changes go out as `m.device_list_update` / `m.signing_key_update`
+EDUs to the servers sharing a room with the user, local to-device messages for remote users as
+`m.direct_to_device` EDUs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from hs.api.params import body_enum, body_int, body_object, parse_int
@@ -15,6 +23,7 @@ from hs.db.stores.e2ee import E2eeStore
 from hs.errors import (
     MatrixError,
     bad_json,
+    bad_request,
     invalid_param,
     invalid_signature,
     missing_param,
@@ -22,8 +31,9 @@ from hs.errors import (
     wrong_room_keys_version,
 )
 from hs.events.signing import SignatureVerifyError, decode_verify_key_base64, verify_signed_json
+from hs.federation.client import FederationError
 from hs.streams.tokens import StreamToken
-from hs.util import LruCache, json_loads
+from hs.util import KeyedLocks, LruCache, json_loads, random_string
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -37,6 +47,9 @@ MAX_TO_DEVICE_PER_SYNC = 100
 BACKUP_ALGORITHMS = ("m.megolm_backup.v1.curve25519-aes-sha2",)
 CROSS_SIGNING_TYPES = {"master_key": "master", "self_signing_key": "self_signing",
                        "user_signing_key": "user_signing"}
+# How long /keys/query and /keys/claim wait for other servers by default (ms; the request's `timeout`).
+DEFAULT_REMOTE_TIMEOUT_MS = 10_000
+MAX_REMOTE_TIMEOUT_MS = 60_000
 
 
 def _is_str_dict(value: Any) -> TypeGuard[dict[str, Any]]:
@@ -82,6 +95,8 @@ class E2eeService:
         self._key_counts: LruCache[tuple[str, str], tuple[dict[str, int], list[str]]] = LruCache(100_000)
         self._key_counts_epoch = 0
         hs.caches.register("e2e_key_counts", self._drop_key_counts)
+        # One device-list change of a user at a time, so their EDUs leave in stream order.
+        self._device_list_locks = KeyedLocks()
 
     def _drop_key_counts(self, key: Any) -> None:
         self._key_counts_epoch += 1
@@ -117,23 +132,62 @@ class E2eeService:
                 if not isinstance(content, dict):
                     raise bad_json("Message content must be an object")
         rows: list[tuple[str, str, JsonDict]] = []
+        remote: dict[str, JsonDict] = {}
         for user_id, by_device in messages.items():
             if _server_of(user_id) != self.hs.server_name:
-                logger.info("to-device message for remote user %s dropped (no federation)", user_id)
+                if by_device:
+                    remote.setdefault(_server_of(user_id), {})[user_id] = by_device
                 continue
-            devices = {d["device_id"] for d in await self.hs.user_store.get_devices(user_id)}
-            for device_id, content in by_device.items():
-                targets = sorted(devices) if device_id == "*" else ([device_id] if device_id in devices else [])
-                rows.extend((user_id, d, content) for d in targets)
-        await self.hs.to_device_stream.send(sender, sender_device, event_type, txn_id, rows)
+            rows.extend(await self._local_to_device_rows(user_id, by_device))
+        fresh = await self.hs.to_device_stream.send(sender, sender_device, event_type, txn_id, rows)
+        if not fresh or not remote:
+            return
+        if not self.hs.sends_federation:
+            logger.info("to-device messages for %s dropped: this process sends no federation", sorted(remote))
+            return
+        for server, for_server in remote.items():
+            # The message ID is what the receiving server deduplicates by; the transaction ID was ours.
+            self.hs.federation_sender.send_edu(server, "m.direct_to_device", {
+                "sender": sender, "type": event_type, "message_id": random_string(24), "messages": for_server})
+
+    async def _local_to_device_rows(self, user_id: str, by_device: JsonDict) -> list[tuple[str, str, JsonDict]]:
+        """(user, device, content) rows for a local user's devices; `*` is all of them, unknown
+        devices get nothing."""
+        devices = {d["device_id"] for d in await self.hs.user_store.get_devices(user_id)}
+        rows: list[tuple[str, str, JsonDict]] = []
+        for device_id, content in by_device.items():
+            targets = sorted(devices) if device_id == "*" else ([device_id] if device_id in devices else [])
+            rows.extend((user_id, d, content) for d in targets)
+        return rows
+
+    async def on_direct_to_device(self, origin: str, content: JsonDict) -> None:
+        """An `m.direct_to_device` EDU: deliver its messages to the local devices named. A message
+        whose sender is not a user of `origin` is dropped; a repeated message ID is delivered once."""
+        sender, event_type = content.get("sender"), content.get("type")
+        message_id, messages = content.get("message_id"), content.get("messages")
+        if not (isinstance(sender, str) and isinstance(event_type, str) and isinstance(message_id, str)
+                and _is_str_dict(messages)):
+            logger.info("malformed m.direct_to_device from %s dropped", origin)
+            return
+        if _server_of(sender) != origin:
+            logger.warning("m.direct_to_device from %s with sender %s dropped", origin, sender)
+            return
+        rows: list[tuple[str, str, JsonDict]] = []
+        for user_id, by_device in messages.items():
+            if _server_of(user_id) != self.hs.server_name or not _is_str_dict(by_device):
+                continue
+            valid = {d: c for d, c in by_device.items() if isinstance(c, dict)}
+            rows.extend(await self._local_to_device_rows(user_id, valid))
+        # Remote senders have no device here: "" keeps their message IDs apart from local transactions.
+        await self.hs.to_device_stream.send(sender, "", event_type, message_id, rows)
 
     # -- device hooks (login, logout, deletion) ----------------------------------------------------------
     async def on_device_created(self, user_id: str, device_id: str) -> None:
-        await self.hs.device_lists_stream.record_change(user_id, device_id)
+        await self._devices_changed(user_id, [device_id])
 
     async def on_device_changed(self, user_id: str, device_id: str) -> None:
         """A device's display name changed: it is part of the keys others query."""
-        await self.hs.device_lists_stream.record_change(user_id, device_id)
+        await self._devices_changed(user_id, [device_id])
 
     async def on_devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
         if not device_ids:
@@ -141,7 +195,68 @@ class E2eeService:
         await self.store.delete_device_data(user_id, device_ids)
         for device_id in device_ids:
             await self._invalidate_key_counts(user_id, device_id)
-        await self.hs.device_lists_stream.record_change(user_id, device_ids[0])
+        await self._devices_changed(user_id, device_ids, deleted=True)
+
+    # -- device-list changes: logged here, sent to the servers sharing a room ---------------------------
+    async def _devices_changed(self, user_id: str, device_ids: Sequence[str], deleted: bool = False) -> None:
+        """Log a change of each device (one position each: every one is an EDU of the user's sequence)
+        and send each as an `m.device_list_update` to the servers that share a room with the user."""
+        async with self._device_list_locks.lock(user_id):
+            positions = [(d, await self.hs.device_lists_stream.record_change(user_id, d)) for d in device_ids]
+            if not self.hs.sends_federation:
+                return
+            servers = await self._servers_sharing_room(user_id)
+            if not servers:
+                return
+            keys = {} if deleted else await self._local_device_keys(user_id, list(device_ids), user_id)
+            for device_id, position in positions:
+                if position is None:
+                    continue
+                prev = await self.store.last_device_change_position(user_id, before=position)
+                edu: JsonDict = {"user_id": user_id, "device_id": device_id, "stream_id": position,
+                                 "prev_id": [prev] if prev is not None else [], "deleted": deleted}
+                key = keys.get(device_id)
+                if key is not None:
+                    edu["keys"] = {k: v for k, v in key.items() if k != "unsigned"}
+                    name = key.get("unsigned", {}).get("device_display_name")
+                    if name is not None:
+                        edu["device_display_name"] = name
+                for server in servers:
+                    self.hs.federation_sender.send_edu(server, "m.device_list_update", edu)
+
+    async def _cross_signing_changed(self, user_id: str) -> None:
+        """Log a change of the user's cross-signing keys (or of their signatures) and send the public
+        master and self-signing keys as an `m.signing_key_update`."""
+        await self.hs.device_lists_stream.record_change(user_id)
+        if not self.hs.sends_federation:
+            return
+        servers = await self._servers_sharing_room(user_id)
+        if not servers:
+            return
+        edu: JsonDict = {"user_id": user_id}
+        for key_type, key in (await self._public_cross_signing_keys(user_id)).items():
+            edu[f"{key_type}_key"] = key
+        for server in servers:
+            self.hs.federation_sender.send_edu(server, "m.signing_key_update", edu)
+
+    async def _servers_sharing_room(self, user_id: str) -> set[str]:
+        servers: set[str] = set()
+        for room_id in await self.hs.event_store.get_rooms_for_user(user_id, ("join",)):
+            servers |= await self.hs.federation_sender.servers_in_room(room_id)
+        servers.discard(self.hs.server_name)
+        return servers
+
+    async def on_remote_device_list_update(self, origin: str, content: JsonDict) -> None:
+        """An `m.device_list_update` or `m.signing_key_update` EDU: the user's devices or keys changed on
+        their server. Remote keys are not cached here, so the change is only logged: the local users
+        sharing a room with them see them in device_lists.changed and query again."""
+        user_id = content.get("user_id")
+        if not isinstance(user_id, str) or _server_of(user_id) != origin:
+            logger.info("device-list EDU from %s about %r dropped", origin, user_id)
+            return
+        device_id = content.get("device_id")
+        await self.hs.device_lists_stream.record_remote_change(
+            user_id, device_id if isinstance(device_id, str) else None)
 
     # -- keys/upload -------------------------------------------------------------------------------------
     @staticmethod
@@ -206,7 +321,7 @@ class E2eeService:
             if conflicts:
                 raise invalid_param(f"One-time key {conflicts[0]} already exists with different content")
         if device_keys is not None and await self.store.set_device_keys(user_id, device_id, device_keys):
-            await self.hs.device_lists_stream.record_change(user_id, device_id)
+            await self._devices_changed(user_id, [device_id])
         if fallback:
             await self.store.set_fallback_keys(
                 user_id, device_id, [(a, i, k if isinstance(k, dict) else {"key": k, "_plain": True})
@@ -230,33 +345,139 @@ class E2eeService:
             raise bad_json("'device_keys' must be an object of user IDs to lists of device IDs")
         result: JsonDict = {"device_keys": {}, "failures": {}, "master_keys": {}, "self_signing_keys": {},
                             "user_signing_keys": {}}
+        remote: dict[str, dict[str, list[str]]] = {}
         for user_id, device_ids in wanted.items():
             if _server_of(user_id) != self.hs.server_name:
-                result["failures"][_server_of(user_id)] = {
-                    "status": 503, "errcode": "M_UNAVAILABLE", "error": "Federation is not available"}
+                remote.setdefault(_server_of(user_id), {})[user_id] = device_ids
                 continue
-            signatures = await self.store.get_signatures_for(user_id)
-            keys = await self.store.get_device_keys(user_id)
-            names = {d["device_id"]: d.get("display_name") for d in await self.hs.user_store.get_devices(user_id)}
-            out: JsonDict = {}
-            for dev, key in keys.items():
-                if device_ids and dev not in device_ids:
-                    continue
-                if dev not in names:
-                    continue
-                key = _merge_signatures(key, [s for s in signatures if s["target_device_id"] == dev])
-                key["unsigned"] = {"device_display_name": names[dev]} if names[dev] is not None else {}
-                out[dev] = key
-            result["device_keys"][user_id] = out
-            cross = await self.store.get_cross_signing_keys(user_id)
-            for key_type, key in cross.items():
-                if key_type == "user_signing" and user_id != requester_id:
-                    continue
-                _kid, public = _single_ed25519_key(key)
-                sigs = [s for s in signatures if s["target_device_id"] == public
-                        and (s["user_id"] in (user_id, requester_id))]
-                result[f"{key_type}_keys"][user_id] = _merge_signatures(key, sigs)
+            await self._add_local_keys(result, user_id, device_ids, requester_id)
+
+        async def ask(server: str, users: dict[str, list[str]]) -> None:
+            answer = await self._ask_remote(server, "query", {"device_keys": users}, _remote_timeout(body))
+            for user_id, device_ids in users.items():
+                _take_remote_keys(result, answer, user_id, device_ids)
+
+        await self._ask_servers(remote, ask, result["failures"])
         return result
+
+    async def _add_local_keys(self, result: JsonDict, user_id: str, device_ids: list[str],
+                              requester_id: str | None) -> None:
+        """A local user's device keys and cross-signing keys into a query `result` (user-signing key
+        only for the user themself: a federation query has no requester)."""
+        result["device_keys"][user_id] = await self._local_device_keys(user_id, device_ids, requester_id)
+        for key_type, key in (await self._public_cross_signing_keys(user_id, requester_id)).items():
+            result.setdefault(f"{key_type}_keys", {})[user_id] = key
+
+    async def _local_device_keys(self, user_id: str, device_ids: list[str] | None,
+                                 requester_id: str | None) -> JsonDict:
+        """device ID -> keys (with their cross-signing signatures and the display name in `unsigned`)
+        of the user's current devices that uploaded keys; all of them when `device_ids` is empty."""
+        signatures = await self.store.get_signatures_for(user_id)
+        keys = await self.store.get_device_keys(user_id)
+        names = {d["device_id"]: d.get("display_name") for d in await self.hs.user_store.get_devices(user_id)}
+        out: JsonDict = {}
+        for dev, key in keys.items():
+            if device_ids and dev not in device_ids:
+                continue
+            if dev not in names:
+                continue
+            key = _merge_signatures(key, [s for s in signatures if s["target_device_id"] == dev])
+            key["unsigned"] = {"device_display_name": names[dev]} if names[dev] is not None else {}
+            out[dev] = key
+        return out
+
+    async def _public_cross_signing_keys(self, user_id: str, requester_id: str | None = None) -> JsonDict:
+        """key type (master, self_signing, and user_signing for the user themself) -> the key with the
+        signatures the requester may see (the owner's, and the requester's own)."""
+        signatures = await self.store.get_signatures_for(user_id)
+        out: JsonDict = {}
+        for key_type, key in (await self.store.get_cross_signing_keys(user_id)).items():
+            if key_type == "user_signing" and user_id != requester_id:
+                continue
+            _kid, public = _single_ed25519_key(key)
+            sigs = [s for s in signatures if s["target_device_id"] == public
+                    and (s["user_id"] in (user_id, requester_id))]
+            out[key_type] = _merge_signatures(key, sigs)
+        return out
+
+    # -- asking other servers ----------------------------------------------------------------------------
+    async def _ask_remote(self, server: str, what: str, body: JsonDict, timeout_s: float) -> JsonDict:
+        answer = await self.hs.federation_client.post_json(
+            server, f"/_matrix/federation/v1/user/keys/{what}", body, timeout=timeout_s)
+        if not isinstance(answer, dict):
+            raise FederationError(server, f"keys/{what} answer is not an object")
+        return answer
+
+    @staticmethod
+    async def _ask_servers(by_server: dict[str, Any], ask: Callable[[str, Any], Awaitable[None]],
+                           failures: JsonDict) -> None:
+        """Run `ask(server, what)` for every server at once; a server that fails goes in `failures`
+        (spec: keyed by server name; its users are then missing from the answer)."""
+        if not by_server:
+            return
+
+        async def one(server: str, what: Any) -> None:
+            try:
+                await ask(server, what)
+            except FederationError as e:
+                logger.info("E2EE keys request to %s failed: %s", server, e)
+                failures[server] = {"status": e.status or 503, "message": str(e)}
+            except Exception as e:
+                logger.exception("E2EE keys request to %s failed", server)
+                failures[server] = {"status": 503, "message": f"{type(e).__name__}"}
+
+        await asyncio.gather(*(one(server, what) for server, what in by_server.items()))
+
+    # -- keys/query and keys/claim from other servers ----------------------------------------------------
+    def _local_users_only(self, origin: str, wanted: dict[str, Any]) -> dict[str, Any]:
+        local = {u: v for u, v in wanted.items() if _server_of(u) == self.hs.server_name}
+        if len(local) < len(wanted):
+            logger.info("%s asked about %d users not of this server", origin, len(wanted) - len(local))
+        return local
+
+    async def federation_query_keys(self, origin: str, body: JsonDict) -> JsonDict:
+        """POST /_matrix/federation/v1/user/keys/query: our users' device, master and self-signing keys
+        (never a user-signing key); users of other servers are left out."""
+        wanted = body.get("device_keys")
+        if not _is_str_dict(wanted) or not all(
+                isinstance(v, list) and all(isinstance(d, str) for d in v) for v in wanted.values()):
+            raise bad_json("'device_keys' must be an object of user IDs to lists of device IDs")
+        result: JsonDict = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}}
+        for user_id, device_ids in self._local_users_only(origin, wanted).items():
+            await self._add_local_keys(result, user_id, device_ids, None)
+        result.pop("user_signing_keys", None)
+        return result
+
+    async def federation_claim_keys(self, origin: str, body: JsonDict) -> JsonDict:
+        """POST /_matrix/federation/v1/user/keys/claim: one key per (local user, device)."""
+        wanted = body.get("one_time_keys")
+        if not _is_str_dict(wanted) or not all(
+                _is_str_dict(v) and all(isinstance(a, str) for a in v.values()) for v in wanted.values()):
+            raise bad_json("'one_time_keys' must be an object of user IDs to device IDs to algorithms")
+        claimed: JsonDict = {}
+        for user_id, by_device in self._local_users_only(origin, wanted).items():
+            await self._claim_local(claimed, user_id, by_device)
+        return {"one_time_keys": claimed}
+
+    async def federation_user_devices(self, user_id: str) -> JsonDict:
+        """GET /_matrix/federation/v1/user/devices/{userId}: a local user's devices with keys, their
+        public cross-signing keys, and the `stream_id` of the user's latest device-list update (what
+        the next `m.device_list_update`'s `prev_id` names)."""
+        if _server_of(user_id) != self.hs.server_name:
+            raise bad_request(f"{user_id} is not a user of this server")
+        keys = await self._local_device_keys(user_id, None, None)
+        devices = []
+        for device_id, key in sorted(keys.items()):
+            device: JsonDict = {"device_id": device_id, "keys": {k: v for k, v in key.items() if k != "unsigned"}}
+            name = key.get("unsigned", {}).get("device_display_name")
+            if name is not None:
+                device["device_display_name"] = name
+            devices.append(device)
+        answer: JsonDict = {"user_id": user_id, "stream_id": await self.store.last_device_change_position(user_id) or 0,
+                            "devices": devices}
+        for key_type, key in (await self._public_cross_signing_keys(user_id)).items():
+            answer[f"{key_type}_key"] = key
+        return answer
 
     # -- keys/claim --------------------------------------------------------------------------------------
     async def claim_keys(self, body: JsonDict) -> JsonDict:
@@ -268,19 +489,37 @@ class E2eeService:
             raise bad_json("'one_time_keys' must be an object of user IDs to device IDs to algorithms")
         claimed: JsonDict = {}
         failures: JsonDict = {}
+        remote: dict[str, JsonDict] = {}
         for user_id, by_device in wanted.items():
             if _server_of(user_id) != self.hs.server_name:
-                failures[_server_of(user_id)] = {
-                    "status": 503, "errcode": "M_UNAVAILABLE", "error": "Federation is not available"}
+                remote.setdefault(_server_of(user_id), {})[user_id] = by_device
                 continue
-            for device_id, algorithm in by_device.items():
-                found = await self.store.claim_key(user_id, device_id, algorithm)
-                if found is None:
+            await self._claim_local(claimed, user_id, by_device)
+
+        async def ask(server: str, users: JsonDict) -> None:
+            answer = await self._ask_remote(server, "claim", {"one_time_keys": users}, _remote_timeout(body))
+            got = answer.get("one_time_keys")
+            if not _is_str_dict(got):
+                return
+            for user_id, by_device in users.items():
+                theirs = got.get(user_id)
+                if not _is_str_dict(theirs):
                     continue
-                await self._invalidate_key_counts(user_id, device_id)
-                full_id, key = found
-                claimed.setdefault(user_id, {})[device_id] = {full_id: _unwrap_key(key)}
+                keys = {d: k for d, k in theirs.items() if d in by_device and _is_str_dict(k)}
+                if keys:
+                    claimed[user_id] = keys
+
+        await self._ask_servers(remote, ask, failures)
         return {"one_time_keys": claimed, "failures": failures}
+
+    async def _claim_local(self, claimed: JsonDict, user_id: str, by_device: dict[str, str]) -> None:
+        for device_id, algorithm in by_device.items():
+            found = await self.store.claim_key(user_id, device_id, algorithm)
+            if found is None:
+                continue
+            await self._invalidate_key_counts(user_id, device_id)
+            full_id, key = found
+            claimed.setdefault(user_id, {})[device_id] = {full_id: _unwrap_key(key)}
 
     # -- device-list changes (sync and keys/changes) -----------------------------------------------------
     async def device_list_changes(self, user_id: str, since: StreamToken, upto: StreamToken,
@@ -411,7 +650,7 @@ class E2eeService:
             if key_type in new and not _check_signature(new[key_type][1], user_id, master_kid, master_pub):
                 raise invalid_signature(f"The {key_type} key is not signed by the master key")
         await self.store.set_cross_signing_keys(user_id, new)
-        await self.hs.device_lists_stream.record_change(user_id)
+        await self._cross_signing_changed(user_id)
 
     async def upload_signatures(self, user_id: str, body: JsonDict) -> JsonDict:
         if not all(isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()) for v in body.values()):
@@ -420,7 +659,11 @@ class E2eeService:
         rows: list[tuple[str, str, str, str, str]] = []
         own_cross = await self.store.get_cross_signing_keys(user_id)
         own_devices = await self.store.get_device_keys(user_id)
-        changed_users: set[str] = set()
+        # What changed: own devices' keys, the own master key, or only the signer's view of others.
+        signed_devices: set[str] = set()
+        master_signed = False
+        others_signed = False
+        remote_masters: dict[str, JsonDict | None] = {}
 
         def fail(target_user: str, target: str, errcode: str, error: str) -> None:
             failures.setdefault(target_user, {})[target] = {"status": 400, "errcode": errcode, "error": error}
@@ -460,7 +703,7 @@ class E2eeService:
                         if not ok:
                             fail(target_user, target, "M_INVALID_SIGNATURE", "Invalid signature")
                         else:
-                            changed_users.add(user_id)
+                            master_signed = True
                         continue
                     if target not in own_devices:
                         fail(target_user, target, "M_NOT_FOUND", "Unknown device or key")
@@ -468,9 +711,11 @@ class E2eeService:
                     kind = "self_signing"  # our own device
                 else:
                     if _server_of(target_user) != self.hs.server_name:
-                        fail(target_user, target, "M_UNAVAILABLE", "Federation is not available")
-                        continue
-                    their = (await self.store.get_cross_signing_keys(target_user)).get("master")
+                        if target_user not in remote_masters:
+                            remote_masters[target_user] = await self._remote_master_key(target_user)
+                        their = remote_masters[target_user]
+                    else:
+                        their = (await self.store.get_cross_signing_keys(target_user)).get("master")
                     if their is None or _single_ed25519_key(their)[1] != target:
                         fail(target_user, target, "M_NOT_FOUND", "Unknown master key")
                         continue
@@ -478,12 +723,34 @@ class E2eeService:
                 kid = cross_signed(target_user, target, obj, sigs, kind)
                 if kid is not None:
                     rows.append((user_id, kid, target_user, target, str(sigs[kid])))
-                    changed_users.add(user_id)
+                    if kind == "self_signing":
+                        signed_devices.add(target)
+                    else:
+                        others_signed = True
         if rows:
             await self.store.add_signatures(rows)
-        for changed in sorted(changed_users):
-            await self.hs.device_lists_stream.record_change(changed)
+        if signed_devices:
+            await self._devices_changed(user_id, sorted(signed_devices))
+        if master_signed:
+            await self._cross_signing_changed(user_id)
+        elif others_signed and not signed_devices:
+            # A user-signing signature is seen by the signer alone: their other devices need to know.
+            await self.hs.device_lists_stream.record_change(user_id)
         return {"failures": failures}
+
+    async def _remote_master_key(self, user_id: str) -> JsonDict | None:
+        """A remote user's master key as their server gives it (None if it cannot be had)."""
+        server = _server_of(user_id)
+        result: JsonDict = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}}
+        try:
+            answer = await self._ask_remote(server, "query", {"device_keys": {user_id: []}},
+                                            DEFAULT_REMOTE_TIMEOUT_MS / 1000)
+        except FederationError as e:
+            logger.info("master key of %s not fetched: %s", user_id, e)
+            return None
+        _take_remote_keys(result, answer, user_id, [])
+        key = result["master_keys"].get(user_id)
+        return key if isinstance(key, dict) else None
 
     # -- key backup --------------------------------------------------------------------------------------
     @staticmethod
@@ -600,6 +867,32 @@ class E2eeService:
         await self._version_info(user_id, version)
         etag, count = await self.store.delete_backup_keys(user_id, version, room_id, session_id)
         return {"etag": str(etag), "count": count}
+
+
+def _remote_timeout(body: JsonDict) -> float:
+    """Seconds to wait for other servers: the request's `timeout` (ms), within bounds."""
+    raw = body.get("timeout", DEFAULT_REMOTE_TIMEOUT_MS)
+    ms = raw if isinstance(raw, int) and not isinstance(raw, bool) else DEFAULT_REMOTE_TIMEOUT_MS
+    return max(1_000, min(ms, MAX_REMOTE_TIMEOUT_MS)) / 1000
+
+
+def _take_remote_keys(result: JsonDict, answer: JsonDict, user_id: str, device_ids: list[str]) -> None:
+    """A remote user's keys from their server's keys/query answer into `result`: only keys that name
+    that user (and the device they are listed under), so a server answers only for what it was asked."""
+    devices = answer.get("device_keys", {}).get(user_id) if _is_str_dict(answer.get("device_keys")) else None
+    out: JsonDict = {}
+    if _is_str_dict(devices):
+        for device_id, key in devices.items():
+            if device_ids and device_id not in device_ids:
+                continue
+            if _is_str_dict(key) and key.get("user_id") == user_id and key.get("device_id") == device_id:
+                out[device_id] = key
+    result["device_keys"][user_id] = out
+    for field in ("master_keys", "self_signing_keys"):
+        keys = answer.get(field)
+        key = keys.get(user_id) if _is_str_dict(keys) else None
+        if _is_str_dict(key) and key.get("user_id") == user_id:
+            result[field][user_id] = key
 
 
 def _merge_signatures(key: JsonDict, rows: list[JsonDict]) -> JsonDict:

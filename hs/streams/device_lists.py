@@ -1,8 +1,9 @@
 """The device-list stream: one row per change of a user's devices (one writer, `stream_writers.device_lists`).
 
-A change is a new login, a device deletion, a device-key upload or a cross-signing key change. /sync
-and /keys/changes report the changed users who share a room with the syncer; the write wakes the
-long-polls of exactly those users (and the changed user).
+A change is a new login, a device deletion, a device-key upload or a cross-signing key change, of a
+local user or (told by their server) of a remote one. /sync and /keys/changes report the changed users
+who share a room with the syncer; the write wakes the long-polls of exactly those users (and the
+changed user).
 """
 
 from __future__ import annotations
@@ -43,3 +44,14 @@ class DeviceListsStream(TableStream):
         users.add(user_id)
         await self.publish(tracker.persisted_upto, row_position=pos, users=sorted(users))
         return pos
+
+    async def record_remote_change(self, user_id: str, device_id: str | None = None) -> int | None:
+        """Log a remote user's device-list or cross-signing change (their server's EDU) for the local
+        users who share a room with them; nothing is logged when none does (a server cannot fill the
+        log with users nobody here sees)."""
+        local_suffix = f":{self.ctx.config.server_name}"
+        sharers = await self.store.get_users_sharing_room(user_id)
+        if not any(u.endswith(local_suffix) for u in sharers):
+            logger.info("device-list change of %s dropped: no local user shares a room", user_id)
+            return None
+        return await self.record_change(user_id, device_id)

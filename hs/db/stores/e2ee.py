@@ -98,6 +98,19 @@ class E2eeStore:
             after, upto)
         return {r["user_id"] for r in rows}
 
+    async def last_device_change_position(self, user_id: str, before: int | None = None) -> int | None:
+        """The user's latest device-list change (one naming a device) below `before`, or overall: the
+        `stream_id` / `prev_id` of the `m.device_list_update` EDUs other servers get."""
+        if before is None:
+            value = await self.db.fetchval(
+                "SELECT MAX(stream_id) FROM device_lists_stream WHERE user_id = $1 AND device_id IS NOT NULL",
+                user_id)
+        else:
+            value = await self.db.fetchval(
+                "SELECT MAX(stream_id) FROM device_lists_stream WHERE user_id = $1 AND device_id IS NOT NULL"
+                " AND stream_id < $2", user_id, before)
+        return int(value) if value is not None else None
+
     async def get_users_sharing_room(self, user_id: str) -> set[str]:
         """Users joined to any room the user is joined to (the user too, if joined anywhere)."""
         rows = await self.db.fetch(
