@@ -1,15 +1,20 @@
 """End-to-end encryption across servers, against a real Synapse and against a second hs: device and
 cross-signing keys queried and one-time keys claimed over federation both ways, to-device messages to
-one device and to `*` both ways, and a remote user's device change reaching the local user's
-/sync device_lists.changed both ways."""
+one device and to `*` both ways, a remote user's device change reaching the local user's
+/sync device_lists.changed both ways, and matrix-nio clients chatting with Megolm across servers."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import nio
+import pytest
 
 from hs.events.signing import SigningKey, sign_json
 from tests.federation.client import MatrixServer, TlsClient, unique, user
@@ -276,3 +281,111 @@ async def test_device_list_changes_reach_the_other_side(make_fed_hs: Any, remote
             break
         await asyncio.sleep(0.3)
     assert got is not None and without_unsigned(got) == alice2_keys, q
+
+
+# -- matrix-nio, end to end --------------------------------------------------------------------------------
+ENCRYPTION_STATE = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+
+
+async def nio_client(server: MatrixServer, ca_path: Path, name: str, store: Path) -> nio.AsyncClient:
+    """A logged-in matrix-nio client with encryption, its device keys uploaded, trusting the test CA."""
+    user_id, _token = await server.register_user(unique(name))
+    store.mkdir(parents=True, exist_ok=True)
+    client = nio.AsyncClient(server.base_url, user_id, store_path=str(store),
+                             config=nio.AsyncClientConfig(encryption_enabled=True),
+                             ssl=ssl.create_default_context(cafile=str(ca_path)))  # type: ignore[arg-type]
+    login = await client.login("password123", device_name=name)
+    assert isinstance(login, nio.LoginResponse), login
+    uploaded = await client.keys_upload()
+    assert isinstance(uploaded, nio.KeysUploadResponse), uploaded
+    return client
+
+
+async def nio_sync_until(client: nio.AsyncClient, found: Callable[[], bool], what: str, rounds: int = 15) -> None:
+    for _ in range(rounds):
+        res = await client.sync(timeout=2000)
+        assert isinstance(res, nio.SyncResponse), res
+        if found():
+            return
+    pytest.fail(f"{client.user_id}: never saw {what}")
+
+
+async def nio_receive(client: nio.AsyncClient, room_id: str, body: str, rounds: int = 15) -> nio.Event:
+    """Sync until the room's timeline has a text event with `body`, as nio decrypted it."""
+    for _ in range(rounds):
+        res = await client.sync(timeout=2000)
+        assert isinstance(res, nio.SyncResponse), res
+        room = res.rooms.join.get(room_id)
+        for ev in room.timeline.events if room is not None else []:
+            if isinstance(ev, nio.RoomMessageText) and ev.body == body:
+                return ev
+            if isinstance(ev, nio.MegolmEvent):
+                pytest.fail(f"{client.user_id} could not decrypt {ev.event_id} (session {ev.session_id})")
+    pytest.fail(f"{client.user_id} never received {body!r}")
+
+
+async def nio_send(client: nio.AsyncClient, room_id: str, body: str) -> None:
+    if client.should_query_keys:
+        await client.keys_query()
+    sent = await client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body},
+                                  ignore_unverified_devices=True)
+    assert isinstance(sent, nio.RoomSendResponse), sent
+
+
+async def test_nio_encrypted_chat_across_servers(make_fed_hs: Any, remote_server: Any, federation_ca: Any,
+                                                  tmp_path: Path) -> None:
+    local = await make_fed_hs()
+    alice = await nio_client(local, federation_ca.ca_path, "alice", tmp_path / "alice")
+    bob = await nio_client(remote_server, federation_ca.ca_path, "bob", tmp_path / "bob")
+    clients = [alice, bob]
+    try:
+        created = await alice.room_create(name="Secret", preset=nio.RoomPreset.public_chat,
+                                          initial_state=[ENCRYPTION_STATE])
+        assert isinstance(created, nio.RoomCreateResponse), created
+        room_id = created.room_id
+        bob_raw = remote_server.client(bob.access_token)
+        status, body = await bob_raw.request("POST", f"/join/{room_id}", {},
+                                             params={"server_name": local.server_name})
+        assert status == 200, body
+        await nio_sync_until(alice, lambda: bob.user_id in alice.rooms.get(room_id, _NO_ROOM).users,
+                             "bob in the room")
+        await nio_sync_until(bob, lambda: room_id in bob.rooms and bob.rooms[room_id].encrypted,
+                             "the encrypted room")
+
+        # alice -> bob: the room key goes over Olm as a to-device message to bob's server.
+        await nio_send(alice, room_id, "hello across servers")
+        assert bob.device_id in alice.device_store[bob.user_id]
+        ev = await nio_receive(bob, room_id, "hello across servers")
+        assert ev.decrypted and ev.sender == alice.user_id
+
+        # bob -> alice.
+        await nio_send(bob, room_id, "hello back")
+        ev = await nio_receive(alice, room_id, "hello back")
+        assert ev.decrypted and ev.sender == bob.user_id
+
+        # bob logs in on a second device: alice hears of it (device_lists.changed) and encrypts for it.
+        bob2 = nio.AsyncClient(remote_server.base_url, bob.user_id, store_path=str(tmp_path / "bob2"),
+                               config=nio.AsyncClientConfig(encryption_enabled=True),
+                               ssl=ssl.create_default_context(cafile=str(federation_ca.ca_path)))  # type: ignore[arg-type]
+        clients.append(bob2)
+        (tmp_path / "bob2").mkdir()
+        assert isinstance(await bob2.login("password123", device_name="bob2"), nio.LoginResponse)
+        assert isinstance(await bob2.keys_upload(), nio.KeysUploadResponse)
+        await bob2.sync(timeout=0)
+        await nio_sync_until(alice, lambda: bob.user_id in alice.users_for_key_query, "bob's device change")
+        await nio_send(alice, room_id, "for both of bob's devices")
+        assert bob2.device_id in alice.device_store[bob.user_id]
+        ev = await nio_receive(bob2, room_id, "for both of bob's devices")
+        assert ev.decrypted and ev.sender == alice.user_id
+        ev = await nio_receive(bob, room_id, "for both of bob's devices")
+        assert ev.decrypted
+    finally:
+        for c in clients:
+            await c.close()
+
+
+class _NoRoom:
+    users: dict[str, Any] = {}
+
+
+_NO_ROOM = _NoRoom()
