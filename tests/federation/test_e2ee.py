@@ -264,7 +264,7 @@ async def test_device_list_changes_reach_the_other_side(make_fed_hs: Any, remote
     bob2 = await second_device(remote_server, bob)
     bob2_keys = signed_device_keys(bob2)
     await ok(bob2, "POST", "/keys/upload", {"device_keys": bob2_keys})
-    await sync_until(alice, changed(bob.user_id), since=alice_since)
+    _, alice_since = await sync_until(alice, changed(bob.user_id), since=alice_since)
     q = await ok(alice, "POST", "/keys/query", {"device_keys": {bob.user_id: []}})
     assert without_unsigned(q["device_keys"][bob.user_id][bob2.device_id]) == bob2_keys
 
@@ -272,15 +272,40 @@ async def test_device_list_changes_reach_the_other_side(make_fed_hs: Any, remote
     alice2 = await second_device(local, alice)
     alice2_keys = signed_device_keys(alice2)
     await ok(alice2, "POST", "/keys/upload", {"device_keys": alice2_keys})
+    _, bob_since = await sync_until(bob, changed(alice.user_id), since=bob_since)
+    q = await query_until(bob, alice.user_id, lambda q: alice2.device_id in q["device_keys"].get(alice.user_id, {}))
+    assert without_unsigned(q["device_keys"][alice.user_id][alice2.device_id]) == alice2_keys
+
+    # alice's new cross-signing keys (m.signing_key_update) and her second device's logout (a deleted
+    # device) reach bob's side too.
+    master, ssk = await upload_cross_signing(alice)
+    _, bob_since = await sync_until(bob, changed(alice.user_id), since=bob_since)
+    q = await query_until(bob, alice.user_id, lambda q: alice.user_id in q.get("master_keys", {}))
+    assert without_unsigned(q["master_keys"][alice.user_id]) == master
+    assert without_unsigned(q["self_signing_keys"][alice.user_id]) == ssk
+    await ok(alice2, "POST", "/logout", {})
     await sync_until(bob, changed(alice.user_id), since=bob_since)
-    deadline = time.monotonic() + 20
+    q = await query_until(bob, alice.user_id,
+                          lambda q: alice2.device_id not in q["device_keys"].get(alice.user_id, {}))
+    assert set(q["device_keys"][alice.user_id]) == {alice.device_id}
+
+    # And bob's logout of his second device reaches alice.
+    await ok(bob2, "POST", "/logout", {})
+    await sync_until(alice, changed(bob.user_id), since=alice_since)
+    q = await ok(alice, "POST", "/keys/query", {"device_keys": {bob.user_id: []}})
+    assert set(q["device_keys"][bob.user_id]) == {bob.device_id}
+
+
+async def query_until(client: TlsClient, user_id: str, found: Callable[[Json], bool], timeout: float = 20) -> Json:
+    """/keys/query until the answer satisfies `found` (a server that caches remote keys applies an
+    update shortly after it tells its clients of the change)."""
+    deadline = time.monotonic() + timeout
     while True:
-        q = await ok(bob, "POST", "/keys/query", {"device_keys": {alice.user_id: []}})
-        got = q["device_keys"].get(alice.user_id, {}).get(alice2.device_id)
-        if got is not None or time.monotonic() > deadline:
-            break
+        q = await ok(client, "POST", "/keys/query", {"device_keys": {user_id: []}})
+        if found(q) or time.monotonic() > deadline:
+            assert found(q), q
+            return dict(q)
         await asyncio.sleep(0.3)
-    assert got is not None and without_unsigned(got) == alice2_keys, q
 
 
 # -- matrix-nio, end to end --------------------------------------------------------------------------------
