@@ -17,6 +17,7 @@ import nio
 import pytest
 
 from hs.events.signing import SigningKey, sign_json
+from hs.federation.client import FederationError
 from tests.federation.client import MatrixServer, TlsClient, unique, user
 from tests.federation.test_rooms import wait_joined
 
@@ -414,3 +415,43 @@ class _NoRoom:
 
 
 _NO_ROOM = _NoRoom()
+
+
+async def test_device_list_updates_form_a_chain_that_user_devices_continues(make_fed_hs: Any) -> None:
+    """Each m.device_list_update names the user's previous one in prev_id, and /user/devices's stream_id
+    is the latest: what a server that resyncs correlates the next update with."""
+    local, other = await make_fed_hs(), await make_fed_hs()
+    alice = await e2ee_user(local, "alice")
+    bob = await e2ee_user(other, "bob")
+    await shared_room(alice, bob, local)
+    sent: list[tuple[str, str, Json]] = []
+    real_send_edu = local.hs.federation_sender.send_edu
+
+    def capture(destination: str, edu_type: str, content: Json) -> None:
+        sent.append((destination, edu_type, content))
+        real_send_edu(destination, edu_type, content)
+
+    local.hs.federation_sender.send_edu = capture  # type: ignore[method-assign]
+    keys = signed_device_keys(alice)
+    await ok(alice, "POST", "/keys/upload", {"device_keys": keys})
+    alice2 = await second_device(local, alice)
+    await ok(alice2, "POST", "/logout", {})
+    updates = [c for d, t, c in sent if t == "m.device_list_update" and d == other.server_name]
+    assert [(u["device_id"], u["deleted"]) for u in updates] == [
+        (alice.device_id, False), (alice2.device_id, False), (alice2.device_id, True)]
+    assert updates[0]["keys"] == keys
+    for before, after in zip(updates, updates[1:], strict=False):
+        assert after["prev_id"] == [before["stream_id"]] and after["stream_id"] > before["stream_id"]
+    answer = await other.hs.federation_client.get_json(
+        local.server_name, f"/_matrix/federation/v1/user/devices/{alice.user_id}")
+    assert answer["stream_id"] == updates[-1]["stream_id"]
+    assert [d["device_id"] for d in answer["devices"]] == [alice.device_id]
+    # Only local users: another server's user is not ours to describe.
+    with pytest.raises(FederationError) as refused:
+        await other.hs.federation_client.get_json(
+            local.server_name, f"/_matrix/federation/v1/user/devices/{bob.user_id}")
+    assert refused.value.status == 400
+    answer = await other.hs.federation_client.post_json(
+        local.server_name, "/_matrix/federation/v1/user/keys/query",
+        {"device_keys": {alice.user_id: [], bob.user_id: []}})
+    assert set(answer["device_keys"]) == {alice.user_id}
