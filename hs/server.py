@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from hs.services.search import SearchService
     from hs.services.spaces import SpaceHierarchy
     from hs.services.sync import SyncService
+    from hs.services.typing import TypingService
     from hs.services.upgrade import RoomUpgrader
     from hs.services.user_directory import UserDirectory
     from hs.services.visibility import Visibility
@@ -343,6 +344,13 @@ class HomeServer:
         from hs.services.presence import PresenceService
 
         return PresenceService(self)
+
+    @cached_property
+    def typing(self) -> TypingService:
+        """Typing of local and remote users (on the typing writer); tells other servers."""
+        from hs.services.typing import TypingService
+
+        return TypingService(self)
 
     @cached_property
     def visibility(self) -> Visibility:

@@ -17,6 +17,12 @@ Rules, as Synapse applies them:
   merely refreshes the timestamps is kept in memory and written back in batches.
 
 With `use_presence: false` everything here is a no-op: GET says offline, /sync carries no presence.
+
+Federation (Synapse's rules too): a local user's visible change goes as an `m.presence` EDU to every
+server sharing a room with them, and is re-sent every `FEDERATION_PING_INTERVAL_MS` while they are
+not offline; a remote user's state (`receive_remote`, checked by hs/federation/edus.py) is stored at
+a stream position like a local one, and becomes offline when their server has said nothing for
+`FEDERATION_TIMEOUT_MS`. Remote users never enter the local timeouts.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.presence import OFFLINE, ONLINE, UNAVAILABLE, PresenceState
 from hs.errors import forbidden, not_found
+from hs.events.auth import get_domain
 from hs.util import KeyedLocks, cancel_and_wait, now_ms, wait_set_or_timeout
 
 if TYPE_CHECKING:
@@ -39,6 +46,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PRESENCE_EVENT = "m.presence"
+PRESENCE_EDU = "m.presence"
+# A remote user not heard of for this long is offline; a local one is re-sent before that.
+FEDERATION_TIMEOUT_MS = 30 * 60 * 1000
+FEDERATION_PING_INTERVAL_MS = 25 * 60 * 1000
 Change = Callable[[PresenceState, int], PresenceState]
 
 
@@ -80,6 +91,10 @@ class PresenceService:
         self._kick = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._last_flush = 0.0
+        # Writer only: remote users not offline -> when their server last told us about them (ms).
+        self._remote_seen: dict[str, int] = {}
+        # Writer only: local users -> when their presence last went to other servers (ms).
+        self._federated_at: dict[str, int] = {}
 
     @property
     def _is_writer(self) -> bool:
@@ -89,9 +104,15 @@ class PresenceService:
     async def start(self) -> None:
         if not self.enabled or not self._is_writer:
             return
+        now = now_ms()
         for state in await self.store.get_not_offline():
-            self._states[state.user_id] = state
+            if self._is_mine(state.user_id):
+                self._states[state.user_id] = state
+            else:  # their server's next update (or the federation timeout) follows
+                self._remote_seen[state.user_id] = now
         self._task = asyncio.create_task(self._timeout_loop())
+        if self.hs.sends_federation:
+            self.hs.replication.subscribe("events", self._on_events_message)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -152,9 +173,13 @@ class PresenceService:
             return {"presence": OFFLINE}
         if user_id != observer:
             is_local = user_id.startswith("@") and user_id.endswith(":" + self.hs.server_name)
-            if not is_local or await self.hs.user_store.get_user(user_id) is None:
+            if not is_local:
+                # A remote user is known only as a room-mate (their presence came over federation).
+                if not user_id.startswith("@") or not await self.store.shares_room(observer, user_id):
+                    raise not_found("Unknown user")
+            elif await self.hs.user_store.get_user(user_id) is None:
                 raise not_found("Unknown user")
-            if not await self.store.shares_room(observer, user_id):
+            elif not await self.store.shares_room(observer, user_id):
                 raise forbidden("You are not allowed to see their presence.")
         state = await self._current(user_id)
         return format_presence(state, now_ms())
@@ -214,6 +239,10 @@ class PresenceService:
             coro = self._set(user_id, presence, status if isinstance(status, str) else None)
         elif kind == "active":
             coro = self._active(user_id)
+        elif kind == "remote":
+            status = msg.get("status_msg")
+            coro = self.receive_remote(user_id, presence, status if isinstance(status, str) else None,
+                                       int(msg.get("last_active_ago") or 0), bool(msg.get("currently_active")))
         else:
             return
         task = asyncio.create_task(coro)
@@ -270,6 +299,7 @@ class PresenceService:
                 rooms = list(await self.hs.event_store.get_rooms_for_user(user_id, ("join",)))
                 new = await self.stream.persist(new, rooms)
                 self._dirty.discard(user_id)
+                await self._federate(new, rooms)
             elif new != prev:
                 if new.stream_id:
                     self._dirty.add(user_id)
@@ -280,6 +310,121 @@ class PresenceService:
                 self._sync_until.pop(user_id, None)
             else:
                 self._states[user_id] = new
+
+    # -- federation ----------------------------------------------------------------------------------
+    def _is_mine(self, user_id: str) -> bool:
+        return get_domain(user_id) == self.hs.server_name
+
+    async def _federate(self, state: PresenceState, rooms: list[str]) -> None:
+        """Send a local user's presence to every other server sharing one of `rooms` with them."""
+        if not self._is_mine(state.user_id) or not self.hs.sends_federation:
+            return
+        now = now_ms()
+        if state.state == OFFLINE:
+            self._federated_at.pop(state.user_id, None)
+        else:
+            self._federated_at[state.user_id] = now
+        sender = self.hs.federation_sender
+        destinations: set[str] = set()
+        for room_id in rooms:
+            destinations |= await sender.servers_in_room(room_id)
+        if not destinations:
+            return
+        update = self._edu_update(state, now)
+        for destination in sorted(destinations):
+            sender.send_edu(destination, PRESENCE_EDU, {"push": [update]})
+
+    @staticmethod
+    def _edu_update(state: PresenceState, now: int) -> dict[str, Any]:
+        update = {"user_id": state.user_id, **format_presence(state, now)}
+        update.setdefault("last_active_ago", max(0, now - state.last_active_ts))
+        update.setdefault("currently_active", False)
+        return update
+
+    def _on_events_message(self, msg: dict[str, Any]) -> None:
+        users = [u for u in msg.get("users") or () if isinstance(u, str)]
+        rooms = [r for r in msg.get("rooms") or () if isinstance(r, str)]
+        if users and rooms:
+            task = asyncio.get_running_loop().create_task(self._on_memberships(rooms, users))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _on_memberships(self, rooms: list[str], users: list[str]) -> None:
+        """Joins, as Synapse handles them: a server whose first member joined a room gets the presence
+        of our users there (else it would see none until each changes); our user who joined a room is
+        sent to its other servers."""
+        store = self.hs.event_store
+        try:
+            for room_id in rooms:
+                members: list[str] | None = None
+                for user_id in users:
+                    membership = await store.get_membership(room_id, user_id)
+                    if membership is None or membership[0] != "join":
+                        continue
+                    if self._is_mine(user_id):
+                        state = self._states.get(user_id)
+                        if state is not None and state.state != OFFLINE:
+                            await self._federate(state, [room_id])
+                        continue
+                    if members is None:
+                        members = await store.get_joined_members(room_id)
+                    server = get_domain(user_id)
+                    if sum(1 for m in members if get_domain(m) == server) != 1:
+                        continue  # that server was in the room already
+                    now = now_ms()
+                    push = [self._edu_update(st, now) for st in (self._states.get(m) for m in members)
+                            if st is not None and st.state != OFFLINE and self._is_mine(st.user_id)]
+                    if push:
+                        self.hs.federation_sender.send_edu(server, PRESENCE_EDU, {"push": push})
+        except Exception:
+            logger.exception("could not send presence for new members of %s", rooms)
+
+    async def receive_remote(self, user_id: str, presence: str, status_msg: str | None, last_active_ago: int,
+                             currently_active: bool) -> None:
+        """A remote user's presence from an `m.presence` EDU (its origin checked by the caller)."""
+        if not self.enabled:
+            return
+        if not self._is_writer:
+            await self.stream.send_command({"kind": "remote", "user_id": user_id, "presence": presence,
+                                            "status_msg": status_msg, "last_active_ago": last_active_ago,
+                                            "currently_active": currently_active})
+            return
+        async with self._locks.lock(user_id):
+            now = now_ms()
+            if presence == OFFLINE:
+                self._remote_seen.pop(user_id, None)
+            else:
+                self._remote_seen[user_id] = now
+            prev = await self.store.get(user_id) or PresenceState(user_id)
+            new = replace(prev, state=presence, status_msg=status_msg,
+                          last_active_ts=max(0, now - max(0, last_active_ago)),
+                          currently_active=currently_active and presence == ONLINE)
+            if self._should_notify(prev, new):
+                rooms = list(await self.hs.event_store.get_rooms_for_user(user_id, ("join",)))
+                await self.stream.persist(new, rooms)
+
+    async def _federation_timeouts(self, now: int) -> None:
+        """Remote users not heard of for FEDERATION_TIMEOUT_MS become offline; local users who are
+        not offline are re-sent after FEDERATION_PING_INTERVAL_MS."""
+        for user_id, seen in list(self._remote_seen.items()):
+            if now - seen <= FEDERATION_TIMEOUT_MS:
+                continue
+            self._remote_seen.pop(user_id, None)
+            async with self._locks.lock(user_id):
+                prev = await self.store.get(user_id)
+                if prev is not None and prev.state != OFFLINE:
+                    new = replace(prev, state=OFFLINE, currently_active=False)
+                    rooms = list(await self.hs.event_store.get_rooms_for_user(user_id, ("join",)))
+                    await self.stream.persist(new, rooms)
+        if not self.hs.sends_federation:
+            return
+        for user_id, sent in list(self._federated_at.items()):
+            state = self._states.get(user_id)
+            if state is None or state.state == OFFLINE:
+                self._federated_at.pop(user_id, None)
+            elif now - sent > FEDERATION_PING_INTERVAL_MS:
+                rooms = list(await self.hs.event_store.get_rooms_for_user(user_id, ("join",)))
+                await self._federate(state, rooms)
 
     def _should_notify(self, old: PresenceState, new: PresenceState) -> bool:
         if old.status_msg != new.status_msg or old.state != new.state:
@@ -322,6 +467,10 @@ class PresenceService:
                 await self._update(user_id, change)
             except Exception:
                 logger.exception("presence timeout of %s failed", user_id)
+        try:
+            await self._federation_timeouts(now)
+        except Exception:
+            logger.exception("presence federation timeouts failed")
 
     async def flush(self) -> None:
         """Write back quiet timestamp refreshes."""

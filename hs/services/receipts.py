@@ -8,6 +8,7 @@
 * `add_to_sync`: m.receipt in rooms.join[room].ephemeral (changes since the token, or all for an
   initial sync; private receipts only to their owner), and every joined room entry's
   unread_notifications (and unread_thread_notifications when the timeline filter asks for them).
+* Federation: local m.read receipts go out as `m.receipt` EDUs; `receive_remote` takes other servers'.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ READ_PRIVATE = "m.read.private"
 FULLY_READ = "m.fully_read"
 RECEIPT_TYPES = (READ, READ_PRIVATE, FULLY_READ)
 MAIN_THREAD = "main"
+RECEIPT_EDU = "m.receipt"
 
 
 class ReceiptService:
@@ -64,8 +66,7 @@ class ReceiptService:
             await self._set_fully_read(user_id, room_id, event_id)
             return
         position = await self._event_position(room_id, event_id)
-        await self.hs.receipts_stream.write(room_id, receipt_type, user_id, thread_id or UNTHREADED,
-                                            event_id, position, now_ms())
+        await self._write(room_id, receipt_type, user_id, thread_id, event_id, position)
         self.hs.presence.user_active(user_id)
 
     async def set_read_markers(self, user_id: str, room_id: str, body: dict[str, Any]) -> None:
@@ -86,8 +87,32 @@ class ReceiptService:
             await self._set_fully_read(user_id, room_id, wanted[FULLY_READ], positions[FULLY_READ])
         for key in (READ, READ_PRIVATE):
             if key in wanted:
-                await self.hs.receipts_stream.write(room_id, key, user_id, UNTHREADED, wanted[key],
-                                                    positions[key], now_ms())
+                await self._write(room_id, key, user_id, None, wanted[key], positions[key])
+
+    async def _write(self, room_id: str, receipt_type: str, user_id: str, thread_id: str | None,
+                     event_id: str, position: int) -> None:
+        """Every local user's receipt is written here: a public one that moved also goes to the
+        other servers in the room (private receipts never leave the server)."""
+        ts = now_ms()
+        stored = await self.hs.receipts_stream.write(room_id, receipt_type, user_id, thread_id or UNTHREADED,
+                                                     event_id, position, ts)
+        if stored and receipt_type == READ and self.hs.sends_federation:
+            data: dict[str, Any] = {"ts": ts}
+            if thread_id is not None:
+                data["thread_id"] = thread_id
+            content = {room_id: {READ: {user_id: {"event_ids": [event_id], "data": data}}}}
+            await self.hs.federation_sender.send_edu_to_room(room_id, RECEIPT_EDU, content)
+
+    async def receive_remote(self, room_id: str, user_id: str, event_id: str, thread_id: str | None,
+                             ts: int) -> bool:
+        """A remote user's m.read from an `m.receipt` EDU (origin and membership checked by the caller).
+        Kept only for an event known here in that room: receipts are ordered by the event's position.
+        Returns whether it was stored."""
+        ev = await self.hs.event_store.get_event(event_id)
+        if ev is None or ev.room_id != room_id or ev.internal.stream_ordering is None:
+            return False
+        return await self.hs.receipts_stream.write(room_id, READ, user_id, thread_id or UNTHREADED, event_id,
+                                                   ev.internal.position(), ts)
 
     async def _set_fully_read(self, user_id: str, room_id: str, event_id: str, position: int | None = None) -> None:
         """Move the m.fully_read marker (room account data) to the event, if that is forward."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hs.streams.base import Stream, StreamContext
@@ -43,6 +43,9 @@ class TypingStream(Stream):
         # The writer's start time: positions restart at 0 with each epoch, so a reader that sees a new
         # epoch forgets the old positions instead of ignoring the "lower" new ones.
         self.epoch = time.time_ns() if self.is_writer else 0
+        # Writer only: told (room, user, typing, changed) of every set, refresh and expiry, so that the
+        # typing service can tell other servers (a stream calls no service; see hs/services/typing.py).
+        self.on_user_typing: Callable[[str, str, bool, bool], None] | None = None
 
     async def setup(self) -> None:
         self.set_initial_positions(dict.fromkeys(self.writers, 0))
@@ -110,6 +113,8 @@ class TypingStream(Stream):
             changed = old is not None
             if not timers:
                 del self._timers[room_id]
+        if self.on_user_typing is not None and (typing or changed):
+            self.on_user_typing(room_id, user_id, typing, changed)
         if changed:
             await self._publish_room(room_id)
 
@@ -120,6 +125,8 @@ class TypingStream(Stream):
         del timers[user_id]
         if not timers:
             del self._timers[room_id]
+        if self.on_user_typing is not None:
+            self.on_user_typing(room_id, user_id, False, True)
         task = asyncio.get_running_loop().create_task(self._publish_room(room_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

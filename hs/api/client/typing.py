@@ -34,7 +34,7 @@ async def put_typing(request: web.Request) -> HandlerResult:
     membership = await hs.event_store.get_membership(room_id, user_id)
     if membership is None or membership[0] != "join":
         raise forbidden("You are not in this room")
-    await hs.typing_stream.set_typing(room_id, user_id, typing, timeout)
+    await hs.typing.set_typing(room_id, user_id, typing, timeout)
     return 200, {}
 
 
