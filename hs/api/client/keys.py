@@ -8,7 +8,7 @@ from aiohttp import web
 from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json, uia_operation
 from hs.api.params import body_int, query_str, query_stream_token
 
-# Remote servers are not asked (no federation), so a request's `timeout` is checked but not waited on.
+# The request's `timeout` is checked here; the service waits that long for other servers (e2ee._remote_timeout).
 DEFAULT_TIMEOUT_MS = 10_000
 
 
