@@ -31,7 +31,7 @@ from hs.db.stores.push import PushRow, SummaryRow, local_joins
 from hs.db.stores.rooms import AliasTaken, NewRoom, RoomIdTaken
 from hs.db.stores.stream_positions import StreamPositionStore
 from hs.errors import MatrixError, bad_json, forbidden, internal_error, not_found, room_in_use, too_large
-from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_user_power_level
+from hs.events.auth import AuthError, auth_types_for_event, check_auth_rules, get_domain, get_user_power_level
 from hs.events.canonical_json import CanonicalJsonError
 from hs.events.event import Event, JsonDict, StateKey
 from hs.events.hashing import compute_content_hash
@@ -349,12 +349,36 @@ class EventSender:
             pending.groups = groups
             pending.prev_ids = event.prev_event_ids
             pending.was_outlier = event.internal.outlier
+            pending.redaction_applies = await self._received_redaction_applies(event, state_before)
             event.internal.outlier = False
             state_after = pending.full_after if pending.full_after is not None else state_before
             current_after = state_after if len(new_heads) == 1 else await self._resolve_heads(rv, new_heads)
             pending.current_delta = await self._state_delta(current_before, current_after)
             self._queue(pending)
         return await asyncio.shield(pending.future)
+
+    async def _received_redaction_applies(self, event: Event, state_before: dict[StateKey, str]) -> bool:
+        """Whether a redaction from another server takes effect here. From room v3 the auth rules let
+        anyone redact anything, leaving it to the receiver to apply a redaction only when its sender is
+        of the target's server or has the power to redact in the state before it (v1/v2 rooms: the
+        auth rules checked this). A target not held yet: nothing to apply now."""
+        if event.type != "m.room.redaction" or not event.redacts or event.room_version.event_format == EventFormat.V1:
+            return True
+        target = await self.store.get_event(event.redacts)
+        if target is None or get_domain(target.sender) == get_domain(event.sender):
+            return True
+        keys = [("m.room.create", ""), ("m.room.power_levels", "")]
+        auth = await self.store.get_events([state_before[k] for k in keys if k in state_before])
+        auth_map = {(e.type, e.state_key or ""): e for e in auth.values()}
+        pl = auth_map.get(("m.room.power_levels", ""))
+        redact_level = pl.content.get("redact", 50) if pl is not None else 50
+        if not isinstance(redact_level, int) or isinstance(redact_level, bool):
+            redact_level = 50
+        if get_user_power_level(event.sender, auth_map, event.room_version) >= redact_level:
+            return True
+        logger.info("redaction %s of %s by %s in %s is not applied: another server's event, no power to redact",
+                    event.event_id, target.event_id, event.sender, event.room_id)
+        return False
 
     async def _state_delta(self, before: dict[StateKey, str], after: dict[StateKey, str],
                            ) -> list[tuple[str, str, str | None, str | None]]:
@@ -432,7 +456,8 @@ class EventSender:
                 # from the cache on failure).
                 self.store.cache_event(p.event)
             events = [p.event for p in batch]
-            redacted = [ev.redacts for ev in events if ev.type == "m.room.redaction" and ev.redacts]
+            redacted = [p.event.redacts for p in batch
+                        if p.event.type == "m.room.redaction" and p.event.redacts and p.redaction_applies]
             own_position = tracker.persisted_if_committed(positions) if len(stream.writers) > 1 else None
             if self.hs.db.engine == "postgres" and fits_one_statement(events) and all(p.linear for p in batch):
                 rows = [(p.event, pos, p.txn) for p, pos in zip(batch, positions, strict=True)]
@@ -620,7 +645,8 @@ class EventSender:
                 if p.was_outlier:
                     await self.store.remove_outlier(c, ev.event_id)
                 await self.store.insert_event(c, ev, pos, self.hs.instance_name, before, after, p.txn,
-                                              update_current_state=p.current_delta is None)
+                                              update_current_state=p.current_delta is None,
+                                              apply_redaction=p.redaction_applies)
                 if p.current_delta is not None:
                     await self.store.apply_current_state_delta(c, room_id, p.current_delta)
                 if p.prev_ids is not None:
@@ -649,7 +675,7 @@ class _NewGroup:
 
 class _Pending:
     __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future", "new_room", "groups",
-                 "prev_ids", "current_delta", "was_outlier")
+                 "prev_ids", "current_delta", "was_outlier", "redaction_applies")
 
     def __init__(self, event: Event, group_before: int | None, txn: tuple[str, str, str] | None) -> None:
         self.event = event
@@ -665,6 +691,8 @@ class _Pending:
         # From another server: how the room's current state moves (else: the event's own entry).
         self.current_delta: list[tuple[str, str, str | None, str | None]] | None = None
         self.was_outlier = False  # held as an outlier before: that row goes
+        # A redaction from another server whose sender may not redact its target: stored, not applied.
+        self.redaction_applies = True
 
     @property
     def linear(self) -> bool:

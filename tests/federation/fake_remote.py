@@ -228,9 +228,10 @@ class FakeRemote:
 
     def build(self, room_id: str, sender: str, etype: str, content: JsonDict, state_key: str | None = None, *,
               prev_events: list[str] | None = None, state: dict[StateKey, str] | None = None,
-              keep: bool = True) -> tuple[str, JsonDict]:
+              extra: JsonDict | None = None, keep: bool = True) -> tuple[str, JsonDict]:
         """A signed event of ours on our heads (or `prev_events`), its auth events chosen from our view
-        of the state (or `state`); held (and made our head) when `keep`. Returns (event ID, PDU)."""
+        of the state (or `state`), with `extra` top-level keys; held (and made our head) when `keep`.
+        Returns (event ID, PDU)."""
         room = self.rooms[room_id]
         rv = room.rv
         prevs = prev_events if prev_events is not None else list(room.heads)
@@ -247,6 +248,7 @@ class FakeRemote:
             pdu["state_key"] = state_key
         if not rv.updated_redaction_rules:
             pdu["origin"] = self.server_name
+        pdu.update(extra or {})
         event_id = self._finish(pdu, rv)
         if keep:
             self.take(room, event_id, pdu)

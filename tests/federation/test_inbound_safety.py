@@ -288,3 +288,42 @@ async def test_event_allowed_before_a_ban_but_not_now_is_soft_failed(joined: Joi
     [head] = await joined.local.hs.event_store.get_forward_extremities(joined.room_id)
     latest = await joined.local.hs.event_store.get_event(head)
     assert latest is not None and eid not in latest.prev_event_ids
+
+
+async def test_redaction_of_another_servers_event_without_power_is_not_applied(
+        joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    """Room v3+: a redaction passes the auth rules whoever sends it; the receiving server applies it
+    only when its sender is of the target's server or has the power to redact. Mallory (power 0, of
+    the fake server) redacts alice's message: stored, not applied. His own message: applied."""
+    rv = joined.fake.rooms[joined.room_id].rv
+    target = await joined.alice.send_message(joined.room_id, "alice's words")
+    own, own_pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "mine"})
+    assert await joined.send([own_pdu]) == (200, {"pdus": {own: {}}})
+    redactions = []
+    for redacts in (target, own):
+        content: dict[str, Any] = {"redacts": redacts} if rv.updated_redaction_rules else {}
+        extra = None if rv.updated_redaction_rules else {"redacts": redacts}
+        redactions.append(joined.fake.build(joined.room_id, joined.mallory, "m.room.redaction", content, extra=extra))
+    status, body = await joined.send([p for _, p in redactions])
+    assert status == 200 and body["pdus"] == {e: {} for e, _ in redactions}, body
+    status, ev = await joined.visible(target)
+    assert status == 200 and ev["content"].get("body") == "alice's words", ev
+    status, ev = await joined.visible(own)
+    assert status == 200 and ev["content"] == {}, ev
+    assert logged(caplog, redactions[0][0], target, "not applied")
+    # With the power to redact, mallory's redaction of alice's message applies.
+    status, pl = await joined.alice.request("GET", f"/rooms/{joined.room_id}/state/m.room.power_levels")
+    pl["users"] = {**pl.get("users", {}), joined.mallory: 50}
+    status, body = await joined.alice.request("PUT", f"/rooms/{joined.room_id}/state/m.room.power_levels", pl)
+    assert status == 200, body
+    for _ in range(200):  # the fake server learns of it (its next event cites it)
+        if body["event_id"] in joined.fake.events:
+            break
+        await asyncio.sleep(0.05)
+    target2 = await joined.alice.send_message(joined.room_id, "alice's other words")
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, "m.room.redaction",
+                                 {"redacts": target2} if rv.updated_redaction_rules else {},
+                                 extra=None if rv.updated_redaction_rules else {"redacts": target2})
+    assert await joined.send([pdu]) == (200, {"pdus": {eid: {}}})
+    status, ev = await joined.visible(target2)
+    assert status == 200 and ev["content"] == {}, ev

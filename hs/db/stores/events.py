@@ -524,9 +524,12 @@ class EventStore:
 
     async def insert_event(self, c: Connection, event: Event, stream: int, instance: str,
                            group_before: int | None, group_after: int | None,
-                           txn: tuple[str, str, str] | None, update_current_state: bool = True) -> None:
+                           txn: tuple[str, str, str] | None, update_current_state: bool = True,
+                           apply_redaction: bool = True) -> None:
         """`update_current_state` False: the caller writes the room's current state itself (an event
-        from another server may lose state resolution, or bring several changes with it)."""
+        from another server may lose state resolution, or bring several changes with it).
+        `apply_redaction` False: a redaction the receiving server must not apply (v3+ rooms: its
+        sender is of another server than the target's and lacks the power to redact)."""
         pdu = event.pdu
         await c.execute(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,"
@@ -563,7 +566,7 @@ class EventStore:
                 "INSERT INTO event_relations (event_id, room_id, relates_to_id, relation_type, event_type, sender,"
                 " stream_ordering) VALUES ($1,$2,$3,$4,$5,$6,$7)",
                 event.event_id, event.room_id, relation[1], relation[0], event.type, event.sender, stream)
-        redacts = event.redacts if event.type == "m.room.redaction" else None
+        redacts = event.redacts if event.type == "m.room.redaction" and apply_redaction else None
         if redacts:
             await c.execute("UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3",
                             redacts, event.event_id, event.room_id)
