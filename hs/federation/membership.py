@@ -12,11 +12,23 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hs.errors import MatrixError, bad_json, forbidden, incompatible_room_version, not_found, unavailable
+from hs.errors import (
+    MatrixError,
+    bad_json,
+    bad_request,
+    forbidden,
+    incompatible_room_version,
+    not_found,
+    unavailable,
+    unreachable,
+)
 from hs.events.auth import AuthError, get_domain
 from hs.events.event import Event, JsonDict, StateKey
+from hs.events.hashing import check_content_hash
+from hs.events.redaction import redact_shallow
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
-from hs.events.signing import finish_local_event
+from hs.events.signing import finish_local_event, sign_event
+from hs.federation.client import FederationError
 from hs.federation.event_handler import PduRejected
 from hs.federation.remote import RemoteRooms
 from hs.federation.sender import federation_pdu
@@ -180,7 +192,9 @@ class FederationMembership:
             raise forbidden(f"The join is not allowed by the room's state: {e}") from None
         async with handler.room_locks.lock(room_id):
             if not await self.store.have_events([event.event_id]):
-                await self.hs.event_sender.persist_received(event, state_before)
+                # No local user was in the room: what we held of it (an invite, or heads from when we
+                # were last in it) is superseded by the state the resident server sent.
+                await self.hs.event_sender.persist_received(event, state_before, replace_heads=True)
         logger.info("%s joined %s via %s (%d state events)", user_id, room_id, server, len(state_before))
         return room_id
 
@@ -210,3 +224,172 @@ class FederationMembership:
     async def _create_remote_room(self, room_id: str, rv: RoomVersion, pdus: list[JsonDict]) -> None:
         creator = next((p.get("sender") for p in pdus if p.get("type") == "m.room.create"), None)
         await self.hs.room_store.insert_remote_room(room_id, rv.identifier, creator if isinstance(creator, str) else None)
+
+    # -- invites, inviting side --------------------------------------------------------------------------
+    async def co_sign_invite(self, event: Event) -> None:
+        """EventSender's `before_persist` hook for an invite of another server's user: that server must
+        co-sign the invite (v2 invite, carrying the room's stripped state) before it exists here. Its
+        signature is added to the event; if it refuses, the invite fails with its error and nothing is
+        persisted. The invitee's own server answers for the invitee, so their signature is checked."""
+        invitee = event.state_key or ""
+        destination = get_domain(invitee)
+        rv = event.room_version
+        if not self.hs.config.federation_allowed(destination):
+            raise forbidden(f"Federation with {destination} is not allowed")
+        stripped = await self.invite_room_state(event)
+        try:
+            signed = await self.remote.invite(destination, event.room_id, event.event_id, federation_pdu(event),
+                                              rv.identifier, stripped)
+        except FederationError as e:
+            raise remote_refusal(e, "invite", rv.identifier) from None
+        except Exception as e:  # a malformed answer
+            raise unreachable(f"{destination} did not co-sign the invite: {e}") from None
+        theirs = signed.get("signatures")
+        theirs = theirs.get(destination) if isinstance(theirs, dict) else None
+        if not isinstance(theirs, dict) or not theirs:
+            raise unreachable(f"{destination} returned the invite without its signature")
+        candidate = {**event.pdu, "signatures": {**event.pdu.get("signatures", {}), destination: theirs}}
+        try:
+            await self.hs.keyring.verify_json(destination, redact_shallow(candidate, rv), 0)
+        except Exception as e:
+            raise unreachable(f"{destination}'s signature on the invite does not verify: {e}") from None
+        # Signatures are outside the event ID's hash: the event stays the one built and authorised.
+        event.pdu["signatures"] = candidate["signatures"]
+
+    async def invite_room_state(self, invite: Event) -> list[JsonDict]:
+        """The stripped state an invitee's server shows its user: the room's identifying state and the
+        inviter's membership, as it stands where the invite is built. The events go in full (PDUs hold
+        a stripped event's fields): servers that check them against the room (Synapse) then can."""
+        keys: list[StateKey] = [(t, "") for t in INVITE_STATE_TYPES] + [(MEMBER, invite.sender)]
+        state = await self.store.get_current_state_events(invite.room_id, [(t, k) for t, k in keys])
+        return [federation_pdu(state[key]) for key in keys if key in state]
+
+    # -- invites, invitee's side -------------------------------------------------------------------------
+    async def on_invite(self, origin: str, room_id: str, event_id: str, pdu: Any, room_version: str,
+                        invite_room_state: Any) -> JsonDict:
+        """An invite of one of our users to a room on `origin` (v1 and v2 invite): checked, co-signed with
+        our key and returned. Unless a local user is in the room already (then the invite arrives again
+        in a transaction like any event), it is persisted with its stripped state, so the invitee's
+        /sync lists it under `rooms.invite`."""
+        rv = KNOWN_ROOM_VERSIONS.get(room_version)
+        if rv is None:
+            raise incompatible_room_version(room_version)
+        if not isinstance(pdu, dict):
+            raise bad_json("The invite event must be an object")
+        if not check_content_hash(pdu):
+            raise bad_json("The invite event's content hash does not match")
+        try:
+            event = await self.hs.federation_event_handler.checked_event(pdu, rv)
+        except PduRejected as e:
+            raise forbidden(f"The invite is not signed by its sender's server: {e}") from None
+        if event.event_id != event_id or event.room_id != room_id:
+            raise bad_json("The event does not match the path's room and event IDs")
+        if event.type != MEMBER or event.membership != "invite" or not event.state_key:
+            raise bad_json("Not an invite event")
+        invitee = event.state_key
+        if get_domain(invitee) != self.hs.server_name:
+            raise bad_request("The invite event must be for this server")
+        if get_domain(event.sender) != origin:
+            raise forbidden(f"{origin} cannot send an invite from {event.sender}")
+        if await self.hs.user_store.get_user(invitee) is None:
+            raise not_found(f"Unknown user {invitee}")
+        known = await self.hs.room_store.get_room_version(room_id)
+        if known is not None and known.identifier != rv.identifier:
+            raise bad_json(f"Room {room_id} is of version {known.identifier} here")
+        signed = sign_event(dict(event.pdu), self.hs.server_name, self.hs.signing_key, rv)
+        if not await self.hs.room_membership._must_join_remotely(room_id):
+            return signed  # a room we are in: the invite comes in a transaction too
+        stripped = _stripped_state(invite_room_state)
+        stored = Event({**signed, "unsigned": {**signed.get("unsigned", {}), "invite_room_state": stripped}}, rv,
+                       event_id=event.event_id)
+        creator = next((s.get("sender") for s in stripped if s.get("type") == "m.room.create"), None)
+        handler = self.hs.federation_event_handler
+        async with handler.room_locks.lock(room_id):
+            if not await self.store.have_events([event.event_id]):
+                await self.hs.room_store.insert_remote_room(room_id, rv.identifier,
+                                                            creator if isinstance(creator, str) else None)
+                # Out of band: what we know of the room (other invites, or the state when we were last
+                # in it) is the state before, and the invite the room's one head here.
+                state_before = await self.store.get_current_state_ids(room_id)
+                await self.hs.event_sender.persist_received(stored, state_before, replace_heads=True)
+        logger.info("%s invited %s to %s (room version %s)", event.sender, invitee, room_id, rv.identifier)
+        return signed
+
+    # -- leaving a room we are not in (rejecting an invite, rescinding a knock) ------------------------------
+    async def leave_remote_room(self, user_id: str, room_id: str, servers: list[str],
+                                content: JsonDict | None = None) -> Event:
+        """Leave `user_id` (local) from a room no local user is joined to, through make_leave/send_leave
+        with each of `servers` in turn; the leave is then persisted here too."""
+        candidates = [s for s in dict.fromkeys(servers) if s != self.hs.server_name]
+        last_error: Exception | None = None
+        for server in candidates:
+            if not self.hs.config.federation_allowed(server):
+                continue
+            try:
+                return await self._leave_via(server, user_id, room_id, content or {})
+            except MatrixError:
+                raise
+            except FederationError as e:
+                if e.status is not None and 400 <= e.status < 500 and e.status not in (404, 429):
+                    raise remote_refusal(e, "leave", None) from None
+                logger.info("leaving %s via %s failed: %s", room_id, server, e)
+                last_error = e
+            except Exception as e:
+                logger.info("leaving %s via %s failed: %s", room_id, server, e)
+                last_error = e
+        if not candidates:
+            raise not_found("No known servers")
+        raise unreachable(f"Could not leave {room_id} through any of {candidates}: {last_error}")
+
+    async def _leave_via(self, server: str, user_id: str, room_id: str, content: JsonDict) -> Event:
+        template = await self.remote.make_membership(server, "leave", room_id, user_id, [])
+        rv = await self.hs.room_store.get_room_version(room_id) or KNOWN_ROOM_VERSIONS.get(template.room_version)
+        if rv is None:
+            raise incompatible_room_version(template.room_version)
+        pdu = self._own_event(template.event, rv, room_id, user_id, "leave", content)
+        event = self._finish(pdu, rv)
+        await self.remote.send_leave(server, room_id, event.event_id, event.pdu)
+        handler = self.hs.federation_event_handler
+        async with handler.room_locks.lock(room_id):
+            if not await self.store.have_events([event.event_id]):
+                await self.hs.room_store.insert_remote_room(room_id, rv.identifier, None)
+                state_before = await self.store.get_current_state_ids(room_id)
+                event = await self.hs.event_sender.persist_received(event, state_before, replace_heads=True)
+        logger.info("%s left %s via %s", user_id, room_id, server)
+        return event
+
+
+# The state an invite carries for the invitee's server to show (besides the inviter's membership).
+INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
+                      "m.room.encryption", "m.room.topic")
+MAX_INVITE_STATE = 50
+
+
+def _stripped_state(value: Any) -> list[JsonDict]:
+    """An invite's `invite_room_state` as stripped state events (type, state_key, sender, content);
+    anything else in it is dropped."""
+    out: list[JsonDict] = []
+    for ev in value if isinstance(value, list) else []:
+        if not isinstance(ev, dict):
+            continue
+        etype, state_key, sender, content = ev.get("type"), ev.get("state_key"), ev.get("sender"), ev.get("content")
+        if isinstance(etype, str) and isinstance(state_key, str) and isinstance(sender, str) \
+                and isinstance(content, dict):
+            out.append({"type": etype, "state_key": state_key, "sender": sender, "content": content})
+        if len(out) >= MAX_INVITE_STATE:
+            break
+    return out
+
+
+def remote_refusal(e: FederationError, what: str, room_version: str | None) -> MatrixError:
+    """Another server's error answer to a membership request, as ours to the client."""
+    msg = f"{e.destination} refused the {what}: {e.error}"
+    if e.errcode == "M_INCOMPATIBLE_ROOM_VERSION" and room_version is not None:
+        return incompatible_room_version(room_version)
+    if e.status == 403:
+        return forbidden(msg)
+    if e.status == 404:
+        return not_found(msg)
+    if e.status is not None and 400 <= e.status < 500:
+        return bad_request(msg)
+    return unreachable(msg)

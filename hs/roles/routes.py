@@ -67,6 +67,8 @@ def all_routes() -> list[Route]:
 
     for module in (key_server, federation_misc, federation_rooms, federation_e2ee):
         routes.extend(module.ROUTES)
+    from hs.api.federation import invites as federation_invites
+    routes.extend(federation_invites.ROUTES)
     return routes
 
 

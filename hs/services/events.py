@@ -90,12 +90,20 @@ class EventSender:
     async def send(self, room_id: str, sender: str, etype: str, content: JsonDict,
                    state_key: str | None = None, txn: tuple[str, str, str] | None = None,
                    redacts: str | None = None, room_version: RoomVersion | None = None,
-                   txn_checked: bool = False) -> Event:
+                   txn_checked: bool = False,
+                   before_persist: Callable[[Event], Awaitable[None]] | None = None) -> Event:
         """Create, authorise and persist one event; with `txn` (user, device, txn_id) it is idempotent.
 
         `txn_checked` says the caller already looked the transaction up in the database (after which
         only a concurrent duplicate is possible, and the in-memory map catches that).
+
+        `before_persist` runs on the built event before it is queued, under the room lock (so the event
+        stays built on the room's heads): it may add signatures (a remote invitee's server co-signs an
+        invite; the event ID does not cover signatures), and if it raises nothing is persisted. Only
+        the room's writer can run it.
         """
+        if before_persist is not None and not self.hs.events_stream.is_writer_for_room(room_id):
+            raise internal_error(f"{self.hs.instance_name} does not write events for {room_id}")
         if not self.hs.events_stream.is_writer_for_room(room_id):
             return await self.hs.replication_client.send_event(
                 room_id, sender, etype, content, state_key, txn, redacts)
@@ -114,6 +122,8 @@ class EventSender:
             rv = room_version or await self.room_version(room_id)
             event, group_before, state_before, groups = await self._build(
                 rv, room_id, sender, etype, content, state_key, redacts)
+            if before_persist is not None:
+                await before_persist(event)
             future = await self._enqueue(event, group_before, state_before, txn, groups)
             if txn_key is not None:
                 self._txns.set(txn_key, future)
@@ -323,14 +333,18 @@ class EventSender:
             asyncio.get_running_loop().create_task(self._drain(event.room_id))
 
     async def persist_received(self, event: Event, state_before: dict[StateKey, str],
-                               group_before: int | None = None) -> Event:
+                               group_before: int | None = None, replace_heads: bool = False) -> Event:
         """Persist an event from another server that hs/federation/ has checked (signatures, hashes,
         auth against its auth events and against `state_before`, the state at its prev events): it
         joins the room's queue behind the local events built so far, its prev events stop being heads
         and it becomes one, and the room's current state becomes the resolution of the heads' states.
 
         `group_before` is a stored group holding exactly `state_before`, when the caller knows one (the
-        state after its only prev event); otherwise a new group is made."""
+        state after its only prev event); otherwise a new group is made.
+
+        `replace_heads`: the event becomes the room's only head, and the state after it its current state
+        (a membership of a room no local user is joined to: an invite, the leave rejecting it, a join
+        through another server, where our old heads are stale or out of band)."""
         room_id = event.room_id
         rv = event.room_version
         async with self.locks.lock(room_id):
@@ -344,10 +358,10 @@ class EventSender:
                 groups.append(group)
                 group_before = group.id
             prev_ids = set(event.prev_event_ids)
-            new_heads = [h for h in heads if h.event_id not in prev_ids] + [event]
+            new_heads = [h for h in heads if h.event_id not in prev_ids and not replace_heads] + [event]
             pending = await self._stage(event, group_before, state_before, None, new_heads)
             pending.groups = groups
-            pending.prev_ids = event.prev_event_ids
+            pending.prev_ids = event.prev_event_ids + ([h.event_id for h in heads] if replace_heads else [])
             pending.was_outlier = event.internal.outlier
             pending.redaction_applies = await self._received_redaction_applies(event, state_before)
             event.internal.outlier = False

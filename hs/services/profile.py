@@ -4,9 +4,12 @@ memberships (each joined room gets a new m.room.member event carrying them), as 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from hs.errors import forbidden, invalid_param, not_found
+from hs.events.auth import get_domain, is_valid_user_id
+from hs.util import LruCache
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -16,6 +19,10 @@ logger = logging.getLogger(__name__)
 MAX_DISPLAYNAME_LEN = 256
 MAX_AVATAR_URL_LEN = 1000
 FIELDS = ("displayname", "avatar_url")
+# Remote profiles: how long an answer (or a failure) is reused, and how many are kept.
+REMOTE_CACHE_TTL_S = 60.0
+REMOTE_MISS_TTL_S = 10.0
+REMOTE_CACHE_SIZE = 10_000
 
 
 def checked_value(field: str, value: Any) -> str | None:
@@ -39,14 +46,40 @@ def checked_value(field: str, value: Any) -> str | None:
 class ProfileService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        # Other servers' users' profiles: user ID -> (expiry, monotonic seconds; the profile or None).
+        self._remote: LruCache[str, tuple[float, dict[str, Any] | None]] = LruCache(REMOTE_CACHE_SIZE)
 
     async def get(self, user_id: str) -> dict[str, Any]:
-        """The stored profile of a local user, or 404."""
+        """The stored profile of a local user, or a remote user's as their server tells it; or 404."""
         profile = None
         if user_id.startswith("@") and user_id.endswith(":" + self.hs.server_name):
             profile = await self.hs.user_store.get_profile(user_id)
+        elif is_valid_user_id(user_id):
+            profile = await self._get_remote(user_id)
         if profile is None:
             raise not_found("Profile was not found")
+        return profile
+
+    async def _get_remote(self, user_id: str) -> dict[str, Any] | None:
+        """Asked of the user's server (query/profile), kept briefly: a display name shown in a room list
+        is asked for again and again, and may change. Any failure is "no profile" (M_NOT_FOUND)."""
+        cached = self._remote.get(user_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        server = get_domain(user_id)
+        profile: dict[str, Any] | None = None
+        ttl = REMOTE_MISS_TTL_S
+        if self.hs.config.federation_allowed(server):
+            try:
+                body = await self.hs.federation_client.get_json(
+                    server, "/_matrix/federation/v1/query/profile", {"user_id": user_id})
+            except Exception as e:  # refused (404: no such user), unreachable, or not JSON
+                logger.info("profile of %s from %s: %s", user_id, server, e)
+            else:
+                if isinstance(body, dict):
+                    profile = {k: body[k] for k in FIELDS if isinstance(body.get(k), str)}
+                    ttl = REMOTE_CACHE_TTL_S
+        self._remote.set(user_id, (time.monotonic() + ttl, profile))
         return profile
 
     async def set_field(self, requester_id: str, user_id: str, field: str, value: Any) -> None:

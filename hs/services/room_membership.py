@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hs.errors import (
+    MatrixError,
     bad_json,
     bad_request,
     forbidden,
@@ -20,7 +21,7 @@ from hs.errors import (
     missing_param,
     not_found,
 )
-from hs.events.auth import get_join_rule, get_named_level, get_user_power_level, is_valid_user_id
+from hs.events.auth import get_domain, get_join_rule, get_named_level, get_user_power_level, is_valid_user_id
 from hs.events.event import Event, JsonDict, StateKey
 from hs.events.room_versions import RoomVersion
 from hs.services.room_ids import check_room_id
@@ -54,11 +55,16 @@ class RoomMembership:
         self.store = hs.event_store
 
     async def profile_content(self, user_id: str) -> JsonDict:
-        """The display name and avatar a local user's member events carry (remote users': none known)."""
+        """The display name and avatar a user's member events carry: a local user's stored profile, a
+        remote user's as their server tells it (none if it cannot be had: the invite goes ahead)."""
         if user_id.partition(":")[2] != self.hs.server_name:
-            return {}
-        profile = await self.hs.user_store.get_profile(user_id) or {}
-        return {k: profile[k] for k in ("displayname", "avatar_url") if profile.get(k) is not None}
+            try:
+                profile = await self.hs.profiles.get(user_id)
+            except MatrixError:
+                return {}
+        else:
+            profile = await self.hs.user_store.get_profile(user_id) or {}
+        return {k: profile[k] for k in ("displayname", "avatar_url") if isinstance(profile.get(k), str)}
 
     async def update_membership(self, requester: Requester, room_id: str, target: str, action: str,
                                 reason: str | None = None, content: JsonDict | None = None,
@@ -74,6 +80,8 @@ class RoomMembership:
             if membership in ("join", "leave") and target == user_id:
                 raise not_found("No known servers" if membership == "join" else "Not a known room")
             raise forbidden("Unknown room")
+        if membership == "leave" and target == user_id and await self._must_join_remotely(room_id):
+            return await self._leave_remotely(room_id, user_id, reason)
         new_content: JsonDict = dict(content or {})
         new_content["membership"] = membership
         if reason is not None:
@@ -93,8 +101,25 @@ class RoomMembership:
                 self.hs.ratelimiters["joins_local"].check(user_id)
         elif action == "unban" and (current is None or current[0] != "ban"):
             raise forbidden(f"{target} is not banned from the room")
-        return await self.hs.event_sender.send(room_id, user_id, MEMBER, new_content, state_key=target,
-                                               room_version=rv)
+        remote_invitee = membership == "invite" and get_domain(target) != self.hs.server_name
+        return await self.hs.event_sender.send(
+            room_id, user_id, MEMBER, new_content, state_key=target, room_version=rv,
+            before_persist=self.hs.federation_membership.co_sign_invite if remote_invitee else None)
+
+    async def _leave_remotely(self, room_id: str, user_id: str, reason: str | None) -> Event:
+        """Leave a room no local user is joined to (reject an invite, rescind a knock): only a resident
+        server can build the leave, so through the inviter's server (then the room ID's)."""
+        current = await self.store.get_membership(room_id, user_id)
+        if current is None or current[0] not in ("invite", "knock"):
+            raise forbidden(f"{user_id} is not in room {room_id}")
+        servers: list[str] = []
+        invite = await self.store.get_event(current[1])
+        if invite is not None:
+            servers.append(get_domain(invite.sender))
+        if ":" in room_id:
+            servers.append(room_id.split(":", 1)[1])
+        content: JsonDict = {"reason": reason} if reason is not None else {}
+        return await self.hs.federation_membership.leave_remote_room(user_id, room_id, servers, content)
 
     async def _prepare_join(self, requester: Requester, room_id: str, rv: RoomVersion, content: JsonDict,
                             current: tuple[str, str] | None) -> None:
@@ -142,7 +167,7 @@ class RoomMembership:
         room_id, servers = await self.hs.room_aliases.resolve_room_and_servers(room_id_or_alias)
         check_room_id(room_id)
         if await self._must_join_remotely(room_id):
-            candidates = [*(via or []), *servers]
+            candidates = [*(via or []), *await self._inviting_servers(room_id, requester.user_id), *servers]
             if ":" in room_id:
                 candidates.append(room_id.split(":", 1)[1])
             if not candidates:
@@ -155,6 +180,14 @@ class RoomMembership:
                                                                         content)
         await self.update_membership(requester, room_id, requester.user_id, "join", reason)
         return room_id
+
+    async def _inviting_servers(self, room_id: str, user_id: str) -> list[str]:
+        """The inviter's server, when the user holds an invite to the room: it is in the room."""
+        current = await self.store.get_membership(room_id, user_id)
+        if current is None or current[0] != "invite":
+            return []
+        invite = await self.store.get_event(current[1])
+        return [get_domain(invite.sender)] if invite is not None else []
 
     async def _must_join_remotely(self, room_id: str) -> bool:
         """The room is not here, or is a room joined over federation where no local user is left."""
