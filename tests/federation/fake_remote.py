@@ -57,7 +57,10 @@ class FakeRemote:
         self.rooms: dict[str, FakeRoom] = {}
         self.transactions: list[JsonDict] = []  # received from the server under test
         self.requests: list[str] = []  # "METHOD path" of every request received
-        self.serve_gaps = False  # answer get_missing_events and state_ids (else 404)
+        # Gap filling: answer get_missing_events, and state_ids (for our own events), or 404.
+        self.serve_missing = False
+        self.serve_state = False
+        self.state_before: dict[str, dict[StateKey, str]] = {}  # of events we built
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -131,12 +134,27 @@ class FakeRemote:
         return web.json_response({"auth_chain": [self.events[e] for e in self.auth_chain([event_id])]})
 
     async def _on_missing(self, request: web.Request) -> web.Response:
-        if not self.serve_gaps:
+        """The events before `latest_events` back to `earliest_events` (excluded), oldest first."""
+        if not self.serve_missing:
             return self._error(404, "M_NOT_FOUND", "this fake server does not fill gaps")
-        return web.json_response({"events": []})
+        body = await request.json()
+        earliest, limit = set(body["earliest_events"]), body.get("limit", 10)
+        found: dict[str, JsonDict] = {}
+        todo = [p for e in body["latest_events"] if e in self.events for p in self._refs(self.events[e]["prev_events"])]
+        while todo and len(found) < limit:
+            eid = todo.pop(0)
+            if eid in earliest or eid in found or eid not in self.events:
+                continue
+            found[eid] = self.events[eid]
+            todo.extend(self._refs(self.events[eid]["prev_events"]))
+        return web.json_response({"events": sorted(found.values(), key=lambda p: p["depth"])})
 
     async def _on_state_ids(self, request: web.Request) -> web.Response:
-        return self._error(404, "M_NOT_FOUND", "this fake server does not serve state")
+        event_id = request.query.get("event_id", "")
+        if not self.serve_state or event_id not in self.state_before:
+            return self._error(404, "M_NOT_FOUND", "this fake server does not serve that state")
+        state = list(self.state_before[event_id].values())
+        return web.json_response({"pdu_ids": state, "auth_chain_ids": self.auth_chain(state)})
 
     async def _unknown(self, request: web.Request) -> web.Response:
         return self._error(404, "M_UNRECOGNIZED", "fake remote: not implemented")
@@ -237,7 +255,7 @@ class FakeRemote:
         prevs = prev_events if prev_events is not None else list(room.heads)
         depth = max((self.events[p]["depth"] for p in prevs if p in self.events), default=0) + 1
         auth_keys = auth_types_for_event(rv, etype, sender, state_key, content)
-        view = room.state if state is None else state
+        view = dict(room.state if state is None else state)
         auth_ids = [view[k] for k in sorted(auth_keys) if k in view]
         pdu: JsonDict = {"room_id": room_id, "sender": sender, "type": etype, "content": content, "depth": depth,
                          "prev_events": prevs, "auth_events": auth_ids, "origin_server_ts": now_ms()}
@@ -250,6 +268,7 @@ class FakeRemote:
             pdu["origin"] = self.server_name
         pdu.update(extra or {})
         event_id = self._finish(pdu, rv)
+        self.state_before[event_id] = view
         if keep:
             self.take(room, event_id, pdu)
         return event_id, pdu

@@ -327,3 +327,46 @@ async def test_redaction_of_another_servers_event_without_power_is_not_applied(
     assert await joined.send([pdu]) == (200, {"pdus": {eid: {}}})
     status, ev = await joined.visible(target2)
     assert status == 200 and ev["content"] == {}, ev
+
+
+async def test_gap_is_filled_with_get_missing_events(joined: Joined) -> None:
+    """Three events of the fake server's, only the last one sent: the hs fetches the two before it."""
+    joined.fake.serve_missing = True
+    ids = []
+    for i in range(3):
+        eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": f"gap {i}"})
+        ids.append(eid)
+    status, body = await joined.send([pdu])
+    assert status == 200 and body["pdus"] == {ids[2]: {}}, body
+    for eid in ids:
+        status, ev = await joined.visible(eid)
+        assert status == 200, ev
+    status, msgs = await joined.alice.request("GET", f"/rooms/{joined.room_id}/messages",
+                                              params={"dir": "b", "limit": "10"})
+    assert [e["event_id"] for e in msgs["chunk"][:3]] == ids[::-1]
+    assert await joined.local.hs.event_store.get_forward_extremities(joined.room_id) == [ids[2]]
+
+
+async def test_gap_is_bridged_with_the_state_at_the_unknown_prev_event(joined: Joined) -> None:
+    """get_missing_events refused, state_ids answered: the event goes in with the state at its prev
+    event as the fake server gives it (mallory's new display name, an event the hs only holds as an
+    outlier), and the room's current state takes it."""
+    joined.fake.serve_state = True
+    rename, _ = joined.fake.build(joined.room_id, joined.mallory, "m.room.member",
+                                  {"membership": "join", "displayname": "Mallory Renamed"}, joined.mallory)
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "renamed"})
+    status, body = await joined.send([pdu])
+    assert status == 200 and body["pdus"] == {eid: {}}, body
+    await wait_for_event(joined.alice, joined.room_id, text("renamed"))
+    status, member = await joined.alice.request("GET",
+                                                f"/rooms/{joined.room_id}/state/m.room.member/{joined.mallory}")
+    assert status == 200 and member.get("displayname") == "Mallory Renamed", member
+    assert rename in await joined.state_ids()
+    # The room goes on from there: the hs's next event is built on the fake server's (and on the hs's
+    # own head before it, which the bridged event does not cite: two forward extremities merge).
+    heads = set(await joined.local.hs.event_store.get_forward_extremities(joined.room_id))
+    assert eid in heads and rename not in heads
+    sent = await joined.alice.send_message(joined.room_id, "after the bridge")
+    latest = await joined.local.hs.event_store.get_event(sent)
+    assert latest is not None and set(latest.prev_event_ids) == heads
+    assert await joined.local.hs.event_store.get_forward_extremities(joined.room_id) == [sent]
