@@ -9,6 +9,7 @@ and its auth chain, from which the joining server builds its copy of the room.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from hs.events.redaction import redact_shallow
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import finish_local_event, sign_event
 from hs.federation.client import FederationError
-from hs.federation.event_handler import PduRejected
+from hs.federation.event_handler import PduRejected, parse_pdu
 from hs.federation.remote import RemoteRooms
 from hs.federation.sender import federation_pdu
 from hs.util import now_ms, random_string
@@ -238,10 +239,15 @@ class FederationMembership:
             raise forbidden(f"Federation with {destination} is not allowed")
         stripped = await self.invite_room_state(event)
         try:
-            signed = await self.remote.invite(destination, event.room_id, event.event_id, federation_pdu(event),
-                                              rv.identifier, stripped)
+            # The room's lock is held meanwhile (the event is built on its heads): bounded tighter than
+            # the client's default, so a server that does not answer holds up the room's sends less.
+            async with asyncio.timeout(INVITE_TIMEOUT_S):
+                signed = await self.remote.invite(destination, event.room_id, event.event_id,
+                                                  federation_pdu(event), rv.identifier, stripped)
         except FederationError as e:
             raise remote_refusal(e, "invite", rv.identifier) from None
+        except TimeoutError:
+            raise unreachable(f"{destination} did not answer the invite within {INVITE_TIMEOUT_S:g} s") from None
         except Exception as e:  # a malformed answer
             raise unreachable(f"{destination} did not co-sign the invite: {e}") from None
         theirs = signed.get("signatures")
@@ -276,6 +282,10 @@ class FederationMembership:
             raise incompatible_room_version(room_version)
         if not isinstance(pdu, dict):
             raise bad_json("The invite event must be an object")
+        try:
+            parse_pdu(pdu, rv)
+        except PduRejected as e:
+            raise bad_json(f"Not an event of room version {rv.identifier}: {e}") from None
         if not check_content_hash(pdu):
             raise bad_json("The invite event's content hash does not match")
         try:
@@ -359,6 +369,8 @@ class FederationMembership:
         return event
 
 
+# How long the invitee's server has to co-sign an invite (the room's sends wait meanwhile).
+INVITE_TIMEOUT_S = 20.0
 # The state an invite carries for the invitee's server to show (besides the inviter's membership).
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
                       "m.room.encryption", "m.room.topic")

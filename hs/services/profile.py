@@ -23,6 +23,8 @@ FIELDS = ("displayname", "avatar_url")
 REMOTE_CACHE_TTL_S = 60.0
 REMOTE_MISS_TTL_S = 10.0
 REMOTE_CACHE_SIZE = 10_000
+# A profile is never worth a long wait (an invite asks for the invitee's before it is sent).
+REMOTE_TIMEOUT_S = 10.0
 
 
 def checked_value(field: str, value: Any) -> str | None:
@@ -72,7 +74,8 @@ class ProfileService:
         if self.hs.config.federation_allowed(server):
             try:
                 body = await self.hs.federation_client.get_json(
-                    server, "/_matrix/federation/v1/query/profile", {"user_id": user_id})
+                    server, "/_matrix/federation/v1/query/profile", {"user_id": user_id},
+                    timeout=REMOTE_TIMEOUT_S)
             except Exception as e:  # refused (404: no such user), unreachable, or not JSON
                 logger.info("profile of %s from %s: %s", user_id, server, e)
             else:

@@ -5,13 +5,22 @@ joiner from the other server getting the room's full state."""
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+
+from hs.events.event import Event
+from hs.events.room_versions import KNOWN_ROOM_VERSIONS
 from tests.federation.client import TlsClient, unique, user
+from tests.federation.fake_remote import FakeRemote, FakeRoom, q
 from tests.federation.test_rooms import text, wait_for_event, wait_joined
+from tests.federation.tls import TestCA
 
 
 def member(user_id: str, membership: str) -> Callable[[dict[str, Any]], bool]:
@@ -163,6 +172,14 @@ async def test_remote_invites_hs_user_who_accepts(make_fed_hs: Any, remote_serve
     seen = await wait_for_event(bob, room_id, text("thanks for the invite"))
     assert seen["event_id"] == sent
     await wait_for_event(alice, room_id, text("waiting for alice"))
+    # A second local user invited to the room, now one this server is in: the invite comes through the
+    # room (co-signed first), and joining is local.
+    dave = await user(local, unique("dave"))
+    await invite(bob, room_id, dave.user_id)
+    state = await Syncer(dave).wait(invite_state(room_id), "the invite to a room the server is in")
+    check_invite_state(state, "from afar", bob.user_id, dave.user_id)
+    await ok(dave, "POST", f"/join/{quote(room_id)}", {})
+    await wait_joined(bob, room_id, dave.user_id)
 
 
 async def test_hs_user_rejects_remote_invite(make_fed_hs: Any, remote_server: Any) -> None:
@@ -270,3 +287,128 @@ async def test_later_joiner_from_the_remote_side_gets_full_state(make_fed_hs: An
     assert name["name"] == "named early" and topic["topic"] == "set later"
     members = await ok(carol, "GET", f"/rooms/{quote(room_id)}/joined_members")
     assert set(members["joined"]) == {alice.user_id, bob.user_id, carol.user_id}
+
+
+# -- the invite endpoints' checks, driven by a fake server ---------------------------------------------------
+@pytest.fixture
+async def fake_room(make_fed_hs: Any, federation_ca: TestCA, tmp_path: Path) -> AsyncIterator[FakeInviter]:
+    """A room of version 10 on a fake server (its own create, join, power levels and name) whose
+    `mallory` invites the hs's `alice`."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    fake = FakeRemote(federation_ca, tmp_path)
+    await fake.start()
+    try:
+        yield FakeInviter(local, alice, fake, make_fake_room(fake, "10"), fake.user_id("mallory"))
+    finally:
+        await fake.stop()
+
+
+def make_fake_room(fake: FakeRemote, version: str) -> str:
+    """A room on the fake server, made by its `mallory`: create, join, power levels, join rules, name."""
+    room_id = f"!{unique('room')}:{fake.server_name}"
+    fake.rooms[room_id] = FakeRoom(room_id, KNOWN_ROOM_VERSIONS[version])
+    mallory = fake.user_id("mallory")
+    fake.build(room_id, mallory, "m.room.create", {"creator": mallory, "room_version": version}, "")
+    fake.build(room_id, mallory, "m.room.member", {"membership": "join"}, mallory)
+    fake.build(room_id, mallory, "m.room.power_levels", {"users": {mallory: 100}}, "")
+    fake.build(room_id, mallory, "m.room.join_rules", {"join_rule": "invite"}, "")
+    fake.build(room_id, mallory, "m.room.name", {"name": "fake room"}, "")
+    return room_id
+
+
+@dataclass
+class FakeInviter:
+    local: Any
+    alice: TlsClient
+    fake: FakeRemote
+    room_id: str
+    mallory: str
+
+    def invite(self, invitee: str | None = None, sender: str | None = None) -> tuple[str, dict[str, Any]]:
+        return self.fake.build(self.room_id, sender or self.mallory, "m.room.member", {"membership": "invite"},
+                               invitee or self.alice.user_id, keep=False)
+
+    def stripped(self) -> list[dict[str, Any]]:
+        return [{k: self.fake.events[e][k] for k in ("type", "state_key", "sender", "content")}
+                for e in self.fake.rooms[self.room_id].state.values()]
+
+    async def put(self, event_id: str, pdu: dict[str, Any], version: int = 2, room_version: str = "10",
+                  room_id: str | None = None) -> tuple[int, Any]:
+        path = f"/_matrix/federation/v{version}/invite/{q(room_id or self.room_id)}/{q(event_id)}"
+        if version == 1:
+            body = {**pdu, "unsigned": {"invite_room_state": self.stripped()}}
+        else:
+            body = {"event": pdu, "room_version": room_version, "invite_room_state": self.stripped()}
+        return await self.fake.request(self.local.server_name, "PUT", path, body)
+
+
+async def test_inbound_invite_v2_is_co_signed_and_listed(fake_room: FakeInviter) -> None:
+    event_id, pdu = fake_room.invite()
+    status, body = await fake_room.put(event_id, pdu)
+    assert status == 200, body
+    signed = body["event"]
+    assert set(signed["signatures"]) == {fake_room.fake.server_name, fake_room.local.server_name}
+    assert Event(signed, KNOWN_ROOM_VERSIONS["10"]).event_id == event_id
+    await fake_room.local.hs.keyring.verify_event_signatures(signed, KNOWN_ROOM_VERSIONS["10"])
+    state = await Syncer(fake_room.alice).wait(invite_state(fake_room.room_id), "the invite")
+    check_invite_state(state, "fake room", fake_room.mallory, fake_room.alice.user_id)
+    # Sent again (a retry): the same answer, nothing new stored.
+    status, again = await fake_room.put(event_id, pdu)
+    assert status == 200 and again["event"]["signatures"] == signed["signatures"], again
+
+
+async def test_inbound_invite_v1(fake_room: FakeInviter) -> None:
+    # v1 names no room version: it is for rooms of version 1 and 2 (events carry their own ID).
+    event_id, pdu = fake_room.invite()
+    status, body = await fake_room.put(event_id, pdu, version=1)
+    assert status == 400, body  # a v10 event is not a v1 event
+    fake_room.room_id = make_fake_room(fake_room.fake, "1")
+    event_id, pdu = fake_room.invite()
+    status, body = await fake_room.put(event_id, pdu, version=1)
+    assert status == 200 and body[0] == 200, body
+    assert fake_room.local.server_name in body[1]["event"]["signatures"]
+    state = await Syncer(fake_room.alice).wait(invite_state(fake_room.room_id), "the invite")
+    check_invite_state(state, "fake room", fake_room.mallory, fake_room.alice.user_id)
+
+
+async def test_inbound_invite_refusals(fake_room: FakeInviter, make_fed_hs: Any) -> None:
+    event_id, pdu = fake_room.invite()
+    status, body = await fake_room.put(event_id, pdu, room_version="999")
+    assert status == 400 and body["errcode"] == "M_INCOMPATIBLE_ROOM_VERSION", body
+    assert body.get("room_version") == "999"
+    # Not for a user of this server.
+    other = f"@someone:{fake_room.fake.server_name}"
+    eid, foreign = fake_room.invite(invitee=other)
+    status, body = await fake_room.put(eid, foreign)
+    assert status == 400, body
+    # For a user this server does not have.
+    eid, ghost = fake_room.invite(invitee=f"@ghost:{fake_room.local.server_name}")
+    status, body = await fake_room.put(eid, ghost)
+    assert status == 404, body
+    # Its signature does not verify (signed by another key).
+    forged = copy.deepcopy(pdu)
+    forged["signatures"] = {fake_room.fake.server_name: {"ed25519:x": "AAAA"}}
+    status, body = await fake_room.put(event_id, forged)
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+    # Its content does not match its hash.
+    tampered = copy.deepcopy(pdu)
+    tampered["content"]["displayname"] = "changed"
+    status, body = await fake_room.put(event_id, tampered)
+    assert status == 400, body
+    # The path names another event, or another room.
+    status, body = await fake_room.put("$other", pdu)
+    assert status == 400, body
+    # A sender of another server than the requesting one.
+    other_server = await make_fed_hs()
+    eid, spoofed = fake_room.invite(sender=f"@eve:{other_server.server_name}")
+    status, body = await fake_room.put(eid, spoofed)
+    assert status == 403, body
+    # Not an invite.
+    eid, join = fake_room.fake.build(fake_room.room_id, fake_room.mallory, "m.room.member", {"membership": "join"},
+                                     fake_room.alice.user_id, keep=False)
+    status, body = await fake_room.put(eid, join)
+    assert status == 400, body
+    # None of it reached alice.
+    status, sync = await fake_room.alice.request("GET", "/sync", params={"timeout": "0"})
+    assert status == 200 and fake_room.room_id not in rooms(sync, "invite"), sync
