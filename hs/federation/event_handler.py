@@ -46,6 +46,9 @@ PDUS_RECEIVED = Counter("hs_federation_pdus_total", "PDUs received from other se
 MISSING_EVENTS_LIMIT = 10
 # Outliers fetched one by one for a state or auth chain before giving up on the event.
 MAX_FETCHED_EVENTS = 2000
+# How many rejected or soft-failed events in a row the state after a prev event is worked out through
+# (from the state before them) before the sender is asked for it instead.
+MAX_LOCAL_STATE_NESTING = 5
 _REQUIRED_KEYS = ("type", "sender", "content", "depth", "prev_events", "auth_events", "origin_server_ts")
 
 
@@ -243,9 +246,12 @@ class FederationEventHandler:
         await self.persist_outliers(origin, chain, event.room_version, event.room_id)
         return await self.store.get_events(event.auth_event_ids)
 
-    async def _state_before(self, origin: str, event: Event) -> tuple[dict[StateKey, str], int | None]:
-        """The state before the event: from its prev events' states, resolved; a prev without a place
-        here has its state asked of `origin`."""
+    async def _state_before(self, origin: str, event: Event, nesting: int = 0,
+                            ) -> tuple[dict[StateKey, str], int | None]:
+        """The state before the event: from its prev events' states, resolved. A prev we rejected or
+        soft-failed has no state of its own here: the state after it is the state before it (the
+        spec's Rejection), plus itself if soft-failed, worked out from its own prev events. A prev
+        without a place here has its state asked of `origin`."""
         prevs = await self.store.get_events(event.prev_event_ids)
         states: list[dict[StateKey, str]] = []
         groups: list[int | None] = []
@@ -255,6 +261,19 @@ class FederationEventHandler:
                 groups.append(prev.internal.state_group_after)
                 states.append(await self.store.get_state_group(prev.internal.state_group_after))
                 continue
+            if prev is not None and (prev.internal.rejected or prev.internal.soft_failed) \
+                    and nesting < MAX_LOCAL_STATE_NESTING:
+                try:
+                    after, _ = await self._state_before(origin, prev, nesting + 1)
+                except PduRejected as e:
+                    logger.info("no state before %s (%s) here: %s", prev_id,
+                                "rejected" if prev.internal.rejected else "soft-failed", e)
+                else:
+                    if not prev.internal.rejected and prev.state_key is not None:
+                        after = {**after, prev.state_tuple: prev_id}
+                    states.append(after)
+                    groups.append(None)
+                    continue
             states.append(await self._remote_state_after(origin, event, prev_id))
             groups.append(None)
         if not states:

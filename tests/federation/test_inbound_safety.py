@@ -370,3 +370,57 @@ async def test_gap_is_bridged_with_the_state_at_the_unknown_prev_event(joined: J
     latest = await joined.local.hs.event_store.get_event(sent)
     assert latest is not None and set(latest.prev_event_ids) == heads
     assert await joined.local.hs.event_store.get_forward_extremities(joined.room_id) == [sent]
+
+
+async def test_event_after_a_rejected_event_is_accepted(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    """The spec's Rejection: a later event citing a rejected one as prev event is allowed if it passes
+    the auth rules, against the state before the rejected event. The fake server fills no gaps and
+    serves no state: the hs works it out from what it holds."""
+    before = await joined.state_ids()
+    rejected, r_pdu = joined.fake.build(joined.room_id, joined.mallory, "m.room.name", {"name": "nope"}, "")
+    status, body = await joined.send([r_pdu])
+    assert "rejected" in body["pdus"][rejected]["error"], body
+    # Our view moves on as if the name stood: its auth events would cite it for nothing (not a
+    # message's auth event), its prev events cite it.
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "after"})
+    assert pdu["prev_events"] == [rejected]
+    status, body = await joined.send([pdu])
+    assert status == 200 and body["pdus"] == {eid: {}}, (body, joined.fake.requests)
+    await wait_for_event(joined.alice, joined.room_id, text("after"))
+    assert await joined.state_ids() == before
+    status, name = await joined.alice.request("GET", f"/rooms/{joined.room_id}/state/m.room.name")
+    assert name == {"name": "inbound safety"}
+    assert not any("state_ids" in r for r in joined.fake.requests), joined.fake.requests
+    # The hs's next event is not built on the rejected one.
+    sent = await joined.alice.send_message(joined.room_id, "next")
+    latest = await joined.local.hs.event_store.get_event(sent)
+    assert latest is not None and rejected not in latest.prev_event_ids
+
+
+async def test_event_after_a_soft_failed_event_is_accepted(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    """Alice raises the level for messages above mallory's; the fake server, not having seen it, sends
+    a message (soft-failed here). Alice lowers it again, and the fake server's next message, built on
+    the soft-failed one, is accepted: the state after a soft-failed event is worked out here (the state
+    before it), not asked of the fake server, which serves none."""
+    room = joined.fake.rooms[joined.room_id]
+    old_state, old_heads = dict(room.state), list(room.heads)
+    path = f"/rooms/{joined.room_id}/state/m.room.power_levels"
+    status, pl = await joined.alice.request("GET", path)
+    assert (await joined.alice.request("PUT", path, {**pl, "events_default": 50}))[0] == 200
+    soft, soft_pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "soft"},
+                                       prev_events=old_heads, state=old_state, keep=False)
+    status, body = await joined.send([soft_pdu])
+    assert status == 200 and body["pdus"] == {soft: {}}, body
+    assert logged(caplog, "soft-failing", soft)
+    assert (await joined.alice.request("PUT", path, {**pl, "events_default": 0}))[0] == 200
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "later"},
+                                 prev_events=[soft], state=old_state, keep=False)
+    status, body = await joined.send([pdu])
+    assert status == 200 and body["pdus"] == {eid: {}}, (body, joined.fake.requests)
+    await wait_for_event(joined.alice, joined.room_id, text("later"))
+    assert not any("state_ids" in r for r in joined.fake.requests), joined.fake.requests
+    status, now = await joined.alice.request("GET", path)
+    assert now.get("events_default", 0) == 0
+    status, msgs = await joined.alice.request("GET", f"/rooms/{joined.room_id}/messages",
+                                              params={"dir": "b", "limit": "50"})
+    assert soft not in {e["event_id"] for e in msgs["chunk"]}
