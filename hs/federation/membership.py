@@ -25,7 +25,7 @@ from hs.errors import (
 )
 from hs.events.auth import AuthError, get_domain
 from hs.events.event import Event, JsonDict, StateKey
-from hs.events.hashing import check_content_hash
+from hs.events.hashing import check_content_hash, compute_content_hash
 from hs.events.redaction import redact_shallow
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import finish_local_event, sign_event
@@ -329,7 +329,9 @@ class FederationMembership:
     async def leave_remote_room(self, user_id: str, room_id: str, servers: list[str],
                                 content: JsonDict | None = None) -> Event:
         """Leave `user_id` (local) from a room no local user is joined to, through make_leave/send_leave
-        with each of `servers` in turn; the leave is then persisted here too."""
+        with each of `servers` in turn; the leave is then persisted here too. An invite none of them
+        takes the leave for (gone, refusing) is rejected here alone, as Synapse does: the user can
+        always be rid of an invite, though its room may still list them as invited."""
         candidates = [s for s in dict.fromkeys(servers) if s != self.hs.server_name]
         last_error: Exception | None = None
         for server in candidates:
@@ -339,17 +341,40 @@ class FederationMembership:
                 return await self._leave_via(server, user_id, room_id, content or {})
             except MatrixError:
                 raise
-            except FederationError as e:
-                if e.status is not None and 400 <= e.status < 500 and e.status not in (404, 429):
-                    raise remote_refusal(e, "leave", None) from None
+            except Exception as e:  # down, refusing, or answering nonsense: try the next
                 logger.info("leaving %s via %s failed: %s", room_id, server, e)
                 last_error = e
-            except Exception as e:
-                logger.info("leaving %s via %s failed: %s", room_id, server, e)
-                last_error = e
-        if not candidates:
-            raise not_found("No known servers")
-        raise unreachable(f"Could not leave {room_id} through any of {candidates}: {last_error}")
+        current = await self.store.get_membership(room_id, user_id)
+        invite = await self.store.get_event(current[1]) if current is not None and current[0] == "invite" else None
+        if invite is None:
+            if isinstance(last_error, FederationError):
+                raise remote_refusal(last_error, "leave", None)
+            raise unreachable(f"Could not leave {room_id} through any of {candidates}: {last_error}")
+        logger.info("rejecting the invite of %s to %s here alone (%s)", user_id, room_id, last_error)
+        return await self._reject_locally(invite, content or {})
+
+    async def _reject_locally(self, invite: Event, content: JsonDict) -> Event:
+        """A leave built here on the invite alone (its one prev and auth event), persisted as the room's
+        head and sent nowhere: no resident server could be asked to take it."""
+        rv = invite.room_version
+        user_id = invite.state_key or ""
+        refs: list[Any] = [invite.event_id]
+        if rv.event_format == EventFormat.V1:
+            refs = [[invite.event_id, {"sha256": compute_content_hash(invite.pdu)}]]
+        pdu: JsonDict = {
+            "room_id": invite.room_id, "sender": user_id, "type": MEMBER, "state_key": user_id,
+            "content": {**content, "membership": "leave"}, "depth": invite.depth + 1,
+            "prev_events": refs, "auth_events": refs, "origin_server_ts": now_ms(),
+        }
+        if not rv.updated_redaction_rules:
+            pdu["origin"] = self.hs.server_name
+        if rv.event_format == EventFormat.V1:
+            pdu["event_id"] = f"${random_string(18)}:{self.hs.server_name}"
+        event = self._finish(pdu, rv)
+        handler = self.hs.federation_event_handler
+        async with handler.room_locks.lock(invite.room_id):
+            state_before = await self.store.get_current_state_ids(invite.room_id)
+            return await self.hs.event_sender.persist_received(event, state_before, replace_heads=True)
 
     async def _leave_via(self, server: str, user_id: str, room_id: str, content: JsonDict) -> Event:
         template = await self.remote.make_membership(server, "leave", room_id, user_id, [])

@@ -206,6 +206,23 @@ async def test_hs_user_rejects_remote_invite(make_fed_hs: Any, remote_server: An
     await wait_joined(bob, room_id, alice.user_id)
 
 
+async def test_invite_from_a_server_gone_away_is_rejected_here(make_fed_hs: Any) -> None:
+    local = await make_fed_hs()
+    remote = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote, unique("bob"))
+    room_id = await bob.create_room(preset="private_chat", name="soon gone")
+    await invite(bob, room_id, alice.user_id)
+    alice_sync = Syncer(alice)
+    await alice_sync.wait(invite_state(room_id), "the invite")
+    await remote.stop()
+    await ok(alice, "POST", f"/rooms/{quote(room_id)}/leave", {})
+    ev = await alice_sync.wait(left_by(room_id, alice.user_id), "the invite rejected")
+    assert ev["content"]["membership"] == "leave" and ev["sender"] == alice.user_id, ev
+    status, body = await alice.request("GET", "/sync", params={"timeout": "0"})
+    assert status == 200 and room_id not in rooms(body, "invite"), body
+
+
 # -- profiles ---------------------------------------------------------------------------------------------
 async def test_remote_profile_lookup(make_fed_hs: Any, remote_server: Any) -> None:
     local = await make_fed_hs()
