@@ -308,10 +308,11 @@ async def test_later_joiner_from_the_remote_side_gets_full_state(make_fed_hs: An
 
 # -- the invite endpoints' checks, driven by a fake server ---------------------------------------------------
 @pytest.fixture
-async def fake_room(make_fed_hs: Any, federation_ca: TestCA, tmp_path: Path) -> AsyncIterator[FakeInviter]:
+async def fake_room(make_fed_hs: Any, federation_ca: TestCA, tmp_path: Path,
+                    request: pytest.FixtureRequest) -> AsyncIterator[FakeInviter]:
     """A room of version 10 on a fake server (its own create, join, power levels and name) whose
-    `mallory` invites the hs's `alice`."""
-    local = await make_fed_hs()
+    `mallory` invites the hs's `alice` (the hs on SQLite, or the engine the test's parameter names)."""
+    local = await make_fed_hs(getattr(request, "param", "sqlite"))
     alice = await user(local, unique("alice"))
     fake = FakeRemote(federation_ca, tmp_path)
     await fake.start()
@@ -360,6 +361,7 @@ class FakeInviter:
         return await self.fake.request(self.local.server_name, "PUT", path, body)
 
 
+@pytest.mark.parametrize("fake_room", ["sqlite", "postgres"], indirect=True)
 async def test_inbound_invite_v2_is_co_signed_and_listed(fake_room: FakeInviter) -> None:
     event_id, pdu = fake_room.invite()
     status, body = await fake_room.put(event_id, pdu)
@@ -373,6 +375,16 @@ async def test_inbound_invite_v2_is_co_signed_and_listed(fake_room: FakeInviter)
     # Sent again (a retry): the same answer, nothing new stored.
     status, again = await fake_room.put(event_id, pdu)
     assert status == 200 and again["event"]["signatures"] == signed["signatures"], again
+    # Rejected: the fake server offers no make_leave, so the invite is rejected here alone.
+    alice = fake_room.alice
+    await ok(alice, "POST", f"/rooms/{quote(fake_room.room_id)}/leave", {})
+    status, body = await alice.request("GET", "/sync", params={"timeout": "0"})
+    assert status == 200 and fake_room.room_id not in rooms(body, "invite"), body
+    # Invited again: listed again.
+    event_id, pdu = fake_room.invite()
+    status, body = await fake_room.put(event_id, pdu)
+    assert status == 200, body
+    await Syncer(alice).wait(invite_state(fake_room.room_id), "the second invite")
 
 
 async def test_inbound_invite_v1(fake_room: FakeInviter) -> None:
