@@ -214,7 +214,10 @@ class FederationEventHandler:
         except AuthError as e:
             await self._store_rejected(event, f"state before: {e}")
             raise PduRejected(f"rejected against the state before it: {e}") from None
-        current = await self.store.get_current_state_ids(room_id)
+        if self.hs.events_stream.is_writer_for_room(room_id):
+            current = await self.hs.event_sender.current_state_ids(room_id, event.room_version)
+        else:
+            current = await self.store.get_current_state_ids(room_id)
         try:
             await self.check_against_state(event, current)
         except AuthError as e:

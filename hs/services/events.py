@@ -371,6 +371,14 @@ class EventSender:
             self._queue(pending)
         return await asyncio.shield(pending.future)
 
+    async def current_state_ids(self, room_id: str, rv: RoomVersion) -> dict[StateKey, str]:
+        """The room's current state as its writer knows it: the resolution of its heads' states, the
+        events still queued for persisting included (the database's current state lags behind them).
+        What an event from another server is checked against for soft failure."""
+        async with self.locks.lock(room_id):
+            heads = await self._load_heads(room_id)
+            return await self._resolve_heads(rv, heads) if heads else {}
+
     async def _received_redaction_applies(self, event: Event, state_before: dict[StateKey, str]) -> bool:
         """Whether a redaction from another server takes effect here. From room v3 the auth rules let
         anyone redact anything, leaving it to the receiver to apply a redaction only when its sender is

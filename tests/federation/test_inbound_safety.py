@@ -424,3 +424,46 @@ async def test_event_after_a_soft_failed_event_is_accepted(joined: Joined, caplo
     status, msgs = await joined.alice.request("GET", f"/rooms/{joined.room_id}/messages",
                                               params={"dir": "b", "limit": "50"})
     assert soft not in {e["event_id"] for e in msgs["chunk"]}
+
+
+async def test_soft_failure_sees_local_events_not_yet_committed(joined: Joined) -> None:
+    """Alice's ban is built (the room's head) but its commit is held back; the fake server's message,
+    built before the ban, arrives meanwhile: it is checked against the room's current state as this
+    server knows it, ban included, so it is soft-failed (the database's current state lags behind
+    the queue of events being persisted)."""
+    sender = joined.local.hs.event_sender
+    release = asyncio.Event()
+    persist = sender._persist_batch
+
+    async def held(room_id: str, batch: Any) -> None:
+        if any(p.event.membership == "ban" for p in batch):
+            await release.wait()
+        await persist(room_id, batch)
+
+    sender._persist_batch = held  # type: ignore[method-assign]
+    room = joined.fake.rooms[joined.room_id]
+    old_state, old_heads = dict(room.state), list(room.heads)
+    ban = asyncio.ensure_future(joined.alice.request("POST", f"/rooms/{joined.room_id}/ban",
+                                                     {"user_id": joined.mallory}))
+    try:
+        for _ in range(200):
+            heads = sender._heads.get(joined.room_id, [])
+            if any(h.membership == "ban" for h in heads):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the ban was not built")
+        eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "racing"},
+                                     prev_events=old_heads, state=old_state, keep=False)
+        # (Were it accepted, it would queue behind the held ban: the guard turns that into a failure.)
+        status, body = await asyncio.wait_for(joined.send([pdu]), 30)
+        assert status == 200 and body["pdus"] == {eid: {}}, body
+    finally:
+        release.set()
+        status, _ = await ban
+    assert status == 200
+    status, msgs = await joined.alice.request("GET", f"/rooms/{joined.room_id}/messages",
+                                              params={"dir": "b", "limit": "50"})
+    assert eid not in {e["event_id"] for e in msgs["chunk"]}
+    stored = await joined.local.hs.event_store.get_event(eid)
+    assert stored is not None and stored.internal.soft_failed
