@@ -467,3 +467,33 @@ async def test_soft_failure_sees_local_events_not_yet_committed(joined: Joined) 
     assert eid not in {e["event_id"] for e in msgs["chunk"]}
     stored = await joined.local.hs.event_store.get_event(eid)
     assert stored is not None and stored.internal.soft_failed
+
+
+async def test_event_citing_stale_auth_events_is_rejected(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    """Alice gives mallory power and takes it back; the fake server then sends a name change built on
+    the room's latest events but citing the old power levels as its auth event: it passes against its
+    auth events, not against the state before it (its prev events'): rejected, state unchanged."""
+    path = f"/rooms/{joined.room_id}/state/m.room.power_levels"
+    status, pl = await joined.alice.request("GET", path)
+    status, up = await joined.alice.request("PUT", path, {**pl, "users": {**pl.get("users", {}), joined.mallory: 50}})
+    assert status == 200
+    room = joined.fake.rooms[joined.room_id]
+    for _ in range(200):
+        if room.state.get(("m.room.power_levels", "")) == up["event_id"]:
+            break
+        await asyncio.sleep(0.05)
+    powerful = dict(room.state)
+    status, down = await joined.alice.request("PUT", path, pl)
+    assert status == 200
+    for _ in range(200):
+        if down["event_id"] in room.heads:
+            break
+        await asyncio.sleep(0.05)
+    before = await joined.state_ids()
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, "m.room.name", {"name": "stale power"}, "",
+                                 state=powerful, keep=False)
+    assert down["event_id"] in pdu["prev_events"] and up["event_id"] in pdu["auth_events"]
+    status, body = await joined.send([pdu])
+    assert "rejected against the state before it" in body["pdus"][eid]["error"], body
+    assert await joined.state_ids() == before
+    assert logged(caplog, "rejected", eid, "state before")
