@@ -168,7 +168,8 @@ class RoomHistory:
     async def get_event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
         check_room_id(room_id)
         ev = await self.store.get_event(event_id)
-        if ev is None or ev.room_id != room_id or ev.internal.rejected:  # rejected: never shown
+        # Rejected and soft-failed events (from other servers) are never shown.
+        if ev is None or ev.room_id != room_id or ev.internal.rejected or ev.internal.soft_failed:
             raise not_found("Event not found.")
         current = await self.store.get_membership(room_id, requester.user_id)
         if not await self.hs.visibility.is_visible(requester.user_id, ev, current[0] if current else None):
