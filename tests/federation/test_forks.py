@@ -62,6 +62,20 @@ async def send_text(client: TlsClient, room_id: str, body: str) -> str:
     return str(answer["event_id"])
 
 
+async def message_bodies(client: TlsClient, room_id: str) -> set[str]:
+    """The bodies of every message in the room's timeline as `client` pages back through it."""
+    bodies: set[str] = set()
+    params = {"dir": "b", "limit": "100"}
+    for _ in range(50):
+        status, page = await client.request("GET", f"/rooms/{room_id}/messages", params=params)
+        assert status == 200, page
+        bodies |= {e["content"].get("body") for e in page["chunk"] if e.get("type") == "m.room.message"}
+        if not page["chunk"] or "end" not in page:
+            break
+        params = {**params, "from": page["end"]}
+    return bodies
+
+
 async def merge(a: TlsClient, b: TlsClient, room_id: str, tag: str) -> None:
     """A message from each side in turn, each seen by the other: each side's next event names its
     forward extremities as prev events, so the other learns every branch it has (a soft-failed event,
@@ -176,3 +190,34 @@ async def test_power_level_race(make_fed_hs: Any, remote_server: Any) -> None:
         await put_state(alice, room_id, "m.room.power_levels", "", {"users": {bob.user_id: 100}, **levels})
         await merge(alice, bob, room_id, f"round {r} raised")
         await converged(alice, bob, room_id)
+
+
+async def test_bursts_from_both_sides_merge(make_fed_hs: Any, remote_server: Any) -> None:
+    """Bursts of messages and state from two users on each side at once, three rounds: every message
+    reaches the other side, the states converge, and hs keeps few forward extremities."""
+    local = await make_fed_hs()
+    alice, bob, room_id = await shared_room(local, remote_server)
+    alice2 = await user(local, unique("alice2"))
+    bob2 = await user(remote_server, unique("bob2"))
+    for c, via in ((alice2, local), (bob2, remote_server)):
+        status, body = await c.request("POST", f"/join/{room_id}", {}, params={"server_name": local.server_name})
+        assert status == 200, (body, via.log_tail(20))
+    await wait_joined(alice, room_id, bob2.user_id)
+    senders = {"a1": alice, "a2": alice2, "b1": bob, "b2": bob2}
+    for r in range(3):
+        await asyncio.gather(
+            *(send_text(c, room_id, f"{name} burst {r}.{i}") for name, c in senders.items() for i in range(5)),
+            put_state(alice, room_id, "org.example.fork", f"a-{r}", {"r": r}),
+            put_state(bob, room_id, "org.example.fork", f"b-{r}", {"r": r}),
+            put_state(alice, room_id, "m.room.topic", "", {"topic": f"a {r}"}),
+            put_state(bob, room_id, "m.room.topic", "", {"topic": f"b {r}"}),
+        )
+    wanted = {f"{name} burst {r}.{i}" for name in senders for r in range(3) for i in range(5)}
+    for client in (alice, bob):
+        deadline = time.monotonic() + CONVERGE_TIMEOUT
+        while (missing := wanted - await message_bodies(client, room_id)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+        assert not missing, (client.user_id, sorted(missing))
+    await merge(alice, bob, room_id, "after the bursts")
+    await converged(alice, bob, room_id)
+    assert len(await local.hs.event_store.get_forward_extremities(room_id)) <= 2
