@@ -29,6 +29,7 @@ from hs.events.hashing import check_content_hash, compute_content_hash
 from hs.events.redaction import redact_shallow
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import finish_local_event, sign_event
+from hs.federation.acl import check_server_acl
 from hs.federation.client import FederationError
 from hs.federation.event_handler import PduRejected, parse_pdu
 from hs.federation.remote import RemoteRooms
@@ -59,6 +60,7 @@ class FederationMembership:
         rv = await self.hs.room_store.get_room_version(room_id)
         if rv is None:
             raise not_found(f"Unknown room {room_id}")
+        await check_server_acl(self.hs, origin, room_id)
         if versions is not None and rv.identifier not in versions:
             raise incompatible_room_version(rv.identifier)
         content: JsonDict = {"membership": membership}
@@ -86,6 +88,7 @@ class FederationMembership:
         rv = await self.hs.room_store.get_room_version(room_id)
         if rv is None:
             raise not_found(f"Unknown room {room_id}")
+        await check_server_acl(self.hs, origin, room_id)
         handler = self.hs.federation_event_handler
         try:
             event = await handler.checked_event(pdu, rv)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from hs.errors import forbidden, not_found
 from hs.events.auth import get_domain
 from hs.events.event import Event, JsonDict
+from hs.federation.acl import check_server_acl
 from hs.federation.sender import federation_pdu
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class FederationRoomReads:
     async def check_server_may_read(self, origin: str, room_id: str) -> None:
         if await self.hs.room_store.get_room_version(room_id) is None:
             raise not_found(f"Unknown room {room_id}")
+        await check_server_acl(self.hs, origin, room_id)
         members = await self.store.get_joined_members(room_id)
         if any(get_domain(m) == origin for m in members):
             return

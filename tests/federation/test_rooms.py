@@ -109,3 +109,19 @@ async def test_backfill_of_40_messages_back_to_the_create_event(make_fed_hs: Any
     messages = [e["event_id"] for e in seen if e["type"] == "m.room.message"]
     assert messages == list(reversed(sent)), (len(messages), local.log_tail(30))
     assert any(e["type"] == "m.room.create" for e in seen), [e["type"] for e in seen]
+
+
+async def test_server_acl_keeps_a_denied_server_out(make_fed_hs: Any, remote_server: Any) -> None:
+    """With m.room.server_acl denying the remote server, its users cannot join any more."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    room_id = await alice.create_room(preset="public_chat")
+    remote_host = remote_server.server_name.rsplit(":", 1)[0]
+    status, body = await alice.request("PUT", f"/rooms/{room_id}/state/m.room.server_acl",
+                                       {"allow": ["*"], "deny": [remote_host], "allow_ip_literals": True})
+    assert status == 200, body
+    status, body = await bob.request("POST", f"/join/{room_id}", {}, params={"server_name": local.server_name})
+    assert status == 403, body
+    status, members = await alice.request("GET", f"/rooms/{room_id}/joined_members")
+    assert bob.user_id not in members["joined"]
