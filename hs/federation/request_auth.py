@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from hs.api.base import get_hs
-from hs.errors import forbidden, not_json, unauthorized
+from hs.errors import MatrixError, forbidden, not_json, unauthorized
 from hs.events.signing import SignatureVerifyError
 from hs.federation.xmatrix import SCHEME, XMatrixAuth, parse_x_matrix
 
@@ -50,9 +50,14 @@ def x_matrix_headers(values: list[str], our_server_name: str) -> list[XMatrixAut
 async def authenticate(hs: HomeServer, method: str, uri: str, authorization: list[str], content: Any | None) -> str:
     """The origin of a request with these Authorization header values and parsed JSON body (None
     without one); raises 401 M_UNAUTHORIZED or, for a server we do not federate with, 403 M_FORBIDDEN."""
-    headers = x_matrix_headers(authorization, hs.server_name)
+    try:
+        headers = x_matrix_headers(authorization, hs.server_name)
+    except MatrixError as e:
+        logger.info("refused %s %s: %s", method, uri, e.msg)
+        raise
     origin = headers[0].origin
     if not hs.config.federation_allowed(origin):
+        logger.info("refused %s %s from %s: not in federation_domain_whitelist", method, uri, origin)
         raise forbidden(f"Federation with {origin} is not allowed")
     now = hs.keyring.clock()
     problems = []

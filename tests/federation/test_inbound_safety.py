@@ -206,9 +206,10 @@ async def test_oversized_transaction_is_refused(joined: Joined, pdus: int, edus:
     assert await joined.state_ids() == before
 
 
-async def test_unsigned_request_is_refused(joined: Joined) -> None:
+async def test_unsigned_request_is_refused(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
     status, body = await joined.send([], authorization=False)
     assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED"), body
+    assert logged(caplog, "refused PUT /_matrix/federation/v1/send/", "Missing X-Matrix")
 
 
 async def test_tampered_request_is_refused(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
@@ -230,14 +231,18 @@ async def test_tampered_request_is_refused(joined: Joined, caplog: pytest.LogCap
     header = sign_request(joined.fake.server_name, "elsewhere.example", joined.fake.key, "PUT", path, txn)
     status, body = await joined.fake.request(joined.local.server_name, "PUT", path, txn, authorization=header)
     assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED"), body
+    assert logged(caplog, "refused", "elsewhere.example")
     assert not await joined.held(eid)
 
 
-async def test_server_outside_the_domain_whitelist_is_forbidden(make_fed_hs: MakeFedHs, make_fake: Any) -> None:
+async def test_server_outside_the_domain_whitelist_is_forbidden(make_fed_hs: MakeFedHs, make_fake: Any,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hs")
     local = await make_fed_hs(federation_domain_whitelist=["friend.example"])
     fake = await make_fake()
     status, body = await fake.send_transaction(local.server_name, [])
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+    assert logged(caplog, "refused", fake.server_name, "federation_domain_whitelist")
     # Refused before its keys were fetched.
     assert not any(r.startswith("GET /_matrix/key/") for r in fake.requests)
 
