@@ -316,9 +316,14 @@ class EventSender:
     async def _enqueue(self, event: Event, group_before: int | None, state_before: dict[StateKey, str],
                        txn: tuple[str, str, str] | None, groups: list[_NewGroup] | None = None,
                        ) -> asyncio.Future[Event]:
-        """Queue a built event for its room's drain task; the event becomes the room's head at once.
-        Called under the room lock."""
-        pending = await self._stage(event, group_before, state_before, txn)
+        """Queue a built event for its room's drain task; the event becomes the room's head at once
+        (with the heads it does not cite, beyond MAX_PREV_EVENTS: the next event cites them). Called
+        under the room lock."""
+        heads = None
+        if groups:
+            cited = set(event.prev_event_ids)
+            heads = [h for h in self._heads.get(event.room_id, []) if h.event_id not in cited] + [event]
+        pending = await self._stage(event, group_before, state_before, txn, heads)
         if groups:
             pending.groups = groups
             pending.prev_ids = event.prev_event_ids
