@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from hs.errors import bad_json
 from hs.events.auth import get_domain
 from hs.events.event import JsonDict
+from hs.events.hashing import compute_event_id
+from hs.events.room_versions import EventFormat, RoomVersion
 from hs.federation.event_handler import PduRejected, parse_pdu
 from hs.util import KeyedLocks, LruCache
 
@@ -75,7 +77,8 @@ class TransactionHandler:
             try:
                 event_id = parse_pdu(pdu, rv).event_id
             except PduRejected as e:
-                logger.info("PDU from %s dropped: %s", origin, e)
+                event_id = event_id or _reference_event_id(pdu, rv)
+                logger.info("PDU %s from %s dropped: %s", event_id, origin, e)
                 return event_id, str(e)
         sender = pdu.get("sender") if isinstance(pdu, dict) else None
         if (isinstance(sender, str) and get_domain(sender) != origin
@@ -105,3 +108,14 @@ class TransactionHandler:
             await handler(origin, content)
         except Exception:
             logger.exception("EDU %s from %s failed", edu["edu_type"], origin)
+
+
+def _reference_event_id(pdu: Any, rv: RoomVersion) -> str | None:
+    """The event ID of a PDU that is not a valid event but can still be hashed (room v3+), so that the
+    sender learns which of its PDUs was dropped; None when not even that works."""
+    if not isinstance(pdu, dict) or rv.event_format == EventFormat.V1:
+        return None
+    try:
+        return compute_event_id(pdu, rv)
+    except Exception:  # not canonical JSON, not an object where one is due
+        return None

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hs.events.hashing import compute_event_id
 from hs.events.signing import SigningKey, sign_event
 from hs.federation.xmatrix import sign_request
 from tests.federation.client import TlsClient, unique, user
@@ -523,3 +524,23 @@ async def test_more_forward_extremities_than_one_event_cites_are_all_merged(join
     second = await store.get_event(await joined.alice.send_message(joined.room_id, "merge 2"))
     assert second is not None and set(second.prev_event_ids) >= left | {first.event_id}
     assert await store.get_forward_extremities(joined.room_id) == [second.event_id]
+
+
+async def test_malformed_pdus_get_their_own_errors(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
+    """Broken PDUs beside a good one: each broken one is dropped with its reason, the good one goes in,
+    and the transaction as a whole succeeds."""
+    good, good_pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "ok"})
+    _, built = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"body": "x"}, keep=False)
+    no_depth = {k: v for k, v in built.items() if k != "depth"}
+    no_depth_id = compute_event_id(no_depth, joined.fake.rooms[joined.room_id].rv)
+    huge_id, huge = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"body": "x" * 70_000}, keep=False)
+    other_room = {**good_pdu, "room_id": "!elsewhere:" + joined.fake.server_name}
+    status, body = await joined.send([no_depth, huge, other_room, "not an object", good_pdu])
+    assert status == 200, body
+    assert body["pdus"][good] == {}
+    assert "65536" in body["pdus"][huge_id]["error"], body
+    assert "depth" in body["pdus"][no_depth_id]["error"], body
+    assert logged(caplog, no_depth_id, "dropped", "depth")
+    assert logged(caplog, "!elsewhere", "not in room")
+    await wait_for_event(joined.alice, joined.room_id, text("ok"))
+    assert not await joined.held(huge_id)
