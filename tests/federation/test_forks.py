@@ -221,3 +221,31 @@ async def test_bursts_from_both_sides_merge(make_fed_hs: Any, remote_server: Any
     await merge(alice, bob, room_id, "after the bursts")
     await converged(alice, bob, room_id)
     assert len(await local.hs.event_store.get_forward_extremities(room_id)) <= 2
+
+
+async def test_remote_ban_races_a_local_topic_change(make_fed_hs: Any, remote_server: Any) -> None:
+    """The other way round: bob (remote, power 100) bans dave (hs, power 50) while dave changes the
+    topic. hs built the topic on its heads; the ban arrives on an older prev event and, resolved
+    with it, wins: dave is banned on both sides and his topic does not stand."""
+    local = await make_fed_hs()
+    dave = await user(local, unique("dave"))
+    assert dave.user_id
+    alice, bob, room_id = await shared_room(local, remote_server, **{dave.user_id: 50})
+    status, body = await dave.request("POST", f"/join/{room_id}", {})
+    assert status == 200, body
+    await wait_joined(bob, room_id, dave.user_id)
+    await converged(alice, bob, room_id)
+
+    async def ban() -> None:
+        status, body = await bob.request("POST", f"/rooms/{room_id}/ban", {"user_id": dave.user_id})
+        assert status == 200, body
+
+    await asyncio.gather(ban(), racing_put_state(dave, room_id, "m.room.topic", "", {"topic": "dave's topic"}))
+    await merge(alice, bob, room_id, "after the remote ban")
+    state = await converged(alice, bob, room_id)
+    for c in (alice, bob):
+        status, member = await c.request("GET", f"/rooms/{room_id}/state/m.room.member/{dave.user_id}")
+        assert status == 200 and member["membership"] == "ban", member
+    if ("m.room.topic", "") in state:
+        status, topic = await alice.request("GET", f"/rooms/{room_id}/state/m.room.topic")
+        assert topic.get("topic") != "dave's topic", topic
