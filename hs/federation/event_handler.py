@@ -307,12 +307,19 @@ class FederationEventHandler:
         await self.persist_outliers(origin, pdus, event.room_version, event.room_id)
         events = await self.store.get_events(wanted)
         state: dict[StateKey, str] = {}
+        foreign: list[str] = []
         for eid in state_ids:
             ev = events.get(eid)
-            if ev is not None and ev.state_key is not None and not ev.internal.rejected:
+            if ev is not None and ev.room_id != event.room_id:  # held here, but of another room
+                foreign.append(eid)
+            elif ev is not None and ev.state_key is not None and not ev.internal.rejected:
                 state[ev.state_tuple] = eid
+        if foreign:
+            logger.warning("state at %s from %s names events of other rooms, left out: %s", prev_id, origin,
+                           ", ".join(foreign[:5]))
         prev = events.get(prev_id)
-        if prev is not None and prev.state_key is not None and not prev.internal.rejected:
+        if prev is not None and prev.room_id == event.room_id and prev.state_key is not None \
+                and not prev.internal.rejected:
             state[prev.state_tuple] = prev_id
         return state
 

@@ -61,6 +61,7 @@ class FakeRemote:
         self.serve_missing = False
         self.serve_state = False
         self.state_before: dict[str, dict[StateKey, str]] = {}  # of events we built
+        self.extra_state_ids: list[str] = []  # added to every state_ids answer (a lying server)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -154,7 +155,7 @@ class FakeRemote:
         if not self.serve_state or event_id not in self.state_before:
             return self._error(404, "M_NOT_FOUND", "this fake server does not serve that state")
         state = list(self.state_before[event_id].values())
-        return web.json_response({"pdu_ids": state, "auth_chain_ids": self.auth_chain(state)})
+        return web.json_response({"pdu_ids": state + self.extra_state_ids, "auth_chain_ids": self.auth_chain(state)})
 
     async def _unknown(self, request: web.Request) -> web.Response:
         return self._error(404, "M_UNRECOGNIZED", "fake remote: not implemented")

@@ -544,3 +544,27 @@ async def test_malformed_pdus_get_their_own_errors(joined: Joined, caplog: pytes
     assert logged(caplog, "!elsewhere", "not in room")
     await wait_for_event(joined.alice, joined.room_id, text("ok"))
     assert not await joined.held(huge_id)
+
+
+async def test_state_from_the_sender_cannot_bring_another_rooms_events(joined: Joined,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Bridging a gap, the fake server's state_ids lists an event of another room the hs holds (alice's
+    private room's name, after the room's own): it does not enter the state before the event."""
+    secret = await joined.alice.create_room(preset="private_chat", name="secret")
+    status, events = await joined.alice.request("GET", f"/rooms/{secret}/state")
+    foreign = next(e["event_id"] for e in events if e["type"] == "m.room.name")
+    joined.fake.serve_state = True
+    joined.fake.extra_state_ids = [foreign]
+    joined.fake.build(joined.room_id, joined.mallory, "m.room.member",
+                      {"membership": "join", "displayname": "M2"}, joined.mallory)
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "bridged"})
+    status, body = await joined.send([pdu])
+    assert status == 200 and body["pdus"] == {eid: {}}, body
+    event = await joined.local.hs.event_store.get_event(eid)
+    assert event is not None
+    before = await joined.local.hs.event_store.get_state_group(event.internal.state_group_before)
+    assert foreign not in before.values(), before
+    assert before[("m.room.name", "")] != foreign
+    assert logged(caplog, "other rooms", foreign)
+    status, current = await joined.alice.request("GET", f"/rooms/{joined.room_id}/state/m.room.name")
+    assert current == {"name": "inbound safety"}
