@@ -2,7 +2,8 @@
 
 One transaction per origin at a time (the spec asks servers to send one at a time; this enforces it
 against a server that does not, so that its PDUs are taken in order), idempotent by (origin, txnId):
-a retried transaction gets the first answer again without being processed twice.
+a retried transaction gets the first answer again without being processed twice. Within a
+transaction PDUs are taken by depth, parents before the children that cite them.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class TransactionHandler:
             if self.hs.sends_federation:
                 self.hs.federation_sender.wake_destination(origin)
             results = {}
-            for pdu in pdus:
+            for pdu in sorted(pdus, key=_depth):  # parents first (the sort is stable)
                 event_id, error = await self._one_pdu(origin, pdu)
                 if event_id is not None:
                     results[event_id] = {"error": error} if error else {}
@@ -119,3 +120,10 @@ def _reference_event_id(pdu: Any, rv: RoomVersion) -> str | None:
         return compute_event_id(pdu, rv)
     except Exception:  # not canonical JSON, not an object where one is due
         return None
+
+
+def _depth(pdu: Any) -> int:
+    """A PDU's depth, for taking a transaction's PDUs parents first (a child has a greater depth than
+    its prev events); a PDU without a valid one keeps its place among those of depth 0."""
+    depth = pdu.get("depth") if isinstance(pdu, dict) else None
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) else 0

@@ -568,3 +568,14 @@ async def test_state_from_the_sender_cannot_bring_another_rooms_events(joined: J
     assert logged(caplog, "other rooms", foreign)
     status, current = await joined.alice.request("GET", f"/rooms/{joined.room_id}/state/m.room.name")
     assert current == {"name": "inbound safety"}
+
+
+async def test_pdus_of_a_transaction_are_taken_parents_first(joined: Joined) -> None:
+    """A transaction lists a child before its parent: both go in (the hs takes a room's PDUs in
+    causal order), with no gap filling asked of the fake server, which does none."""
+    e1, p1 = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "parent"})
+    e2, p2 = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "child"})
+    status, body = await joined.send([p2, p1])
+    assert status == 200 and body["pdus"] == {e1: {}, e2: {}}, body
+    assert not any("get_missing_events" in r or "state_ids" in r for r in joined.fake.requests)
+    assert await joined.local.hs.event_store.get_forward_extremities(joined.room_id) == [e2]
