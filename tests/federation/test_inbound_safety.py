@@ -205,6 +205,17 @@ async def test_oversized_transaction_is_refused(joined: Joined, pdus: int, edus:
     assert status == 400, body
     assert body["errcode"] == "M_BAD_JSON"
     assert await joined.state_ids() == before
+    rv = joined.fake.rooms[joined.room_id].rv
+    assert not await joined.local.hs.event_store.have_events([compute_event_id(p, rv) for p in built])
+
+
+async def test_transaction_at_the_limits_is_taken(joined: Joined) -> None:
+    """50 PDUs (a chain) and 100 EDUs: the most one transaction may hold, all processed."""
+    built = [joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": f"n{i}"})
+             for i in range(50)]
+    status, body = await joined.send([p for _, p in built], edus=[{"edu_type": "m.typing", "content": {}}] * 100)
+    assert status == 200 and body["pdus"] == {e: {} for e, _ in built}, body
+    assert await joined.local.hs.event_store.get_forward_extremities(joined.room_id) == [built[-1][0]]
 
 
 async def test_unsigned_request_is_refused(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
