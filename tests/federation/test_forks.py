@@ -10,6 +10,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from tests.federation.client import TlsClient, unique, user
 from tests.federation.test_rooms import text, wait_for_event, wait_joined
 
@@ -100,8 +102,10 @@ async def shared_room(local: Any, remote_server: Any, **extra_power: int) -> tup
     return alice, bob, room_id
 
 
-async def test_concurrent_state_and_messages_converge(make_fed_hs: Any, remote_server: Any) -> None:
-    local = await make_fed_hs()
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_concurrent_state_and_messages_converge(make_fed_hs: Any, remote_server: Any, engine: str) -> None:
+    """On hs's two database engines (PostgreSQL persists linear batches another way)."""
+    local = await make_fed_hs(engine)
     alice, bob, room_id = await shared_room(local, remote_server)
     for r in range(ROUNDS):
         await asyncio.gather(
@@ -192,10 +196,11 @@ async def test_power_level_race(make_fed_hs: Any, remote_server: Any) -> None:
         await converged(alice, bob, room_id)
 
 
-async def test_bursts_from_both_sides_merge(make_fed_hs: Any, remote_server: Any) -> None:
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_bursts_from_both_sides_merge(make_fed_hs: Any, remote_server: Any, engine: str) -> None:
     """Bursts of messages and state from two users on each side at once, three rounds: every message
     reaches the other side, the states converge, and hs keeps few forward extremities."""
-    local = await make_fed_hs()
+    local = await make_fed_hs(engine)
     alice, bob, room_id = await shared_room(local, remote_server)
     alice2 = await user(local, unique("alice2"))
     bob2 = await user(remote_server, unique("bob2"))
