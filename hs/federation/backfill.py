@@ -110,6 +110,10 @@ class Backfiller:
             return 0
         group = anchor.internal.state_group_before
         instance = self.hs.instance_name
+        state = await self.store.get_state_group(group)
+        # A backfilled redaction takes effect only as a received one would (EventSender's rule).
+        applies = {ev.event_id: await self.hs.event_sender._received_redaction_applies(ev, state)
+                   for ev in accepted if ev.type == "m.room.redaction"}
 
         async def write(c: Connection) -> None:
             lowest = int(await c.fetchval("SELECT MIN(stream_ordering) FROM events") or 0)
@@ -119,7 +123,8 @@ class Backfiller:
                 await self.store.remove_outlier(c, ev.event_id)  # held as state or auth chain until now
                 ev.internal.outlier = False
                 await self.store.insert_event(c, ev, position, instance, group, group, None,
-                                              update_current_state=False)
+                                              update_current_state=False,
+                                              apply_redaction=applies.get(ev.event_id, True))
                 position -= 1
 
         await self.hs.db.run_transaction("backfill", write)

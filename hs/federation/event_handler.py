@@ -31,6 +31,7 @@ from hs.events.hashing import check_content_hash
 from hs.events.redaction import redact_pdu
 from hs.events.room_versions import EventFormat, RoomVersion
 from hs.events.validation import EventTooLargeError, check_event_size
+from hs.federation.acl import server_allowed
 from hs.federation.remote import RemoteRooms
 from hs.state.resolution import resolve_state
 from hs.util import KeyedLocks
@@ -164,6 +165,7 @@ class FederationEventHandler:
         rv = await self.hs.room_store.get_room_version(room_id)
         if rv is None:
             raise PduRejected(f"this server is not in room {room_id}")
+        await self._check_acl(origin, room_id, rv)
         event = await self.checked_event(pdu, rv)
         async with self.room_locks.lock(room_id):
             if await self.store.have_events([event.event_id]):
@@ -171,6 +173,15 @@ class FederationEventHandler:
                 return None
             await self._fill_gap(origin, event)
             return await self._process(origin, event)
+
+    async def _check_acl(self, origin: str, room_id: str, rv: RoomVersion) -> None:
+        """A server the room's ACL denies sends nothing into it (checked against the room's current
+        state as its writer knows it, from memory)."""
+        acl_id = (await self.hs.event_sender.current_state_ids(room_id, rv)).get(("m.room.server_acl", ""))
+        acl = await self.store.get_event(acl_id) if acl_id is not None else None
+        if acl is not None and not server_allowed(acl.content, origin):
+            logger.warning("PDU from %s in %s refused: the room's server ACL denies it", origin, room_id)
+            raise PduRejected(f"the server ACL of {room_id} denies {origin}")
 
     async def _fill_gap(self, origin: str, event: Event) -> None:
         """Fetch the events between our forward extremities and the event's unknown prev events."""

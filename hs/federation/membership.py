@@ -177,8 +177,10 @@ class FederationMembership:
         handler = self.hs.federation_event_handler
         held = await handler.persist_outliers(server, result.state + result.auth_chain, rv, room_id)
         by_id = {ev.event_id: ev for ev in held}
-        by_id.update(await self.store.get_events([p.get("event_id") or Event(p, rv).event_id
-                                                  for p in result.state if isinstance(p, dict)]))
+        held_before = await self.store.get_events([p.get("event_id") or Event(p, rv).event_id
+                                                   for p in result.state if isinstance(p, dict)])
+        # (Only this room's: a resident server must not slip another room's event into the state.)
+        by_id.update({eid: ev for eid, ev in held_before.items() if ev.room_id == room_id})
         state_before: dict[StateKey, str] = {}
         for p in result.state:
             try:

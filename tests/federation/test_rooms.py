@@ -125,3 +125,28 @@ async def test_server_acl_keeps_a_denied_server_out(make_fed_hs: Any, remote_ser
     assert status == 403, body
     status, members = await alice.request("GET", f"/rooms/{room_id}/joined_members")
     assert bob.user_id not in members["joined"]
+
+
+async def test_server_acl_refuses_events_from_a_denied_server(make_fed_hs: Any, remote_server: Any) -> None:
+    """A server denied after joining: its events no longer enter the room here."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    room_id = await alice.create_room(preset="public_chat")
+    status, body = await bob.request("POST", f"/join/{room_id}", {}, params={"server_name": local.server_name})
+    assert status == 200, body
+    await wait_joined(alice, room_id, bob.user_id)
+    remote_host = remote_server.server_name.rsplit(":", 1)[0]
+    status, body = await alice.request("PUT", f"/rooms/{room_id}/state/m.room.server_acl",
+                                       {"allow": ["*"], "deny": [remote_host], "allow_ip_literals": True})
+    assert status == 200, body
+    await wait_for_event(bob, room_id, lambda e: e.get("type") == "m.room.server_acl")
+    status, sent = await bob.request("PUT", f"/rooms/{room_id}/send/m.room.message/acl1",
+                                     {"msgtype": "m.text", "body": "after the acl"})
+    assert status == 200, sent
+    marker = await alice.send_message(room_id, "marker after")
+    await asyncio.sleep(2.0)  # the remote server has sent its message by now (it arrives in ~10 ms)
+    status, page = await alice.request("GET", f"/rooms/{room_id}/messages", params={"dir": "b", "limit": "20"})
+    bodies = [e.get("content", {}).get("body") for e in page["chunk"]]
+    assert "marker after" in bodies and "after the acl" not in bodies, bodies
+    assert marker
