@@ -138,6 +138,14 @@ class FederationMembership:
             "servers_in_room": servers,
         }
 
+    async def send_knock_response(self, knock: Event) -> JsonDict:
+        """send_knock's answer: the room's identifying state at the knock, as full PDUs (what invites
+        carry, and what Synapse sends and checks), for the knocker's server to show its user."""
+        state = await self.store.get_state_group(knock.internal.state_group_after)
+        ids = [state[(t, "")] for t in INVITE_STATE_TYPES if (t, "") in state]
+        found = await self.store.get_events(ids)
+        return {"knock_room_state": [federation_pdu(found[i]) for i in ids if i in found]}
+
     # -- joining side ----------------------------------------------------------------------------------
     async def join_remote_room(self, user_id: str, room_id: str, servers: list[str],
                                content: JsonDict | None = None) -> str:
@@ -230,6 +238,61 @@ class FederationMembership:
     async def _create_remote_room(self, room_id: str, rv: RoomVersion, pdus: list[JsonDict]) -> None:
         creator = next((p.get("sender") for p in pdus if p.get("type") == "m.room.create"), None)
         await self.hs.room_store.insert_remote_room(room_id, rv.identifier, creator if isinstance(creator, str) else None)
+
+    # -- knocking on a room on another server --------------------------------------------------------------
+    async def knock_remote_room(self, user_id: str, room_id: str, servers: list[str],
+                                content: JsonDict | None = None) -> Event:
+        """Knock for `user_id` (local) on a room no local user is in, through make_knock/send_knock with
+        each of `servers` in turn. The knock is kept here out of band (as a received invite is) with
+        the room state the resident server sent, so the knocker's /sync lists it under `rooms.knock`."""
+        candidates = [s for s in dict.fromkeys(servers) if s != self.hs.server_name]
+        if not candidates:
+            raise not_found("No known servers")
+        last_error: Exception | None = None
+        for server in candidates:
+            if not self.hs.config.federation_allowed(server):
+                continue
+            try:
+                return await self._knock_via(server, user_id, room_id, content or {})
+            except MatrixError:
+                raise
+            except Exception as e:  # down, refusing, or answering nonsense: try the next
+                logger.info("knocking on %s via %s failed: %s", room_id, server, e)
+                last_error = e
+        if isinstance(last_error, FederationError):
+            raise remote_refusal(last_error, "knock", None)
+        raise unavailable(f"Could not knock on {room_id} through any of {candidates}: {last_error}")
+
+    async def _knock_via(self, server: str, user_id: str, room_id: str, content: JsonDict) -> Event:
+        template = await self.remote.make_membership(server, "knock", room_id, user_id,
+                                                     sorted(KNOWN_ROOM_VERSIONS, key=int))
+        rv = KNOWN_ROOM_VERSIONS.get(template.room_version)
+        if rv is None:
+            raise incompatible_room_version(template.room_version)
+        if not rv.knock_join_rule:
+            raise forbidden(f"Room version {rv.identifier} does not support knocking")
+        known = await self.hs.room_store.get_room_version(room_id)
+        if known is not None and known.identifier != rv.identifier:
+            raise unavailable(f"{server} offers room {room_id} as version {rv.identifier}, "
+                              f"known here as {known.identifier}")
+        pdu = self._own_event(template.event, rv, room_id, user_id, "knock", content)
+        event = self._finish(pdu, rv)
+        room_state = await self.remote.send_knock(server, room_id, event.event_id, event.pdu)
+        # Only this room's entries (a full PDU names its room; a stripped event does not).
+        stripped = _stripped_state([s for s in room_state if s.get("room_id", room_id) == room_id])
+        stored = Event({**event.pdu, "unsigned": {**event.pdu.get("unsigned", {}), "knock_room_state": stripped}},
+                       rv, event_id=event.event_id)
+        creator = next((s.get("sender") for s in stripped if s.get("type") == "m.room.create"), None)
+        handler = self.hs.federation_event_handler
+        async with handler.room_locks.lock(room_id):
+            if not await self.store.have_events([event.event_id]):
+                await self.hs.room_store.insert_remote_room(room_id, rv.identifier,
+                                                            creator if isinstance(creator, str) else None)
+                # Out of band, as a received invite: the knock becomes the room's one head here.
+                state_before = await self.store.get_current_state_ids(room_id)
+                stored = await self.hs.event_sender.persist_received(stored, state_before, replace_heads=True)
+        logger.info("%s knocked on %s via %s", user_id, room_id, server)
+        return stored
 
     # -- invites, inviting side --------------------------------------------------------------------------
     async def co_sign_invite(self, event: Event) -> None:

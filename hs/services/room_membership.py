@@ -108,7 +108,8 @@ class RoomMembership:
 
     async def _leave_remotely(self, room_id: str, user_id: str, reason: str | None) -> Event:
         """Leave a room no local user is joined to (reject an invite, rescind a knock): only a resident
-        server can build the leave, so through the inviter's server (then the room ID's)."""
+        server can build the leave, so through the inviter's server (then the room ID's, then the room
+        creator's as the invite's or knock's stripped state named it)."""
         current = await self.store.get_membership(room_id, user_id)
         if current is None or current[0] not in ("invite", "knock"):
             raise forbidden(f"{user_id} is not in room {room_id}")
@@ -118,6 +119,10 @@ class RoomMembership:
             servers.append(get_domain(invite.sender))
         if ":" in room_id:
             servers.append(room_id.split(":", 1)[1])
+        room = await self.hs.room_store.get_room(room_id)
+        creator = room.get("creator") if room is not None else None
+        if isinstance(creator, str) and ":" in creator:  # (a v12 room ID names no server: its creator's)
+            servers.append(get_domain(creator))
         content: JsonDict = {"reason": reason} if reason is not None else {}
         return await self.hs.federation_membership.leave_remote_room(user_id, room_id, servers, content)
 
@@ -199,18 +204,22 @@ class RoomMembership:
         members = await self.store.get_joined_members(room_id)
         return not any(m.partition(":")[2] == self.hs.server_name for m in members)
 
-    async def knock(self, requester: Requester, room_id_or_alias: str, reason: str | None = None) -> str:
-        """POST /knock: ask to join a local room. The auth rules decide (join rule `knock`, or
+    async def knock(self, requester: Requester, room_id_or_alias: str, reason: str | None = None,
+                    via: list[str] | None = None) -> str:
+        """POST /knock: ask to join a room. The auth rules decide (join rule `knock`, or
         `knock_restricted` where the room version has it; not banned, invited or joined). Accepting is an
-        invite, rejecting a kick, and the knocker rescinds with /leave (all through update_membership)."""
+        invite, rejecting a kick, and the knocker rescinds with /leave (all through update_membership).
+        A room no local user is in is knocked on through other servers: `via`, the alias's server and
+        what it named, and the room ID's server (before room v12)."""
         user_id = requester.user_id
         if requester.is_guest:
             raise guest_access_forbidden("Guest access is not allowed")
-        room_id = await self.hs.room_aliases.resolve_room(room_id_or_alias)
+        room_id, servers = await self.hs.room_aliases.resolve_room_and_servers(room_id_or_alias)
         check_room_id(room_id)
+        if await self._must_join_remotely(room_id):
+            return await self._knock_remotely(user_id, room_id, [*(via or []), *servers], reason)
         rv = await self.hs.room_store.get_room_version(room_id)
         if rv is None:
-            # Only local rooms are known; knocking over federation is not built.
             raise not_found("No known servers")
         if not rv.knock_join_rule:
             raise forbidden(f"Room version {rv.identifier} does not support knocking")
@@ -226,6 +235,21 @@ class RoomMembership:
             # Knocks count against the join rate limit (rc_joins), as in Synapse.
             self.hs.ratelimiters["joins_local"].check(user_id)
         await self.hs.event_sender.send(room_id, user_id, MEMBER, content, state_key=user_id, room_version=rv)
+        return room_id
+
+    async def _knock_remotely(self, user_id: str, room_id: str, servers: list[str], reason: str | None) -> str:
+        candidates = list(servers)
+        if ":" in room_id:
+            candidates.append(room_id.split(":", 1)[1])
+        if not candidates:
+            raise not_found("No known servers")
+        current = await self.store.get_membership(room_id, user_id)
+        if current is None or current[0] != "knock":
+            self.hs.ratelimiters["joins_remote"].check(user_id)
+        content: JsonDict = await self.profile_content(user_id)
+        if reason is not None:
+            content["reason"] = reason
+        await self.hs.federation_membership.knock_remote_room(user_id, room_id, candidates, content)
         return room_id
 
     async def forget(self, requester: Requester, room_id: str) -> None:

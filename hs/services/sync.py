@@ -602,7 +602,8 @@ class SyncService:
             for e in (found[i] for i in ids if i in found)
         ]
         if ("m.room.create", "") not in state:  # an invite to a room on another server: its stripped state
-            stripped = list((ev.pdu.get("unsigned") or {}).get("invite_room_state") or [])
+            unsigned = ev.pdu.get("unsigned") or {}
+            stripped = list(unsigned.get("invite_room_state") or unsigned.get("knock_room_state") or [])
         # The membership event itself in full: clients read the inviter and time from it.
         stripped.append(serialize_event(ev, include_room_id=False))
         return stripped

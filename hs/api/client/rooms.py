@@ -46,11 +46,12 @@ async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
 
 
 async def knock_room(request: web.Request) -> tuple[int, Any]:
-    """POST /knock/{roomIdOrAlias}; `via` / `server_name` only matter for remote rooms (not built)."""
+    """POST /knock/{roomIdOrAlias}; `via` / `server_name` name servers to knock through (remote rooms)."""
     hs = get_hs(request)
     requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
-    room_id = await hs.room_membership.knock(requester, request.match_info["roomIdOrAlias"], _reason(body))
+    via = query_list(request, "via", "server_name")
+    room_id = await hs.room_membership.knock(requester, request.match_info["roomIdOrAlias"], _reason(body), via)
     return 200, {"room_id": room_id}
 
 

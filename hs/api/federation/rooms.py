@@ -80,6 +80,12 @@ async def send_leave_v1(request: web.Request) -> HandlerResult:
     return 200, [200, {}]
 
 
+async def send_knock(request: web.Request) -> HandlerResult:
+    hs = get_hs(request)
+    event = await _send(request, "knock")
+    return 200, await hs.federation_membership.send_knock_response(event)
+
+
 async def get_event(request: web.Request) -> HandlerResult:
     origin = await authenticate_origin(request)
     return 200, await get_hs(request).federation_room_reads.get_event(origin, _path(request, "eventId"))
@@ -147,6 +153,7 @@ ROUTES: list[Route] = [
     Route("PUT", "/send_join/{roomId}/{eventId}", send_join_v2, "federation", prefixes=V2, resource="federation"),
     _v1("PUT", "/send_leave/{roomId}/{eventId}", send_leave_v1),
     Route("PUT", "/send_leave/{roomId}/{eventId}", send_leave_v2, "federation", prefixes=V2, resource="federation"),
+    _v1("PUT", "/send_knock/{roomId}/{eventId}", send_knock),
     _v1("GET", "/event/{eventId}", get_event),
     _v1("GET", "/state_ids/{roomId}", state_ids),
     _v1("GET", "/state/{roomId}", state),
