@@ -18,6 +18,7 @@ Events fetched for state or auth chains go in as *outliers*, checked against the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -155,10 +156,13 @@ class FederationEventHandler:
         check_auth_rules(event, await self._auth_map(event, [e for e in events.values() if not e.internal.rejected]))
 
     # -- receiving -------------------------------------------------------------------------------------
-    async def on_receive_pdu(self, origin: str, pdu: Any) -> Event | None:
+    async def on_receive_pdu(self, origin: str, pdu: Any,
+                             deferred: list[asyncio.Future[Event]] | None = None) -> Event | None:
         """Take one PDU of a transaction (or a send_join/leave/knock) into its room; raises PduRejected.
 
-        Returns the event once persisted (None when it was already known)."""
+        Returns the event once persisted (None when it was already known). With `deferred`, an
+        accepted event is returned once queued for persisting, its future added to `deferred`: a
+        transaction's PDUs then commit together, and the caller waits for them all at the end."""
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         if not isinstance(room_id, str):
             raise PduRejected("PDU has no room_id")
@@ -172,7 +176,7 @@ class FederationEventHandler:
                 PDUS_RECEIVED.labels("known").inc()
                 return None
             await self._fill_gap(origin, event)
-            return await self._process(origin, event)
+            return await self._process(origin, event, deferred)
 
     async def _check_acl(self, origin: str, room_id: str, rv: RoomVersion) -> None:
         """A server the room's ACL denies sends nothing into it (checked against the room's current
@@ -211,7 +215,8 @@ class FederationEventHandler:
             except PduRejected as e:
                 logger.info("missing event %s from %s: %s", ev.event_id, origin, e)
 
-    async def _process(self, origin: str, event: Event) -> Event | None:
+    async def _process(self, origin: str, event: Event,
+                       deferred: list[asyncio.Future[Event]] | None = None) -> Event | None:
         room_id = event.room_id
         known = await self._ensure_auth_events(origin, event)
         try:
@@ -237,6 +242,10 @@ class FederationEventHandler:
             await self.hs.db.run_transaction("soft_failed", lambda c: self.store.insert_outliers(c, [event]))
             PDUS_RECEIVED.labels("soft_failed").inc()
             return None
+        if deferred is not None:
+            deferred.append(await self.hs.event_sender.queue_received(event, state_before, group_before))
+            PDUS_RECEIVED.labels("accepted").inc()
+            return event
         persisted = await self.hs.event_sender.persist_received(event, state_before, group_before)
         PDUS_RECEIVED.labels("accepted").inc()
         return persisted

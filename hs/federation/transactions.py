@@ -8,13 +8,14 @@ transaction PDUs are taken by depth, parents before the children that cite them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from hs.errors import bad_json
 from hs.events.auth import get_domain
-from hs.events.event import JsonDict
+from hs.events.event import Event, JsonDict
 from hs.events.hashing import compute_event_id
 from hs.events.room_versions import EventFormat, RoomVersion
 from hs.federation.event_handler import PduRejected, parse_pdu
@@ -60,17 +61,29 @@ class TransactionHandler:
             if self.hs.sends_federation:
                 self.hs.federation_sender.wake_destination(origin)
             results = {}
+            # Accepted PDUs are queued and commit together; their results wait for the commit.
+            queued: list[tuple[str | None, asyncio.Future[Event]]] = []
             for pdu in sorted(pdus, key=_depth):  # parents first (the sort is stable)
-                event_id, error = await self._one_pdu(origin, pdu)
+                deferred: list[asyncio.Future[Event]] = []
+                event_id, error = await self._one_pdu(origin, pdu, deferred)
+                queued.extend((event_id, f) for f in deferred)
                 if event_id is not None:
                     results[event_id] = {"error": error} if error else {}
+            for event_id, future in queued:
+                try:
+                    await asyncio.shield(future)
+                except Exception as e:
+                    logger.warning("PDU %s from %s failed to persist: %s", event_id, origin, e)
+                    if event_id is not None:
+                        results[event_id] = {"error": "failed to persist"}
             for edu in edus:
                 await self._one_edu(origin, edu)
             answer: JsonDict = {"pdus": results}
             self._answered.set((origin, txn_id), answer)
             return answer
 
-    async def _one_pdu(self, origin: str, pdu: Any) -> tuple[str | None, str | None]:
+    async def _one_pdu(self, origin: str, pdu: Any,
+                       deferred: list[asyncio.Future[Event]]) -> tuple[str | None, str | None]:
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         rv = await self.hs.room_store.get_room_version(room_id) if isinstance(room_id, str) else None
         event_id: str | None = pdu.get("event_id") if isinstance(pdu, dict) and isinstance(pdu.get("event_id"), str) else None
@@ -89,7 +102,7 @@ class TransactionHandler:
             logger.warning("PDU %s from %s was sent by %s: dropped", event_id, origin, sender)
             return event_id, f"{origin} is not the origin of this event"
         try:
-            await self.hs.federation_event_handler.on_receive_pdu(origin, pdu)
+            await self.hs.federation_event_handler.on_receive_pdu(origin, pdu, deferred)
         except PduRejected as e:
             logger.info("PDU %s from %s: %s", event_id, origin, e)
             return event_id, str(e)

@@ -339,6 +339,13 @@ class EventSender:
 
     async def persist_received(self, event: Event, state_before: dict[StateKey, str],
                                group_before: int | None = None, replace_heads: bool = False) -> Event:
+        """`queue_received`, then wait until the event is persisted."""
+        future = await self.queue_received(event, state_before, group_before, replace_heads)
+        return await asyncio.shield(future)
+
+    async def queue_received(self, event: Event, state_before: dict[StateKey, str],
+                             group_before: int | None = None, replace_heads: bool = False,
+                             ) -> asyncio.Future[Event]:
         """Persist an event from another server that hs/federation/ has checked (signatures, hashes,
         auth against its auth events and against `state_before`, the state at its prev events): it
         joins the room's queue behind the local events built so far, its prev events stop being heads
@@ -374,7 +381,9 @@ class EventSender:
             current_after = state_after if len(new_heads) == 1 else await self._resolve_heads(rv, new_heads)
             pending.current_delta = await self._state_delta(current_before, current_after)
             self._queue(pending)
-        return await asyncio.shield(pending.future)
+        # Staged: the room's next events (local or received) build on it before it commits, and the
+        # events queued meanwhile commit together.
+        return pending.future
 
     async def current_state_ids(self, room_id: str, rv: RoomVersion) -> dict[StateKey, str]:
         """The room's current state as its writer knows it: the resolution of its heads' states, the
