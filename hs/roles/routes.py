@@ -69,6 +69,9 @@ def all_routes() -> list[Route]:
         routes.extend(module.ROUTES)
     from hs.api.federation import invites as federation_invites
     routes.extend(federation_invites.ROUTES)
+    from hs.api.client import openid as client_openid
+    from hs.api.federation import public as federation_public
+    routes.extend([*federation_public.ROUTES, *client_openid.ROUTES])
     return routes
 
 

@@ -1,5 +1,6 @@
 """Room aliases (/directory/room), a room's local aliases, and the published room directory
-(/directory/list/room, /publicRooms). The logic lives in `hs/services/room_aliases.py` and `room_directory.py`."""
+(/directory/list/room, /publicRooms; with `server=<other>`, that server's list, asked over federation).
+The logic lives in `hs/services/room_aliases.py` and `room_directory.py`."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ from hs.api.params import (
     body_int,
     body_object,
     parse_int,
+    query_bool,
     query_int,
     query_str,
     query_token,
     require_str,
     token,
 )
-from hs.errors import MatrixError, bad_json, missing_token, unreachable
+from hs.errors import invalid_param, missing_token
+from hs.federation.discovery import DiscoveryError, parse_server_name
+from hs.services.room_directory import room_types_filter
 
 
 def directory_since(raw: str) -> int:
@@ -82,13 +86,15 @@ async def put_visibility(request: web.Request) -> tuple[int, Any]:
 
 
 def _remote_server(request: web.Request) -> str | None:
-    """The `server` asked about, when it is not this one."""
+    """The `server` asked about, when it is not this one (400 M_INVALID_PARAM if not a server name)."""
     server = query_str(request, "server")
-    return server if server and server != get_hs(request).server_name else None
-
-
-def _no_remote_directories() -> MatrixError:
-    return unreachable("Fetching other servers' room directories is not supported")
+    if not server or server == get_hs(request).server_name:
+        return None
+    try:
+        parse_server_name(server)
+    except DiscoveryError:
+        raise invalid_param(f"Invalid server name: {server}") from None
+    return server
 
 
 async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
@@ -97,12 +103,14 @@ async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     requester = await get_optional_requester(request)
     remote = _remote_server(request)
+    limit = query_int(request, "limit", None, clamp=True)
+    since = query_str(request, "since")
     if remote is not None:
         if requester is None:
             raise missing_token("Missing access token")
-        raise _no_remote_directories()
-    limit = query_int(request, "limit", None, clamp=True)
-    since = query_str(request, "since")
+        return 200, await hs.room_directory.remote_public_rooms(
+            remote, limit, since, None, None, query_bool(request, "include_all_networks"),
+            query_str(request, "third_party_instance_id"))
     query_token(request, "since", directory_since)
     return 200, await hs.room_directory.public_rooms(limit, since, None, None)
 
@@ -110,20 +118,20 @@ async def get_public_rooms(request: web.Request) -> tuple[int, Any]:
 async def post_public_rooms(request: web.Request) -> tuple[int, Any]:
     hs = get_hs(request)
     await get_requester(request)
-    if _remote_server(request) is not None:
-        raise _no_remote_directories()
+    remote = _remote_server(request)
     body = await parse_json(request, allow_empty=True)
     limit = body_int(body, "limit", minimum=0, clamp=True)
     since = require_str(body, "since", optional=True) or None
-    if since is not None:
-        token(since, "since", directory_since)
-    body_bool(body, "include_all_networks", False)
+    if since is not None and remote is None:
+        token(since, "since", directory_since)  # another server's tokens are its own business
+    include_all_networks = body_bool(body, "include_all_networks", False)
+    third_party_instance_id = require_str(body, "third_party_instance_id", optional=True)
     filt = body_object(body, "filter") or {}
     term = require_str(filt, "generic_search_term", optional=True)
-    room_types = filt.get("room_types")
-    if room_types is not None and (not isinstance(room_types, list)
-                                   or not all(t is None or isinstance(t, str) for t in room_types)):
-        raise bad_json("'room_types' must be a list of strings or nulls")
+    room_types = room_types_filter(filt)
+    if remote is not None:
+        return 200, await hs.room_directory.remote_public_rooms(
+            remote, limit, since, term, room_types, include_all_networks, third_party_instance_id)
     return 200, await hs.room_directory.public_rooms(limit, since, term, room_types)
 
 
