@@ -9,6 +9,7 @@ so tests of hs reading a Synapse directory use a Synapse of this module that all
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -157,3 +158,188 @@ async def test_openid_userinfo_on_hs_and_remote(make_fed_hs: MakeFedHs, remote_s
                                                   params={"access_token": "not-a-token"})
         assert status == 401 and refused["errcode"] == "M_UNKNOWN_TOKEN", refused
     assert set(answers[0]) == set(answers[1]) == {"sub"}
+
+
+# -- space hierarchies ---------------------------------------------------------------------------------
+async def add_child(owner: TlsClient, space: str, child: str, via: str, **content: Any) -> None:
+    status, body = await owner.request("PUT", f"/rooms/{space}/state/m.space.child/{child}",
+                                       {"via": [via], **content})
+    assert status == 200, body
+
+
+async def build_space(owner: TlsClient, server_name: str) -> dict[str, str]:
+    """A public space with a suggested public room, an invite-only room and a public sub-space (first
+    by its `order`) holding one more public room."""
+    rooms = {
+        "space": await owner.create_room(preset="public_chat", name="space",
+                                         creation_content={"type": "m.space"}),
+        "public": await owner.create_room(preset="public_chat", name="public child", topic="come in"),
+        "private": await owner.create_room(preset="private_chat", name="private child"),
+        "subspace": await owner.create_room(preset="public_chat", name="sub-space",
+                                            creation_content={"type": "m.space"}),
+        "grandchild": await owner.create_room(preset="public_chat", name="grandchild"),
+    }
+    await add_child(owner, rooms["space"], rooms["public"], server_name, suggested=True)
+    await add_child(owner, rooms["space"], rooms["private"], server_name)
+    await add_child(owner, rooms["space"], rooms["subspace"], server_name, order="a")
+    await add_child(owner, rooms["subspace"], rooms["grandchild"], server_name)
+    return rooms
+
+
+async def check_hierarchy_across(viewer: TlsClient, rooms: dict[str, str], viewers_server: MatrixServer) -> None:
+    """The viewer, joined to the space only, sees every room but the private one; with
+    suggested_only the space and its suggested child."""
+    path = f"/_matrix/client/v1/rooms/{rooms['space']}/hierarchy"
+    status, body = await viewer.request("GET", path)
+    assert status == 200, (body, viewers_server.log_tail(30))
+    seen = [r["room_id"] for r in body["rooms"]]
+    assert seen[0] == rooms["space"], seen
+    assert sorted(seen) == sorted([rooms["space"], rooms["subspace"], rooms["grandchild"], rooms["public"]]), (
+        seen, viewers_server.log_tail(30))
+    by_id = {r["room_id"]: r for r in body["rooms"]}
+    assert by_id[rooms["public"]]["name"] == "public child" and by_id[rooms["public"]]["topic"] == "come in"
+    assert by_id[rooms["public"]]["join_rule"] == "public" and by_id[rooms["public"]]["num_joined_members"] == 1
+    assert by_id[rooms["subspace"]]["room_type"] == "m.space"
+    assert [c["state_key"] for c in by_id[rooms["subspace"]]["children_state"]] == [rooms["grandchild"]]
+    assert len(by_id[rooms["space"]]["children_state"]) == 3
+    assert "allowed_room_ids" not in by_id[rooms["public"]]
+    status, body = await viewer.request("GET", path, params={"suggested_only": "true"})
+    assert status == 200, body
+    assert [r["room_id"] for r in body["rooms"]] == [rooms["space"], rooms["public"]], body
+
+
+async def test_remote_server_walks_a_space_on_hs(make_fed_hs: MakeFedHs, remote_server: MatrixServer) -> None:
+    """A remote user joined to an hs space gets its hierarchy: the child rooms, which only hs is in,
+    described by hs's federation /hierarchy (the private one refused)."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    rooms = await build_space(alice, local.server_name)
+    status, body = await bob.request("POST", f"/join/{rooms['space']}", {}, params={"server_name": local.server_name})
+    assert status == 200, body
+    await check_hierarchy_across(bob, rooms, remote_server)
+
+
+async def test_hs_walks_a_space_on_the_remote_server(make_fed_hs: MakeFedHs, remote_server: MatrixServer) -> None:
+    """The other way: an hs user joined to a remote space gets the remote child rooms through the
+    remote server's federation /hierarchy."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    rooms = await build_space(bob, remote_server.server_name)
+    status, body = await alice.request("POST", f"/join/{rooms['space']}", {},
+                                       params={"server_name": remote_server.server_name})
+    assert status == 200, body
+    await check_hierarchy_across(alice, rooms, local)
+
+
+async def test_federation_hierarchy_answer(make_fed_hs: MakeFedHs) -> None:
+    """hs's /hierarchy answer as another hs gets it: the room with its children_state, accessible
+    children with their summaries, closed ones named; a closed room itself is 404, until a user of
+    the asking server is invited."""
+    local, other = await make_fed_hs(), await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    rooms = await build_space(alice, local.server_name)
+    client = other.hs.federation_client
+
+    def path(room: str) -> str:
+        return f"/_matrix/federation/v1/hierarchy/{room}"
+
+    body = await client.get_json(local.server_name, path(rooms["space"]))
+    assert body["room"]["room_id"] == rooms["space"] and body["room"]["room_version"]
+    assert {c["state_key"] for c in body["room"]["children_state"]} == {
+        rooms["public"], rooms["private"], rooms["subspace"]}
+    assert sorted(c["room_id"] for c in body["children"]) == sorted([rooms["public"], rooms["subspace"]])
+    sub = next(c for c in body["children"] if c["room_id"] == rooms["subspace"])
+    assert [c["state_key"] for c in sub["children_state"]] == [rooms["grandchild"]]
+    assert body["inaccessible_children"] == [rooms["private"]]
+    suggested = await client.get_json(local.server_name, path(rooms["space"]), {"suggested_only": "true"})
+    assert [c["room_id"] for c in suggested["children"]] == [rooms["public"]]
+    from hs.federation.client import FederationError
+
+    with pytest.raises(FederationError) as refused:
+        await client.get_json(local.server_name, path(rooms["private"]))
+    assert refused.value.status == 404 and refused.value.errcode == "M_NOT_FOUND"
+    carol = await user(other, unique("carol"))
+    status, invited = await alice.request("POST", f"/rooms/{rooms['private']}/invite", {"user_id": carol.user_id})
+    assert status == 200, invited
+    answer = await client.get_json(local.server_name, path(rooms["private"]))
+    assert answer["room"]["name"] == "private child" and answer["room"]["join_rule"] == "invite"
+
+
+# -- timestamp_to_event --------------------------------------------------------------------------------
+async def event_ts(client: TlsClient, room_id: str, event_id: str) -> int:
+    status, event = await client.request("GET", f"/rooms/{room_id}/event/{event_id}")
+    assert status == 200, event
+    return int(event["origin_server_ts"])
+
+
+async def sent_then_joined(owner: TlsClient, owner_server: MatrixServer, joiner: TlsClient) -> tuple[str, str, int]:
+    """(room, the last message before the joiner came, its timestamp): the joiner's server holds no
+    timeline event from before its join."""
+    room_id = await owner.create_room(preset="public_chat")
+    await owner.send_message(room_id, "early")
+    last = await owner.send_message(room_id, "last before the join")
+    ts = await event_ts(owner, room_id, last)
+    await asyncio.sleep(0.05)  # the join's timestamp is later than the messages' (a ms clock)
+    status, body = await joiner.request("POST", f"/join/{room_id}", {}, params={"server_name": owner_server.server_name})
+    assert status == 200, body
+    return room_id, last, ts
+
+
+async def test_remote_server_finds_an_event_before_its_join_on_hs(make_fed_hs: MakeFedHs,
+                                                                   remote_server: MatrixServer) -> None:
+    """A remote user asks for the event before a time their server has no history of: it asks hs."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    room_id, last, ts = await sent_then_joined(alice, local, bob)
+    status, body = await bob.request("GET", f"/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
+                                     params={"ts": str(ts + 1), "dir": "b"})
+    assert status == 200, (body, remote_server.log_tail(30))
+    assert body == {"event_id": last, "origin_server_ts": ts}
+
+
+async def test_hs_finds_an_event_before_its_join_on_the_remote_server(make_fed_hs: MakeFedHs,
+                                                                       remote_server: MatrixServer) -> None:
+    """The other way: hs has nothing before its join, so it asks the remote server."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    room_id, last, ts = await sent_then_joined(bob, remote_server, alice)
+    status, body = await alice.request("GET", f"/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
+                                       params={"ts": str(ts + 1), "dir": "b"})
+    assert status == 200, (body, local.log_tail(30))
+    assert body == {"event_id": last, "origin_server_ts": ts}
+    # Found here when hs has it: its own user's join, after the messages.
+    status, body = await alice.request("GET", f"/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
+                                       params={"ts": str(ts + 1), "dir": "f"})
+    assert status == 200 and body["event_id"] != last, body
+
+
+async def test_federation_timestamp_to_event_answer(make_fed_hs: MakeFedHs) -> None:
+    """hs's answer to another hs: the nearest event either way for a room that server is in or that is
+    world-readable; 403 for a room it may not read; 404 past the room's last event."""
+    local, other = await make_fed_hs(), await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    room_id = await alice.create_room(preset="private_chat", initial_state=[
+        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}])
+    message = await alice.send_message(room_id, "hello")
+    ts = await event_ts(alice, room_id, message)
+    client = other.hs.federation_client
+    path = f"/_matrix/federation/v1/timestamp_to_event/{room_id}"
+    assert await client.get_json(local.server_name, path, {"ts": str(ts), "dir": "b"}) == {
+        "event_id": message, "origin_server_ts": ts}
+    first = await client.get_json(local.server_name, path, {"ts": "0", "dir": "f"})
+    status, create = await alice.request("GET", f"/rooms/{room_id}/state/m.room.create", params={"format": "event"})
+    assert status == 200 and first["event_id"] == create["event_id"], (first, create)
+    from hs.federation.client import FederationError
+
+    with pytest.raises(FederationError) as after:
+        await client.get_json(local.server_name, path, {"ts": str(ts + 1000), "dir": "f"})
+    assert after.value.status == 404 and after.value.errcode == "M_NOT_FOUND"
+    closed = await alice.create_room(preset="private_chat")
+    with pytest.raises(FederationError) as refused:
+        await client.get_json(local.server_name, f"/_matrix/federation/v1/timestamp_to_event/{closed}",
+                              {"ts": "0", "dir": "f"})
+    assert refused.value.status == 403 and refused.value.errcode == "M_FORBIDDEN"

@@ -27,6 +27,7 @@ from hs.api.params import (
     query_str,
 )
 from hs.errors import bad_json, missing_param, not_found, not_json
+from hs.federation.timestamps import event_near_timestamp
 from hs.services.room_history import MAX_LIMIT, EventFilter
 
 DIRECTIONS = ("b", "f")
@@ -96,7 +97,7 @@ async def timestamp_to_event(request: web.Request) -> tuple[int, Any]:
     direction = query_enum(request, "dir", DIRECTIONS)
     if direction is None:
         raise missing_param("Missing 'dir'")
-    return 200, await hs.room_history.event_near_timestamp(requester, path_room_id(request), ts, direction == "f")
+    return 200, await event_near_timestamp(hs, requester, path_room_id(request), ts, direction == "f")
 
 
 async def get_messages(request: web.Request) -> tuple[int, Any]:
