@@ -225,6 +225,7 @@ UNTYPED = {
     ("POST", "/keys/upload/{deviceId}"), ("POST", "/keys/device_signing/upload"),
     ("POST", "/keys/signatures/upload"), ("GET", "/room_keys/version"), ("PUT", "/sendToDevice/{eventType}/{txnId}"),
     ("POST", "/rooms/{roomId}/read_markers"), ("GET", "/pushrules/"), ("GET", "/pushrules/{scope}/"),
+    ("POST", "/user/{userId}/openid/request_token"),
 }
 
 # The integer, boolean, enum and token parameters the spec's OpenAPI (client-server API) gives the
