@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.federation.client import MatrixServer, TlsClient, unique, user
 from tests.federation.conftest import RUNNING, MakeFedHs, _run_coroutine
+from tests.federation.fake_remote import FakeRemote
 from tests.federation.synapse import SynapseServer, create_synapse_database
 from tests.federation.tls import TestCA
 from tests.services import drop_database
@@ -134,6 +137,63 @@ async def test_hs_directory_refused_over_federation_when_not_allowed(make_fed_hs
     # hs's own users still see it.
     status, body = await alice.request("GET", "/publicRooms")
     assert status == 200 and len(body["chunk"]) == 1, body
+
+
+
+class PlainDirectoryServer(FakeRemote):
+    """A fake server that serves its directory by GET only (no filtered POST, like servers before
+    MSC2197), or refuses it, or answers nonsense, as a test sets `mode`."""
+
+    listed: list[dict[str, Any]] = []
+    mode = "ok"
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        if request.method == "GET" and request.path == "/_matrix/federation/v1/publicRooms":
+            if self.mode == "refuse":
+                return self._error(403, "M_FORBIDDEN", "no directory for you")
+            if self.mode == "nonsense":
+                return web.json_response({"chunk": "rooms"})
+            return web.json_response({"chunk": self.listed, "total_room_count_estimate": len(self.listed)})
+        return await super()._unknown(request)
+
+
+async def test_hs_filters_a_directory_the_remote_cannot_filter(make_fed_hs: MakeFedHs, federation_ca: TestCA,
+                                                                tmp_path: Path) -> None:
+    """A server without the filtered POST (404 M_UNRECOGNIZED) is asked for its whole list, filtered
+    here; its refusal reaches the client as 403, a malformed answer as 502."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    fake = PlainDirectoryServer(federation_ca, tmp_path)
+    fake.listed = [
+        {"room_id": "!a:fake", "name": "Apples", "num_joined_members": 3, "world_readable": False,
+         "guest_can_join": False, "join_rule": "public"},
+        {"room_id": "!b:fake", "name": "Bananas", "topic": "and apples", "num_joined_members": 1,
+         "world_readable": True, "guest_can_join": False, "join_rule": "public", "room_type": "m.space"},
+        {"room_id": "!c:fake", "name": "Cherries", "num_joined_members": 1, "world_readable": False,
+         "guest_can_join": False, "join_rule": "public"},
+        {"name": "no room ID: left out"},
+    ]
+    await fake.start()
+    try:
+        status, body = await alice.request("GET", "/publicRooms", params={"server": fake.server_name})
+        assert status == 200 and room_ids(body) == ["!a:fake", "!b:fake", "!c:fake"], body
+        status, body = await alice.request("POST", "/publicRooms", {"limit": 1, "filter": {"generic_search_term": "APPLE"}},
+                                           params={"server": fake.server_name})
+        assert status == 200 and room_ids(body) == ["!a:fake", "!b:fake"], body
+        assert fake.requests[-2:] == ["POST /_matrix/federation/v1/publicRooms", "GET /_matrix/federation/v1/publicRooms"]
+        status, body = await alice.request("POST", "/publicRooms", {"filter": {"room_types": [None]}},
+                                           params={"server": fake.server_name})
+        assert status == 200 and room_ids(body) == ["!a:fake", "!c:fake"], body
+        fake.mode = "refuse"
+        status, body = await alice.request("GET", "/publicRooms", params={"server": fake.server_name})
+        assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+        fake.mode = "nonsense"
+        status, body = await alice.request("GET", "/publicRooms", params={"server": fake.server_name})
+        assert status == 502, body
+    finally:
+        await fake.stop()
+    status, body = await alice.request("GET", "/publicRooms", params={"server": "not a server name"})
+    assert status == 400 and body["errcode"] == "M_INVALID_PARAM", body
 
 
 # -- OpenID --------------------------------------------------------------------------------------------
@@ -265,6 +325,23 @@ async def test_federation_hierarchy_answer(make_fed_hs: MakeFedHs) -> None:
     assert status == 200, invited
     answer = await client.get_json(local.server_name, path(rooms["private"]))
     assert answer["room"]["name"] == "private child" and answer["room"]["join_rule"] == "invite"
+
+
+
+async def test_hierarchy_child_no_server_describes_is_left_out(make_fed_hs: MakeFedHs) -> None:
+    """A child room this server is not in, whose via servers cannot be reached or do not know it, is
+    left out of the client's hierarchy (the rest is still answered)."""
+    local, other = await make_fed_hs(), await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    space = await alice.create_room(preset="public_chat", creation_content={"type": "m.space"})
+    room = await alice.create_room(preset="public_chat")
+    await add_child(alice, space, room, local.server_name)
+    await add_child(alice, space, "!nowhere:localhost", "localhost:1")  # nothing listens there
+    await add_child(alice, space, "!unknown:localhost", other.server_name)  # 404 there
+    status, body = await alice.request("GET", f"/_matrix/client/v1/rooms/{space}/hierarchy")
+    assert status == 200, body
+    assert [r["room_id"] for r in body["rooms"]] == [space, room], body
+    assert len(body["rooms"][0]["children_state"]) == 3
 
 
 # -- timestamp_to_event --------------------------------------------------------------------------------
