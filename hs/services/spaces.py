@@ -5,9 +5,9 @@ servers its `m.space.child` event names (`via`), over federation; their answer a
 room's children, used as they are unless they are spaces to descend into. A room is shown when the
 requester is joined or invited, or could join or knock (public, knock; restricted when they are in
 one of the allowed rooms), or its history is world-readable; otherwise it, and whatever is below it,
-is left out. Children are ordered as the
-spec says: a valid `order` first (by code point), then by the `m.space.child` event's timestamp,
-then by room ID. A room reached twice (spaces may loop) is shown once.
+is left out. Children are ordered as the spec says: a valid `order` first (by code point), then by
+the `m.space.child` event's timestamp, then by room ID. A room reached twice (spaces may loop) is
+shown once. Remote answers are not cached between requests: each page asks again.
 
 Other servers ask `GET /_matrix/federation/v1/hierarchy/{roomId}` (`for_server`): the room and its
 children one level down, without paging, for rooms this server is in and the asking server may see
