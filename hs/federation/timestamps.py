@@ -2,14 +2,16 @@
 
 Other servers ask `GET /_matrix/federation/v1/timestamp_to_event/{roomId}`: answered, for a server that
 may read the room (a user of it joined, or the room world-readable), from the events this server holds
-in the room's timeline. A client's `/timestamp_to_event` that finds nothing here, in a room other
-servers are in too (one joined over federation holds no history before its join), asks them in turn,
-the room creator's server first (it has been in the room longest), as Synapse does; the answer is
-given to the client as the other server gave it (the event itself is not fetched here).
+in the room's timeline. A client's `/timestamp_to_event` that finds nothing here, in a room joined over
+federation (this server holds none of its history from before the join; a room created here it holds
+whole), asks the room's other servers in turn, the creator's first (it has been in the room longest),
+15 s in all, as Synapse does; the answer is given to the client as the other server gave it (the event
+itself is not fetched here).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SERVERS_ASKED = 5
 REMOTE_TIMEOUT = 10.0  # seconds for one server's answer
+TOTAL_TIMEOUT = 15.0  # seconds for all of them
 
 
 async def event_near_timestamp_for_server(hs: HomeServer, origin: str, room_id: str, ts: int,
@@ -49,16 +52,23 @@ async def event_near_timestamp(hs: HomeServer, requester: Requester, room_id: st
         if e.code != 404:
             raise
         missing = e
+    room = await hs.room_store.get_room(room_id)
+    if room is None or not room.get("remote"):
+        raise missing  # created here: this server has all of its history
     membership = await hs.event_store.get_membership(room_id, requester.user_id)
     if membership is None or membership[0] != "join":
         raise missing  # a departed member sees nothing past their departure: not asked elsewhere
     from hs.federation.client import FederationError
 
     path = f"/_matrix/federation/v1/timestamp_to_event/{quote(room_id, safe='')}"
+    deadline = asyncio.get_running_loop().time() + TOTAL_TIMEOUT
     for server in await _servers_to_ask(hs, room_id):
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            break
         try:
             body = await hs.federation_client.get_json(
-                server, path, {"ts": str(ts), "dir": "f" if forwards else "b"}, timeout=REMOTE_TIMEOUT)
+                server, path, {"ts": str(ts), "dir": "f" if forwards else "b"}, timeout=min(REMOTE_TIMEOUT, left))
         except FederationError as e:
             logger.info("timestamp_to_event in %s from %s: %s", room_id, server, e)
             continue
