@@ -1,8 +1,11 @@
 """What other servers may read of a room here: events, state, auth chains, missing events, backfill.
 
-A server may read a room's events when one of its users is in the room, or when the room's history is
-world-readable (the spec's history visibility, applied to servers); the check uses the room's current
-state (a server whose users all left can no longer read).
+A server may read a room when one of its users is in the room, or when the room's history is
+world-readable (checked on the room's current state: a server whose users all left can no longer
+read). Then each event is judged by the history visibility at it, as Synapse does for servers:
+`world_readable` and `shared` events go out whole; an `invited` one only if one of the server's users
+was invited or joined at it, a `joined` one only if one was joined; otherwise it goes out redacted, so
+the other server still has the DAG's shape but not the content.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 from hs.errors import forbidden, not_found
 from hs.events.auth import get_domain
 from hs.events.event import Event, JsonDict
+from hs.events.redaction import redact_pdu
 from hs.federation.acl import check_server_acl
 from hs.federation.sender import federation_pdu
 
@@ -39,6 +43,32 @@ class FederationRoomReads:
             return
         raise forbidden(f"{origin} is not in room {room_id}")
 
+    async def visible_to_server(self, origin: str, event: Event) -> bool:
+        """Whether `origin` may see `event`'s content, by the history visibility at the event."""
+        if event.internal.outlier or event.internal.state_group_before is None:
+            return True  # state and auth events: needed to check the DAG, and servers get them anyway
+        state = await self.store.get_state_group(event.internal.state_group_before)
+        hv_id = state.get(("m.room.history_visibility", ""))
+        hv = await self.store.get_event(hv_id) if hv_id is not None else None
+        visibility = hv.content.get("history_visibility", "shared") if hv is not None else "shared"
+        if visibility not in ("invited", "joined"):
+            return True
+        member_ids = [eid for (etype, key), eid in state.items()
+                      if etype == "m.room.member" and get_domain(key) == origin]
+        members = await self.store.get_events(member_ids)
+        allowed = ("join", "invite") if visibility == "invited" else ("join",)
+        return any(m.membership in allowed for m in members.values())
+
+    async def _for_server(self, origin: str, events: list[Event]) -> list[JsonDict]:
+        """The events as `origin` may have them: whole, or redacted where it may not see them."""
+        out = []
+        for ev in events:
+            if await self.visible_to_server(origin, ev):
+                out.append(federation_pdu(ev))
+            else:
+                out.append(redact_pdu(federation_pdu(ev), ev.room_version))
+        return out
+
     async def _event_in_room(self, room_id: str, event_id: str) -> Event:
         event = await self.store.get_event(event_id)
         if event is None or event.room_id != room_id or event.internal.rejected:
@@ -50,7 +80,8 @@ class FederationRoomReads:
         if event is None or event.internal.rejected:
             raise not_found(f"Event {event_id} not found")
         await self.check_server_may_read(origin, event.room_id)
-        return {"origin": self.hs.server_name, "origin_server_ts": _now(), "pdus": [federation_pdu(event)]}
+        return {"origin": self.hs.server_name, "origin_server_ts": _now(),
+                "pdus": await self._for_server(origin, [event])}
 
     async def state_ids(self, origin: str, room_id: str, event_id: str) -> JsonDict:
         """The state before `event_id` (as the spec defines /state_ids) and its auth chain."""
@@ -100,7 +131,7 @@ class FederationRoomReads:
                     found.append(prev_event)
                     frontier.append(prev_id)
         found.sort(key=lambda e: (e.depth, e.internal.stream_ordering or 0))
-        return {"events": [federation_pdu(e) for e in found]}
+        return {"events": await self._for_server(origin, found)}
 
     async def backfill(self, origin: str, room_id: str, from_ids: list[str], limit: int) -> JsonDict:
         """Up to `limit` events at and before `from_ids`, walking prev events breadth-first, newest first."""
@@ -118,7 +149,8 @@ class FederationRoomReads:
                     continue
                 found.append(ev)
                 frontier.extend(p for p in ev.prev_event_ids if p not in seen)
-        return {"origin": self.hs.server_name, "origin_server_ts": _now(), "pdus": [federation_pdu(e) for e in found]}
+        return {"origin": self.hs.server_name, "origin_server_ts": _now(),
+                "pdus": await self._for_server(origin, found)}
 
 
 def _now() -> int:
