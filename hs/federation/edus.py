@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from hs.db.stores.presence import PRESENCE_STATES
 from hs.events.auth import get_domain
 from hs.events.event import JsonDict
+from hs.federation.acl import server_allowed
 from hs.util import now_ms
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ class RoomEphemeralEdus:
         membership = await self.hs.event_store.get_membership(room_id, user_id)
         if membership is None or membership[0] != "join":
             _logger.info("EDU about %s in %s, where they are not joined: dropped", user_id, room_id)
+            return False
+        acl = await self.hs.event_store.get_current_state_event(room_id, "m.room.server_acl")
+        if acl is not None and not server_allowed(acl.content, get_domain(user_id)):
+            _logger.info("EDU about %s in %s dropped: the room's server ACL denies their server", user_id, room_id)
             return False
         return True
 

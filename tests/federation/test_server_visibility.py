@@ -52,3 +52,39 @@ async def test_shared_history_goes_out_whole(make_fed_hs: Any, federation_ca: Te
         assert status == 200 and body["pdus"][0]["content"]["body"] == "shared history"
     finally:
         await fake.stop()
+
+
+async def _typing_seen(alice: Any, room_id: str, user_id: str, since: str | None) -> tuple[bool, str]:
+    body = await alice.sync(since=since, timeout=1000)
+    room = body.get("rooms", {}).get("join", {}).get(room_id, {})
+    typing = [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == "m.typing"]
+    return any(user_id in e["content"].get("user_ids", []) for e in typing), body["next_batch"]
+
+
+async def test_server_acl_drops_a_denied_servers_typing(make_fed_hs: Any, federation_ca: TestCA,
+                                                        tmp_path: Path) -> None:
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    room_id = await alice.create_room(preset="public_chat")
+    fake = FakeRemote(federation_ca, tmp_path)
+    await fake.start()
+    try:
+        await fake.join(local.server_name, room_id, "mallory")
+        mallory = fake.user_id("mallory")
+        _, since = await _typing_seen(alice, room_id, mallory, None)
+        edu = {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": mallory, "typing": True}}
+        status, _ = await fake.send_transaction(local.server_name, [], edus=[edu])
+        assert status == 200
+        seen, since = await _typing_seen(alice, room_id, mallory, since)
+        assert seen  # allowed before the ACL
+        status, body = await alice.request("PUT", f"/rooms/{room_id}/state/m.room.server_acl",
+                                           {"allow": ["*"], "deny": ["localhost"]})
+        assert status == 200, body
+        # Denied now: its "stopped typing" is dropped, so Mallory still shows as typing.
+        edu["content"]["typing"] = False
+        status, _ = await fake.send_transaction(local.server_name, [], edus=[edu])
+        assert status == 200
+        still, _ = await _typing_seen(alice, room_id, mallory, None)
+        assert still
+    finally:
+        await fake.stop()
