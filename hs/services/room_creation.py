@@ -6,6 +6,7 @@ rules, history visibility and guest access, initial_state, name, topic, invites)
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from hs.errors import (
     room_in_use,
     unsupported_room_version,
 )
-from hs.events.auth import is_valid_user_id
+from hs.events.auth import get_domain, is_valid_user_id
 from hs.events.event import JsonDict, StateKey
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from hs.services.new_room import InitialEvent
@@ -31,6 +32,8 @@ from hs.services.room_membership import MEMBER
 if TYPE_CHECKING:
     from hs.server import HomeServer
     from hs.services.auth import Requester
+
+logger = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join",
@@ -87,14 +90,26 @@ class RoomCreator:
             if not isinstance(extra, list) or not all(is_valid_user_id(u) for u in extra):
                 raise bad_json("additional_creators must be a list of user IDs")
 
-        initial = await self._initial_events(cfg, rv, user_id, preset, invitees, alias)
+        # Local invitees' invites are built with the room; another server's user is invited once the
+        # room exists, since their server must co-sign the invite (federation's /invite).
+        local_invitees = [u for u in invitees if get_domain(u) == self.hs.server_name]
+        remote_invitees = [u for u in invitees if get_domain(u) != self.hs.server_name]
+        initial = await self._initial_events(cfg, rv, user_id, preset, local_invitees, alias)
         room = NewRoom(creator=user_id, is_public=cfg["visibility"] == "public", alias=alias)
         try:
-            return await create_new_room(self.hs, rv, user_id, create_content, initial, room)
+            room_id = await create_new_room(self.hs, rv, user_id, create_content, initial, room)
         except MatrixError as e:
             if e.errcode == "M_FORBIDDEN":  # the auth rules refused an event the request asked for
                 raise invalid_room_state(f"Invalid initial state: {e.msg}") from None
             raise
+        for invitee in remote_invitees:
+            direct: JsonDict = {"is_direct": True} if cfg["is_direct"] else {}
+            try:
+                await self.hs.room_membership.update_membership(requester, room_id, invitee, "invite",
+                                                                content=direct, ratelimit=False)
+            except MatrixError as e:  # the room stands; the client may invite again (as Synapse)
+                logger.warning("createRoom %s: inviting %s failed: %s", room_id, invitee, e.msg)
+        return room_id
 
     async def _initial_events(self, cfg: JsonDict, rv: RoomVersion, user_id: str, preset: dict[str, Any],
                               invitees: list[str], alias: str | None) -> list[InitialEvent]:

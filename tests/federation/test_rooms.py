@@ -150,3 +150,21 @@ async def test_server_acl_refuses_events_from_a_denied_server(make_fed_hs: Any, 
     bodies = [e.get("content", {}).get("body") for e in page["chunk"]]
     assert "marker after" in bodies and "after the acl" not in bodies, bodies
     assert marker
+
+
+async def test_create_room_invites_a_remote_user(make_fed_hs: Any, remote_server: Any) -> None:
+    """createRoom's `invite` naming another server's user: the invite is co-signed by their server and
+    reaches them (their /sync lists the room under invite), and they can join."""
+    local = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote_server, unique("bob"))
+    room_id = await alice.create_room(preset="private_chat", name="dm", invite=[bob.user_id], is_direct=True)
+    deadline = time.monotonic() + 20
+    invited: dict[str, Any] = {}
+    while time.monotonic() < deadline and room_id not in invited:
+        body = await bob.sync(timeout=1000)
+        invited = body.get("rooms", {}).get("invite", {})
+    assert room_id in invited, remote_server.log_tail(30)
+    status, body = await bob.request("POST", f"/join/{room_id}", {}, params={"server_name": local.server_name})
+    assert status == 200, body
+    await wait_joined(alice, room_id, bob.user_id)
