@@ -172,11 +172,24 @@ class FederationEventHandler:
         await self._check_acl(origin, room_id, rv)
         event = await self.checked_event(pdu, rv)
         async with self.room_locks.lock(room_id):
-            if await self.store.have_events([event.event_id]):
+            if await self._settled(event):
                 PDUS_RECEIVED.labels("known").inc()
                 return None
             await self._fill_gap(origin, event)
             return await self._process(origin, event, deferred)
+
+    async def _settled(self, event: Event) -> bool:
+        """Whether the event needs nothing more here: in the timeline, or rejected or soft-failed. An
+        event held only as a plain outlier (state or auth chain fetched earlier) that now arrives as a
+        PDU of the room takes its place in the timeline (`event` is marked so the outlier row goes)."""
+        held = (await self.store.get_events([event.event_id])).get(event.event_id)
+        if held is None:
+            return False
+        meta = held.internal
+        if meta.outlier and not meta.rejected and not meta.soft_failed:
+            event.internal.outlier = True
+            return False
+        return True
 
     async def _check_acl(self, origin: str, room_id: str, rv: RoomVersion) -> None:
         """A server the room's ACL denies sends nothing into it (checked against the room's current
@@ -208,7 +221,7 @@ class FederationEventHandler:
             except PduRejected as e:
                 logger.info("missing event from %s dropped: %s", origin, e)
         for ev in sorted(fetched, key=lambda e: (e.depth, e.origin_server_ts)):
-            if ev.room_id != event.room_id or await self.store.have_events([ev.event_id]):
+            if ev.room_id != event.room_id or await self._settled(ev):
                 continue
             try:
                 await self._process(origin, ev)

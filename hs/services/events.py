@@ -370,15 +370,21 @@ class EventSender:
                 groups.append(group)
                 group_before = group.id
             prev_ids = set(event.prev_event_ids)
-            new_heads = [h for h in heads if h.event_id not in prev_ids and not replace_heads] + [event]
+            # An event arriving after a child of it (the child came first, its prev bridged with the
+            # sender's state) is no forward extremity: the child already extends it.
+            has_child = not replace_heads and any(event.event_id in h.prev_event_ids for h in heads)
+            new_heads = [h for h in heads if h.event_id not in prev_ids and not replace_heads]
+            if not has_child:
+                new_heads.append(event)
             pending = await self._stage(event, group_before, state_before, None, new_heads)
             pending.groups = groups
             pending.prev_ids = event.prev_event_ids + ([h.event_id for h in heads] if replace_heads else [])
+            pending.becomes_head = not has_child
             pending.was_outlier = event.internal.outlier
             pending.redaction_applies = await self._received_redaction_applies(event, state_before)
             event.internal.outlier = False
             state_after = pending.full_after if pending.full_after is not None else state_before
-            current_after = state_after if len(new_heads) == 1 else await self._resolve_heads(rv, new_heads)
+            current_after = state_after if new_heads == [event] else await self._resolve_heads(rv, new_heads)
             pending.current_delta = await self._state_delta(current_before, current_after)
             self._queue(pending)
         # Staged: the room's next events (local or received) build on it before it commits, and the
@@ -686,7 +692,7 @@ class EventSender:
                 if p.current_delta is not None:
                     await self.store.apply_current_state_delta(c, room_id, p.current_delta)
                 if p.prev_ids is not None:
-                    await self.store.move_extremities(c, room_id, p.prev_ids, ev.event_id)
+                    await self.store.move_extremities(c, room_id, p.prev_ids, ev.event_id, p.becomes_head)
                 elif i + 1 == len(batch) or batch[i + 1].prev_ids is not None:
                     # A run of events each built on the one before: the last is the room's one head.
                     await self.store.set_forward_extremity(c, room_id, ev.event_id)
@@ -711,7 +717,7 @@ class _NewGroup:
 
 class _Pending:
     __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future", "new_room", "groups",
-                 "prev_ids", "current_delta", "was_outlier", "redaction_applies")
+                 "prev_ids", "current_delta", "was_outlier", "redaction_applies", "becomes_head")
 
     def __init__(self, event: Event, group_before: int | None, txn: tuple[str, str, str] | None) -> None:
         self.event = event
@@ -727,6 +733,7 @@ class _Pending:
         # From another server: how the room's current state moves (else: the event's own entry).
         self.current_delta: list[tuple[str, str, str | None, str | None]] | None = None
         self.was_outlier = False  # held as an outlier before: that row goes
+        self.becomes_head = True  # False: a received event whose child is a head already
         # A redaction from another server whose sender may not redact its target: stored, not applied.
         self.redaction_applies = True
 

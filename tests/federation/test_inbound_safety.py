@@ -389,6 +389,27 @@ async def test_gap_is_bridged_with_the_state_at_the_unknown_prev_event(joined: J
     assert await joined.local.hs.event_store.get_forward_extremities(joined.room_id) == [sent]
 
 
+async def test_a_bridged_outlier_sent_later_takes_its_place_in_the_timeline(joined: Joined) -> None:
+    """An event first held as an outlier (the state at a gap, from state_ids) and then sent as a PDU
+    goes into the timeline (readable in /messages), without becoming a forward extremity: its child
+    already extends it."""
+    joined.fake.serve_state = True
+    rename_id, rename = joined.fake.build(joined.room_id, joined.mallory, "m.room.member",
+                                          {"membership": "join", "displayname": "Mallory Later"}, joined.mallory)
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "child"})
+    status, body = await joined.send([pdu])
+    assert status == 200 and body["pdus"] == {eid: {}}, body
+    held = await joined.local.hs.event_store.get_event(rename_id)
+    assert held is not None and held.internal.outlier
+    status, body = await joined.send([rename])
+    assert status == 200 and body["pdus"] == {rename_id: {}}, body
+    held = await joined.local.hs.event_store.get_event(rename_id)
+    assert held is not None and not held.internal.outlier and held.internal.stream_ordering is not None
+    await wait_for_event(joined.alice, joined.room_id, lambda e: e.get("event_id") == rename_id)
+    heads = set(await joined.local.hs.event_store.get_forward_extremities(joined.room_id))
+    assert rename_id not in heads and eid in heads, heads
+
+
 async def test_event_after_a_rejected_event_is_accepted(joined: Joined, caplog: pytest.LogCaptureFixture) -> None:
     """The spec's Rejection: a later event citing a rejected one as prev event is allowed if it passes
     the auth rules, against the state before the rejected event. The fake server fills no gaps and

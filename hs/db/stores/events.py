@@ -493,14 +493,17 @@ class EventStore:
         await c.execute("DELETE FROM room_forgotten WHERE user_id = $1 AND room_id = $2", user_id, room_id)
 
     # -- writing (event persisters only) ---------------------------------------------------------------
-    async def move_extremities(self, c: Connection, room_id: str, replaced: list[str], event_id: str) -> None:
-        """A DAG step: the event's prev events stop being forward extremities and the event is one."""
+    async def move_extremities(self, c: Connection, room_id: str, replaced: list[str], event_id: str,
+                               becomes_head: bool = True) -> None:
+        """A DAG step: the event's prev events stop being forward extremities and the event is one
+        (unless `becomes_head` is False: a child of it arrived first)."""
         # (The table has no unique key, so that the one-head rewrite stays a HOT update: see 008.)
         for gone in [*replaced, event_id]:
             await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1 AND event_id = $2",
                             room_id, gone)
-        await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
-                        room_id, event_id)
+        if becomes_head:
+            await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                            room_id, event_id)
 
     async def apply_current_state_delta(self, c: Connection, room_id: str,
                                         delta: list[tuple[str, str, str | None, str | None]]) -> None:
