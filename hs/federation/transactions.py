@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from hs.db.stores.inbound_transactions import InboundTransactionStore
 from hs.errors import bad_json
 from hs.events.auth import get_domain
 from hs.events.event import Event, JsonDict
@@ -36,6 +37,7 @@ class TransactionHandler:
         self.hs = hs
         self._locks = KeyedLocks()
         self._answered: LruCache[tuple[str, str], JsonDict] = LruCache(10_000)
+        self.store = InboundTransactionStore(hs.db)
         # EDU type -> handler(origin, content): see hs/federation/edus.py.
         self.edu_handlers: dict[str, EduHandler] = {}
         from hs.federation.edus import register_edu_handlers
@@ -56,6 +58,8 @@ class TransactionHandler:
             raise bad_json("The transaction's origin is not the server that signed the request")
         async with self._locks.lock(origin):
             done = self._answered.get((origin, txn_id))
+            if done is None:
+                done = await self.store.get_response(origin, txn_id)  # answered before a restart
             if done is not None:
                 return done
             if self.hs.sends_federation:
@@ -80,6 +84,7 @@ class TransactionHandler:
                 await self._one_edu(origin, edu)
             answer: JsonDict = {"pdus": results}
             self._answered.set((origin, txn_id), answer)
+            await self.store.set_response(origin, txn_id, answer)
             return answer
 
     async def _one_pdu(self, origin: str, pdu: Any,

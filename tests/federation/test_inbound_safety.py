@@ -196,6 +196,26 @@ async def test_replayed_transaction_is_answered_again_not_processed(joined: Join
     assert len(calls) == 2
 
 
+async def test_replayed_transaction_after_a_restart_is_not_processed_again(joined: Joined) -> None:
+    """The answer is stored: after the hs restarts (memory lost), a retry still gets it, unprocessed."""
+    eid, pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "once"})
+    first = await joined.send([pdu], txn_id="txn-across-restart")
+    assert first == (200, {"pdus": {eid: {}}})
+    await joined.local.restart()
+    calls: list[dict[str, Any]] = []
+
+    async def count(origin: str, content: dict[str, Any]) -> None:
+        calls.append(content)
+
+    joined.local.hs.federation_transactions.edu_handlers["org.example.count"] = count
+    eid2, pdu2 = joined.fake.build(joined.room_id, joined.mallory, MESSAGE, {"msgtype": "m.text", "body": "twice"},
+                                   keep=False)
+    again = await joined.send([pdu2], edus=[{"edu_type": "org.example.count", "content": {}}],
+                              txn_id="txn-across-restart")
+    assert again == first
+    assert calls == [] and not await joined.held(eid2)
+
+
 @pytest.mark.parametrize(("pdus", "edus"), [(51, 0), (0, 101)])
 async def test_oversized_transaction_is_refused(joined: Joined, pdus: int, edus: int) -> None:
     before = await joined.state_ids()
