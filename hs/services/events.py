@@ -382,6 +382,9 @@ class EventSender:
             pending.becomes_head = not has_child
             pending.was_outlier = event.internal.outlier
             pending.redaction_applies = await self._received_redaction_applies(event, state_before)
+            if event.type == "m.room.redaction" and event.redacts and not await self.store.have_events([event.redacts]):
+                pending.redacts_later = event.redacts
+            pending.redacted_by = await self._late_redaction(event)
             event.internal.outlier = False
             state_after = pending.full_after if pending.full_after is not None else state_before
             current_after = state_after if new_heads == [event] else await self._resolve_heads(rv, new_heads)
@@ -403,11 +406,28 @@ class EventSender:
         """Whether a redaction from another server takes effect here. From room v3 the auth rules let
         anyone redact anything, leaving it to the receiver to apply a redaction only when its sender is
         of the target's server or has the power to redact in the state before it (v1/v2 rooms: the
-        auth rules checked this). A target not held yet: nothing to apply now."""
+        auth rules checked this). A target not held yet: nothing to apply now (`_late_redaction`
+        applies it when the target arrives)."""
         if event.type != "m.room.redaction" or not event.redacts or event.room_version.event_format == EventFormat.V1:
             return True
         target = await self.store.get_event(event.redacts)
-        if target is None or get_domain(target.sender) == get_domain(event.sender):
+        if target is None:
+            return True
+        return await self._may_redact(event, target, state_before)
+
+    async def _late_redaction(self, event: Event) -> str | None:
+        """A redaction received before `event` (stored waiting for it) that may redact it."""
+        for redaction_id in await self.store.get_pending_redactions(event.event_id):
+            redaction = await self.store.get_event(redaction_id)
+            if redaction is None or redaction.room_id != event.room_id:
+                continue
+            state = await self.store.get_state_group(redaction.internal.state_group_before)
+            if await self._may_redact(redaction, event, state):
+                return redaction_id
+        return None
+
+    async def _may_redact(self, event: Event, target: Event, state_before: dict[StateKey, str]) -> bool:
+        if get_domain(target.sender) == get_domain(event.sender):
             return True
         keys = [("m.room.create", ""), ("m.room.power_levels", "")]
         auth = await self.store.get_events([state_before[k] for k in keys if k in state_before])
@@ -691,6 +711,11 @@ class EventSender:
                                               apply_redaction=p.redaction_applies)
                 if p.current_delta is not None:
                     await self.store.apply_current_state_delta(c, room_id, p.current_delta)
+                if p.redacts_later is not None:
+                    await self.store.record_pending_redaction(c, p.redacts_later, ev.event_id, room_id)
+                if p.redacted_by is not None:
+                    await self.store.apply_late_redaction(c, ev.event_id, room_id, p.redacted_by)
+                    ev.internal.redacted_by = p.redacted_by
                 if p.prev_ids is not None:
                     await self.store.move_extremities(c, room_id, p.prev_ids, ev.event_id, p.becomes_head)
                 elif i + 1 == len(batch) or batch[i + 1].prev_ids is not None:
@@ -717,7 +742,8 @@ class _NewGroup:
 
 class _Pending:
     __slots__ = ("event", "group_before", "txn", "full_after", "new_group", "future", "new_room", "groups",
-                 "prev_ids", "current_delta", "was_outlier", "redaction_applies", "becomes_head")
+                 "prev_ids", "current_delta", "was_outlier", "redaction_applies", "becomes_head", "redacts_later",
+                 "redacted_by")
 
     def __init__(self, event: Event, group_before: int | None, txn: tuple[str, str, str] | None) -> None:
         self.event = event
@@ -734,6 +760,8 @@ class _Pending:
         self.current_delta: list[tuple[str, str, str | None, str | None]] | None = None
         self.was_outlier = False  # held as an outlier before: that row goes
         self.becomes_head = True  # False: a received event whose child is a head already
+        self.redacts_later: str | None = None  # a received redaction of an event not held yet
+        self.redacted_by: str | None = None  # a received event redacted by a redaction that came first
         # A redaction from another server whose sender may not redact its target: stored, not applied.
         self.redaction_applies = True
 

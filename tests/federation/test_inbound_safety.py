@@ -216,6 +216,25 @@ async def test_replayed_transaction_after_a_restart_is_not_processed_again(joine
     assert calls == [] and not await joined.held(eid2)
 
 
+async def test_a_redaction_received_before_its_target_applies_when_the_target_arrives(joined: Joined) -> None:
+    rv = joined.fake.rooms[joined.room_id].rv
+    heads = list(joined.fake.rooms[joined.room_id].heads)
+    target, target_pdu = joined.fake.build(joined.room_id, joined.mallory, MESSAGE,
+                                           {"msgtype": "m.text", "body": "regretted"}, prev_events=heads, keep=False)
+    content: dict[str, Any] = {"redacts": target} if rv.updated_redaction_rules else {}
+    extra = None if rv.updated_redaction_rules else {"redacts": target}
+    redaction, redaction_pdu = joined.fake.build(joined.room_id, joined.mallory, "m.room.redaction", content,
+                                                 prev_events=heads, extra=extra, keep=False)
+    status, body = await joined.send([redaction_pdu])
+    assert status == 200 and body["pdus"] == {redaction: {}}, body
+    status, body = await joined.send([target_pdu])
+    assert status == 200 and body["pdus"] == {target: {}}, body
+    status, event = await joined.visible(target)
+    assert status == 200, event
+    assert "body" not in event["content"], event  # redacted on arrival
+    assert event["unsigned"]["redacted_because"]["event_id"] == redaction
+
+
 @pytest.mark.parametrize(("pdus", "edus"), [(51, 0), (0, 101)])
 async def test_oversized_transaction_is_refused(joined: Joined, pdus: int, edus: int) -> None:
     before = await joined.state_ids()

@@ -519,6 +519,22 @@ class EventStore:
                     " SET event_id = excluded.event_id, membership = excluded.membership",
                     room_id, etype, state_key, event_id, membership)
 
+    async def record_pending_redaction(self, c: Connection, redacts: str, redaction_id: str, room_id: str) -> None:
+        """A redaction whose target is not held yet: applied when the target arrives."""
+        await c.execute("INSERT INTO event_pending_redactions (redacts, redaction_id, room_id) VALUES ($1,$2,$3)"
+                        " ON CONFLICT (redacts, redaction_id) DO NOTHING", redacts, redaction_id, room_id)
+
+    async def get_pending_redactions(self, event_id: str) -> list[str]:
+        rows = await self.db.fetch("SELECT redaction_id FROM event_pending_redactions WHERE redacts = $1", event_id)
+        return [r["redaction_id"] for r in rows]
+
+    async def apply_late_redaction(self, c: Connection, event_id: str, room_id: str, redaction_id: str) -> None:
+        """Redact an event just stored with a redaction that came before it."""
+        await c.execute("UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3",
+                        event_id, redaction_id, room_id)
+        await c.execute("DELETE FROM event_relations WHERE event_id = $1 AND room_id = $2", event_id, room_id)
+        await c.execute("DELETE FROM event_pending_redactions WHERE redacts = $1", event_id)
+
     async def remove_outlier(self, c: Connection, event_id: str) -> None:
         """An outlier taken into the timeline (it now has a place in the room's DAG here)."""
         await c.execute("DELETE FROM event_outliers WHERE event_id = $1", event_id)
