@@ -169,6 +169,12 @@ class FederationEventHandler:
         rv = await self.hs.room_store.get_room_version(room_id)
         if rv is None:
             raise PduRejected(f"this server is not in room {room_id}")
+        if not self.hs.events_stream.is_writer_for_room(room_id):
+            # On a worker cluster the room's persister must take it: not built yet (the cluster
+            # federation issue); refused plainly rather than failing half way.
+            logger.warning("PDU from %s in %s refused: this process (%s) does not persist that room's events",
+                           origin, room_id, self.hs.instance_name)
+            raise PduRejected("this server cannot take events into that room here yet")
         await self._check_acl(origin, room_id, rv)
         event = await self.checked_event(pdu, rv)
         async with self.room_locks.lock(room_id):
