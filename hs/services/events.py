@@ -78,6 +78,8 @@ class EventSender:
         self._unnotified: set[int] = set()
         # Each room's latest second statement (`_persist_rest`); it waits for the room's one before.
         self._rests: dict[str, asyncio.Task[None]] = {}
+        # Per room, the events that received redactions wait for (loaded on first use; see _late_redaction).
+        self._redaction_targets: dict[str, set[str]] = {}
         # The origin_server_ts of the latest create event built here: each is later than the one before.
         self._last_create_ts = 0
 
@@ -384,6 +386,7 @@ class EventSender:
             pending.redaction_applies = await self._received_redaction_applies(event, state_before)
             if event.type == "m.room.redaction" and event.redacts and not await self.store.have_events([event.redacts]):
                 pending.redacts_later = event.redacts
+                (await self._pending_redaction_targets(room_id)).add(event.redacts)
             pending.redacted_by = await self._late_redaction(event)
             event.internal.outlier = False
             state_after = pending.full_after if pending.full_after is not None else state_before
@@ -415,8 +418,20 @@ class EventSender:
             return True
         return await self._may_redact(event, target, state_before)
 
+    async def _pending_redaction_targets(self, room_id: str) -> set[str]:
+        """The room's events that received redactions wait for: read once per room (most events have
+        none waiting for them), then kept up to date here, on the room's writer."""
+        targets = self._redaction_targets.get(room_id)
+        if targets is None:
+            targets = self._redaction_targets[room_id] = await self.store.get_pending_redaction_targets(room_id)
+        return targets
+
     async def _late_redaction(self, event: Event) -> str | None:
         """A redaction received before `event` (stored waiting for it) that may redact it."""
+        targets = await self._pending_redaction_targets(event.room_id)
+        if event.event_id not in targets:
+            return None
+        targets.discard(event.event_id)
         for redaction_id in await self.store.get_pending_redactions(event.event_id):
             redaction = await self.store.get_event(redaction_id)
             if redaction is None or redaction.room_id != event.room_id:

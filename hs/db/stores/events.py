@@ -524,6 +524,10 @@ class EventStore:
         await c.execute("INSERT INTO event_pending_redactions (redacts, redaction_id, room_id) VALUES ($1,$2,$3)"
                         " ON CONFLICT (redacts, redaction_id) DO NOTHING", redacts, redaction_id, room_id)
 
+    async def get_pending_redaction_targets(self, room_id: str) -> set[str]:
+        rows = await self.db.fetch("SELECT redacts FROM event_pending_redactions WHERE room_id = $1", room_id)
+        return {r["redacts"] for r in rows}
+
     async def get_pending_redactions(self, event_id: str) -> list[str]:
         rows = await self.db.fetch("SELECT redaction_id FROM event_pending_redactions WHERE redacts = $1", event_id)
         return [r["redaction_id"] for r in rows]
