@@ -103,9 +103,10 @@ class FederationEventHandler:
         self.room_locks = KeyedLocks()
 
     # -- checks ----------------------------------------------------------------------------------------
-    async def checked_event(self, pdu: Any, room_version: RoomVersion) -> Event:
-        """Steps 1 and 2: shape, signatures, content hash (a mismatch keeps the redacted form)."""
-        event = parse_pdu(pdu, room_version)
+    async def checked_event(self, pdu: Any, room_version: RoomVersion, parsed: Event | None = None) -> Event:
+        """Steps 1 and 2: shape, signatures, content hash (a mismatch keeps the redacted form).
+        `parsed`: the PDU already through `parse_pdu` (its event ID computed once)."""
+        event = parsed if parsed is not None and parsed.pdu is pdu else parse_pdu(pdu, room_version)
         try:
             await self.hs.keyring.verify_event_signatures(event.pdu, room_version)
         except Exception as e:  # a signature that does not verify, or keys that cannot be had
@@ -156,8 +157,8 @@ class FederationEventHandler:
         check_auth_rules(event, await self._auth_map(event, [e for e in events.values() if not e.internal.rejected]))
 
     # -- receiving -------------------------------------------------------------------------------------
-    async def on_receive_pdu(self, origin: str, pdu: Any,
-                             deferred: list[asyncio.Future[Event]] | None = None) -> Event | None:
+    async def on_receive_pdu(self, origin: str, pdu: Any, deferred: list[asyncio.Future[Event]] | None = None,
+                             parsed: Event | None = None) -> Event | None:
         """Take one PDU of a transaction (or a send_join/leave/knock) into its room; raises PduRejected.
 
         Returns the event once persisted (None when it was already known). With `deferred`, an
@@ -176,7 +177,7 @@ class FederationEventHandler:
                            origin, room_id, self.hs.instance_name)
             raise PduRejected("this server cannot take events into that room here yet")
         await self._check_acl(origin, room_id, rv)
-        event = await self.checked_event(pdu, rv)
+        event = await self.checked_event(pdu, rv, parsed if parsed is not None and parsed.room_version is rv else None)
         async with self.room_locks.lock(room_id):
             if await self._settled(event):
                 PDUS_RECEIVED.labels("known").inc()

@@ -92,9 +92,11 @@ class TransactionHandler:
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         rv = await self.hs.room_store.get_room_version(room_id) if isinstance(room_id, str) else None
         event_id: str | None = pdu.get("event_id") if isinstance(pdu, dict) and isinstance(pdu.get("event_id"), str) else None
+        parsed: Event | None = None
         if rv is not None:
             try:
-                event_id = parse_pdu(pdu, rv).event_id
+                parsed = parse_pdu(pdu, rv)
+                event_id = parsed.event_id
             except PduRejected as e:
                 event_id = event_id or _reference_event_id(pdu, rv)
                 logger.info("PDU %s from %s dropped: %s", event_id, origin, e)
@@ -107,7 +109,7 @@ class TransactionHandler:
             logger.warning("PDU %s from %s was sent by %s: dropped", event_id, origin, sender)
             return event_id, f"{origin} is not the origin of this event"
         try:
-            await self.hs.federation_event_handler.on_receive_pdu(origin, pdu, deferred)
+            await self.hs.federation_event_handler.on_receive_pdu(origin, pdu, deferred, parsed)
         except PduRejected as e:
             logger.info("PDU %s from %s: %s", event_id, origin, e)
             return event_id, str(e)

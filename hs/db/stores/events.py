@@ -498,9 +498,10 @@ class EventStore:
         """A DAG step: the event's prev events stop being forward extremities and the event is one
         (unless `becomes_head` is False: a child of it arrived first)."""
         # (The table has no unique key, so that the one-head rewrite stays a HOT update: see 008.)
-        for gone in [*replaced, event_id]:
-            await c.execute("DELETE FROM event_forward_extremities WHERE room_id = $1 AND event_id = $2",
-                            room_id, gone)
+        gone = list(dict.fromkeys([*replaced, event_id]))
+        placeholders = ",".join(f"${n + 2}" for n in range(len(gone)))
+        await c.execute(f"DELETE FROM event_forward_extremities WHERE room_id = $1 AND event_id IN ({placeholders})",
+                        room_id, *gone)
         if becomes_head:
             await c.execute("INSERT INTO event_forward_extremities (room_id, event_id) VALUES ($1, $2)",
                             room_id, event_id)
