@@ -27,6 +27,9 @@ MAX_GAP_SECONDS = 0.5
 SEND_PAUSE_SECONDS = 0.05
 
 
+WIDE_TIMELINE = '{"room": {"timeline": {"limit": 100}}}'
+
+
 async def _user(base: str, name: str) -> Client:
     c = Client(base)
     await c.register(name + uuid.uuid4().hex[:6])
@@ -85,7 +88,9 @@ class Traffic:
     async def _sync(self, since: str) -> None:
         while not self.stop.is_set() or len(self.seen) < len(self.acked):
             try:
-                status, body = await self.reader.request("GET", "/sync", params={"since": since, "timeout": "1000"})
+                # (The largest timeline a filter allows: a slow sync must not come back `limited`.)
+                status, body = await self.reader.request("GET", "/sync", params={"since": since, "timeout": "1000",
+                                                                                 "filter": WIDE_TIMELINE})
             except Exception:
                 status, body = 599, None
             if status != 200:
@@ -137,7 +142,7 @@ async def _alternate_sync_workers(cluster: LocalCluster, user: Client, room: str
         deadline = time.monotonic() + seconds
         i = 0
         while time.monotonic() < deadline:
-            body = await readers[i % 2].sync(since, timeout=500)
+            body = await readers[i % 2].sync(since, timeout=500, filter=WIDE_TIMELINE)
             i += 1
             since = body["next_batch"]
             tokens.append(since)
@@ -148,7 +153,7 @@ async def _alternate_sync_workers(cluster: LocalCluster, user: Client, room: str
         for _ in range(20):
             if stored <= set(seen):
                 break
-            body = await readers[i % 2].sync(since, timeout=500)
+            body = await readers[i % 2].sync(since, timeout=500, filter=WIDE_TIMELINE)
             i += 1
             since = body["next_batch"]
             seen += [e["event_id"] for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
