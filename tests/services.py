@@ -91,16 +91,17 @@ class ThrowawayRedis:
             self.proc.wait(10)
 
 
-async def create_database(base_dsn: str) -> str:
-    """A fresh, empty PostgreSQL database on the server at `base_dsn`; returns its DSN."""
+async def create_database(base_dsn: str, prefix: str = "hs_test_", options: str = "") -> str:
+    """A fresh, empty PostgreSQL database on the server at `base_dsn` (`options`: what CREATE DATABASE
+    takes after the name); returns its DSN."""
     import uuid
 
     import asyncpg
 
-    name = "hs_test_" + uuid.uuid4().hex[:12]
+    name = prefix + uuid.uuid4().hex[:12]
     conn = await asyncpg.connect(base_dsn + "/postgres")
     try:
-        await conn.execute(f"CREATE DATABASE {name}")
+        await conn.execute(f"CREATE DATABASE {name} {options}".strip())
     finally:
         await conn.close()
     return f"{base_dsn}/{name}"

@@ -99,7 +99,7 @@ class Backfiller:
         accepted: list[Event] = []
         for ev in sorted(new.values(), key=lambda e: (e.depth, e.event_id)):
             try:
-                known = await handler._ensure_auth_events(server, ev)
+                known = await handler.ensure_auth_events(server, ev)
                 known.update({k: v for k, v in new.items() if k in ev.auth_event_ids})
                 await handler.check_against_auth_events(ev, known)
             except (AuthError, PduRejected) as e:
@@ -112,7 +112,7 @@ class Backfiller:
         instance = self.hs.instance_name
         state = await self.store.get_state_group(group)
         # A backfilled redaction takes effect only as a received one would (EventSender's rule).
-        applies = {ev.event_id: await self.hs.event_sender._received_redaction_applies(ev, state)
+        applies = {ev.event_id: await self.hs.event_sender.received_redaction_applies(ev, state)
                    for ev in accepted if ev.type == "m.room.redaction"}
 
         async def write(c: Connection) -> None:

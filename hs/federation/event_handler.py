@@ -238,7 +238,7 @@ class FederationEventHandler:
     async def _process(self, origin: str, event: Event,
                        deferred: list[asyncio.Future[Event]] | None = None) -> Event | None:
         room_id = event.room_id
-        known = await self._ensure_auth_events(origin, event)
+        known = await self.ensure_auth_events(origin, event)
         try:
             await self.check_against_auth_events(event, known)
         except AuthError as e:
@@ -277,7 +277,7 @@ class FederationEventHandler:
         await self.hs.db.run_transaction(
             "rejected_event", lambda c: self.store.insert_outliers(c, [event], {event.event_id: reason}))
 
-    async def _ensure_auth_events(self, origin: str, event: Event) -> dict[str, Event]:
+    async def ensure_auth_events(self, origin: str, event: Event) -> dict[str, Event]:
         """The event's auth events, fetching those we lack (with their auth chains) as outliers."""
         known = await self.store.get_events(event.auth_event_ids)
         if len(known) == len(set(event.auth_event_ids)):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hs.errors import (
     MatrixError,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from hs.server import HomeServer
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MEMBER = "m.room.member"
 _TEMPLATE_STRIPPED = ("signatures", "hashes", "unsigned", "event_id")
@@ -146,27 +148,34 @@ class FederationMembership:
         found = await self.store.get_events(ids)
         return {"knock_room_state": [federation_pdu(found[i]) for i in ids if i in found]}
 
+    async def _through_servers(self, action: str, room_id: str, servers: list[str],
+                               attempt: Callable[[str], Awaitable[T]]) -> T:
+        """Run a membership handshake with each of `servers` (ours and those
+        `federation_domain_whitelist` excludes left out) until one takes it; a server that is down,
+        refuses or answers nonsense is logged and the next asked. A MatrixError of our own (the
+        answer checked and found wanting) ends it. Raises _NoServerTook when none did."""
+        candidates = [s for s in dict.fromkeys(servers)
+                      if s != self.hs.server_name and self.hs.config.federation_allowed(s)]
+        last_error: Exception | None = None
+        for server in candidates:
+            try:
+                return await attempt(server)
+            except MatrixError:
+                raise
+            except Exception as e:
+                logger.info("%s of %s via %s failed: %s", action, room_id, server, e)
+                last_error = e
+        raise _NoServerTook(candidates, last_error)
+
     # -- joining side ----------------------------------------------------------------------------------
     async def join_remote_room(self, user_id: str, room_id: str, servers: list[str],
                                content: JsonDict | None = None) -> str:
         """Join `user_id` (local) to a room on other servers, asking each of `servers` in turn."""
-        candidates = [s for s in dict.fromkeys(servers) if s != self.hs.server_name]
-        if not candidates:
-            raise not_found("No known servers")
-        last_error: Exception | None = None
-        for server in candidates:
-            if not self.hs.config.federation_allowed(server):
-                continue
-            try:
-                return await self._join_via(server, user_id, room_id, content or {})
-            except MatrixError:
-                raise
-            except Exception as e:  # the server is down, refused, or answered nonsense: try the next
-                logger.info("joining %s via %s failed: %s", room_id, server, e)
-                last_error = e
-        if last_error is not None and getattr(last_error, "status", None) == 403:
-            raise forbidden(f"Not allowed to join: {getattr(last_error, 'msg', last_error)}")
-        raise unavailable(f"Could not join {room_id} through any of {candidates}: {last_error}")
+        try:
+            return await self._through_servers("join", room_id, servers,
+                                               lambda server: self._join_via(server, user_id, room_id, content or {}))
+        except _NoServerTook as e:
+            raise e.client_error("join", room_id) from None
 
     async def _join_via(self, server: str, user_id: str, room_id: str, content: JsonDict) -> str:
         template = await self.remote.make_membership(server, "join", room_id, user_id,
@@ -245,23 +254,11 @@ class FederationMembership:
         """Knock for `user_id` (local) on a room no local user is in, through make_knock/send_knock with
         each of `servers` in turn. The knock is kept here out of band (as a received invite is) with
         the room state the resident server sent, so the knocker's /sync lists it under `rooms.knock`."""
-        candidates = [s for s in dict.fromkeys(servers) if s != self.hs.server_name]
-        if not candidates:
-            raise not_found("No known servers")
-        last_error: Exception | None = None
-        for server in candidates:
-            if not self.hs.config.federation_allowed(server):
-                continue
-            try:
-                return await self._knock_via(server, user_id, room_id, content or {})
-            except MatrixError:
-                raise
-            except Exception as e:  # down, refusing, or answering nonsense: try the next
-                logger.info("knocking on %s via %s failed: %s", room_id, server, e)
-                last_error = e
-        if isinstance(last_error, FederationError):
-            raise remote_refusal(last_error, "knock", None)
-        raise unavailable(f"Could not knock on {room_id} through any of {candidates}: {last_error}")
+        try:
+            return await self._through_servers("knock", room_id, servers,
+                                               lambda server: self._knock_via(server, user_id, room_id, content or {}))
+        except _NoServerTook as e:
+            raise e.client_error("knock", room_id) from None
 
     async def _knock_via(self, server: str, user_id: str, room_id: str, content: JsonDict) -> Event:
         template = await self.remote.make_membership(server, "knock", room_id, user_id,
@@ -400,24 +397,16 @@ class FederationMembership:
         with each of `servers` in turn; the leave is then persisted here too. An invite none of them
         takes the leave for (gone, refusing) is rejected here alone, as Synapse does: the user can
         always be rid of an invite, though its room may still list them as invited."""
-        candidates = [s for s in dict.fromkeys(servers) if s != self.hs.server_name]
-        last_error: Exception | None = None
-        for server in candidates:
-            if not self.hs.config.federation_allowed(server):
-                continue
-            try:
-                return await self._leave_via(server, user_id, room_id, content or {})
-            except MatrixError:
-                raise
-            except Exception as e:  # down, refusing, or answering nonsense: try the next
-                logger.info("leaving %s via %s failed: %s", room_id, server, e)
-                last_error = e
+        try:
+            return await self._through_servers("leave", room_id, servers,
+                                               lambda server: self._leave_via(server, user_id, room_id, content or {}))
+        except _NoServerTook as e:
+            failure = e
         current = await self.store.get_membership(room_id, user_id)
         invite = await self.store.get_event(current[1]) if current is not None and current[0] == "invite" else None
         if invite is None:
-            if isinstance(last_error, FederationError):
-                raise remote_refusal(last_error, "leave", None)
-            raise unreachable(f"Could not leave {room_id} through any of {candidates}: {last_error}")
+            raise failure.client_error("leave", room_id) from None
+        last_error = failure.last_error
         logger.info("rejecting the invite of %s to %s here alone (%s)", user_id, room_id, last_error)
         return await self._reject_locally(invite, content or {})
 
@@ -484,6 +473,22 @@ def _stripped_state(value: Any) -> list[JsonDict]:
         if len(out) >= MAX_INVITE_STATE:
             break
     return out
+
+
+class _NoServerTook(Exception):
+    """No server took a membership handshake: the ones asked and the last failure."""
+
+    def __init__(self, candidates: list[str], last_error: Exception | None) -> None:
+        super().__init__(f"no server of {candidates} took it: {last_error}")
+        self.candidates = candidates
+        self.last_error = last_error
+
+    def client_error(self, what: str, room_id: str) -> MatrixError:
+        if not self.candidates:
+            return not_found("No known servers")
+        if isinstance(self.last_error, FederationError):
+            return remote_refusal(self.last_error, what, None)
+        return unreachable(f"Could not {what} {room_id} through any of {self.candidates}: {self.last_error}")
 
 
 def remote_refusal(e: FederationError, what: str, room_version: str | None) -> MatrixError:

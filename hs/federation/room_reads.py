@@ -18,6 +18,7 @@ from hs.events.event import Event, JsonDict
 from hs.events.redaction import redact_pdu
 from hs.federation.acl import check_server_acl
 from hs.federation.sender import federation_pdu
+from hs.util import now_ms
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -80,7 +81,7 @@ class FederationRoomReads:
         if event is None or event.internal.rejected:
             raise not_found(f"Event {event_id} not found")
         await self.check_server_may_read(origin, event.room_id)
-        return {"origin": self.hs.server_name, "origin_server_ts": _now(),
+        return {"origin": self.hs.server_name, "origin_server_ts": now_ms(),
                 "pdus": await self._for_server(origin, [event])}
 
     async def state_ids(self, origin: str, room_id: str, event_id: str) -> JsonDict:
@@ -149,11 +150,6 @@ class FederationRoomReads:
                     continue
                 found.append(ev)
                 frontier.extend(p for p in ev.prev_event_ids if p not in seen)
-        return {"origin": self.hs.server_name, "origin_server_ts": _now(),
+        return {"origin": self.hs.server_name, "origin_server_ts": now_ms(),
                 "pdus": await self._for_server(origin, found)}
 
-
-def _now() -> int:
-    from hs.util import now_ms
-
-    return now_ms()

@@ -383,7 +383,7 @@ class EventSender:
             pending.prev_ids = event.prev_event_ids + ([h.event_id for h in heads] if replace_heads else [])
             pending.becomes_head = not has_child
             pending.was_outlier = event.internal.outlier
-            pending.redaction_applies = await self._received_redaction_applies(event, state_before)
+            pending.redaction_applies = await self.received_redaction_applies(event, state_before)
             if event.type == "m.room.redaction" and event.redacts and not await self.store.have_events([event.redacts]):
                 pending.redacts_later = event.redacts
                 (await self._pending_redaction_targets(room_id)).add(event.redacts)
@@ -405,7 +405,7 @@ class EventSender:
             heads = await self._load_heads(room_id)
             return await self._resolve_heads(rv, heads) if heads else {}
 
-    async def _received_redaction_applies(self, event: Event, state_before: dict[StateKey, str]) -> bool:
+    async def received_redaction_applies(self, event: Event, state_before: dict[StateKey, str]) -> bool:
         """Whether a redaction from another server takes effect here. From room v3 the auth rules let
         anyone redact anything, leaving it to the receiver to apply a redaction only when its sender is
         of the target's server or has the power to redact in the state before it (v1/v2 rooms: the

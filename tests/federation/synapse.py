@@ -111,17 +111,10 @@ async def create_synapse_database(base_dsn: str) -> str:
     """A fresh database Synapse accepts whatever the server's defaults: UTF8 with C collation (a
     throwaway `initdb` under a POSIX locale would otherwise give SQL_ASCII, which Synapse refuses).
     Drop it with tests.services.drop_database."""
-    import uuid
+    from tests.services import create_database
 
-    import asyncpg
-
-    name = "synapse_test_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(base_dsn + "/postgres")
-    try:
-        await conn.execute(f"CREATE DATABASE {name} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
-    finally:
-        await conn.close()
-    return f"{base_dsn}/{name}"
+    return await create_database(base_dsn, "synapse_test_",
+                                 "ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
 
 
 class SynapseServer:

@@ -168,3 +168,45 @@ async def test_create_room_invites_a_remote_user(make_fed_hs: Any, remote_server
     status, body = await bob.request("POST", f"/join/{room_id}", {}, params={"server_name": local.server_name})
     assert status == 200, body
     await wait_joined(alice, room_id, bob.user_id)
+
+
+async def test_a_remote_server_down_stalls_nothing_here_and_catches_up(make_fed_hs: Any) -> None:
+    """With the other server of a room stopped, sends here (in that room and others) keep their
+    latency, and what it missed reaches it once it is back (its first request wakes our queue for it)."""
+    local = await make_fed_hs()
+    remote = await make_fed_hs()
+    alice = await user(local, unique("alice"))
+    bob = await user(remote, unique("bob"))
+    shared = await alice.create_room(preset="public_chat")
+    own = await alice.create_room(preset="public_chat")
+    status, body = await bob.request("POST", f"/join/{shared}", {}, params={"server_name": local.server_name})
+    assert status == 200, body
+    await wait_joined(alice, shared, bob.user_id)
+    await remote.stop()
+    latencies: list[float] = []
+    sent: list[str] = []
+    for i in range(20):
+        for room in (shared, own):
+            began = time.monotonic()
+            event_id = await alice.send_message(room, f"while down {i}")
+            latencies.append(time.monotonic() - began)
+            if room == shared:
+                sent.append(event_id)
+    latencies.sort()
+    # 40 sends with the room's other server gone: none waits for it (on this machine ~5-20 ms each).
+    assert latencies[-1] < 1.0, f"slowest send {latencies[-1]:.3f} s, median {latencies[len(latencies) // 2]:.3f} s"
+    from hs.server import HomeServer
+
+    remote.hs = HomeServer(remote.config, "main", signing_key=remote.hs.signing_key)
+    await remote.start()
+    status, body = await bob.request("PUT", f"/rooms/{shared}/send/m.room.message/back",
+                                     {"msgtype": "m.text", "body": "back"})
+    assert status == 200, body
+    await wait_for_event(alice, shared, text("back"))
+    seen: set[str] = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not set(sent) <= seen:
+        status, page = await bob.request("GET", f"/rooms/{shared}/messages", params={"dir": "b", "limit": "100"})
+        seen = {e["event_id"] for e in page.get("chunk", [])}
+        await asyncio.sleep(0.3)
+    assert set(sent) <= seen, f"{len(set(sent) - seen)} of the 20 sends did not reach the restarted server"

@@ -4,6 +4,7 @@ refused, the profile and directory queries, and federation_domain_whitelist."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -16,30 +17,27 @@ from hs.federation.client import FederationError
 from hs.federation.keys import InvalidServerSignature
 from hs.federation.xmatrix import sign_request
 from hs.util import now_ms
-from tests.federation_fixtures import (  # noqa: F401 - the fixtures
-    FederatingServer,
-    MakeFederatingServer,
-    make_federating_server_fixture,
-    test_certificate_fixture,
-)
+from tests.federation.client import unique, user
+from tests.federation.conftest import MakeFedHs
+from tests.federation.hs_server import FederatingHs
 
 
-async def raw_request(server: FederatingServer, method: str, path: str, *, body: Any = None,
+async def raw_request(server: FederatingHs, method: str, path: str, *, body: Any = None,
                       headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """A request to `server` over HTTPS with exactly these headers (no signing of our own)."""
-    connector = aiohttp.TCPConnector(ssl=server.cert.client_context())
+    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(server.cert.ca_path)))
     async with aiohttp.ClientSession(connector=connector) as session:
         url = URL(server.base_url + path, encoded=True)  # sent exactly as signed
         async with session.request(method, url, json=body, headers=headers or {}) as resp:
             return resp.status, await resp.json(content_type=None)
 
 
-def signed_auth(origin: FederatingServer, destination: str, method: str, uri: str, content: Any = None) -> str:
+def signed_auth(origin: FederatingHs, destination: str, method: str, uri: str, content: Any = None) -> str:
     return sign_request(origin.server_name, destination, origin.hs.signing_key, method, uri, content)
 
 
-async def test_key_server_publishes_a_self_signed_key(make_federating_server: MakeFederatingServer) -> None:
-    b = await make_federating_server()
+async def test_key_server_publishes_a_self_signed_key(make_fed_hs: MakeFedHs) -> None:
+    b = await make_fed_hs()
     key = b.hs.signing_key
     for path in ("/_matrix/key/v2/server", f"/_matrix/key/v2/server/{quote(key.key_id)}"):
         status, body = await raw_request(b, "GET", path)
@@ -55,10 +53,10 @@ async def test_key_server_publishes_a_self_signed_key(make_federating_server: Ma
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
-async def test_server_fetches_another_servers_key_directly(make_federating_server: MakeFederatingServer,
+async def test_server_fetches_another_servers_key_directly(make_fed_hs: MakeFedHs,
                                                            engine: str) -> None:
-    a = await make_federating_server(engine)
-    b = await make_federating_server()
+    a = await make_fed_hs(engine)
+    b = await make_fed_hs()
     signed = sign_json({"hello": "world"}, b.server_name, b.hs.signing_key)
     await a.hs.keyring.verify_json(b.server_name, signed, now_ms())
     [stored] = await a.hs.keyring.store.get_keys(b.server_name)
@@ -71,11 +69,11 @@ async def test_server_fetches_another_servers_key_directly(make_federating_serve
         await a.hs.keyring.verify_json(b.server_name, {**signed, "hello": "there"}, now_ms())
 
 
-async def test_server_fetches_keys_through_a_notary(make_federating_server: MakeFederatingServer) -> None:
-    c = await make_federating_server()
-    b = await make_federating_server()
+async def test_server_fetches_keys_through_a_notary(make_fed_hs: MakeFedHs) -> None:
+    c = await make_fed_hs()
+    b = await make_fed_hs()
     ckey = c.hs.signing_key
-    a = await make_federating_server(trusted_key_servers=[
+    a = await make_fed_hs(trusted_key_servers=[
         {"server_name": c.server_name, "verify_keys": {ckey.key_id: ckey.verify_key_base64}}])
     keys = await a.hs.keyring.get_server_keys(b.server_name, [b.hs.signing_key.key_id], now_ms())
     assert list(keys) == [b.hs.signing_key.key_id]
@@ -100,10 +98,10 @@ async def test_server_fetches_keys_through_a_notary(make_federating_server: Make
 
 
 async def test_signed_requests_are_accepted_and_tampered_ones_refused(
-        make_federating_server: MakeFederatingServer) -> None:
-    a = await make_federating_server()
-    b = await make_federating_server()
-    alice = await b.user("alice")
+        make_fed_hs: MakeFedHs) -> None:
+    a = await make_fed_hs()
+    b = await make_fed_hs()
+    alice = await user(b, unique("alice"))
     status, _ = await alice.request("PUT", f"/profile/{alice.user_id}/displayname", {"displayname": "Alice"})
     assert status == 200
     # A's federation client signs; B fetches A's key from A and accepts.
@@ -137,10 +135,10 @@ async def test_signed_requests_are_accepted_and_tampered_ones_refused(
     assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
 
 
-async def test_profile_and_directory_queries(make_federating_server: MakeFederatingServer) -> None:
-    a = await make_federating_server()
-    b = await make_federating_server()
-    bob = await b.user("bob")
+async def test_profile_and_directory_queries(make_fed_hs: MakeFedHs) -> None:
+    a = await make_fed_hs()
+    b = await make_fed_hs()
+    bob = await user(b, unique("bob"))
     room_id = await bob.create_room(room_alias_name="lobby")
     alias = f"#lobby:{b.server_name}"
     answer = await a.hs.federation_client.get_json(b.server_name, "/_matrix/federation/v1/query/directory",
@@ -158,16 +156,16 @@ async def test_profile_and_directory_queries(make_federating_server: MakeFederat
         await a.hs.federation_client.get_json(b.server_name, "/_matrix/federation/v1/query/profile",
                                               {"user_id": "@someone:elsewhere.test"})
     assert e.value.status == 400
-    closed = await make_federating_server(allow_profile_lookup_over_federation=False)
+    closed = await make_fed_hs(allow_profile_lookup_over_federation=False)
     with pytest.raises(FederationError) as e:
         await a.hs.federation_client.get_json(closed.server_name, "/_matrix/federation/v1/query/profile",
                                               {"user_id": f"@bob:{closed.server_name}"})
     assert (e.value.status, e.value.errcode) == (403, "M_FORBIDDEN")
 
 
-async def test_domain_whitelist_refuses_other_origins(make_federating_server: MakeFederatingServer) -> None:
-    a = await make_federating_server()
-    b = await make_federating_server(federation_domain_whitelist=["friend.test"])
+async def test_domain_whitelist_refuses_other_origins(make_fed_hs: MakeFedHs) -> None:
+    a = await make_fed_hs()
+    b = await make_fed_hs(federation_domain_whitelist=["friend.test"])
     with pytest.raises(FederationError) as e:
         await a.hs.federation_client.get_json(b.server_name, "/_matrix/federation/v1/query/profile",
                                               {"user_id": f"@bob:{b.server_name}"})
