@@ -187,6 +187,11 @@ SWEEP: dict[tuple[str, str], Case] = {
         [P("path", "kind", "enum", code="M_UNRECOGNIZED"), P("body", "enabled", "bool")], body={"enabled": True}),
     ("GET", "/_synapse/admin/v1/event_reports"): Case(
         [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum")]),
+    ("GET", "/_synapse/admin/v1/federation/destinations"): Case(
+        [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum"),
+         P("query", "order_by", "enum")]),
+    ("GET", "/_synapse/admin/v1/federation/destinations/{destination}/rooms"): Case(
+        [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum")]),
 }
 
 UNTYPED = {
@@ -226,6 +231,8 @@ UNTYPED = {
     ("POST", "/keys/signatures/upload"), ("GET", "/room_keys/version"), ("PUT", "/sendToDevice/{eventType}/{txnId}"),
     ("POST", "/rooms/{roomId}/read_markers"), ("GET", "/pushrules/"), ("GET", "/pushrules/{scope}/"),
     ("POST", "/user/{userId}/openid/request_token"),
+    ("GET", "/_synapse/admin/v1/federation/destinations/{destination}"),
+    ("POST", "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection"),
 }
 
 # The integer, boolean, enum and token parameters the spec's OpenAPI (client-server API) gives the
@@ -355,11 +362,13 @@ async def _world(server: Any) -> World:
     event_id = await alice.send_message(room_id, "hello")
     await ok(alice, "POST", "/room_keys/version", {"algorithm": BACKUP_ALG, "auth_data": {}})
     filter_id = (await ok(alice, "POST", f"/user/{alice.user_id}/filter", {}))["filter_id"]
+    # A destination the federation destinations admin API knows (else its rooms are 404 whatever the query).
+    await server.hs.db.execute("INSERT INTO federation_destinations (destination) VALUES ('remote.example')")
     return World(alice, bob, {
         "roomId": room_id, "eventId": event_id, "userId": str(alice.user_id), "bob": str(bob.user_id),
         "eventType": "m.room.create", "stateKey:.*": "", "relType": "m.thread", "sessionId": "S1", "version": "1",
         "filterId": str(filter_id), "scope": "global", "kind": "override", "ruleId": ".m.rule.master",
-        "attr": "enabled", "receiptType": "m.read", "tag": "u.work"})
+        "attr": "enabled", "receiptType": "m.read", "tag": "u.work", "destination": "remote.example"})
 
 
 def _url(world: World, method: str, path: str, path_values: dict[str, str]) -> str:
