@@ -306,6 +306,33 @@ class TrustedKeyServer(Strict):
     accept_keys_insecurely: bool = False
 
 
+class FederationTuning(Strict):
+    """Synapse's `federation:` section: how outbound sending backs off from a server that fails.
+
+    After a failed transaction the sender waits `destination_min_retry_interval`, then multiplies the
+    wait by `destination_retry_multiplier` after each further failure, up to
+    `destination_max_retry_interval`; any request from that server ends the wait at once. hs starts at
+    2 s where Synapse starts at 10 minutes (a small server restarting should not lose ten minutes of
+    messages); the multiplier soon spaces attempts out."""
+
+    destination_min_retry_interval: int = 2_000
+    destination_retry_multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
+    destination_max_retry_interval: int = 86_400_000
+
+    @field_validator("destination_min_retry_interval", "destination_max_retry_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> int:
+        return parse_duration_ms(value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FederationTuning:
+        if self.destination_min_retry_interval < 1:
+            raise ValueError("destination_min_retry_interval must be at least 1 ms")
+        if self.destination_max_retry_interval < self.destination_min_retry_interval:
+            raise ValueError("destination_max_retry_interval must not be below destination_min_retry_interval")
+        return self
+
+
 class OldSigningKey(Strict):
     """An `old_signing_keys` entry: a retired public key (still published, so that events it signed
     keep verifying elsewhere) and when it stopped being used."""
@@ -397,6 +424,7 @@ class HomeserverConfig(Strict):
     old_signing_keys: dict[str, OldSigningKey] = Field(default_factory=dict)
     allow_profile_lookup_over_federation: bool = True
     allow_public_rooms_over_federation: bool = False
+    federation: FederationTuning = Field(default_factory=FederationTuning)
     # -- cluster --------------------------------------------------------------------------------------
     instance_map: dict[str, InstanceLocation] = Field(default_factory=dict)
     stream_writers: StreamWriters = Field(default_factory=StreamWriters)

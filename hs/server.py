@@ -21,7 +21,7 @@ from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
-from hs.roles.duties import BACKGROUND_TASKS, PUSHER, duties_for
+from hs.roles.duties import BACKGROUND_TASKS, FEDERATION_SENDER, PUSHER, duties_for
 from hs.streams import registry
 from hs.streams.account_data import AccountDataStream
 from hs.streams.base import Stream, StreamContext
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from hs.federation.event_handler import FederationEventHandler
     from hs.federation.keys import KeyRing
     from hs.federation.membership import FederationMembership
+    from hs.federation.outbox import FederationOutbox
     from hs.federation.room_reads import FederationRoomReads
     from hs.federation.sender import FederationSender
     from hs.federation.transactions import TransactionHandler
@@ -402,7 +403,6 @@ class HomeServer:
     def federation_membership(self) -> FederationMembership:
         """Joins, leaves and invites across servers (both sides of each handshake)."""
         from hs.federation.membership import FederationMembership
-
         return FederationMembership(self)
 
     @cached_property
@@ -428,6 +428,12 @@ class HomeServer:
         return FederationRoomReads(self)
 
     @cached_property
+    def federation_outbox(self) -> FederationOutbox:
+        """EDUs, relays and wake-ups for the federation senders (every process has one)."""
+        from hs.federation.outbox import FederationOutbox
+        return FederationOutbox(self)
+
+    @cached_property
     def federation_sender(self) -> FederationSender:
         """Queues of events and EDUs for other servers (closed at stop)."""
         from hs.federation.sender import FederationSender
@@ -436,9 +442,10 @@ class HomeServer:
 
     @property
     def sends_federation(self) -> bool:
-        """Whether this process sends events to other servers: the monolith does (`send_federation`);
-        in a cluster the federation senders will (the cluster federation issue)."""
-        return self.config.send_federation and not self.config.workers and self.instance_name == "main"
+        """Whether this deployment sends to other servers at all (`send_federation`, or
+        `federation_sender_instances`): EDUs are then handed to the senders (hs/federation/outbox.py).
+        Which process sends is the `federation_sender` duty."""
+        return self.federation_outbox.enabled
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -458,6 +465,9 @@ class HomeServer:
             _ = self.user_store  # registers its cache with the invalidator
             for stream in self.streams.values():
                 stream.subscribe()
+            self.federation_outbox  # noqa: B018 - subscribes to room membership changes
+            if FEDERATION_SENDER in self.duties:
+                self.federation_sender.subscribe()
             await self.replication.start()
             exits.push_async_callback(self._close_replication)
             exits.push_async_callback(self._close_federation_client)
@@ -479,6 +489,9 @@ class HomeServer:
             if PUSHER in self.duties:
                 await self.pushers.start()
                 exits.push_async_callback(self.pushers.stop)
+            if FEDERATION_SENDER in self.duties:
+                exits.push_async_callback(self.federation_sender.close)
+                await self.federation_sender.start()
         except BaseException:
             await self._unwind()
             raise
@@ -500,8 +513,6 @@ class HomeServer:
             await self.replication_client.close()
 
     async def _close_federation_client(self) -> None:
-        if "federation_sender" in self.__dict__:
-            await self.federation_sender.close()
         if "federation_client" in self.__dict__:  # created on first use
             await self.federation_client.close()
 

@@ -23,6 +23,7 @@ _ENGINE_TYPES = {
         "{HIGHLIGHT_USERS_JSON}": "COALESCE((json_agg(user_id ORDER BY user_id) FILTER (WHERE highlight = 1))::text, '[]')",
         "{REL_TYPE}": "(json::jsonb -> 'content' -> 'm.relates_to' ->> 'rel_type')",
         "{REL_EVENT_ID}": "(json::jsonb -> 'content' -> 'm.relates_to' ->> 'event_id')",
+        "{SERIAL_PK}": "BIGSERIAL PRIMARY KEY",
     },
     "sqlite": {
         "{BLOB}": "BLOB",
@@ -30,6 +31,7 @@ _ENGINE_TYPES = {
         "{HIGHLIGHT_USERS_JSON}": "COALESCE(json_group_array(user_id) FILTER (WHERE highlight = 1), '[]')",
         "{REL_TYPE}": "json_extract(json, '$.content.\"m.relates_to\".rel_type')",
         "{REL_EVENT_ID}": "json_extract(json, '$.content.\"m.relates_to\".event_id')",
+        "{SERIAL_PK}": "INTEGER PRIMARY KEY AUTOINCREMENT",
     },
 }
 _MIGRATION_LOCK_ID = 0x68735F6D  # "hs_m"

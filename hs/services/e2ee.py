@@ -143,11 +143,11 @@ class E2eeService:
         if not fresh or not remote:
             return
         if not self.hs.sends_federation:
-            logger.info("to-device messages for %s dropped: this process sends no federation", sorted(remote))
+            logger.info("to-device messages for %s dropped: federation sending is off", sorted(remote))
             return
         for server, for_server in remote.items():
             # The message ID is what the receiving server deduplicates by; the transaction ID was ours.
-            self.hs.federation_sender.send_edu(server, "m.direct_to_device", {
+            await self.hs.federation_outbox.send_edu(server, "m.direct_to_device", {
                 "sender": sender, "type": event_type, "message_id": random_string(24), "messages": for_server})
 
     async def _local_to_device_rows(self, user_id: str, by_device: JsonDict) -> list[tuple[str, str, JsonDict]]:
@@ -221,8 +221,7 @@ class E2eeService:
                     name = key.get("unsigned", {}).get("device_display_name")
                     if name is not None:
                         edu["device_display_name"] = name
-                for server in servers:
-                    self.hs.federation_sender.send_edu(server, "m.device_list_update", edu)
+                await self.hs.federation_outbox.send_edus(servers, "m.device_list_update", edu)
 
     async def _cross_signing_changed(self, user_id: str) -> None:
         """Log a change of the user's cross-signing keys (or of their signatures) and send the public
@@ -236,13 +235,12 @@ class E2eeService:
         edu: JsonDict = {"user_id": user_id}
         for key_type, key in (await self._public_cross_signing_keys(user_id)).items():
             edu[f"{key_type}_key"] = key
-        for server in servers:
-            self.hs.federation_sender.send_edu(server, "m.signing_key_update", edu)
+        await self.hs.federation_outbox.send_edus(servers, "m.signing_key_update", edu)
 
     async def _servers_sharing_room(self, user_id: str) -> set[str]:
         servers: set[str] = set()
         for room_id in await self.hs.event_store.get_rooms_for_user(user_id, ("join",)):
-            servers |= await self.hs.federation_sender.servers_in_room(room_id)
+            servers |= await self.hs.federation_outbox.servers_in_room(room_id)
         servers.discard(self.hs.server_name)
         return servers
 

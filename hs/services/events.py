@@ -584,12 +584,6 @@ class EventSender:
         for p in batch:
             if not p.future.done():
                 p.future.set_result(p.event)
-        if self.hs.sends_federation:
-            local = [p.event for p in batch if p.current_delta is None]
-            if local:
-                await self.hs.federation_sender.on_events_persisted(room_id, local)
-            elif any(p.event.membership is not None for p in batch):
-                self.hs.federation_sender.forget_room_servers(room_id)
         if rest is not None:
             # A task of its own: it goes out after the woken /syncs have run, and the room's next
             # batch need not wait for it (the room's rests run in order, each after the one before).

@@ -324,15 +324,13 @@ class PresenceService:
             self._federated_at.pop(state.user_id, None)
         else:
             self._federated_at[state.user_id] = now
-        sender = self.hs.federation_sender
+        outbox = self.hs.federation_outbox
         destinations: set[str] = set()
         for room_id in rooms:
-            destinations |= await sender.servers_in_room(room_id)
+            destinations |= await outbox.servers_in_room(room_id)
         if not destinations:
             return
-        update = self._edu_update(state, now)
-        for destination in sorted(destinations):
-            sender.send_edu(destination, PRESENCE_EDU, {"push": [update]})
+        await outbox.send_edus(destinations, PRESENCE_EDU, {"push": [self._edu_update(state, now)]})
 
     @staticmethod
     def _edu_update(state: PresenceState, now: int) -> dict[str, Any]:
@@ -375,7 +373,7 @@ class PresenceService:
                     push = [self._edu_update(st, now) for st in (self._states.get(m) for m in members)
                             if st is not None and st.state != OFFLINE and self._is_mine(st.user_id)]
                     if push:
-                        self.hs.federation_sender.send_edu(server, PRESENCE_EDU, {"push": push})
+                        await self.hs.federation_outbox.send_edu(server, PRESENCE_EDU, {"push": push})
         except Exception:
             logger.exception("could not send presence for new members of %s", rooms)
 

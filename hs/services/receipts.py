@@ -101,7 +101,7 @@ class ReceiptService:
             if thread_id is not None:
                 data["thread_id"] = thread_id
             content = {room_id: {READ: {user_id: {"event_ids": [event_id], "data": data}}}}
-            await self.hs.federation_sender.send_edu_to_room(room_id, RECEIPT_EDU, content)
+            await self.hs.federation_outbox.send_edu_to_room(room_id, RECEIPT_EDU, content)
 
     async def receive_remote(self, room_id: str, user_id: str, event_id: str, thread_id: str | None,
                              ts: int) -> bool:

@@ -73,7 +73,7 @@ class TypingService:
     async def _send(self, room_id: str, user_id: str, typing: bool) -> None:
         async with self._send_lock:
             try:
-                await self.hs.federation_sender.send_edu_to_room(
+                await self.hs.federation_outbox.send_edu_to_room(
                     room_id, TYPING_EDU, {"room_id": room_id, "user_id": user_id, "typing": typing})
             except Exception:
                 logger.exception("could not queue typing of %s in %s for other servers", user_id, room_id)

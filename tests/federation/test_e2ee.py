@@ -425,13 +425,14 @@ async def test_device_list_updates_form_a_chain_that_user_devices_continues(make
     bob = await e2ee_user(other, "bob")
     await shared_room(alice, bob, local)
     sent: list[tuple[str, str, Json]] = []
-    real_send_edu = local.hs.federation_sender.send_edu
+    real_send_edus = local.hs.federation_outbox.send_edus
 
-    def capture(destination: str, edu_type: str, content: Json) -> None:
-        sent.append((destination, edu_type, content))
-        real_send_edu(destination, edu_type, content)
+    async def capture(destinations: Any, edu_type: str, content: Json) -> None:
+        destinations = list(destinations)
+        sent.extend((d, edu_type, content) for d in destinations)
+        await real_send_edus(destinations, edu_type, content)
 
-    local.hs.federation_sender.send_edu = capture  # type: ignore[method-assign]
+    local.hs.federation_outbox.send_edus = capture  # type: ignore[method-assign]
     keys = signed_device_keys(alice)
     await ok(alice, "POST", "/keys/upload", {"device_keys": keys})
     alice2 = await second_device(local, alice)

@@ -1,0 +1,45 @@
+"""The federation sender's pure parts: rendezvous sharding and the room -> servers map."""
+
+from __future__ import annotations
+
+from hs.federation.sender import RoomServers, rendezvous_owner
+
+
+def test_rendezvous_is_stable_and_spreads_destinations() -> None:
+    destinations = [f"server{i}.example" for i in range(1000)]
+    two = {d: rendezvous_owner(d, ["s1", "s2"]) for d in destinations}
+    assert two == {d: rendezvous_owner(d, ["s2", "s1"]) for d in destinations}  # order does not matter
+    shares = {i: sum(1 for o in two.values() if o == i) for i in ("s1", "s2")}
+    assert all(400 < n < 600 for n in shares.values()), shares
+
+
+def test_adding_a_sender_moves_only_what_it_takes() -> None:
+    destinations = [f"server{i}.example" for i in range(1000)]
+    before = {d: rendezvous_owner(d, ["s1", "s2"]) for d in destinations}
+    after = {d: rendezvous_owner(d, ["s1", "s2", "s3"]) for d in destinations}
+    moved = [d for d in destinations if before[d] != after[d]]
+    # Every destination that moved went to the new sender, and it took about a third.
+    assert all(after[d] == "s3" for d in moved)
+    assert 250 < len(moved) < 420, len(moved)
+    # Removing it again puts each back where it was.
+    assert {d: rendezvous_owner(d, ["s1", "s2"]) for d in destinations} == before
+
+
+def test_room_servers_follow_memberships() -> None:
+    rs = RoomServers("here.example")
+    rs.load([("!a", "@x:one.example"), ("!a", "@y:one.example"), ("!b", "@z:two.example")])
+    assert rs.servers("!a") == {"one.example"} and rs.rooms_of("two.example") == ["!b"]
+    rs.apply("!a", "@x:one.example", "leave")
+    assert rs.servers("!a") == {"one.example"}  # @y is still there
+    rs.apply("!a", "@y:one.example", "ban")
+    assert rs.servers("!a") == frozenset() and rs.rooms_of("one.example") == []
+    rs.apply("!a", "@me:here.example", "join")  # our own users are not a destination
+    assert rs.servers("!a") == frozenset()
+    rs.apply("!b", "@z:two.example", "join")  # a repeated join (profile change) counts once
+    rs.apply("!b", "@z:two.example", "leave")
+    assert rs.servers("!b") == frozenset()
+    assert not rs.knows("!c")
+    rs.load_room("!c", ["@p:three.example", "@me:here.example"])
+    assert rs.knows("!c") and rs.servers("!c") == {"three.example"}
+    rs.load_room("!c", [])
+    assert rs.servers("!c") == frozenset() and rs.all_servers() == set()
