@@ -81,6 +81,8 @@ LEASE_TTL_MS = 30_000
 LEASE_RENEW_S = 10.0
 # A lease is used only while it has at least this long left (clock skew, a slow renewal).
 LEASE_MARGIN_MS = 10_000
+# How often the read position is recorded.
+POSITION_WRITE_S = 1.0
 # After a start, destinations are woken at most this many per second.
 WAKE_RATE_PER_S = 50.0
 # The outbox and the ephemeral channel are looked at this often even without a message (Redis lost one).
@@ -206,6 +208,7 @@ class FederationSender:
         self._leases: dict[str, int] = {}  # destination -> lease expiry (ms) held by this instance
         self._cursor = 0
         self._stored_cursor = 0
+        self._position_written_at = 0.0
         self._read_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._txn_prefix = f"{int(time.time() * 1000)}{hashlib.sha256(self.instance.encode()).hexdigest()[:4]}"
@@ -255,7 +258,7 @@ class FederationSender:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._started:
             try:
-                await self.store.set_position(self.instance, self._cursor)
+                await self._store_position(force=True)
                 await self.store.release_leases(sorted(self._leases), self.instance)
             except Exception as e:  # the database is going away too: the leases expire by themselves
                 logger.warning("federation sender: releasing leases at shutdown failed: %s", e)
@@ -369,15 +372,18 @@ class FederationSender:
     async def _read_loop(self) -> None:
         """Follow the events stream: every batch of rows is read once and routed to the queues."""
         while not self._closed:
+            self._read_wake.clear()
             try:
                 await self._read_new_events()
+                await self._store_position()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("federation sender: reading the events stream failed")
                 await asyncio.sleep(1.0)
                 continue
-            self._read_wake.clear()
+            if self._read_wake.is_set():
+                continue
             waiter = asyncio.ensure_future(self._read_wake.wait())
             try:
                 await asyncio.wait((waiter,), timeout=POLL_S)
@@ -396,7 +402,18 @@ class FederationSender:
                 continue
             await self._route(rows)
             self._cursor = int(rows[-1]["stream_ordering"]) if len(rows) == READ_BATCH else upto
-            await self.store.set_position(self.instance, self._cursor)
+            await self._store_position()
+
+    async def _store_position(self, force: bool = False) -> None:
+        """Record how far the stream has been read, at most every POSITION_WRITE_S: a restart re-reads
+        at most that much, and re-reading is harmless (a started sender catches every destination up
+        from its own row, and new destinations get their row before the cursor moves past them)."""
+        now = time.monotonic()
+        if force or now - self._position_written_at >= POSITION_WRITE_S:
+            self._position_written_at = now
+            if self._cursor != self._stored_cursor:
+                await self.store.set_position(self.instance, self._cursor)
+                self._stored_cursor = self._cursor
 
     async def _route(self, rows: list[Any]) -> None:
         """Queue each sendable event for the other servers in its room; remember new destinations
