@@ -94,6 +94,30 @@ def federation_pdu(event: Event) -> JsonDict:
     return {k: v for k, v in event.pdu.items() if k != "unsigned"}
 
 
+def coalesce_presence(edus: list[JsonDict]) -> list[JsonDict]:
+    """Presence updates batched: one `m.presence` EDU per transaction, with each user's latest state
+    (in the place of the first); other EDUs unchanged and in order."""
+    latest: dict[str, JsonDict] = {}
+    out: list[JsonDict] = []
+    placed = False
+    for edu in edus:
+        push = edu.get("content", {}).get("push") if edu.get("edu_type") == "m.presence" else None
+        if not isinstance(push, list):
+            out.append(edu)
+            continue
+        for update in push:
+            if isinstance(update, dict) and isinstance(update.get("user_id"), str):
+                latest.pop(update["user_id"], None)  # re-inserted last: the newest wins
+                latest[update["user_id"]] = update
+        if not placed:
+            out.append({"edu_type": "m.presence", "content": {"push": []}})
+            placed = True
+    for edu in out:
+        if edu.get("edu_type") == "m.presence" and placed and edu["content"].get("push") == []:
+            edu["content"]["push"] = list(latest.values())
+    return out
+
+
 def rendezvous_owner(destination: str, instances: Iterable[str]) -> str:
     """The instance with the highest hash of (instance, destination): the same answer everywhere, and
     adding or removing one instance moves only the destinations it wins or held."""
@@ -523,7 +547,7 @@ class FederationSender:
         cursor_at_build = self._cursor
         events = await self.hs.event_store.get_events([e for _p, e in pdu_rows])
         pdus = [federation_pdu(events[e]) for _p, e in pdu_rows if e in events]
-        edus = [*ephemeral, *({"edu_type": t, "content": c} for _i, t, c in durable)]
+        edus = [*coalesce_presence(ephemeral), *({"edu_type": t, "content": c} for _i, t, c in durable)]
         if not pdus and not edus:
             self._after_catch_up_read(dest, caught_up_to, None)
             return False

@@ -43,3 +43,17 @@ def test_room_servers_follow_memberships() -> None:
     assert rs.knows("!c") and rs.servers("!c") == {"three.example"}
     rs.load_room("!c", [])
     assert rs.servers("!c") == frozenset() and rs.all_servers() == set()
+
+
+def test_presence_is_batched_into_one_edu_per_transaction() -> None:
+    from hs.federation.sender import coalesce_presence
+
+    def presence(*states: tuple[str, str]) -> dict:
+        return {"edu_type": "m.presence", "content": {"push": [{"user_id": u, "presence": p} for u, p in states]}}
+
+    typing = {"edu_type": "m.typing", "content": {"room_id": "!r", "user_id": "@a:x", "typing": True}}
+    out = coalesce_presence([presence(("@a:x", "online")), typing, presence(("@b:x", "online"), ("@a:x", "unavailable"))])
+    assert out[0]["edu_type"] == "m.presence" and out[1] == typing and len(out) == 2
+    assert out[0]["content"]["push"] == [{"user_id": "@b:x", "presence": "online"},
+                                         {"user_id": "@a:x", "presence": "unavailable"}]
+    assert coalesce_presence([typing]) == [typing]
