@@ -55,14 +55,24 @@ class Backfiller:
         return {eid for eid, ev in (await self.store.get_events(event_ids)).items() if not ev.internal.outlier}
 
     async def backfill(self, room_id: str) -> int:
-        """Fetch and store older events of a remote room; the number stored (0: nothing older to have)."""
+        """Fetch and store older events of a remote room; the number stored (0: nothing older to have).
+        On a cluster the room's events writer does it (it alone writes the room's events)."""
         room = await self.hs.room_store.get_room(room_id)
-        if room is None or not room.get("remote") or not self.hs.events_stream.is_writer_for_room(room_id):
+        if room is None or not room.get("remote"):
             return 0
+        if not self.hs.events_stream.is_writer_for_room(room_id):
+            from hs.replication.federation_calls import backfill
+
+            return await backfill(self.hs, room_id)
+        return len(await self.backfill_here(room_id))
+
+    async def backfill_here(self, room_id: str) -> list[str]:
+        """`backfill` on the room's writer: the IDs of the events stored (their cached copies elsewhere,
+        outliers until now, are stale: every process is told to drop them)."""
         async with self._locks.lock(room_id):
             extremities, anchor = await self.backward_extremities(room_id)
             if not extremities or anchor is None:
-                return 0
+                return []
             members = await self.store.get_joined_members(room_id)
             servers = sorted({get_domain(m) for m in members} - {self.hs.server_name})
             for server in servers:
@@ -74,9 +84,9 @@ class Backfiller:
                 stored = await self._store(server, room_id, pdus, anchor)
                 if stored:
                     return stored
-            return 0
+            return []
 
-    async def _store(self, server: str, room_id: str, pdus: list[dict[str, object]], anchor: Event) -> int:
+    async def _store(self, server: str, room_id: str, pdus: list[dict[str, object]], anchor: Event) -> list[str]:
         rv = anchor.room_version
         handler = self.hs.federation_event_handler
         events: list[Event] = []
@@ -94,7 +104,7 @@ class Backfiller:
         new = {ev.event_id: ev for ev in events
                if ev.event_id not in held or held[ev.event_id].internal.outlier}
         if not new:
-            return 0
+            return []
         # Auth chains first (as outliers), then each event against its own auth events.
         accepted: list[Event] = []
         for ev in sorted(new.values(), key=lambda e: (e.depth, e.event_id)):
@@ -107,7 +117,7 @@ class Backfiller:
                 continue
             accepted.append(ev)
         if not accepted:
-            return 0
+            return []
         group = anchor.internal.state_group_before
         instance = self.hs.instance_name
         state = await self.store.get_state_group(group)
@@ -128,7 +138,15 @@ class Backfiller:
                 position -= 1
 
         await self.hs.db.run_transaction("backfill", write)
+        stale = [ev.event_id for ev in accepted]
+        stale += [ev.redacts for ev in accepted if ev.redacts and applies.get(ev.event_id)]
+        stream = self.hs.events_stream
+        if stream.tracker is not None:
+            # Other processes may hold these as outliers (state fetched at the join) or redacted
+            # events unredacted: the events stream's invalidation drops them (a re-announcement of
+            # this writer's position, carrying the IDs).
+            await stream.publish(stream.tracker.persisted_upto, redacts=stale)
         for ev in accepted:
             self.store.cache_event(ev)
         logger.info("backfilled %d event(s) of %s from %s", len(accepted), room_id, server)
-        return len(accepted)
+        return stale

@@ -1,5 +1,10 @@
 """Inbound EDUs (typing, receipts, presence, to-device, device list and signing key updates): one
-handler per EDU type, registered on the transaction handler."""
+handler per EDU type, registered on the transaction handler.
+
+On a cluster, an EDU whose stream another instance writes (typing, receipts, to-device) is handed to
+that writer (`edu_writer`; hs/replication/federation_calls.py), which runs the handler here. Presence
+and device-list changes need no hand-over: their services forward to their writers themselves.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,21 @@ from hs.util import now_ms
 if TYPE_CHECKING:
     from hs.federation.transactions import TransactionHandler
     from hs.server import HomeServer
+
+
+# EDU type -> the stream its handler writes, for those a non-writer hands to the stream's writer.
+EDU_STREAMS = {"m.typing": "typing", "m.receipt": "receipts", "m.direct_to_device": "to_device"}
+# Of those, the ones /send answers only once stored (typing is ephemeral: handed over, not awaited).
+AWAITED_EDUS = frozenset({"m.receipt", "m.direct_to_device"})
+
+
+def edu_writer(hs: HomeServer, edu_type: str) -> str | None:
+    """The instance that must run this EDU's handler, when it is not this one (else None)."""
+    stream_name = EDU_STREAMS.get(edu_type)
+    if stream_name is None:
+        return None
+    stream = hs.streams[stream_name]
+    return None if stream.is_writer else stream.writers[0]
 
 
 def register_edu_handlers(hs: HomeServer, transactions: TransactionHandler) -> None:
@@ -74,10 +94,6 @@ class RoomEphemeralEdus:
         if not await self._joined(room_id, user_id):
             return
         assert isinstance(room_id, str)
-        if not self.hs.typing_stream.is_writer:
-            # In a cluster the inbound worker would forward to the typing writer (not wired yet).
-            _logger.warning("m.typing from %s dropped: this process is not the typing writer", origin)
-            return
         await self.hs.typing.receive_remote(room_id, user_id, typing)
 
     async def on_receipt(self, origin: str, content: JsonDict) -> None:
@@ -99,9 +115,6 @@ class RoomEphemeralEdus:
                 thread_id = data.get("thread_id")
                 if not await self._joined(room_id, user_id):
                     continue
-                if not self.hs.receipts_stream.is_writer:
-                    _logger.warning("m.receipt from %s dropped: this process is not the receipts writer", origin)
-                    return
                 stored = await self.hs.receipts.receive_remote(
                     room_id, user_id, event_ids[0], thread_id if isinstance(thread_id, str) else None,
                     ts if isinstance(ts, int) and not isinstance(ts, bool) and ts > 0 else now_ms())
@@ -133,14 +146,6 @@ def _register_e2ee(hs: HomeServer, transactions: TransactionHandler) -> None:
     """To-device messages and device-list / cross-signing changes: checked and applied by the E2EE
     service (hs/services/e2ee.py), which drops what is not about a user of the origin."""
 
-    async def on_direct_to_device(origin: str, content: JsonDict) -> None:
-        if not hs.to_device_stream.is_writer:
-            # In a cluster the inbound worker would forward to the to-device writer (not wired yet).
-            _logger.warning("m.direct_to_device from %s dropped: this process is not the to-device writer",
-                            origin)
-            return
-        await hs.e2ee.on_direct_to_device(origin, content)
-
-    transactions.edu_handlers["m.direct_to_device"] = on_direct_to_device
+    transactions.edu_handlers["m.direct_to_device"] = hs.e2ee.on_direct_to_device
     transactions.edu_handlers["m.device_list_update"] = hs.e2ee.on_remote_device_list_update
     transactions.edu_handlers["m.signing_key_update"] = hs.e2ee.on_remote_device_list_update

@@ -171,11 +171,11 @@ class FederationEventHandler:
         if rv is None:
             raise PduRejected(f"this server is not in room {room_id}")
         if not self.hs.events_stream.is_writer_for_room(room_id):
-            # On a worker cluster the room's persister must take it: not built yet (the cluster
-            # federation issue); refused plainly rather than failing half way.
+            # Callers hand a room's PDUs to its writer (/send, send_join...: federation_calls); one
+            # reaching a non-writer anyway (instances disagreeing about the writers) is refused plainly.
             logger.warning("PDU from %s in %s refused: this process (%s) does not persist that room's events",
                            origin, room_id, self.hs.instance_name)
-            raise PduRejected("this server cannot take events into that room here yet")
+            raise PduRejected("this instance does not persist that room's events")
         await self._check_acl(origin, room_id, rv)
         event = await self.checked_event(pdu, rv, parsed if parsed is not None and parsed.room_version is rv else None)
         async with self.room_locks.lock(room_id):

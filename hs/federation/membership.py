@@ -86,7 +86,12 @@ class FederationMembership:
     async def on_send_membership(self, origin: str, room_id: str, event_id: str, pdu: Any,
                                  membership: str) -> Event:
         """send_join / send_leave / send_knock: check and persist the event the remote user signed,
-        relay it to the room's other servers; returns it."""
+        relay it to the room's other servers; returns it. On a cluster worker that does not persist
+        the room's events, the room's writer does it all (and the event is returned once seen here)."""
+        if not self.hs.events_stream.is_writer_for_room(room_id):
+            from hs.replication.federation_calls import forward_send_membership
+
+            return await forward_send_membership(self.hs, origin, room_id, event_id, pdu, membership)
         rv = await self.hs.room_store.get_room_version(room_id)
         if rv is None:
             raise not_found(f"Unknown room {room_id}")
@@ -111,6 +116,9 @@ class FederationMembership:
             from hs.events.signing import sign_event
 
             sign_event(finish, self.hs.server_name, self.hs.signing_key, rv)
+        # Recorded before it is persisted: the federation senders, which follow the events stream,
+        # then pass it on to the room's other servers (the joining server's own is the resident's job).
+        await self.hs.federation_outbox.record_relay(event.event_id, origin)
         try:
             persisted = await handler.on_receive_pdu(origin, event.pdu)
         except PduRejected as e:
@@ -120,8 +128,6 @@ class FederationMembership:
             if known is None or known.internal.outlier:
                 raise forbidden("The event was not accepted into the room (soft-failed or rejected)")
             persisted = known
-        elif self.hs.sends_federation:
-            await self.hs.federation_sender.on_events_persisted(room_id, [persisted], relay_from=origin)
         return persisted
 
     async def send_join_response(self, event: Event) -> JsonDict:
@@ -170,7 +176,13 @@ class FederationMembership:
     # -- joining side ----------------------------------------------------------------------------------
     async def join_remote_room(self, user_id: str, room_id: str, servers: list[str],
                                content: JsonDict | None = None) -> str:
-        """Join `user_id` (local) to a room on other servers, asking each of `servers` in turn."""
+        """Join `user_id` (local) to a room on other servers, asking each of `servers` in turn. On a
+        cluster the room's events writer does it (and persists the join); answered once seen here."""
+        if not self.hs.events_stream.is_writer_for_room(room_id):
+            from hs.replication.federation_calls import remote_membership
+
+            await remote_membership(self.hs, "join", user_id, room_id, servers, content)
+            return room_id
         try:
             return await self._through_servers("join", room_id, servers,
                                                lambda server: self._join_via(server, user_id, room_id, content or {}))
@@ -253,7 +265,10 @@ class FederationMembership:
                                 content: JsonDict | None = None) -> Event:
         """Knock for `user_id` (local) on a room no local user is in, through make_knock/send_knock with
         each of `servers` in turn. The knock is kept here out of band (as a received invite is) with
-        the room state the resident server sent, so the knocker's /sync lists it under `rooms.knock`."""
+        the room state the resident server sent, so the knocker's /sync lists it under `rooms.knock`.
+        On a cluster the room's events writer does it."""
+        if not self.hs.events_stream.is_writer_for_room(room_id):
+            return await self._on_writer("knock", user_id, room_id, servers, content)
         try:
             return await self._through_servers("knock", room_id, servers,
                                                lambda server: self._knock_via(server, user_id, room_id, content or {}))
@@ -341,7 +356,11 @@ class FederationMembership:
         """An invite of one of our users to a room on `origin` (v1 and v2 invite): checked, co-signed with
         our key and returned. Unless a local user is in the room already (then the invite arrives again
         in a transaction like any event), it is persisted with its stripped state, so the invitee's
-        /sync lists it under `rooms.invite`."""
+        /sync lists it under `rooms.invite`. On a cluster the room's events writer does it all."""
+        if not self.hs.events_stream.is_writer_for_room(room_id):
+            from hs.replication.federation_calls import forward_invite
+
+            return await forward_invite(self.hs, origin, room_id, event_id, pdu, room_version, invite_room_state)
         rv = KNOWN_ROOM_VERSIONS.get(room_version)
         if rv is None:
             raise incompatible_room_version(room_version)
@@ -390,13 +409,26 @@ class FederationMembership:
         logger.info("%s invited %s to %s (room version %s)", event.sender, invitee, room_id, rv.identifier)
         return signed
 
+    async def _on_writer(self, action: str, user_id: str, room_id: str, servers: list[str],
+                         content: JsonDict | None) -> Event:
+        """A knock or leave through other servers, done by the room's events writer (over replication)."""
+        from hs.replication.federation_calls import remote_membership
+
+        event = await remote_membership(self.hs, action, user_id, room_id, servers, content)
+        if event is None:
+            raise unavailable(f"the room's writer did not answer the {action}'s event")
+        return event
+
     # -- leaving a room we are not in (rejecting an invite, rescinding a knock) ------------------------------
     async def leave_remote_room(self, user_id: str, room_id: str, servers: list[str],
                                 content: JsonDict | None = None) -> Event:
         """Leave `user_id` (local) from a room no local user is joined to, through make_leave/send_leave
         with each of `servers` in turn; the leave is then persisted here too. An invite none of them
         takes the leave for (gone, refusing) is rejected here alone, as Synapse does: the user can
-        always be rid of an invite, though its room may still list them as invited."""
+        always be rid of an invite, though its room may still list them as invited. On a cluster the
+        room's events writer does it."""
+        if not self.hs.events_stream.is_writer_for_room(room_id):
+            return await self._on_writer("leave", user_id, room_id, servers, content)
         try:
             return await self._through_servers("leave", room_id, servers,
                                                lambda server: self._leave_via(server, user_id, room_id, content or {}))

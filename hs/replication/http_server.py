@@ -27,6 +27,7 @@ from hs.errors import bad_json, bad_request, forbidden, not_json, room_id_taken
 from hs.events.auth import AuthError, check_auth_rules
 from hs.events.event import Event
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS
+from hs.replication import federation_calls
 from hs.replication.http_client import FORWARDED_AUTH_HEADER, POSITIONS_HEADER, REPLICATION_PREFIX
 from hs.services.new_room import InitialEvent
 from hs.util import LruCache
@@ -148,4 +149,5 @@ REPLICATION_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[tuple
     ("GET", f"{REPLICATION_PREFIX}/positions", positions),
     ("POST", f"{REPLICATION_PREFIX}/typing_snapshot", typing_snapshot),
     ("POST", f"{REPLICATION_PREFIX}/device_list_change", device_list_change),
+    *federation_calls.ROUTES,  # a federation reader's hand-overs to writers
 ]

@@ -2,7 +2,9 @@
 
 Each route goes to the instances that serve it (`routes_for_instance`) on a listener with its resource;
 anything no worker serves goes to main. Where several instances serve a route the upstream hashes on a
-sticky key: the room for event sending (so one room's sends queue on one worker), the access token
+sticky key: the room for event sending (so one room's sends queue on one worker), the origin server
+named in the X-Matrix Authorization header for federation `/send` (so one server's transactions, taken
+one at a time, reach one federation reader and do not wait on another's lock), the access token
 (or client address) otherwise, so a user's /sync long-polls and multi-step auth stay on one worker.
 """
 
@@ -16,6 +18,28 @@ from hs.config import HomeserverConfig
 from hs.roles.routes import STREAM_GROUPS, all_routes, routes_for_instance
 
 Target = tuple[str, int]
+# Federation /send: hashed by the X-Matrix origin (nginx map below; haproxy: a variable of the request).
+FEDERATION_SEND_PREFIX = "/_matrix/federation/v1/send/"
+# The origin in `Authorization: X-Matrix origin="name",...` (quoted or not); nginx: a named capture.
+NGINX_ORIGIN_MAP = [
+    "map $http_authorization $hs_fed_origin {",
+    '    "~*origin=\\"?(?<hs_origin>[^\\",]+)" $hs_origin;',
+    "    default $remote_addr;",
+    "}",
+]
+# HAProxy 2.6+: the origin out of the whole Authorization header (`fhdr`: `hdr` splits it at commas);
+# protected quotes around the regex, no comma in it (it separates arguments). Checked with haproxy -c.
+HAPROXY_ORIGIN_EXPR = (r'req.fhdr(Authorization),regsub(\"^.*[Oo][Rr][Ii][Gg][Ii][Nn]=\\\"?([^\\\"\x2c]+).*$\",'
+                       r'\"\1\")')
+
+
+def sticky_key(route: Route) -> str:
+    """What a route's upstream hashes on when several instances serve it."""
+    if route.group == "event_sending":
+        return "room"
+    if route.resource == "federation" and any(p.startswith(FEDERATION_SEND_PREFIX) for p in route.full_paths()):
+        return "origin"
+    return "user"
 
 
 def path_regex(path: str) -> str:
@@ -72,7 +96,7 @@ def render_proxy_config(config: HomeserverConfig, fmt: str, listen: int = 8008) 
     upstreams: dict[tuple[tuple[Target, ...], str], set[str]] = defaultdict(set)
     for route, rx, targets in rows:
         if targets:
-            sticky = "room" if route.group == "event_sending" else "user"
+            sticky = sticky_key(route)
             upstreams[(tuple(targets), sticky)].add(rx)
     main = instance_address(config, "main", "client")
     names = {key: f"hs_{i}" for i, key in enumerate(upstreams)}
@@ -95,11 +119,13 @@ def _nginx(upstreams: dict[tuple[tuple[Target, ...], str], set[str]], names: dic
         "    default $http_authorization;",
         "    '' $remote_addr;",
         "}",
+        *NGINX_ORIGIN_MAP,
     ]
+    keys = {"room": "$hs_room_key", "user": "$hs_user_key", "origin": "$hs_fed_origin"}
     for (targets, sticky), name in names.items():
         out.append(f"upstream {name} {{")
         if len(targets) > 1:
-            out.append(f"    hash {'$hs_room_key' if sticky == 'room' else '$hs_user_key'} consistent;")
+            out.append(f"    hash {keys[sticky]} consistent;")
         out.extend(f"    server {h}:{p};" for h, p in targets)
         out.append("}")
     out += ["server {", f"    listen {listen};", "    client_max_body_size 50M;"]
@@ -126,8 +152,14 @@ def _haproxy(upstreams: dict[tuple[tuple[Target, ...], str], set[str]], names: d
         out.append(f"    use_backend {name} if is_{name}")
     out.append("    default_backend hs_main")
     for (targets, sticky), name in names.items():
-        out += [f"backend {name}", "    mode http",
-                "    balance " + ("uri depth 6" if sticky == "room" else "hdr(Authorization)")]
+        out += [f"backend {name}", "    mode http"]
+        if sticky == "origin":
+            # The X-Matrix origin alone (the whole header changes with every request's signature):
+            # `balance hash <expr>` needs HAProxy 2.6 or later.
+            out += ["    http-request set-var(txn.hs_origin) " + HAPROXY_ORIGIN_EXPR,
+                    "    balance hash var(txn.hs_origin)", "    hash-type consistent"]
+        else:
+            out.append("    balance " + ("uri depth 6" if sticky == "room" else "hdr(Authorization)"))
         out.extend(f"    server s{j} {h}:{p}" for j, (h, p) in enumerate(targets))
     if main is not None:
         out += ["backend hs_main", "    mode http", f"    server main {main[0]}:{main[1]}"]
