@@ -428,3 +428,38 @@ async def test_invite_join_and_backfill_of_a_remote_room_through_workers(fed_clu
         assert await _persisted_by(fed_cluster, [old_id]) == {old_id: writer}
     finally:
         await alice.close()
+
+
+async def test_rejecting_a_remote_invite_through_a_worker(fed_cluster: LocalCluster, make_fake: Any) -> None:
+    """A cluster user rejects a fake server's invite on a client worker: the room's persister tries
+    make_leave with the fake (which does not offer it), then rejects the invite there alone; the
+    worker answers once the leave is visible to the user."""
+    alice = await _user(fed_cluster, "rejecter")
+    try:
+        fake: ClusterFake = await make_fake()
+        owner = fake.user_id("owner")
+        room = fake.host_room(owner)
+        assert alice.user_id is not None
+        invite_id, invite = fake.build(room, owner, "m.room.member", {"membership": "invite"}, alice.user_id)
+        status, answer = await fake.request(
+            fed_cluster.config.server_name, "PUT", f"/_matrix/federation/v2/invite/{q(room)}/{q(invite_id)}",
+            {"event": invite, "room_version": "10", "invite_room_state": []})
+        assert status == 200, answer
+        status, body = await alice.request("POST", f"/rooms/{q(room)}/leave", {})
+        assert status == 200, body
+        assert any(r.startswith("GET /_matrix/federation/v1/make_leave/") for r in fake.requests), fake.requests
+        writers = fed_cluster.config.stream_writers.events
+        conn = await asyncpg.connect(fed_cluster.config.database.postgres_dsn)
+        try:
+            rows = await conn.fetch("SELECT m.membership, e.instance_name FROM room_memberships m JOIN events e"
+                                    " USING (event_id) WHERE m.room_id = $1 AND m.user_id = $2"
+                                    " ORDER BY m.stream_ordering", room, alice.user_id)
+        finally:
+            await conn.close()
+        assert [(r["membership"], r["instance_name"]) for r in rows] == \
+            [("invite", writers[stable_shard(room, len(writers))]), ("leave", writers[stable_shard(room, len(writers))])]
+        # Read-your-writes: the invite is gone from the user's next sync.
+        body = await alice.sync()
+        assert room not in body["rooms"]["invite"], body["rooms"]
+    finally:
+        await alice.close()
