@@ -2,7 +2,7 @@
 # Install the Debian packages hs's build and tests use when this machine lacks them: Python with venv,
 # a C compiler with libpq's and Python's headers (the federation tests build psycopg2 for the Synapse
 # they install), PostgreSQL and Redis (tests start throwaway servers from their binaries when none is
-# running) and nginx (the cluster tests put it in front). Used by `make test` and `.ci/run`.
+# running), nginx (the cluster tests put it in front) and haproxy (its rendered config is checked). Used by `make test` and `.ci/run`.
 set -euo pipefail
 
 need_pkgs=()
@@ -13,6 +13,8 @@ command -v gcc >/dev/null || need_pkgs+=(gcc)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need_pkgs+=(postgresql)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+# The proxy tests check that haproxy accepts the config `hs routes --format haproxy` renders.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)
 # The federation tests install Synapse with psycopg2, which compiles against libpq and Python's headers.
 command -v pg_config >/dev/null || need_pkgs+=(libpq-dev)

@@ -513,6 +513,8 @@ class HomeServer:
             await self.replication_client.close()
 
     async def _close_federation_client(self) -> None:
+        if "federation_transactions" in self.__dict__:  # its pool for per-origin locks
+            await self.federation_transactions.store.close()
         if "federation_client" in self.__dict__:  # created on first use
             await self.federation_client.close()
 
