@@ -47,7 +47,7 @@ class PostgresSequence(PositionSource):
 
     async def setup(self, minimum: int) -> None:
         await self._db.execute(f"CREATE SEQUENCE IF NOT EXISTS {self._name}")
-        current = await self._db.fetchval(f"SELECT last_value FROM {self._name}")
+        current = await self.last()
         if current < minimum:
             await self._db.fetchval(f"SELECT setval('{self._name}', $1)", minimum)
 
@@ -59,7 +59,10 @@ class PostgresSequence(PositionSource):
         return sorted(int(r["v"]) for r in rows)
 
     async def last(self) -> int:
-        return int(await self._db.fetchval(f"SELECT last_value FROM {self._name}"))
+        """The highest position handed out. A sequence never used yet reports its start value as
+        `last_value` before `nextval` has returned it (`is_called` false): that value is still to come."""
+        return int(await self._db.fetchval(
+            f"SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {self._name}"))
 
 
 async def make_position_source(db: Database, name: str, table: str, column: str,
