@@ -81,6 +81,8 @@ LEASE_TTL_MS = 30_000
 LEASE_RENEW_S = 10.0
 # A lease is used only while it has at least this long left (clock skew, a slow renewal).
 LEASE_MARGIN_MS = 10_000
+# How long a stop waits for transactions in flight.
+CLOSE_GRACE_S = 0.5
 # How often the read position is recorded.
 POSITION_WRITE_S = 1.0
 # After a start, destinations are woken at most this many per second.
@@ -276,6 +278,11 @@ class FederationSender:
 
     async def close(self) -> None:
         self._closed = True
+        # Transactions in flight finish (and record their progress) if they can do so quickly: the next
+        # owner then need not send them again. The loops stop after their current step.
+        sending = [d.task for d in self._destinations.values() if d.in_flight and d.task is not None]
+        if sending:
+            await asyncio.wait(sending, timeout=CLOSE_GRACE_S)
         tasks = [*self._tasks, *(d.task for d in self._destinations.values() if d.task is not None)]
         for task in tasks:
             task.cancel()
