@@ -11,8 +11,10 @@ signed_device_keys, sync_until, ...).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -235,6 +237,23 @@ async def acknowledged_at(cluster: Any, destination: str, event_id: str, timeout
                          f"{timeout}s; its row: {row}")
 
 
+_ORIGIN = re.compile(r'origin=(?:\\x22|")?([^\\",]+)')
+
+
+def send_upstreams(access_log: Sequence[str]) -> dict[str, set[str]]:
+    """From nginx's access log (cluster_hs.ACCESS_LOG_FORMAT): each X-Matrix origin's /send requests'
+    upstream addresses."""
+    out: dict[str, set[str]] = {}
+    for line in access_log:
+        if " PUT /_matrix/federation/v1/send/" not in line:
+            continue
+        origin = _ORIGIN.search(line.split(' auth="', 1)[-1])
+        upstream = re.search(r"upstream=(\S+)", line)
+        if origin and upstream:
+            out.setdefault(origin.group(1), set()).add(upstream.group(1))
+    return out
+
+
 # -- to-device -----------------------------------------------------------------------------------------
 def olm_content(marker: str) -> Json:
     """An m.room.encrypted to-device content shaped as Olm's (the servers pass it through); the
@@ -265,6 +284,44 @@ def rendezvous_owner(instances: Sequence[str], destination: str) -> str:
     if rule is not None:
         return str(rule(destination, list(instances)))
     return max(instances, key=lambda i: hashlib.sha256(f"{i}\x00{destination}".encode()).digest())
+
+
+@dataclass
+class ReceivedTxn:
+    at: float  # seconds since the epoch, from Synapse's log line
+    txn_id: str
+    pdus: int
+    edus: int
+
+
+_TXN_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*Received txn (\S+) from (\S+)\. "
+                       r"\(PDUs: (\d+), EDUs: (\d+)\)")
+
+
+def synapse_received(log_text: str, origin: str, since: float = 0.0) -> list[ReceivedTxn]:
+    """The transactions Synapse's log says it received from `origin` (at or after `since`, epoch s)."""
+    out = []
+    for line in log_text.splitlines():
+        m = _TXN_LINE.match(line)
+        if m and m.group(3) == origin:
+            at = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time
+            if at >= since:
+                out.append(ReceivedTxn(at, m.group(2), int(m.group(4)), int(m.group(5))))
+    return out
+
+
+def interleaved_senders(received: Sequence[ReceivedTxn]) -> list[str]:
+    """Sending processes whose transactions to the server interleaved in time: two senders sending to
+    one destination at once. A sending process is told by its transaction IDs' prefix (hs names them
+    `<start time ms><instance hash>.<counter>`, so each process run has its own); each run's
+    transactions must come in one stretch, after the previous run's last one."""
+    runs: list[str] = []
+    for txn in received:
+        run = txn.txn_id.rsplit(".", 1)[0]
+        if not runs or runs[-1] != run:
+            runs.append(run)
+    counts = Counter(runs)
+    return [f"{run} ({n} stretches; order {runs})" for run, n in counts.items() if n > 1]
 
 
 @dataclass
