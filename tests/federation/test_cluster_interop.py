@@ -1,19 +1,22 @@
-"""The worker cluster federating with a real Synapse, everything through nginx's TLS port: rooms
-joined both ways, messages both ways in each side's /sync, typing, read receipts, encrypted-style to-device messages and device-list updates
-both ways, and leaving.
+"""The worker cluster federating with a real Synapse, everything through nginx's TLS port: the
+harness (tests/federation/cluster_hs.py: nginx's TLS, Synapse reaching the cluster by name, instance
+controls), rooms joined both ways, messages both ways in each side's /sync, typing, read receipts,
+encrypted-style to-device messages and device-list updates both ways, leaving, and each origin's
+/send reaching one federation reader.
 
 One cluster for the module (tests/federation/cluster_conftest_helpers.py `fed_cluster`), the
-session's Synapse; tests keep apart by unique user names. The harness itself is checked by
-tests/federation/test_cluster_harness.py.
+session's Synapse; tests keep apart by unique user names.
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from hs.config import load_config
 from tests.federation import cluster_conftest_helpers as fixtures
 from tests.federation.client import TlsClient, unique, user
 from tests.federation.cluster_flows import (
@@ -50,6 +53,28 @@ fed_cluster = fixtures.fed_cluster
 
 async def send(client: TlsClient, room_id: str, body: str) -> str:
     return await client.send_message(room_id, body)
+
+
+async def test_federation_endpoints_answer_through_nginx_tls(fed_cluster: FederatingCluster,
+                                                            synapse: SynapseServer) -> None:
+    """nginx serves TLS for `localhost` from the test CA and routes federation requests; Synapse
+    reaches the cluster by its server name (a profile query goes over federation)."""
+    c = fed_cluster.client()
+    status, version = await c.request("GET", "/_matrix/federation/v1/version")
+    assert status == 200 and version["server"]["name"] == "hs", version
+    status, keys = await c.request("GET", "/_matrix/key/v2/server")
+    assert status == 200 and keys["server_name"] == fed_cluster.server_name, keys
+    assert keys["verify_keys"] and fed_cluster.server_name in keys["signatures"]
+
+    alice = await user(fed_cluster, unique("alice"))
+    await ok(alice, "PUT", f"/profile/{quote(str(alice.user_id))}/displayname", {"displayname": "Alice of the cluster"})
+    bob = await user(synapse, unique("bob"))
+    profile = await ok(bob, "GET", f"/profile/{quote(str(alice.user_id))}")
+    assert profile.get("displayname") == "Alice of the cluster", profile
+    # Synapse's query came through nginx's TLS port (it verified the test CA's certificate for localhost),
+    # and the access log names the instance that answered.
+    lines = [ln for ln in fed_cluster.access_log() if "/_matrix/federation/v1/query/profile" in ln]
+    assert lines and "upstream=127.0.0.1:" in lines[-1], lines
 
 
 async def test_synapse_user_joins_cluster_room_and_messages_flow_both_ways(
@@ -227,3 +252,30 @@ async def test_send_of_each_origin_lands_on_one_reader(fed_cluster: FederatingCl
     for origin in (synapse.server_name, fake.server_name):
         assert origin in upstreams, upstreams
         assert len(upstreams[origin]) == 1 and upstreams[origin] <= readers, (origin, upstreams, readers)
+
+
+async def test_instances_are_crashed_restarted_and_added(fed_cluster: FederatingCluster) -> None:
+    """The harness's instance controls: kill_instance / start_instance / restart_instance by name, and
+    a worker added to the cluster file (a third federation sender) that LocalCluster then knows and
+    starts. Last in the module: it leaves a third sender in the cluster file (stopped, not listed)."""
+    await fed_cluster.kill_instance("fed_reader1", signal.SIGKILL)
+    assert not fed_cluster.is_running("fed_reader1")
+    await fed_cluster.start_instance("fed_reader1")
+    away = await fed_cluster.restart_instance("fed_reader2")
+    assert fed_cluster.is_running("fed_reader1") and fed_cluster.is_running("fed_reader2") and away < 30
+    status, _ = await fed_cluster.client().request("GET", "/_matrix/federation/v1/version")
+    assert status == 200
+
+    fed_cluster.add_worker("fed_sender3", federation_sender=True)
+    on_disk = load_config(fed_cluster.config_path)
+    assert on_disk.federation_sender_instances == ["fed_sender1", "fed_sender2", "fed_sender3"]
+    assert on_disk.workers["fed_sender3"].app == "federation_sender"
+    assert "fed_sender3" in on_disk.instance_map
+    assert "fed_sender3" in fed_cluster.instances
+    await fed_cluster.start_instance("fed_sender3")
+    assert fed_cluster.is_running("fed_sender3")
+    fed_cluster.set_federation_senders(["fed_sender1", "fed_sender2"])
+    assert load_config(fed_cluster.config_path).federation_sender_instances == ["fed_sender1", "fed_sender2"]
+    await fed_cluster.stop_instance("fed_sender3")
+    assert "fed_sender3 of " in fed_cluster.instance_log("fed_sender3")  # its log, for failure reports
+    assert "--- fed_sender3 " in fed_cluster.log_tail()
