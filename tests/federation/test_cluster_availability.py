@@ -6,6 +6,7 @@ events waiting in the database for the sender's restart."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -79,3 +80,32 @@ async def test_a_killed_sender_does_not_slow_local_sends(fed_cluster: Federating
     # What it missed goes out once it is back, from the database.
     await sync_sees(bob_sync, room_id, message("sender down 9"), "the last message sent while the sender was down")
     assert time.monotonic() - restarted < 30
+
+
+async def test_senders_export_their_queues_as_metrics(fed_cluster: FederatingCluster,
+                                                      synapse: SynapseServer) -> None:
+    """The operator's view: each federation sender's metrics listener shows its destinations by state,
+    its queues and its transactions."""
+    import aiohttp
+
+    alice, _bob, (room_id,) = await shared_rooms(fed_cluster, synapse)
+    await alice.send_message(room_id, "counted")
+    row = await fed_cluster.destination_row(synapse.server_name)
+    assert row is not None and row["lease_owner"], row
+    owner = str(row["lease_owner"])
+    port = next(listener.port for listener in fed_cluster.cluster.config.listeners_for(owner)
+                if listener.type == "metrics" or "metrics" in listener.resources)
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+            sent = [ln for ln in text.splitlines() if ln.startswith('hs_federation_transactions_sent_total{outcome="sent"}')]
+            live = [ln for ln in text.splitlines() if ln.startswith('hs_federation_destinations{state="live"}')]
+            if sent and float(sent[0].split()[-1]) > 0 and live and float(live[0].split()[-1]) >= 1:
+                break
+            assert time.monotonic() < deadline, [ln for ln in text.splitlines() if "hs_federation" in ln]
+            await asyncio.sleep(1)
+    for name in ("hs_federation_queued_pdus", "hs_federation_oldest_unsent_seconds", "hs_federation_stream_lag",
+                 "hs_federation_backoffs_total", "hs_federation_pdus_sent_total"):
+        assert f"\n{name}" in text, name
