@@ -32,6 +32,8 @@ Phases (each waits until every fake server has received what it is owed):
            at all has arrived --nudge-after seconds after the spawn (Synapse's restarted sender reads
            the events stream only once it hears of a new event), one more message is sent in the first
            room (its servers then wait for that one instead) and the wait goes on; the table says so.
+           Then the wait goes on (--backlog-timeout) for the whole backlog: every message sent while
+           down at every server of its room; time and CPU from the spawn until then.
 
 The fake servers and the client share this process and the machine with the server under test.
 """
@@ -402,9 +404,22 @@ class Run:
             listening_s = float(res) if isinstance(res, float) else None
         await started
         pdus1, txns1 = self.remotes.totals()
+        # Then the whole backlog: every message sent while down, at every server of its room (hs sends
+        # them all from its catch-up; Synapse's catch-up sends a room's newest, the rest may follow).
+        all_s = all_cpu = None
+        backlog = [(s, first + 1 + idx) for idx, room in enumerate(messages) for s in self.servers_of[room]]
+        self.remotes.expect(backlog)
+        all_ok = await self.remotes.wait(self.args.backlog_timeout)
+        backlog_missing = self.remotes.outstanding
+        if all_ok:
+            all_s, all_cpu = time.perf_counter() - t0, cpu_seconds(pid)
+        else:
+            self.remotes.forget(backlog)
         result = {"messages": len(messages), "sent_while_down_s": sent_s, "owed": owed, "drained": ok,
                   "missing": missing, "lag_s": lag, "cpu_s": cpu, "pdus_received": pdus1 - pdus0,
                   "transactions": txns1 - txns0, "listening_s": listening_s,
+                  "backlog": len(backlog), "backlog_s": all_s, "backlog_cpu_s": all_cpu,
+                  "backlog_missing": backlog_missing,
                   "nudged_at_s": nudged_at, "after_nudge_s": None if nudged_at is None else lag - nudged_at}
         if not ok:
             # Later phases need a clean slate: wait out the rest (or give up on it).
@@ -457,6 +472,12 @@ async def run_target(label: str, args: argparse.Namespace, ca: TestCA, workdir: 
                   f"{restart['owed']} newest-of-room deliveries owed: {state} {restart['lag_s']:.1f} s after spawn; "
                   f"sender CPU {restart['cpu_s']:.2f} s; {restart['pdus_received']} PDUs in "
                   f"{restart['transactions']} transactions", flush=True)
+            if restart["backlog_s"] is not None:
+                print(f"{label}: restart, the whole backlog ({restart['backlog']} deliveries) in {restart['backlog_s']:.1f} s "
+                      f"after spawn, sender CPU {restart['backlog_cpu_s']:.2f} s", flush=True)
+            else:
+                print(f"{label}: restart, the whole backlog ({restart['backlog']} deliveries): {restart['backlog_missing']} "
+                      f"still missing {args.backlog_timeout:.0f} s after the newest had arrived", flush=True)
             await asyncio.sleep(2)
         if run.client is not None:
             await run.client.close()
@@ -509,8 +530,11 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
     row("restart: not drained -> one more message sent at (s after spawn)", "restart", "nudged_at_s", "{:.0f}")
     row("restart: drained after that message (s)", "restart", "after_nudge_s", "{:.1f}")
     row("restart: sender CPU over that window (s)", "restart", "cpu_s", "{:.2f}")
-    row("restart: PDUs received by the fakes in the window", "restart", "pdus_received", "{:.0f}")
-    row("restart: transactions in the window", "restart", "transactions", "{:.0f}")
+    row("restart: whole backlog (every message at every server) after spawn (s)", "restart", "backlog_s", "{:.1f}")
+    row("restart: sender CPU until then (s)", "restart", "backlog_cpu_s", "{:.2f}")
+    row("restart: backlog deliveries missing at the end of the wait", "restart", "backlog_missing", "{:.0f}")
+    row("restart: PDUs received by the fakes until the newest arrived", "restart", "pdus_received", "{:.0f}")
+    row("restart: transactions until the newest arrived", "restart", "transactions", "{:.0f}")
     row("restart: newest-of-room deliveries still missing", "restart", "missing", "{:.0f}")
     header = ["figure", *[labels[k] for k in cols]]
     table = [header, *rows]
@@ -552,6 +576,8 @@ def main() -> int:
     p.add_argument("--per-room", type=int, default=5, help="restart: messages per room while the sender is down")
     p.add_argument("--down-pause", type=float, default=2.0, help="seconds the sender stays down after the sends")
     p.add_argument("--restart-timeout", type=float, default=300.0)
+    p.add_argument("--backlog-timeout", type=float, default=150.0,
+                   help="restart: how long to wait, after the newest, for the whole backlog")
     p.add_argument("--nudge-after", type=float, default=60.0,
                    help="restart: if nothing arrived this long after spawn, send one more message and wait again")
     p.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measurement")

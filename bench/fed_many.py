@@ -139,7 +139,11 @@ class ManyRemotes:
 
     async def _on_send(self, request: web.Request) -> web.Response:
         s = self._server(request)
-        body: dict[str, Any] = json.loads(await request.read())
+        try:
+            raw = await request.read()
+        except ConnectionResetError:  # the sender was killed mid-request (the restart phase)
+            return web.Response(status=400)
+        body: dict[str, Any] = json.loads(raw)
         pdus = body.get("pdus") or []
         s.transactions_received += 1
         s.pdus_received += len(pdus)
