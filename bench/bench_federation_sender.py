@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """The federation sender's restart lag and steady-state cost, hs vs Synapse (figures, not a test).
 
-  .venv/bin/python bench/bench_federation_sender.py                                  # 1000 servers, 200 rooms
-  .venv/bin/python bench/bench_federation_sender.py --servers 100 --rooms 20         # a quick run
-  .venv/bin/python bench/bench_federation_sender.py --targets hs --py-spy /tmp/prof  # hs only, profiled
+  .venv/bin/python bench/bench_federation_sender.py --messages 600 --rate 15 --rounds 2   # docs/performance.md
+  .venv/bin/python bench/bench_federation_sender.py --messages 1000                        # steady state unpaced
+  .venv/bin/python bench/bench_federation_sender.py --servers 100 --rooms 20 --messages 100 # a quick run
+  .venv/bin/python bench/bench_federation_sender.py --targets hs --py-spy /tmp/prof        # hs only, profiled
+
+Synapse's worker mode needs its `redis` extra in the test virtualenv:
+  ~/.cache/hs-tests/synapse-venv/bin/pip install "matrix-synapse[postgres,redis]==1.163.2"
 
 Each target runs as processes, on a fresh PostgreSQL database and a throwaway Redis, with one
 federation sender worker:
