@@ -433,22 +433,25 @@ class Run:
 
 async def run_target(label: str, args: argparse.Namespace, ca: TestCA, workdir: Path, base_dsn: str,
                      profiler: Profiler) -> dict[str, Any]:
+    # The fake servers bind their ports first: the target's ports, picked free when its config is
+    # written, then cannot be among them.
+    remotes = ManyRemotes(ca, workdir / f"remotes-{label}", args.servers)
+    began = time.perf_counter()
+    await remotes.start()
+    print(f"{label}: {args.servers} fake servers listening after {time.perf_counter() - began:.1f} s", flush=True)
     redis = ThrowawayRedis()
     redis_url = redis.start()
-    target: HsTarget | SynapseTarget
-    if label == "hs":
-        dsn = await create_database(base_dsn)
-        target = HsTarget(workdir / "hs", ca, dsn, redis_url)
-    else:
-        dsn = await create_synapse_database(base_dsn)
-        (workdir / "synapse").mkdir(parents=True, exist_ok=True)
-        target = SynapseTarget(workdir / "synapse", ca, dsn, redis_url)
-    remotes = ManyRemotes(ca, workdir / f"remotes-{label}", args.servers)
+    target: HsTarget | SynapseTarget | None = None
+    dsn: str | None = None
     results: dict[str, Any] = {}
     try:
-        began = time.perf_counter()
-        await remotes.start()
-        print(f"{label}: {args.servers} fake servers listening after {time.perf_counter() - began:.1f} s", flush=True)
+        if label == "hs":
+            dsn = await create_database(base_dsn)
+            target = HsTarget(workdir / "hs", ca, dsn, redis_url)
+        else:
+            dsn = await create_synapse_database(base_dsn)
+            (workdir / "synapse").mkdir(parents=True, exist_ok=True)
+            target = SynapseTarget(workdir / "synapse", ca, dsn, redis_url)
         await target.start()
         run = Run(target, remotes, args)
         results["setup"] = setup = await run.setup()
@@ -488,12 +491,15 @@ async def run_target(label: str, args: argparse.Namespace, ca: TestCA, workdir: 
         if remotes.unknown_requests:
             print(f"{label}: requests the fakes do not serve (404): {remotes.unknown_requests}", flush=True)
     except Exception:
-        print(f"{label} failed; logs:\n{target.log_tail()}", file=sys.stderr, flush=True)
+        if target is not None:
+            print(f"{label} failed; logs:\n{target.log_tail()}", file=sys.stderr, flush=True)
         raise
     finally:
-        await target.stop()
+        if target is not None:
+            await target.stop()
         await remotes.stop()
-        await drop_database(dsn)
+        if dsn is not None:
+            await drop_database(dsn)
         redis.stop()
     return results
 
