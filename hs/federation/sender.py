@@ -81,6 +81,8 @@ LEASE_TTL_MS = 30_000
 LEASE_RENEW_S = 10.0
 # A lease is used only while it has at least this long left (clock skew, a slow renewal).
 LEASE_MARGIN_MS = 10_000
+# How often a destination's progress is written while it is being sent to.
+PROGRESS_WRITE_S = 1.0
 # How long a stop waits for transactions in flight.
 CLOSE_GRACE_S = 0.5
 # How often the read position is recorded.
@@ -206,6 +208,13 @@ class _Destination:
         self.wake = asyncio.Event()
         self.in_flight = False
         self.lease_denied_until = 0.0
+        # False until its staggered wake-up after a start: work routed to it meanwhile waits for that.
+        self.woken = True
+        # Progress (last_successful) as last written to the database, and when; and whether the row
+        # records a backoff that a success must clear.
+        self.saved_progress: int | None = None
+        self.saved_at = 0.0
+        self.failed_in_db = False
 
     def has_work(self) -> bool:
         return bool(self.pdus or self.edus or self.catching_up or self.outbox_pending)
@@ -261,16 +270,26 @@ class FederationSender:
             await self.store.set_position(self.instance, current)
         mine = [r for r in rows if self._is_mine(r.destination)]
         loop = asyncio.get_running_loop()
+        # Every lease at once (one statement), not one destination at a time.
+        taken = await self.store.take_leases([r.destination for r in mine], self.instance, now_ms(), LEASE_TTL_MS)
+        expiry = now_ms() + LEASE_TTL_MS
         for i, row in enumerate(mine):
             dest = self._destination(row.destination)
-            dest.last_successful = row.last_successful_stream_ordering
+            dest.last_successful = dest.saved_progress = row.last_successful_stream_ordering
+            dest.failed_in_db = bool(row.retry_interval or row.failure_ts is not None)
+            if row.destination in taken:
+                self._leases[row.destination] = expiry
+            else:
+                dest.lease_denied_until = loop.time() + LEASE_RENEW_S / 2
             if row.retry_interval:
                 # Respect a backoff recorded before the restart.
                 wait_s = max(0.0, (row.retry_last_ts + row.retry_interval - now_ms()) / 1000)
                 dest.retry_until = loop.time() + wait_s
                 dest.retry_interval_ms = row.retry_interval
-            # Spread the wake-ups: a restart must not open a thousand connections at once.
-            loop.call_later(i / WAKE_RATE_PER_S, self._kick, dest)
+            # Spread the wake-ups: a restart must not open a thousand connections at once (events
+            # routed to a destination before its turn wait for it too).
+            dest.woken = False
+            loop.call_later(i / WAKE_RATE_PER_S, self._wake_up, dest)
         self._started = True
         self._tasks.append(loop.create_task(self._read_loop()))
         self._tasks.append(loop.create_task(self._lease_loop()))
@@ -289,6 +308,9 @@ class FederationSender:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._started:
             try:
+                for dest in self._destinations.values():
+                    if dest.name in self._leases:
+                        await self._save_progress(dest, force=True)
                 await self._store_position(force=True)
                 await self.store.release_leases(sorted(self._leases), self.instance)
             except Exception as e:  # the database is going away too: the leases expire by themselves
@@ -338,6 +360,10 @@ class FederationSender:
                     else:
                         logger.warning("federation sender: lost the lease on %s", name)
                         self._leases.pop(name, None)
+                # Progress not yet written (the destination went quiet within PROGRESS_WRITE_S).
+                for dest in list(self._destinations.values()):
+                    if dest.name in self._leases and not dest.in_flight:
+                        await self._save_progress(dest)
                 # Destinations that are ours but were leased elsewhere: try again (their old owner may
                 # have let go after a config change).
                 for dest in self._destinations.values():
@@ -377,8 +403,12 @@ class FederationSender:
             dest = self._destinations[name] = _Destination(name)
         return dest
 
+    def _wake_up(self, dest: _Destination) -> None:
+        dest.woken = True
+        self._kick(dest)
+
     def _kick(self, dest: _Destination) -> None:
-        if self._closed:
+        if self._closed or not dest.woken:
             return
         dest.wake.set()
         if dest.task is None or dest.task.done():
@@ -487,6 +517,11 @@ class FederationSender:
             for name, owed_from in new.items():
                 await self.store.add_destinations([name], owed_from)
             self._known.update(new)
+        # The events go out to several servers, each on its own task: read them once, here (into the
+        # event cache), rather than once per destination.
+        wanted = [event_id for _p, event_id, targets in plans if any(self._is_mine(t) for t in targets)]
+        if wanted:
+            await self.hs.event_store.get_events(wanted)
         queued_at = time.monotonic()
         for position, event_id, targets in plans:
             for name in targets:
@@ -586,9 +621,22 @@ class FederationSender:
             progress = max(progress or 0, cursor_at_build)
         if progress is not None and (dest.last_successful is None or progress > dest.last_successful):
             dest.last_successful = progress
-        await self.store.set_sent(dest.name, progress)
+        await self._save_progress(dest)
         dest.retry_interval_ms = 0
         return True
+
+    async def _save_progress(self, dest: _Destination, force: bool = False) -> None:
+        """Record the destination's progress, and clear a recorded backoff. Progress is written at most
+        every PROGRESS_WRITE_S: after a crash at most that much is sent again (receivers drop events and
+        to-device messages they already have); a backoff to clear is written at once."""
+        now = time.monotonic()
+        unsaved = dest.last_successful is not None and dest.last_successful != dest.saved_progress
+        if not dest.failed_in_db and not (unsaved and (force or now - dest.saved_at >= PROGRESS_WRITE_S)):
+            return
+        await self.store.set_sent(dest.name, dest.last_successful)
+        dest.saved_progress = dest.last_successful
+        dest.saved_at = now
+        dest.failed_in_db = False
 
     async def _owed(self, dest: _Destination) -> tuple[list[tuple[int, str]], int | None]:
         """Catch-up: the next events owed to the destination, from the database. The second value is
@@ -646,6 +694,7 @@ class FederationSender:
         BACKOFFS.inc()
         try:
             await self.store.set_failed(dest.name, now_ms(), interval)
+            dest.failed_in_db = True
         except Exception as e:
             logger.warning("federation sender: recording the backoff of %s failed: %s", dest.name, e)
 
