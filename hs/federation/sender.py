@@ -87,8 +87,8 @@ PROGRESS_WRITE_S = 1.0
 CLOSE_GRACE_S = 0.5
 # How often the read position is recorded.
 POSITION_WRITE_S = 1.0
-# After a start, destinations are woken at most this many per second.
-WAKE_RATE_PER_S = 50.0
+# After a start, at most this many destinations set up their connection and first transaction at once.
+STARTUP_CONCURRENCY = 64
 # The outbox and the ephemeral channel are looked at this often even without a message (Redis lost one).
 POLL_S = 5.0
 
@@ -208,8 +208,8 @@ class _Destination:
         self.wake = asyncio.Event()
         self.in_flight = False
         self.lease_denied_until = 0.0
-        # False until its staggered wake-up after a start: work routed to it meanwhile waits for that.
-        self.woken = True
+        # Its first transaction after a start waits for one of the start-up slots.
+        self.starting = False
         # Progress (last_successful) as last written to the database, and when; and whether the row
         # records a backoff that a success must clear.
         self.saved_progress: int | None = None
@@ -245,6 +245,7 @@ class FederationSender:
         self._stored_cursor = 0
         self._position_written_at = 0.0
         self._read_wake = asyncio.Event()
+        self._startup_slots = asyncio.Semaphore(STARTUP_CONCURRENCY)
         self._tasks: list[asyncio.Task[None]] = []
         self._txn_prefix = f"{int(time.time() * 1000)}{hashlib.sha256(self.instance.encode()).hexdigest()[:4]}"
         self._txn_counter = 0
@@ -273,7 +274,7 @@ class FederationSender:
         # Every lease at once (one statement), not one destination at a time.
         taken = await self.store.take_leases([r.destination for r in mine], self.instance, now_ms(), LEASE_TTL_MS)
         expiry = now_ms() + LEASE_TTL_MS
-        for i, row in enumerate(mine):
+        for row in mine:
             dest = self._destination(row.destination)
             dest.last_successful = dest.saved_progress = row.last_successful_stream_ordering
             dest.failed_in_db = bool(row.retry_interval or row.failure_ts is not None)
@@ -286,10 +287,11 @@ class FederationSender:
                 wait_s = max(0.0, (row.retry_last_ts + row.retry_interval - now_ms()) / 1000)
                 dest.retry_until = loop.time() + wait_s
                 dest.retry_interval_ms = row.retry_interval
-            # Spread the wake-ups: a restart must not open a thousand connections at once (events
-            # routed to a destination before its turn wait for it too).
-            dest.woken = False
-            loop.call_later(i / WAKE_RATE_PER_S, self._wake_up, dest)
+            # Every destination catches up now, but at most STARTUP_CONCURRENCY of them open their
+            # connection and send their first transaction at once: a restart must not open a thousand
+            # connections together.
+            dest.starting = True
+            self._kick(dest)
         self._started = True
         self._tasks.append(loop.create_task(self._read_loop()))
         self._tasks.append(loop.create_task(self._lease_loop()))
@@ -403,12 +405,8 @@ class FederationSender:
             dest = self._destinations[name] = _Destination(name)
         return dest
 
-    def _wake_up(self, dest: _Destination) -> None:
-        dest.woken = True
-        self._kick(dest)
-
     def _kick(self, dest: _Destination) -> None:
-        if self._closed or not dest.woken:
+        if self._closed:
             return
         dest.wake.set()
         if dest.task is None or dest.task.done():
@@ -551,7 +549,12 @@ class FederationSender:
                 if not await self._take_lease(dest):
                     # Another sender still holds it (a rolling restart): the lease loop tries again.
                     return
-                sent_something = await self._send_next(dest)
+                if dest.starting:
+                    async with self._startup_slots:
+                        sent_something = await self._send_next(dest)
+                    dest.starting = False
+                else:
+                    sent_something = await self._send_next(dest)
             except asyncio.CancelledError:
                 raise
             except Exception:
