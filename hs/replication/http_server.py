@@ -91,9 +91,10 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
     if not hs.events_stream.is_writer_for_room(room_id):
         raise bad_request(f"{hs.instance_name} does not write events for {room_id}")
     txn = tuple(body["txn"]) if body.get("txn") else None
+    co_sign = hs.federation_membership.co_sign_invite if body.get("co_sign_invite") is True else None
     event = await hs.event_sender.send(room_id, body["sender"], body["type"], body["content"],
                                        state_key=body.get("state_key"), txn=txn,
-                                       redacts=body.get("redacts"))
+                                       redacts=body.get("redacts"), before_persist=co_sign)
     reply = {"event_id": event.event_id, "stream_ordering": event.internal.stream_ordering}
     _replies.set(str(body.get("txn_id")), reply)
     return 200, reply

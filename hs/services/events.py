@@ -102,13 +102,15 @@ class EventSender:
         `before_persist` runs on the built event before it is queued, under the room lock (so the event
         stays built on the room's heads): it may add signatures (a remote invitee's server co-signs an
         invite; the event ID does not cover signatures), and if it raises nothing is persisted. Only
-        the room's writer can run it.
+        the room's writer can run it: elsewhere the one hook there is (co-signing a remote invite) is
+        named in the call to the writer.
         """
-        if before_persist is not None and not self.hs.events_stream.is_writer_for_room(room_id):
-            raise internal_error(f"{self.hs.instance_name} does not write events for {room_id}")
         if not self.hs.events_stream.is_writer_for_room(room_id):
+            co_sign = before_persist is not None and before_persist == self.hs.federation_membership.co_sign_invite
+            if before_persist is not None and not co_sign:
+                raise internal_error(f"{self.hs.instance_name} does not write events for {room_id}")
             return await self.hs.replication_client.send_event(
-                room_id, sender, etype, content, state_key, txn, redacts)
+                room_id, sender, etype, content, state_key, txn, redacts, co_sign_invite=co_sign)
         txn_key = (txn[0], txn[1], room_id, txn[2]) if txn is not None else None
         if txn is not None and txn_key is not None and not txn_checked and txn_key not in self._txns:
             existing = await self.store.get_event_id_for_txn(txn[0], txn[1], room_id, txn[2])
@@ -220,13 +222,15 @@ class EventSender:
         return event
 
     async def _load_heads(self, room_id: str) -> list[Event]:
-        """The room's forward extremities: from memory, or (first use, after a failure) the database."""
+        """The room's forward extremities: from memory, or (first use, after a failure) the database.
+        Only the room's writer keeps them in memory (it alone moves them); another process (a make_join
+        template on a federation reader) reads them fresh each time."""
         heads = self._heads.get(room_id)
         if heads is None:
             await self.hs.push_store.pending.settled(room_id)  # the stored extremity
             prev_ids = await self.store.get_forward_extremities(room_id)
             heads = list((await self.store.get_events(prev_ids)).values())
-            if heads:
+            if heads and self.hs.events_stream.is_writer_for_room(room_id):
                 self._heads[room_id] = heads
         return heads
 

@@ -55,8 +55,7 @@ def _running() -> dict[str, Any]:
     return RUNNING
 
 
-@pytest.fixture(scope="module")
-def cluster_redis() -> Iterator[str]:
+def _redis() -> Iterator[str]:
     server = ThrowawayRedis()
     url = server.start()
     try:
@@ -65,12 +64,11 @@ def cluster_redis() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def fed_cluster(federation_ca: TestCA, pg_base_dsn: str, cluster_redis: str,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatingCluster]:
+def _cluster(federation_ca: TestCA, pg_base_dsn: str, redis_url: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatingCluster]:
     workdir = tmp_path_factory.mktemp("fed-cluster")
     dsn = run_coroutine(create_database(pg_base_dsn))
-    cluster = FederatingCluster(workdir, dsn, cluster_redis, federation_ca.issue(workdir / "tls"))
+    cluster = FederatingCluster(workdir, dsn, redis_url, federation_ca.issue(workdir / "tls"))
     label = f"cluster {cluster.server_name}"
     try:
         cluster.start()
@@ -82,6 +80,31 @@ def fed_cluster(federation_ca: TestCA, pg_base_dsn: str, cluster_redis: str,
         if keep_logs():
             print(f"federating cluster logs in {cluster.log_dir}")
         run_coroutine(drop_database(dsn))
+
+
+@pytest.fixture(scope="module")
+def cluster_redis() -> Iterator[str]:
+    yield from _redis()
+
+
+@pytest.fixture(scope="module")
+def fed_cluster(federation_ca: TestCA, pg_base_dsn: str, cluster_redis: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatingCluster]:
+    """A cluster for one test module (fault tests stop and start its instances)."""
+    yield from _cluster(federation_ca, pg_base_dsn, cluster_redis, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def session_cluster_redis() -> Iterator[str]:
+    yield from _redis()
+
+
+@pytest.fixture(scope="session")
+def session_fed_cluster(federation_ca: TestCA, pg_base_dsn: str, session_cluster_redis: str,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatingCluster]:
+    """One cluster for the whole session, left untouched: the other side of `remote_server`'s
+    "cluster" runs (the previous issue's interop tests against a worker cluster)."""
+    yield from _cluster(federation_ca, pg_base_dsn, session_cluster_redis, tmp_path_factory)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.federation.client import MatrixServer
+from tests.federation.cluster_conftest_helpers import session_cluster_redis, session_fed_cluster  # noqa: F401
 from tests.federation.hs_server import FederatingHs
 from tests.federation.synapse import SynapseServer, create_synapse_database, ensure_synapse
 from tests.federation.tls import TestCA
@@ -117,12 +118,17 @@ async def make_fed_hs(federation_ca: TestCA, tmp_path: Path,
                 await drop_database(srv.dsn)
 
 
-@pytest.fixture(params=["synapse", "hs"])
+@pytest.fixture(params=["synapse", "hs", "cluster"])
 async def remote_server(request: pytest.FixtureRequest, make_fed_hs: MakeFedHs) -> MatrixServer:
-    """The other side of a federation test: the session's Synapse, then a second hs (SQLite)."""
+    """The other side of a federation test: the session's Synapse, a second hs (SQLite), and an hs
+    worker cluster behind nginx (two persisters, two federation readers, two federation senders; one
+    for the session, tests/federation/cluster_hs.py)."""
     if request.param == "synapse":
         server: MatrixServer = request.getfixturevalue("synapse")
         return server
+    if request.param == "cluster":
+        cluster: MatrixServer = request.getfixturevalue("session_fed_cluster")
+        return cluster
     return await make_fed_hs()
 
 
