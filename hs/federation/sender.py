@@ -629,12 +629,15 @@ class FederationSender:
         return True
 
     async def _save_progress(self, dest: _Destination, force: bool = False) -> None:
-        """Record the destination's progress, and clear a recorded backoff. Progress is written at most
-        every PROGRESS_WRITE_S: after a crash at most that much is sent again (receivers drop events and
-        to-device messages they already have); a backoff to clear is written at once."""
+        """Record the destination's progress, and clear a recorded backoff. While transactions follow
+        each other (its queue not drained) progress is written at most every PROGRESS_WRITE_S: after a
+        crash at most that much is sent again (receivers drop events and to-device messages they already
+        have). Once the queue has drained, or a backoff is to be cleared, it is written at once."""
         now = time.monotonic()
         unsaved = dest.last_successful is not None and dest.last_successful != dest.saved_progress
-        if not dest.failed_in_db and not (unsaved and (force or now - dest.saved_at >= PROGRESS_WRITE_S)):
+        busy = bool(dest.pdus) or dest.catching_up
+        due = force or not busy or now - dest.saved_at >= PROGRESS_WRITE_S
+        if not dest.failed_in_db and not (unsaved and due):
             return
         await self.store.set_sent(dest.name, dest.last_successful)
         dest.saved_progress = dest.last_successful
