@@ -73,9 +73,6 @@ class FederationOutbox:
             self._room_servers.set(room_id, servers)
         return servers
 
-    def forget_room_servers(self, room_id: str) -> None:
-        self._room_servers.pop(room_id)
-
     # -- EDUs --------------------------------------------------------------------------------------------
     def _wanted(self, destination: str) -> bool:
         return destination != self.server_name and self.hs.config.federation_allowed(destination)

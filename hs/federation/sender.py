@@ -188,9 +188,6 @@ class RoomServers:
     def rooms_of(self, server: str) -> list[str]:
         return sorted(self._rooms_of.get(server, ()))
 
-    def all_servers(self) -> set[str]:
-        return set(self._rooms_of)
-
 
 class _Destination:
     """One server's sending state in the sender that owns it."""
@@ -335,7 +332,7 @@ class FederationSender:
         if loop.time() < dest.lease_denied_until:
             return False
         if dest.name not in self._known:  # EDUs only so far: the row carries the lease
-            await self.store.add_destinations([dest.name], self._cursor)
+            await self.store.add_destinations({dest.name: self._cursor})
             self._known.add(dest.name)
         taken = await self.store.take_leases([dest.name], self.instance, now_ms(), LEASE_TTL_MS)
         if dest.name not in taken:
@@ -512,8 +509,7 @@ class FederationSender:
                     new[t] = position - 1
             plans.append((position, row["event_id"], targets))
         if new:
-            for name, owed_from in new.items():
-                await self.store.add_destinations([name], owed_from)
+            await self.store.add_destinations(new)
             self._known.update(new)
         # The events go out to several servers, each on its own task: read them once, here (into the
         # event cache), rather than once per destination.
@@ -551,18 +547,15 @@ class FederationSender:
                     return
                 if dest.starting:
                     async with self._startup_slots:
-                        sent_something = await self._send_next(dest)
+                        await self._send_next(dest)
                     dest.starting = False
                 else:
-                    sent_something = await self._send_next(dest)
+                    await self._send_next(dest)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("federation sender: sending to %s failed unexpectedly", dest.name)
                 await self._sleep(dest, 1.0)
-                continue
-            if not sent_something:
-                continue
 
     async def _sleep(self, dest: _Destination, seconds: float) -> None:
         waiter = asyncio.ensure_future(dest.wake.wait())
@@ -572,8 +565,8 @@ class FederationSender:
             waiter.cancel()
         dest.wake.clear()
 
-    async def _send_next(self, dest: _Destination) -> bool:
-        """Build and send one transaction; False when there was nothing to send."""
+    async def _send_next(self, dest: _Destination) -> None:
+        """Build and send one transaction (nothing when nothing is owed or the lease is not usable)."""
         caught_up_to: int | None = None
         if dest.catching_up:
             pdu_rows, caught_up_to = await self._owed(dest)
@@ -595,9 +588,9 @@ class FederationSender:
         edus = [*coalesce_presence(ephemeral), *({"edu_type": t, "content": c} for _i, t, c in durable)]
         if not pdus and not edus:
             self._after_catch_up_read(dest, caught_up_to, None)
-            return False
+            return
         if not self.owns(dest.name):
-            return False
+            return
         dest.in_flight = True
         try:
             ok = await self._send_transaction(dest.name, pdus, edus)
@@ -607,7 +600,7 @@ class FederationSender:
             if durable:
                 dest.outbox_pending = True
             await self._failed(dest)
-            return True
+            return
         PDUS_SENT.inc(len(pdus))
         EDUS_SENT.inc(len(edus))
         for _ in range(live_count):
@@ -626,7 +619,7 @@ class FederationSender:
             dest.last_successful = progress
         await self._save_progress(dest)
         dest.retry_interval_ms = 0
-        return True
+        return
 
     async def _save_progress(self, dest: _Destination, force: bool = False) -> None:
         """Record the destination's progress, and clear a recorded backoff. While transactions follow

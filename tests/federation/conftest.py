@@ -12,16 +12,18 @@ A failing test's report carries the log tails of every server running when it fa
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from tests.federation.client import MatrixServer
-from tests.federation.cluster_conftest_helpers import session_cluster_redis, session_fed_cluster  # noqa: F401
+from tests.federation.cluster_conftest_helpers import (  # noqa: F401 - fixtures
+    run_coroutine,
+    session_cluster_redis,
+    session_fed_cluster,
+)
 from tests.federation.hs_server import FederatingHs
 from tests.federation.synapse import SynapseServer, create_synapse_database, ensure_synapse
 from tests.federation.tls import TestCA
@@ -31,26 +33,6 @@ T = TypeVar("T")
 
 # Servers running now, by a label; their log tails go into a failing test's report.
 RUNNING: dict[str, MatrixServer] = {}
-
-
-def _run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion from a synchronous (session-scoped) fixture, in a thread of its own
-    so that it never meets the test's event loop."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(coro))
-        except BaseException as exc:  # handed to the caller
-            error.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +53,7 @@ def synapse(synapse_python: Path, federation_ca: TestCA, pg_base_dsn: str,
     """One Synapse for the whole session (its start runs the schema migrations: seconds), on a fresh
     PostgreSQL database; tests keep apart by unique user and room names."""
     data_dir = tmp_path_factory.mktemp("synapse")
-    dsn = _run_coroutine(create_synapse_database(pg_base_dsn))
+    dsn = run_coroutine(create_synapse_database(pg_base_dsn))
     server = SynapseServer(synapse_python, data_dir, dsn, federation_ca.issue(data_dir / "tls"))
     try:
         server.start()
@@ -80,7 +62,7 @@ def synapse(synapse_python: Path, federation_ca: TestCA, pg_base_dsn: str,
     finally:
         RUNNING.pop("synapse", None)
         server.stop()
-        _run_coroutine(drop_database(dsn))
+        run_coroutine(drop_database(dsn))
 
 
 MakeFedHs = Callable[..., Awaitable[FederatingHs]]

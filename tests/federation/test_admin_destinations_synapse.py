@@ -192,7 +192,7 @@ async def test_what_each_says_about_the_other_after_federating(local: Federating
     await wait_for_event(alice, room_id, text("to hs"))
     # hs's senders record the destinations they send to; the row is made here in case none has yet.
     owed_from = int(await local.hs.db.fetchval("SELECT COALESCE(MAX(stream_ordering), 0) FROM events"))
-    await local.hs.federation_outbox.store.add_destinations([synapse.server_name], owed_from)
+    await local.hs.federation_outbox.store.add_destinations({synapse.server_name: owed_from})
     clients = (await admin_client(local), await admin_client(synapse))
 
     ours = await _wait_listed(clients[0], synapse.server_name)

@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 
 from tests.federation.client import MatrixServer, TlsClient, unique, user
-from tests.federation.conftest import RUNNING, MakeFedHs, _run_coroutine
+from tests.federation.cluster_conftest_helpers import run_coroutine
+from tests.federation.conftest import RUNNING, MakeFedHs
 from tests.federation.fake_remote import FakeRemote
 from tests.federation.synapse import SynapseServer, create_synapse_database
 from tests.federation.tls import TestCA
@@ -30,7 +31,7 @@ def publishing_synapse(synapse_python: Any, federation_ca: TestCA, pg_base_dsn: 
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
     """A Synapse whose users may publish rooms to its directory (for this module's tests only)."""
     data_dir = tmp_path_factory.mktemp("synapse-publishing")
-    dsn = _run_coroutine(create_synapse_database(pg_base_dsn))
+    dsn = run_coroutine(create_synapse_database(pg_base_dsn))
     server = SynapseServer(synapse_python, data_dir, dsn, federation_ca.issue(data_dir / "tls"),
                            {"room_list_publication_rules": [{"action": "allow"}]})
     try:
@@ -40,7 +41,7 @@ def publishing_synapse(synapse_python: Any, federation_ca: TestCA, pg_base_dsn: 
     finally:
         RUNNING.pop("publishing synapse", None)
         server.stop()
-        _run_coroutine(drop_database(dsn))
+        run_coroutine(drop_database(dsn))
 
 
 @pytest.fixture(params=["synapse", "hs"])

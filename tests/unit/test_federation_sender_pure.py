@@ -42,7 +42,7 @@ def test_room_servers_follow_memberships() -> None:
     rs.load_room("!c", ["@p:three.example", "@me:here.example"])
     assert rs.knows("!c") and rs.servers("!c") == {"three.example"}
     rs.load_room("!c", [])
-    assert rs.servers("!c") == frozenset() and rs.all_servers() == set()
+    assert rs.servers("!c") == frozenset() and rs.rooms_of("three.example") == []
 
 
 def test_presence_is_batched_into_one_edu_per_transaction() -> None:

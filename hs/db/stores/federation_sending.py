@@ -61,16 +61,15 @@ class FederationSendingStore:
         rows = await self.db.fetch(f"SELECT {_COLUMNS} FROM federation_destinations")
         return [_row(r) for r in rows]
 
-    async def add_destinations(self, destinations: Sequence[str], owed_from: int) -> None:
-        """Destinations seen for the first time: owed every sendable event after `owed_from`."""
-        if not destinations:
+    async def add_destinations(self, owed_from: dict[str, int]) -> None:
+        """Destinations seen for the first time, each owed every sendable event after its position."""
+        if not owed_from:
             return
 
         async def add(conn: Any) -> None:
             await conn.executemany(
                 "INSERT INTO federation_destinations (destination, last_successful_stream_ordering)"
-                " VALUES ($1, $2) ON CONFLICT (destination) DO NOTHING",
-                [(d, owed_from) for d in destinations])
+                " VALUES ($1, $2) ON CONFLICT (destination) DO NOTHING", list(owed_from.items()))
 
         await self.db.run_transaction("add_destinations", add)
 
@@ -124,12 +123,6 @@ class FederationSendingStore:
                 f" WHERE lease_owner = $1 AND destination IN ({_marks(len(destinations), 2)})",
                 owner, *destinations)
 
-    async def leases_held(self, owner: str, now: int) -> set[str]:
-        rows = await self.db.fetch(
-            "SELECT destination FROM federation_destinations WHERE lease_owner = $1 AND lease_expires_ts >= $2",
-            owner, now)
-        return {r["destination"] for r in rows}
-
     # -- the durable EDU outbox --------------------------------------------------------------------------
     async def add_edus(self, rows: Sequence[tuple[str, str, Any]], now: int) -> None:
         """(destination, edu_type, content) rows, kept until a transaction carrying them succeeds."""
@@ -156,11 +149,6 @@ class FederationSendingStore:
     async def destinations_with_edus(self) -> list[str]:
         rows = await self.db.fetch("SELECT DISTINCT destination FROM federation_edu_outbox")
         return [r["destination"] for r in rows]
-
-    async def oldest_edu_ts(self, destination: str) -> int | None:
-        v = await self.db.fetchval("SELECT MIN(created_ts) FROM federation_edu_outbox WHERE destination = $1",
-                                   destination)
-        return None if v is None else int(v)
 
     # -- relays --------------------------------------------------------------------------------------------
     async def add_relay(self, event_id: str, origin: str) -> None:
