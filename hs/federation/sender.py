@@ -137,6 +137,9 @@ class RoomServers:
         self._members: dict[str, dict[str, str]] = {}  # room -> remote joined user -> server
         self._counts: dict[str, Tally[str]] = {}  # room -> server -> joined users
         self._rooms_of: dict[str, set[str]] = {}  # server -> rooms
+        # server -> rooms it has left (its last member gone), with the position of that event: what it
+        # is owed there ends there (a kick it has not been sent yet is still its due).
+        self._left: dict[str, dict[str, int]] = {}
 
     def load(self, rows: Iterable[tuple[str, str]], rooms: Iterable[str] = ()) -> None:
         """Every room's remote joined members (`rooms`: rooms known to have none)."""
@@ -160,7 +163,7 @@ class RoomServers:
         for user_id in joined:
             self.apply(room_id, user_id, "join")
 
-    def apply(self, room_id: str, user_id: str, membership: str | None) -> None:
+    def apply(self, room_id: str, user_id: str, membership: str | None, position: int | None = None) -> None:
         server = get_domain(user_id)
         if server == self.server_name:
             return
@@ -172,6 +175,7 @@ class RoomServers:
             members[user_id] = server
             counts[server] += 1
             self._rooms_of.setdefault(server, set()).add(room_id)
+            self._left.get(server, {}).pop(room_id, None)
         elif members.pop(user_id, None) is not None:
             counts[server] -= 1
             if counts[server] <= 0:
@@ -181,12 +185,24 @@ class RoomServers:
                     rooms.discard(room_id)
                     if not rooms:
                         del self._rooms_of[server]
+                if position is not None:
+                    self._left.setdefault(server, {})[room_id] = position
 
     def servers(self, room_id: str) -> frozenset[str]:
         return frozenset(self._counts.get(room_id, ()))
 
     def rooms_of(self, server: str) -> list[str]:
         return sorted(self._rooms_of.get(server, ()))
+
+    def rooms_left(self, server: str, after: int) -> dict[str, int]:
+        """Rooms the server left after position `after`, with the position it left at (older ones are
+        forgotten: the server has everything up to `after`)."""
+        left = self._left.get(server)
+        if not left:
+            return {}
+        for room_id in [r for r, p in left.items() if p <= after]:
+            del left[room_id]
+        return dict(left)
 
 
 class _Destination:
@@ -492,7 +508,7 @@ class FederationSender:
                 self.room_servers.load_room(room_id, await self.hs.event_store.get_joined_members(room_id))
                 before = frozenset()
             if is_member:
-                self.room_servers.apply(room_id, row["state_key"], row["membership"])
+                self.room_servers.apply(room_id, row["state_key"], row["membership"], int(row["stream_ordering"]))
             relay_origin = relays.get(row["event_id"])
             if not row["sender"].endswith(self.local_suffix) and relay_origin is None:
                 continue
@@ -657,10 +673,14 @@ class FederationSender:
 
     async def _owed_rows(self, rooms: list[str], after: int, upto: int, limit: int,
                          destination: str) -> list[tuple[int, str]]:
+        """Owed events in the rooms the destination is in, and in those it left since `after` up to its
+        leaving (the kick or leave itself included)."""
         found: list[tuple[int, str]] = []
-        for i in range(0, len(rooms), CATCH_UP_ROOM_CHUNK):
-            chunk = rooms[i:i + CATCH_UP_ROOM_CHUNK]
-            rows = await self.store.owed_events(chunk, after, upto, self.local_suffix, limit)
+        reads = [(rooms[i:i + CATCH_UP_ROOM_CHUNK], upto) for i in range(0, len(rooms), CATCH_UP_ROOM_CHUNK)]
+        reads += [([room_id], min(upto, left_at))
+                  for room_id, left_at in self.room_servers.rooms_left(destination, after).items()]
+        for chunk, bound in reads:
+            rows = await self.store.owed_events(chunk, after, bound, self.local_suffix, limit)
             found.extend((int(r["stream_ordering"]), r["event_id"]) for r in rows
                          if r["relay_origin"] != destination)
         found.sort()

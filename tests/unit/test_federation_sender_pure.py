@@ -57,3 +57,17 @@ def test_presence_is_batched_into_one_edu_per_transaction() -> None:
     assert out[0]["content"]["push"] == [{"user_id": "@b:x", "presence": "online"},
                                          {"user_id": "@a:x", "presence": "unavailable"}]
     assert coalesce_presence([typing]) == [typing]
+
+
+def test_a_server_that_left_is_still_owed_its_leaving() -> None:
+    rs = RoomServers("here.example")
+    rs.load([("!a", "@x:one.example")])
+    rs.apply("!a", "@x:one.example", "leave", 40)  # kicked at position 40
+    assert rs.rooms_of("one.example") == [] and rs.rooms_left("one.example", 30) == {"!a": 40}
+    assert rs.rooms_left("one.example", 40) == {}  # it has everything up to 40: forgotten
+    rs.apply("!a", "@x:one.example", "leave", 50)  # not a member any more: nothing changes
+    assert rs.rooms_left("one.example", 0) == {}
+    rs.apply("!a", "@x:one.example", "join", 60)
+    rs.apply("!a", "@x:one.example", "ban", 70)
+    rs.apply("!a", "@x:one.example", "join", 80)  # back in: no longer "left"
+    assert rs.rooms_left("one.example", 0) == {} and rs.rooms_of("one.example") == ["!a"]
