@@ -69,7 +69,12 @@ class Listener(Strict):
     def all_resources(self) -> set[str]:
         if self.type == "metrics":
             return {"metrics"}  # Synapse's metrics listener serves only metrics
-        return set(self.resources)
+        resources = set(self.resources)
+        if resources & {"client", "federation"}:
+            # As in Synapse, a client or federation listener also serves the media repository (on the
+            # instances that run it: see hs/roles/routes.py).
+            resources.add("media")
+        return resources
 
 
 class DatabaseArgs(Strict):
@@ -333,6 +338,103 @@ class FederationTuning(Strict):
         return self
 
 
+def parse_size(value: object) -> int:
+    """Synapse's sizes: an integer of bytes, or a string like "50M", "512K", "1G" (powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 52428800 (bytes), '50M' or '512K'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper()
+        units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+        if text[-1:] in units and text[:-1].isdigit():
+            return int(text[:-1]) * units[text[-1]]
+        if text.isdigit():
+            return int(text)
+    raise ValueError(f"{value!r} is not a size such as 52428800 (bytes), '50M' or '512K'")
+
+
+class ThumbnailSize(Strict):
+    """One `thumbnail_sizes` entry: made for every image upload (Synapse's shape)."""
+
+    width: int = Field(ge=1, le=4096)
+    height: int = Field(ge=1, le=4096)
+    method: Literal["crop", "scale"] = "scale"
+
+
+DEFAULT_THUMBNAIL_SIZES = [
+    ThumbnailSize(width=32, height=32, method="crop"), ThumbnailSize(width=96, height=96, method="crop"),
+    ThumbnailSize(width=320, height=240, method="scale"), ThumbnailSize(width=640, height=480, method="scale"),
+    ThumbnailSize(width=800, height=600, method="scale"),
+]
+
+
+class MediaUploadLimit(Strict):
+    """One `media_upload_limits` entry: a user may upload at most `max_size` bytes per `time_period`."""
+
+    time_period: int
+    max_size: int
+
+    @field_validator("time_period", mode="before")
+    @classmethod
+    def _period(cls, value: object) -> int:
+        period = parse_duration_ms(value)
+        if period < 1000:
+            raise ValueError("time_period must be at least 1s")
+        return period
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_size(value)
+
+
+class MediaRetention(Strict):
+    """Synapse's `media_retention`: media not accessed for this long is deleted (None: kept)."""
+
+    local_media_lifetime: int | None = None
+    remote_media_lifetime: int | None = None
+
+    @field_validator("local_media_lifetime", "remote_media_lifetime", mode="before")
+    @classmethod
+    def _lifetime(cls, value: object) -> int | None:
+        return None if value is None else parse_duration_ms(value)
+
+
+# `module` names accepted for an S3 media storage provider: Synapse's synapse-s3-storage-provider
+# module (so its config carries over) and hs's own name for the same thing.
+S3_PROVIDER_MODULES = ("s3_storage_provider.S3StorageProviderBackend", "hs.media.s3.S3Storage")
+
+
+class MediaStorageProvider(Strict):
+    """One `media_storage_providers` entry (Synapse's shape). Files are always written to
+    `media_store_path` first; a provider keeps a second copy (of local uploads with `store_local`, of
+    remote media with `store_remote`), awaited before the upload is answered with `store_synchronous`.
+    A file missing from `media_store_path` is read from the providers."""
+
+    module: str
+    store_local: bool = True
+    store_remote: bool = False
+    store_synchronous: bool = True
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("module")
+    @classmethod
+    def _known_module(cls, value: str) -> str:
+        if value not in S3_PROVIDER_MODULES:
+            raise ValueError(f"{value!r} is not a storage provider hs has (known: {', '.join(S3_PROVIDER_MODULES)})")
+        return value
+
+
+class OEmbedConfig(Strict):
+    """Synapse's `oembed`: which oEmbed providers URL previews ask (hs ships none by default)."""
+
+    disable_default_providers: bool = False
+    additional_providers: list[str] = Field(default_factory=list)
+
+
 class OldSigningKey(Strict):
     """An `old_signing_keys` entry: a retired public key (still published, so that events it signed
     keep verifying elsewhere) and when it stopped being used."""
@@ -370,7 +472,30 @@ class HomeserverConfig(Strict):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     signing_key_path: str = "signing.key"
     media_store_path: str = "media_store"
-    max_upload_size: str = "50M"
+    # -- media repository (Synapse's keys; hs/media/) -------------------------------------------------
+    max_upload_size: int = 50 * 1024 * 1024  # bytes; "50M" and the like are accepted
+    max_image_pixels: int = 32 * 1024 * 1024  # larger images are stored but not thumbnailed
+    dynamic_thumbnails: bool = False
+    thumbnail_sizes: list[ThumbnailSize] = Field(default_factory=lambda: list(DEFAULT_THUMBNAIL_SIZES))
+    # Media uploaded while this is on is served only by the authenticated endpoints (spec v1.11).
+    enable_authenticated_media: bool = True
+    max_pending_media_uploads: int = Field(default=5, ge=1, le=10_000)
+    # How long a media ID reserved with POST /media/v1/create may wait for its upload.
+    unused_expiration_time: int = 86_400_000
+    media_upload_limits: list[MediaUploadLimit] = Field(default_factory=list)
+    # Remote media downloads, per client address: a token bucket of bytes.
+    remote_media_download_burst_count: int = 500 * 1024 * 1024
+    remote_media_download_per_second: int = 87 * 1024
+    prevent_media_downloads_from: list[str] = Field(default_factory=list)
+    media_retention: MediaRetention = Field(default_factory=MediaRetention)
+    media_storage_providers: list[MediaStorageProvider] = Field(default_factory=list)
+    url_preview_enabled: bool = False
+    url_preview_ip_range_blacklist: list[str] | None = None
+    url_preview_ip_range_whitelist: list[str] = Field(default_factory=list)
+    url_preview_url_blacklist: list[dict[str, str]] = Field(default_factory=list)
+    url_preview_accept_language: list[str] = Field(default_factory=lambda: ["en"])
+    max_spider_size: int = 10 * 1024 * 1024
+    oembed: OEmbedConfig = Field(default_factory=OEmbedConfig)
     max_request_body_size: int = 1024 * 1024 * 2
     enable_registration: bool = False
     enable_registration_without_verification: bool = False
@@ -451,12 +576,19 @@ class HomeserverConfig(Strict):
             raise ValueError(f"{value!r} is not a valid Matrix server name")
         return value
 
-    @field_validator("turn_user_lifetime", "key_refresh_interval", mode="before")
+    @field_validator("turn_user_lifetime", "key_refresh_interval", "unused_expiration_time", mode="before")
     @classmethod
     def _duration(cls, value: object) -> int:
         return parse_duration_ms(value)
 
-    @field_validator("ip_range_blacklist", "federation_ip_range_blacklist", "ip_range_whitelist")
+    @field_validator("max_upload_size", "max_image_pixels", "max_spider_size", "remote_media_download_burst_count",
+                     "remote_media_download_per_second", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_size(value)
+
+    @field_validator("ip_range_blacklist", "federation_ip_range_blacklist", "ip_range_whitelist",
+                     "url_preview_ip_range_blacklist", "url_preview_ip_range_whitelist")
     @classmethod
     def _ip_ranges(cls, value: list[str] | None) -> list[str] | None:
         import ipaddress
@@ -541,6 +673,9 @@ class HomeserverConfig(Strict):
                         f"worker_replication_secret: instance {name!r} exposes a replication listener on "
                         f"{listener.bind_addresses} without a secret"
                     )
+        if self.url_preview_enabled and self.url_preview_ip_range_blacklist is None:
+            problems.append("url_preview_ip_range_blacklist: required when url_preview_enabled is true (as in "
+                            "Synapse): list the ranges previews may not fetch, e.g. 127.0.0.0/8 and 10.0.0.0/8")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -36,6 +36,8 @@ UNSUPPORTED_ROOM_VERSION = "M_UNSUPPORTED_ROOM_VERSION"
 INVALID_SIGNATURE = "M_INVALID_SIGNATURE"
 WRONG_ROOM_KEYS_VERSION = "M_WRONG_ROOM_KEYS_VERSION"
 THREEPID_MEDIUM_NOT_SUPPORTED = "M_THREEPID_MEDIUM_NOT_SUPPORTED"
+NOT_YET_UPLOADED = "M_NOT_YET_UPLOADED"
+CANNOT_OVERWRITE_MEDIA = "M_CANNOT_OVERWRITE_MEDIA"
 
 # The error code a persister answers a replicated creation with when the room ID is taken (between
 # processes only: the creating process builds another create event).
@@ -85,9 +87,20 @@ def bad_request(msg: str) -> MatrixError:
     return MatrixError(400, UNKNOWN, msg)
 
 
-def too_large(msg: str) -> MatrixError:
-    """413: an event (or request) over the size limits."""
-    return MatrixError(413, TOO_LARGE, msg)
+def too_large(msg: str, *, status: int = 413) -> MatrixError:
+    """413: an event (or request, or upload) over the size limits; 502 for another server's media too
+    large to proxy (the spec's status for that case)."""
+    return MatrixError(status, TOO_LARGE, msg)
+
+
+def cannot_overwrite_media(msg: str = "Media already uploaded") -> MatrixError:
+    """409: an upload to a reserved media ID that already has its content."""
+    return MatrixError(409, CANNOT_OVERWRITE_MEDIA, msg)
+
+
+def not_yet_uploaded(msg: str = "Content has not yet been uploaded") -> MatrixError:
+    """504: a download of a reserved media ID whose upload did not arrive within `timeout_ms`."""
+    return MatrixError(504, NOT_YET_UPLOADED, msg)
 
 
 # --- who is asking ------------------------------------------------------------------------------

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from hs.federation.room_reads import FederationRoomReads
     from hs.federation.sender import FederationSender
     from hs.federation.transactions import TransactionHandler
+    from hs.media.remote import RemoteMedia
+    from hs.media.repository import MediaRepository
+    from hs.media.storage import MediaFiles
+    from hs.media.thumbnails import Thumbnails
     from hs.replication.http_client import ReplicationClient
     from hs.services.accounts import AccountService
     from hs.services.auth import Auth
@@ -447,6 +451,35 @@ class HomeServer:
         Which process sends is the `federation_sender` duty."""
         return self.federation_outbox.enabled
 
+    # -- media ---------------------------------------------------------------------------------------------
+    @cached_property
+    def media(self) -> MediaRepository:
+        """Uploads, downloads and their limits (hs/media/)."""
+        from hs.media.repository import MediaRepository
+
+        return MediaRepository(self)
+
+    @cached_property
+    def media_files(self) -> MediaFiles:
+        """The media store: `media_store_path` plus the configured storage providers (closed at stop)."""
+        from hs.media.storage import MediaFiles
+
+        return MediaFiles.from_config(self.config)
+
+    @cached_property
+    def media_thumbnails(self) -> Thumbnails:
+        """Thumbnails of stored images, made in a bounded pool of processes (closed at stop)."""
+        from hs.media.thumbnails import Thumbnails
+
+        return Thumbnails(self)
+
+    @cached_property
+    def media_remote(self) -> RemoteMedia:
+        """Other servers' media, fetched over federation and cached."""
+        from hs.media.remote import RemoteMedia
+
+        return RemoteMedia(self)
+
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start step by step, each step's teardown registered as soon as it has run: a failure half
@@ -471,6 +504,7 @@ class HomeServer:
             await self.replication.start()
             exits.push_async_callback(self._close_replication)
             exits.push_async_callback(self._close_federation_client)
+            exits.push_async_callback(self._close_media)
             self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
             for stream in self.streams.values():
                 await stream.setup()
@@ -517,6 +551,12 @@ class HomeServer:
             await self.federation_transactions.store.close()
         if "federation_client" in self.__dict__:  # created on first use
             await self.federation_client.close()
+
+    async def _close_media(self) -> None:
+        if "media_thumbnails" in self.__dict__:  # its process pool
+            await self.media_thumbnails.close()
+        if "media_files" in self.__dict__:  # background copies to storage providers, their clients
+            await self.media_files.close()
 
     async def catch_up(self, stream: str | None = None) -> None:
         """After a replication outage (every stream, and the invalidation-driven caches), or while one

@@ -17,6 +17,8 @@ GENERIC_WORKER_GROUPS = {"sync", "client", "encryption", "registration_login", "
 # Route group -> the stream whose writer handles the group's writes (each stream says which groups
 # are its own: `Stream.WRITE_GROUPS`).
 STREAM_GROUPS = write_groups()
+# The media repository's endpoints: main's (unless `enable_media_repo: false`) and media workers'.
+MEDIA_GROUP = "media"
 
 
 def all_routes() -> list[Route]:
@@ -73,15 +75,28 @@ def all_routes() -> list[Route]:
     from hs.api.client import openid as client_openid
     from hs.api.federation import public as federation_public
     routes.extend([*federation_public.ROUTES, *client_openid.ROUTES])
+    routes.extend(media_routes())
     return routes
+
+
+def media_routes() -> list[Route]:
+    """The media repository's endpoints (group `media`): served by main unless `enable_media_repo` is
+    off, and by `media_repository` workers."""
+    from hs.api.client import admin_media, media, media_preview, media_thumbnail
+    from hs.api.federation import media as federation_media
+
+    return [*media.ROUTES, *media_thumbnail.ROUTES, *media_preview.ROUTES, *admin_media.ROUTES,
+            *federation_media.ROUTES]
 
 
 def routes_for_instance(config: HomeserverConfig, instance: str) -> list[Route]:
     """Main serves everything; a worker serves the groups its app handles."""
     routes = all_routes()
-    app = config.app_for(instance)
+    app = config.app_for(instance).removeprefix("synapse.app.")
     if app == "main":
-        return routes
+        return [r for r in routes if r.group != MEDIA_GROUP or config.enable_media_repo]
+    if app == "media_repository":
+        return [r for r in routes if r.group == MEDIA_GROUP]
     if app == "generic_worker":
         # Stream endpoints are mounted everywhere: a non-writer forwards the write to the writer.
         return [r for r in routes if r.group in GENERIC_WORKER_GROUPS or r.group in STREAM_GROUPS]
