@@ -21,7 +21,7 @@ from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
-from hs.roles.duties import BACKGROUND_TASKS, FEDERATION_SENDER, PUSHER, duties_for
+from hs.roles.duties import BACKGROUND_TASKS, FEDERATION_SENDER, MEDIA_BACKGROUND, PUSHER, duties_for
 from hs.streams import registry
 from hs.streams.account_data import AccountDataStream
 from hs.streams.base import Stream, StreamContext
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from hs.federation.room_reads import FederationRoomReads
     from hs.federation.sender import FederationSender
     from hs.federation.transactions import TransactionHandler
+    from hs.media.background import MediaBackgroundJobs
     from hs.media.remote import RemoteMedia
     from hs.media.repository import MediaRepository
     from hs.media.storage import MediaFiles
@@ -480,6 +481,13 @@ class HomeServer:
 
         return RemoteMedia(self)
 
+    @cached_property
+    def media_background(self) -> MediaBackgroundJobs:
+        """Media retention, lapsed reservations and unused files (the `media_background_jobs` duty)."""
+        from hs.media.background import MediaBackgroundJobs
+
+        return MediaBackgroundJobs(self)
+
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start step by step, each step's teardown registered as soon as it has run: a failure half
@@ -520,6 +528,9 @@ class HomeServer:
             if BACKGROUND_TASKS in self.duties:
                 self.background.start()
                 exits.push_async_callback(self.background.stop)
+            if MEDIA_BACKGROUND in self.duties:
+                await self.media_background.start()
+                exits.push_async_callback(self.media_background.stop)
             if PUSHER in self.duties:
                 await self.pushers.start()
                 exits.push_async_callback(self.pushers.stop)
