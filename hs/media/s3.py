@@ -181,10 +181,13 @@ class S3Storage(StorageBackend):
         if await self.size(key) == total:
             return
         if total < PART_SIZE:
-            body = await asyncio.to_thread(source.read_bytes)
+            stream = BytesBody(await asyncio.to_thread(source.read_bytes))
             client = await self._get_client()
-            await client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=body,
-                                    StorageClass=self.storage_class, **self._sse)
+            try:
+                await client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=stream,
+                                        StorageClass=self.storage_class, **self._sse)
+            finally:
+                stream.close()
         else:
             await self._put_multipart(key, source, total)
 
@@ -211,12 +214,13 @@ class S3Storage(StorageBackend):
                 body = await asyncio.to_thread(os.pread, handle.fileno(), part_size, offset)
                 if len(body) != min(part_size, total - offset):
                     raise OSError(f"{source} changed size while being uploaded to S3")
-                # As a stream, which aiohttp sends 64 KiB at a time: given bytes, it hands the whole part
-                # to the socket transport, which on Python 3.11 copies what the socket did not take
-                # at once into its buffer (a second copy of the part).
-                sent = await client.upload_part(Bucket=self.bucket, Key=object_key, UploadId=upload_id,
-                                                PartNumber=number, Body=io.BytesIO(body), **self._sse)
+                stream = BytesBody(body)
                 del body
+                try:
+                    sent = await client.upload_part(Bucket=self.bucket, Key=object_key, UploadId=upload_id,
+                                                    PartNumber=number, Body=stream, **self._sse)
+                finally:
+                    stream.close()  # frees the part now, even if the request objects linger in a cycle
                 etags[number] = sent["ETag"]
 
         try:
@@ -283,6 +287,52 @@ class S3Storage(StorageBackend):
         client = await self._get_client()
         # DeleteObject succeeds for a missing key.
         await client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+
+class BytesBody(io.RawIOBase):
+    """A request body held in memory, handed to aiobotocore as a stream so that aiohttp sends it in
+    64 KiB chunks without copying it: given `bytes`, aiohttp passes the whole body to the socket
+    transport, which on Python 3.11 copies whatever the socket did not take at once into its buffer (a
+    second copy of the body), and given an `io.BytesIO` it takes the buffer, which copies it. Seekable,
+    so botocore can measure it, hash it for signing and rewind it for a retry."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def close(self) -> None:
+        self._view.release()
+        self._view = memoryview(b"")
+        super().close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        chunk = bytes(self._view[self._pos:end])
+        self._pos = max(self._pos, end)
+        return chunk
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.read(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
 
 
 def _is_missing(exc: Any) -> bool:
