@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from hs.api.base import HS_KEY, Handler, Route, json_response
+from hs.api.base import CORS_HEADERS, HS_KEY, Handler, Route, json_response
 from hs.config import Listener
 from hs.errors import MatrixError
 from hs.replication.http_client import REPLICATION_PREFIX
@@ -31,12 +31,6 @@ REQUESTS = Counter("hs_http_requests_total", "HTTP requests", ["method", "endpoi
 LATENCY = Histogram("hs_http_request_seconds", "HTTP request latency", ["method", "endpoint"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
-    "Access-Control-Expose-Headers": "Synapse-Trace-Id, Server",
-}
 
 
 def _wrap(route: Route, forward_to: str | None = None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -29,6 +29,13 @@ Handler = Callable[[web.Request], Awaitable[HandlerResult]]
 CLIENT_V3 = ("/_matrix/client/v3", "/_matrix/client/r0")
 CLIENT_V3_V1 = ("/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/api/v1")
 CLIENT_V1 = ("/_matrix/client/v1",)
+# Every response carries these, so web clients on other origins can call the API and show media.
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
+    "Access-Control-Expose-Headers": "Synapse-Trace-Id, Server",
+}
 # Typed by its annotation alone (the HomeServer class is imported only for type checking here).
 HS_KEY: web.AppKey[HomeServer] = web.AppKey("hs")
 

@@ -58,6 +58,7 @@ async def test_upload_and_authenticated_download(make_server: Any, engine: str) 
     assert headers["Content-Disposition"] == 'inline; filename="greeting.txt"'
     assert headers["Cross-Origin-Resource-Policy"] == "cross-origin"
     assert "sandbox" in headers["Content-Security-Policy"]
+    assert headers["Access-Control-Allow-Origin"] == "*"  # web clients on other origins show media
     # The authenticated endpoint needs a token.
     status, _, body = await _raw(srv, "GET", f"/_matrix/client/v1/media/download/{_path(uri)}")
     assert status == 401 and b"M_MISSING_TOKEN" in body
