@@ -325,3 +325,82 @@ async def test_store_local_and_store_remote_choose_what_is_copied(moto_server: M
         assert await to_remote_bucket.size(ours_key) is None
     finally:
         await files.close()
+
+
+# Through a real server: uploads over HTTP land in the bucket, downloads come from it
+
+
+async def _s3_server(make_server: Any, moto_server: MotoServer, bucket: str, **entry: Any) -> Any:  # noqa: F811
+    provider_entry = {"module": "s3_storage_provider.S3StorageProviderBackend", "store_local": True,
+                      "store_synchronous": True, "config": moto_server.provider_config(bucket), **entry}
+    return await make_server("sqlite", media_storage_providers=[provider_entry])
+
+
+async def _http(srv: Any, method: str, path: str, token: str, data: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.request(
+            method, srv.base_url + path, data=data,
+            headers={"Authorization": f"Bearer {token}", **(headers or {})}) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+def _wipe_local_store(srv: Any) -> int:
+    """Delete every file of the server's media_store_path; how many there were."""
+    root = srv.hs.config.resolve_path(srv.hs.config.media_store_path)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    for path in files:
+        path.unlink()
+    return len(files)
+
+
+async def test_upload_lands_in_s3_and_downloads_after_the_local_store_is_wiped(
+        make_server: Any, moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+    import orjson
+
+    srv = await _s3_server(make_server, moto_server, bucket)
+    alice = srv.client()
+    await alice.register("alice")
+    data = os.urandom(3 * MiB + 12345)
+    status, _, body = await _http(srv, "POST", "/_matrix/media/v3/upload?filename=blob.bin", alice.token, data,
+                                  {"Content-Type": "application/octet-stream"})
+    assert status == 200, body
+    media_path = orjson.loads(body)["content_uri"].removeprefix("mxc://")
+
+    # store_synchronous: the bucket has the file once the upload is answered.
+    check = S3Storage.from_provider_config(moto_server.provider_config(bucket))
+    try:
+        key = content_key(hashlib.sha256(data).hexdigest())
+        assert await check.size(key) == len(data)
+    finally:
+        await check.close()
+
+    assert _wipe_local_store(srv) >= 1
+    url = f"/_matrix/client/v1/media/download/{media_path}"
+    status, headers, body = await _http(srv, "GET", url, alice.token)
+    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    assert headers["Content-Length"] == str(len(data))
+    status, headers, body = await _http(srv, "GET", url, alice.token, headers={"Range": "bytes=1000000-1999999"})
+    assert status == 206 and body == data[1_000_000:2_000_000]
+    assert headers["Content-Range"] == f"bytes 1000000-1999999/{len(data)}"
+    status, _, body = await _http(srv, "GET", url, alice.token, headers={"Range": "bytes=-100"})
+    assert status == 206 and body == data[-100:]
+
+
+async def test_multipart_upload_through_the_server(make_server: Any, moto_server: MotoServer,  # noqa: F811
+                                                   bucket: str) -> None:
+    import orjson
+
+    srv = await _s3_server(make_server, moto_server, bucket, store_synchronous=False)
+    alice = srv.client()
+    await alice.register("alice")
+    data = os.urandom(PART_SIZE + 5 * MiB)
+    status, _, body = await _http(srv, "POST", "/_matrix/media/v3/upload", alice.token, data,
+                                  {"Content-Type": "application/octet-stream"})
+    assert status == 200, body
+    media_path = orjson.loads(body)["content_uri"].removeprefix("mxc://")
+    await srv.hs.media_files.close()  # waits for the background copy (and closes the S3 client)
+    _wipe_local_store(srv)
+    status, _, body = await _http(srv, "GET", f"/_matrix/client/v1/media/download/{media_path}", alice.token)
+    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
