@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
+from hs.media import safe_fetch
 from hs.media.preview import url_previewer
 from tests.harness import Client, TestHomeServer, user
 from tests.services import free_port
@@ -156,6 +157,10 @@ async def test_loopback_refused_by_default(make_server: Any, site: WebSite) -> N
     status, body = await preview(alice, site.url("/page"))
     assert status == 403, body
     assert "IP address blocked" in body["error"]
+    # Other spellings of loopback: resolved (or parsed) and refused just the same.
+    for host in ("localhost", "2130706433", "127.1", "0x7f000001", "[::ffff:127.0.0.1]", "0", "[::1]"):
+        status, body = await preview(alice, site.url("/page", host))
+        assert status in (403, 502), (host, body)
     assert site.hits == {}  # nothing was sent
 
 
@@ -179,7 +184,7 @@ async def test_whitelisted_page_previewed_with_its_image_stored(make_server: Any
 
 async def test_legacy_paths_need_a_token_too(make_server: Any, site: WebSite) -> None:
     _, alice = await start(make_server, url_preview_ip_range_whitelist=["127.0.0.1/32"])
-    for path in ("/_matrix/media/v3/preview_url", "/_matrix/media/r0/preview_url"):
+    for path in ("/_matrix/media/v3/preview_url", "/_matrix/media/r0/preview_url", "/_matrix/media/v1/preview_url"):
         status, body = await preview(alice, site.url("/plain-page"), path)
         assert status == 200, body
         assert body["og:title"] == "Only a title"
@@ -275,6 +280,15 @@ async def test_upstream_errors(make_server: Any, site: WebSite) -> None:
     status, body = await preview(alice, site.url("/text"))
     assert (status, body["errcode"]) == (502, "M_UNKNOWN")
     assert "content type" in body["error"]
+
+
+async def test_a_server_that_does_not_answer_times_out(make_server: Any, site: WebSite,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(safe_fetch, "FETCH_DEADLINE", 0.3)
+    _, alice = await start(make_server, url_preview_ip_range_whitelist=["127.0.0.1/32"])
+    status, body = await preview(alice, site.url("/slow-page"))
+    assert (status, body["errcode"]) == (502, "M_UNKNOWN")
+    assert "Timed out" in body["error"]
 
 
 async def test_disabled_is_unrecognized(make_server: Any, site: WebSite) -> None:

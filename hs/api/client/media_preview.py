@@ -1,4 +1,4 @@
-"""GET /_matrix/client/v1/media/preview_url (and the legacy /_matrix/media/{v3,r0}/preview_url).
+"""GET /_matrix/client/v1/media/preview_url (and the legacy /_matrix/media/{v3,r0,v1}/preview_url).
 
 An access token is required on every path, the legacy ones included (as Synapse does). With
 `url_preview_enabled` off the endpoint answers 404 M_UNRECOGNIZED, as if it were not there (Synapse
@@ -32,7 +32,7 @@ async def preview_url(request: web.Request) -> HandlerResult:
     return 200, await url_previewer(hs).preview(url)
 
 
-PREFIXES = ("/_matrix/client/v1/media", "/_matrix/media/v3", "/_matrix/media/r0")
+PREFIXES = ("/_matrix/client/v1/media", "/_matrix/media/v3", "/_matrix/media/r0", "/_matrix/media/v1")
 ROUTES: list[Route] = [
     Route("GET", "/preview_url", preview_url, group="media", prefixes=PREFIXES, resource="media"),
 ]
