@@ -170,6 +170,31 @@ async def test_prefix_and_storage_class(moto_server: MotoServer, bucket: str, tm
         await storage.close()
 
 
+async def test_sse_c_key_goes_with_every_request(moto_server: MotoServer, bucket: str,  # noqa: F811
+                                                 tmp_path: Path) -> None:
+    """SSE-C: botocore validates each operation's parameters, so a key passed where S3 takes none (or
+    missing where it needs one) would fail here; moto accepts the key without enforcing it."""
+    sent: list[tuple[str, bytes | None]] = []
+    storage = S3Storage.from_provider_config(moto_server.provider_config(bucket, sse_customer_key="k" * 32))
+    try:
+        client = await storage._get_client()
+        client.meta.events.register(
+            "before-send.s3", lambda request, **_: sent.append(
+                (request.method, request.headers.get("x-amz-server-side-encryption-customer-algorithm"))))
+        source = tmp_path / "big"
+        digest = write_random(source, PART_SIZE + MiB)
+        await storage.put("content/ss/ec/ssec", source)
+        assert await storage.size("content/ss/ec/ssec") == PART_SIZE + MiB
+        assert await sha256_of(storage, "content/ss/ec/ssec") == (digest, PART_SIZE + MiB)
+        # The existence check, multipart creation, both parts, the size and the read carry the key;
+        # the completion takes none.
+        assert [(method, algo and algo.decode()) for method, algo in sent] == [
+            ("HEAD", "AES256"), ("POST", "AES256"), ("PUT", "AES256"), ("PUT", "AES256"), ("POST", None),
+            ("HEAD", "AES256"), ("GET", "AES256")]
+    finally:
+        await storage.close()
+
+
 async def test_errors_other_than_missing_propagate(moto_server: MotoServer, tmp_path: Path) -> None:  # noqa: F811
     storage = S3Storage.from_provider_config(moto_server.provider_config("no-such-bucket-here"))
     try:
