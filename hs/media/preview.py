@@ -12,8 +12,10 @@ How a preview is made (Synapse's order):
    answer names an `mxc://` URI (clients never fetch the page's hosts themselves); an image that
    cannot be fetched is left out of the answer.
 
-Previews are kept in memory for an hour (at most `CACHE_ENTRIES` of them) and a URL being previewed
-is fetched once however many clients ask meanwhile. The cache is keyed by the URL alone: no history
+Previews are kept in memory for an hour (at most `CACHE_ENTRIES` of them, `CACHE_CHARS` characters in
+all) and a URL being previewed is fetched once however many clients ask meanwhile. At most
+`CONCURRENT_PREVIEWS` previews are made at a time (each may hold a page of up to `MAX_HTML_READ` bytes
+and its text in memory while it is parsed), so memory stays bounded whatever clients ask for. The cache is keyed by the URL alone: no history
 of pages is kept, so the `ts` a client asks for is always answered with the newest preview (which the
 spec allows), and keying on it would only fetch the same page again for each hour asked about.
 Failures are not cached.
@@ -54,9 +56,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 1000
+CACHE_CHARS = 4 * 1024 * 1024  # keys and values of all cached previews together (~ their memory / 2-4)
 CACHE_SECONDS = 3600.0
+CONCURRENT_PREVIEWS = 8
 MAX_OEMBED_SIZE = 1024 * 1024  # bytes of an oEmbed JSON answer
-MAX_HTML_READ = 4 * 1024 * 1024  # bytes of a fetched page read for parsing (the fetch itself is capped too)
+MAX_HTML_READ = 2 * 1024 * 1024  # bytes of a fetched page read for parsing (the fetch itself is capped too)
 
 JsonDict = dict[str, Any]
 # MediaRepository.store_file: (user_id, path, media_type, upload_name) -> mxc URI.
@@ -111,7 +115,9 @@ class UrlPreviewer:
             provider_files=[config.resolve_path(p) for p in config.oembed.additional_providers])
         self._store_file = store_file
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[float, JsonDict]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, int, JsonDict]] = OrderedDict()  # expiry, size, preview
+        self._cache_chars = 0
+        self._slots = asyncio.Semaphore(CONCURRENT_PREVIEWS)
         self._in_flight: dict[str, asyncio.Task[JsonDict]] = {}
 
     async def preview(self, url: str) -> JsonDict:
@@ -122,8 +128,8 @@ class UrlPreviewer:
         if cached is not None:
             if cached[0] > now:
                 self._cache.move_to_end(url)
-                return dict(cached[1])
-            del self._cache[url]
+                return dict(cached[2])
+            self._forget(url)
         task = self._in_flight.get(url)
         if task is None:
             task = asyncio.create_task(self._make(url), name=f"url-preview {url[:100]}")
@@ -136,12 +142,26 @@ class UrlPreviewer:
             del self._in_flight[url]
         if task.cancelled() or task.exception() is not None:
             return  # (the exception reached the waiters)
-        self._cache[url] = (self._clock() + CACHE_SECONDS, task.result())
-        self._cache.move_to_end(url)
-        while len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+        result = task.result()
+        size = len(url) + sum(len(k) + len(str(v)) for k, v in result.items())
+        if size > CACHE_CHARS // 16:
+            return  # (cannot happen with html_preview's bounds; a guard, not a policy)
+        self._forget(url)
+        self._cache[url] = (self._clock() + CACHE_SECONDS, size, result)
+        self._cache_chars += size
+        while len(self._cache) > CACHE_ENTRIES or self._cache_chars > CACHE_CHARS:
+            self._forget(next(iter(self._cache)))
+
+    def _forget(self, url: str) -> None:
+        entry = self._cache.pop(url, None)
+        if entry is not None:
+            self._cache_chars -= entry[1]
 
     async def _make(self, url: str) -> JsonDict:
+        async with self._slots:
+            return await self._make_now(url)
+
+    async def _make_now(self, url: str) -> JsonDict:
         with tempfile.TemporaryDirectory(prefix="hs-preview-") as tmp:
             workdir = Path(tmp)
             try:

@@ -3,14 +3,19 @@ providers, the URL blacklist, and the fetcher's checks made before any connectio
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hs.config import parse_config
 from hs.federation.ip_filter import IpRangeFilter
+from hs.media import preview as preview_module
 from hs.media.html_preview import MAX_OG_TAGS, decode_html, detect_charset, parse_html, summarize
 from hs.media.oembed import OEmbedProviders, glob_to_regex, oembed_to_og
+from hs.media.preview import UrlPreviewer
 from hs.media.safe_fetch import (
     AddressBlocked,
     SafeFetcher,
@@ -233,3 +238,65 @@ def test_checks_before_connecting() -> None:
             _fetcher().check_url(url)
     with pytest.raises(UrlBlocked):
         _fetcher(url_blacklist=UrlBlacklist([{"hostname": "example.org"}])).check_url("https://EXAMPLE.org:443/")
+
+
+# -- the preview cache --------------------------------------------------------------------------------
+class CountingPreviewer(UrlPreviewer):
+    """Makes a preview without fetching anything: counts the makes, fails for URLs containing "fail"."""
+
+    def __init__(self, clock: list[float]) -> None:
+        config = parse_config({"server_name": "test.local", "url_preview_enabled": True,
+                               "url_preview_ip_range_blacklist": ["127.0.0.0/8"]}, config_dir="/tmp")
+        super().__init__(config, None, clock=lambda: clock[0])
+        self.made: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def _make_now(self, url: str) -> dict[str, Any]:
+        self.made.append(url)
+        await self.gate.wait()
+        if "fail" in url:
+            raise ValueError("no preview")
+        return {"og:title": url}
+
+
+async def test_cache_shares_fetches_expires_and_evicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    previewer = CountingPreviewer(clock)
+    previewer.gate.clear()
+    waiting = [asyncio.create_task(previewer.preview("https://a.example/")) for _ in range(5)]
+    await asyncio.sleep(0)
+    previewer.gate.set()
+    assert [await t for t in waiting] == [{"og:title": "https://a.example/"}] * 5
+    assert await previewer.preview("https://a.example/") == {"og:title": "https://a.example/"}
+    assert previewer.made == ["https://a.example/"]
+    clock[0] = preview_module.CACHE_SECONDS + 1  # an hour later: made again
+    await previewer.preview("https://a.example/")
+    assert previewer.made == ["https://a.example/"] * 2
+    # Failures are not cached.
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            await previewer.preview("https://fail.example/")
+    assert previewer.made.count("https://fail.example/") == 2
+    # A bound on entries: the least recently used goes first.
+    monkeypatch.setattr(preview_module, "CACHE_ENTRIES", 3)
+    for name in ("b", "c", "d"):
+        await previewer.preview(f"https://{name}.example/")
+    made = len(previewer.made)
+    await previewer.preview("https://b.example/")  # still cached (a was evicted, b used last)
+    assert len(previewer.made) == made
+    await previewer.preview("https://a.example/")
+    assert len(previewer.made) == made + 1
+    assert len(previewer._cache) == 3
+
+
+async def test_a_waiter_going_away_does_not_cancel_the_shared_fetch() -> None:
+    previewer = CountingPreviewer([0.0])
+    previewer.gate.clear()
+    first = asyncio.create_task(previewer.preview("https://a.example/"))
+    second = asyncio.create_task(previewer.preview("https://a.example/"))
+    await asyncio.sleep(0)
+    first.cancel()
+    previewer.gate.set()
+    assert await second == {"og:title": "https://a.example/"}
+    assert previewer.made == ["https://a.example/"]
