@@ -140,10 +140,10 @@ async def site() -> AsyncIterator[WebSite]:
     await s.stop()
 
 
-async def start(make_server: Any, **config: Any) -> tuple[TestHomeServer, Client]:
+async def start(make_server: Any, engine: str = "sqlite", **config: Any) -> tuple[TestHomeServer, Client]:
     settings: dict[str, Any] = {"url_preview_enabled": True, "url_preview_ip_range_blacklist": BLACKLIST}
     settings.update(config)
-    srv = await make_server("sqlite", **settings)
+    srv = await make_server(engine, **settings)
     return srv, await user(srv, "alice")
 
 
@@ -164,8 +164,8 @@ async def test_loopback_refused_by_default(make_server: Any, site: WebSite) -> N
     assert site.hits == {}  # nothing was sent
 
 
-async def test_whitelisted_page_previewed_with_its_image_stored(make_server: Any, site: WebSite) -> None:
-    srv, alice = await start(make_server, url_preview_ip_range_whitelist=["127.0.0.1/32"])
+async def test_whitelisted_page_previewed_with_its_image_stored(make_server: Any, site: WebSite, engine: str) -> None:
+    srv, alice = await start(make_server, engine, url_preview_ip_range_whitelist=["127.0.0.1/32"])
     status, body = await preview(alice, site.url("/page"))
     assert status == 200, body
     assert body["og:title"] == "The Test Page"
