@@ -113,8 +113,8 @@ class S3Storage(StorageBackend):
     @classmethod
     def from_provider_config(cls, config: dict[str, Any]) -> S3Storage:
         """Build from a `media_storage_providers[].config` mapping (Synapse's keys). Raises ValueError
-        naming the key for a missing `bucket`, an unknown key or a bad value, so a typo fails at start
-        instead of at the first upload."""
+        naming the key for a missing `bucket`, an unknown key or a bad value, so a typo fails where the
+        config is read rather than at the first upload. No connection is made here."""
         unknown = sorted(set(config) - KNOWN_KEYS)
         if unknown:
             raise ValueError(f"unknown key {unknown[0]!r} under {_WHERE} "
@@ -196,15 +196,18 @@ class S3Storage(StorageBackend):
         (or cancellation) aborts the upload so the bucket does not keep (and bill) orphan parts."""
         client = await self._get_client()
         object_key = self.object_key(key)
-        created = await client.create_multipart_upload(
-            Bucket=self.bucket, Key=object_key, StorageClass=self.storage_class, **self._sse)
+        handle = await asyncio.to_thread(open, source, "rb")  # before the upload: nothing to abort if this fails
+        try:
+            created = await client.create_multipart_upload(
+                Bucket=self.bucket, Key=object_key, StorageClass=self.storage_class, **self._sse)
+        except BaseException:
+            handle.close()
+            raise
         upload_id: str = created["UploadId"]
         part_size = part_size_for(total)
         count = math.ceil(total / part_size)
         etags: dict[int, str] = {}
         next_part = iter(range(1, count + 1))
-
-        handle = await asyncio.to_thread(open, source, "rb")
 
         async def send_parts() -> None:
             # Each worker takes the next part number, reads that slice (positioned read: the workers
