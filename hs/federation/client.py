@@ -16,7 +16,8 @@ import asyncio
 import importlib.metadata
 import logging
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -52,6 +53,7 @@ WELL_KNOWN_TIMEOUT = 30.0  # seconds for one .well-known hop (the request's own 
 KEEPALIVE_TIMEOUT = 60.0  # seconds an idle connection to a destination is kept for reuse
 CONNECTION_LIMIT = 200  # open connections over all destinations
 ERROR_BODY_EXCERPT = 200  # characters of a non-Matrix error body quoted in the exception
+STREAM_READ_TIMEOUT = 60.0  # seconds without a byte of a streamed body (media) before giving up
 
 _TLS_VERSIONS = {
     "1": ssl.TLSVersion.TLSv1, "1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1,
@@ -286,6 +288,88 @@ class FederationClient:
         """POST a JSON body (signed); returns the parsed JSON."""
         return await self._request("POST", destination, path, query, body, timeout=timeout, signed=True,
                                    max_size=max_size)
+
+    @asynccontextmanager
+    async def stream_get(
+        self,
+        destination: str,
+        path: str,
+        query: Mapping[str, str | list[str]] | None = None,
+        *,
+        timeout: float = 60.0,
+        signed: bool = True,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET ``path`` from ``destination`` and hand over the response as soon as its headers are in
+        (within ``timeout``), whatever its status, for a body too large to hold (media). The caller
+        reads the body: a stall of `STREAM_READ_TIMEOUT` raises there, as aiohttp errors do. Without
+        ``signed`` no X-Matrix header is sent (the legacy media download)."""
+        if not path.startswith("/"):
+            raise ValueError(f"federation path must start with '/': {path!r}")
+        try:
+            parse_server_name(destination)
+        except DiscoveryError as e:
+            raise FederationError(destination, str(e)) from None
+        if not self._config.federation_allowed(destination):
+            raise FederationDenied(destination, "not in federation_domain_whitelist")
+        uri = f"{path}?{encode_query(query)}" if query else path
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        if signed:
+            headers["Authorization"] = sign_request(
+                self._config.server_name, destination, self._signing_key(), "GET", uri, None)
+        what = f"GET {path}"
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    resolved = await self.resolver.resolve(destination)
+                except DiscoveryError as e:
+                    raise FederationUnreachable(destination, str(e)) from None
+                url = URL(f"https://{_url_host(resolved.host_to_connect)}:{resolved.port}{uri}", encoded=True)
+                response = await self._open_stream(
+                    destination, what, url, {**headers, "Host": resolved.host_header}, resolved.tls_server_name)
+        except TimeoutError:
+            raise FederationUnreachable(destination, f"{what} timed out after {timeout:g} s") from None
+        try:
+            yield response
+        finally:
+            response.close()
+
+    @asynccontextmanager
+    async def stream_get_url(self, url: str, *, timeout: float = 60.0) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A plain GET (no X-Matrix, no server discovery) of a URL another server named, such as the
+        `Location` of a federation media answer, through the same IP filter and TLS settings as
+        federation; redirects are not followed (the caller decides). Otherwise as `stream_get`."""
+        parsed = URL(url)
+        host = parsed.host or url
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise FederationError(host, f"not an http(s) URL: {url[:200]}")
+        what = f"GET {parsed.scheme}://{parsed.raw_authority}{parsed.raw_path}"[:200]
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._open_stream(host, what, parsed, {"Accept": "*/*",
+                                                                        "Accept-Encoding": "identity"}, None)
+        except TimeoutError:
+            raise FederationUnreachable(host, f"{what} timed out after {timeout:g} s") from None
+        try:
+            yield response
+        finally:
+            response.close()
+
+    async def _open_stream(self, destination: str, what: str, url: URL, headers: dict[str, str],
+                           server_hostname: str | None) -> aiohttp.ClientResponse:
+        session = self._get_session(destination)
+        extra: dict[str, Any] = {} if server_hostname is None else {"server_hostname": server_hostname}
+        try:
+            return await session.get(
+                url, headers=headers, allow_redirects=False, auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=STREAM_READ_TIMEOUT), **extra)
+        except _BlockedAddress as e:
+            raise FederationDenied(destination, str(e)) from None
+        except (aiohttp.ClientSSLError, ssl.SSLError) as e:
+            raise FederationUnreachable(destination, f"{what}: TLS failure: {e}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            if isinstance(e, TimeoutError):
+                raise
+            raise FederationUnreachable(destination, f"{what}: {_describe(e)}") from None
 
     # -- internals ------------------------------------------------------------------------------------
     async def _request(

@@ -1,21 +1,390 @@
-"""Media of other servers, fetched over federation and cached. (Being built: see issue 14.)"""
+"""Media of other servers, fetched over federation and cached in `remote_media_cache`.
+
+A download of `mxc://other/id` is answered from the cache when the row exists. Otherwise the file
+is fetched once, however many requests ask for it at the same time: the first starts a fetch task
+and every request waits on that task (shielded, so a client going away does not cut the download
+short for the others; a failed fetch is forgotten, so a later request tries again).
+
+The fetch asks the authenticated endpoint, `GET /_matrix/federation/v1/media/download/{mediaId}`
+(X-Matrix signed, spec v1.11), and reads its multipart/mixed answer as it arrives: the JSON part,
+then the media part, whose bytes are streamed into a temporary file of the local store (capped at
+`max_upload_size`: 502 M_TOO_LARGE beyond, as the spec has it for content too large to proxy), or
+whose `Location` header names where the bytes are (followed with plain GETs through the same IP
+filter as federation, at most `MAX_REDIRECTS` hops). A server that does not know the endpoint
+(404/405 M_UNRECOGNIZED, or an older server's 400 M_UNRECOGNIZED: Synapse's test) is asked on the
+legacy unauthenticated `/_matrix/media/v3/download/...`; its media is cached with
+`authenticated = False`, media of the new endpoint with `enable_authenticated_media` (as Synapse).
+
+Bytes fetched for a client address count against a token bucket (`remote_media_download_burst_count`
+bytes, refilled at `remote_media_download_per_second`): a client over it gets 429 before anything is
+fetched, and a download that takes it over is stopped.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
 
 from hs.db.stores.media import MediaInfo
-from hs.errors import not_found
+from hs.errors import (
+    NOT_YET_UPLOADED,
+    TOO_LARGE,
+    UNRECOGNIZED,
+    MatrixError,
+    limit_exceeded,
+    not_found,
+    not_yet_uploaded,
+    too_large,
+    unreachable,
+)
+from hs.federation.client import FederationError
+from hs.media.multipart import (
+    MultipartError,
+    MultipartReader,
+    disposition_filename,
+    parse_boundary,
+    read_metadata,
+)
+from hs.media.storage import content_key
+from hs.util import LruCache
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# How long a request waits for the remote to start answering at least, and at most (its `timeout_ms`
+# in between; the remote itself waits up to that long for media not uploaded yet).
+MIN_WAIT_MS = 1_000
+MAX_WAIT_MS = 120_000
+ANSWER_GRACE_S = 10.0  # on top of timeout_ms, for the remote's answer to start (discovery, TLS...)
+FETCH_DEADLINE_S = 600.0  # a whole fetch, redirects and body included
+ERROR_BODY_LIMIT = 64 * 1024
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
+
+
+class _UnknownEndpoint(Exception):
+    """The remote does not serve the federation media endpoint (an older server)."""
+
+
+@dataclass
+class _Fetch:
+    """One fetch in progress, shared by the requests for the same media."""
+
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[MediaInfo] | None = None
+
+
+@dataclass(frozen=True)
+class _Received:
+    temp: Path
+    sha256: str
+    length: int
+    media_type: str
+    filename: str | None
+
+
+class ByteRateLimiter:
+    """A token bucket per key, counted in bytes: `burst` of them, refilled at `per_second`."""
+
+    def __init__(self, burst: int, per_second: int) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self._used: LruCache[str, tuple[float, float]] = LruCache(100_000)  # key -> (bytes used, when)
+
+    def _current(self, key: str, now: float) -> float:
+        used, last = self._used.get(key) or (0.0, now)
+        return max(0.0, used - (now - last) * self.per_second)
+
+    def _refuse(self, used: float) -> MatrixError:
+        over = used - self.burst
+        wait = over / self.per_second if self.per_second > 0 else 3600.0
+        return limit_exceeded(max(1, int(math.ceil(wait * 1000))))
+
+    def check(self, key: str | None) -> None:
+        """429 M_LIMIT_EXCEEDED when `key` has used up its bucket."""
+        if key is None:
+            return
+        now = time.monotonic()
+        used = self._current(key, now)
+        if used >= self.burst:
+            raise self._refuse(used)
+
+    def charge(self, key: str | None, n: int) -> None:
+        """Count `n` more bytes for `key`; 429 when that takes it over the bucket."""
+        if key is None:
+            return
+        now = time.monotonic()
+        used = self._current(key, now) + n
+        self._used.set(key, (used, now))
+        if used > self.burst:
+            raise self._refuse(used)
 
 
 class RemoteMedia:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
+        self.config = hs.config
+        self._fetches: dict[tuple[str, str], _Fetch] = {}
+        self.limiter = ByteRateLimiter(self.config.remote_media_download_burst_count,
+                                       self.config.remote_media_download_per_second)
 
     async def get(self, server_name: str, media_id: str, *, legacy: bool, timeout_ms: int,
                   client_address: str | None) -> MediaInfo:
-        """The cached copy of another server's media, fetched first if needed."""
-        raise not_found("Remote media is not available yet")
+        """The cached copy of another server's media, fetched first if needed. A legacy
+        (unauthenticated) request fetches nothing while `enable_authenticated_media` is on: what it
+        would fetch is authenticated media, which the legacy endpoints do not serve."""
+        store = self.hs.media.store
+        info = await store.get_remote(server_name, media_id)
+        if info is not None and info.uploaded:
+            return info
+        if server_name in self.config.prevent_media_downloads_from:
+            raise not_found("Not found")
+        if legacy and self.config.enable_authenticated_media:
+            raise not_found("Not found")
+        self.limiter.check(client_address)
+        key = (server_name, media_id)
+        fetch = self._fetches.get(key)
+        if fetch is None:
+            fetch = _Fetch()
+            fetch.task = asyncio.get_running_loop().create_task(
+                self._fetch(server_name, media_id, timeout_ms, client_address, fetch.answered),
+                name=f"remote media {server_name}/{media_id}")
+            self._fetches[key] = fetch
+            fetch.task.add_done_callback(lambda task: self._done(key, fetch, task))
+        return await self._wait(fetch, timeout_ms)
+
+    def _done(self, key: tuple[str, str], fetch: _Fetch, task: asyncio.Task[MediaInfo]) -> None:
+        if self._fetches.get(key) is fetch:
+            del self._fetches[key]
+        if not task.cancelled() and task.exception() is not None:
+            # (Retrieved here so that a fetch every waiter gave up on is not reported as unretrieved.)
+            logger.debug("remote media %s/%s: %s", key[0], key[1], task.exception())
+
+    @staticmethod
+    async def _wait(fetch: _Fetch, timeout_ms: int) -> MediaInfo:
+        """The fetch's result; 504 M_NOT_YET_UPLOADED if the remote has not started to answer within
+        `timeout_ms` (the fetch goes on, and a later request may find it done)."""
+        assert fetch.task is not None
+        wait_s = min(max(timeout_ms, MIN_WAIT_MS), MAX_WAIT_MS) / 1000
+        answered = asyncio.ensure_future(fetch.answered.wait())
+        try:
+            await asyncio.wait([fetch.task, answered], timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+        if not fetch.task.done() and not fetch.answered.is_set():
+            raise not_yet_uploaded("The remote server did not start sending the media in time")
+        return await asyncio.shield(fetch.task)
+
+    # -- one fetch -----------------------------------------------------------------------------------
+    async def _fetch(self, server_name: str, media_id: str, timeout_ms: int, client_address: str | None,
+                     answered: asyncio.Event) -> MediaInfo:
+        try:
+            async with asyncio.timeout(FETCH_DEADLINE_S):
+                try:
+                    got = await self._federation_download(server_name, media_id, timeout_ms, client_address,
+                                                          answered)
+                    authenticated = self.config.enable_authenticated_media
+                except _UnknownEndpoint:
+                    logger.info("%s has no federation media endpoint: fetching %s the legacy way", server_name,
+                                media_id)
+                    got = await self._legacy_download(server_name, media_id, timeout_ms, client_address,
+                                                      answered)
+                    authenticated = False
+        except TimeoutError:
+            raise unreachable(f"Timed out fetching media from {server_name}") from None
+        return await self._keep(server_name, media_id, got, authenticated)
+
+    async def _keep(self, server_name: str, media_id: str, got: _Received, authenticated: bool) -> MediaInfo:
+        media = self.hs.media
+        try:
+            await media.files.adopt(content_key(got.sha256), got.temp, remote=True)
+        finally:
+            got.temp.unlink(missing_ok=True)
+        await media.store.add_remote(server_name, media_id, got.media_type, got.filename, got.length, got.sha256,
+                                     authenticated)
+        try:
+            await media.thumbnails.on_stored(got.sha256, got.media_type)
+        except Exception:
+            # The media is served without thumbnails; a thumbnail request reports the problem.
+            logger.exception("thumbnailing remote media %s/%s failed", server_name, media_id)
+        info = await media.store.get_remote(server_name, media_id)  # (another process may have won)
+        assert info is not None
+        logger.info("fetched %s/%s: %d bytes of %s", server_name, media_id, got.length, got.media_type)
+        return info
+
+    def _answer_timeout(self, timeout_ms: int) -> float:
+        return min(max(timeout_ms, 0), MAX_WAIT_MS) / 1000 + ANSWER_GRACE_S
+
+    async def _federation_download(self, server_name: str, media_id: str, timeout_ms: int,
+                                   client_address: str | None, answered: asyncio.Event) -> _Received:
+        path = f"/_matrix/federation/v1/media/download/{quote(media_id, safe='')}"
+        location: str | None = None
+        try:
+            async with self.hs.federation_client.stream_get(
+                    server_name, path, {"timeout_ms": str(timeout_ms)},
+                    timeout=self._answer_timeout(timeout_ms)) as response:
+                if response.status != 200:
+                    body = await _error_body(response)
+                    if _unknown_endpoint(response.status, body):
+                        raise _UnknownEndpoint()
+                    raise _remote_error(server_name, response.status, body)
+                answered.set()
+                reader = MultipartReader(response.content.iter_chunked(CHUNK),
+                                         parse_boundary(response.headers.get("Content-Type")))
+                _, headers = await read_metadata(reader)
+                location = headers.get("location")
+                if not location:
+                    got = await self._receive(reader.body(), client_address, headers.get("content-type"),
+                                              headers.get("content-disposition"))
+                    try:
+                        if await reader.next_part() is not None:
+                            raise MultipartError("more than two parts")
+                    except BaseException:
+                        got.temp.unlink(missing_ok=True)
+                        raise
+                    return got
+        except MultipartError as e:
+            logger.info("media %s/%s: bad multipart answer: %s", server_name, media_id, e)
+            raise unreachable(f"{server_name} sent an invalid multipart answer: {e}") from None
+        except FederationError as e:
+            logger.info("media %s/%s: %s", server_name, media_id, e)
+            raise unreachable(f"Failed to fetch remote media from {server_name}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            logger.info("media %s/%s: reading the answer failed: %r", server_name, media_id, e)
+            raise unreachable(f"Failed to fetch remote media from {server_name}") from None
+        return await self._follow(server_name, str(response.url.join(URL(location))), client_address)
+
+    async def _legacy_download(self, server_name: str, media_id: str, timeout_ms: int,
+                               client_address: str | None, answered: asyncio.Event) -> _Received:
+        path = f"/_matrix/media/v3/download/{quote(server_name, safe='')}/{quote(media_id, safe='')}"
+        query = {"allow_remote": "false", "allow_redirect": "true", "timeout_ms": str(timeout_ms)}
+        location: str | None = None
+        try:
+            async with self.hs.federation_client.stream_get(
+                    server_name, path, query, signed=False, timeout=self._answer_timeout(timeout_ms)) as response:
+                location = response.headers.get("Location")
+                if response.status in REDIRECT_STATUSES and location:
+                    location = str(response.url.join(URL(location)))
+                else:
+                    if response.status != 200:
+                        raise _remote_error(server_name, response.status, await _error_body(response))
+                    answered.set()
+                    return await self._receive_response(response, client_address)
+        except FederationError as e:
+            logger.info("media %s/%s (legacy): %s", server_name, media_id, e)
+            raise unreachable(f"Failed to fetch remote media from {server_name}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            logger.info("media %s/%s (legacy): reading the answer failed: %r", server_name, media_id, e)
+            raise unreachable(f"Failed to fetch remote media from {server_name}") from None
+        return await self._follow(server_name, location, client_address)
+
+    async def _follow(self, server_name: str, url: str, client_address: str | None) -> _Received:
+        """The media at a `Location` the remote named: plain GETs, redirects followed a few times."""
+        try:
+            for _hop in range(MAX_REDIRECTS + 1):
+                async with self.hs.federation_client.stream_get_url(url) as response:
+                    location = response.headers.get("Location")
+                    if response.status in REDIRECT_STATUSES and location:
+                        url = str(response.url.join(URL(location)))
+                        continue
+                    if response.status != 200:
+                        raise _remote_error(server_name, response.status, await _error_body(response))
+                    return await self._receive_response(response, client_address)
+        except FederationError as e:
+            logger.info("media of %s at %s: %s", server_name, url[:200], e)
+            raise unreachable(f"Failed to fetch remote media from {server_name}") from None
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            logger.info("media of %s at %s: %r", server_name, url[:200], e)
+            raise unreachable(f"Failed to fetch remote media from {server_name}") from None
+        raise unreachable(f"Too many redirects fetching media from {server_name}")
+
+    async def _receive_response(self, response: aiohttp.ClientResponse, client_address: str | None) -> _Received:
+        """A plain HTTP answer's body (the legacy endpoint, a redirect's target) as the media."""
+        limit = self.config.max_upload_size
+        if response.content_length is not None and response.content_length > limit:
+            raise too_large(f"Remote media is larger than {limit} bytes", status=502)
+        return await self._receive(response.content.iter_chunked(CHUNK), client_address,
+                                   response.headers.get("Content-Type"), response.headers.get("Content-Disposition"))
+
+    async def _receive(self, chunks: AsyncIterator[bytes], client_address: str | None, content_type: str | None,
+                       disposition: str | None) -> _Received:
+        """The media's bytes into a temporary file of the local store, counted against the client's
+        bucket and capped at `max_upload_size` (502 M_TOO_LARGE beyond)."""
+        limit = self.config.max_upload_size
+        try:
+            temp, sha256, length = await self.hs.media.receive(
+                _counted(chunks, lambda n: self.limiter.charge(client_address, n)), limit)
+        except MatrixError as e:
+            if e.errcode == TOO_LARGE:
+                raise too_large(f"Remote media is larger than {limit} bytes", status=502) from None
+            raise
+        return _Received(temp, sha256, length, _clean_type(content_type), disposition_filename(disposition))
+
+
+async def _counted(chunks: AsyncIterator[bytes], charge: Callable[[int], None]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        charge(len(chunk))
+        yield chunk
+
+
+async def _error_body(response: aiohttp.ClientResponse) -> Any:
+    """An error answer's JSON (None if it is not JSON or too long)."""
+    try:
+        raw = await response.content.read(ERROR_BODY_LIMIT + 1)
+    except (aiohttp.ClientError, OSError):
+        return None
+    if len(raw) > ERROR_BODY_LIMIT:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _errcode(body: Any) -> str | None:
+    return body.get("errcode") if isinstance(body, dict) and isinstance(body.get("errcode"), str) else None
+
+
+def _unknown_endpoint(status: int, body: Any) -> bool:
+    """Synapse's test for a server without an endpoint: 404 or 405 with M_UNRECOGNIZED or no Matrix
+    error at all, or (older Synapses) 400 M_UNRECOGNIZED."""
+    errcode = _errcode(body)
+    if status in (404, 405):
+        return errcode is None or errcode == UNRECOGNIZED
+    return status == 400 and errcode == UNRECOGNIZED
+
+
+def _remote_error(server_name: str, status: int, body: Any) -> MatrixError:
+    """What to answer for the remote's error: not found and not yet uploaded pass through, too large
+    is 502 M_TOO_LARGE, anything else 502."""
+    errcode = _errcode(body)
+    if status == 404:
+        return not_found("Not found")
+    if status == 504 and errcode == NOT_YET_UPLOADED:
+        return not_yet_uploaded()
+    if errcode == TOO_LARGE:
+        return too_large("Remote media is too large", status=502)
+    logger.info("media from %s: HTTP %d %s", server_name, status, errcode or "")
+    return unreachable(f"Failed to fetch remote media from {server_name}: HTTP {status}")
+
+
+def _clean_type(header: str | None) -> str:
+    value = (header or "").strip()
+    if not value or len(value) > 255 or any(ord(c) < 0x20 for c in value):
+        return DEFAULT_MEDIA_TYPE
+    return value
