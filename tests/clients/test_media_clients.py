@@ -114,6 +114,12 @@ async def test_nio_image_and_file_through_a_room(make_server: Any, engine: str, 
         got = await bob.download(mxc=files[0].url, filename="renamed.bin")
         assert isinstance(got, nio.MemoryDownloadResponse), got
         assert (got.body == blob, got.filename) == (True, "renamed.bin")
+        # Streamed to disk: nio names the file in a directory after the server's Content-Disposition.
+        save_dir = tmp_path / "downloads"
+        save_dir.mkdir()
+        got = await bob.download(mxc=files[0].url, save_to=save_dir)
+        assert isinstance(got, nio.DiskDownloadResponse), got
+        assert got.body == save_dir / "données 2026.bin" and got.body.read_bytes() == blob
 
         # Uploaded with authenticated media on: the legacy unauthenticated path does not serve it.
         server_name, media_id = mxc_parts(image_uri)
