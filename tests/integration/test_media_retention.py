@@ -19,7 +19,14 @@ import pytest
 
 from hs.media.background import MediaBackgroundJobs
 from tests.harness import TestHomeServer, ok, user
-from tests.integration.test_media_admin import add_remote, content_file, download_status, sha_of, store_root, upload
+from tests.integration.test_media_admin import (
+    add_remote,
+    content_file,
+    download_status,
+    sha_of,
+    store_root,
+    upload,
+)
 
 DAY_MS = 86_400_000
 
@@ -45,7 +52,7 @@ async def age(server: TestHomeServer, media_id: str, days: float) -> None:
 
 
 async def exists(server: TestHomeServer, media_id: str) -> bool:
-    return await server.hs.db.fetchval("SELECT COUNT(*) FROM local_media WHERE media_id = $1", media_id) == 1
+    return bool(await server.hs.db.fetchval("SELECT COUNT(*) FROM local_media WHERE media_id = $1", media_id) == 1)
 
 
 async def test_local_retention(server: TestHomeServer) -> None:
