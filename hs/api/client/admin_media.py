@@ -18,6 +18,11 @@ Errors are Synapse's: 401 without a token, 403 M_FORBIDDEN for a non-admin, 404 
 media" / "Unknown user", 400 for another server's media or user where only local ones make sense, 400
 M_INVALID_PARAM for a `before_ts` that looks like seconds. Every call is logged with the admin who made
 it. The work is hs/media/admin.py's.
+
+Remote media is quarantined through its cached copy (`remote_media_cache`), as in Synapse: naming
+remote media not cached here changes nothing, and a later fetch of it is served. (Synapse also
+quarantines new uploads and fetches whose bytes are quarantined; in hs that check would belong to
+hs/media/repository.py and hs/media/remote.py, and is not made yet.)
 """
 
 from __future__ import annotations
