@@ -84,6 +84,7 @@ class MediaRepository:
         media_id = random_string(MEDIA_ID_LENGTH)
         await self.store.add_local(media_id, user_id, media_type, upload_name, length, sha256,
                                    self.config.enable_authenticated_media)
+        await self.store.inherit_quarantine(sha256, media_id)
         await self._after_store(sha256, media_type)
         return f"mxc://{self.server_name}/{media_id}"
 
@@ -99,6 +100,7 @@ class MediaRepository:
         media_id = random_string(MEDIA_ID_LENGTH)
         await self.store.add_local(media_id, user_id or f"@:{self.server_name}", media_type, upload_name, length,
                                    sha256, self.config.enable_authenticated_media)
+        await self.store.inherit_quarantine(sha256, media_id)
         await self._after_store(sha256, media_type)
         return f"mxc://{self.server_name}/{media_id}"
 
@@ -136,6 +138,7 @@ class MediaRepository:
             temp.unlink(missing_ok=True)
         if not await self.store.fill_reserved(media_id, media_type, upload_name, length, sha256):
             raise cannot_overwrite_media()
+        await self.store.inherit_quarantine(sha256, media_id)
         await self._after_store(sha256, media_type)
         event = self._upload_events.pop(media_id, None)
         if event is not None:

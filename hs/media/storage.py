@@ -109,6 +109,9 @@ class LocalStorage(StorageBackend):
         target = self.path(key)
         if target.exists():
             temp.unlink(missing_ok=True)
+            # The same bytes stored again: the file counts as new for the sweep of unused files (which
+            # spares young files), narrowing the window where it could delete it under a new row.
+            os.utime(target)
             return
         _fsync(temp)
         self._rename_in(temp, target)

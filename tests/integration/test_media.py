@@ -190,3 +190,17 @@ async def test_unknown_media(make_server: Any) -> None:
     status, _, body = await _raw(srv, "GET", "/_matrix/client/v1/media/download/other.example/x", alice.token,
                                  params={"allow_remote": "false"})
     assert status == 404
+
+
+async def test_quarantined_bytes_uploaded_again_stay_quarantined(make_server: Any) -> None:
+    srv = await make_server("sqlite")
+    alice = await _user(srv)
+    first = await _upload(srv, alice, b"bad bytes")
+    await srv.hs.db.execute("UPDATE local_media SET quarantined_by = '@admin:test.local' WHERE media_id = $1",
+                            first.rpartition("/")[2])
+    again = await _upload(srv, alice, b"bad bytes")
+    status, _, _ = await _raw(srv, "GET", f"/_matrix/client/v1/media/download/{_path(again)}", alice.token)
+    assert status == 404
+    other = await _upload(srv, alice, b"good bytes")
+    status, _, _ = await _raw(srv, "GET", f"/_matrix/client/v1/media/download/{_path(other)}", alice.token)
+    assert status == 200

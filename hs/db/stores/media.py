@@ -119,6 +119,22 @@ class MediaStore:
         await self.db.execute("UPDATE remote_media_cache SET last_access_ts = $3"
                               " WHERE media_origin = $1 AND media_id = $2", origin, media_id, now_ms())
 
+    async def inherit_quarantine(self, sha256: str, media_id: str, origin: str | None = None) -> None:
+        """Quarantine a new row at once if the same bytes are quarantined under another ID (as Synapse
+        does: a quarantined file uploaded again stays blocked). `origin` None: a local row."""
+        quarantined_by = await self.db.fetchval(
+            "SELECT quarantined_by FROM local_media WHERE sha256 = $1 AND quarantined_by IS NOT NULL UNION ALL"
+            " SELECT quarantined_by FROM remote_media_cache WHERE sha256 = $1 AND quarantined_by IS NOT NULL"
+            " LIMIT 1", sha256)
+        if quarantined_by is None:
+            return
+        if origin is None:
+            await self.db.execute("UPDATE local_media SET quarantined_by = $2 WHERE media_id = $1"
+                                  " AND safe_from_quarantine = 0", media_id, quarantined_by)
+        else:
+            await self.db.execute("UPDATE remote_media_cache SET quarantined_by = $3"
+                                  " WHERE media_origin = $1 AND media_id = $2", origin, media_id, quarantined_by)
+
     # -- files -----------------------------------------------------------------------------------------
     async def sha256_in_use(self, sha256: str) -> bool:
         """Whether any local or remote media row still names these bytes (else the file may go)."""
