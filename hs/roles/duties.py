@@ -27,8 +27,9 @@ def duties_for(config: HomeserverConfig, instance: str) -> set[str]:
         duties.add(FEDERATION_SENDER)
     if instance in pusher_instances(config):
         duties.add(PUSHER)
+    # The named instance (a media worker, typically); main only while it runs the media repository.
     media = config.media_instance_running_background_jobs or "main"
-    if media == instance and config.enable_media_repo:
+    if media == instance and (media != "main" or config.enable_media_repo):
         duties.add(MEDIA_BACKGROUND)
     if (config.update_user_directory_from_worker or "main") == instance:
         duties.add(USER_DIRECTORY)

@@ -57,3 +57,15 @@ def test_users_are_sharded_across_pusher_instances() -> None:
     assert {pusher_instance_for(parse_config({"server_name": "example.org"}), u) for u in users} == {"main"}
     off = parse_config({"server_name": "example.org", "start_pushers": False})
     assert pusher_instance_for(off, users[0]) is None
+
+
+def test_media_jobs_run_on_the_named_media_worker_when_main_does_not_serve_media() -> None:
+    from hs.roles.duties import MEDIA_BACKGROUND
+
+    cfg = parse_config({**CLUSTER, "enable_media_repo": False, "media_instance_running_background_jobs": "media1",
+                        "workers": {**CLUSTER["workers"], "media1": {"app": "media_repository"}}})  # type: ignore[dict-item]
+    assert [i for i in ("main", *cfg.workers) if MEDIA_BACKGROUND in duties_for(cfg, i)] == ["media1"]
+    # Main runs them by default, unless it does not run the media repository at all.
+    assert MEDIA_BACKGROUND in duties_for(parse_config({"server_name": "example.org"}), "main")
+    off = parse_config({"server_name": "example.org", "enable_media_repo": False})
+    assert MEDIA_BACKGROUND not in duties_for(off, "main")
