@@ -165,7 +165,14 @@ def _displayed_size(img: Image.Image, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def _format(img: Image.Image) -> str:
+    """The source format; MPO (camera JPEGs carrying a second picture) is read as the JPEG it starts with."""
+    return "JPEG" if img.format == "MPO" else str(img.format)
+
+
 def _is_animated(img: Image.Image) -> bool:
+    if _format(img) == "JPEG":  # an MPO's second frame is another picture, not an animation
+        return False
     try:
         return bool(getattr(img, "is_animated", False))
     except (OSError, ValueError, EOFError):
@@ -177,7 +184,7 @@ def probe(path: str, max_pixels: int) -> Header:
     with _open(path, max_pixels) as img:
         orientation = _orientation(img)
         width, height = _displayed_size(img, orientation)
-        return Header(width, height, str(img.format), _is_animated(img))
+        return Header(width, height, _format(img), _is_animated(img))
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -230,7 +237,7 @@ def make_thumbnails(path: str, sizes: Sequence[tuple[int, int, str]], tmp_dir: s
     with _open(path, max_pixels) as img:
         orientation = _orientation(img)
         src_w, src_h = _displayed_size(img, orientation)
-        fmt = str(img.format)
+        fmt = _format(img)
         # (factor, output size, method), largest first; duplicates dropped.
         targets: dict[tuple[int, int, str], float] = {}
         for width, height, method in sizes:

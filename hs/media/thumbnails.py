@@ -72,6 +72,7 @@ DYNAMIC_MAX_SIDE = 1600
 # Headers of recently asked files (size, animation, or why they are refused), so requests that need
 # them do not read the file again.
 HEADER_CACHE_SIZE = 4096
+CLOSE_TIMEOUT_S = 10.0
 
 
 def thumbnailable(media_type: str | None) -> bool:
@@ -357,8 +358,19 @@ class Thumbnails:
         pool.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
-        """Stop the workers (jobs running finish first; queued ones are dropped)."""
+        """Stop the workers: queued jobs are dropped, running ones get `CLOSE_TIMEOUT_S` to finish,
+        then their processes are terminated (a stop never waits on a stuck decoder)."""
         self._closed = True
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())  # the executor exposes no other way
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_S
+        for process in processes:
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.to_thread(process.join, remaining)
+            if process.is_alive():
+                logger.warning("a thumbnail worker did not stop in time: terminating it")
+                process.terminate()
+                await asyncio.to_thread(process.join, 1.0)

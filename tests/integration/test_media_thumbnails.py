@@ -97,7 +97,7 @@ async def _thumb(srv: TestHomeServer, client: Client | None, media: str, width: 
 
 async def _image(srv: TestHomeServer, client: Client, media: str, width: int, height: int, method: str = "scale",
                  **extra: str) -> tuple[str, Image.Image]:
-    status, headers, body = await _thumb(srv, client, media, width, height, method, **extra)
+    status, headers, body = await _thumb(srv, client, media, width, height, method, False, **extra)
     assert status == 200, body
     image = Image.open(io.BytesIO(body))
     return headers["Content-Type"], image
