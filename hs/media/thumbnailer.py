@@ -221,6 +221,13 @@ def _write(img: Image.Image, tmp_dir: str, media_type: str, **params: object) ->
         raise
 
 
+def _icc(img: Image.Image) -> dict[str, object]:
+    """The source's colour profile, kept so wide-gamut photos keep their colours (a few KB at most;
+    EXIF is not copied: orientation is applied and nothing else in it is the thumbnail's)."""
+    profile = img.info.get("icc_profile")
+    return {"icc_profile": profile} if isinstance(profile, bytes) and 0 < len(profile) <= 64 * 1024 else {}
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -260,6 +267,7 @@ def make_thumbnails(path: str, sizes: Sequence[tuple[int, int, str]], tmp_dir: s
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise Refused("unsupported", str(e)) from None
         media_type = _output_type(fmt, alpha)
+        colours = _icc(img)
         made: list[Made] = []
         try:
             frame = _reduce_and_orient(frame, orientation, src_w, src_h, needed)
@@ -272,7 +280,7 @@ def make_thumbnails(path: str, sizes: Sequence[tuple[int, int, str]], tmp_dir: s
                         (out_w, out_h), Image.Resampling.LANCZOS, reducing_gap=2.0)
                     if factor <= 1.0:
                         frame = thumb  # the next (smaller) sizes start from this full frame
-                temp, length = _write(thumb, tmp_dir, media_type)
+                temp, length = _write(thumb, tmp_dir, media_type, **colours)
                 made.append(Made(out_w, out_h, method, media_type, temp, length))
         except BaseException:
             for m in made:
@@ -321,6 +329,7 @@ def make_animated(path: str, width: int, height: int, method: str, tmp_dir: str,
                 frames.append(_animated_frame(img, orientation, out_w, out_h, method))
                 durations.append(ms)
             loop = img.info.get("loop", 0)
+            colours = _icc(img)
         except (OSError, ValueError, SyntaxError) as e:
             raise Refused("unsupported", str(e)) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -329,7 +338,7 @@ def make_animated(path: str, width: int, height: int, method: str, tmp_dir: str,
         return None
     temp, length = _write(frames[0], tmp_dir, ANIMATED_MEDIA_TYPE, save_all=True, append_images=frames[1:],
                           duration=durations, loop=loop if isinstance(loop, int) else 0, quality=WEBP_QUALITY,
-                          method=4)
+                          method=4, **colours)
     return Made(out_w, out_h, method, ANIMATED_MEDIA_TYPE, temp, length)
 
 

@@ -97,6 +97,17 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
         red, blue = rgb.getpixel((90, 100)), rgb.getpixel((10, 100))
         assert isinstance(red, tuple) and isinstance(blue, tuple)
         assert red[0] > 200 and red[2] < 60 and blue[2] > 200 and blue[0] < 60
+        assert 0x0112 not in thumb.getexif()  # viewers must not rotate it again
+
+
+def test_colour_profile_is_kept(tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    source = _save(Image.new("RGB", (300, 200), "white"), tmp_path / "icc.jpg", "JPEG", icc_profile=profile)
+    for made in make_thumbnails(source, CONFIGURED, str(tmp_path / "out"), MAX_PIXELS):
+        with Image.open(made.path) as thumb:
+            assert thumb.info.get("icc_profile") == profile
 
 
 @pytest.mark.parametrize(("img", "fmt", "expected"), [
