@@ -16,8 +16,9 @@ legacy unauthenticated `/_matrix/media/v3/download/...`; its media is cached wit
 `authenticated = False`, media of the new endpoint with `enable_authenticated_media` (as Synapse).
 
 Bytes fetched for a client address count against a token bucket (`remote_media_download_burst_count`
-bytes, refilled at `remote_media_download_per_second`): a client over it gets 429 before anything is
-fetched, and a download that takes it over is stopped.
+bytes, refilled at `remote_media_download_per_second`; `ByteRateLimiter`): a client without room
+gets 429 M_LIMIT_EXCEEDED before anything is fetched. `prevent_media_downloads_from` servers' media
+is 404 even when cached, and servers `federation_domain_whitelist` leaves out are 403 (as Synapse).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from hs.errors import (
     TOO_LARGE,
     UNRECOGNIZED,
     MatrixError,
+    forbidden,
     limit_exceeded,
     not_found,
     not_yet_uploaded,
@@ -74,6 +76,7 @@ MAX_WAIT_MS = 120_000
 ANSWER_GRACE_S = 10.0  # on top of timeout_ms, for the remote's answer to start (discovery, TLS...)
 FETCH_DEADLINE_S = 600.0  # a whole fetch, redirects and body included
 ERROR_BODY_LIMIT = 64 * 1024
+HEADROOM = 1024 * 1024  # bytes of a client's bucket a download needs to start (Synapse's)
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 
 
@@ -99,40 +102,52 @@ class _Received:
 
 
 class ByteRateLimiter:
-    """A token bucket per key, counted in bytes: `burst` of them, refilled at `per_second`."""
+    """A token bucket per key, counted in bytes: `burst` of them, refilled at `per_second`.
+
+    As Synapse's: a download starts only if the client has `HEADROOM` bytes of room (or the whole
+    bucket, if smaller); a body whose length is announced is counted before it is read, and refused
+    if it does not fit; one of unknown length (a multipart part) is counted as it arrives and not cut
+    off, so it is the next download that is refused."""
 
     def __init__(self, burst: int, per_second: int) -> None:
         self.burst = burst
         self.per_second = per_second
         self._used: LruCache[str, tuple[float, float]] = LruCache(100_000)  # key -> (bytes used, when)
 
-    def _current(self, key: str, now: float) -> float:
+    def _current(self, key: str) -> tuple[float, float]:
+        now = time.monotonic()
         used, last = self._used.get(key) or (0.0, now)
-        return max(0.0, used - (now - last) * self.per_second)
+        return max(0.0, used - (now - last) * self.per_second), now
 
-    def _refuse(self, used: float) -> MatrixError:
-        over = used - self.burst
+    def _refuse(self, wanted: float) -> MatrixError:
+        over = wanted - self.burst
         wait = over / self.per_second if self.per_second > 0 else 3600.0
         return limit_exceeded(max(1, int(math.ceil(wait * 1000))))
 
     def check(self, key: str | None) -> None:
-        """429 M_LIMIT_EXCEEDED when `key` has used up its bucket."""
+        """429 M_LIMIT_EXCEEDED unless `key` has room to start a download."""
         if key is None:
             return
-        now = time.monotonic()
-        used = self._current(key, now)
-        if used >= self.burst:
-            raise self._refuse(used)
+        used, _ = self._current(key)
+        need = min(HEADROOM, self.burst)
+        if used + need > self.burst:
+            raise self._refuse(used + need)
 
-    def charge(self, key: str | None, n: int) -> None:
-        """Count `n` more bytes for `key`; 429 when that takes it over the bucket."""
+    def take(self, key: str | None, n: int) -> None:
+        """Count `n` bytes about to be fetched; 429 (and nothing counted) if they do not fit."""
         if key is None:
             return
-        now = time.monotonic()
-        used = self._current(key, now) + n
-        self._used.set(key, (used, now))
-        if used > self.burst:
-            raise self._refuse(used)
+        used, now = self._current(key)
+        if used + n > self.burst:
+            raise self._refuse(used + n)
+        self._used.set(key, (used + n, now))
+
+    def record(self, key: str | None, n: int) -> None:
+        """Count `n` bytes fetched (never refused: they are here)."""
+        if key is None:
+            return
+        used, now = self._current(key)
+        self._used.set(key, (used + n, now))
 
 
 class RemoteMedia:
@@ -148,12 +163,14 @@ class RemoteMedia:
         """The cached copy of another server's media, fetched first if needed. A legacy
         (unauthenticated) request fetches nothing while `enable_authenticated_media` is on: what it
         would fetch is authenticated media, which the legacy endpoints do not serve."""
+        if server_name in self.config.prevent_media_downloads_from:
+            raise not_found("Not found")  # even when cached: Synapse's trust & safety switch
+        if not self.config.federation_allowed(server_name):
+            raise forbidden(f"Federation denied with {server_name}.")
         store = self.hs.media.store
         info = await store.get_remote(server_name, media_id)
         if info is not None and info.uploaded:
             return info
-        if server_name in self.config.prevent_media_downloads_from:
-            raise not_found("Not found")
         if legacy and self.config.enable_authenticated_media:
             raise not_found("Not found")
         self.limiter.check(client_address)
@@ -193,6 +210,12 @@ class RemoteMedia:
     # -- one fetch -----------------------------------------------------------------------------------
     async def _fetch(self, server_name: str, media_id: str, timeout_ms: int, client_address: str | None,
                      answered: asyncio.Event) -> MediaInfo:
+        # A request that missed the cache just before the previous fetch of this media finished (and
+        # left the table of fetches) starts a new one: the row is there by now.
+        cached = await self.hs.media.store.get_remote(server_name, media_id)
+        if cached is not None and cached.uploaded:
+            return cached
+        timeout_ms = min(max(timeout_ms, 0), MAX_WAIT_MS)
         try:
             async with asyncio.timeout(FETCH_DEADLINE_S):
                 try:
@@ -227,8 +250,9 @@ class RemoteMedia:
         logger.info("fetched %s/%s: %d bytes of %s", server_name, media_id, got.length, got.media_type)
         return info
 
-    def _answer_timeout(self, timeout_ms: int) -> float:
-        return min(max(timeout_ms, 0), MAX_WAIT_MS) / 1000 + ANSWER_GRACE_S
+    @staticmethod
+    def _answer_timeout(timeout_ms: int) -> float:
+        return timeout_ms / 1000 + ANSWER_GRACE_S
 
     async def _federation_download(self, server_name: str, media_id: str, timeout_ms: int,
                                    client_address: str | None, answered: asyncio.Event) -> _Received:
@@ -316,19 +340,22 @@ class RemoteMedia:
     async def _receive_response(self, response: aiohttp.ClientResponse, client_address: str | None) -> _Received:
         """A plain HTTP answer's body (the legacy endpoint, a redirect's target) as the media."""
         limit = self.config.max_upload_size
-        if response.content_length is not None and response.content_length > limit:
+        announced = response.content_length
+        if announced is not None and announced > limit:
             raise too_large(f"Remote media is larger than {limit} bytes", status=502)
-        return await self._receive(response.content.iter_chunked(CHUNK), client_address,
+        if announced is not None:
+            self.limiter.take(client_address, announced)
+        return await self._receive(response.content.iter_chunked(CHUNK), client_address if announced is None else None,
                                    response.headers.get("Content-Type"), response.headers.get("Content-Disposition"))
 
     async def _receive(self, chunks: AsyncIterator[bytes], client_address: str | None, content_type: str | None,
                        disposition: str | None) -> _Received:
-        """The media's bytes into a temporary file of the local store, counted against the client's
-        bucket and capped at `max_upload_size` (502 M_TOO_LARGE beyond)."""
+        """The media's bytes into a temporary file of the local store, capped at `max_upload_size`
+        (502 M_TOO_LARGE beyond), counted in the bucket of `client_address` (None: counted already)."""
         limit = self.config.max_upload_size
         try:
             temp, sha256, length = await self.hs.media.receive(
-                _counted(chunks, lambda n: self.limiter.charge(client_address, n)), limit)
+                _counted(chunks, lambda n: self.limiter.record(client_address, n)), limit)
         except MatrixError as e:
             if e.errcode == TOO_LARGE:
                 raise too_large(f"Remote media is larger than {limit} bytes", status=502) from None

@@ -263,8 +263,8 @@ async def test_concurrent_downloads_fetch_once_and_the_cache_outlives_the_remote
     assert status == 404
 
 
-async def test_redirect_part_is_followed(make_fed_hs: MakeFedHs, make_fake: Callable[[], Awaitable[MediaFake]]
-                                         ) -> None:
+async def test_redirect_part_is_followed(make_fed_hs: MakeFedHs, make_fake: Callable[[], Awaitable[MediaFake]],
+                                         caplog: pytest.LogCaptureFixture) -> None:
     """A Location part is fetched with a plain GET (one more redirect hop followed), and a Location
     naming a private address is refused without connecting."""
     local = await make_fed_hs()
@@ -283,6 +283,7 @@ async def test_redirect_part_is_followed(make_fed_hs: MakeFedHs, make_fake: Call
     fake.redirect["private"] = "http://169.254.169.254/latest/meta-data"
     status, _, body = await download(local, alice.token, f"{fake.server_name}/private")
     assert status == 502, body
+    assert "resolves to forbidden address(es) 169.254.169.254" in caplog.text
 
 
 async def test_legacy_fallback(make_fed_hs: MakeFedHs, make_fake: Callable[[], Awaitable[MediaFake]]) -> None:
@@ -326,6 +327,10 @@ async def test_errors_size_cap_and_blocked_servers(make_fed_hs: MakeFedHs,
     assert not tmp.exists() or not list(tmp.iterdir())  # the partial file is gone
     status, _, body = await download(local, alice.token, f"{fake.server_name}/fits")
     assert status == 200 and body == fake.media["fits"][0]
+    local.hs.config.prevent_media_downloads_from.append(fake.server_name)
+    status, _, _ = await download(local, alice.token, f"{fake.server_name}/fits")
+    assert status == 404  # not even the cached copy
+    local.hs.config.prevent_media_downloads_from.remove(fake.server_name)
     status, _, body = await download(local, alice.token, f"{fake.server_name}/missing")
     assert status == 404 and error(body) == "M_NOT_FOUND"
     blocked.media["x"] = (b"x", "text/plain", None)
@@ -338,30 +343,41 @@ async def test_errors_size_cap_and_blocked_servers(make_fed_hs: MakeFedHs,
 
 async def test_rate_limit_and_timeout(make_fed_hs: MakeFedHs, make_fake: Callable[[], Awaitable[MediaFake]]
                                       ) -> None:
-    """Bytes fetched count per client address: the download that goes over the burst is stopped and
-    the next one refused (429) before anything is fetched. A remote that does not start answering
-    within timeout_ms gives 504 M_NOT_YET_UPLOADED."""
+    """Bytes fetched count per client address (Synapse's rules): a download starts only with room in
+    the bucket (here the whole bucket, as it is under 1 MiB), a multipart body is counted as it
+    arrives, and an announced length that does not fit is refused before the body is read; cached
+    media costs nothing. A remote that does not start answering within timeout_ms gives 504."""
     fake = await make_fake()
-    local = await make_fed_hs(remote_media_download_burst_count=50_000, remote_media_download_per_second=1)
+    local = await make_fed_hs(remote_media_download_burst_count=100_000, remote_media_download_per_second=1)
     alice = await user(local, unique("alice"))
     assert alice.token
-    for name in ("one", "two", "three"):
-        fake.media[name] = (random_bytes(30_000), "application/octet-stream", None)
+    for name in ("one", "two"):
+        fake.media[name] = (random_bytes(60_000), "application/octet-stream", None)
     status, _, _ = await download(local, alice.token, f"{fake.server_name}/one")
     assert status == 200
     status, _, body = await download(local, alice.token, f"{fake.server_name}/two")
     assert status == 429 and error(body) == "M_LIMIT_EXCEEDED"
-    before = fake.count(FED_DOWNLOAD)
-    status, _, body = await download(local, alice.token, f"{fake.server_name}/three")
-    assert status == 429 and fake.count(FED_DOWNLOAD) == before
+    assert fake.count(FED_DOWNLOAD) == 1  # refused before asking
     status, _, _ = await download(local, alice.token, f"{fake.server_name}/one")  # cached: not counted
     assert status == 200
 
-    other = await make_fed_hs()
+    legacy = await make_fake()
+    legacy.legacy_only = True
+    legacy.media["huge"] = (random_bytes(150_000), "application/octet-stream", None)
+    legacy.media["fits"] = (random_bytes(90_000), "application/octet-stream", None)
+    other = await make_fed_hs(remote_media_download_burst_count=100_000, remote_media_download_per_second=1)
     bob = await user(other, unique("bob"))
     assert bob.token
+    status, _, body = await download(other, bob.token, f"{legacy.server_name}/huge")
+    assert status == 429 and error(body) == "M_LIMIT_EXCEEDED"
+    status, _, body = await download(other, bob.token, f"{legacy.server_name}/fits")
+    assert status == 200 and body == legacy.media["fits"][0]
+
+    third = await make_fed_hs()
+    carol = await user(third, unique("carol"))
+    assert carol.token
     fake.hold = asyncio.Event()
-    status, _, body = await download(other, bob.token, f"{fake.server_name}/three", timeout_ms="1000")
+    status, _, body = await download(third, carol.token, f"{fake.server_name}/two", timeout_ms="1000")
     assert status == 504 and error(body) == "M_NOT_YET_UPLOADED"
     fake.hold.set()
 
