@@ -240,6 +240,7 @@ class RemoteMedia:
             got.temp.unlink(missing_ok=True)
         await media.store.add_remote(server_name, media_id, got.media_type, got.filename, got.length, got.sha256,
                                      authenticated)
+        await media.store.inherit_quarantine(got.sha256, media_id, server_name)
         try:
             await media.thumbnails.on_stored(got.sha256, got.media_type)
         except Exception:

@@ -341,6 +341,25 @@ async def test_errors_size_cap_and_blocked_servers(make_fed_hs: MakeFedHs,
     assert status == 502, body
 
 
+async def test_fetched_bytes_quarantined_here_stay_blocked(make_fed_hs: MakeFedHs,
+                                                          make_fake: Callable[[], Awaitable[MediaFake]]) -> None:
+    """Remote media whose bytes are quarantined here under another ID is quarantined once fetched."""
+    local = await make_fed_hs()
+    _, admin_token = await local.register_user(unique("admin"), admin=True)
+    data = random_bytes(5_000)
+    server_and_id = await upload(local, admin_token, data, "application/octet-stream", "bad.bin")
+    status, _, body = await http(local, "POST", f"/_synapse/admin/v1/media/quarantine/{server_and_id}",
+                                 token=admin_token, data=b"{}")
+    assert status == 200, body
+    fake = await make_fake()
+    fake.media["same"] = (data, "application/octet-stream", None)
+    fake.media["other"] = (random_bytes(5_000), "application/octet-stream", None)
+    status, _, _ = await download(local, admin_token, f"{fake.server_name}/same")
+    assert status == 404 and fake.count(FED_DOWNLOAD) == 1
+    status, _, _ = await download(local, admin_token, f"{fake.server_name}/other")
+    assert status == 200
+
+
 async def test_rate_limit_and_timeout(make_fed_hs: MakeFedHs, make_fake: Callable[[], Awaitable[MediaFake]]
                                       ) -> None:
     """Bytes fetched count per client address (Synapse's rules): a download starts only with room in
