@@ -146,9 +146,6 @@ def test_async_upload_created_on_one_worker_uploaded_on_the_other(media_cluster:
     assert lag < 2.0  # the poll runs every 0.5 s
 
 
-@pytest.mark.xfail(strict=True, reason="hs/roles/duties.py gives media_background_jobs only when enable_media_repo "
-                   "is on, which the shared config turns off for media workers (Synapse's layout): the named "
-                   "media worker gets no duty. Fix: count a media_repository worker as running the repository")
 def test_the_background_jobs_duty_is_on_the_named_worker_only(media_cluster: LocalCluster) -> None:
     holders = [name for name in media_cluster.instances if MEDIA_BACKGROUND in duties_for(media_cluster.config, name)]
     assert holders == [MEDIA_WORKERS[0]]
