@@ -60,16 +60,25 @@ class MotoServer:
         return {"bucket": bucket, "endpoint_url": self.endpoint_url, "region_name": REGION,
                 "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY, **extra}
 
-    async def create_bucket(self, name: str | None = None) -> str:
-        """A new bucket (a fresh name unless given): each test gets its own, so none sees another's."""
+    def client(self) -> Any:
+        """An aiobotocore S3 client of this server (an async context manager)."""
         from aiobotocore.session import get_session
 
+        return get_session().create_client("s3", endpoint_url=self.endpoint_url, region_name=REGION,
+                                           aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+
+    async def create_bucket(self, name: str | None = None) -> str:
+        """A new bucket (a fresh name unless given): each test gets its own, so none sees another's."""
         bucket = name or f"hs-test-{uuid.uuid4().hex[:12]}"
-        async with get_session().create_client(
-                "s3", endpoint_url=self.endpoint_url, region_name=REGION,
-                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY) as client:
+        async with self.client() as client:
             await client.create_bucket(Bucket=bucket)
         return bucket
+
+    async def keys(self, bucket: str) -> list[str]:
+        """Every key in the bucket (tests keep them under 1000: one page)."""
+        async with self.client() as client:
+            listed = await client.list_objects_v2(Bucket=bucket)
+        return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
 @pytest.fixture(scope="session")

@@ -164,9 +164,8 @@ async def test_prefix_and_storage_class(moto_server: MotoServer, bucket: str, tm
         source = tmp_path / "f"
         source.write_bytes(b"prefixed")
         await storage.put("content/pr/ef/prefixed", source)
+        assert await moto_server.keys(bucket) == ["hs1/content/pr/ef/prefixed"]
         client = await storage._get_client()
-        listed = await client.list_objects_v2(Bucket=bucket)
-        assert [o["Key"] for o in listed["Contents"]] == ["hs1/content/pr/ef/prefixed"]
         head = await client.head_object(Bucket=bucket, Key="hs1/content/pr/ef/prefixed")
         assert head["StorageClass"] == "STANDARD_IA"
         assert await read_all(storage, "content/pr/ef/prefixed") == b"prefixed"
@@ -433,3 +432,43 @@ async def test_multipart_upload_through_the_server(make_server: Any, moto_server
     _wipe_local_store(srv)
     status, _, body = await _http(srv, "GET", f"/_matrix/client/v1/media/download/{media_path}", alice.token)
     assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+
+
+async def test_thumbnails_come_from_s3_after_the_local_store_is_wiped(
+        make_server: Any, moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+    """Thumbnails made at upload are copied to the bucket too; with media_store_path wiped they are
+    served from it, and a dynamic thumbnail is made from the source fetched back from it."""
+    import io
+
+    import orjson
+    from PIL import Image
+
+    provider_entry = {"module": "s3_storage_provider.S3StorageProviderBackend", "store_local": True,
+                      "store_synchronous": True, "config": moto_server.provider_config(bucket)}
+    srv = await make_server("sqlite", media_storage_providers=[provider_entry], dynamic_thumbnails=True)
+    alice = srv.client()
+    await alice.register("alice")
+    image = Image.new("RGB", (1200, 900), (30, 120, 200))
+    image.paste((250, 200, 0), (300, 225, 600, 450))
+    jpeg = io.BytesIO()
+    image.save(jpeg, "JPEG", quality=85)
+    status, _, body = await _http(srv, "POST", "/_matrix/media/v3/upload", alice.token, jpeg.getvalue(),
+                                  {"Content-Type": "image/jpeg"})
+    assert status == 200, body
+    media_path = orjson.loads(body)["content_uri"].removeprefix("mxc://")
+
+    async def thumbnail(width: int, height: int, method: str) -> tuple[str, tuple[int, int]]:
+        url = f"/_matrix/client/v1/media/thumbnail/{media_path}?width={width}&height={height}&method={method}"
+        status, headers, body = await _http(srv, "GET", url, alice.token)
+        assert status == 200, body
+        return headers["Content-Type"], Image.open(io.BytesIO(body)).size
+
+    keys = await moto_server.keys(bucket)
+    assert sum(k.startswith("content/") for k in keys) == 1
+    assert sum(k.startswith("thumbnails/") for k in keys) == 5  # the configured sizes, made at upload
+
+    assert _wipe_local_store(srv) == 6
+    assert await thumbnail(96, 96, "crop") == ("image/jpeg", (96, 96))
+    assert await thumbnail(320, 240, "scale") == ("image/jpeg", (320, 240))
+    # Dynamic: made now, from the source the store fetches back from the bucket.
+    assert await thumbnail(100, 100, "scale") == ("image/jpeg", (100, 75))
