@@ -48,6 +48,10 @@ ANIMATED_MAX_FRAMES = 100
 ANIMATED_OUTPUT_PIXELS = 8 * 1024 * 1024
 DEFAULT_FRAME_MS = 100  # what browsers show for a GIF frame without a (usable) duration
 ANIMATED_MEDIA_TYPE = "image/webp"
+# Box-reduce large images to within this factor of the target before the final LANCZOS pass
+# (Pillow's default `reducing_gap` for thumbnails); RGBA is box-reduced this many rows at a time.
+REDUCING_GAP = 2.0
+STRIP_ROWS = 512
 
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -257,7 +261,7 @@ def make_thumbnails(path: str, sizes: Sequence[tuple[int, int, str]], tmp_dir: s
             # DCT scaling to at least twice what the largest thumbnail needs (Pillow's own
             # `thumbnail` keeps the same margin before its final resampling).
             raw_w, raw_h = img.size
-            img.draft(None, (math.ceil(raw_w * needed * 2), math.ceil(raw_h * needed * 2)))
+            img.draft(None, (math.ceil(raw_w * needed * REDUCING_GAP), math.ceil(raw_h * needed * REDUCING_GAP)))
         try:
             alpha = _has_alpha(img)
             frame = _normalised(img, alpha)
@@ -274,10 +278,10 @@ def make_thumbnails(path: str, sizes: Sequence[tuple[int, int, str]], tmp_dir: s
             for (out_w, out_h, method), factor in sorted(targets.items(), key=lambda t: -t[1]):
                 if method == "crop":
                     box = _crop_box(frame.width, frame.height, out_w, out_h)
-                    thumb = frame.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box, reducing_gap=2.0)
+                    thumb = frame.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box,
+                                         reducing_gap=REDUCING_GAP)
                 else:
-                    thumb = frame if frame.size == (out_w, out_h) else frame.resize(
-                        (out_w, out_h), Image.Resampling.LANCZOS, reducing_gap=2.0)
+                    thumb = frame if frame.size == (out_w, out_h) else _downscale(frame, out_w, out_h)
                     if factor <= 1.0:
                         frame = thumb  # the next (smaller) sizes start from this full frame
                 temp, length = _write(thumb, tmp_dir, media_type, **colours)
@@ -296,9 +300,37 @@ def _reduce_and_orient(frame: Image.Image, orientation: int, src_w: int, src_h: 
     if orientation in (5, 6, 7, 8):
         want_w, want_h = want_h, want_w
     if want_w < frame.width and want_h < frame.height:
-        frame = frame.resize((want_w, want_h), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        frame = _downscale(frame, want_w, want_h)
     method = _TRANSPOSE.get(orientation)
     return frame.transpose(method) if method is not None else frame
+
+
+def _downscale(frame: Image.Image, width: int, height: int) -> Image.Image:
+    """The whole frame at width x height: first box-reduced by an integer factor to within
+    `REDUCING_GAP` times the target (fast, and what Pillow's `reducing_gap` does), then LANCZOS.
+
+    Pillow resamples RGBA premultiplied (so transparent pixels' colours do not bleed), converting
+    the whole image to do so, and then skips `reducing_gap`: for a large decode that is a second
+    full-size copy and a full-size LANCZOS pass. RGBA is therefore box-reduced here a strip at a
+    time, each strip premultiplied on its own."""
+    factor = int(min(frame.width / width, frame.height / height) / REDUCING_GAP)
+    if factor > 1:
+        frame = _box_reduce(frame, factor)
+    if frame.size == (width, height):
+        return frame
+    return frame.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+
+
+def _box_reduce(frame: Image.Image, factor: int) -> Image.Image:
+    if frame.mode != "RGBA":
+        return frame.reduce(factor)
+    width, height = frame.size
+    out = Image.new("RGBa", (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, STRIP_ROWS // factor)
+    for top in range(0, height, rows):
+        strip = frame.crop((0, top, width, min(height, top + rows))).convert("RGBa")
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out.convert("RGBA")
 
 
 # -- animated thumbnails --------------------------------------------------------------------------------
@@ -343,9 +375,13 @@ def make_animated(path: str, width: int, height: int, method: str, tmp_dir: str,
 
 
 def _animated_frame(img: Image.Image, orientation: int, out_w: int, out_h: int, method: str) -> Image.Image:
+    """One frame of an animated thumbnail: reduced as a whole first (to the cover size for crop),
+    then oriented, then cut and resampled to its exact size."""
     frame = img.convert("RGBA")
-    transpose = _TRANSPOSE.get(orientation)
-    if transpose is not None:
-        frame = frame.transpose(transpose)
-    box = _crop_box(frame.width, frame.height, out_w, out_h) if method == "crop" else None
-    return frame.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box, reducing_gap=2.0)
+    src_w, src_h = _displayed_size(frame, orientation)
+    factor = min(1.0, _factor(src_w, src_h, out_w, out_h, method))
+    frame = _reduce_and_orient(frame, orientation, src_w, src_h, factor)
+    if method == "crop":
+        box = _crop_box(frame.width, frame.height, out_w, out_h)
+        return frame.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box)
+    return frame if frame.size == (out_w, out_h) else frame.resize((out_w, out_h), Image.Resampling.LANCZOS)

@@ -129,6 +129,21 @@ def test_output_types(tmp_path: Path, img: Image.Image, fmt: str, expected: str)
             assert thumb.mode == "RGBA" and thumb.getpixel((5, 5))[3] == 100  # type: ignore[index]
 
 
+def test_transparent_pixels_do_not_bleed(tmp_path: Path) -> None:
+    # Left half opaque red, right half fully transparent green: reduced premultiplied (strip by strip
+    # for a large RGBA image), no visible pixel of the thumbnail turns green at the edge.
+    img = Image.new("RGBA", (3001, 1500), (0, 255, 0, 0))
+    img.paste((255, 0, 0, 255), (0, 0, 1507, 1500))
+    source = _save(img, tmp_path / "half.png", "PNG")
+    [made] = make_thumbnails(source, [(100, 100, "scale")], str(tmp_path / "out"), MAX_PIXELS)
+    with Image.open(made.path) as thumb:
+        assert thumb.size == (100, 50) and thumb.mode == "RGBA"
+        pixels = [thumb.getpixel((x, y)) for x in range(100) for y in range(50)]
+    assert thumb.getpixel((10, 25)) == (255, 0, 0, 255) and thumb.getpixel((90, 25))[3] == 0  # type: ignore[index]
+    visible = [p for p in pixels if isinstance(p, tuple) and p[3] > 8]
+    assert visible and all(p[1] < 40 for p in visible)
+
+
 def test_large_jpeg_is_decoded_reduced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = _save(Image.new("RGB", (6000, 4000), "gray"), tmp_path / "big.jpg", "JPEG")
     decoded: list[tuple[int, int]] = []
