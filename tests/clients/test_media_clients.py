@@ -33,8 +33,6 @@ from tests.clients.media_fixtures import (
 from tests.harness import TestHomeServer, user
 
 SERVER = "test.local"
-# The thumbnails helper's work (hs/media/thumbnails.py) had not landed when these tests were written.
-THUMBNAILS_PENDING = pytest.mark.skip(reason="thumbnails not landed")
 
 
 async def _raw_get(url: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -130,7 +128,6 @@ async def test_nio_image_and_file_through_a_room(make_server: Any, engine: str, 
         await bob.close()
 
 
-@THUMBNAILS_PENDING
 async def test_nio_thumbnails_of_each_configured_size(make_server: Any, tmp_path: Any) -> None:
     """nio's thumbnail() for each of Synapse's default sizes of a 1200x900 PNG: crops exact, scales
     inside the box with the picture's 4:3 ratio (so exact here too), PNG kept as PNG; a file that is
@@ -209,7 +206,6 @@ async def test_mautrix_upload_and_download(make_server: Any, engine: str) -> Non
         await bob.api.session.close()
 
 
-@THUMBNAILS_PENDING
 async def test_mautrix_thumbnails_never_upscaled(make_server: Any) -> None:
     """download_thumbnail() of a 500x300 JPEG at each default size: crops exact; 320x240 scales to
     320x192; 640x480 and 800x600 stay at the source's 500x300 (never upscaled); JPEG stays JPEG."""
