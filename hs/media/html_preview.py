@@ -12,8 +12,9 @@ What a preview shows, in order of preference:
 
 The page may also name an oEmbed document (`<link rel="alternate" type="application/json+oembed">`).
 
-The work is bounded whatever the page: only the first `MAX_PARSE_CHARS` characters are parsed, at
-most `MAX_OG_TAGS` tags are kept and each value is cut to `MAX_VALUE_CHARS`.
+The work is bounded whatever the page: only the first `MAX_PARSE_CHARS` characters are parsed (fed so
+that broken markup cannot make the tokenizer quadratic, see `_feed_bounded`), at most `MAX_OG_TAGS`
+tags are kept and each value is cut to `MAX_VALUE_CHARS`.
 
 Charsets follow the HTML standard's order (byte order mark, then the Content-Type header, then a
 `<meta charset>` or `http-equiv` in the first 1024 bytes, then an XML declaration), with UTF-8 as
@@ -23,12 +24,18 @@ the default and windows-1252 for a body that is not valid UTF-8 and declares not
 from __future__ import annotations
 
 import codecs
+import logging
 import re
+import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
+logger = logging.getLogger(__name__)
+
 MAX_PARSE_CHARS = 1024 * 1024
+PARSE_CHUNK = 64 * 1024  # characters fed to the tokenizer at a time
+PARSE_SECONDS = 1.0  # of tokenizing a page at most (a safety net: ordinary pages take milliseconds)
 MAX_OG_TAGS = 50
 MAX_VALUE_CHARS = 2000
 MAX_IMAGES = 50
@@ -124,6 +131,7 @@ class _PageParser(HTMLParser):
         self._skip_depth = 0
         self._capturing: str | None = None  # "title" or a heading tag, while its text is gathered
         self._captured: list[str] = []
+        self.closing = False  # the final `>` is being fed (see _feed_bounded): not the page's text
 
     # The HTML tokenizer calls these.
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -159,6 +167,8 @@ class _PageParser(HTMLParser):
             self._add_text(" ")
 
     def handle_data(self, data: str) -> None:
+        if self.closing and data.endswith(">"):
+            data = data[:-1]
         if self._capturing is not None:
             if sum(len(c) for c in self._captured) < MAX_VALUE_CHARS:
                 self._captured.append(data)
@@ -256,14 +266,34 @@ def _best_image(parser: _PageParser) -> str | None:
     return parser.icon
 
 
-def parse_html(text: str, base_url: str) -> HtmlPreview:
-    """The OpenGraph dict of a page (already decoded) found at ``base_url``."""
-    parser = _PageParser()
+def _feed_bounded(parser: _PageParser, text: str) -> None:
+    """Feed the page in chunks, within `PARSE_SECONDS`, then end it with a `>`.
+
+    The standard library's tokenizer is quadratic on some broken markup: at the end of the input it
+    scans an unclosed tag (`<a<a<a...`, `</a</a...`) to the end again for every `<` in it (250 KB took
+    ~50 s, 500 KB ~5 min). A final `>` closes whatever is open, so that scan succeeds at once and
+    the whole rest is consumed in one step. While the chunks are fed an incomplete construct is only
+    rescanned once per chunk, and the time budget stops the feeding of a page that is slow anyway.
+    """
+    deadline = time.monotonic() + PARSE_SECONDS
     try:
-        parser.feed(text[:MAX_PARSE_CHARS])
+        for start in range(0, len(text), PARSE_CHUNK):
+            parser.feed(text[start:start + PARSE_CHUNK])
+            if time.monotonic() > deadline:
+                logger.info("URL preview: parsing a page stopped after %d characters (time budget)",
+                            start + PARSE_CHUNK)
+                break
+        parser.closing = True
+        parser.feed(">")
         parser.close()
     except (AssertionError, ValueError):  # the tokenizer gives up on some broken markup; keep what it saw
         pass
+
+
+def parse_html(text: str, base_url: str) -> HtmlPreview:
+    """The OpenGraph dict of a page (already decoded) found at ``base_url``."""
+    parser = _PageParser()
+    _feed_bounded(parser, text[:MAX_PARSE_CHARS])
     og: dict[str, str | int] = dict(parser.og)
     title = og.get("og:title") or parser.twitter.get("twitter:title") or parser.title or parser.heading
     if title:
