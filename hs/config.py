@@ -427,6 +427,15 @@ class MediaStorageProvider(Strict):
             raise ValueError(f"{value!r} is not a storage provider hs has (known: {', '.join(S3_PROVIDER_MODULES)})")
         return value
 
+    @field_validator("config")
+    @classmethod
+    def _valid_s3_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Checked when the config is read (not at the first upload): each problem names its key."""
+        from hs.media.s3 import S3Storage  # (no import of aiobotocore or of this module)
+
+        S3Storage.from_provider_config(value)
+        return value
+
 
 class OEmbedConfig(Strict):
     """Synapse's `oembed`: which oEmbed providers URL previews ask (hs ships none by default)."""

@@ -224,9 +224,12 @@ class MediaFiles:
                 continue
             temp = self.local.new_temp_path()
             try:
-                with open(temp, "wb") as out:
+                out = await asyncio.to_thread(open, temp, "wb")
+                try:
                     async for chunk in backend.read(key):
                         await asyncio.to_thread(out.write, chunk)
+                finally:
+                    out.close()
                 await self.local.adopt(key, temp)
             finally:
                 temp.unlink(missing_ok=True)
