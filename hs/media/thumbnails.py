@@ -14,12 +14,13 @@ and a `media_thumbnails` row, both named by the SOURCE file's hash: every media 
 bytes (a re-upload, a cached remote copy) shares them, and they survive restarts. Rows hold the
 thumbnail's real size (a `scale` thumbnail of a small image is the image's own size).
 
-Work. Pillow runs in a `ProcessPoolExecutor` of at most two processes (spawned, not forked: the
-server's threads and locks stay out of them; and without re-running the server's `__main__`, see
-`_WorkerProcess`), created on first use, with at most
-`JOBS_PER_PROCESS` jobs per process handed to it at once (others wait in the event loop). A worker
-that dies (a decoder crash, the OOM killer) breaks the pool: it is replaced, and the jobs it took
-with it are tried once more on the new one.
+Work. Pillow runs in a `ProcessPoolExecutor` of at most two processes, created on first use and
+spawned, not forked (the server's threads and locks stay out of them), without re-running the
+server's `__main__` (see `_WorkerProcess`). At most `JOBS_PER_PROCESS` jobs per process are handed
+to it at once; others wait in the event loop. A worker that dies (a decoder crash, the OOM killer)
+breaks the pool: it is replaced, and the jobs it took with it are tried once more on the new one.
+What a file's header says (size, animation, or why it is refused) is kept for the last
+`HEADER_CACHE_SIZE` files asked about, so only the first request of a refused image reads it.
 
 Choice (`select`), as Synapse's: among the thumbnails of the asked method, the smallest one at least
 as large as asked (for `crop` both sides; for `scale`, one side: a scale thumbnail fills its box on
