@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,6 +73,10 @@ class WebSite:
             return web.Response(text=OEMBED_PAGE, content_type="text/html")
         if path == "/oembed.json":
             return web.Response(body=OEMBED, content_type="application/json")
+        if path == "/provider/oembed":
+            assert request.query["format"] == "json"
+            return web.json_response({"version": "1.0", "type": "video", "title": "Video " + request.query["url"],
+                                      "provider_name": "Test Tube", "thumbnail_url": self.url("/image.png")})
         if path == "/image.png":
             return web.Response(body=PNG, content_type="image/png")
         if path == "/redirect":
@@ -331,4 +336,31 @@ async def test_concurrent_requests_share_one_fetch_and_the_cache(make_server: An
     status, again = await preview(alice, site.url("/slow-page"))
     assert (status, again) == (200, results[0][1])
     assert site.hits["/slow-page"] == 1
+    assert site.hits["/image.png"] == 1
+
+
+async def test_oembed_provider_from_additional_providers(make_server: Any, site: WebSite, tmp_path: Any) -> None:
+    providers = tmp_path / "providers.json"
+    providers.write_text(json.dumps([{"provider_name": "Test Tube", "endpoints": [
+        {"schemes": ["http://127.0.0.1:*/watch/*"], "url": site.url("/provider/oembed")}]}]))
+    _, alice = await start(make_server, url_preview_ip_range_whitelist=["127.0.0.1/32"],
+                           oembed={"disable_default_providers": True, "additional_providers": [str(providers)]})
+    watch = site.url("/watch/42")
+    status, body = await preview(alice, watch)
+    assert status == 200, body
+    assert body["og:title"] == f"Video {watch}"
+    assert body["og:site_name"] == "Test Tube"
+    assert body["og:type"] == "video.other"
+    assert body["og:url"] == watch
+    assert body["og:image"].startswith("mxc://test.local/")
+    assert "/watch/42" not in site.hits  # the provider was asked, not the page
+
+
+async def test_an_image_url_is_previewed_as_the_stored_image(make_server: Any, site: WebSite) -> None:
+    _, alice = await start(make_server, url_preview_ip_range_whitelist=["127.0.0.1/32"])
+    status, body = await preview(alice, site.url("/image.png"))
+    assert status == 200, body
+    assert body["og:image"].startswith("mxc://test.local/")
+    assert (body["og:image:type"], body["matrix:image:size"]) == ("image/png", len(PNG))
+    assert (body["og:image:width"], body["og:image:height"]) == (64, 48)
     assert site.hits["/image.png"] == 1
