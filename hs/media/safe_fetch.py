@@ -115,7 +115,10 @@ def _matcher(pattern: str) -> Callable[[str], bool]:
     """A regular expression when it starts with `^` (matched from the start, as Synapse's re.match),
     else a glob (case-sensitive, whatever the platform)."""
     if pattern.startswith("^"):
-        regex = re.compile(pattern)
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"url_preview_url_blacklist: {pattern!r} is not a regular expression: {e}") from None
         return lambda value: regex.match(value) is not None
     return lambda value: fnmatchcase(value, pattern)
 

@@ -217,6 +217,8 @@ def test_url_blacklist_globs_regexes_and_components() -> None:
     assert not blacklist.blocked("https://example.org/")
     with pytest.raises(ValueError, match="not a URL component"):
         UrlBlacklist([{"host": "x"}])
+    with pytest.raises(ValueError, match="not a regular expression"):
+        UrlBlacklist([{"path": "^(unclosed"}])
 
 
 def _fetcher(whitelist: tuple[str, ...] = (), url_blacklist: UrlBlacklist | None = None) -> SafeFetcher:
