@@ -58,11 +58,13 @@ async def create(request: web.Request) -> HandlerResult:
 async def upload_reserved(request: web.Request) -> HandlerResult:
     requester = await get_requester(request)
     filename = query_str(request, "filename", max_length=MAX_FILENAME_LENGTH)
+    server_name, media_id = _path_part(request, "serverName"), _path_part(request, "mediaId")
     await get_hs(request).media.upload_reserved(
-        requester.user_id, _path_part(request, "serverName"), _path_part(request, "mediaId"),
-        request.content.iter_chunked(UPLOAD_CHUNK), _declared_length(request),
-        request.headers.get("Content-Type"), filename)
-    return 200, {}
+        requester.user_id, server_name, media_id, request.content.iter_chunked(UPLOAD_CHUNK),
+        _declared_length(request), request.headers.get("Content-Type"), filename)
+    # The spec's answer is `{}` (Synapse's too); the URI is added because mautrix, which bridges use,
+    # reads `content_uri` from it and fails the upload without it.
+    return 200, {"content_uri": f"mxc://{server_name}/{media_id}"}
 
 
 async def _download(request: web.Request, *, legacy: bool) -> web.StreamResponse:
