@@ -242,7 +242,7 @@ class RemoteMedia:
                                      authenticated)
         await media.store.inherit_quarantine(got.sha256, media_id, server_name)
         try:
-            await media.thumbnails.on_stored(got.sha256, got.media_type)
+            await media.thumbnails.on_stored(got.sha256, got.media_type, remote=True)
         except Exception:
             # The media is served without thumbnails; a thumbnail request reports the problem.
             logger.exception("thumbnailing remote media %s/%s failed", server_name, media_id)

@@ -161,14 +161,15 @@ class Thumbnails:
         return max([DYNAMIC_MAX_SIDE] + [max(w, h) for w, h, _ in self.sizes])
 
     # -- made when a file is stored -------------------------------------------------------------------
-    async def on_stored(self, sha256: str, media_type: str | None) -> None:
+    async def on_stored(self, sha256: str, media_type: str | None, *, remote: bool = False) -> None:
         """A file was stored: make the configured thumbnail sizes if it is an image (nothing if it is
-        not one, or is refused: the upload stands without thumbnails)."""
+        not one, or is refused: the upload stands without thumbnails). `remote`: a cached copy of
+        another server's media (its thumbnails go to the storage providers with `store_remote`)."""
         if not thumbnailable(media_type) or not self.sizes:
             return
-        await self._once(("configured", sha256), lambda: self._make_configured(sha256))
+        await self._once(("configured", sha256), lambda: self._make_configured(sha256, remote))
 
-    async def _make_configured(self, sha256: str) -> None:
+    async def _make_configured(self, sha256: str, remote: bool) -> None:
         if any(t.media_type != ANIMATED_MEDIA_TYPE for t in await self.store.get(sha256)):
             return  # the same bytes were stored (and thumbnailed) before
         source = await self._source(sha256)
@@ -179,7 +180,7 @@ class Thumbnails:
             logger.info("no thumbnails of %s: %s (%s)", sha256, refused.reason, refused.detail)
             self._remember(sha256, refused)
             return
-        await self._adopt(sha256, made)
+        await self._adopt(sha256, made, remote=remote)
 
     # -- chosen for a request -------------------------------------------------------------------------
     async def select(self, info: MediaInfo, width: int, height: int, method: str,
@@ -209,7 +210,7 @@ class Thumbnails:
         if not still and self.sizes:
             await self._header(sha256)  # refused images raise here
             try:
-                await self._once(("configured", sha256), lambda: self._make_configured(sha256))
+                await self._once(("configured", sha256), lambda: self._make_configured(sha256, False))
             except Exception:
                 logger.exception("making the thumbnails of %s failed", sha256)
                 self._remember(sha256, Refused("unsupported", "thumbnailing failed"))
@@ -332,13 +333,14 @@ class Thumbnails:
         while len(self._headers) > HEADER_CACHE_SIZE:
             self._headers.popitem(last=False)
 
-    async def _adopt(self, sha256: str, made: list[Made]) -> list[ThumbnailInfo]:
-        """Move the worker's temporary files into the store and record them."""
+    async def _adopt(self, sha256: str, made: list[Made], *, remote: bool = False) -> list[ThumbnailInfo]:
+        """Move the worker's temporary files into the store and record them. (Dynamic and animated
+        thumbnails, made on request, go to the providers as local files do.)"""
         infos: list[ThumbnailInfo] = []
         try:
             for m in made:
                 await self.hs.media_files.adopt(thumbnail_key(sha256, m.width, m.height, m.method, m.media_type),
-                                                Path(m.path))
+                                                Path(m.path), remote=remote)
                 info = _info(m)
                 await self.store.add(sha256, info)
                 infos.append(info)
