@@ -150,3 +150,13 @@ def test_haproxy_accepts_the_rendered_config(tmp_path: Path) -> None:
                     + render_proxy_config(_cluster(), "haproxy", listen=18996))
     check = subprocess.run([haproxy, "-c", "-f", str(conf)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_media_route_is_under_the_media_locations() -> None:
+    """The media locations take every media endpoint; one outside them would still reach the media
+    workers (a per-route location of its own), but this says where each one goes today."""
+    from hs.roles.proxy import is_media_path
+    from hs.roles.routes import media_routes
+
+    outside = [p for r in media_routes() for p in r.full_paths() if not is_media_path(p)]
+    assert outside == []
