@@ -438,7 +438,8 @@ class MediaStorageProvider(Strict):
 
 
 class OEmbedConfig(Strict):
-    """Synapse's `oembed`: which oEmbed providers URL previews ask (hs ships none by default)."""
+    """Synapse's `oembed`: which oEmbed providers URL previews ask (YouTube and Twitter/X built in,
+    unless `disable_default_providers`; `additional_providers` are providers.json-format files)."""
 
     disable_default_providers: bool = False
     additional_providers: list[str] = Field(default_factory=list)
@@ -595,6 +596,15 @@ class HomeserverConfig(Strict):
     @classmethod
     def _size(cls, value: object) -> int:
         return parse_size(value)
+
+    @field_validator("url_preview_url_blacklist")
+    @classmethod
+    def _url_blacklist(cls, value: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Checked when the config is read, so a bad pattern is not a 500 on every preview."""
+        from hs.media.safe_fetch import UrlBlacklist
+
+        UrlBlacklist(value)
+        return value
 
     @field_validator("ip_range_blacklist", "federation_ip_range_blacklist", "ip_range_whitelist",
                      "url_preview_ip_range_blacklist", "url_preview_ip_range_whitelist")
@@ -772,6 +782,14 @@ def parse_config(data: Any, config_dir: str = ".") -> HomeserverConfig:
     except ValidationError as err:
         raise ConfigError(_format_errors(err)) from None
     cfg.config_dir = config_dir
+    if cfg.url_preview_enabled and cfg.oembed.additional_providers:
+        from hs.media.oembed import OEmbedProviders
+
+        try:  # the files, read now (relative to the config file) rather than at the first preview
+            OEmbedProviders(use_defaults=False,
+                            provider_files=[cfg.resolve_path(p) for p in cfg.oembed.additional_providers])
+        except ValueError as e:
+            raise ConfigError([str(e)]) from None
     return cfg
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hs.config import ConfigError, parse_config
@@ -172,3 +174,23 @@ def test_database_startup_timeout_is_a_duration() -> None:
 def test_redis_password_with_reserved_characters_is_percent_encoded() -> None:
     cfg = parse_config({"server_name": "x.org", "redis": {"enabled": True, "password": "a@b:c/d#e"}})
     assert cfg.redis.connection_url == "redis://:a%40b%3Ac%2Fd%23e@127.0.0.1:6379/0"
+
+
+def test_media_config_problems_are_found_when_the_config_is_read(tmp_path: Path) -> None:
+    cfg = parse_config({"server_name": "x", "max_upload_size": "10M", "unused_expiration_time": "1h"})
+    assert (cfg.max_upload_size, cfg.unused_expiration_time) == (10 * 1024 * 1024, 3_600_000)
+    cases = [
+        ({"max_upload_size": "ten megs"}, "max_upload_size"),
+        ({"url_preview_enabled": True}, "url_preview_ip_range_blacklist: required"),
+        ({"url_preview_url_blacklist": [{"netloc": "^(unclosed"}]}, "url_preview_url_blacklist"),
+        ({"media_storage_providers": [{"module": "s3_storage_provider.S3StorageProviderBackend",
+                                       "config": {}}]}, "bucket"),
+        ({"media_storage_providers": [{"module": "nope.Backend"}]}, "not a storage provider"),
+        ({"thumbnail_sizes": [{"width": 0, "height": 10}]}, "thumbnail_sizes.0.width"),
+        ({"url_preview_enabled": True, "url_preview_ip_range_blacklist": [],
+          "oembed": {"additional_providers": ["missing.json"]}}, "oembed.additional_providers"),
+    ]
+    for extra, expected in cases:
+        with pytest.raises(ConfigError) as err:
+            parse_config({"server_name": "x", **extra}, config_dir=str(tmp_path))
+        assert expected in str(err.value), (extra, str(err.value))
