@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from hs.federation.sender import FederationSender
     from hs.federation.transactions import TransactionHandler
     from hs.media.background import MediaBackgroundJobs
+    from hs.media.preview import UrlPreviewer
     from hs.media.remote import RemoteMedia
     from hs.media.repository import MediaRepository
     from hs.media.storage import MediaFiles
@@ -480,6 +481,13 @@ class HomeServer:
         from hs.media.remote import RemoteMedia
 
         return RemoteMedia(self)
+
+    @cached_property
+    def url_previewer(self) -> UrlPreviewer:
+        """URL previews (`url_preview_enabled`), with their in-memory cache."""
+        from hs.media.preview import UrlPreviewer
+
+        return UrlPreviewer(self.config, self.media.store_file)
 
     @cached_property
     def media_background(self) -> MediaBackgroundJobs:

@@ -32,7 +32,6 @@ import asyncio
 import logging
 import tempfile
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -51,7 +50,6 @@ from hs.media.safe_fetch import (
 
 if TYPE_CHECKING:
     from hs.config import HomeserverConfig
-    from hs.server import HomeServer
 
 logger = logging.getLogger(__name__)
 
@@ -246,14 +244,3 @@ def _drop_image(og: JsonDict) -> None:
 def _read_html(path: Path, header_charset: str | None) -> str:
     with path.open("rb") as f:
         return decode_html(f.read(MAX_HTML_READ), header_charset)
-
-
-_PREVIEWERS: weakref.WeakKeyDictionary[HomeServer, UrlPreviewer] = weakref.WeakKeyDictionary()
-
-
-def url_previewer(hs: HomeServer) -> UrlPreviewer:
-    """The process's previewer (its cache lives as long as the HomeServer)."""
-    previewer = _PREVIEWERS.get(hs)
-    if previewer is None:
-        previewer = _PREVIEWERS[hs] = UrlPreviewer(hs.config, hs.media.store_file)
-    return previewer

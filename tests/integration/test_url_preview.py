@@ -18,7 +18,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
 from hs.media import safe_fetch
-from hs.media.preview import url_previewer
 from tests.harness import Client, TestHomeServer, user
 from tests.services import free_port
 
@@ -222,7 +221,7 @@ async def test_names_resolving_to_blocked_addresses_refused(make_server: Any, si
     srv, alice = await start(make_server, url_preview_ip_range_whitelist=["127.0.0.1/32"])
     resolver = FakeResolver({"good.test": [["127.0.0.1"]], "evil.test": [["127.0.0.2"]],
                              "mixed.test": [["127.0.0.1", "127.0.0.2"]], "v6.test": [["::1"]]})
-    url_previewer(srv.hs).fetcher.resolver = resolver
+    srv.hs.url_previewer.fetcher.resolver = resolver
     status, body = await preview(alice, site.url("/plain-page", "good.test"))
     assert status == 200, body
     for name in ("evil.test", "mixed.test", "v6.test", "unknown.test"):
@@ -240,7 +239,7 @@ async def test_dns_rebinding_connects_to_the_checked_address(make_server: Any, s
     to the address that was checked, and the name is resolved once for it."""
     srv, alice = await start(make_server, url_preview_ip_range_whitelist=["127.0.0.1/32"])
     resolver = FakeResolver({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]]})
-    url_previewer(srv.hs).fetcher.resolver = resolver
+    srv.hs.url_previewer.fetcher.resolver = resolver
     status, body = await preview(alice, site.url("/plain-page", "rebind.test"))
     assert status == 200, body
     assert site.reached == ["127.0.0.1"]

@@ -12,7 +12,6 @@ from aiohttp import web
 from hs.api.base import HandlerResult, Route, get_hs, get_requester
 from hs.api.params import query_int, query_str
 from hs.errors import invalid_param
-from hs.media.preview import url_previewer
 
 MAX_URL_LENGTH = 8192  # characters
 
@@ -29,7 +28,7 @@ async def preview_url(request: web.Request) -> HandlerResult:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
         raise invalid_param("url must be an http or https URL")
-    return 200, await url_previewer(hs).preview(url)
+    return 200, await hs.url_previewer.preview(url)
 
 
 PREFIXES = ("/_matrix/client/v1/media", "/_matrix/media/v3", "/_matrix/media/r0", "/_matrix/media/v1")
