@@ -127,12 +127,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"config error: --role {instance!r} is not in workers", file=sys.stderr)
         return 1
     logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s {instance} %(name)s %(levelname)s %(message)s")
-    try:
-        import uvloop
+    if cfg.app_for(instance) != "media_repository":
+        # A media worker stays on asyncio's own loop: uvloop has no `loop.sendfile`, so downloads would
+        # be copied through Python in chunks (more memory per download, less throughput; see the
+        # media figures in docs/performance.md). Everything else gains from uvloop.
+        try:
+            import uvloop
 
-        uvloop.install()
-    except ImportError:
-        pass
+            uvloop.install()
+        except ImportError:
+            pass
     from hs.db.pool import DatabaseStartupError
     from hs.pidfile import PidFileInUse
     from hs.runner import run_forever

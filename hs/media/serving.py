@@ -34,6 +34,8 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Media never changes under its ID: caches may keep it (Synapse's policy).
 CACHE_CONTROL = "public,max-age=86400,s-maxage=86400"
 
+FILE_CHUNK_SIZE = 64 * 1024
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # Characters that may stand in a quoted `filename="..."` as they are.
 _PLAIN_FILENAME = re.compile(r"^[\x20-\x7e]+$")
@@ -105,7 +107,9 @@ async def stream_file(request: web.Request, backend: StorageBackend, key: str, s
     """Send a stored file (or the byte range asked for)."""
     headers = media_headers(media_type, filename)
     if isinstance(backend, LocalStorage):
-        return web.FileResponse(backend.path(key), headers=headers)
+        # (Chunks, where the loop cannot sendfile (uvloop, TLS), of 64 KiB: 256 KiB ones cost ~0.9 MB of
+        # memory per concurrent download against ~0.3 MB.)
+        return web.FileResponse(backend.path(key), chunk_size=FILE_CHUNK_SIZE, headers=headers)
     try:
         byte_range = parse_range(request.headers.get("Range"), size)
     except web.HTTPRequestRangeNotSatisfiable as refusal:
