@@ -46,15 +46,15 @@ class SlidingSyncError(AssertionError):
 
 def _v4_required_state(pairs: list[list[str]]) -> dict[str, Any]:
     """`[[type, state_key], ...]` (with `["m.room.member", "$LAZY"]` for lazy members) as the stable
-    `{include, exclude, lazy_members}` object. A `["-", ...]` pair is not part of the unstable shape;
+    `{include, exclude, lazy_members}` object (include/exclude hold `[type, state_key]` pairs). A `["-", ...]` pair is not part of the unstable shape;
     tests that want `exclude` pass it in `required_state_exclude`."""
-    include: list[dict[str, str]] = []
+    include: list[list[str]] = []
     lazy = False
     for ev_type, state_key in pairs:
         if ev_type == "m.room.member" and state_key == LAZY:
             lazy = True
             continue
-        include.append({"type": ev_type, "state_key": state_key})
+        include.append([ev_type, state_key])
     out: dict[str, Any] = {"include": include}
     if lazy:
         out["lazy_members"] = True
@@ -74,7 +74,7 @@ def _v4_room_config(cfg: dict[str, Any]) -> dict[str, Any]:
         out["required_state"] = _v4_required_state(out["required_state"])
     if "required_state_exclude" in out:
         out.setdefault("required_state", {"include": []})["exclude"] = [
-            {"type": t, "state_key": k} for t, k in out.pop("required_state_exclude")]
+            list(p) for p in out.pop("required_state_exclude")]
     return out
 
 
@@ -187,7 +187,7 @@ class SlidingClient(Client):
             v4["timeout"] = timeout
         return await self.request("POST", V4_PATH, v4)
 
-    async def sync(self, body: dict[str, Any], *, pos: str | None | bool = True,
+    async def slide(self, body: dict[str, Any], *, pos: str | None | bool = True,
                    timeout: int | None = 0) -> dict[str, Any]:
         """A request that must succeed; returns the normalised response and remembers its `pos`.
 

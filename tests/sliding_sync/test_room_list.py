@@ -43,7 +43,7 @@ async def test_room_list_growth(target: Target) -> None:
     expected_order = [rooms[5]] + [rooms[i] for i in range(N_ROOMS - 1, -1, -1) if i != 5]
 
     # 1. Top 20, one event each.
-    first = await alice.sync({"lists": _list([[0, 19]])}, pos=None)
+    first = await alice.slide({"lists": _list([[0, 19]])}, pos=None)
     assert first["lists"]["all"]["count"] == N_ROOMS
     assert list_room_ids(first, "all") == expected_order[:20]
     assert set(first["rooms"]) == set(expected_order[:20])
@@ -76,7 +76,7 @@ async def test_room_list_growth(target: Target) -> None:
             assert pairs == {("m.room.create", ""), ("m.room.member", alice.user_id), ("m.room.name", "")}
 
     # 2. The whole list, no waiting: only the two rooms not sent yet come with data.
-    second = await alice.sync({"lists": _list([[0, 99]])}, timeout=0)
+    second = await alice.slide({"lists": _list([[0, 99]])}, timeout=0)
     assert second["lists"]["all"]["count"] == N_ROOMS
     assert list_room_ids(second, "all") == expected_order
     assert set(second.get("rooms", {})) == set(expected_order[20:])
@@ -88,7 +88,7 @@ async def test_room_list_growth(target: Target) -> None:
     assert [h["user_id"] for h in unnamed["heroes"]] == [bob.user_id]
 
     # 3. The unnamed room opened: 20 events of timeline, all its state.
-    third = await alice.sync({"lists": _list([[0, 99]]),
+    third = await alice.slide({"lists": _list([[0, 99]]),
                               "room_subscriptions": {rooms[0]: {"timeline_limit": 20,
                                                                 "required_state": [["*", "*"]]}}})
     assert set(third.get("rooms", {})) == {rooms[0]}
@@ -103,7 +103,7 @@ async def test_room_list_growth(target: Target) -> None:
                                  ("m.room.member", bob.user_id)}
 
     # 4. Nothing changed since: an immediate answer with no room data.
-    fourth = await alice.sync({"lists": _list([[0, 99]]),
+    fourth = await alice.slide({"lists": _list([[0, 99]]),
                                "room_subscriptions": {rooms[0]: {"timeline_limit": 20,
                                                                  "required_state": [["*", "*"]]}}})
     assert fourth.get("rooms", {}) == {}
