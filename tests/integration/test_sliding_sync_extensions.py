@@ -4,13 +4,19 @@ messages, receipts, typing and keys made over HTTP."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from hs.services.sliding_sync.extensions import ExtensionRequest, compute_extensions
 from hs.streams.tokens import StreamToken
 from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, ok, user
+from tests.sliding_sync.client import SlidingClient, Target
 
 Json = dict[str, Any]
 ALL = {name: {"enabled": True} for name in ("to_device", "e2ee", "account_data", "receipts", "typing")}
@@ -54,7 +60,7 @@ async def send_to_device(sender: Client, target: Client, content: Json) -> None:
              {"messages": {target.user_id: {target.device_id: content}}})
 
 
-async def inbox_rows(server: TestHomeServer, user_id: str) -> int:
+async def inbox_rows(server: TestHomeServer, user_id: str | None) -> int:
     return int(await server.hs.db.fetchval("SELECT COUNT(*) FROM device_inbox WHERE user_id = $1", user_id))
 
 
@@ -290,3 +296,158 @@ async def test_receipts_for_requested_rooms_initial_and_incremental(server: Test
     grown = await extensions(server, alice, req, since=nxt.upto, lists={"top": [a, b]}, initial={b: [in_b]})
     assert set(grown.ext["receipts"]["rooms"]) == {b}
     assert set(grown.ext["receipts"]["rooms"][b]["content"][in_b]["m.read"]) == {bob.user_id}
+
+
+# == Through real HTTP, both shapes ==========================================================================
+# These need the core's endpoints. They run against hs speaking the unstable and the v4 shape (SQLite);
+# HS_SS_EXT_TARGETS=hs-unstable,hs-v4,synapse adds a real Synapse (unstable shape), against which the
+# expectations were checked. Each asks something the long-poll tests of tests/sliding_sync/test_live.py
+# do not: which rooms an extension covers in a real list window, to_device's own `since` and `limit`,
+# the shape of a new connection's answer, and malformed extensions.
+
+def _http_targets() -> list[str]:
+    return [t.strip() for t in os.environ.get("HS_SS_EXT_TARGETS", "hs-unstable,hs-v4").split(",") if t.strip()]
+
+
+@pytest.fixture(scope="session")
+def ext_synapse(tmp_path_factory: pytest.TempPathFactory, pg_base_dsn: str) -> Iterator[Any]:
+    from tests.sliding_sync.synapse_server import running_synapse
+
+    with running_synapse(tmp_path_factory.mktemp("ext-synapse"), pg_base_dsn) as synapse:
+        yield synapse
+
+
+@pytest.fixture(params=_http_targets())
+async def target(request: pytest.FixtureRequest, make_server: Any) -> Target:
+    name = str(request.param)
+    if name == "synapse":
+        synapse = request.getfixturevalue("ext_synapse")
+        return Target("synapse", synapse.base_url, synapse.server_name, "unstable", str(synapse.cert.ca_path))
+    if importlib.util.find_spec("hs.api.client.sliding_sync") is None:
+        pytest.skip("the core's sliding sync endpoints (hs/api/client/sliding_sync.py) have not landed")
+    srv = await make_server("sqlite")
+    return Target("hs", srv.base_url, srv.config.server_name, name.removeprefix("hs-"))
+
+
+def window(size: int, timeline_limit: int = 1) -> Json:
+    return {"ranges": [[0, size - 1]], "timeline_limit": timeline_limit, "required_state": [["m.room.name", ""]]}
+
+
+async def slide(client: SlidingClient, body: Json, timeout: int = 0, new: bool = False) -> Json:
+    return dict((await client.slide(body, pos=None if new else True, timeout=timeout)).get("extensions", {}))
+
+
+async def test_http_new_connection_answers_every_enabled_extension(target: Target) -> None:
+    alice = await target.user("alice")
+    await alice.create_room(name="one")
+    ext = await slide(alice, {"lists": {"all": window(5)}, "extensions": ALL}, new=True)
+    assert set(ext) == set(ALL)
+    assert isinstance(ext["to_device"]["next_batch"], str) and ext["to_device"]["events"] == []
+    assert ext["e2ee"]["device_one_time_keys_count"] == {"signed_curve25519": 0}
+    assert ext["e2ee"]["device_unused_fallback_key_types"] == []
+    assert "device_lists" not in ext["e2ee"]
+    assert "m.push_rules" in [e["type"] for e in ext["account_data"]["global"]]
+    assert ext["typing"] == {"rooms": {}} and ext["receipts"] == {"rooms": {}}
+    # Nothing enabled, or only unknown extensions: an empty object.
+    none = await slide(alice, {"lists": {"all": window(5)},
+                               "extensions": {"to_device": {"enabled": False}, "org.example.x": {"enabled": True}}})
+    assert none == {}
+
+
+async def test_http_extensions_cover_only_the_requested_window(target: Target) -> None:
+    alice = await target.user("alice")
+    bob = await target.user("bob")
+    rooms: dict[str, str] = {}
+    for name in ("outside", "subscribed", "top"):  # the newest message puts `top` first in the list
+        room = await alice.create_room(name=name, invite=[bob.user_id])
+        await bob.call("POST", f"/join/{room}", {})
+        await alice.send_message(room, name)
+        rooms[name] = room
+    top, outside, subscribed = rooms["top"], rooms["outside"], rooms["subscribed"]
+    body = {"lists": {"top": window(1)}, "room_subscriptions": {subscribed: {"timeline_limit": 1, "required_state": []}},
+            "extensions": {"typing": {"enabled": True}, "receipts": {"enabled": True, "rooms": []},
+                           "account_data": {"enabled": True, "lists": [], "rooms": [subscribed]}}}
+    await slide(alice, body, new=True)
+    uid = alice.user_id
+    read: dict[str, str] = {}
+    for room in (top, outside, subscribed):
+        await bob.call("PUT", f"/rooms/{room}/typing/{bob.user_id}", {"typing": True, "timeout": 30000})
+        read[room] = (await bob.call("GET", f"/rooms/{room}/messages?dir=b&limit=1"))["chunk"][0]["event_id"]
+        await bob.call("POST", f"/rooms/{room}/receipt/m.read/{read[room]}", {})
+        await alice.call("PUT", f"/user/{uid}/rooms/{room}/account_data/org.example.note", {"room": room})
+    ext = await slide(alice, body)
+    # typing: lists and rooms default to `*`: the list's window and the subscription.
+    assert set(ext["typing"]["rooms"]) == {top, subscribed}
+    # receipts: every list, no rooms: the window only.
+    assert set(ext["receipts"]["rooms"]) == {top}
+    assert bob.user_id in ext["receipts"]["rooms"][top]["content"][read[top]]["m.read"]
+    # account data: no lists, the subscribed room only.
+    assert ext["account_data"]["rooms"] == {
+        subscribed: [{"type": "org.example.note", "content": {"room": subscribed}}]}
+    # A new connection: `rooms: ["*"]` is every room of the response, the list's too (Synapse's rule);
+    # receipts start from those on the timeline sent (the window's newest event, which bob read).
+    fresh = await slide(alice, {**body, "extensions": {"typing": {"enabled": True, "lists": [], "rooms": ["*"]},
+                                                       "receipts": {"enabled": True}}}, new=True)
+    assert set(fresh["typing"]["rooms"]) == {top, subscribed}
+    assert set(fresh["receipts"]["rooms"]) == {top, subscribed}
+    assert bob.user_id in fresh["receipts"]["rooms"][top]["content"][read[top]]["m.read"]
+
+
+async def test_http_to_device_since_limit_and_acknowledgement(target: Target) -> None:
+    alice = await target.user("alice")
+    bob = await target.user("bob")
+    for i in range(3):
+        await bob.call("PUT", f"/sendToDevice/m.test/{uuid.uuid4().hex}",
+                       {"messages": {alice.user_id: {alice.device_id: {"i": i}}}})
+    body: Json = {"lists": {"all": window(1)}, "extensions": {"to_device": {"enabled": True, "limit": 2}}}
+    first = (await slide(alice, body, new=True))["to_device"]
+    assert [e["content"]["i"] for e in first["events"]] == [0, 1]
+    assert first["events"][0]["sender"] == bob.user_id and first["events"][0]["type"] == "m.test"
+    # Without its `since` the extension starts over: the same batch (nothing was acknowledged).
+    assert (await slide(alice, body))["to_device"]["events"] == first["events"]
+    body["extensions"]["to_device"]["since"] = first["next_batch"]
+    second = (await slide(alice, body))["to_device"]
+    assert [e["content"]["i"] for e in second["events"]] == [2]
+    # The first two are acknowledged: even a new connection from that `since` gets only the third.
+    assert (await slide(alice, body, new=True))["to_device"]["events"] == [
+        {"sender": bob.user_id, "type": "m.test", "content": {"i": 2}}]
+    body["extensions"]["to_device"]["since"] = second["next_batch"]
+    assert (await slide(alice, body))["to_device"]["events"] == []
+    # All acknowledged now: starting over without a `since` finds nothing.
+    del body["extensions"]["to_device"]["since"]
+    assert (await slide(alice, body, new=True))["to_device"]["events"] == []
+
+
+async def test_http_a_change_outside_the_window_does_not_wake_or_appear(target: Target) -> None:
+    alice = await target.user("alice")
+    bob = await target.user("bob")
+    rooms = []
+    for name in ("old", "new"):
+        room = await alice.create_room(name=name, invite=[bob.user_id])
+        await bob.call("POST", f"/join/{room}", {})
+        await alice.send_message(room, name)
+        rooms.append(room)
+    old, new = rooms
+    body = {"lists": {"top": window(1)}, "extensions": {"typing": {"enabled": True}, "receipts": {"enabled": True}}}
+    await slide(alice, body, new=True)
+    await slide(alice, body)
+    await bob.call("PUT", f"/rooms/{old}/typing/{bob.user_id}", {"typing": True, "timeout": 30000})
+    # A short long-poll: it ends at its timeout with nothing for the room outside the window.
+    quiet = await slide(alice, body, timeout=1000)
+    assert old not in quiet.get("typing", {}).get("rooms", {})
+    await bob.call("PUT", f"/rooms/{new}/typing/{bob.user_id}", {"typing": True, "timeout": 30000})
+    woken = await slide(alice, body, timeout=20000)
+    assert set(woken["typing"]["rooms"]) == {new}
+
+
+@pytest.mark.parametrize(("extensions", "errcode"), [
+    # A value of the right type that does not parse: M_INVALID_PARAM; a wrong type: M_BAD_JSON (Synapse's).
+    ({"to_device": {"enabled": True, "since": "not-a-number"}}, "M_INVALID_PARAM"),
+    ({"to_device": {"enabled": True, "limit": "ten"}}, "M_BAD_JSON"),
+    ({"typing": {"enabled": True, "lists": "all"}}, "M_BAD_JSON"),
+    ({"receipts": {"enabled": "yes"}}, "M_BAD_JSON"),
+])
+async def test_http_malformed_extensions_are_400(target: Target, extensions: Json, errcode: str) -> None:
+    alice = await target.user("alice")
+    status, data = await alice.sync_raw({"lists": {"all": window(1)}, "extensions": extensions})
+    assert (status, data.get("errcode")) == (400, errcode), data

@@ -59,8 +59,6 @@ def test_to_device_since_and_limit() -> None:
     [],
     {"to_device": []},
     {"to_device": {"enabled": "yes"}},
-    {"to_device": {"enabled": True, "since": "abc"}},
-    {"to_device": {"enabled": True, "since": "-1"}},
     {"to_device": {"enabled": True, "since": 5}},
     {"to_device": {"enabled": True, "limit": "10"}},
     {"to_device": {"enabled": True, "limit": True}},
@@ -72,6 +70,13 @@ def test_malformed_extensions_are_bad_json(raw: Any) -> None:
     with pytest.raises(MatrixError) as info:
         parse_extensions(raw)
     assert (info.value.code, info.value.errcode) == (400, "M_BAD_JSON")
+
+
+@pytest.mark.parametrize("since", ["abc", "-1", "1.5", ""])
+def test_a_to_device_since_that_is_no_position_is_invalid_param(since: str) -> None:
+    with pytest.raises(MatrixError) as info:
+        parse_extensions({"to_device": {"enabled": True, "since": since}})
+    assert (info.value.code, info.value.errcode) == (400, "M_INVALID_PARAM")
 
 
 def test_a_disabled_extension_is_not_validated_further() -> None:

@@ -139,7 +139,8 @@ def _to_device(obj: JsonDict) -> ToDeviceConfig:
     if since_raw is not None:
         if not isinstance(since_raw, str):
             raise bad_json("'extensions.to_device.since' must be a string")
-        since = parse_int(since_raw, "extensions.to_device.since", error=bad_json)
+        # A string that is no position is M_INVALID_PARAM, a wrong type M_BAD_JSON (as Synapse).
+        since = parse_int(since_raw, "extensions.to_device.since")
     limit_raw = obj.get("limit")
     limit = TO_DEVICE_DEFAULT_LIMIT
     if limit_raw is not None:
