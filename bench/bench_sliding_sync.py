@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Sliding sync (MSC4186), hs (monolith on PostgreSQL) vs Synapse (monolith on PostgreSQL), same run,
+same workload (figures, not a test):
+
+  .venv/bin/python bench/bench_sliding_sync.py                       # hs and Synapse
+  .venv/bin/python bench/bench_sliding_sync.py --targets hs --rooms 200 --connections 10
+
+Set-up, per server: a reader and a writer user; the writer creates --rooms rooms (public; two thirds
+named, one in five with m.room.encryption in its initial state), the reader joins each, and
+--messages messages are sent into each, alternately by both (all through the client API, rate limits
+off, --concurrency rooms at a time). The reader is then in --rooms rooms of two members.
+
+Workloads:
+  first: the first response of a fresh connection (a new conn_id, no pos) for the top 20 rooms as
+         Element X asks for them: one list, ranges [[0,19]], timeline_limit 1, required_state
+         m.room.name, m.room.avatar, m.room.encryption and m.room.member $LAZY, timeout 0 ->
+         ms from the request's start to the whole body read, median and p90 over --connections
+         connections (the first, colder one shown apart). The answer is checked: 20 rooms, count =
+         --rooms. Synapse serves the unstable path only; hs is measured on both.
+  wake:  the reader long-polls sliding sync (the same list, a pos, timeout 30 s); the writer PUTs a
+         message into one of its rooms; time from the PUT's start until the long-poll has returned
+         with it -> median and p90 over --trials trials; the same for /sync (bench_send_sync's
+         bench_wake, with the same aiohttp client), in the same run, for the same reader.
+
+Targets (issue 15): hs's first response <= 1/10 of Synapse's; hs's sliding sync wake-up <= 2x its /sync
+wake-up. Servers, client and PostgreSQL share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_send_sync import (  # noqa: E402
+    User,
+    _create_pg_database,
+    _drop_created_databases,
+    _wait_http,
+    bench_wake,
+    pct,
+    pg_dsn,
+    pg_host,
+    register,
+)
+
+UNSTABLE_PATH = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+V4_PATH = "/_matrix/client/v4/sync"
+OPEN = {"per_second": 100000, "burst_count": 100000}
+TOP = (0, 19)
+REQUIRED_STATE = [["m.room.name", ""], ["m.room.avatar", ""], ["m.room.encryption", ""], ["m.room.member", "$LAZY"]]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    secret: str
+    workdir: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_hs(workdir: Path, env: dict[str, str], wrapper: list[str]) -> Server:
+    """hs on PostgreSQL (a fresh database), rate limits off; `wrapper` runs it under a profiler."""
+    d = workdir / "hs"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg_path = d / "homeserver.yaml"
+    subprocess.run([sys.executable, "-m", "hs.cli", "generate-config", "--server-name", "bench.local",
+                    "--config-path", str(cfg_path), "--data-dir", str(d), "--force"], check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    port = _free_port()
+    cfg["listeners"] = [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "resources": ["client"]}]
+    cfg["database"] = {"engine": "postgres", "dsn": pg_dsn(_create_pg_database("hs_bench_ss_"))}
+    cfg["bcrypt_rounds"] = 4
+    for key in ("rc_message", "rc_registration"):
+        cfg[key] = OPEN
+    cfg["rc_login"] = {"address": OPEN, "account": OPEN, "failed_attempts": OPEN}
+    cfg["rc_joins"] = {"local": OPEN, "remote": OPEN}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    log = open(d / "hs.log", "ab")
+    cmd = [*wrapper, sys.executable, "-m", "hs.cli", "run", "--config", str(cfg_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(base, 120)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return Server("hs", proc, base, cfg["registration_shared_secret"], d)
+
+
+def start_synapse(workdir: Path) -> Server:
+    """Synapse as tests/federation/synapse.py installs it, on PostgreSQL, every rate limit off."""
+    from tests.federation.synapse import ensure_synapse
+
+    py = ensure_synapse()
+    d = workdir / "synapse"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg_path = d / "homeserver.yaml"
+    subprocess.run([str(py), "-m", "synapse.app.homeserver", "--server-name", "bench.local", "--config-path",
+                    str(cfg_path), "--generate-config", "--report-stats=no", "--data-directory", str(d)],
+                   check=True, stdout=subprocess.DEVNULL, cwd=d)
+    conf = yaml.safe_load(cfg_path.read_text())
+    port = _free_port()
+    conf["listeners"] = [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+                          "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}]}]
+    conf["database"] = {"name": "psycopg2", "args": {"user": "postgres", "host": pg_host(),
+                                                     "database": _create_pg_database("synapse_bench_ss_"),
+                                                     "cp_min": 5, "cp_max": 10}}
+    secret = uuid.uuid4().hex
+    conf["registration_shared_secret"] = secret
+    for key in ("rc_message", "rc_registration", "rc_joins_per_room", "rc_room_creation", "rc_presence"):
+        conf[key] = dict(OPEN)
+    conf["rc_invites"] = {"per_room": OPEN, "per_user": OPEN, "per_issuer": OPEN}
+    conf["rc_login"] = {"address": OPEN, "account": OPEN, "failed_attempts": OPEN}
+    conf["rc_joins"] = {"local": OPEN, "remote": OPEN}
+    conf.update({"trusted_key_servers": [], "suppress_key_server_warning": True, "enable_metrics": False,
+                 "bcrypt_rounds": 4, "presence": {"enabled": False}})
+    cfg_path.write_text(yaml.safe_dump(conf))
+    env = {**os.environ, "SYNAPSE_ASYNC_IO_REACTOR": "0"}
+    env.pop("PYTHONPATH", None)
+    log = open(d / "stdout.log", "ab")
+    proc = subprocess.Popen([str(py), "-m", "synapse.app.homeserver", "-c", str(cfg_path)], cwd=d, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(base, 180)
+    return Server("synapse", proc, base, secret, d)
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+
+async def populate(writer: User, reader: User, rooms: int, messages: int, concurrency: int) -> list[str]:
+    """`rooms` rooms of the two users, each with `messages` messages; returns their IDs (creation order)."""
+    room_ids: list[str | None] = [None] * rooms
+    todo = iter(range(rooms))
+
+    async def worker() -> None:
+        for i in todo:
+            initial_state = []
+            if i % 5 == 0:
+                initial_state.append({"type": "m.room.encryption", "state_key": "",
+                                      "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
+            body: dict[str, Any] = {"preset": "public_chat", "initial_state": initial_state}
+            if i % 3 != 0:
+                body["name"] = f"bench room {i}"
+            room_id = (await writer.call("POST", "/createRoom", body))["room_id"]
+            await reader.call("POST", f"/join/{room_id}", {})
+            for m in range(messages):
+                sender = writer if m % 2 == 0 else reader
+                await sender.call("PUT", f"/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
+                                  {"msgtype": "m.text", "body": f"message {m} in room {i}"})
+            room_ids[i] = room_id
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return [r for r in room_ids if r is not None]
+
+
+# -- sliding sync requests ---------------------------------------------------------------------------
+
+def sliding_body(shape: str, conn_id: str, pos: str | None, timeout: int) -> dict[str, Any]:
+    if shape == "unstable":
+        return {"conn_id": conn_id, "lists": {"top": {"ranges": [list(TOP)], "timeline_limit": 1,
+                                                      "required_state": REQUIRED_STATE}}}
+    include = [p for p in REQUIRED_STATE if p[1] != "$LAZY"]
+    body: dict[str, Any] = {"conn_id": conn_id, "timeout": timeout,
+                            "lists": {"top": {"range": list(TOP), "timeline_limit": 1,
+                                              "required_state": {"include": include, "lazy_members": True}}}}
+    if pos is not None:
+        body["pos"] = pos
+    return body
+
+
+async def sliding(u: User, shape: str, conn_id: str, pos: str | None = None, timeout: int = 0) -> Any:
+    params = {}
+    if shape == "unstable":
+        params["timeout"] = str(timeout)
+        if pos is not None:
+            params["pos"] = pos
+    path = UNSTABLE_PATH if shape == "unstable" else V4_PATH
+    async with u.s.post(u.base + path, params=params, json=sliding_body(shape, conn_id, pos, timeout),
+                        headers={"Authorization": f"Bearer {u.token}"}) as r:
+        data = await r.json(content_type=None)
+        if r.status != 200:
+            raise RuntimeError(f"sliding sync ({shape}): {r.status} {data}")
+        return data
+
+
+def timeline_bodies(room: dict[str, Any]) -> list[str]:
+    events = room.get("timeline", room.get("timeline_events", []))
+    return [e.get("content", {}).get("body", "") for e in events]
+
+
+async def bench_first(reader: User, shape: str, connections: int, rooms: int) -> dict[str, Any]:
+    times = []
+    for _ in range(connections):
+        t0 = time.perf_counter()
+        data = await sliding(reader, shape, "first-" + uuid.uuid4().hex[:8])
+        times.append(time.perf_counter() - t0)
+        got = data.get("rooms", {})
+        count = data.get("lists", {}).get("top", {}).get("count")
+        if len(got) != TOP[1] - TOP[0] + 1 or count != rooms:
+            raise RuntimeError(f"unexpected first response: {len(got)} rooms, count {count}")
+    rest = times[1:] or times
+    return {"first_ms": times[0] * 1000, "median_ms": statistics.median(rest) * 1000,
+            "p90_ms": pct(rest, 90) * 1000, "n": len(rest)}
+
+
+async def bench_sliding_wake(writer: User, reader: User, room_ids: list[str], shape: str, trials: int,
+                             idle_s: float) -> dict[str, float]:
+    conn_id = "wake-" + uuid.uuid4().hex[:8]
+    pos = (await sliding(reader, shape, conn_id))["pos"]
+    latencies = []
+    for i in range(trials):
+        # Catch up, so the long-poll below parks (the previous trial's own echo, if any).
+        while (caught := await sliding(reader, shape, conn_id, pos)).get("rooms"):
+            pos = caught["pos"]
+        pos = caught["pos"]
+        room = room_ids[i % len(room_ids)]
+        body = f"wake {i} {uuid.uuid4().hex}"
+
+        async def long_poll(since: str) -> tuple[Any, float]:
+            result = await sliding(reader, shape, conn_id, since, timeout=30000)
+            return result, time.perf_counter()
+
+        poll = asyncio.create_task(long_poll(pos))
+        await asyncio.sleep(idle_s)
+        t0 = time.perf_counter()
+        await writer.call("PUT", f"/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                          {"msgtype": "m.text", "body": body})
+        while True:
+            result, t1 = await poll
+            pos = result["pos"]
+            if body in timeline_bodies(result.get("rooms", {}).get(room, {})):
+                break
+            poll = asyncio.create_task(long_poll(pos))
+        latencies.append(t1 - t0)
+    return {"trials": trials, "p50_ms": pct(latencies, 50) * 1000, "p90_ms": pct(latencies, 90) * 1000}
+
+
+async def run_target(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    out: dict[str, Any] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as s:
+        writer = await register(s, server.base, server.secret, f"writer{tag}")
+        reader = await register(s, server.base, server.secret, f"reader{tag}")
+        t0 = time.perf_counter()
+        room_ids = await populate(writer, reader, args.rooms, args.messages, args.concurrency)
+        out["setup_s"] = time.perf_counter() - t0
+        print(f"  {server.name}: {len(room_ids)} rooms with {args.messages} messages each in {out['setup_s']:.0f} s",
+              flush=True)
+        # Let the server settle (background work after the burst of room creation).
+        await asyncio.sleep(args.settle)
+        if args.profile_trigger and server.name == "hs":
+            Path(args.profile_trigger).touch()
+        shapes = ["unstable", "v4"] if server.name == "hs" else ["unstable"]
+        for shape in shapes:
+            out[f"first_{shape}"] = await bench_first(reader, shape, args.connections, len(room_ids))
+        for shape in shapes:
+            out[f"wake_{shape}"] = await bench_sliding_wake(writer, reader, room_ids, shape, args.trials,
+                                                            args.idle_ms / 1000)
+        out["wake_sync"] = await bench_wake(writer, reader, room_ids[0], args.trials, args.idle_ms / 1000)
+    return out
+
+
+def report(name: str, res: dict[str, Any]) -> None:
+    for key, value in res.items():
+        if key.startswith("first_"):
+            print(f"  {name}: first response, top 20 of the rooms ({key[6:]}): median {value['median_ms']:.1f} ms, "
+                  f"p90 {value['p90_ms']:.1f} ms over {value['n']} connections (the very first: "
+                  f"{value['first_ms']:.1f} ms)", flush=True)
+    for key, value in res.items():
+        if key.startswith("wake_"):
+            what = "/sync" if key == "wake_sync" else f"sliding sync ({key[5:]})"
+            p90 = value.get("p90_ms", value.get("p99_ms"))
+            label = "p90" if "p90_ms" in value else "p99"
+            print(f"  {name}: {what} long-poll wake-up: median {value['p50_ms']:.1f} ms, {label} {p90:.1f} ms "
+                  f"over {value['trials']} trials", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--targets", default="hs,synapse")
+    ap.add_argument("--rooms", type=int, default=500)
+    ap.add_argument("--messages", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=8, help="rooms created at a time")
+    ap.add_argument("--connections", type=int, default=21, help="fresh connections for the first response")
+    ap.add_argument("--trials", type=int, default=30, help="wake-up trials (each of sliding sync and /sync)")
+    ap.add_argument("--idle-ms", type=float, default=50, help="how long a long-poll parks before the send")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds of quiet after the set-up")
+    ap.add_argument("--hs-env", action="append", default=[], metavar="KEY=VALUE", help="environment for hs")
+    ap.add_argument("--hs-wrapper", default="", help="a command hs runs under, e.g. 'py-spy record -o x.svg --'")
+    ap.add_argument("--profile-trigger", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    hs_env = dict(item.split("=", 1) for item in args.hs_env)
+
+    commit = subprocess.run(["git", "log", "-1", "--format=%h"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    print(f"hs at {commit}; {args.rooms} rooms, {args.messages} messages each; {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="hs-bench-ss-"))
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for target in args.targets.split(","):
+            server = (start_hs(workdir, hs_env, args.hs_wrapper.split()) if target == "hs"
+                      else start_synapse(workdir))
+            try:
+                results[target] = asyncio.run(run_target(server, args))
+            finally:
+                server.stop()
+            report(target, results[target])
+            print(f"  (load average after it: {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        _drop_created_databases()
+    hs, syn = results.get("hs"), results.get("synapse")
+    if hs:
+        ratio = hs["wake_unstable"]["p50_ms"] / hs["wake_sync"]["p50_ms"]
+        print(f"hs sliding sync wake-up / hs /sync wake-up (medians): {ratio:.2f}x (target <= 2x)")
+    if hs and syn:
+        ratio = hs["first_unstable"]["median_ms"] / syn["first_unstable"]["median_ms"]
+        print(f"hs / Synapse first response (medians, unstable path): {ratio:.3f} (1/{1 / ratio:.1f}; target <= 1/10)")
+        print(f"Synapse sliding sync wake-up / hs's: "
+              f"{syn['wake_unstable']['p50_ms'] / hs['wake_unstable']['p50_ms']:.1f}x")
+    print(f"logs in {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
