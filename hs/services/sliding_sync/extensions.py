@@ -9,7 +9,8 @@ What each one answers (MSC3885, MSC3884, MSC3959, MSC3960, MSC3961 as Synapse se
 
 * `to_device` `{next_batch, events}`: the device's messages after the extension's own `since` (the
   to_device stream position from the previous `next_batch`), at most `limit` (default 100, at most
-  1000). Messages at or below `since` are acknowledged and deleted, as /sync does with its token.
+  1000, where Synapse stops at 100). Messages at or below `since` are acknowledged and deleted, as
+  /sync does with its token; a `since` ahead of the stream gets nothing and deletes nothing.
 * `e2ee` `{device_one_time_keys_count, device_unused_fallback_key_types, device_lists}`: the counts
   always; `device_lists {changed, left}` only on an existing connection (a new one has no "since").
 * `account_data` `{global, rooms}`: global account data (with `m.push_rules`) changed since `since`,
@@ -27,7 +28,11 @@ Rooms sent from scratch: on a new connection every covered room starts from noth
 account data, the current typing users, and as receipts the user's own plus those on the events of
 the room's timeline (as Synapse, not every receipt of a large room). On an existing connection a
 room is treated so when the core names it in `ExtensionRequest.initial` (a room that came into range
-or was subscribed to), otherwise the extension sends what changed in (since, upto].
+or was subscribed to), otherwise the extension sends what changed in (since, upto]. Without the
+room's timeline from the core, receipts on its `RECENT_EVENTS_FOR_RECEIPTS` newest events stand in.
+Not tracked (Synapse remembers it per room and extension): a room that left the window and comes back
+without being sent from scratch gets what changed since the connection's last `pos`, not what
+changed while it was out of the window.
 
 Every enabled extension is in the response even when empty (as Synapse encodes them; clients read
 `to_device.next_batch` every time). "Anything new" is what Synapse counts for waking a long poll:
@@ -36,7 +41,8 @@ to-device events, device-list changes, account data, receipts, typing; key count
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -248,27 +254,37 @@ def narrow_receipts(content: JsonDict, user_id: str, event_ids: set[str]) -> Jso
 
 # -- the extensions ----------------------------------------------------------------------------------------
 async def compute_extensions(hs: HomeServer, request: ExtensionRequest) -> tuple[dict[str, Any], bool]:
-    """(the response's `extensions` object, whether it holds anything new)"""
+    """(the response's `extensions` object, whether it holds anything new)
+
+    The extensions read different streams and tables, so they are computed concurrently: a woken
+    long poll answers after the slowest one, not after their sum."""
     config = parse_extensions(request.requested)
-    out: dict[str, Any] = {}
-    updated = False
+    jobs: dict[str, Awaitable[JsonDict]] = {}
     if config.to_device is not None:
-        out["to_device"] = await _to_device_extension(hs, request, config.to_device)
-        updated = updated or bool(out["to_device"]["events"])
+        jobs["to_device"] = _to_device_extension(hs, request, config.to_device)
     if config.e2ee:
-        out["e2ee"] = await _e2ee_extension(hs, request)
-        lists = out["e2ee"].get("device_lists", {})
-        updated = updated or bool(lists.get("changed") or lists.get("left"))
+        jobs["e2ee"] = _e2ee_extension(hs, request)
     if config.account_data is not None:
-        out["account_data"] = await _account_data_extension(hs, request, config.account_data)
-        updated = updated or bool(out["account_data"]["global"] or out["account_data"]["rooms"])
+        jobs["account_data"] = _account_data_extension(hs, request, config.account_data)
     if config.receipts is not None:
-        out["receipts"] = await _receipts_extension(hs, request, config.receipts)
-        updated = updated or bool(out["receipts"]["rooms"])
+        jobs["receipts"] = _receipts_extension(hs, request, config.receipts)
     if config.typing is not None:
-        out["typing"] = await _typing_extension(hs, request, config.typing)
-        updated = updated or bool(out["typing"]["rooms"])
-    return out, updated
+        jobs["typing"] = _typing_extension(hs, request, config.typing)
+    out = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+    return out, any(is_news(name, value) for name, value in out.items())
+
+
+def is_news(name: str, value: JsonDict) -> bool:
+    """Whether an extension's answer is worth waking a long poll for (Synapse's rule: new to-device
+    messages, device-list changes, account data, receipts, typing; key counts alone are not)."""
+    if name == "to_device":
+        return bool(value["events"])
+    if name == "e2ee":
+        lists = value.get("device_lists", {})
+        return bool(lists.get("changed") or lists.get("left"))
+    if name == "account_data":
+        return bool(value["global"] or value["rooms"])
+    return bool(value["rooms"])
 
 
 def _sync_config(request: ExtensionRequest, since: StreamToken | None) -> SyncConfig:
