@@ -38,6 +38,7 @@ WRONG_ROOM_KEYS_VERSION = "M_WRONG_ROOM_KEYS_VERSION"
 THREEPID_MEDIUM_NOT_SUPPORTED = "M_THREEPID_MEDIUM_NOT_SUPPORTED"
 NOT_YET_UPLOADED = "M_NOT_YET_UPLOADED"
 CANNOT_OVERWRITE_MEDIA = "M_CANNOT_OVERWRITE_MEDIA"
+UNKNOWN_POS = "M_UNKNOWN_POS"
 
 # The error code a persister answers a replicated creation with when the room ID is taken (between
 # processes only: the creating process builds another create event).
@@ -96,6 +97,11 @@ def too_large(msg: str, *, status: int = 413) -> MatrixError:
 def cannot_overwrite_media(msg: str = "Media already uploaded") -> MatrixError:
     """409: an upload to a reserved media ID that already has its content."""
     return MatrixError(409, CANNOT_OVERWRITE_MEDIA, msg)
+
+
+def unknown_pos(msg: str = "Unknown or expired position") -> MatrixError:
+    """400: a sliding sync `pos` this server does not know (or no longer keeps): the client starts over."""
+    return MatrixError(400, UNKNOWN_POS, msg)
 
 
 def not_yet_uploaded(msg: str = "Content has not yet been uploaded") -> MatrixError:

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from hs.services.room_state import RoomStateReader
     from hs.services.room_summaries import RoomSummaries
     from hs.services.search import SearchService
+    from hs.services.sliding_sync.service import SlidingSyncService
     from hs.services.spaces import SpaceHierarchy
     from hs.services.sync import SyncService
     from hs.services.typing import TypingService
@@ -345,6 +346,12 @@ class HomeServer:
         from hs.services.sync import SyncService
 
         return SyncService(self)
+
+    @cached_property
+    def sliding_sync(self) -> SlidingSyncService:
+        from hs.services.sliding_sync.service import SlidingSyncService
+
+        return SlidingSyncService(self)
 
     @cached_property
     def presence(self) -> PresenceService:

@@ -73,8 +73,9 @@ def all_routes() -> list[Route]:
     from hs.api.federation import invites as federation_invites
     routes.extend(federation_invites.ROUTES)
     from hs.api.client import openid as client_openid
+    from hs.api.client import sliding_sync
     from hs.api.federation import public as federation_public
-    routes.extend([*federation_public.ROUTES, *client_openid.ROUTES])
+    routes.extend([*federation_public.ROUTES, *client_openid.ROUTES, *sliding_sync.ROUTES])
     routes.extend(media_routes())
     return routes
 

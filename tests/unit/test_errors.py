@@ -24,6 +24,7 @@ HELPERS: list[tuple[Callable[[], MatrixError], int, str]] = [
     (lambda: errors.too_large("x", status=502), 502, "M_TOO_LARGE"),
     (lambda: errors.cannot_overwrite_media(), 409, "M_CANNOT_OVERWRITE_MEDIA"),
     (lambda: errors.not_yet_uploaded(), 504, "M_NOT_YET_UPLOADED"),
+    (lambda: errors.unknown_pos("x"), 400, "M_UNKNOWN_POS"),
     (lambda: errors.missing_token("x"), 401, "M_MISSING_TOKEN"),
     (lambda: errors.unknown_token(), 401, "M_UNKNOWN_TOKEN"),
     (lambda: errors.unauthorized("x"), 401, "M_UNAUTHORIZED"),

@@ -15,7 +15,7 @@ SUPPORTED_VERSIONS = [
 
 
 async def versions(request: web.Request) -> HandlerResult:
-    return 200, {"versions": SUPPORTED_VERSIONS, "unstable_features": {}}
+    return 200, {"versions": SUPPORTED_VERSIONS, "unstable_features": {"org.matrix.simplified_msc3575": True}}
 
 
 async def capabilities(request: web.Request) -> HandlerResult:

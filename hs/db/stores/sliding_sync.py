@@ -1,0 +1,230 @@
+"""Sliding sync's tables: connections, their positions, and what each position had sent per room;
+and the few reads the room lists need in bulk (bump stamps, room types and encryption, tags).
+
+A position's per-room view is the newest row at or below it of each room: a response writes rows only
+for the rooms whose record changed. Positions form a chain per connection of which the last two are
+kept (the client may retry the previous one); rows of positions dropped from the chain's old end stay
+as long as no newer row of their room replaces them, rows of an abandoned branch go with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hs.db.pool import Connection, Database
+from hs.util import json_dumps, json_loads
+
+# Per device, the connections kept (the least recently used beyond this are dropped).
+MAX_CONNECTIONS_PER_DEVICE = 100
+# Bulk reads ask at most this many rooms per statement (both engines' parameter limits are far above).
+CHUNK = 500
+
+
+@dataclass(frozen=True)
+class RoomRecord:
+    """What a connection had sent of a room: `status` "live" (everything up to the position's token)
+    or "previously" (up to `sent_upto`, then it left the lists), and the config it was sent with."""
+
+    status: str
+    sent_upto: int
+    config: str
+
+
+@dataclass(frozen=True)
+class StoredPosition:
+    position_id: int
+    connection_id: int
+    token: str
+    lists: dict[str, Any]
+    rooms: dict[str, RoomRecord]
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i:i + CHUNK]
+
+
+def _marks(start: int, count: int) -> str:
+    return ",".join(f"${start + i}" for i in range(count))
+
+
+class SlidingSyncStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- connections and positions ----------------------------------------------------------------------
+    async def new_connection(self, user_id: str, device_id: str, conn_id: str, now: int, idle_before: int,
+                             ) -> int:
+        """Start (or restart) the connection: its old positions are gone. Drops, by the way, idle
+        connections and the device's least recently used ones beyond the bound."""
+
+        async def txn(c: Connection) -> int:
+            old = await c.fetchval(
+                "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
+                " AND conn_id = $3", user_id, device_id, conn_id)
+            if old is not None:
+                await self._delete_connections(c, [int(old)])
+            idle = await c.fetch("SELECT connection_id FROM sliding_sync_connections WHERE last_used_ts < $1"
+                                 " LIMIT 100", idle_before)
+            surplus = await c.fetch(
+                "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
+                " ORDER BY last_used_ts DESC, connection_id DESC LIMIT 100 OFFSET $3",
+                user_id, device_id, MAX_CONNECTIONS_PER_DEVICE - 1)
+            await self._delete_connections(c, [int(r["connection_id"]) for r in [*idle, *surplus]])
+            return int(await c.fetchval(
+                "INSERT INTO sliding_sync_connections (user_id, device_id, conn_id, created_ts, last_used_ts)"
+                " VALUES ($1, $2, $3, $4, $4) RETURNING connection_id", user_id, device_id, conn_id, now))
+
+        return await self.db.run_transaction("sliding_sync_new_connection", txn)
+
+    @staticmethod
+    async def _delete_connections(c: Connection, ids: list[int]) -> None:
+        for cid in set(ids):
+            await c.execute("DELETE FROM sliding_sync_rooms WHERE connection_id = $1", cid)
+            await c.execute("DELETE FROM sliding_sync_positions WHERE connection_id = $1", cid)
+            await c.execute("DELETE FROM sliding_sync_connections WHERE connection_id = $1", cid)
+
+    async def delete_idle_connections(self, idle_before: int) -> int:
+        rows = await self.db.fetch("SELECT connection_id FROM sliding_sync_connections WHERE last_used_ts < $1"
+                                   " LIMIT 1000", idle_before)
+        ids = [int(r["connection_id"]) for r in rows]
+        if ids:
+            async def txn(c: Connection) -> None:
+                await self._delete_connections(c, ids)
+
+            await self.db.run_transaction("sliding_sync_expire", txn)
+        return len(ids)
+
+    async def get_position(self, user_id: str, device_id: str, conn_id: str, position_id: int,
+                           ) -> StoredPosition | None:
+        """The position with its per-room view, if it belongs to this connection and is still kept."""
+        row = await self.db.fetchrow(
+            "SELECT p.connection_id, p.token, p.lists FROM sliding_sync_positions p"
+            " JOIN sliding_sync_connections c ON c.connection_id = p.connection_id"
+            " WHERE p.position_id = $1 AND c.user_id = $2 AND c.device_id = $3 AND c.conn_id = $4",
+            position_id, user_id, device_id, conn_id)
+        if row is None:
+            return None
+        connection_id = int(row["connection_id"])
+        rows = await self.db.fetch(
+            "SELECT room_id, status, sent_upto, config FROM sliding_sync_rooms"
+            " WHERE connection_id = $1 AND position_id <= $2 ORDER BY position_id",
+            connection_id, position_id)
+        rooms = {r["room_id"]: RoomRecord(r["status"], int(r["sent_upto"]), r["config"]) for r in rows}
+        return StoredPosition(position_id, connection_id, row["token"], dict(json_loads(row["lists"])), rooms)
+
+    async def get_position_owner(self, position_id: int) -> tuple[str, str, str] | None:
+        """(user, device, conn_id) of a kept position, None once it is dropped."""
+        row = await self.db.fetchrow(
+            "SELECT c.user_id, c.device_id, c.conn_id FROM sliding_sync_positions p"
+            " JOIN sliding_sync_connections c ON c.connection_id = p.connection_id WHERE p.position_id = $1",
+            position_id)
+        return None if row is None else (row["user_id"], row["device_id"], row["conn_id"])
+
+    async def add_position(self, connection_id: int, base: int | None, token: str, lists: dict[str, Any],
+                           rooms: dict[str, RoomRecord], now: int) -> int | None:
+        """A new position following `base` (None: the connection's first), with the rooms whose record
+        changed. Keeps `base` and the new one; None if the connection is gone (restarted meanwhile)."""
+
+        async def txn(c: Connection) -> int | None:
+            alive = await c.fetchval("SELECT 1 FROM sliding_sync_connections WHERE connection_id = $1",
+                                     connection_id)
+            if not alive:
+                return None
+            if base is not None:
+                # An abandoned branch (the client retried `base`) and everything before `base`.
+                await c.execute("DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id > $2",
+                                connection_id, base)
+                await c.execute("DELETE FROM sliding_sync_positions WHERE connection_id = $1"
+                                " AND position_id <> $2", connection_id, base)
+                # Rows older than `base` that a newer row at or below it replaces.
+                await c.execute(
+                    "DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id < $2 AND EXISTS ("
+                    "SELECT 1 FROM sliding_sync_rooms r2 WHERE r2.connection_id = sliding_sync_rooms.connection_id"
+                    " AND r2.room_id = sliding_sync_rooms.room_id"
+                    " AND r2.position_id > sliding_sync_rooms.position_id AND r2.position_id <= $2)",
+                    connection_id, base)
+            position_id = int(await c.fetchval(
+                "INSERT INTO sliding_sync_positions (connection_id, token, lists, created_ts)"
+                " VALUES ($1, $2, $3, $4) RETURNING position_id", connection_id, token, json_dumps(lists), now))
+            if rooms:
+                await c.executemany(
+                    "INSERT INTO sliding_sync_rooms (connection_id, position_id, room_id, status, sent_upto, config)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)",
+                    [(connection_id, position_id, room_id, r.status, r.sent_upto, r.config)
+                     for room_id, r in rooms.items()])
+            await c.execute("UPDATE sliding_sync_connections SET last_used_ts = $2 WHERE connection_id = $1",
+                            connection_id, now)
+            return position_id
+
+        return await self.db.run_transaction("sliding_sync_add_position", txn)
+
+    # -- what the room lists need, in bulk ----------------------------------------------------------------
+    async def get_bump_stamps(self, room_ids: Sequence[str], types: Sequence[str], upto: int) -> dict[str, int]:
+        """Each room's newest event of one of `types` at or below `upto` (rooms without one are left
+        out): one statement per chunk, each room one backwards walk of its (room_id, stream) index."""
+        out: dict[str, int] = {}
+        type_marks = _marks(2, len(types))
+        for chunk in _chunks(list(room_ids)):
+            room_marks = _marks(2 + len(types), len(chunk))
+            rows = await self.db.fetch(
+                "SELECT r.room_id, (SELECT e.stream_ordering FROM events e WHERE e.room_id = r.room_id"
+                f" AND e.stream_ordering <= $1 AND e.type IN ({type_marks})"
+                " ORDER BY e.stream_ordering DESC LIMIT 1) AS bump"
+                f" FROM rooms r WHERE r.room_id IN ({room_marks})",
+                upto, *types, *chunk)
+            for r in rows:
+                if r["bump"] is not None:
+                    out[r["room_id"]] = int(r["bump"])
+        return out
+
+    async def get_state_event_ids(self, room_ids: Sequence[str], types: Sequence[str]) -> dict[str, dict[str, str]]:
+        """room -> type -> event ID of the rooms' current state events of `types` (state key '')."""
+        out: dict[str, dict[str, str]] = {}
+        type_marks = _marks(1, len(types))
+        for chunk in _chunks(list(room_ids)):
+            rows = await self.db.fetch(
+                "SELECT room_id, type, event_id FROM current_state_events"
+                f" WHERE type IN ({type_marks}) AND state_key = '' AND room_id IN ({_marks(1 + len(types), len(chunk))})",
+                *types, *chunk)
+            for r in rows:
+                out.setdefault(r["room_id"], {})[r["type"]] = r["event_id"]
+        return out
+
+    async def get_space_children(self, space_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """space -> (child room ID, event ID) of its current m.space.child state."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        if not space_ids:
+            return out
+        rows = await self.db.fetch(
+            "SELECT room_id, state_key, event_id FROM current_state_events WHERE type = 'm.space.child'"
+            f" AND room_id IN ({_marks(1, len(space_ids))})", *space_ids)
+        for r in rows:
+            out.setdefault(r["room_id"], []).append((r["state_key"], r["event_id"]))
+        return out
+
+    async def get_memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
+        """room -> (membership, event ID) of every current membership of the user."""
+        rows = await self.db.fetch(
+            "SELECT room_id, membership, event_id FROM current_state_events WHERE type = 'm.room.member'"
+            " AND state_key = $1", user_id)
+        return {r["room_id"]: (r["membership"], r["event_id"]) for r in rows if r["membership"]}
+
+    async def get_forgotten(self, user_id: str) -> set[str]:
+        rows = await self.db.fetch("SELECT room_id FROM room_forgotten WHERE user_id = $1", user_id)
+        return {r["room_id"] for r in rows}
+
+    async def get_room_tags(self, user_id: str) -> dict[str, dict[str, Any]]:
+        """room -> the user's m.tag content's `tags` object."""
+        rows = await self.db.fetch(
+            "SELECT room_id, content FROM account_data WHERE user_id = $1 AND type = 'm.tag' AND room_id <> ''",
+            user_id)
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            content = json_loads(r["content"])
+            tags = content.get("tags") if isinstance(content, dict) else None
+            if isinstance(tags, dict):
+                out[r["room_id"]] = tags
+        return out

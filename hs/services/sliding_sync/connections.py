@@ -1,0 +1,97 @@
+"""Sliding sync connections and positions: what `pos` names, and what each position had sent.
+
+`pos` is the decimal ID of a stored position (hs/db/stores/sliding_sync.py), opaque to clients. A
+position belongs to one connection (user, device, `conn_id`) and records the stream token its response
+covered, a digest of each list's rooms, and per room what had been sent: "live" rooms are up to date at
+the token, "previously" sent rooms up to their own `sent_upto`, with the config (membership,
+required_state, timeline_limit) they were sent with. Everything is in the database, so the next request
+may land on any sync worker; positions are immutable once written, so each process caches them.
+
+The last two positions of a connection are kept: the client may retry the previous one (its response
+was lost). An older or unknown `pos` is 400 M_UNKNOWN_POS and the client starts a new connection.
+Connections idle for a week are dropped (lazily, when connections start, and by `expire`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hs.db.stores.sliding_sync import RoomRecord, SlidingSyncStore, StoredPosition
+from hs.errors import unknown_pos
+from hs.streams.tokens import InvalidToken, StreamToken
+from hs.util import LruCache
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+IDLE_EXPIRY_MS = 7 * 24 * 3600 * 1000
+MAX_POS_LENGTH = 20
+
+
+@dataclass
+class Connection:
+    """One request's view of its connection: the position it continues from (none for a new one)."""
+
+    connection_id: int
+    base: int | None
+    token: StreamToken | None
+    lists: dict[str, Any] = field(default_factory=dict)
+    rooms: dict[str, RoomRecord] = field(default_factory=dict)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Connections:
+    def __init__(self, hs: HomeServer) -> None:
+        self.store = SlidingSyncStore(hs.db)
+        self._positions: LruCache[int, StoredPosition] = LruCache(2000)
+
+    async def open(self, user_id: str, device_id: str | None, conn_id: str, pos: str | None) -> Connection:
+        """The connection a request continues (`pos`), or a new one replacing it (no `pos`)."""
+        device = device_id or ""
+        if pos is None:
+            now = _now_ms()
+            cid = await self.store.new_connection(user_id, device, conn_id, now, now - IDLE_EXPIRY_MS)
+            return Connection(cid, None, None)
+        if not pos.isascii() or not pos.isdigit() or len(pos) > MAX_POS_LENGTH:
+            raise unknown_pos()
+        position_id = int(pos)
+        if position_id >= 2 ** 63:
+            raise unknown_pos()
+        stored = self._positions.get(position_id)
+        if stored is None:
+            stored = await self.store.get_position(user_id, device, conn_id, position_id)
+            if stored is None:
+                raise unknown_pos()
+            self._positions.set(position_id, stored)
+        else:
+            # A cached position may have been dropped since (the connection moved on twice, or restarted).
+            found = await self.store.get_position_owner(position_id)
+            if found is None or found != (user_id, device, conn_id):
+                self._positions.pop(position_id)
+                raise unknown_pos()
+        try:
+            token = StreamToken.decode(stored.token)
+        except InvalidToken:
+            raise unknown_pos() from None
+        return Connection(stored.connection_id, position_id, token, dict(stored.lists), dict(stored.rooms))
+
+    async def save(self, conn: Connection, token: StreamToken, lists: dict[str, Any],
+                   changed: dict[str, RoomRecord]) -> str:
+        """A new position after `conn`'s base with the rooms whose record changed; returns its `pos`."""
+        position_id = await self.store.add_position(conn.connection_id, conn.base, token.encode(), lists,
+                                                    changed, _now_ms())
+        if position_id is None:
+            raise unknown_pos("The connection was restarted by another request")
+        rooms = {**conn.rooms, **changed}
+        self._positions.set(position_id, StoredPosition(position_id, conn.connection_id, token.encode(),
+                                                        lists, rooms))
+        return str(position_id)
+
+    async def expire(self) -> int:
+        """Drop connections idle for longer than a week; returns how many."""
+        return await self.store.delete_idle_connections(_now_ms() - IDLE_EXPIRY_MS)

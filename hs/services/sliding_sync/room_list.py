@@ -1,0 +1,238 @@
+"""Sliding sync room lists: the user's rooms at the response's token, filtered and ordered.
+
+Which rooms (as Synapse decides): every room the user is joined to, invited to, knocking on or banned
+from at the token, and rooms they left only when they were kicked (the leave's sender is someone else)
+or left since the connection's previous position (a self-leave shows once, so the client sees it),
+forgotten rooms never. Memberships changed after the token are rewound, as /sync does.
+
+Order: `bump_stamp` descending, the stream position of the room's newest event of the types Synapse
+counts (`BUMP_EVENT_TYPES`) at or below the token; for a room the user is not joined to, the position
+of their membership event (they see nothing after it). Bump stamps come from one statement per request
+(per events writer), so the first request for the top 20 of 500 rooms reads no timeline at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hs.db.stores.sliding_sync import SlidingSyncStore
+from hs.services.sliding_sync.request import ListConfig, ListFilters
+from hs.streams.tokens import StreamToken
+
+if TYPE_CHECKING:
+    from hs.events.event import Event
+    from hs.server import HomeServer
+
+BUMP_EVENT_TYPES = ("m.room.create", "m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite",
+                    "m.poll.start", "m.beacon_info")
+MEMBER = "m.room.member"
+END_OF_STREAM = 2 ** 62
+
+
+@dataclass(frozen=True)
+class RoomMembership:
+    """The user's membership of a room at the token: the event that made it, and where it is."""
+
+    room_id: str
+    membership: str
+    event_id: str
+    position: int
+    sender: str
+
+
+@dataclass
+class RoomInfo:
+    """What the filters and the order need of a room."""
+
+    membership: RoomMembership
+    bump_stamp: int
+    room_type: str | None = None
+    encrypted: bool = False
+
+
+@dataclass(frozen=True)
+class ListResult:
+    count: int
+    ranges: tuple[tuple[int, int], ...]
+    # The rooms within each range, in order.
+    room_ids: tuple[tuple[str, ...], ...]
+
+    def all_rooms(self) -> list[str]:
+        return list(dict.fromkeys(r for rng in self.room_ids for r in rng))
+
+
+class RoomLists:
+    def __init__(self, hs: HomeServer, store: SlidingSyncStore) -> None:
+        self.hs = hs
+        self.store = store
+        self.events = hs.event_store
+
+    async def memberships_at(self, user_id: str, upto: StreamToken, since: StreamToken | None,
+                             ) -> tuple[dict[str, RoomMembership], set[str]]:
+        """The user's memberships at `upto` (rooms never joined nor invited to are absent), and the
+        rooms whose membership changed in (since, upto]."""
+        room_position = self.hs.events_stream.room_position
+        current = await self.store.get_memberships(user_id)
+        lowest = (since.min(upto) if since is not None else upto).get("events")
+        rows = await self.events.get_membership_changes(user_id, lowest, END_OF_STREAM)
+        later = [r for r in rows if r["stream_ordering"] > room_position(upto, r["room_id"])]
+        changed: set[str] = set()
+        if since is not None:
+            changed = {r["room_id"] for r in rows
+                       if room_position(since, r["room_id"]) < r["stream_ordering"] <= room_position(upto, r["room_id"])}
+        state: dict[str, tuple[str, str]] = dict(current)
+        first_after: dict[str, str] = {}
+        for r in later:
+            first_after.setdefault(r["room_id"], r["event_id"])
+        for room_id, event_id in first_after.items():
+            prior = await self._membership_before(event_id, user_id)
+            if prior is None:
+                state.pop(room_id, None)
+            else:
+                state[room_id] = prior
+        events = await self.events.get_events([eid for _, eid in state.values()])
+        out: dict[str, RoomMembership] = {}
+        for room_id, (membership, event_id) in state.items():
+            ev = events.get(event_id)
+            if ev is None:
+                continue
+            out[room_id] = RoomMembership(room_id, membership, event_id, ev.internal.position(), ev.sender)
+        return out, changed
+
+    async def _membership_before(self, event_id: str, user_id: str) -> tuple[str, str] | None:
+        ev = await self.events.get_event(event_id)
+        if ev is None:
+            return None
+        state = await self.events.get_state_group(ev.internal.state_group_before)
+        prior_id = state.get((MEMBER, user_id))
+        if prior_id is None:
+            return None
+        prior = await self.events.get_event(prior_id)
+        if prior is None or prior.membership is None:
+            return None
+        return prior.membership, prior_id
+
+    async def candidate_rooms(self, user_id: str, upto: StreamToken, since: StreamToken | None,
+                              ) -> tuple[dict[str, RoomInfo], set[str]]:
+        """The rooms lists may show, with their bump stamps, and the rooms whose membership changed
+        since `since`."""
+        memberships, changed = await self.memberships_at(user_id, upto, since)
+        forgotten = await self.store.get_forgotten(user_id) if any(
+            m.membership in ("leave", "ban") for m in memberships.values()) else set()
+        rooms: dict[str, RoomInfo] = {}
+        for room_id, m in memberships.items():
+            if m.membership == "leave" and m.sender == user_id and room_id not in changed:
+                continue  # left by themselves before the connection's previous position
+            if m.membership in ("leave", "ban") and room_id in forgotten:
+                continue
+            rooms[room_id] = RoomInfo(m, m.position)
+        joined = [r for r, info in rooms.items() if info.membership.membership == "join"]
+        if joined:
+            for writer, ids in self.hs.events_stream.rooms_by_writer(joined).items():
+                stamps = await self.store.get_bump_stamps(ids, BUMP_EVENT_TYPES,
+                                                          upto.writer_position("events", writer))
+                for room_id, stamp in stamps.items():
+                    rooms[room_id].bump_stamp = stamp
+        return rooms, changed
+
+    async def _add_room_facts(self, rooms: dict[str, RoomInfo], wanted: Iterable[str]) -> None:
+        """Fill in room types and encryption (current state) for the filters that need them."""
+        ids = list(wanted)
+        found = await self.store.get_state_event_ids(ids, ["m.room.create", "m.room.encryption"])
+        creates = await self.events.get_events([t["m.room.create"] for t in found.values() if "m.room.create" in t])
+        for room_id in ids:
+            types = found.get(room_id, {})
+            info = rooms[room_id]
+            info.encrypted = "m.room.encryption" in types
+            create = creates.get(types.get("m.room.create", ""))
+            if create is not None:
+                room_type = create.content.get("type")
+                info.room_type = room_type if isinstance(room_type, str) else None
+            elif info.membership.membership in ("invite", "knock"):
+                await self._facts_from_stripped_state(info)
+
+    async def _facts_from_stripped_state(self, info: RoomInfo) -> None:
+        """A room on another server known only through the invite: its stripped state tells."""
+        ev: Event | None = await self.events.get_event(info.membership.event_id)
+        if ev is None:
+            return
+        unsigned = ev.pdu.get("unsigned") or {}
+        for item in unsigned.get("invite_room_state") or unsigned.get("knock_room_state") or []:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "m.room.create":
+                room_type = (item.get("content") or {}).get("type")
+                info.room_type = room_type if isinstance(room_type, str) else None
+            elif item.get("type") == "m.room.encryption":
+                info.encrypted = True
+
+    async def compute(self, user_id: str, rooms: dict[str, RoomInfo], lists: dict[str, ListConfig],
+                      ) -> dict[str, ListResult]:
+        """Each list's count and the rooms within its ranges."""
+        ordered = sorted(rooms, key=lambda r: (-rooms[r].bump_stamp, r))
+        need_facts = any(f.filters.is_encrypted is not None or f.filters.room_types is not None
+                         or f.filters.not_room_types for f in lists.values())
+        if need_facts:
+            await self._add_room_facts(rooms, ordered)
+        dms: set[str] | None = None
+        tags: dict[str, dict[str, Any]] | None = None
+        space_children: dict[str, set[str]] = {}
+        if any(f.filters.is_dm is not None for f in lists.values()):
+            dms = await self.dm_rooms(user_id)
+        if any(f.filters.tags is not None or f.filters.not_tags for f in lists.values()):
+            tags = await self.store.get_room_tags(user_id)
+        spaces = {s for f in lists.values() for s in (f.filters.spaces or ())}
+        if spaces:
+            space_children = await self._space_children(sorted(spaces))
+        out: dict[str, ListResult] = {}
+        for name, config in lists.items():
+            matching = [r for r in ordered
+                        if _matches(rooms[r], config.filters, dms, tags, space_children)]
+            out[name] = ListResult(len(matching), config.ranges,
+                                   tuple(tuple(matching[s:e + 1]) for s, e in config.ranges))
+        return out
+
+    async def dm_rooms(self, user_id: str) -> set[str]:
+        content = await self.hs.account_data_stream.store.get(user_id, "", "m.direct") or {}
+        out: set[str] = set()
+        for room_ids in content.values():
+            if isinstance(room_ids, list):
+                out.update(r for r in room_ids if isinstance(r, str))
+        return out
+
+    async def _space_children(self, spaces: list[str]) -> dict[str, set[str]]:
+        children = await self.store.get_space_children(spaces)
+        events = await self.events.get_events([eid for items in children.values() for _, eid in items])
+        out: dict[str, set[str]] = {}
+        for space, items in children.items():
+            for child, eid in items:
+                ev = events.get(eid)
+                # A child event with no `via` is a removed child.
+                if ev is not None and isinstance(ev.content.get("via"), list) and ev.content["via"]:
+                    out.setdefault(space, set()).add(child)
+        return out
+
+
+def _matches(info: RoomInfo, f: ListFilters, dms: set[str] | None, tags: dict[str, dict[str, Any]] | None,
+             space_children: dict[str, set[str]]) -> bool:
+    room_id = info.membership.room_id
+    if f.is_dm is not None and dms is not None and (room_id in dms) != f.is_dm:
+        return False
+    if f.spaces is not None and not any(room_id in space_children.get(s, ()) for s in f.spaces):
+        return False
+    if f.is_encrypted is not None and info.encrypted != f.is_encrypted:
+        return False
+    if f.is_invite is not None and (info.membership.membership == "invite") != f.is_invite:
+        return False
+    if f.room_types is not None and info.room_type not in f.room_types:
+        return False
+    if f.not_room_types and info.room_type in f.not_room_types:
+        return False
+    room_tags = (tags or {}).get(room_id, {})
+    if f.tags is not None and not any(t in room_tags for t in f.tags):
+        return False
+    if f.not_tags and any(t in room_tags for t in f.not_tags):
+        return False
+    return True

@@ -1,0 +1,169 @@
+"""Sliding sync's core over real HTTP, both shapes, SQLite and PostgreSQL: Element X's room list
+growth, incremental responses with only the changed room, long-polling, positions (unknown, retried)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.harness import Client, TestHomeServer, ok, user
+
+Json = dict[str, Any]
+UNSTABLE = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+STABLE = "/_matrix/client/v4/sync"
+
+
+async def ss(client: Client, body: Json, pos: str | None = None, timeout: int = 0, shape: str = "unstable",
+             ) -> Json:
+    """One sliding sync request that must succeed, in either shape."""
+    status, data = await ss_raw(client, body, pos, timeout, shape)
+    assert status == 200, data
+    return data  # type: ignore[no-any-return]
+
+
+async def ss_raw(client: Client, body: Json, pos: str | None = None, timeout: int = 0, shape: str = "unstable",
+                 ) -> tuple[int, Any]:
+    if shape == "unstable":
+        params = {"timeout": str(timeout)}
+        if pos is not None:
+            params["pos"] = pos
+        return await client.request("POST", UNSTABLE, body, params=params)
+    full = {**body, "timeout": timeout}
+    if pos is not None:
+        full["pos"] = pos
+    return await client.request("POST", STABLE, full)
+
+
+def a_list(rng: list[int], timeline: int, shape: str, required_state: list[list[str]] | None = None) -> Json:
+    rs = required_state or [["m.room.name", ""]]
+    if shape == "unstable":
+        return {"ranges": [rng], "timeline_limit": timeline, "required_state": rs}
+    return {"range": rng, "timeline_limit": timeline, "required_state": {"include": rs}}
+
+
+def timeline(room: Json, shape: str) -> list[Json]:
+    return list(room.get("timeline" if shape == "unstable" else "timeline_events", []))
+
+
+@pytest.fixture(params=["unstable", "v4"])
+def shape(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_element_x_growth_and_incremental(make_server: Any, engine: str, shape: str) -> None:
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    rooms = []
+    for i in range(5):
+        rooms.append(await alice.create_room(name=f"room {i}"))
+    await alice.send_message(rooms[1], "newest")  # room 1 becomes the most recent
+
+    first = await ss(alice, {"lists": {"all": a_list([0, 2], 1, shape)}}, shape=shape)
+    assert first["lists"]["all"]["count"] == 5
+    expected_order = [rooms[1], rooms[4], rooms[3]]
+    if shape == "unstable":
+        assert first["lists"]["all"]["ops"][0]["room_ids"] == expected_order
+    assert set(first["rooms"]) == set(expected_order)
+    r1 = first["rooms"][rooms[1]]
+    assert r1["initial"] is True
+    assert r1["name"] == "room 1"
+    assert [e["content"].get("body") for e in timeline(r1, shape)] == ["newest"]
+    assert r1["limited"] is True
+    assert r1["joined_count"] == 1
+    assert [e["type"] for e in r1["required_state"]] == ["m.room.name"]
+    assert r1["bump_stamp"] > first["rooms"][rooms[4]]["bump_stamp"]
+    if shape == "v4":
+        assert r1["membership"] == "join"
+
+    # Growth: [0, 99] with timeout 0 sends only the rooms not sent yet.
+    grown = await ss(alice, {"lists": {"all": a_list([0, 99], 1, shape)}}, pos=first["pos"], shape=shape)
+    assert set(grown["rooms"]) == {rooms[0], rooms[2]}
+    assert all(r["initial"] for r in grown["rooms"].values())
+
+    # A room subscription with a longer timeline: that room's timeline again, expanded.
+    sub = {"lists": {"all": a_list([0, 99], 1, shape)},
+           "room_subscriptions": {rooms[3]: {"timeline_limit": 20,
+                                             "required_state": [["m.room.create", ""]] if shape == "unstable"
+                                             else {"include": [["m.room.create", ""]]}}}}
+    subbed = await ss(alice, sub, pos=grown["pos"], shape=shape)
+    assert set(subbed["rooms"]) == {rooms[3]}
+    events = timeline(subbed["rooms"][rooms[3]], shape)
+    assert events[0]["type"] == "m.room.create"
+    assert len(events) > 1
+
+    # Nothing new: the same pos comes back at once with timeout 0, no rooms.
+    idle = await ss(alice, sub, pos=subbed["pos"], shape=shape)
+    assert idle["rooms"] == {}
+
+    # A message: only that room, with the one new event, num_live 1.
+    await alice.send_message(rooms[0], "hello")
+    inc = await ss(alice, sub, pos=idle["pos"], shape=shape)
+    assert list(inc["rooms"]) == [rooms[0]]
+    entry = inc["rooms"][rooms[0]]
+    assert [e["content"].get("body") for e in timeline(entry, shape)] == ["hello"]
+    assert entry["num_live"] == 1
+    assert "initial" not in entry
+    if shape == "unstable":
+        assert inc["lists"]["all"]["ops"][0]["room_ids"][0] == rooms[0]
+
+
+async def test_long_poll_woken_by_message(make_server: Any, engine: str, shape: str) -> None:
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/rooms/{room}/join", {})
+    body = {"lists": {"all": a_list([0, 9], 5, shape)}}
+    first = await ss(alice, body, shape=shape)
+    poll = asyncio.create_task(ss(alice, body, pos=first["pos"], timeout=20000, shape=shape))
+    await asyncio.sleep(0.2)
+    assert not poll.done()
+    await bob.send_message(room, "wake up")
+    woken = await asyncio.wait_for(poll, 10)
+    assert [e["content"].get("body") for e in timeline(woken["rooms"][room], shape)] == ["wake up"]
+    assert woken["rooms"][room]["num_live"] == 1
+
+
+async def test_positions_unknown_and_retried(make_server: Any, engine: str, shape: str) -> None:
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    room = await alice.create_room()
+    body = {"lists": {"all": a_list([0, 9], 5, shape)}}
+    status, data = await ss_raw(alice, body, pos="12345678", shape=shape)
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+    status, data = await ss_raw(alice, body, pos="not a position", shape=shape)
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+
+    first = await ss(alice, body, shape=shape)
+    await alice.send_message(room, "one")
+    second = await ss(alice, body, pos=first["pos"], shape=shape)
+    assert second["pos"] != first["pos"]
+    # The response to `second` was lost: the client retries first's pos and gets the same message.
+    retried = await ss(alice, body, pos=first["pos"], shape=shape)
+    assert [e["content"].get("body") for e in timeline(retried["rooms"][room], shape)] == ["one"]
+    # The abandoned branch is gone; the retried one continues.
+    status, data = await ss_raw(alice, body, pos=second["pos"], shape=shape)
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+    await alice.send_message(room, "two")
+    third = await ss(alice, body, pos=retried["pos"], shape=shape)
+    assert [e["content"].get("body") for e in timeline(third["rooms"][room], shape)] == ["two"]
+    # Two positions back is too old.
+    await alice.send_message(room, "three")
+    await ss(alice, body, pos=third["pos"], shape=shape)
+    status, data = await ss_raw(alice, body, pos=first["pos"], shape=shape)
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+    # A connection is per user: another user's pos is unknown to them.
+    bob = await user(server, "bob")
+    status, data = await ss_raw(bob, body, pos=third["pos"], shape=shape)
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+
+
+async def test_versions_advertises_sliding_sync(make_server: Any, engine: str) -> None:
+    server: TestHomeServer = await make_server(engine)
+    c = server.client()
+    status, data = await c.request("GET", "/_matrix/client/versions")
+    await c.close()
+    assert status == 200
+    assert data["unstable_features"]["org.matrix.simplified_msc3575"] is True
