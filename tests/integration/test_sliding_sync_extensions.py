@@ -31,7 +31,8 @@ class Answer:
 
 async def extensions(server: TestHomeServer, client: Client, requested: Json, since: StreamToken | None = None,
                      lists: dict[str, list[str]] | None = None, subscriptions: list[str] | None = None,
-                     initial: dict[str, list[str]] | None = None) -> Answer:
+                     initial: dict[str, list[str]] | None = None,
+                     previously: dict[str, StreamToken] | None = None) -> Answer:
     """What the core does for one response: `upto` first, then the joined rooms, then the extensions."""
     assert client.user_id
     hs = server.hs
@@ -39,7 +40,7 @@ async def extensions(server: TestHomeServer, client: Client, requested: Json, si
     joined = list(await hs.event_store.get_rooms_for_user(client.user_id, ("join",)))
     request = ExtensionRequest(user_id=client.user_id, device_id=client.device_id, requested=requested,
                                since=since, upto=upto, lists=lists or {}, subscriptions=subscriptions or [],
-                               joined=joined, initial=initial or {})
+                               joined=joined, initial=initial or {}, previously=previously or {})
     ext, updated = await compute_extensions(hs, request)
     return Answer(ext, updated, upto)
 
@@ -296,6 +297,33 @@ async def test_receipts_for_requested_rooms_initial_and_incremental(server: Test
     grown = await extensions(server, alice, req, since=nxt.upto, lists={"top": [a, b]}, initial={b: [in_b]})
     assert set(grown.ext["receipts"]["rooms"]) == {b}
     assert set(grown.ext["receipts"]["rooms"][b]["content"][in_b]["m.read"]) == {bob.user_id}
+
+
+# -- rooms back in the lists -----------------------------------------------------------------------------
+async def test_a_room_back_in_the_lists_gets_what_changed_while_it_was_out(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    a, b = await rooms_with(alice, bob, 2)
+    event = await bob.send_message(b, "read me")
+    req = {"account_data": {"enabled": True}, "receipts": {"enabled": True}, "typing": {"enabled": True}}
+    # B is in the lists, then leaves them (only A covered) while things happen in it.
+    first = await extensions(server, alice, req, lists={"top": [a, b]})
+    left_at = first.upto
+    out = await extensions(server, alice, req, since=first.upto, lists={"top": [a]})
+    await ok(alice, "PUT", f"/user/{alice.user_id}/rooms/{b}/account_data/org.example.note", {"n": 1})
+    await ok(bob, "POST", f"/rooms/{b}/receipt/m.read/{event}", {})
+    await ok(bob, "PUT", f"/rooms/{b}/typing/{bob.user_id}", {"typing": True, "timeout": 30000})
+    still_out = await extensions(server, alice, req, since=out.upto, lists={"top": [a]})
+    assert still_out.updated is False
+    # Back, named as previously sent up to `left_at`: the changes since then, though older than `since`.
+    back = await extensions(server, alice, req, since=still_out.upto, lists={"top": [a, b]},
+                            previously={b: left_at})
+    assert back.ext["account_data"]["rooms"] == {b: [{"type": "org.example.note", "content": {"n": 1}}]}
+    assert set(back.ext["receipts"]["rooms"][b]["content"][event]["m.read"]) == {bob.user_id}
+    assert back.ext["typing"]["rooms"] == {b: {"type": "m.typing", "content": {"user_ids": [bob.user_id]}}}
+    # Without that, only what changed since the connection's `since`: nothing.
+    plain = await extensions(server, alice, req, since=still_out.upto, lists={"top": [a, b]})
+    assert plain.updated is False
 
 
 # == Through real HTTP, both shapes ==========================================================================

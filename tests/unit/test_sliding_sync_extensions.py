@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hs.errors import MatrixError
+from hs.streams.tokens import StreamToken
 from hs.services.sliding_sync.extensions import (
     RoomScope,
     ToDeviceConfig,
@@ -16,6 +17,7 @@ from hs.services.sliding_sync.extensions import (
     parse_extensions,
     room_account_data,
     room_ephemeral,
+    room_groups,
     scratch_body,
 )
 
@@ -105,6 +107,21 @@ def test_rooms_match_any_room_of_the_response_as_in_synapse() -> None:
 
 def test_lists_and_rooms_add_up() -> None:
     assert covered_rooms(RoomScope(lists=("dms",), rooms=("!s",)), LISTS, SUBS) == {"!a", "!d", "!s"}
+
+
+def test_room_groups_by_the_token_each_room_is_read_from() -> None:
+    since = StreamToken({"receipts": 9})
+    earlier = StreamToken({"receipts": 4})
+    same_earlier = StreamToken({"receipts": 4})
+    rooms = {"!new", "!live", "!back1", "!back2", "!both"}
+    # A new connection: every room from scratch, whatever the core says.
+    assert room_groups(None, ["!new"], {"!back1": earlier}, rooms) == [(None, sorted(rooms))]
+    assert room_groups(None, [], {}, set()) == []
+    groups = room_groups(since, ["!new", "!both", "!gone"], {"!back1": earlier, "!back2": same_earlier,
+                                                            "!both": earlier}, rooms)
+    # From scratch wins over an earlier token; rooms back from the same token are read together.
+    assert groups == [(None, ["!both", "!new"]), (since, ["!live"]), (earlier, ["!back1", "!back2"])]
+    assert groups[1][0] is since  # `since` itself, so callers can tell the main group apart
 
 
 # -- reshaping -------------------------------------------------------------------------------------------

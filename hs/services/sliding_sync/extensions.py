@@ -30,9 +30,10 @@ the room's timeline (as Synapse, not every receipt of a large room). On an exist
 room is treated so when the core names it in `ExtensionRequest.initial` (a room that came into range
 or was subscribed to), otherwise the extension sends what changed in (since, upto]. Without the
 room's timeline from the core, receipts on its `RECENT_EVENTS_FOR_RECEIPTS` newest events stand in.
-Not tracked (Synapse remembers it per room and extension): a room that left the window and comes back
-without being sent from scratch gets what changed since the connection's last `pos`, not what
-changed while it was out of the window.
+A room that left the lists and comes back without being sent from scratch gets what changed since
+the token it was last sent at when the core names it in `ExtensionRequest.previously` (Synapse keeps
+that per room and extension; here the room's own record stands for every extension); else what
+changed since the connection's `since`, missing what changed while it was out of the lists.
 
 Every enabled extension is in the response even when empty (as Synapse encodes them; clients read
 `to_device.next_batch` every time). "Anything new" is what Synapse counts for waking a long poll:
@@ -86,6 +87,9 @@ class ExtensionRequest:
     # receipts as on a new connection. On a new connection every room is such a room anyway; a
     # room's timeline given here narrows its receipts to exactly the events the client gets.
     initial: dict[str, list[str]] = field(default_factory=dict)
+    # Optional: rooms of this response the connection had sent before they left its lists, each
+    # with the token they were sent up to; they get what changed since that token, not since `since`.
+    previously: dict[str, StreamToken] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -291,12 +295,37 @@ def _sync_config(request: ExtensionRequest, since: StreamToken | None) -> SyncCo
     return SyncConfig(user_id=request.user_id, device_id=request.device_id, since=since)
 
 
-def _split_initial(request: ExtensionRequest, rooms: set[str]) -> tuple[set[str], set[str]]:
-    """(rooms sent from scratch, rooms sent as changes since `since`)."""
-    if request.since is None:
-        return rooms, set()
-    initial = rooms.intersection(request.initial)
-    return initial, rooms - initial
+def room_groups(since: StreamToken | None, initial: Iterable[str], previously: Mapping[str, StreamToken],
+                rooms: Iterable[str]) -> list[tuple[StreamToken | None, list[str]]]:
+    """The covered rooms by the token their changes are read from: None for rooms sent from scratch
+    (every room of a new connection), `since` itself (the same object) for rooms up to date at it,
+    and each earlier token for rooms that were out of the lists since then."""
+    if since is None:
+        everything = sorted(rooms)
+        return [(None, everything)] if everything else []
+    scratch_rooms = set(initial)
+    fresh: list[str] = []
+    live: list[str] = []
+    earlier: dict[str, tuple[StreamToken, list[str]]] = {}
+    for room_id in sorted(rooms):
+        token = previously.get(room_id)
+        if room_id in scratch_rooms:
+            fresh.append(room_id)
+        elif token is None:
+            live.append(room_id)
+        else:
+            earlier.setdefault(token.encode(), (token, []))[1].append(room_id)
+    groups: list[tuple[StreamToken | None, list[str]]] = []
+    if fresh:
+        groups.append((None, fresh))
+    if live:
+        groups.append((since, live))
+    groups.extend(earlier.values())
+    return groups
+
+
+def _groups(request: ExtensionRequest, rooms: set[str]) -> list[tuple[StreamToken | None, list[str]]]:
+    return room_groups(request.since, request.initial, request.previously, rooms)
 
 
 async def _to_device_extension(hs: HomeServer, request: ExtensionRequest, cfg: ToDeviceConfig) -> JsonDict:
@@ -335,35 +364,37 @@ async def _e2ee_extension(hs: HomeServer, request: ExtensionRequest) -> JsonDict
 
 
 async def _account_data_extension(hs: HomeServer, request: ExtensionRequest, scope: RoomScope) -> JsonDict:
+    since = request.since
     rooms = covered_rooms(scope, request.lists, request.subscriptions)
-    initial, live = _split_initial(request, rooms)
-    # Global (and the changes of the rooms already sent) since `since`, or everything when new.
+    groups = _groups(request, rooms)
+    # Global account data and push rules since `since` (everything when new), with the rooms read
+    # from the same token; the other rooms from theirs (None: all of a room's account data).
+    main = next((ids for token, ids in groups if token is since), [])
     body = scratch_body()
-    config = _sync_config(request, request.since)
-    await hs.sync.add_account_data(config, request.upto, body, sorted(live if request.since else initial))
+    config = _sync_config(request, since)
+    await hs.sync.add_account_data(config, request.upto, body, main)
     await hs.push_rules.add_to_sync(config, request.upto, body)
     per_room = room_account_data(body)
-    if request.since is not None and initial:
-        # Rooms sent from scratch on an existing connection: all their account data.
-        whole = scratch_body()
-        await hs.sync.add_account_data(_sync_config(request, None), request.upto, whole, sorted(initial))
-        per_room.update(room_account_data(whole))
+    for token, ids in groups:
+        if token is not since:
+            other = scratch_body()
+            await hs.sync.add_account_data(_sync_config(request, token), request.upto, other, ids)
+            per_room.update(room_account_data(other))
     return {"global": list(body["account_data"]["events"]), "rooms": per_room}
 
 
 async def _receipts_extension(hs: HomeServer, request: ExtensionRequest, scope: RoomScope) -> JsonDict:
-    joined = set(request.joined)
-    rooms = covered_rooms(scope, request.lists, request.subscriptions) & joined
-    initial, live = _split_initial(request, rooms)
+    rooms = covered_rooms(scope, request.lists, request.subscriptions) & set(request.joined)
     out: dict[str, JsonDict] = {}
-    if live:
+    for token, ids in _groups(request, rooms):
         body = scratch_body()
-        await hs.receipts.add_to_sync(_sync_config(request, request.since), request.upto, body, sorted(live))
-        out.update(room_ephemeral(body, "m.receipt"))
-    if initial:
-        body = scratch_body()
-        await hs.receipts.add_to_sync(_sync_config(request, None), request.upto, body, sorted(initial))
-        for room_id, ev in room_ephemeral(body, "m.receipt").items():
+        await hs.receipts.add_to_sync(_sync_config(request, token), request.upto, body, ids)
+        found = room_ephemeral(body, "m.receipt")
+        if token is not None:
+            out.update(found)
+            continue
+        # Sent from scratch: the user's own receipts and those on the timeline sent (as Synapse).
+        for room_id, ev in found.items():
             timeline = await _timeline_event_ids(hs, request, room_id)
             content = narrow_receipts(ev["content"], request.user_id, timeline)
             if content:
@@ -383,20 +414,14 @@ async def _timeline_event_ids(hs: HomeServer, request: ExtensionRequest, room_id
 
 async def _typing_extension(hs: HomeServer, request: ExtensionRequest, scope: RoomScope) -> JsonDict:
     rooms = covered_rooms(scope, request.lists, request.subscriptions) & set(request.joined)
-    initial, live = _split_initial(request, rooms)
     out: dict[str, JsonDict] = {}
-    if live and request.since is not None:
-        # Typing positions restart with the stream's writer: one from before reads as 0 (as /sync).
-        since = request.since
-        clamped = hs.typing_stream.clamp(since.get("typing"))
-        if clamped != since.get("typing"):
-            since = since.with_position("typing", clamped)
+    for token, ids in _groups(request, rooms):
+        if token is not None:
+            # Typing positions restart with the stream's writer: one from before reads as 0 (as /sync).
+            clamped = hs.typing_stream.clamp(token.get("typing"))
+            if clamped != token.get("typing"):
+                token = token.with_position("typing", clamped)
         body = scratch_body()
-        await hs.sync.add_typing(_sync_config(request, since), request.upto, body, sorted(live))
-        out.update(room_ephemeral(body, "m.typing"))
-    if initial:
-        body = scratch_body()
-        await hs.sync.add_typing(_sync_config(request, None), request.upto, body, sorted(initial))
+        await hs.sync.add_typing(_sync_config(request, token), request.upto, body, ids)
         out.update(room_ephemeral(body, "m.typing"))
     return {"rooms": out}
-
