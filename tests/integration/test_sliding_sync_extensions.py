@@ -172,6 +172,18 @@ async def test_e2ee_key_counts_and_a_new_device_in_device_lists(server: TestHome
     assert claimed.ext["e2ee"]["device_one_time_keys_count"] == {"signed_curve25519": 3}
 
 
+async def test_e2ee_device_lists_left_when_no_room_is_shared_any_more(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    (room,) = await rooms_with(alice, bob, 1)
+    conn = await extensions(server, alice, {"e2ee": {"enabled": True}})
+    await ok(bob, "POST", f"/rooms/{room}/leave", {})
+    nxt = await extensions(server, alice, {"e2ee": {"enabled": True}}, since=conn.upto)
+    assert nxt.ext["e2ee"]["device_lists"] == {"changed": [], "left": [bob.user_id]} and nxt.updated
+    after = await extensions(server, alice, {"e2ee": {"enabled": True}}, since=nxt.upto)
+    assert after.ext["e2ee"]["device_lists"] == {"changed": [], "left": []}
+
+
 # -- account data --------------------------------------------------------------------------------------------
 async def test_account_data_global_and_per_room_only_for_requested_rooms(server: TestHomeServer) -> None:
     alice = await user(server, "alice")
