@@ -231,16 +231,37 @@ class SlidingClient(Client):
 # -- helpers for reading responses --------------------------------------------------------------------
 
 
-def list_room_ids(resp: dict[str, Any], name: str) -> list[str]:
-    """The room IDs of list `name` in order (Synapse sends them in a single SYNC op per range)."""
+def list_room_ids(resp: dict[str, Any], name: str) -> list[str] | None:
+    """The room IDs in list `name`'s window, in order, or None for the stable shape, whose lists carry
+    only their `count` (clients order the rooms they get by `bump_stamp`)."""
     lst = resp["lists"][name]
-    if "room_ids" in lst:  # a shape that lists the window's rooms directly
+    if "room_ids" in lst:
         return list(lst["room_ids"])
+    if "ops" not in lst:
+        return None
     ids: list[str] = []
-    for op in lst.get("ops", []):
+    for op in lst["ops"]:
         if op.get("op") == "SYNC":
             ids.extend(op.get("room_ids", []))
     return ids
+
+
+def assert_list(resp: dict[str, Any], name: str, expected: list[str] | set[str]) -> None:
+    """List `name` has `len(expected)` rooms and, where the shape says which (unstable), exactly these
+    (in this order when `expected` is a list). The window must cover the whole list."""
+    assert resp["lists"][name]["count"] == len(expected), (name, resp["lists"][name], expected)
+    ids = list_room_ids(resp, name)
+    if ids is None:
+        return
+    if isinstance(expected, set):
+        assert set(ids) == expected, (name, ids, expected)
+    else:
+        assert ids == expected, (name, ids, expected)
+
+
+def by_recency(resp: dict[str, Any]) -> list[str]:
+    """The response's rooms ordered as a client orders them: highest `bump_stamp` first."""
+    return sorted(resp.get("rooms", {}), key=lambda r: resp["rooms"][r]["bump_stamp"], reverse=True)
 
 
 def timeline_bodies(room: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.sliding_sync.client import SlidingClient, Target, list_room_ids, state_pairs, timeline_bodies
+from tests.sliding_sync.client import SlidingClient, Target, assert_list, state_pairs, timeline_bodies
 
 ROOM_STATE = [["m.room.name", ""], ["m.room.member", "$ME"]]
 
@@ -52,7 +52,7 @@ async def test_invite_then_join_then_leave(target: Target) -> None:
     await bob.call("POST", f"/rooms/{room}/invite", {"user_id": alice.user_id})
     invited = await alice.slide(_body())
     assert _counts(invited) == (1, 0)
-    assert list_room_ids(invited, "invites") == [room]
+    assert_list(invited, "invites", [room])
     entry = invited["rooms"][room]
     assert entry["name"] == "bob's room"
     assert entry.get("initial") is True
@@ -69,7 +69,7 @@ async def test_invite_then_join_then_leave(target: Target) -> None:
     await alice.call("POST", f"/join/{room}", {})
     joined = await alice.slide(_body())
     assert _counts(joined) == (0, 1)
-    assert list_room_ids(joined, "rooms") == [room]
+    assert_list(joined, "rooms", [room])
     entry = joined["rooms"][room]
     assert entry["initial"] is True
     assert entry["joined_count"] == 2
@@ -82,7 +82,7 @@ async def test_invite_then_join_then_leave(target: Target) -> None:
     # Left: reported once with the leave, then gone from the lists.
     await alice.call("POST", f"/rooms/{room}/leave", {})
     left = await alice.slide(_body())
-    assert list_room_ids(left, "rooms") == [room]
+    assert_list(left, "rooms", [room])
     entry = left["rooms"][room]
     assert _last_membership(entry, alice.user_id) == ("leave", alice.user_id)
     if alice.shape == "v4":
@@ -115,14 +115,14 @@ async def test_kick_and_ban(target: Target) -> None:
 
     await bob.call("POST", f"/rooms/{kick_room}/kick", {"user_id": alice.user_id, "reason": "out"})
     kicked = await alice.slide(_body())
-    assert kick_room in list_room_ids(kicked, "rooms")
+    assert_list(kicked, "rooms", {kick_room, ban_room})
     assert _last_membership(kicked["rooms"][kick_room], alice.user_id) == ("leave", bob.user_id)
     if alice.shape == "v4":
         assert kicked["rooms"][kick_room]["membership"] == "leave"
 
     await bob.call("POST", f"/rooms/{ban_room}/ban", {"user_id": alice.user_id, "reason": "gone"})
     banned = await alice.slide(_body())
-    assert ban_room in list_room_ids(banned, "rooms")
+    assert_list(banned, "rooms", {kick_room, ban_room})
     assert _last_membership(banned["rooms"][ban_room], alice.user_id) == ("ban", bob.user_id)
     if alice.shape == "v4":
         assert banned["rooms"][ban_room]["membership"] == "ban"
@@ -168,7 +168,27 @@ async def test_left_user_sees_nothing_sent_after_leaving(target: Target) -> None
         assert entry.get("name", "before") == "before"
         assert ("m.room.topic", "") not in state_pairs(entry)
         assert "secret after the leave" not in timeline_bodies(entry)
-    # The fresh subscription shows the room as alice left it.
+
+
+async def test_subscription_to_left_room_shows_it_as_left(target: Target) -> None:
+    """As Synapse does: a new connection subscribing to a room the user left gets the room as it was
+    at the leave (state and timeline up to the leave event), nothing later."""
+    alice, bob = await _users(target)
+    room = await bob.create_room(name="before", preset="public_chat")
+    await alice.call("POST", f"/join/{room}", {})
+    await bob.send_message(room, "while alice was here")
+    await alice.call("POST", f"/rooms/{room}/leave", {})
+    await bob.send_message(room, "secret after the leave")
+    await bob.send_state(room, "m.room.name", {"name": "secret name"})
+
+    fresh = await alice.slide({"room_subscriptions": {room: {"timeline_limit": 20,
+                                                             "required_state": [["*", "*"]]}}}, pos=None)
     entry = fresh["rooms"][room]
+    assert "secret" not in str(entry)
+    assert entry["name"] == "before"
     assert _last_membership(entry, alice.user_id) == ("leave", alice.user_id)
-    assert "while alice was here" in str(entry["timeline"]) or entry["limited"] is True
+    assert entry["timeline"][-1]["state_key"] == alice.user_id
+    assert "while alice was here" in timeline_bodies(entry)
+    assert ("m.room.member", alice.user_id) in state_pairs(entry)
+    if alice.shape == "v4":
+        assert entry["membership"] == "leave"
