@@ -48,7 +48,7 @@ def _now_ms() -> int:
 class Connections:
     def __init__(self, hs: HomeServer) -> None:
         self.store = SlidingSyncStore(hs.db)
-        self._positions: LruCache[int, StoredPosition] = LruCache(2000)
+        self._positions: LruCache[int, StoredPosition] = LruCache(1000)
 
     async def open(self, user_id: str, device_id: str | None, conn_id: str, pos: str | None) -> Connection:
         """The connection a request continues (`pos`), or a new one replacing it (no `pos`)."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hs.db.stores.sliding_sync import SlidingSyncStore
 from hs.services.sliding_sync.request import ListConfig, ListFilters
 from hs.streams.tokens import StreamToken
+from hs.util import LruCache
 
 if TYPE_CHECKING:
     from hs.events.event import Event
@@ -48,6 +49,9 @@ class RoomInfo:
 
     membership: RoomMembership
     bump_stamp: int
+    # False for rooms lists leave out (left long ago, forgotten): a room subscription still shows
+    # them as the user left them.
+    listed: bool = True
     room_type: str | None = None
     encrypted: bool = False
 
@@ -63,11 +67,21 @@ class ListResult:
         return list(dict.fromkeys(r for rng in self.room_ids for r in rng))
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """A user's memberships and their joined rooms' bump stamps at `token`."""
+
+    token: StreamToken
+    memberships: dict[str, RoomMembership]
+    stamps: dict[str, int]
+
+
 class RoomLists:
     def __init__(self, hs: HomeServer, store: SlidingSyncStore) -> None:
         self.hs = hs
         self.store = store
         self.events = hs.event_store
+        self._cache: LruCache[str, _Snapshot] = LruCache(10000)
 
     async def memberships_at(self, user_id: str, upto: StreamToken, since: StreamToken | None,
                              ) -> tuple[dict[str, RoomMembership], set[str]]:
@@ -116,26 +130,61 @@ class RoomLists:
 
     async def candidate_rooms(self, user_id: str, upto: StreamToken, since: StreamToken | None,
                               ) -> tuple[dict[str, RoomInfo], set[str]]:
-        """The rooms lists may show, with their bump stamps, and the rooms whose membership changed
-        since `since`."""
+        """Every room the user has a membership of at `upto` (`listed` for those lists may show), with
+        their bump stamps, and the rooms whose membership changed since `since`.
+
+        A long-polling connection asks this on every wake-up: while the user's memberships have not
+        changed, the previous answer is reused and only the rooms with new events get their bump
+        stamp read again."""
+        cached = self._cache.get(user_id)
+        if cached is not None and since is not None:
+            reused = await self._from_cache(user_id, cached, upto, since)
+            if reused is not None:
+                return reused, set()
         memberships, changed = await self.memberships_at(user_id, upto, since)
+        joined = [r for r, m in memberships.items() if m.membership == "join"]
+        stamps = await self._bump_stamps(joined, upto)
+        self._cache.set(user_id, _Snapshot(upto, memberships, stamps))
+        return await self._rooms(user_id, memberships, stamps, changed), changed
+
+    async def _from_cache(self, user_id: str, cached: _Snapshot, upto: StreamToken, since: StreamToken,
+                          ) -> dict[str, RoomInfo] | None:
+        """The rooms from the snapshot brought forward to `upto`, if no membership of the user changed
+        after the snapshot nor after `since` (so no room was left since `since` either)."""
+        lowest = min(since.get("events"), cached.token.get("events"))
+        if self.events.user_membership_changed_after(user_id, lowest) or cached.token.stream_is_after(upto, "events"):
+            return None
+        stamps = dict(cached.stamps)
+        joined = [r for r, m in cached.memberships.items() if m.membership == "join"]
+        if upto.stream_is_after(cached.token, "events"):
+            bumped: list[str] = []
+            for writer, ids in self.hs.events_stream.rooms_by_writer(joined).items():
+                bumped.extend(await self.events.get_rooms_with_events_between(
+                    ids, cached.token.writer_position("events", writer), upto.writer_position("events", writer)))
+            stamps.update(await self._bump_stamps(bumped, upto))
+            self._cache.set(user_id, _Snapshot(upto, cached.memberships, stamps))
+        return await self._rooms(user_id, cached.memberships, stamps, set())
+
+    async def _bump_stamps(self, room_ids: list[str], upto: StreamToken) -> dict[str, int]:
+        stamps: dict[str, int] = {}
+        for writer, ids in self.hs.events_stream.rooms_by_writer(room_ids).items():
+            stamps.update(await self.store.get_bump_stamps(ids, BUMP_EVENT_TYPES, upto.writer_position("events", writer)))
+        return stamps
+
+    async def _rooms(self, user_id: str, memberships: dict[str, RoomMembership], stamps: dict[str, int],
+                     changed: set[str]) -> dict[str, RoomInfo]:
         forgotten = await self.store.get_forgotten(user_id) if any(
             m.membership in ("leave", "ban") for m in memberships.values()) else set()
         rooms: dict[str, RoomInfo] = {}
         for room_id, m in memberships.items():
-            if m.membership == "leave" and m.sender == user_id and room_id not in changed:
-                continue  # left by themselves before the connection's previous position
-            if m.membership in ("leave", "ban") and room_id in forgotten:
-                continue
-            rooms[room_id] = RoomInfo(m, m.position)
-        joined = [r for r, info in rooms.items() if info.membership.membership == "join"]
-        if joined:
-            for writer, ids in self.hs.events_stream.rooms_by_writer(joined).items():
-                stamps = await self.store.get_bump_stamps(ids, BUMP_EVENT_TYPES,
-                                                          upto.writer_position("events", writer))
-                for room_id, stamp in stamps.items():
-                    rooms[room_id].bump_stamp = stamp
-        return rooms, changed
+            listed = not (
+                # left by themselves before the connection's previous position
+                (m.membership == "leave" and m.sender == user_id and room_id not in changed)
+                or (m.membership in ("leave", "ban") and room_id in forgotten))
+            # A joined room with no bump event here (joined over federation after it): the join.
+            stamp = stamps.get(room_id, m.position) if m.membership == "join" else m.position
+            rooms[room_id] = RoomInfo(m, stamp, listed=listed)
+        return rooms
 
     async def _add_room_facts(self, rooms: dict[str, RoomInfo], wanted: Iterable[str]) -> None:
         """Fill in room types and encryption (current state) for the filters that need them."""
@@ -171,7 +220,7 @@ class RoomLists:
     async def compute(self, user_id: str, rooms: dict[str, RoomInfo], lists: dict[str, ListConfig],
                       ) -> dict[str, ListResult]:
         """Each list's count and the rooms within its ranges."""
-        ordered = sorted(rooms, key=lambda r: (-rooms[r].bump_stamp, r))
+        ordered = sorted((r for r, info in rooms.items() if info.listed), key=lambda r: (-rooms[r].bump_stamp, r))
         need_facts = any(f.filters.is_encrypted is not None or f.filters.room_types is not None
                          or f.filters.not_room_types for f in lists.values())
         if need_facts:

@@ -115,7 +115,7 @@ class SlidingSyncService:
             for room_id in result.all_rooms():
                 configs[room_id] = configs[room_id].merge(room_config) if room_id in configs else room_config
         for room_id, room_config in req.room_subscriptions.items():
-            if room_id in rooms:  # rooms the user is not (or no longer) in are not served
+            if room_id in rooms:  # rooms the user never was in are not served (no peeking)
                 configs[room_id] = configs[room_id].merge(room_config) if room_id in configs else room_config
 
         changed_live = await self._live_rooms_with_events(conn, configs, rooms, since, now)
