@@ -31,7 +31,7 @@ async def _nio(target: Target, who: SlidingClient, store: Path) -> tuple[nio.Asy
     context = ssl.create_default_context(cafile=target.ca_path) if target.ca_path else None
     client = nio.AsyncClient(target.base_url, who.user_id or "", store_path=str(store),
                              config=nio.AsyncClientConfig(encryption_enabled=True),
-                             ssl=context)  # type: ignore[arg-type]
+                             ssl=context)
     login = await client.login("password123", device_name="nio")
     assert isinstance(login, nio.LoginResponse), login
     uploaded = await client.keys_upload()

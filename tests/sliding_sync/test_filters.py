@@ -23,7 +23,7 @@ async def test_filters(target: Target) -> None:
         {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
     space = await alice.create_room(name="space", creation_content={"type": "m.space"})
     child = await alice.create_room(name="child")
-    await alice.send_state(space, "m.space.child", {"via": [alice.user_id.split(":", 1)[1]]}, child)
+    await alice.send_state(space, "m.space.child", {"via": [target.server_name]}, child)
     favourite = await alice.create_room(name="favourite")
     await alice.call("PUT", f"/user/{alice.user_id}/rooms/{favourite}/tags/m.favourite", {"order": 0.5})
     plain = await alice.create_room(name="plain")

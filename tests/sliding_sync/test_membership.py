@@ -30,7 +30,7 @@ def _counts(resp: dict[str, Any]) -> tuple[int, int]:
     return resp["lists"]["invites"]["count"], resp["lists"]["rooms"]["count"]
 
 
-def _last_membership(room: dict[str, Any], user_id: str) -> tuple[str, str]:
+def _last_membership(room: dict[str, Any], user_id: str | None) -> tuple[str, str]:
     """(membership, sender) of the last m.room.member event for `user_id` in the room's timeline."""
     events = [e for e in room["timeline"] if e["type"] == "m.room.member" and e["state_key"] == user_id]
     assert events, room["timeline"]
