@@ -139,12 +139,11 @@ class SlidingSyncStore:
                                 connection_id, base)
                 await c.execute("DELETE FROM sliding_sync_positions WHERE connection_id = $1"
                                 " AND position_id <> $2", connection_id, base)
-                # Rows older than `base` that a newer row at or below it replaces.
+                # Rows older than `base` that `base`'s rows replace (those replaced by an earlier
+                # position's went when that one was the base: every kept position was one).
                 await c.execute(
-                    "DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id < $2 AND EXISTS ("
-                    "SELECT 1 FROM sliding_sync_rooms r2 WHERE r2.connection_id = sliding_sync_rooms.connection_id"
-                    " AND r2.room_id = sliding_sync_rooms.room_id"
-                    " AND r2.position_id > sliding_sync_rooms.position_id AND r2.position_id <= $2)",
+                    "DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id < $2 AND room_id IN ("
+                    "SELECT room_id FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id = $2)",
                     connection_id, base)
             position_id = int(await c.fetchval(
                 "INSERT INTO sliding_sync_positions (connection_id, token, lists, created_ts)"

@@ -31,7 +31,7 @@ from prometheus_client import Histogram
 from hs.db.stores.sliding_sync import RoomRecord
 from hs.services.sliding_sync.connections import Connection, Connections
 from hs.services.sliding_sync.request import RoomConfig, SlidingSyncRequest
-from hs.services.sliding_sync.room_data import RoomData, RoomPlan, RoomResult
+from hs.services.sliding_sync.room_data import RoomData, RoomPlan, RoomResult, config_key
 from hs.services.sliding_sync.room_list import ListResult, RoomInfo, RoomLists
 from hs.streams.notifier import LongPollInterrupted
 from hs.streams.tokens import StreamToken
@@ -121,9 +121,18 @@ class SlidingSyncService:
         changed_live = await self._live_rooms_with_events(conn, configs, rooms, since, now)
         results: dict[str, RoomResult] = {}
         records: dict[str, RoomRecord] = {}
+        keys: dict[tuple[str, RoomConfig], str] = {}
         for room_id, room_config in configs.items():
             info = rooms[room_id]
             previous = conn.rooms.get(room_id)
+            if previous is not None and changed_live.get(room_id) is False:
+                # The common case of a long-poll: a live room with nothing new, asked for as before.
+                key = keys.get((info.membership.membership, room_config))
+                if key is None:
+                    key = keys[(info.membership.membership, room_config)] = config_key(
+                        info.membership.membership, room_config)
+                if key == previous.config:
+                    continue
             plan = RoomPlan(room_id, info.membership, room_config, previous, info.bump_stamp)
             entry, record = await self.room_data.compute(user_id, req.device_id, plan, since, now,
                                                          has_events=changed_live.get(room_id))
