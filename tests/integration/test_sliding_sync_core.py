@@ -167,3 +167,71 @@ async def test_versions_advertises_sliding_sync(make_server: Any, engine: str) -
     await c.close()
     assert status == 200
     assert data["unstable_features"]["org.matrix.simplified_msc3575"] is True
+
+
+async def test_quiet_long_poll_keeps_pos_and_ignores_rooms_out_of_range(make_server: Any, engine: str,
+                                                                       shape: str) -> None:
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    old = await alice.create_room(name="old")
+    await alice.send_message(old, "old message")
+    new = await alice.create_room(name="new")
+    await alice.send_message(new, "new message")
+    body = {"lists": {"top": a_list([0, 0], 1, shape)}}
+    first = await ss(alice, body, shape=shape)
+    assert list(first["rooms"]) == [new]
+    # A reaction (not a bump event) in the room out of range: nothing for this list.
+    await ok(alice, "PUT", f"/rooms/{old}/send/m.reaction/t1",
+             {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x", "key": "k"}})
+    quiet = await ss(alice, body, pos=first["pos"], timeout=300, shape=shape)
+    assert quiet["rooms"] == {}
+    assert quiet["pos"] == first["pos"]
+    # A message there bumps it into range: it comes from scratch, the other room leaves the range.
+    await alice.send_message(old, "bump")
+    bumped = await ss(alice, body, pos=quiet["pos"], shape=shape)
+    assert list(bumped["rooms"]) == [old]
+    assert bumped["rooms"][old]["initial"] is True
+    assert [e["content"].get("body") for e in timeline(bumped["rooms"][old], shape)] == ["bump"]
+    # Back into range later, the first room gets only what it missed (not initial).
+    await alice.send_message(new, "missed")
+    await alice.send_message(new, "latest")
+    back = await ss(alice, body, pos=bumped["pos"], shape=shape)
+    assert list(back["rooms"]) == [new]
+    entry = back["rooms"][new]
+    assert "initial" not in entry
+    assert [e["content"].get("body") for e in timeline(entry, shape)] == ["latest"]
+    assert entry["limited"] is True
+
+
+async def test_invite_then_join_and_leave(make_server: Any, engine: str, shape: str) -> None:
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    room = await alice.create_room(name="club")
+    await ok(alice, "POST", f"/rooms/{room}/invite", {"user_id": bob.user_id})
+    body = {"lists": {"all": a_list([0, 9], 5, shape)}}
+    first = await ss(bob, body, shape=shape)
+    entry = first["rooms"][room]
+    stripped = entry["invite_state" if shape == "unstable" else "stripped_state"]
+    assert {"m.room.name", "m.room.member"} <= {e["type"] for e in stripped}
+    assert entry["name"] == "club"
+    assert "timeline" not in entry and "timeline_events" not in entry
+
+    await ok(bob, "POST", f"/rooms/{room}/join", {})
+    joined = await ss(bob, body, pos=first["pos"], shape=shape)
+    entry = joined["rooms"][room]
+    assert entry["initial"] is True
+    assert entry["joined_count"] == 2
+    if shape == "v4":
+        assert entry["membership"] == "join"
+
+    await ok(bob, "POST", f"/rooms/{room}/leave", {})
+    await alice.send_message(room, "after bob left")
+    left = await ss(bob, body, pos=joined["pos"], shape=shape)
+    entry = left["rooms"][room]
+    events = timeline(entry, shape)
+    assert events[-1]["type"] == "m.room.member" and events[-1]["content"]["membership"] == "leave"
+    assert "after bob left" not in str(left)
+    # Left by himself: the room shows once, then leaves the list.
+    later = await ss(bob, body, pos=left["pos"], shape=shape)
+    assert later["lists"]["all"]["count"] == 0

@@ -141,7 +141,7 @@ class RoomData:
                                                             end_state, previous)
         if previous is None or any(previous.get(k) != v for k, v in end_state.items() if k[0] in SUMMARY_TYPES) \
                 or any(k not in end_state for k in previous if k[0] in SUMMARY_TYPES):
-            await self._summary(result, user_id, end_state)
+            await self._summary(result, user_id, end_state, with_members=m.membership == "join")
         return result, record
 
     async def _timeline(self, user_id: str, room_id: str, after: int, upto: int, limit: int, membership: str,
@@ -198,10 +198,12 @@ class RoomData:
         events = sorted((found[v] for v in chosen.values() if v in found), key=lambda e: e.internal.position())
         return await serialize_events(self.hs, events, device_id, include_room_id=False)
 
-    async def _summary(self, result: RoomResult, user_id: str, state: dict[StateKey, str]) -> None:
-        """name, avatar, heroes and member counts from the state (as Synapse: `name` only from
-        m.room.name; heroes, which clients name the room from, when it has none)."""
-        wanted = [v for k, v in state.items() if k[0] == MEMBER]
+    async def _summary(self, result: RoomResult, user_id: str, state: dict[StateKey, str], with_members: bool,
+                       ) -> None:
+        """name, avatar, heroes and member counts from the state. As Synapse: `name` only from
+        m.room.name (clients name the room from the heroes when it has none); heroes and counts only
+        for joined rooms (`with_members`)."""
+        wanted = [v for k, v in state.items() if k[0] == MEMBER] if with_members else []
         for t in ("m.room.name", "m.room.avatar"):
             if (t, "") in state:
                 wanted.append(state[(t, "")])
@@ -212,6 +214,8 @@ class RoomData:
         avatar_ev = events.get(state.get(("m.room.avatar", ""), ""))
         if avatar_ev is not None and isinstance(avatar_ev.content.get("url"), str) and avatar_ev.content["url"]:
             result.avatar = avatar_ev.content["url"]
+        if not with_members:
+            return
         members = [events[v] for k, v in state.items() if k[0] == MEMBER and v in events]
         joined = [e for e in members if e.membership == "join"]
         invited = [e for e in members if e.membership == "invite"]
