@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,27 @@ def start_synapse(workdir: Path) -> Server:
     return Server("synapse", proc, base, secret, d)
 
 
+@contextmanager
+def profiled(server: Server, out_dir: str, phase: str) -> Iterator[None]:
+    """py-spy (`--py-spy DIR`) attached to hs during one phase: collapsed stacks in DIR/PHASE.txt,
+    idle frames included (`--idle`), so time the event loop waits (on PostgreSQL, on the notifier)
+    shows as the frames that wait. `flamegraph.pl` or speedscope read the file."""
+    if not out_dir or server.name != "hs":
+        yield
+        return
+    spy = Path(sys.executable).parent / "py-spy"
+    out = Path(out_dir) / f"{phase}.txt"
+    proc = subprocess.Popen([str(spy), "record", "--pid", str(server.proc.pid), "--format", "raw", "--idle",
+                             "--rate", "1000", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        proc.send_signal(2)
+        proc.wait(30)
+        print(f"  py-spy profile of {phase}: {out}", flush=True)
+
+
 # -- set-up ---------------------------------------------------------------------------------------
 
 async def populate(writer: User, reader: User, rooms: int, messages: int, concurrency: int) -> list[str]:
@@ -286,15 +309,16 @@ async def run_target(server: Server, args: argparse.Namespace) -> dict[str, Any]
               flush=True)
         # Let the server settle (background work after the burst of room creation).
         await asyncio.sleep(args.settle)
-        if args.profile_trigger and server.name == "hs":
-            Path(args.profile_trigger).touch()
         shapes = ["unstable", "v4"] if server.name == "hs" else ["unstable"]
         for shape in shapes:
-            out[f"first_{shape}"] = await bench_first(reader, shape, args.connections, len(room_ids))
+            with profiled(server, args.py_spy, f"first_{shape}"):
+                out[f"first_{shape}"] = await bench_first(reader, shape, args.connections, len(room_ids))
         for shape in shapes:
-            out[f"wake_{shape}"] = await bench_sliding_wake(writer, reader, room_ids, shape, args.trials,
-                                                            args.idle_ms / 1000)
-        out["wake_sync"] = await bench_wake(writer, reader, room_ids[0], args.trials, args.idle_ms / 1000)
+            with profiled(server, args.py_spy, f"wake_{shape}"):
+                out[f"wake_{shape}"] = await bench_sliding_wake(writer, reader, room_ids, shape, args.trials,
+                                                                args.idle_ms / 1000)
+        with profiled(server, args.py_spy, "wake_sync"):
+            out["wake_sync"] = await bench_wake(writer, reader, room_ids[0], args.trials, args.idle_ms / 1000)
     return out
 
 
@@ -325,7 +349,8 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=2.0, help="seconds of quiet after the set-up")
     ap.add_argument("--hs-env", action="append", default=[], metavar="KEY=VALUE", help="environment for hs")
     ap.add_argument("--hs-wrapper", default="", help="a command hs runs under, e.g. 'py-spy record -o x.svg --'")
-    ap.add_argument("--profile-trigger", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--py-spy", default="", metavar="DIR",
+                    help="profile hs with py-spy during each measured phase (collapsed stacks in DIR)")
     args = ap.parse_args()
     hs_env = dict(item.split("=", 1) for item in args.hs_env)
 
