@@ -1,7 +1,8 @@
 -- Sliding sync (MSC4186) connections and the positions handed to clients as `pos`.
 -- A connection is one (user, device, conn_id); each position names the stream token its response
 -- covered and, per room, what had been sent by then (rows only for rooms whose record changed at
--- that position: a position's view is, per room, its newest row at or below it).
+-- that position: a position's view is, per room, its newest row at or below it). `lazy_members`:
+-- the members whose m.room.member event was sent for $LAZY, so they are not sent again.
 CREATE TABLE sliding_sync_connections (
     connection_id {SERIAL_PK},
     user_id TEXT NOT NULL,
@@ -29,6 +30,7 @@ CREATE TABLE sliding_sync_rooms (
     status TEXT NOT NULL,
     sent_upto BIGINT NOT NULL,
     config TEXT NOT NULL,
+    lazy_members TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (connection_id, room_id, position_id)
 );
 CREATE INDEX sliding_sync_rooms_position ON sliding_sync_rooms (connection_id, position_id);

@@ -30,6 +30,8 @@ class RoomRecord:
     status: str
     sent_upto: int
     config: str
+    # The members whose m.room.member event was sent for lazy loading (sorted).
+    lazy_members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,11 @@ class SlidingSyncStore:
             return None
         connection_id = int(row["connection_id"])
         rows = await self.db.fetch(
-            "SELECT room_id, status, sent_upto, config FROM sliding_sync_rooms"
+            "SELECT room_id, status, sent_upto, config, lazy_members FROM sliding_sync_rooms"
             " WHERE connection_id = $1 AND position_id <= $2 ORDER BY position_id",
             connection_id, position_id)
-        rooms = {r["room_id"]: RoomRecord(r["status"], int(r["sent_upto"]), r["config"]) for r in rows}
+        rooms = {r["room_id"]: RoomRecord(r["status"], int(r["sent_upto"]), r["config"],
+                                          tuple(json_loads(r["lazy_members"]))) for r in rows}
         return StoredPosition(position_id, connection_id, row["token"], dict(json_loads(row["lists"])), rooms)
 
     async def get_position_owner(self, position_id: int) -> tuple[str, str, str] | None:
@@ -150,9 +153,9 @@ class SlidingSyncStore:
                 " VALUES ($1, $2, $3, $4) RETURNING position_id", connection_id, token, json_dumps(lists), now))
             if rooms:
                 await c.executemany(
-                    "INSERT INTO sliding_sync_rooms (connection_id, position_id, room_id, status, sent_upto, config)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)",
-                    [(connection_id, position_id, room_id, r.status, r.sent_upto, r.config)
+                    "INSERT INTO sliding_sync_rooms (connection_id, position_id, room_id, status, sent_upto, config,"
+                    " lazy_members) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    [(connection_id, position_id, room_id, r.status, r.sent_upto, r.config, json_dumps(list(r.lazy_members)))
                      for room_id, r in rooms.items()])
             await c.execute("UPDATE sliding_sync_connections SET last_used_ts = $2 WHERE connection_id = $1",
                             connection_id, now)

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.topic",
                         "m.room.canonical_alias", "m.room.encryption")
 MAX_HEROES = 5
+# Lazily loaded members remembered per room and connection; beyond this they are sent again.
+MAX_LAZY_MEMBERS = 1000
 FILL_ATTEMPTS = 3
 SUMMARY_TYPES = (MEMBER, "m.room.name", "m.room.avatar")
 
@@ -102,7 +104,7 @@ class RoomData:
 
         room_position = self.hs.events_stream.room_position
         upto_pos = room_position(upto, plan.room_id) if m.membership == "join" else m.position
-        record = RoomRecord("live", upto_pos, key)
+        record = RoomRecord("live", upto_pos, key, rec.lazy_members if rec is not None else ())
         prev = json_loads(rec.config) if rec is not None else None
         initial = prev is None or prev[0] in ("invite", "knock") or (prev[0] != "join" and m.membership == "join")
         config = plan.config
@@ -125,9 +127,9 @@ class RoomData:
                                                config.timeline_limit, m.membership)
         newest = await self.store.get_latest_event_at(plan.room_id, upto_pos)
         end_state = await self.store.get_state_group(newest.internal.state_group_after) if newest else {}
-        previous: dict[StateKey, str] | None = None
-        if not full_state:
-            previous = await self._state_at(plan.room_id, after)
+        # The state the client had (None: it has nothing), and what it is asked to have now.
+        before = None if initial else await self._state_at(plan.room_id, after)
+        previous = None if full_state else before
 
         since_pos = room_position(since, plan.room_id) if since is not None else None
         result = RoomResult(m.membership, initial, plan.bump_stamp, expanded_timeline=expanded)
@@ -137,10 +139,14 @@ class RoomData:
                            else sum(1 for e in events if e.internal.position() > since_pos))
         result.prev_batch = (TopologicalToken(events[0].depth, events[0].internal.position() - 1).encode()
                              if events else upto.encode())
-        result.required_state = await self._required_state(user_id, device_id, plan.config, events,
-                                                            end_state, previous)
-        if previous is None or any(previous.get(k) != v for k, v in end_state.items() if k[0] in SUMMARY_TYPES) \
-                or any(k not in end_state for k in previous if k[0] in SUMMARY_TYPES):
+        known = set() if previous is None or rec is None else set(rec.lazy_members)
+        result.required_state, known = await self._required_state(user_id, device_id, plan.config, events,
+                                                                   end_state, previous, known)
+        lazy_members = tuple(sorted(known)) if len(known) <= MAX_LAZY_MEMBERS else ()
+        record = RoomRecord("live", upto_pos, key, lazy_members)
+        # Name, avatar, heroes and counts: the first time, and when what they come from changed.
+        if before is None or any(before.get(k) != v for k, v in end_state.items() if k[0] in SUMMARY_TYPES) \
+                or any(k not in end_state for k in before if k[0] in SUMMARY_TYPES):
             await self._summary(result, user_id, end_state, with_members=m.membership == "join")
         return result, record
 
@@ -178,25 +184,33 @@ class RoomData:
 
     async def _required_state(self, user_id: str, device_id: str | None, config: RoomConfig,
                               timeline: list[Event], end_state: dict[StateKey, str],
-                              previous: dict[StateKey, str] | None) -> list[dict[str, Any]]:
+                              previous: dict[StateKey, str] | None, known: set[str],
+                              ) -> tuple[list[dict[str, Any]], set[str]]:
+        """The required_state entries to send (all of them when `previous` is None, else those changed
+        since), and the lazily loaded members the client then has: `known` are those sent before,
+        whose member event is sent again only when it changed."""
         rs = config.required_state
         if rs.is_empty():
-            return []
+            return [], known
         chosen = {k: v for k, v in end_state.items() if k[1] != LAZY and rs.matches(k[0], k[1], user_id)}
         if previous is not None:
             chosen = {k: v for k, v in chosen.items() if previous.get(k) != v}
         if rs.lazy_members:
+            known = set(known)
             for sender in {e.sender for e in timeline}:
                 member_key = (MEMBER, sender)
-                # (Sent with every timeline that shows the sender: which members the client already
-                # has is not tracked.)
-                if member_key in end_state:
-                    chosen[member_key] = end_state[member_key]
+                value = end_state.get(member_key)
+                if value is None:
+                    continue
+                changed = previous is not None and previous.get(member_key) != value
+                if sender not in known or changed:
+                    chosen[member_key] = value
+                known.add(sender)
         if not chosen:
-            return []
+            return [], known
         found = await self.store.get_events(list(chosen.values()))
         events = sorted((found[v] for v in chosen.values() if v in found), key=lambda e: e.internal.position())
-        return await serialize_events(self.hs, events, device_id, include_room_id=False)
+        return await serialize_events(self.hs, events, device_id, include_room_id=False), known
 
     async def _summary(self, result: RoomResult, user_id: str, state: dict[StateKey, str], with_members: bool,
                        ) -> None:
@@ -244,6 +258,8 @@ class RoomData:
             return []
         state = await self.store.get_state_group(ev.internal.state_group_after)
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
+        if ev.sender != ev.state_key and (MEMBER, ev.sender) in state:
+            ids.append(state[(MEMBER, ev.sender)])  # the inviter, as Synapse sends it
         found = await self.store.get_events(ids)
         stripped: list[dict[str, Any]] = [
             {"type": e.type, "state_key": e.state_key, "sender": e.sender, "content": e.content}

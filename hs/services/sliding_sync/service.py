@@ -138,13 +138,15 @@ class SlidingSyncService:
                                                          has_events=changed_live.get(room_id))
             if entry is not None:
                 results[room_id] = entry
-            if record != previous and not (previous is not None and previous.status == "live"
-                                           and record.status == "live" and previous.config == record.config):
+            # (A live room's `sent_upto` is the position's token: no need to write it down again.)
+            if previous is None or (previous.status, previous.config, previous.lazy_members) != (
+                    record.status, record.config, record.lazy_members):
                 records[room_id] = record
         room_position = self.hs.events_stream.room_position
         for room_id, previous in conn.rooms.items():
             if previous.status == "live" and room_id not in configs and conn.token is not None:
-                records[room_id] = RoomRecord("previously", room_position(conn.token, room_id), previous.config)
+                records[room_id] = RoomRecord("previously", room_position(conn.token, room_id), previous.config,
+                                              previous.lazy_members)
         await self._add_counts(user_id, results, rooms, now)
 
         digest = {name: [r.count, _digest(r)] for name, r in lists.items()}
