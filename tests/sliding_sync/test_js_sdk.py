@@ -101,7 +101,9 @@ async def test_js_sdk_room_list_live_and_encrypted(js_target: Target, node_modul
         expected_order = [rooms[0], rooms[2], rooms[1], secret]
 
         config = {"base_url": target.base_url, "user_id": alice.user_id, "access_token": alice.token,
-                  "device_id": alice.device_id, "expect_rooms": 4, "crypto": True, "timeout_ms": 60000}
+                  "device_id": alice.device_id, "expect_rooms": 4, "crypto": True, "timeout_ms": 60000,
+                  # Short long-polls: the server stops after the test without waiting out a 10 s poll.
+                  "poll_ms": 3000}
         env = dict(os.environ)
         if target.ca_path:
             env["NODE_EXTRA_CA_CERTS"] = target.ca_path
