@@ -235,3 +235,28 @@ async def test_invite_then_join_and_leave(make_server: Any, engine: str, shape: 
     # Left by himself: the room shows once, then leaves the list.
     later = await ss(bob, body, pos=left["pos"], shape=shape)
     assert later["lists"]["all"]["count"] == 0
+
+
+async def test_a_long_poll_given_up_does_not_replace_the_newer_position(make_server: Any, engine: str,
+                                                                       shape: str) -> None:
+    """Element X drops its long-poll and asks again from the same pos whenever its lists change; the
+    old request's late answer must not replace the position the client went on with."""
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    room = await alice.create_room()
+    small = {"lists": {"all": a_list([0, 0], 1, shape)}}
+    big = {"lists": {"all": a_list([0, 9], 1, shape)}}
+    first = await ss(alice, small, shape=shape)
+    given_up = asyncio.create_task(ss_raw(alice, small, pos=first["pos"], timeout=20000, shape=shape))
+    await asyncio.sleep(0.2)
+    second = await ss(alice, big, pos=first["pos"], shape=shape)
+    current = asyncio.create_task(ss(alice, big, pos=second["pos"], timeout=20000, shape=shape))
+    await asyncio.sleep(0.2)
+    await alice.send_message(room, "both wake")
+    woken = await asyncio.wait_for(current, 10)
+    assert [e["content"].get("body") for e in timeline(woken["rooms"][room], shape)] == ["both wake"]
+    status, data = await asyncio.wait_for(given_up, 10)
+    assert status == 400 and data["errcode"] == "M_UNKNOWN_POS"  # stale (a real client is gone by then)
+    await alice.send_message(room, "next")
+    after = await ss(alice, big, pos=woken["pos"], shape=shape)
+    assert [e["content"].get("body") for e in timeline(after["rooms"][room], shape)] == ["next"]

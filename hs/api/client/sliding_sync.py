@@ -43,7 +43,7 @@ async def _sync(request: web.Request, shape: Shape) -> HandlerResult:
     else:
         parsed = parse_request(body, shape, user_id=requester.user_id, device_id=requester.device_id)
     # (A server stop during the long-poll is answered by the service as an expired timeout.)
-    response = await hs.sliding_sync.sync(parsed)
+    response = await hs.sliding_sync.sync(parsed, still_wanted=lambda: request.transport is not None)
     return 200, render(response, shape)
 
 

@@ -3,6 +3,8 @@
 -- covered and, per room, what had been sent by then (rows only for rooms whose record changed at
 -- that position: a position's view is, per room, its newest row at or below it). `lazy_members`:
 -- the members whose m.room.member event was sent for $LAZY, so they are not sent again.
+-- A position is `used` once a request continued from it: the client got it, so a late answer to an
+-- older request (a long-poll the client gave up) must not replace it.
 CREATE TABLE sliding_sync_connections (
     connection_id {SERIAL_PK},
     user_id TEXT NOT NULL,
@@ -19,7 +21,8 @@ CREATE TABLE sliding_sync_positions (
     connection_id BIGINT NOT NULL,
     token TEXT NOT NULL,
     lists TEXT NOT NULL,
-    created_ts BIGINT NOT NULL
+    created_ts BIGINT NOT NULL,
+    used SMALLINT NOT NULL DEFAULT 0
 );
 CREATE INDEX sliding_sync_positions_connection ON sliding_sync_positions (connection_id, position_id);
 

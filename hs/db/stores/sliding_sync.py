@@ -126,10 +126,15 @@ class SlidingSyncStore:
             position_id)
         return None if row is None else (row["user_id"], row["device_id"], row["conn_id"])
 
+    async def mark_used(self, position_id: int) -> None:
+        await self.db.execute("UPDATE sliding_sync_positions SET used = 1 WHERE position_id = $1 AND used = 0",
+                              position_id)
+
     async def add_position(self, connection_id: int, base: int | None, token: str, lists: dict[str, Any],
                            rooms: dict[str, RoomRecord], now: int) -> int | None:
         """A new position following `base` (None: the connection's first), with the rooms whose record
-        changed. Keeps `base` and the new one; None if the connection is gone (restarted meanwhile)."""
+        changed. Keeps `base` and the new one; None if the connection is gone (restarted meanwhile) or
+        moved on past `base` (a newer position is in use)."""
 
         async def txn(c: Connection) -> int | None:
             alive = await c.fetchval("SELECT 1 FROM sliding_sync_connections WHERE connection_id = $1",
@@ -137,6 +142,11 @@ class SlidingSyncStore:
             if not alive:
                 return None
             if base is not None:
+                if not await c.fetchval("SELECT 1 FROM sliding_sync_positions WHERE position_id = $1", base):
+                    return None  # another answer from an older position won
+                if await c.fetchval("SELECT 1 FROM sliding_sync_positions WHERE connection_id = $1"
+                                    " AND position_id > $2 AND used = 1", connection_id, base):
+                    return None  # the client already continued from a newer position: this answer is stale
                 # An abandoned branch (the client retried `base`) and everything before `base`.
                 await c.execute("DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id > $2",
                                 connection_id, base)

@@ -8,7 +8,9 @@ required_state, timeline_limit) they were sent with. Everything is in the databa
 may land on any sync worker; positions are immutable once written, so each process caches them.
 
 The last two positions of a connection are kept: the client may retry the previous one (its response
-was lost). An older or unknown `pos` is 400 M_UNKNOWN_POS and the client starts a new connection.
+was lost). An older or unknown `pos` is 400 M_UNKNOWN_POS and the client starts a new connection. A
+position a request continued from is marked used: the client has it, so the late answer of a request
+the client gave up on (Element X drops its long-poll whenever its lists change) does not replace it.
 Connections idle for a week are dropped (lazily, when connections start, and by `expire`).
 """
 
@@ -49,6 +51,7 @@ class Connections:
     def __init__(self, hs: HomeServer) -> None:
         self.store = SlidingSyncStore(hs.db)
         self._positions: LruCache[int, StoredPosition] = LruCache(1000)
+        self._marked: LruCache[int, bool] = LruCache(10000)
 
     async def open(self, user_id: str, device_id: str | None, conn_id: str, pos: str | None) -> Connection:
         """The connection a request continues (`pos`), or a new one replacing it (no `pos`)."""
@@ -78,6 +81,9 @@ class Connections:
             token = StreamToken.decode(stored.token)
         except InvalidToken:
             raise unknown_pos() from None
+        if self._marked.get(position_id) is None:
+            await self.store.mark_used(position_id)
+            self._marked.set(position_id, True)
         return Connection(stored.connection_id, position_id, token, dict(stored.lists), dict(stored.rooms))
 
     async def save(self, conn: Connection, token: StreamToken, lists: dict[str, Any],

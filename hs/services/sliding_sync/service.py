@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,10 @@ class SlidingSyncService:
         self.room_lists = RoomLists(hs, self.connections.store)
         self.room_data = RoomData(hs)
 
-    async def sync(self, req: SlidingSyncRequest) -> SlidingSyncResponse:
+    async def sync(self, req: SlidingSyncRequest, still_wanted: Callable[[], bool] = lambda: True,
+                   ) -> SlidingSyncResponse:
+        """`still_wanted`: False once the client has gone (its answer is then not stored as a position,
+        which would replace the one it continues from in its next request)."""
         conn = await self.connections.open(req.user_id, req.device_id, req.conn_id, req.pos)
         await self.hs.presence.user_syncing(req.user_id, req.set_presence, req.timeout_ms)
         notifier = self.hs.notifier
@@ -97,7 +101,7 @@ class SlidingSyncService:
             except LongPollInterrupted:
                 break  # the server is stopping: answer as if the timeout had expired
         token = now if conn.token is None else conn.token.max(now)
-        if conn.base is not None and not result.new and not result.records:
+        if conn.base is not None and ((not result.new and not result.records) or not still_wanted()):
             pos = str(conn.base)
         else:
             pos = await self.connections.save(conn, token, result.digest, result.records)
