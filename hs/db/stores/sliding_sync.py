@@ -217,6 +217,23 @@ class SlidingSyncStore:
             out.setdefault(r["room_id"], []).append((r["state_key"], r["event_id"]))
         return out
 
+    async def get_member_counts(self, room_id: str) -> dict[str, int]:
+        """membership -> how many members have it, in the room's current state."""
+        rows = await self.db.fetch(
+            "SELECT membership, COUNT(*) AS n FROM current_state_events WHERE room_id = $1"
+            " AND type = 'm.room.member' GROUP BY membership", room_id)
+        return {r["membership"]: int(r["n"]) for r in rows if r["membership"]}
+
+    async def get_heroes(self, room_id: str, user_id: str, memberships: Sequence[str], limit: int) -> list[str]:
+        """Event IDs of the first members (by when their membership took effect) with one of
+        `memberships`, other than `user_id`, in the room's current state."""
+        rows = await self.db.fetch(
+            "SELECT c.event_id FROM current_state_events c JOIN events e ON e.event_id = c.event_id"
+            " WHERE c.room_id = $1 AND c.type = 'm.room.member' AND c.state_key <> $2"
+            f" AND c.membership IN ({_marks(4, len(memberships))}) ORDER BY e.stream_ordering LIMIT $3",
+            room_id, user_id, limit, *memberships)
+        return [r["event_id"] for r in rows]
+
     async def get_memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
         """room -> (membership, event ID) of every current membership of the user."""
         rows = await self.db.fetch(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hs.db.stores.sliding_sync import RoomRecord
+from hs.db.stores.sliding_sync import RoomRecord, SlidingSyncStore
 from hs.events.event import Event, StateKey
 from hs.services.serialize import serialize_event, serialize_events
 from hs.services.sliding_sync.request import LAZY, MEMBER, RoomConfig
@@ -78,9 +78,10 @@ def config_key(membership: str, config: RoomConfig) -> str:
 
 
 class RoomData:
-    def __init__(self, hs: HomeServer) -> None:
+    def __init__(self, hs: HomeServer, ss_store: SlidingSyncStore) -> None:
         self.hs = hs
         self.store = hs.event_store
+        self.ss_store = ss_store
 
     async def compute(self, user_id: str, device_id: str | None, plan: RoomPlan, since: StreamToken | None,
                       upto: StreamToken, has_events: bool | None = None) -> tuple[RoomResult | None, RoomRecord]:
@@ -147,7 +148,7 @@ class RoomData:
         # Name, avatar, heroes and counts: the first time, and when what they come from changed.
         if before is None or any(before.get(k) != v for k, v in end_state.items() if k[0] in SUMMARY_TYPES) \
                 or any(k not in end_state for k in before if k[0] in SUMMARY_TYPES):
-            await self._summary(result, user_id, end_state, with_members=m.membership == "join")
+            await self._summary(result, user_id, plan.room_id, end_state, with_members=m.membership == "join")
         return result, record
 
     async def _timeline(self, user_id: str, room_id: str, after: int, upto: int, limit: int, membership: str,
@@ -212,15 +213,12 @@ class RoomData:
         events = sorted((found[v] for v in chosen.values() if v in found), key=lambda e: e.internal.position())
         return await serialize_events(self.hs, events, device_id, include_room_id=False), known
 
-    async def _summary(self, result: RoomResult, user_id: str, state: dict[StateKey, str], with_members: bool,
-                       ) -> None:
-        """name, avatar, heroes and member counts from the state. As Synapse: `name` only from
-        m.room.name (clients name the room from the heroes when it has none); heroes and counts only
-        for joined rooms (`with_members`)."""
-        wanted = [v for k, v in state.items() if k[0] == MEMBER] if with_members else []
-        for t in ("m.room.name", "m.room.avatar"):
-            if (t, "") in state:
-                wanted.append(state[(t, "")])
+    async def _summary(self, result: RoomResult, user_id: str, room_id: str, state: dict[StateKey, str],
+                       with_members: bool) -> None:
+        """name, avatar, heroes and member counts. As Synapse: `name` only from m.room.name (clients
+        name the room from the heroes when it has none); heroes and counts only for joined rooms, from
+        the room's current members (two indexed queries, whatever the room's size)."""
+        wanted = [state[(t, "")] for t in ("m.room.name", "m.room.avatar") if (t, "") in state]
         events = await self.store.get_events(wanted)
         name_ev = events.get(state.get(("m.room.name", ""), ""))
         if name_ev is not None and isinstance(name_ev.content.get("name"), str) and name_ev.content["name"]:
@@ -230,21 +228,16 @@ class RoomData:
             result.avatar = avatar_ev.content["url"]
         if not with_members:
             return
-        members = [events[v] for k, v in state.items() if k[0] == MEMBER and v in events]
-        joined = [e for e in members if e.membership == "join"]
-        invited = [e for e in members if e.membership == "invite"]
-        result.joined_count = len(joined)
-        result.invited_count = len(invited)
+        counts = await self.ss_store.get_member_counts(room_id)
+        result.joined_count = counts.get("join", 0)
+        result.invited_count = counts.get("invite", 0)
         if result.name is not None:
             return
-
-        def order(evs: list[Event]) -> list[Event]:
-            evs = sorted(evs, key=lambda e: e.internal.stream_ordering or 0)
-            return [e for e in evs if e.state_key and e.state_key != user_id][:MAX_HEROES]
-
-        heroes = order(joined + invited) or order([e for e in members if e.membership in ("leave", "ban")])
+        hero_ids = (await self.ss_store.get_heroes(room_id, user_id, ("join", "invite"), MAX_HEROES)
+                    or await self.ss_store.get_heroes(room_id, user_id, ("leave", "ban"), MAX_HEROES))
+        found = await self.store.get_events(hero_ids)
         result.heroes = []
-        for ev in heroes:
+        for ev in (found[i] for i in hero_ids if i in found):
             hero: dict[str, Any] = {"user_id": ev.state_key}
             if isinstance(ev.content.get("displayname"), str):
                 hero["displayname"] = ev.content["displayname"]

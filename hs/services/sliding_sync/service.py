@@ -73,7 +73,7 @@ class SlidingSyncService:
         self.hs = hs
         self.connections = Connections(hs)
         self.room_lists = RoomLists(hs, self.connections.store)
-        self.room_data = RoomData(hs)
+        self.room_data = RoomData(hs, self.connections.store)
 
     async def sync(self, req: SlidingSyncRequest, still_wanted: Callable[[], bool] = lambda: True,
                    ) -> SlidingSyncResponse:
