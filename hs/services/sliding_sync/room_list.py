@@ -112,7 +112,8 @@ class RoomLists:
             ev = events.get(event_id)
             if ev is None:
                 continue
-            out[room_id] = RoomMembership(room_id, membership, event_id, ev.internal.position(), ev.sender)
+            # (An event held as an outlier has no stream position: nothing is read up to it.)
+            out[room_id] = RoomMembership(room_id, membership, event_id, ev.internal.stream_ordering or 0, ev.sender)
         return out, changed
 
     async def _membership_before(self, event_id: str, user_id: str) -> tuple[str, str] | None:
