@@ -183,6 +183,11 @@ class SlidingClient(Client):
                                                   timeout=aiohttp.ClientTimeout(total=60))
         return await super().request(method, path, body, raw=raw, params=params, auth=auth)
 
+    async def reconnect(self) -> None:
+        """Drop the HTTP session (e.g. after a server restart); the next request opens a new one."""
+        await self.close()
+        self._session = None
+
     async def sync_raw(self, body: dict[str, Any], *, pos: str | None = None,
                        timeout: int | None = 0) -> tuple[int, Any]:
         """One request in this client's shape; (status, raw JSON). `body` is in the unstable

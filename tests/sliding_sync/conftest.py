@@ -1,6 +1,6 @@
 """Fixtures for sliding sync tests: `target`, the server and shape a test runs against.
 
-By default each test runs against hs in both shapes (unstable and v4), on SQLite. Set
+By default each test runs against hs in both shapes: unstable on SQLite, v4 on PostgreSQL. Set
 `HS_SS_TARGETS=hs-unstable,hs-v4,synapse` (any subset) to run the same bodies against a real Synapse
 too (unstable shape only), which is how the expectations were checked; the Synapse comparison test
 (test_compare_synapse.py) always starts one.
@@ -38,18 +38,20 @@ def synapse_target(server: SynapseServer) -> Target:
                   {"server": server})
 
 
-async def hs_target(make_server: Any, shape: str, **config: Any) -> Target:
-    srv = await make_server("sqlite", **config)
+async def hs_target(make_server: Any, shape: str, engine: str = "sqlite", **config: Any) -> Target:
+    srv = await make_server(engine, **config)
     return Target("hs", srv.base_url, srv.config.server_name, shape, None, {"server": srv})
 
 
 @pytest.fixture(params=_targets())
 async def target(request: pytest.FixtureRequest, make_server: Any) -> Target:
-    """The server and shape under test: hs speaking unstable or v4, or Synapse (unstable)."""
+    """The server and shape under test: hs speaking unstable (on SQLite) or v4 (on PostgreSQL, so both
+    engines are covered without running everything twice), or Synapse (unstable)."""
     name = str(request.param)
     if name == "synapse":
         return synapse_target(request.getfixturevalue("session_synapse"))
-    return await hs_target(make_server, name.removeprefix("hs-"))
+    shape = name.removeprefix("hs-")
+    return await hs_target(make_server, shape, "postgres" if shape == "v4" else "sqlite")
 
 
 @pytest.fixture
