@@ -109,6 +109,9 @@ SWEEP: dict[tuple[str, str], Case] = {
         [P("query", "since", "token"), P("query", "full_state", "bool"), P("query", "set_presence", "enum"),
          P("query", "timeout", "limit"), P("query", "use_state_after", "bool"), P("query", "filter", "int")]),
     ("GET", "/user/{userId}/filter/{filterId}"): Case([P("path", "filterId", "id")]),
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"): Case(
+        [P("query", "timeout", "limit")], body={}),
+    ("POST", "/_matrix/client/v4/sync"): Case([P("body", "timeout", "limit")], body={}),
     ("POST", "/room_keys/version"): Case(
         [P("body", "algorithm", "enum", code="M_INVALID_PARAM", type_code="M_INVALID_PARAM")],
         body={"algorithm": BACKUP_ALG, "auth_data": {}}),

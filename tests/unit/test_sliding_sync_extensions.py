@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from hs.errors import MatrixError
-from hs.streams.tokens import StreamToken
 from hs.services.sliding_sync.extensions import (
     RoomScope,
     ToDeviceConfig,
@@ -20,6 +19,7 @@ from hs.services.sliding_sync.extensions import (
     room_groups,
     scratch_body,
 )
+from hs.streams.tokens import StreamToken
 
 LISTS = {"all": ["!a", "!b", "!c"], "dms": ["!d", "!a"], "empty": []}
 SUBS = ["!s", "!a"]
