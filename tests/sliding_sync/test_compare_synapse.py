@@ -204,3 +204,15 @@ async def test_notification_counts_match_sync_v3(make_server: Any) -> None:
     await alice.call("POST", f"/rooms/{room}/receipt/m.read/{last}", {})
     ss, v3 = await both()
     assert ss == v3 == (0, 0)
+
+
+async def test_stable_shape_same_as_unstable(make_server: Any) -> None:
+    """The v4 endpoint gives the same rooms and fields as the unstable one for the same scenario (its
+    lists carry only their counts, so the order is not compared)."""
+    unstable = await scenario(await hs_target(make_server, "unstable"))
+    stable = await scenario(await hs_target(make_server, "v4"))
+    for step, expected in unstable.items():
+        got = stable[step]
+        assert {n: lst["count"] for n, lst in got["lists"].items()} == \
+            {n: lst["count"] for n, lst in expected["lists"].items()}, step
+        assert got["rooms"] == expected["rooms"], step
