@@ -18,6 +18,8 @@ from hs.util import json_dumps, json_loads
 
 # Per device, the connections kept (the least recently used beyond this are dropped).
 MAX_CONNECTIONS_PER_DEVICE = 100
+# A connection's last use is written down at most this often (idle expiry counts in days).
+LAST_USED_RESOLUTION_MS = 60 * 1000
 # Bulk reads ask at most this many rooms per statement (both engines' parameter limits are far above).
 CHUNK = 500
 
@@ -57,29 +59,40 @@ class SlidingSyncStore:
         self.db = db
 
     # -- connections and positions ----------------------------------------------------------------------
-    async def new_connection(self, user_id: str, device_id: str, conn_id: str, now: int, idle_before: int,
-                             ) -> int:
-        """Start (or restart) the connection: its old positions are gone. Drops, by the way, idle
-        connections and the device's least recently used ones beyond the bound."""
+    async def new_connection(self, user_id: str, device_id: str, conn_id: str, token: str, lists: dict[str, Any],
+                             rooms: dict[str, RoomRecord], now: int, idle_before: int) -> tuple[int, int]:
+        """Start (or restart) the connection with its first position (returned: the connection's ID and
+        the position's); its old positions are gone. A new key drops, by the way, idle connections and
+        the device's least recently used ones beyond the bound. One transaction: the whole write of a
+        new connection's first response."""
 
-        async def txn(c: Connection) -> int:
+        async def txn(c: Connection) -> tuple[int, int]:
             old = await c.fetchval(
                 "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
                 " AND conn_id = $3", user_id, device_id, conn_id)
             if old is not None:
+                # (A client starting over: nothing else to tidy up, the device's count is unchanged.)
                 await self._delete_connections(c, [int(old)])
-            idle = await c.fetch("SELECT connection_id FROM sliding_sync_connections WHERE last_used_ts < $1"
-                                 " LIMIT 100", idle_before)
-            surplus = await c.fetch(
-                "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
-                " ORDER BY last_used_ts DESC, connection_id DESC LIMIT 100 OFFSET $3",
-                user_id, device_id, MAX_CONNECTIONS_PER_DEVICE - 1)
-            await self._delete_connections(c, [int(r["connection_id"]) for r in [*idle, *surplus]])
-            return int(await c.fetchval(
+            else:
+                await self._tidy(c, user_id, device_id, idle_before)
+            connection_id = int(await c.fetchval(
                 "INSERT INTO sliding_sync_connections (user_id, device_id, conn_id, created_ts, last_used_ts)"
                 " VALUES ($1, $2, $3, $4, $4) RETURNING connection_id", user_id, device_id, conn_id, now))
+            return connection_id, await self._insert_position(c, connection_id, token, lists, rooms, now)
 
         return await self.db.run_transaction("sliding_sync_new_connection", txn)
+
+    @classmethod
+    async def _tidy(cls, c: Connection, user_id: str, device_id: str, idle_before: int) -> None:
+        """Drop idle connections (a few at a time) and the device's least recently used ones beyond
+        the bound."""
+        idle = await c.fetch("SELECT connection_id FROM sliding_sync_connections WHERE last_used_ts < $1"
+                             " LIMIT 100", idle_before)
+        surplus = await c.fetch(
+            "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
+            " ORDER BY last_used_ts DESC, connection_id DESC LIMIT 100 OFFSET $3",
+            user_id, device_id, MAX_CONNECTIONS_PER_DEVICE - 1)
+        await cls._delete_connections(c, [int(r["connection_id"]) for r in [*idle, *surplus]])
 
     @staticmethod
     async def _delete_connections(c: Connection, ids: list[int]) -> None:
@@ -99,14 +112,19 @@ class SlidingSyncStore:
             await self.db.run_transaction("sliding_sync_expire", txn)
         return len(ids)
 
-    async def get_position(self, user_id: str, device_id: str, conn_id: str, position_id: int,
-                           ) -> StoredPosition | None:
-        """The position with its per-room view, if it belongs to this connection and is still kept."""
+    async def claim_position(self, user_id: str, device_id: str, conn_id: str, position_id: int) -> bool:
+        """Whether the position is kept and this connection's; if so it is marked used (the client has
+        it), in the same statement."""
         row = await self.db.fetchrow(
-            "SELECT p.connection_id, p.token, p.lists FROM sliding_sync_positions p"
-            " JOIN sliding_sync_connections c ON c.connection_id = p.connection_id"
-            " WHERE p.position_id = $1 AND c.user_id = $2 AND c.device_id = $3 AND c.conn_id = $4",
-            position_id, user_id, device_id, conn_id)
+            "UPDATE sliding_sync_positions SET used = 1 WHERE position_id = $1 AND connection_id = ("
+            "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $2 AND device_id = $3"
+            " AND conn_id = $4) RETURNING position_id", position_id, user_id, device_id, conn_id)
+        return row is not None
+
+    async def get_position(self, position_id: int) -> StoredPosition | None:
+        """The position with its per-room view (ownership is `claim_position`'s to check)."""
+        row = await self.db.fetchrow(
+            "SELECT connection_id, token, lists FROM sliding_sync_positions WHERE position_id = $1", position_id)
         if row is None:
             return None
         connection_id = int(row["connection_id"])
@@ -118,60 +136,59 @@ class SlidingSyncStore:
                                           tuple(json_loads(r["lazy_members"]))) for r in rows}
         return StoredPosition(position_id, connection_id, row["token"], dict(json_loads(row["lists"])), rooms)
 
-    async def get_position_owner(self, position_id: int) -> tuple[str, str, str] | None:
-        """(user, device, conn_id) of a kept position, None once it is dropped."""
-        row = await self.db.fetchrow(
-            "SELECT c.user_id, c.device_id, c.conn_id FROM sliding_sync_positions p"
-            " JOIN sliding_sync_connections c ON c.connection_id = p.connection_id WHERE p.position_id = $1",
-            position_id)
-        return None if row is None else (row["user_id"], row["device_id"], row["conn_id"])
-
-    async def mark_used(self, position_id: int) -> None:
-        await self.db.execute("UPDATE sliding_sync_positions SET used = 1 WHERE position_id = $1 AND used = 0",
-                              position_id)
-
-    async def add_position(self, connection_id: int, base: int | None, token: str, lists: dict[str, Any],
+    async def add_position(self, connection_id: int, base: int, token: str, lists: dict[str, Any],
                            rooms: dict[str, RoomRecord], now: int) -> int | None:
-        """A new position following `base` (None: the connection's first), with the rooms whose record
-        changed. Keeps `base` and the new one; None if the connection is gone (restarted meanwhile) or
-        moved on past `base` (a newer position is in use)."""
+        """A new position following `base`, with the rooms whose record changed. Keeps `base` and the
+        new one; None if `base` is gone (the connection restarted, or another answer from an older
+        position won) or the client already moved on past it (a newer position is in use)."""
 
         async def txn(c: Connection) -> int | None:
-            alive = await c.fetchval("SELECT 1 FROM sliding_sync_connections WHERE connection_id = $1",
-                                     connection_id)
-            if not alive:
+            row = await c.fetchrow(
+                "SELECT c.last_used_ts,"
+                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1) AS total,"
+                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1"
+                " AND p.position_id = $2) AS base_kept,"
+                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1"
+                " AND p.position_id > $2) AS newer,"
+                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1"
+                " AND p.position_id > $2 AND p.used = 1) AS newer_used"
+                " FROM sliding_sync_connections c WHERE c.connection_id = $1", connection_id, base)
+            if row is None or not row["base_kept"] or row["newer_used"]:
                 return None
-            if base is not None:
-                if not await c.fetchval("SELECT 1 FROM sliding_sync_positions WHERE position_id = $1", base):
-                    return None  # another answer from an older position won
-                if await c.fetchval("SELECT 1 FROM sliding_sync_positions WHERE connection_id = $1"
-                                    " AND position_id > $2 AND used = 1", connection_id, base):
-                    return None  # the client already continued from a newer position: this answer is stale
-                # An abandoned branch (the client retried `base`) and everything before `base`.
+            if row["newer"]:
+                # An abandoned branch: the client retried `base`.
                 await c.execute("DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id > $2",
                                 connection_id, base)
+            if row["total"] > 1:
+                # That branch, and the positions before `base`.
                 await c.execute("DELETE FROM sliding_sync_positions WHERE connection_id = $1"
                                 " AND position_id <> $2", connection_id, base)
-                # Rows older than `base` that `base`'s rows replace (those replaced by an earlier
-                # position's went when that one was the base: every kept position was one).
-                await c.execute(
-                    "DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id < $2 AND room_id IN ("
-                    "SELECT room_id FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id = $2)",
-                    connection_id, base)
-            position_id = int(await c.fetchval(
-                "INSERT INTO sliding_sync_positions (connection_id, token, lists, created_ts)"
-                " VALUES ($1, $2, $3, $4) RETURNING position_id", connection_id, token, json_dumps(lists), now))
-            if rooms:
-                await c.executemany(
-                    "INSERT INTO sliding_sync_rooms (connection_id, position_id, room_id, status, sent_upto, config,"
-                    " lazy_members) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    [(connection_id, position_id, room_id, r.status, r.sent_upto, r.config, json_dumps(list(r.lazy_members)))
-                     for room_id, r in rooms.items()])
-            await c.execute("UPDATE sliding_sync_connections SET last_used_ts = $2 WHERE connection_id = $1",
-                            connection_id, now)
-            return position_id
+            # Rows older than `base` that `base`'s rows replace (those replaced by an earlier position's
+            # went when that one was the base: every kept position was one).
+            await c.execute(
+                "DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id < $2 AND room_id IN ("
+                "SELECT room_id FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id = $2)",
+                connection_id, base)
+            if now - int(row["last_used_ts"]) > LAST_USED_RESOLUTION_MS:
+                await c.execute("UPDATE sliding_sync_connections SET last_used_ts = $2 WHERE connection_id = $1",
+                                connection_id, now)
+            return await self._insert_position(c, connection_id, token, lists, rooms, now)
 
         return await self.db.run_transaction("sliding_sync_add_position", txn)
+
+    @staticmethod
+    async def _insert_position(c: Connection, connection_id: int, token: str, lists: dict[str, Any],
+                               rooms: dict[str, RoomRecord], now: int) -> int:
+        position_id = int(await c.fetchval(
+            "INSERT INTO sliding_sync_positions (connection_id, token, lists, created_ts)"
+            " VALUES ($1, $2, $3, $4) RETURNING position_id", connection_id, token, json_dumps(lists), now))
+        if rooms:
+            await c.executemany(
+                "INSERT INTO sliding_sync_rooms (connection_id, position_id, room_id, status, sent_upto, config,"
+                " lazy_members) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [(connection_id, position_id, room_id, r.status, r.sent_upto, r.config,
+                  json_dumps(list(r.lazy_members))) for room_id, r in rooms.items()])
+        return position_id
 
     # -- what the room lists need, in bulk ----------------------------------------------------------------
     async def get_bump_stamps(self, room_ids: Sequence[str], types: Sequence[str], upto: int) -> dict[str, int]:
@@ -217,12 +234,18 @@ class SlidingSyncStore:
             out.setdefault(r["room_id"], []).append((r["state_key"], r["event_id"]))
         return out
 
-    async def get_member_counts(self, room_id: str) -> dict[str, int]:
-        """membership -> how many members have it, in the room's current state."""
-        rows = await self.db.fetch(
-            "SELECT membership, COUNT(*) AS n FROM current_state_events WHERE room_id = $1"
-            " AND type = 'm.room.member' GROUP BY membership", room_id)
-        return {r["membership"]: int(r["n"]) for r in rows if r["membership"]}
+    async def get_member_counts(self, room_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """room -> membership -> how many members have it, in the rooms' current state."""
+        out: dict[str, dict[str, int]] = {}
+        for chunk in _chunks(list(room_ids)):
+            rows = await self.db.fetch(
+                "SELECT room_id, membership, COUNT(*) AS n FROM current_state_events"
+                f" WHERE type = 'm.room.member' AND room_id IN ({_marks(1, len(chunk))})"
+                " GROUP BY room_id, membership", *chunk)
+            for r in rows:
+                if r["membership"]:
+                    out.setdefault(r["room_id"], {})[r["membership"]] = int(r["n"])
+        return out
 
     async def get_heroes(self, room_id: str, user_id: str, memberships: Sequence[str], limit: int) -> list[str]:
         """Event IDs of the first members (by when their membership took effect) with one of

@@ -36,7 +36,7 @@ MAX_POS_LENGTH = 20
 class Connection:
     """One request's view of its connection: the position it continues from (none for a new one)."""
 
-    connection_id: int
+    connection_id: int | None  # None: a new connection, not written down yet
     base: int | None
     token: StreamToken | None
     lists: dict[str, Any] = field(default_factory=dict)
@@ -51,51 +51,49 @@ class Connections:
     def __init__(self, hs: HomeServer) -> None:
         self.store = SlidingSyncStore(hs.db)
         self._positions: LruCache[int, StoredPosition] = LruCache(1000)
-        self._marked: LruCache[int, bool] = LruCache(10000)
 
     async def open(self, user_id: str, device_id: str | None, conn_id: str, pos: str | None) -> Connection:
-        """The connection a request continues (`pos`), or a new one replacing it (no `pos`)."""
-        device = device_id or ""
+        """The connection a request continues (`pos`), or a new one (no `pos`), written down with its
+        first position by `save` (which replaces any connection of the same key)."""
         if pos is None:
-            now = _now_ms()
-            cid = await self.store.new_connection(user_id, device, conn_id, now, now - IDLE_EXPIRY_MS)
-            return Connection(cid, None, None)
+            return Connection(None, None, None)
         if not pos.isascii() or not pos.isdigit() or len(pos) > MAX_POS_LENGTH:
             raise unknown_pos()
         position_id = int(pos)
         if position_id >= 2 ** 63:
             raise unknown_pos()
+        # Whether it is still kept and theirs (a cached one may have been dropped since).
+        if not await self.store.claim_position(user_id, device_id or "", conn_id, position_id):
+            self._positions.pop(position_id)
+            raise unknown_pos()
         stored = self._positions.get(position_id)
         if stored is None:
-            stored = await self.store.get_position(user_id, device, conn_id, position_id)
+            stored = await self.store.get_position(position_id)
             if stored is None:
                 raise unknown_pos()
             self._positions.set(position_id, stored)
-        else:
-            # A cached position may have been dropped since (the connection moved on twice, or restarted).
-            found = await self.store.get_position_owner(position_id)
-            if found is None or found != (user_id, device, conn_id):
-                self._positions.pop(position_id)
-                raise unknown_pos()
         try:
             token = StreamToken.decode(stored.token)
         except InvalidToken:
             raise unknown_pos() from None
-        if self._marked.get(position_id) is None:
-            await self.store.mark_used(position_id)
-            self._marked.set(position_id, True)
         return Connection(stored.connection_id, position_id, token, dict(stored.lists), dict(stored.rooms))
 
-    async def save(self, conn: Connection, token: StreamToken, lists: dict[str, Any],
-                   changed: dict[str, RoomRecord]) -> str:
+    async def save(self, conn: Connection, user_id: str, device_id: str | None, conn_id: str, token: StreamToken,
+                   lists: dict[str, Any], changed: dict[str, RoomRecord]) -> str:
         """A new position after `conn`'s base with the rooms whose record changed; returns its `pos`."""
-        position_id = await self.store.add_position(conn.connection_id, conn.base, token.encode(), lists,
-                                                    changed, _now_ms())
-        if position_id is None:
-            raise unknown_pos("The connection was restarted by another request")
+        now = _now_ms()
+        encoded = token.encode()
+        connection_id = conn.connection_id
+        if connection_id is None or conn.base is None:
+            connection_id, position_id = await self.store.new_connection(
+                user_id, device_id or "", conn_id, encoded, lists, changed, now, now - IDLE_EXPIRY_MS)
+        else:
+            added = await self.store.add_position(connection_id, conn.base, encoded, lists, changed, now)
+            if added is None:
+                raise unknown_pos("The connection moved on or was restarted by another request")
+            position_id = added
         rooms = {**conn.rooms, **changed}
-        self._positions.set(position_id, StoredPosition(position_id, conn.connection_id, token.encode(),
-                                                        lists, rooms))
+        self._positions.set(position_id, StoredPosition(position_id, connection_id, encoded, lists, rooms))
         return str(position_id)
 
     async def expire(self) -> int:

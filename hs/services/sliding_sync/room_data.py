@@ -62,6 +62,7 @@ class RoomResult:
     stripped_state: list[dict[str, Any]] | None = None
     expanded_timeline: bool = False
     is_dm: bool = False
+    needs_counts: bool = False  # joined_count and invited_count are due
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,8 @@ class RoomData:
                        with_members: bool) -> None:
         """name, avatar, heroes and member counts. As Synapse: `name` only from m.room.name (clients
         name the room from the heroes when it has none); heroes and counts only for joined rooms, from
-        the room's current members (two indexed queries, whatever the room's size)."""
+        the room's current members (indexed queries, whatever the room's size; the counts of all the
+        response's rooms in one, by the service)."""
         wanted = [state[(t, "")] for t in ("m.room.name", "m.room.avatar") if (t, "") in state]
         events = await self.store.get_events(wanted)
         name_ev = events.get(state.get(("m.room.name", ""), ""))
@@ -228,9 +230,7 @@ class RoomData:
             result.avatar = avatar_ev.content["url"]
         if not with_members:
             return
-        counts = await self.ss_store.get_member_counts(room_id)
-        result.joined_count = counts.get("join", 0)
-        result.invited_count = counts.get("invite", 0)
+        result.needs_counts = True  # filled in for all rooms of the response at once
         if result.name is not None:
             return
         hero_ids = (await self.ss_store.get_heroes(room_id, user_id, ("join", "invite"), MAX_HEROES)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 BUMP_EVENT_TYPES = ("m.room.create", "m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite",
                     "m.poll.start", "m.beacon_info")
 MEMBER = "m.room.member"
+# A room's newest events looked at for a new bump stamp before asking the database.
+RECENT_FOR_BUMP = 20
 END_OF_STREAM = 2 ** 62
 
 
@@ -82,6 +84,7 @@ class RoomLists:
         self.store = store
         self.events = hs.event_store
         self._cache: LruCache[str, _Snapshot] = LruCache(10000)
+        self._dms: LruCache[str, tuple[int, set[str]]] = LruCache(10000)
 
     async def memberships_at(self, user_id: str, upto: StreamToken, since: StreamToken | None,
                              ) -> tuple[dict[str, RoomMembership], set[str]]:
@@ -138,7 +141,7 @@ class RoomLists:
         changed, the previous answer is reused and only the rooms with new events get their bump
         stamp read again."""
         cached = self._cache.get(user_id)
-        if cached is not None and since is not None:
+        if cached is not None:
             reused = await self._from_cache(user_id, cached, upto, since)
             if reused is not None:
                 return reused, set()
@@ -148,11 +151,11 @@ class RoomLists:
         self._cache.set(user_id, _Snapshot(upto, memberships, stamps))
         return await self._rooms(user_id, memberships, stamps, changed), changed
 
-    async def _from_cache(self, user_id: str, cached: _Snapshot, upto: StreamToken, since: StreamToken,
+    async def _from_cache(self, user_id: str, cached: _Snapshot, upto: StreamToken, since: StreamToken | None,
                           ) -> dict[str, RoomInfo] | None:
         """The rooms from the snapshot brought forward to `upto`, if no membership of the user changed
         after the snapshot nor after `since` (so no room was left since `since` either)."""
-        lowest = min(since.get("events"), cached.token.get("events"))
+        lowest = cached.token.get("events") if since is None else min(since.get("events"), cached.token.get("events"))
         if self.events.user_membership_changed_after(user_id, lowest) or cached.token.stream_is_after(upto, "events"):
             return None
         stamps = dict(cached.stamps)
@@ -162,9 +165,27 @@ class RoomLists:
             for writer, ids in self.hs.events_stream.rooms_by_writer(joined).items():
                 bumped.extend(await self.events.get_rooms_with_events_between(
                     ids, cached.token.writer_position("events", writer), upto.writer_position("events", writer)))
-            stamps.update(await self._bump_stamps(bumped, upto))
+            stamps.update(await self._newer_bump_stamps(bumped, cached.token, upto))
             self._cache.set(user_id, _Snapshot(upto, cached.memberships, stamps))
         return await self._rooms(user_id, cached.memberships, stamps, set())
+
+    async def _newer_bump_stamps(self, room_ids: list[str], after: StreamToken, upto: StreamToken,
+                                 ) -> dict[str, int]:
+        """Bump stamps of rooms with events in (after, upto]: from their newest events (in memory
+        as a rule), the database only for a room whose newest events hold no bump event."""
+        room_position = self.hs.events_stream.room_position
+        out: dict[str, int] = {}
+        unknown: list[str] = []
+        for room_id in room_ids:
+            events, more = await self.events.get_room_events_stream(
+                room_id, room_position(after, room_id), room_position(upto, room_id), RECENT_FOR_BUMP)
+            bump = next((e for e in reversed(events) if e.type in BUMP_EVENT_TYPES), None)
+            if bump is not None:
+                out[room_id] = bump.internal.position()
+            elif more:
+                unknown.append(room_id)
+        out.update(await self._bump_stamps(unknown, upto))
+        return out
 
     async def _bump_stamps(self, room_ids: list[str], upto: StreamToken) -> dict[str, int]:
         stamps: dict[str, int] = {}
@@ -245,11 +266,17 @@ class RoomLists:
         return out
 
     async def dm_rooms(self, user_id: str) -> set[str]:
+        """The rooms of the user's m.direct account data (read again only once account data moved)."""
+        position = self.hs.notifier.current.get("account_data")
+        cached = self._dms.get(user_id)
+        if cached is not None and cached[0] == position:
+            return cached[1]
         content = await self.hs.account_data_stream.store.get(user_id, "", "m.direct") or {}
         out: set[str] = set()
         for room_ids in content.values():
             if isinstance(room_ids, list):
                 out.update(r for r in room_ids if isinstance(r, str))
+        self._dms.set(user_id, (position, out))
         return out
 
     async def _space_children(self, spaces: list[str]) -> dict[str, set[str]]:

@@ -104,7 +104,8 @@ class SlidingSyncService:
         if conn.base is not None and ((not result.new and not result.records) or not still_wanted()):
             pos = str(conn.base)
         else:
-            pos = await self.connections.save(conn, token, result.digest, result.records)
+            pos = await self.connections.save(conn, req.user_id, req.device_id, req.conn_id, token, result.digest,
+                                              result.records)
         return SlidingSyncResponse(pos, result.lists, result.rooms, result.extensions)
 
     async def _compute(self, req: SlidingSyncRequest, conn: Connection, now: StreamToken) -> _Pass:
@@ -179,7 +180,8 @@ class SlidingSyncService:
 
     async def _add_counts(self, user_id: str, results: dict[str, RoomResult], rooms: dict[str, RoomInfo],
                           now: StreamToken) -> None:
-        """Unread counts (as /sync's) of the joined rooms sent, and whether each room is a DM."""
+        """Unread counts (as /sync's) and member counts of the joined rooms sent, and whether each room
+        is a DM."""
         if not results:
             return
         joined = [r for r in results if results[r].membership == "join"]
@@ -188,6 +190,12 @@ class SlidingSyncService:
             threads = counts.get(room_id, {})
             results[room_id].notification_count = sum(n for n, _ in threads.values())
             results[room_id].highlight_count = sum(h for _, h in threads.values())
+        wanted = [r for r, entry in results.items() if entry.needs_counts]
+        if wanted:
+            members = await self.connections.store.get_member_counts(wanted)
+            for room_id in wanted:
+                results[room_id].joined_count = members.get(room_id, {}).get("join", 0)
+                results[room_id].invited_count = members.get(room_id, {}).get("invite", 0)
         dms = await self.room_lists.dm_rooms(user_id)
         for room_id, entry in results.items():
             entry.is_dm = room_id in dms
