@@ -20,7 +20,7 @@ from tests.federation.synapse import SynapseServer
 from tests.sliding_sync.client import LAZY, Target, list_room_ids
 from tests.sliding_sync.conftest import hs_target, synapse_target
 
-ROOM_STATE = [["m.room.name", ""], ["m.room.create", ""], ["m.room.encryption", ""], ["m.room.member", LAZY],
+ROOM_STATE = [["m.room.name", ""], ["m.room.avatar", ""], ["m.room.create", ""], ["m.room.encryption", ""], ["m.room.member", LAZY],
               ["m.room.member", "$ME"], ["m.room.topic", ""]]
 
 # Intentional differences: field -> why it is not compared (or compared loosely).
@@ -29,10 +29,11 @@ NOT_COMPARED = {
                           "there); hs sends the counts /sync v3 gives, checked against /sync below",
     "highlight_count": "as notification_count",
 }
-# Fields hs sends again for a room that is not new (a subscription widening its timeline, a change)
-# where Synapse only sends them on the room's first appearance or when they change: the same values,
-# harmless to clients, which keep the last value they saw.
-RESENT_OK = {"name", "joined_count", "invited_count", "heroes"}
+# Summary fields of a room that is not new (a subscription widening its timeline, a change) are sent
+# again by one server and left out by the other in places (Synapse repeats the avatar when a
+# subscription widens required_state, hs does not; hs used to repeat the name): clients keep the last
+# value they saw, so for such entries these are compared only when both servers send them.
+RESENT_OK = {"name", "avatar", "joined_count", "invited_count", "heroes"}
 # State events one server's createRoom makes and the other's does not (not a sliding sync matter):
 # the public_chat preset's m.room.guest_access "forbidden" is explicit in hs, implicit in Synapse.
 IGNORED_STATE = {"m.room.guest_access"}
@@ -78,6 +79,8 @@ def summarise(resp: dict[str, Any], lab: Labels) -> dict[str, Any]:
     for room_id, room in resp.get("rooms", {}).items():
         rooms[lab(room_id)] = {
             "name": room.get("name"),
+            "avatar": room.get("avatar"),
+            "is_dm": room.get("is_dm"),
             "heroes": [lab(h["user_id"]) for h in room.get("heroes", [])] or None,
             "initial": bool(room.get("initial")),
             "joined_count": room.get("joined_count"),
@@ -116,7 +119,8 @@ async def scenario(target: Target) -> dict[str, dict[str, Any]]:
     dm = await alice.create_room(is_direct=True, invite=[bob.user_id], preset="trusted_private_chat")
     await bob.call("POST", f"/join/{dm}", {})
     await bob.send_message(dm, "hi alice")
-    named = await alice.create_room(name="named", topic="a topic", preset="public_chat")
+    named = await alice.create_room(name="named", topic="a topic", preset="public_chat", initial_state=[
+        {"type": "m.room.avatar", "state_key": "", "content": {"url": "mxc://example.org/avatar"}}])
     await carol.call("POST", f"/join/{named}", {})
     for i, who in enumerate((alice, carol, carol)):
         await who.send_message(named, f"named {i}")
@@ -171,7 +175,7 @@ def _differences(hs: dict[str, Any], synapse: dict[str, Any]) -> list[str]:
                 got = a["rooms"][room].get(field)
                 if field in NOT_COMPARED or got == expected:
                     continue
-                if first and field in RESENT_OK and expected is None:
+                if first and field in RESENT_OK and (expected is None or got is None):
                     continue
                 diffs.append(f"{step}: {room}.{field}: hs {got!r} != synapse {expected!r}")
     return diffs
@@ -180,6 +184,12 @@ def _differences(hs: dict[str, Any], synapse: dict[str, Any]) -> list[str]:
 async def test_same_answers_as_synapse(session_synapse: SynapseServer, make_server: Any) -> None:
     expected = await scenario(synapse_target(session_synapse))
     got = await scenario(await hs_target(make_server, "unstable"))
+    # Not vacuous: the reference has the rooms and fields compared.
+    first_seen = {**expected["2 all"]["rooms"], **expected["1 top 3"]["rooms"]}
+    assert first_seen["named"]["avatar"] == "mxc://example.org/avatar"
+    assert first_seen["dm"]["heroes"] == ["@bob"]
+    assert first_seen["invite"]["invite_state"]
+    assert expected["1 top 3"]["lists"]["invites"]["count"] == 2
     diffs = _differences(got, expected)
     assert not diffs, "\n".join(diffs)
 
