@@ -207,8 +207,13 @@ class SlidingSyncService:
             return {}, False
         from hs.services.sliding_sync.extensions import ExtensionRequest, compute_extensions
 
+        # Rooms back in the lists after a time out of them count as sent from scratch for the
+        # extensions too: their account data, receipts and typing are sent whole rather than the
+        # changes since `since`, which would miss what changed while the room was out.
         initial = {room_id: [e["event_id"] for e in (r.timeline or []) if "event_id" in e]
-                   for room_id, r in results.items() if r.initial or r.expanded_timeline}
+                   for room_id, r in results.items()
+                   if r.initial or r.expanded_timeline
+                   or ((rec := conn.rooms.get(room_id)) is not None and rec.status == "previously")}
         ext_request = ExtensionRequest(
             user_id=req.user_id, device_id=req.device_id, requested=req.extensions,
             since=None if conn.token is None else conn.token.min(now), upto=now,
