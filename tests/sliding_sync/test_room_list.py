@@ -117,3 +117,37 @@ async def test_room_list_growth(target: Target) -> None:
                                                                  "required_state": [["*", "*"]]}}})
     assert fourth.get("rooms", {}) == {}
     assert fourth["lists"]["all"]["count"] == N_ROOMS
+
+
+async def test_heroes_counts_and_widened_required_state(target: Target) -> None:
+    alice = await target.user("alice")
+    others = [await target.user(n) for n in ("bob", "carol", "dave")]
+    eve = await target.user("eve")
+    room = await alice.create_room(preset="public_chat")
+    for who in others:
+        await who.call("POST", f"/join/{room}", {})
+    await alice.call("POST", f"/rooms/{room}/invite", {"user_id": eve.user_id})
+    await others[0].send_message(room, "hello all")
+    narrow = {"lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1,
+                                "required_state": [["m.room.name", ""], ["m.room.member", "$ME"]]}}}
+    first = await alice.slide(narrow, pos=None)
+    entry = first["rooms"][room]
+    assert "name" not in entry
+    assert {h["user_id"] for h in entry["heroes"]} <= {o.user_id for o in others} | {eve.user_id}
+    assert {o.user_id for o in others} <= {h["user_id"] for h in entry["heroes"]}
+    assert entry["joined_count"] == 4
+    assert entry["invited_count"] == 1
+    assert state_pairs(entry) == {("m.room.member", alice.user_id)}
+
+    # The list's required_state widens (all members, the topic): the room comes again with the
+    # newly wanted state, its timeline not repeated.
+    await alice.send_state(room, "m.room.topic", {"topic": "a topic"})
+    wide = {"lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1,
+                              "required_state": [["m.room.name", ""], ["m.room.member", "*"],
+                                                 ["m.room.topic", ""]]}}}
+    second = await alice.slide(wide)
+    entry = second["rooms"][room]
+    pairs = state_pairs(entry)
+    assert ("m.room.topic", "") in pairs
+    assert {("m.room.member", u.user_id) for u in [*others, eve]} <= pairs
+    assert "hello all" not in timeline_bodies(entry)
