@@ -16,7 +16,9 @@ Workloads:
          m.room.name, m.room.avatar, m.room.encryption and m.room.member $LAZY, timeout 0 ->
          ms from the request's start to the whole body read, median and p90 over --connections
          connections (the first, colder one shown apart). The answer is checked: 20 rooms, count =
-         --rooms. Synapse serves the unstable path only; hs is measured on both.
+         --rooms. Synapse serves the unstable path only; hs is measured on both. Both servers run
+         during the whole measurement and take turns (one connection on each, then the next), so
+         they see the same load from whatever else runs on the machine.
   wake:  the reader long-polls sliding sync (the same list, a pos, timeout 30 s); the writer PUTs a
          message into one of its rooms; time from the PUT's start until the long-poll has returned
          with it -> median and p90 over --trials trials; the same for /sync (bench_send_sync's
@@ -166,11 +168,11 @@ def start_synapse(workdir: Path) -> Server:
 
 
 @contextmanager
-def profiled(server: Server, out_dir: str, phase: str) -> Iterator[None]:
+def profiled(server: Server | None, out_dir: str, phase: str) -> Iterator[None]:
     """py-spy (`--py-spy DIR`) attached to hs during one phase: collapsed stacks in DIR/PHASE.txt,
     idle frames included (`--idle`), so time the event loop waits (on PostgreSQL, on the notifier)
     shows as the frames that wait. `flamegraph.pl` or speedscope read the file."""
-    if not out_dir or server.name != "hs":
+    if not out_dir or server is None or server.name != "hs":
         yield
         return
     spy = Path(sys.executable).parent / "py-spy"
@@ -249,16 +251,19 @@ def timeline_bodies(room: dict[str, Any]) -> list[str]:
     return [e.get("content", {}).get("body", "") for e in events]
 
 
-async def bench_first(reader: User, shape: str, connections: int, rooms: int) -> dict[str, Any]:
-    times = []
-    for _ in range(connections):
-        t0 = time.perf_counter()
-        data = await sliding(reader, shape, "first-" + uuid.uuid4().hex[:8])
-        times.append(time.perf_counter() - t0)
-        got = data.get("rooms", {})
-        count = data.get("lists", {}).get("top", {}).get("count")
-        if len(got) != TOP[1] - TOP[0] + 1 or count != rooms:
-            raise RuntimeError(f"unexpected first response: {len(got)} rooms, count {count}")
+async def first_once(reader: User, shape: str, rooms: int) -> float:
+    """One fresh connection's first response (seconds), checked: 20 rooms, the list counts `rooms`."""
+    t0 = time.perf_counter()
+    data = await sliding(reader, shape, "first-" + uuid.uuid4().hex[:8])
+    took = time.perf_counter() - t0
+    got = data.get("rooms", {})
+    count = data.get("lists", {}).get("top", {}).get("count")
+    if len(got) != TOP[1] - TOP[0] + 1 or count != rooms:
+        raise RuntimeError(f"unexpected first response: {len(got)} rooms, count {count}")
+    return took
+
+
+def first_summary(times: list[float]) -> dict[str, Any]:
     rest = times[1:] or times
     return {"first_ms": times[0] * 1000, "median_ms": statistics.median(rest) * 1000,
             "p90_ms": pct(rest, 90) * 1000, "n": len(rest)}
@@ -296,29 +301,55 @@ async def bench_sliding_wake(writer: User, reader: User, room_ids: list[str], sh
     return {"trials": trials, "p50_ms": pct(latencies, 50) * 1000, "p90_ms": pct(latencies, 90) * 1000}
 
 
-async def run_target(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Target:
+    server: Server
+    writer: User
+    reader: User
+    room_ids: list[str]
+
+    @property
+    def shapes(self) -> list[str]:
+        return ["unstable", "v4"] if self.server.name == "hs" else ["unstable"]
+
+
+async def set_up(s: aiohttp.ClientSession, server: Server, args: argparse.Namespace) -> Target:
     tag = uuid.uuid4().hex[:6]
-    out: dict[str, Any] = {}
+    writer = await register(s, server.base, server.secret, f"writer{tag}")
+    reader = await register(s, server.base, server.secret, f"reader{tag}")
+    t0 = time.perf_counter()
+    room_ids = await populate(writer, reader, args.rooms, args.messages, args.concurrency)
+    print(f"  {server.name}: {len(room_ids)} rooms with {args.messages} messages each in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return Target(server, writer, reader, room_ids)
+
+
+async def run_all(servers: list[Server], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Set every server up, then measure. First responses are taken in turn (one connection on each
+    server, then the next), so every server sees the same machine load: other jobs share these CPUs."""
+    out: dict[str, dict[str, Any]] = {srv.name: {} for srv in servers}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as s:
-        writer = await register(s, server.base, server.secret, f"writer{tag}")
-        reader = await register(s, server.base, server.secret, f"reader{tag}")
-        t0 = time.perf_counter()
-        room_ids = await populate(writer, reader, args.rooms, args.messages, args.concurrency)
-        out["setup_s"] = time.perf_counter() - t0
-        print(f"  {server.name}: {len(room_ids)} rooms with {args.messages} messages each in {out['setup_s']:.0f} s",
-              flush=True)
-        # Let the server settle (background work after the burst of room creation).
+        targets = [await set_up(s, srv, args) for srv in servers]
+        # Let the servers settle (background work after the burst of room creation).
         await asyncio.sleep(args.settle)
-        shapes = ["unstable", "v4"] if server.name == "hs" else ["unstable"]
-        for shape in shapes:
-            with profiled(server, args.py_spy, f"first_{shape}"):
-                out[f"first_{shape}"] = await bench_first(reader, shape, args.connections, len(room_ids))
-        for shape in shapes:
-            with profiled(server, args.py_spy, f"wake_{shape}"):
-                out[f"wake_{shape}"] = await bench_sliding_wake(writer, reader, room_ids, shape, args.trials,
-                                                                args.idle_ms / 1000)
-        with profiled(server, args.py_spy, "wake_sync"):
-            out["wake_sync"] = await bench_wake(writer, reader, room_ids[0], args.trials, args.idle_ms / 1000)
+        hs_server = next((t.server for t in targets if t.server.name == "hs"), None)
+        times: dict[tuple[str, str], list[float]] = {}
+        with profiled(hs_server, args.py_spy, "first"):
+            for _ in range(args.connections):
+                for t in targets:
+                    for shape in t.shapes:
+                        times.setdefault((t.server.name, shape), []).append(
+                            await first_once(t.reader, shape, len(t.room_ids)))
+        for (name, shape), values in times.items():
+            out[name][f"first_{shape}"] = first_summary(values)
+        for t in targets:
+            for shape in t.shapes:
+                with profiled(t.server, args.py_spy, f"wake_{shape}"):
+                    out[t.server.name][f"wake_{shape}"] = await bench_sliding_wake(
+                        t.writer, t.reader, t.room_ids, shape, args.trials, args.idle_ms / 1000)
+            with profiled(t.server, args.py_spy, "wake_sync"):
+                out[t.server.name]["wake_sync"] = await bench_wake(t.writer, t.reader, t.room_ids[0], args.trials,
+                                                                   args.idle_ms / 1000)
     return out
 
 
@@ -358,19 +389,19 @@ def main() -> int:
     print(f"hs at {commit}; {args.rooms} rooms, {args.messages} messages each; {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="hs-bench-ss-"))
-    results: dict[str, dict[str, Any]] = {}
+    servers: list[Server] = []
     try:
         for target in args.targets.split(","):
-            server = (start_hs(workdir, hs_env, args.hs_wrapper.split()) if target == "hs"
-                      else start_synapse(workdir))
-            try:
-                results[target] = asyncio.run(run_target(server, args))
-            finally:
-                server.stop()
-            report(target, results[target])
-            print(f"  (load average after it: {os.getloadavg()[0]:.1f})", flush=True)
+            servers.append(start_hs(workdir, hs_env, args.hs_wrapper.split()) if target == "hs"
+                           else start_synapse(workdir))
+        results = asyncio.run(run_all(servers, args))
     finally:
+        for server in servers:
+            server.stop()
         _drop_created_databases()
+    for name, res in results.items():
+        report(name, res)
+    print(f"(load average after it: {os.getloadavg()[0]:.1f})", flush=True)
     hs, syn = results.get("hs"), results.get("synapse")
     if hs:
         ratio = hs["wake_unstable"]["p50_ms"] / hs["wake_sync"]["p50_ms"]
