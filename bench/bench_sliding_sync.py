@@ -21,8 +21,9 @@ Workloads:
          they see the same load from whatever else runs on the machine.
   wake:  the reader long-polls sliding sync (the same list, a pos, timeout 30 s); the writer PUTs a
          message into one of its rooms; time from the PUT's start until the long-poll has returned
-         with it -> median and p90 over --trials trials; the same for /sync (bench_send_sync's
-         bench_wake, with the same aiohttp client), in the same run, for the same reader.
+         with it -> median and p90 over --trials trials; the same for /sync (same client, same
+         reader, same rooms), the kinds taking turns trial by trial so that their ratio does not
+         depend on when the machine's load moved.
 
 Targets (issue 15): hs's first response <= 1/10 of Synapse's; hs's sliding sync wake-up <= 2x its /sync
 wake-up. Servers, client and PostgreSQL share this machine's cores.
@@ -57,7 +58,6 @@ from bench_send_sync import (  # noqa: E402
     _create_pg_database,
     _drop_created_databases,
     _wait_http,
-    bench_wake,
     pct,
     pg_dsn,
     pg_host,
@@ -269,36 +269,70 @@ def first_summary(times: list[float]) -> dict[str, Any]:
             "p90_ms": pct(rest, 90) * 1000, "n": len(rest)}
 
 
-async def bench_sliding_wake(writer: User, reader: User, room_ids: list[str], shape: str, trials: int,
-                             idle_s: float) -> dict[str, float]:
-    conn_id = "wake-" + uuid.uuid4().hex[:8]
-    pos = (await sliding(reader, shape, conn_id))["pos"]
-    latencies = []
-    for i in range(trials):
-        # Catch up, so the long-poll below parks (the previous trial's own echo, if any).
-        while (caught := await sliding(reader, shape, conn_id, pos)).get("rooms"):
-            pos = caught["pos"]
-        pos = caught["pos"]
-        room = room_ids[i % len(room_ids)]
-        body = f"wake {i} {uuid.uuid4().hex}"
+class Waker:
+    """Wake-up trials of one kind of long-poll (sliding sync in one shape, or /sync) for the reader:
+    each trial parks a long-poll, idles `idle_s`, has the writer PUT a message into one of the rooms
+    (in turn: most are outside the top 20, so the list moves), and times from the PUT's start until
+    the long-poll has returned with the message."""
+
+    def __init__(self, writer: User, reader: User, room_ids: list[str], kind: str) -> None:
+        self.writer, self.reader, self.room_ids, self.kind = writer, reader, room_ids, kind
+        self.conn_id = "wake-" + uuid.uuid4().hex[:8]
+        self.pos = ""
+        self.latencies: list[float] = []
+
+    async def _poll(self, since: str, timeout: int) -> Any:
+        if self.kind == "sync":
+            return await self.reader.call("GET", "/sync", params={"timeout": str(timeout), "since": since})
+        return await sliding(self.reader, self.kind, self.conn_id, since, timeout)
+
+    def _next(self, result: Any) -> str:
+        return str(result["next_batch"] if self.kind == "sync" else result["pos"])
+
+    def _bodies(self, result: Any, room: str) -> list[str]:
+        if self.kind == "sync":
+            room_data = result.get("rooms", {}).get("join", {}).get(room, {})
+            return [e.get("content", {}).get("body", "") for e in room_data.get("timeline", {}).get("events", [])]
+        return timeline_bodies(result.get("rooms", {}).get(room, {}))
+
+    def _busy(self, result: Any) -> bool:
+        return bool(result.get("rooms", {}).get("join") if self.kind == "sync" else result.get("rooms"))
+
+    async def start(self) -> None:
+        if self.kind == "sync":
+            self.pos = self._next(await self.reader.call("GET", "/sync", params={"timeout": "0"}))
+        else:
+            self.pos = self._next(await sliding(self.reader, self.kind, self.conn_id))
+
+    async def trial(self, i: int, idle_s: float) -> None:
+        # Catch up (the other kinds' trials sent messages too), so the long-poll below parks.
+        while self._busy(caught := await self._poll(self.pos, 0)):
+            self.pos = self._next(caught)
+        self.pos = self._next(caught)
+        room = self.room_ids[i % len(self.room_ids)]
+        body = f"wake {self.kind} {i} {uuid.uuid4().hex}"
 
         async def long_poll(since: str) -> tuple[Any, float]:
-            result = await sliding(reader, shape, conn_id, since, timeout=30000)
+            result = await self._poll(since, 30000)
             return result, time.perf_counter()
 
-        poll = asyncio.create_task(long_poll(pos))
+        poll = asyncio.create_task(long_poll(self.pos))
+        # Let the long-poll park; the machine idles meanwhile, as it does between a user's messages.
         await asyncio.sleep(idle_s)
         t0 = time.perf_counter()
-        await writer.call("PUT", f"/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
-                          {"msgtype": "m.text", "body": body})
+        await self.writer.call("PUT", f"/rooms/{room}/send/m.room.message/{uuid.uuid4().hex}",
+                               {"msgtype": "m.text", "body": body})
         while True:
             result, t1 = await poll
-            pos = result["pos"]
-            if body in timeline_bodies(result.get("rooms", {}).get(room, {})):
+            self.pos = self._next(result)
+            if body in self._bodies(result, room):
                 break
-            poll = asyncio.create_task(long_poll(pos))
-        latencies.append(t1 - t0)
-    return {"trials": trials, "p50_ms": pct(latencies, 50) * 1000, "p90_ms": pct(latencies, 90) * 1000}
+            poll = asyncio.create_task(long_poll(self.pos))
+        self.latencies.append(t1 - t0)
+
+    def summary(self) -> dict[str, float]:
+        return {"trials": len(self.latencies), "p50_ms": pct(self.latencies, 50) * 1000,
+                "p90_ms": pct(self.latencies, 90) * 1000}
 
 
 @dataclass
@@ -342,14 +376,18 @@ async def run_all(servers: list[Server], args: argparse.Namespace) -> dict[str, 
                             await first_once(t.reader, shape, len(t.room_ids)))
         for (name, shape), values in times.items():
             out[name][f"first_{shape}"] = first_summary(values)
+        # Wake-ups: each server in turn; on it, the kinds take turns trial by trial (sliding sync in
+        # each shape, /sync), so their ratio does not depend on when the load moved.
         for t in targets:
-            for shape in t.shapes:
-                with profiled(t.server, args.py_spy, f"wake_{shape}"):
-                    out[t.server.name][f"wake_{shape}"] = await bench_sliding_wake(
-                        t.writer, t.reader, t.room_ids, shape, args.trials, args.idle_ms / 1000)
-            with profiled(t.server, args.py_spy, "wake_sync"):
-                out[t.server.name]["wake_sync"] = await bench_wake(t.writer, t.reader, t.room_ids[0], args.trials,
-                                                                   args.idle_ms / 1000)
+            wakers = [Waker(t.writer, t.reader, t.room_ids, kind) for kind in [*t.shapes, "sync"]]
+            for w in wakers:
+                await w.start()
+            with profiled(t.server, args.py_spy, "wake"):
+                for i in range(args.trials):
+                    for w in wakers:
+                        await w.trial(i, args.idle_ms / 1000)
+            for w in wakers:
+                out[t.server.name][f"wake_{w.kind}"] = w.summary()
     return out
 
 
@@ -362,9 +400,7 @@ def report(name: str, res: dict[str, Any]) -> None:
     for key, value in res.items():
         if key.startswith("wake_"):
             what = "/sync" if key == "wake_sync" else f"sliding sync ({key[5:]})"
-            p90 = value.get("p90_ms", value.get("p99_ms"))
-            label = "p90" if "p90_ms" in value else "p99"
-            print(f"  {name}: {what} long-poll wake-up: median {value['p50_ms']:.1f} ms, {label} {p90:.1f} ms "
+            print(f"  {name}: {what} long-poll wake-up: median {value['p50_ms']:.1f} ms, p90 {value['p90_ms']:.1f} ms "
                   f"over {value['trials']} trials", flush=True)
 
 
