@@ -36,7 +36,7 @@ async def test_versions_and_capabilities(server: TestHomeServer) -> None:
     status, body = await c.request("GET", "/_matrix/client/versions", auth=False)
     assert status == 200
     assert "v1.1" in body["versions"] and "v1.12" in body["versions"]
-    assert body["unstable_features"] == {}
+    assert body["unstable_features"] == {"org.matrix.simplified_msc3575": True}  # sliding sync (Element X)
 
     status, body = await c.request("GET", "/capabilities")
     assert status == 401 and body["errcode"] == "M_MISSING_TOKEN"
