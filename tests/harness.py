@@ -110,7 +110,7 @@ class Client:
         status, data = await self.request("POST", "/register", body, auth=False)
         assert status == 200, data
         self.token, self.user_id, self.device_id = data["access_token"], data["user_id"], data["device_id"]
-        return data
+        return dict(data)
 
     async def create_room(self, **body: Any) -> str:
         status, data = await self.request("POST", "/createRoom", body)
