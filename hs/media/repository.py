@@ -74,13 +74,7 @@ class MediaRepository:
                      media_type: str | None, upload_name: str | None) -> str:
         """Store an upload under a new media ID; the `mxc://` URI."""
         media_type, upload_name = _clean_type(media_type), _clean_name(upload_name)
-        await self._check_size(user_id, declared_length)
-        temp, sha256, length = await self.receive(body)
-        try:
-            await self._check_size(user_id, length)
-            await self.files.adopt(content_key(sha256), temp)
-        finally:
-            temp.unlink(missing_ok=True)
+        sha256, length = await self._store_upload(user_id, body, declared_length)
         media_id = random_string(MEDIA_ID_LENGTH)
         await self.store.add_local(media_id, user_id, media_type, upload_name, length, sha256,
                                    self.config.enable_authenticated_media)
@@ -129,13 +123,7 @@ class MediaRepository:
         if info.uploaded:
             raise cannot_overwrite_media()
         media_type, upload_name = _clean_type(media_type), _clean_name(upload_name)
-        await self._check_size(user_id, declared_length)
-        temp, sha256, length = await self.receive(body)
-        try:
-            await self._check_size(user_id, length)
-            await self.files.adopt(content_key(sha256), temp)
-        finally:
-            temp.unlink(missing_ok=True)
+        sha256, length = await self._store_upload(user_id, body, declared_length)
         if not await self.store.fill_reserved(media_id, media_type, upload_name, length, sha256):
             raise cannot_overwrite_media()
         await self.store.inherit_quarantine(sha256, media_id)
@@ -143,6 +131,18 @@ class MediaRepository:
         event = self._upload_events.pop(media_id, None)
         if event is not None:
             event.set()
+
+    async def _store_upload(self, user_id: str, body: AsyncIterator[bytes], declared_length: int | None,
+                            ) -> tuple[str, int]:
+        """Receive an upload within the size limits and store its bytes: (SHA-256, length)."""
+        await self._check_size(user_id, declared_length)
+        temp, sha256, length = await self.receive(body)
+        try:
+            await self._check_size(user_id, length)
+            await self.files.adopt(content_key(sha256), temp)
+        finally:
+            temp.unlink(missing_ok=True)
+        return sha256, length
 
     async def receive(self, body: AsyncIterator[bytes], limit: int | None = None) -> tuple[Path, str, int]:
         """Write a body to a temporary file of the local store: (path, SHA-256, length). Over `limit`
