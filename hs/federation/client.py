@@ -218,6 +218,18 @@ class FederationClient:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
+    def _request_uri(self, destination: str, path: str, query: Mapping[str, str | list[str]] | None) -> str:
+        """The request's path and query, once the destination is one this server may ask."""
+        if not path.startswith("/"):
+            raise ValueError(f"federation path must start with '/': {path!r}")
+        try:
+            parse_server_name(destination)
+        except DiscoveryError as e:
+            raise FederationError(destination, str(e)) from None
+        if not self._config.federation_allowed(destination):
+            raise FederationDenied(destination, "not in federation_domain_whitelist")
+        return f"{path}?{encode_query(query)}" if query else path
+
     async def close(self) -> None:
         self._closed = True
         if self._session is not None:
@@ -303,15 +315,7 @@ class FederationClient:
         (within ``timeout``), whatever its status, for a body too large to hold (media). The caller
         reads the body: a stall of `STREAM_READ_TIMEOUT` raises there, as aiohttp errors do. Without
         ``signed`` no X-Matrix header is sent (the legacy media download)."""
-        if not path.startswith("/"):
-            raise ValueError(f"federation path must start with '/': {path!r}")
-        try:
-            parse_server_name(destination)
-        except DiscoveryError as e:
-            raise FederationError(destination, str(e)) from None
-        if not self._config.federation_allowed(destination):
-            raise FederationDenied(destination, "not in federation_domain_whitelist")
-        uri = f"{path}?{encode_query(query)}" if query else path
+        uri = self._request_uri(destination, path, query)
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
         if signed:
             headers["Authorization"] = sign_request(
@@ -384,15 +388,7 @@ class FederationClient:
         signed: bool,
         max_size: int,
     ) -> Any:
-        if not path.startswith("/"):
-            raise ValueError(f"federation path must start with '/': {path!r}")
-        try:
-            parse_server_name(destination)
-        except DiscoveryError as e:
-            raise FederationError(destination, str(e)) from None
-        if not self._config.federation_allowed(destination):
-            raise FederationDenied(destination, "not in federation_domain_whitelist")
-        uri = f"{path}?{encode_query(query)}" if query else path
+        uri = self._request_uri(destination, path, query)
         headers = {"Accept": "application/json"}
         data: bytes | None = None
         if body is not None:
