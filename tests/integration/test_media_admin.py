@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-import orjson
 import pytest
 
 from tests.harness import Client, TestHomeServer, ok, user
+from tests.media_http import media_request, upload_media
 
 ADMIN = "/_synapse/admin/v1"
 
@@ -35,32 +34,19 @@ async def admin(server: TestHomeServer, name: str = "admin") -> Client:
 async def upload(srv: TestHomeServer, client: Client, data: bytes, content_type: str = "text/plain",
                  filename: str | None = None) -> str:
     """Upload through the media API; the media ID."""
-    params = {"filename": filename} if filename else None
-    async with aiohttp.ClientSession() as session, session.post(
-            srv.base_url + "/_matrix/media/v3/upload", data=data, params=params,
-            headers={"Authorization": f"Bearer {client.token}", "Content-Type": content_type}) as resp:
-        body = await resp.read()
-        assert resp.status == 200, body
-    uri = str(orjson.loads(body)["content_uri"])
-    return uri.rpartition("/")[2]
+    return (await upload_media(srv, client, data, content_type, filename)).rpartition("/")[2]
 
 
 async def download_status(srv: TestHomeServer, client: Client, media_id: str, server_name: str | None = None) -> int:
     name = server_name or srv.config.server_name
-    async with aiohttp.ClientSession() as session, session.get(
-            f"{srv.base_url}/_matrix/client/v1/media/download/{name}/{media_id}",
-            headers={"Authorization": f"Bearer {client.token}"}) as resp:
-        await resp.read()
-        return resp.status
+    path = f"/_matrix/client/v1/media/download/{name}/{media_id}"
+    return (await media_request(srv, "GET", path, client.token))[0]
 
 
 async def thumbnail_status(srv: TestHomeServer, client: Client, media_id: str) -> int:
-    async with aiohttp.ClientSession() as session, session.get(
-            f"{srv.base_url}/_matrix/client/v1/media/thumbnail/{srv.config.server_name}/{media_id}",
-            params={"width": "32", "height": "32", "method": "crop"},
-            headers={"Authorization": f"Bearer {client.token}"}) as resp:
-        await resp.read()
-        return resp.status
+    path = f"/_matrix/client/v1/media/thumbnail/{srv.config.server_name}/{media_id}"
+    params = {"width": "32", "height": "32", "method": "crop"}
+    return (await media_request(srv, "GET", path, client.token, params=params))[0]
 
 
 def png(color: tuple[int, int, int]) -> bytes:

@@ -13,12 +13,12 @@ import zlib
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from PIL import Image
 
-from tests.harness import Client, TestHomeServer
+from tests.harness import Client, TestHomeServer, user
+from tests.media_http import media_request, upload_media
 
 CONFIGURED = [(32, 32, "crop"), (96, 96, "crop"), (320, 240, "scale"), (640, 480, "scale"), (800, 600, "scale")]
 
@@ -61,28 +61,9 @@ def _grey_png(width: int, height: int, rows: int | None = None) -> bytes:
 
 
 # -- HTTP -------------------------------------------------------------------------------------------------
-async def _user(srv: TestHomeServer, name: str = "alice") -> Client:
-    client = srv.client()
-    await client.register(name)
-    return client
-
-
-async def _raw(srv: TestHomeServer, method: str, path: str, token: str | None = None, data: Any = None,
-               headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
-               ) -> tuple[int, dict[str, str], bytes]:
-    h = dict(headers or {})
-    if token:
-        h["Authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as session, session.request(
-            method, srv.base_url + path, data=data, headers=h, params=params) as resp:
-        return resp.status, dict(resp.headers), await resp.read()
-
-
 async def _upload(srv: TestHomeServer, client: Client, data: bytes, content_type: str) -> str:
-    status, _, body = await _raw(srv, "POST", "/_matrix/media/v3/upload", client.token, data,
-                                 {"Content-Type": content_type})
-    assert status == 200, body
-    return str(orjson.loads(body)["content_uri"]).removeprefix("mxc://")
+    """Upload; the URI's `server/mediaId` part."""
+    return (await upload_media(srv, client, data, content_type)).removeprefix("mxc://")
 
 
 async def _thumb(srv: TestHomeServer, client: Client | None, media: str, width: int, height: int,
@@ -92,7 +73,7 @@ async def _thumb(srv: TestHomeServer, client: Client | None, media: str, width: 
     if method is not None:
         params["method"] = method
     prefix = "/_matrix/media/v3" if legacy else "/_matrix/client/v1/media"
-    return await _raw(srv, "GET", f"{prefix}/thumbnail/{media}", client.token if client else None, params=params)
+    return await media_request(srv, "GET", f"{prefix}/thumbnail/{media}", client.token if client else None, params=params)
 
 
 async def _image(srv: TestHomeServer, client: Client, media: str, width: int, height: int, method: str = "scale",
@@ -115,7 +96,7 @@ async def _rows(srv: TestHomeServer) -> list[tuple[int, int, str, str]]:
 # -- tests ------------------------------------------------------------------------------------------------
 async def test_configured_sizes_survive_a_restart(make_server: Any, engine: str) -> None:
     srv = await make_server(engine)
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     media = await _upload(srv, alice, _jpeg(1600, 1200), "image/jpeg")
     # Made at upload, before the upload was answered.
     assert await _rows(srv) == sorted((w, h, m, "image/jpeg") for w, h, m in CONFIGURED)
@@ -143,7 +124,7 @@ async def test_configured_sizes_survive_a_restart(make_server: Any, engine: str)
 
 async def test_scale_never_enlarges_and_alpha_is_png(make_server: Any) -> None:
     srv = await make_server("sqlite")
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     media = await _upload(srv, alice, _png_alpha(200, 100), "image/png")
     # The three scale boxes all hold 200x100 whole: one thumbnail, the image's own size.
     assert await _rows(srv) == [(32, 32, "crop", "image/png"), (96, 96, "crop", "image/png"),
@@ -157,7 +138,7 @@ async def test_scale_never_enlarges_and_alpha_is_png(make_server: Any) -> None:
 
 async def test_dynamic_thumbnails(make_server: Any, engine: str) -> None:
     srv = await make_server(engine, dynamic_thumbnails=True)
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     media = await _upload(srv, alice, _jpeg(1200, 900), "image/jpeg")
     assert (await _image(srv, alice, media, 100, 100))[1].size == (100, 75)
     assert (await _image(srv, alice, media, 50, 40, "crop"))[1].size == (50, 40)
@@ -181,13 +162,13 @@ async def test_dynamic_thumbnails(make_server: Any, engine: str) -> None:
 
 async def test_too_large_images_and_bombs(make_server: Any, engine: str) -> None:
     srv = await make_server(engine, dynamic_thumbnails=True)
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     big = _grey_png(8000, 5000)  # 40 megapixels over the default max_image_pixels (32M)
     assert len(big) < 200_000
     bomb = _grey_png(50000, 50000, rows=4)
     for data in (big, bomb):
         media = await _upload(srv, alice, data, "image/png")  # the upload itself stands
-        status, _, body = await _raw(srv, "GET", f"/_matrix/client/v1/media/download/{media}", alice.token)
+        status, _, body = await media_request(srv, "GET", f"/_matrix/client/v1/media/download/{media}", alice.token)
         assert status == 200 and body == data
         for width, height, method in ((96, 96, "crop"), (320, 240, "scale"), (123, 45, "scale")):
             status, _, body = await _thumb(srv, alice, media, width, height, method)
@@ -202,7 +183,7 @@ async def test_too_large_images_and_bombs(make_server: Any, engine: str) -> None
 
 async def test_max_image_pixels_is_configurable(make_server: Any) -> None:
     srv = await make_server("sqlite", max_image_pixels=100 * 100)
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     small = await _upload(srv, alice, _jpeg(100, 100), "image/jpeg")
     large = await _upload(srv, alice, _jpeg(101, 100), "image/jpeg")
     assert (await _image(srv, alice, small, 32, 32, "crop"))[1].size == (32, 32)
@@ -212,7 +193,7 @@ async def test_max_image_pixels_is_configurable(make_server: Any) -> None:
 
 async def test_not_an_image(make_server: Any) -> None:
     srv = await make_server("sqlite")
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     text = await _upload(srv, alice, b"hello", "text/plain")
     fake = await _upload(srv, alice, b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/png")
     svg = await _upload(srv, alice, b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml")
@@ -225,7 +206,7 @@ async def test_not_an_image(make_server: Any) -> None:
 
 async def test_parameters(make_server: Any) -> None:
     srv = await make_server("sqlite")
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     media = await _upload(srv, alice, _jpeg(300, 200), "image/jpeg")
     url = f"/_matrix/client/v1/media/thumbnail/{media}"
     for params, errcode in (({"height": "32"}, "M_MISSING_PARAM"), ({"width": "32"}, "M_MISSING_PARAM"),
@@ -234,16 +215,16 @@ async def test_parameters(make_server: Any) -> None:
                             ({"width": "abc", "height": "32"}, "M_INVALID_PARAM"),
                             ({"width": "32", "height": "32", "method": "stretch"}, "M_INVALID_PARAM"),
                             ({"width": "32", "height": "32", "animated": "maybe"}, "M_INVALID_PARAM")):
-        status, _, body = await _raw(srv, "GET", url, alice.token, params=params)
+        status, _, body = await media_request(srv, "GET", url, alice.token, params=params)
         assert status == 400 and _errcode(body) == errcode, (params, body)
     # Huge sizes are taken as the largest there is.
-    status, _, body = await _raw(srv, "GET", url, alice.token, params={"width": "99999999999", "height": "9"})
+    status, _, body = await media_request(srv, "GET", url, alice.token, params={"width": "99999999999", "height": "9"})
     assert status == 200 and Image.open(io.BytesIO(body)).size == (300, 200)
 
 
 async def test_animated_thumbnails(make_server: Any) -> None:
     srv = await make_server("sqlite")
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     media = await _upload(srv, alice, _gif(8), "image/gif")
     content_type, image = await _image(srv, alice, media, 96, 96, "crop", animated="true")
     assert content_type == "image/webp" and image.size == (96, 96)
@@ -268,7 +249,7 @@ async def test_animated_thumbnails(make_server: Any) -> None:
 
 async def test_legacy_endpoint(make_server: Any) -> None:
     srv = await make_server("sqlite", enable_authenticated_media=False)
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     old = await _upload(srv, alice, _jpeg(300, 200), "image/jpeg")
     status, headers, body = await _thumb(srv, None, old, 96, 96, "crop", legacy=True)
     assert status == 200 and headers["Content-Type"] == "image/jpeg"
@@ -286,7 +267,7 @@ async def test_legacy_endpoint(make_server: Any) -> None:
 
 async def test_a_dead_worker_does_not_break_later_uploads(make_server: Any) -> None:
     srv = await make_server("sqlite")
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     thumbnails = srv.hs.media_thumbnails
     with pytest.raises(BrokenProcessPool):
         await thumbnails._run(os._exit, 3)  # kills a worker on each of its two tries
@@ -297,7 +278,7 @@ async def test_a_dead_worker_does_not_break_later_uploads(make_server: Any) -> N
 
 async def test_missing_thumbnails_are_made_again(make_server: Any) -> None:
     srv = await make_server("sqlite")
-    alice = await _user(srv)
+    alice = await user(srv, "alice")
     media = await _upload(srv, alice, _jpeg(640, 480), "image/jpeg")
     root = srv.hs.config.resolve_path(srv.hs.config.media_store_path) / "thumbnails"
     for path in [p for p in root.rglob("*") if p.is_file()]:
