@@ -89,14 +89,10 @@ class LocalStorage(StorageBackend):
         await asyncio.to_thread(self._copy_in, key, source)
 
     def _copy_in(self, key: str, source: Path) -> None:
-        target = self.path(key)
-        if target.exists():
-            return
         temp = self.new_temp_path()
         try:
             shutil.copyfile(source, temp)
-            _fsync(temp)
-            self._rename_in(temp, target)
+            self._adopt(key, temp)
         finally:
             temp.unlink(missing_ok=True)
 
