@@ -20,11 +20,21 @@ from typing import Any, TextIO
 from hs.config import HomeserverConfig, load_config
 from hs.roles.proxy import render_proxy_config
 
+# Ports this process has handed out. The kernel may give the same free port to two successive
+# `bind(0)` calls (the first socket is closed at once): two instances of one cluster configured with
+# one port would have the second fail to bind while the first answers on it, unnoticed.
+_handed_out: set[int] = set()
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def free_port() -> int:
+    """A local TCP port free now and not handed out before by this process."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
@@ -98,6 +108,10 @@ class LocalCluster:
         self._check_name(instance)
         if self.is_running(instance):
             raise RuntimeError(f"{instance} is already running (pid {self.procs[instance].pid})")
+        # A port another process holds would be found open below while the instance fails to bind it.
+        taken = [p for p in self._ports(instance) if _port_open("127.0.0.1", p)]
+        if taken:
+            raise RuntimeError(f"cannot start {instance}: port(s) {taken} are in use by another process")
         cmd = [sys.executable, "-m", "hs.cli", "run", "--config", str(self.config_path)]
         if instance != "main":
             cmd += ["--role", instance]
@@ -283,10 +297,10 @@ def local_cluster_config(dsn: str, redis_url: str, secret: str, rate_limit: floa
     """The reference cluster shape (main + 2 event persisters + 2 generic workers + a writer for the
     ephemeral streams + a background worker) on free local ports, for tests and benchmarks."""
     def replication() -> dict[str, Any]:
-        return {"port": _free_port(), "resources": ["replication"]}
+        return {"port": free_port(), "resources": ["replication"]}
 
     def client() -> dict[str, Any]:
-        return {"port": _free_port(), "resources": ["client"]}
+        return {"port": free_port(), "resources": ["client"]}
 
     main_repl, ep1, ep2, sw, bg, s1r, s2r = (replication() for _ in range(7))
     open_limits = {"per_second": rate_limit, "burst_count": rate_limit}

@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import time
 
+from hs.localcluster import free_port  # noqa: F401  (one allocator: never the same port twice)
+
 
 def port_open(host: str, port: int) -> bool:
     try:
@@ -18,12 +20,6 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pg_bin(name: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hs.localcluster import LocalCluster, _free_port
+from hs.localcluster import LocalCluster, free_port
 from hs.roles.duties import MEDIA_BACKGROUND, duties_for
 from tests.cluster.conftest import instance_url, running_cluster
 from tests.harness import Client
@@ -40,11 +40,11 @@ def _add_media_workers(cfg: dict[str, Any], store: Path) -> None:
     cfg["max_upload_size"] = MAX_UPLOAD
     cfg["media_instance_running_background_jobs"] = MEDIA_WORKERS[0]
     for name in MEDIA_WORKERS:
-        repl = _free_port()
+        repl = free_port()
         cfg["instance_map"][name] = {"host": "127.0.0.1", "port": repl}
         cfg["workers"][name] = {"app": "media_repository", "listeners": [
-            {"port": _free_port(), "resources": ["media"]}, {"port": repl, "resources": ["replication"]},
-            {"port": _free_port(), "type": "metrics"}]}
+            {"port": free_port(), "resources": ["media"]}, {"port": repl, "resources": ["replication"]},
+            {"port": free_port(), "type": "metrics"}]}
 
 
 @pytest.fixture(scope="module")
