@@ -76,6 +76,8 @@ def all_routes() -> list[Route]:
     from hs.api.client import sliding_sync
     from hs.api.federation import public as federation_public
     routes.extend([*federation_public.ROUTES, *client_openid.ROUTES, *sliding_sync.ROUTES])
+    from hs.api.client import legacy_sync
+    routes.extend(legacy_sync.ROUTES)
     routes.extend(media_routes())
     return routes
 
