@@ -509,6 +509,9 @@ class HomeserverConfig(Strict):
     max_request_body_size: int = 1024 * 1024 * 2
     enable_registration: bool = False
     enable_registration_without_verification: bool = False
+    # Guest accounts (POST /register?kind=guest, the spec's Guest Access module): off by default, as in
+    # Synapse. Guests may call only the endpoints hs/services/auth.py lists for them.
+    allow_guest_access: bool = False
     registration_shared_secret: str | None = None
     registration_shared_secret_path: str | None = None
     macaroon_secret_key: str | None = None

@@ -1,5 +1,6 @@
-"""Who is making a request: access-token lookup (hashed, cached) and the resulting Requester, and
-where each device was last seen (address, time, user agent), for GET /devices and admins' whois.
+"""Who is making a request: access-token lookup (hashed, cached) and the resulting Requester, which
+endpoints a guest may call, and where each device was last seen (address, time, user agent), for
+GET /devices and admins' whois.
 
 Reading the token, address and user agent from the HTTP request is the API layer's part
 (`get_requester` in hs/api/base.py)."""
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hs.errors import unknown_token
+from hs.errors import guest_access_forbidden, unknown_token
+from hs.replication.http_client import REPLICATION_PREFIX
 from hs.util import LruCache, now_ms
 
 if TYPE_CHECKING:
@@ -24,6 +27,90 @@ logger = logging.getLogger(__name__)
 LAST_SEEN_GRANULARITY_MS = 120_000
 MAX_USER_AGENT_LENGTH = 512
 Sighting = tuple[str, str, int, str | None, str | None]  # user_id, device_id, ts, ip, user_agent
+
+# The endpoints a guest may call, by method and route template without its API prefix (the one list,
+# checked where a request's access token is read, so no handler has to remember guests). The spec's
+# Guest Access module lists the first group; the second is what Synapse also lets guests call (its
+# `allow_guest=True` endpoints), read-only or needed by clients that use guest accounts (Element's
+# room previews: versions, capabilities, joined rooms, public rooms, joining by alias, relations).
+# Every other authenticated endpoint answers a guest 403 M_GUEST_ACCESS_FORBIDDEN, as on Synapse
+# (which also refuses them account data, filters, typing, receipts, read markers, push rules,
+# presence, logout and the room key backup).
+GUEST_ROUTES: frozenset[tuple[str, str]] = frozenset({
+    # The spec's list: reading a room (and media) ...
+    ("GET", "/rooms/{roomId}/state"),
+    ("GET", "/rooms/{roomId}/context/{eventId}"),
+    ("GET", "/rooms/{roomId}/event/{eventId}"),
+    ("GET", "/rooms/{roomId}/state/{eventType}"),
+    ("GET", "/rooms/{roomId}/state/{eventType}/{stateKey}"),
+    ("GET", "/rooms/{roomId}/messages"),
+    ("GET", "/rooms/{roomId}/members"),
+    ("GET", "/rooms/{roomId}/initialSync"),
+    ("GET", "/sync"),
+    ("GET", "/events"),
+    ("GET", "/media/download/{serverName}/{mediaId}"),
+    ("GET", "/media/download/{serverName}/{mediaId}/{fileName}"),
+    ("GET", "/media/thumbnail/{serverName}/{mediaId}"),
+    # ... sending to it (any event type since v1.2, state events too) and to devices ...
+    ("POST", "/rooms/{roomId}/join"),
+    ("POST", "/rooms/{roomId}/leave"),
+    ("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}"),
+    ("PUT", "/rooms/{roomId}/state/{eventType}"),
+    ("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey}"),
+    ("PUT", "/sendToDevice/{eventType}/{txnId}"),
+    # ... their own account (the display name only, of the profile) ...
+    ("PUT", "/profile/{userId}/displayname"),
+    ("DELETE", "/profile/{userId}/displayname"),
+    ("GET", "/devices"),
+    ("GET", "/devices/{deviceId}"),
+    ("PUT", "/devices/{deviceId}"),
+    ("GET", "/account/whoami"),
+    # ... and end-to-end encryption.
+    ("POST", "/keys/upload"),
+    ("POST", "/keys/query"),
+    ("POST", "/keys/claim"),
+    # Synapse's additions.
+    ("POST", "/keys/upload/{deviceId}"),
+    ("GET", "/keys/changes"),
+    ("POST", "/keys/signatures/upload"),
+    ("GET", "/_matrix/client/versions"),
+    ("GET", "/capabilities"),
+    ("GET", "/joined_rooms"),
+    ("POST", "/join/{roomIdOrAlias}"),
+    ("GET", "/publicRooms"),
+    ("POST", "/publicRooms"),
+    ("GET", "/profile/{userId}"),
+    ("GET", "/profile/{userId}/displayname"),
+    ("GET", "/profile/{userId}/avatar_url"),
+    ("GET", "/rooms/{roomId}/relations/{eventId}"),
+    ("GET", "/rooms/{roomId}/relations/{eventId}/{relType}"),
+    ("GET", "/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}"),
+    ("GET", "/rooms/{roomId}/hierarchy"),
+    ("GET", "/room_summary/{roomIdOrAlias}"),
+    ("GET", "/thirdparty/protocols"),
+    ("GET", "/thirdparty/protocol/{protocol}"),
+    ("GET", "/thirdparty/location"),
+    ("GET", "/thirdparty/location/{protocol}"),
+    ("GET", "/thirdparty/user"),
+    ("GET", "/thirdparty/user/{protocol}"),
+    ("POST", "/sync"),  # sliding sync (/_matrix/client/v4/sync)
+    ("POST", "/org.matrix.simplified_msc3575/sync"),
+    # The unauthenticated media endpoints, should a guest's token come along.
+    ("GET", "/download/{serverName}/{mediaId}"),
+    ("GET", "/download/{serverName}/{mediaId}/{fileName}"),
+    ("GET", "/thumbnail/{serverName}/{mediaId}"),
+})
+# Allowed to guests only while `turn_allow_guests` is on (Synapse's option; on by default).
+GUEST_TURN_ROUTE = ("GET", "/voip/turnServer")
+# The API prefix of a route template (`/_matrix/client/v3`, `/_matrix/media/r0`, ...), and the
+# replication prefix a write forwarded to a stream writer carries in front of it.
+_API_PREFIX = re.compile(
+    rf"^(?:{re.escape(REPLICATION_PREFIX)}/client)?/_matrix/(?:client|media)/(?:api/v1|v\d+|r0|unstable)(?=/)")
+
+
+def guest_route(method: str, route_template: str) -> tuple[str, str]:
+    """The allowlist key of a request: its method and route template without the API prefix."""
+    return method, _API_PREFIX.sub("", route_template, count=1)
 
 
 @dataclass(frozen=True)
@@ -47,6 +134,19 @@ class Auth:
         if info is None:
             raise unknown_token()
         return Requester(info.user_id, info.device_id, token, info.is_guest)
+
+    def check_guest_access(self, requester: Requester, method: str, route_template: str) -> None:
+        """403 M_GUEST_ACCESS_FORBIDDEN when a guest calls an endpoint not in GUEST_ROUTES.
+
+        `route_template` is the matched route's path pattern with its variables unfilled
+        (`/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`), so a room ID or event type in
+        the path can never make a forbidden endpoint look like an allowed one."""
+        if not requester.is_guest:
+            return
+        key = guest_route(method, route_template)
+        if key in GUEST_ROUTES or (key == GUEST_TURN_ROUTE and self.hs.config.turn_allow_guests):
+            return
+        raise guest_access_forbidden("Guest access not allowed")
 
     # -- where devices were last seen -------------------------------------------------------------------
     def saw(self, user_id: str, device_id: str, ip: str | None, user_agent: str | None) -> None:

@@ -25,10 +25,12 @@ from hs.errors import (
     bad_json,
     bad_request,
     forbidden,
+    guest_access_forbidden,
     internal_error,
     invalid_param,
     invalid_username,
     missing_param,
+    unknown_token,
     unrecognized,
     user_deactivated,
     user_in_use,
@@ -243,6 +245,47 @@ class Registration:
             # (which tells others to fetch its keys) has nobody to tell.
             logger.exception("recording the first device of %s failed", user_id)
         return LoginResult(user_id, device_id, token)
+
+    # -- guests --------------------------------------------------------------------------------------
+    async def register_guest(self, device_display_name: str | None) -> LoginResult:
+        """A guest account (numeric generated ID, flagged guest) with its first device and token.
+
+        The device ID is always generated: as on Synapse, a guest does not choose one."""
+        if not self.hs.config.allow_guest_access:
+            raise guest_access_forbidden("Guest access is disabled")
+        check_device_params(None, device_display_name)
+        localpart, user_id = await self._new_user_id(None)
+        device_id, token = generate_device_id(), generate_access_token()
+        if not await self.store.create_user(user_id, None, displayname=localpart,
+                                            device=(device_id, device_display_name, token), is_guest=True):
+            raise user_in_use("User ID already taken.")
+        logger.info("registered guest %s", user_id)
+        try:
+            await self.hs.e2ee.on_device_created(user_id, device_id)
+        except Exception:  # as for register_and_login: nobody shares a room with the new guest yet
+            logger.exception("recording the first device of %s failed", user_id)
+        return LoginResult(user_id, device_id, token)
+
+    async def guest_to_upgrade(self, guest_access_token: Any, localpart: str | None) -> str:
+        """The guest a registration with `guest_access_token` upgrades (the spec's Guest Access
+        module): 401 M_UNKNOWN_TOKEN for a token that is no access token, 403 M_FORBIDDEN when it is
+        not a guest's or `localpart` (required by the spec, defaulting here to the guest's own) names
+        someone else, as Synapse answers."""
+        if not isinstance(guest_access_token, str):
+            raise bad_json("'guest_access_token' must be a string")
+        info = await self.store.get_token(guest_access_token)
+        if info is None:
+            raise unknown_token()
+        if not info.is_guest or (localpart is not None and self.user_id_for(localpart) != info.user_id):
+            raise forbidden("Cannot register taken user ID without valid guest credentials for that user.")
+        return info.user_id
+
+    async def upgrade_guest(self, user_id: str, password_hash: str | None) -> None:
+        """Make the guest a full account, keeping its user ID, profile, rooms and devices; its guest
+        tokens stop working (the registration's answer carries the new one)."""
+        if not await self.store.upgrade_guest(user_id, password_hash):
+            raise forbidden("Cannot register taken user ID without valid guest credentials for that user.")
+        logger.info("upgraded guest %s to a full account", user_id)
 
     async def create_device(self, user_id: str, device_id: str | None = None,
                             display_name: str | None = None) -> LoginResult:

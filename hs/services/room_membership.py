@@ -84,6 +84,8 @@ class RoomMembership:
             return await self._leave_remotely(room_id, user_id, reason)
         new_content: JsonDict = dict(content or {})
         new_content["membership"] = membership
+        if requester.is_guest:
+            new_content["kind"] = "guest"  # as Synapse marks a guest's member events
         if reason is not None:
             new_content["reason"] = reason
         if membership in ("join", "invite"):
@@ -172,6 +174,8 @@ class RoomMembership:
         room_id, servers = await self.hs.room_aliases.resolve_room_and_servers(room_id_or_alias)
         check_room_id(room_id)
         if await self._must_join_remotely(room_id):
+            if requester.is_guest:  # whether the room lets guests in is not known here (nor on Synapse)
+                raise guest_access_forbidden("Guest access not allowed")
             candidates = [*(via or []), *await self._inviting_servers(room_id, requester.user_id), *servers]
             if ":" in room_id:
                 candidates.append(room_id.split(":", 1)[1])

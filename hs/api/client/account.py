@@ -82,7 +82,7 @@ async def register(request: web.Request) -> HandlerResult:
     body = await parse_json(request)
     kind = query_enum(request, "kind", ("user", "guest"), "user")
     if kind == "guest":
-        raise guest_access_forbidden("Guest access is disabled")
+        return await _register_guest(hs, reg, body, client_address(request))
     cfg = hs.config
     if not cfg.enable_registration:
         raise forbidden("Registration has been disabled")
@@ -93,9 +93,12 @@ async def register(request: web.Request) -> HandlerResult:
     limiter = hs.ratelimiters["registration"]
     limiter.check(address, update=False)
 
-    # Validate what this request carries before the UIA round, so a taken name fails early.
+    # Validate what this request carries before the UIA round, so a taken name fails early. With a
+    # `guest_access_token`, the name is the guest's own (taken by the guest, and numeric).
     username = _username(body)
-    if username is not None:
+    if body.get("guest_access_token") is not None:
+        await reg.guest_to_upgrade(body["guest_access_token"], username)
+    elif username is not None:
         await reg.check_username_available(username)
     for key in ("device_id", "initial_device_display_name"):
         _opt_str(body, key)
@@ -127,7 +130,12 @@ async def register(request: web.Request) -> HandlerResult:
     if user_id is None:
         # The account with its device and token, in one transaction (or the account alone).
         login = None
-        if inhibit_login:
+        guest_token = params.get("guest_access_token")
+        if guest_token is not None:
+            # Upgrading a guest: same user ID, then a new device and token below.
+            user_id = await reg.guest_to_upgrade(guest_token, _username(params))
+            await reg.upgrade_guest(user_id, password_hash)
+        elif inhibit_login:
             user_id = await reg.register_user(_username(params), password_hash)
         else:
             login = await reg.register_and_login(_username(params), password_hash, device_id=device_id,
@@ -144,6 +152,22 @@ async def register(request: web.Request) -> HandlerResult:
     if inhibit_login:
         return 200, {"user_id": user_id, "home_server": hs.server_name}
     return 200, _login_response(hs, await reg.create_device(user_id, device_id, device_name))
+
+
+async def _register_guest(hs: HomeServer, reg: Registration, body: JsonDict, address: str) -> HandlerResult:
+    """POST /register?kind=guest: no UIA and no name, password or device ID (a guest chooses none, as
+    on Synapse); refused with 403 M_GUEST_ACCESS_FORBIDDEN unless `allow_guest_access` is on, whether
+    or not registration is open (as Synapse does)."""
+    if not hs.config.allow_guest_access:
+        raise guest_access_forbidden("Guest access is disabled")
+    limiter = hs.ratelimiters["registration"]
+    limiter.check(address, update=False)
+    login = await reg.register_guest(_opt_str(body, "initial_device_display_name"))
+    try:
+        limiter.check(address)
+    except MatrixError:
+        pass  # the account exists now; the limit applies to the next attempt
+    return 200, _login_response(hs, login)
 
 
 async def registration_token_validity(request: web.Request) -> HandlerResult:

@@ -32,7 +32,7 @@ class UserStore:
     # -- users ---------------------------------------------------------------------------------------
     async def create_user(self, user_id: str, password_hash: str | None, admin: bool = False,
                           user_type: str | None = None, displayname: str | None = None,
-                          device: tuple[str, str | None, str] | None = None) -> bool:
+                          device: tuple[str, str | None, str] | None = None, is_guest: bool = False) -> bool:
         """Create a user and profile, and with `device` (ID, display name, access token) its first
         device and token, in one transaction; False if the ID is taken."""
 
@@ -40,8 +40,9 @@ class UserStore:
             if await c.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id):
                 return False
             await c.execute(
-                "INSERT INTO users (user_id, password_hash, created_ts, admin, user_type) VALUES ($1,$2,$3,$4,$5)",
-                user_id, password_hash, now_ms(), int(admin), user_type,
+                "INSERT INTO users (user_id, password_hash, created_ts, admin, user_type, is_guest)"
+                " VALUES ($1,$2,$3,$4,$5,$6)",
+                user_id, password_hash, now_ms(), int(admin), user_type, int(is_guest),
             )
             await c.execute("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)", user_id, displayname)
             if device is not None:
@@ -49,6 +50,24 @@ class UserStore:
             return True
 
         return await self.db.run_transaction("create_user", txn)
+
+    async def upgrade_guest(self, user_id: str, password_hash: str | None) -> bool:
+        """Make a guest a full user (with this password), in one transaction with the end of its guest
+        access tokens (as on Synapse, a guest token is not good for the upgraded account; its devices
+        stay). False if the user is no guest (any more)."""
+
+        async def txn(c: Connection) -> bool:
+            if not await c.fetchval("SELECT 1 FROM users WHERE user_id = $1 AND is_guest = 1", user_id):
+                return False
+            await c.execute("UPDATE users SET is_guest = 0, password_hash = $2 WHERE user_id = $1",
+                            user_id, password_hash)
+            await c.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
+            return True
+
+        upgraded = await self.db.run_transaction("upgrade_guest", txn)
+        if upgraded:
+            self.invalidate_token_cache(user_id)
+        return upgraded
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
         return await self.db.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
