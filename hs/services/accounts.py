@@ -39,9 +39,15 @@ class AccountService:
         await self.delete_devices(user_id, None)
         await self.hs.user_store.delete_all_tokens(user_id)
 
-    async def deactivate(self, user_id: str) -> None:
+    async def deactivate(self, user_id: str, erase: bool = False) -> None:
         """Deactivate the account: no password, no sessions, and out of every room it was in, invited
-        to or knocking on. Events are not erased. A room it cannot leave is logged and skipped."""
+        to or knocking on. A room it cannot leave is logged and skipped.
+
+        With `erase` the user is also marked erased (before leaving, so nothing they send is missed):
+        their events stay in the rooms but are served pruned to whoever was not joined when they were
+        sent (hs/services/visibility.py), which is what Synapse does with `erase: true`."""
+        if erase:
+            await self.hs.visibility.mark_erased(user_id)
         await self.hs.user_store.deactivate(user_id)
         await self.logout_all(user_id)
         rooms = await self.hs.event_store.get_rooms_for_user(user_id, ("join", "invite", "knock"))

@@ -172,9 +172,10 @@ class RoomHistory:
         if ev is None or ev.room_id != room_id or ev.internal.rejected or ev.internal.soft_failed:
             raise not_found("Event not found.")
         current = await self.store.get_membership(room_id, requester.user_id)
-        if not await self.hs.visibility.is_visible(requester.user_id, ev, current[0] if current else None):
+        shown = await self.hs.visibility.event_for_client(requester.user_id, ev, current[0] if current else None)
+        if shown is None:
             raise not_found("Event not found.")
-        return (await self.hs.relations.serialize([ev], requester))[0]
+        return (await self.hs.relations.serialize([shown], requester))[0]
 
     # -- tokens and timeline positions ---------------------------------------------------------------------
     async def parse_token(self, room_id: str, token: str) -> Point:
@@ -196,8 +197,8 @@ class RoomHistory:
                     to: Point | None, current_membership: str | None, filt: EventFilter,
                     ) -> tuple[list[Event], Point | None]:
         """The next `limit` filter-matching events from the gap `point` in one direction, less those the
-        user may not see, and the gap after the last event looked at (None when the timeline has no
-        more events that way).
+        user may not see or whose senders they ignore (erased senders' pruned, hs/services/visibility.py),
+        and the gap after the last event looked at (None when the timeline has no more events that way).
 
         As in Synapse, history visibility thins a page rather than extending it: a page of events the
         user may not see comes back empty but with a token to continue from.
@@ -243,8 +244,7 @@ class RoomHistory:
             if scanned >= MAX_SCAN:
                 next_point = cursor
                 break
-        visibility = self.hs.visibility
-        visible = [ev for ev in matched if await visibility.is_visible(user_id, ev, current_membership)]
+        visible = await self.hs.visibility.filter_events_for_user(user_id, matched, {room_id: current_membership})
         return visible, next_point
 
     async def _lazy_members(self, events: list[Event]) -> list[Event]:
@@ -298,9 +298,11 @@ class RoomHistory:
                           filt: EventFilter) -> JsonDict:
         user_id = requester.user_id
         access = await self.check_read_access(user_id, room_id)
-        ev = await self.store.get_event(event_id)
-        if ev is None or ev.room_id != room_id or not await self.hs.visibility.is_visible(
-                user_id, ev, access.membership):
+        stored = await self.store.get_event(event_id)
+        ev = None
+        if stored is not None and stored.room_id == room_id:
+            ev = await self.hs.visibility.event_for_client(user_id, stored, access.membership)
+        if ev is None:
             raise not_found("Event not found.")
         if filt.limit is not None:
             limit = min(limit, filt.limit)

@@ -84,6 +84,7 @@ class _RoomPlan:
     full_state: bool  # all state at the timeline start, rather than the delta since `after`
     membership: str  # the user's membership at `upto`, for history visibility
     with_state: bool = True  # False for a room the user only ever was invited to (rejected invites)
+    newly_joined: bool = False  # joined within an incremental sync's range
 
 
 class SyncService:
@@ -114,7 +115,7 @@ class SyncService:
                 raw = json_loads(param)
             except ValueError:
                 raise not_json("Invalid filter JSON") from None
-            parsed = Filter.parse(raw)
+            parsed = Filter.parse(raw, allow_zero_limit=True)
             self._inline_filters.set(param, parsed)
             return parsed
         if not (param.isascii() and param.isdigit()) or len(param) > 18:
@@ -190,8 +191,9 @@ class SyncService:
                 entry = await self._room_entry(config, plan, next_token)
                 if entry is not None:
                     rooms[plan.section][plan.room_id] = entry
+            ignored = await self.hs.visibility.ignored_users(config.user_id) if invites else frozenset()
             for room_id, event_id in invites:
-                stripped = await self._stripped_state(event_id)
+                stripped = await self._stripped_state(event_id, ignored)
                 if stripped is not None:
                     rooms["invite"][room_id] = {"invite_state": {"events": stripped}}
             for room_id, event_id in knocks:
@@ -406,7 +408,8 @@ class SyncService:
                     membership=membership, with_state=joined_at_since or joined_in_range))
 
         for room_id in sorted(newly_joined):
-            plans.append(_RoomPlan(room_id, "join", 0, room_position(upto_token, room_id), True, "join"))
+            plans.append(_RoomPlan(room_id, "join", 0, room_position(upto_token, room_id), True, "join",
+                                   newly_joined=True))
         candidates = [r for r in joined if r not in newly_joined and config.filter.room_allowed(r)]
         changed: set[str] = set()
         if config.full_state:
@@ -435,6 +438,11 @@ class SyncService:
     async def _timeline(self, config: SyncConfig, plan: _RoomPlan) -> tuple[list[Event], bool, Event | None]:
         """(events, limited, newest event of the range before filtering)."""
         limit = config.filter.timeline_limit
+        if limit <= 0:
+            # An empty timeline was asked for (an inline filter's `limit: 0`): limited when the range
+            # has events at all.
+            raw, _ = await self.store.get_room_events_stream(plan.room_id, plan.after, plan.upto, 1)
+            return [], bool(raw), raw[-1] if raw else None
         raw, more = await self.store.get_room_events_stream(plan.room_id, plan.after, plan.upto, limit)
         newest = raw[-1] if raw else None
         events = await self._visible(config, plan.room_id, raw, plan.membership)
@@ -462,6 +470,10 @@ class SyncService:
                           ) -> dict[str, Any] | None:
         room_id = plan.room_id
         timeline, limited, newest = await self._timeline(config, plan)
+        if plan.newly_joined and not limited:
+            # As Synapse: a room joined since the last sync is limited unless its timeline starts at
+            # the room's beginning, so the client knows to paginate for the history before it.
+            limited = not timeline or timeline[0].type != "m.room.create"
         if newest is None:
             newest = await self.store.get_latest_event_at(room_id, plan.upto)
         if newest is None:
@@ -532,9 +544,9 @@ class SyncService:
                 wanted.add(config.user_id)
             sent = ({} if plan.full_state or config.filter.include_redundant_members
                     else self._sent_members.get((config.user_id, config.device_id, plan.room_id)) or {})
-            if previous is None:
-                # Full state: of the members, only those the timeline needs.
-                chosen = {k: v for k, v in chosen.items() if k[0] != MEMBER or k[1] in wanted}
+            # Of the members, only those the timeline needs (spec, "Lazy-loading room members"): in an
+            # incremental sync too, where other members' changes in a gap are left out.
+            chosen = {k: v for k, v in chosen.items() if k[0] != MEMBER or k[1] in wanted}
             for member in wanted:
                 key = (MEMBER, member)
                 value = start_ids.get(key)
@@ -590,9 +602,12 @@ class SyncService:
         return summary
 
     # -- invites and knocks --------------------------------------------------------------------------------
-    async def _stripped_state(self, event_id: str) -> list[dict[str, Any]] | None:
+    async def _stripped_state(self, event_id: str, ignored: frozenset[str] = frozenset(),
+                              ) -> list[dict[str, Any]] | None:
+        """The stripped state of an invite or knock; None (left out) when the inviter is ignored: the
+        spec says invites from ignored users are not sent to the client."""
         ev = await self.store.get_event(event_id)
-        if ev is None:
+        if ev is None or ev.sender in ignored:
             return None
         state = await self.store.get_state_group(ev.internal.state_group_after)
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
