@@ -4,7 +4,8 @@ Transaction IDs make client retries idempotent; they are kept for a day (a clien
 than that is not retrying) so the tables do not grow without bound. Stored notifications (one row
 per notifying event, read by /notifications, pushers and unread recounts) are kept for 30 days, as
 Synapse keeps push actions: a recount after a receipt older than that no longer counts what came
-before the cut, and /notifications reaches back 30 days.
+before the cut, and /notifications reaches back 30 days. Sliding sync connections idle for a week are
+dropped (their clients start over with M_UNKNOWN_POS).
 """
 
 from __future__ import annotations
@@ -46,12 +47,20 @@ class BackgroundTasks:
             try:
                 await self.prune_transaction_ids()
                 await self.prune_notifications()
+                await self.expire_sliding_sync_connections()
             except Exception:
                 logger.exception("background housekeeping failed")
             await asyncio.sleep(INTERVAL_S)
 
     async def prune_transaction_ids(self, older_than_ms: int = TXN_RETENTION_MS) -> None:
         await self.retention.delete_transaction_ids_before(now_ms() - older_than_ms)
+
+    async def expire_sliding_sync_connections(self) -> int:
+        """Drop sliding sync connections idle for a week (their clients start over); returns how many."""
+        total = 0
+        while dropped := await self.hs.sliding_sync.connections.expire():
+            total += dropped
+        return total
 
     async def prune_notifications(self, older_than_ms: int = NOTIFICATION_RETENTION_MS) -> int:
         """Delete stored notifications of events older than the retention; returns how many."""

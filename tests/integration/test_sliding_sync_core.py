@@ -260,3 +260,32 @@ async def test_a_long_poll_given_up_does_not_replace_the_newer_position(make_ser
     await alice.send_message(room, "next")
     after = await ss(alice, big, pos=woken["pos"], shape=shape)
     assert [e["content"].get("body") for e in timeline(after["rooms"][room], shape)] == ["next"]
+
+
+async def test_idle_connections_expire_and_a_device_keeps_a_bounded_number(make_server: Any, engine: str) -> None:
+    """A connection unused for over a week is dropped by the background tasks (its `pos` then answers
+    M_UNKNOWN_POS, so the client starts over) while a recent one stays; a device keeps at most
+    MAX_CONNECTIONS_PER_DEVICE connections, the least recently used going first."""
+    from hs.db.stores.sliding_sync import MAX_CONNECTIONS_PER_DEVICE
+
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    await alice.create_room(name="r")
+    body = {"lists": {"l": a_list([0, 9], 1, "unstable")}}
+    old = await ss(alice, {**body, "conn_id": "old"})
+    recent = await ss(alice, {**body, "conn_id": "recent"})
+    week_and_a_day = 8 * 24 * 3600 * 1000
+    await server.hs.db.execute("UPDATE sliding_sync_connections SET last_used_ts = last_used_ts - $1"
+                               " WHERE conn_id = 'old'", week_and_a_day)
+    assert await server.hs.background.expire_sliding_sync_connections() == 1
+    status, data = await ss_raw(alice, {**body, "conn_id": "old"}, pos=old["pos"])
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+    await ss(alice, {**body, "conn_id": "recent"}, pos=recent["pos"])
+
+    first = await ss(alice, {**body, "conn_id": "c0"})
+    for i in range(1, MAX_CONNECTIONS_PER_DEVICE + 1):
+        await ss(alice, {**body, "conn_id": f"c{i}"})
+    status, data = await ss_raw(alice, {**body, "conn_id": "c0"}, pos=first["pos"])
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+    count = await server.hs.db.fetchval("SELECT COUNT(*) FROM sliding_sync_connections")
+    assert count == MAX_CONNECTIONS_PER_DEVICE

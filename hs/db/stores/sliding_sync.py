@@ -59,47 +59,59 @@ class SlidingSyncStore:
         self.db = db
 
     # -- connections and positions ----------------------------------------------------------------------
-    async def new_connection(self, user_id: str, device_id: str, conn_id: str, token: str, lists: dict[str, Any],
-                             rooms: dict[str, RoomRecord], now: int, idle_before: int) -> tuple[int, int]:
-        """Start (or restart) the connection with its first position (returned: the connection's ID and
-        the position's); its old positions are gone. A new key drops, by the way, idle connections and
-        the device's least recently used ones beyond the bound. One transaction: the whole write of a
-        new connection's first response."""
+    async def start_connection(self, user_id: str, device_id: str, conn_id: str, now: int) -> int:
+        """Start (or restart) the connection, with no position yet (`first_position` adds it); returns
+        its ID. Its old incarnation is gone, and so are the device's least recently used connections
+        beyond the bound. (Idle connections are dropped by the background tasks:
+        `delete_idle_connections`.)"""
 
-        async def txn(c: Connection) -> tuple[int, int]:
-            old = await c.fetchval(
-                "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
-                " AND conn_id = $3", user_id, device_id, conn_id)
-            if old is not None:
-                # (A client starting over: nothing else to tidy up, the device's count is unchanged.)
-                await self._delete_connections(c, [int(old)])
-            else:
-                await self._tidy(c, user_id, device_id, idle_before)
-            connection_id = int(await c.fetchval(
+        async def txn(c: Connection) -> int:
+            # The device's connections, newest first (at most the bound, plus the one being added):
+            # this one's old incarnation and those beyond the bound are dropped.
+            rows = await c.fetch(
+                "SELECT connection_id, conn_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
+                " ORDER BY last_used_ts DESC, connection_id DESC", user_id, device_id)
+            kept = [int(r["connection_id"]) for r in rows if r["conn_id"] != conn_id]
+            dropped = [int(r["connection_id"]) for r in rows if r["conn_id"] == conn_id]
+            dropped += kept[MAX_CONNECTIONS_PER_DEVICE - 1:]
+            await self._delete_connections(c, dropped)
+            return int(await c.fetchval(
                 "INSERT INTO sliding_sync_connections (user_id, device_id, conn_id, created_ts, last_used_ts)"
                 " VALUES ($1, $2, $3, $4, $4) RETURNING connection_id", user_id, device_id, conn_id, now))
-            return connection_id, await self._insert_position(c, connection_id, token, lists, rooms, now)
 
-        return await self.db.run_transaction("sliding_sync_new_connection", txn)
+        return await self.db.run_transaction("sliding_sync_start_connection", txn)
 
-    @classmethod
-    async def _tidy(cls, c: Connection, user_id: str, device_id: str, idle_before: int) -> None:
-        """Drop idle connections (a few at a time) and the device's least recently used ones beyond
-        the bound."""
-        idle = await c.fetch("SELECT connection_id FROM sliding_sync_connections WHERE last_used_ts < $1"
-                             " LIMIT 100", idle_before)
-        surplus = await c.fetch(
-            "SELECT connection_id FROM sliding_sync_connections WHERE user_id = $1 AND device_id = $2"
-            " ORDER BY last_used_ts DESC, connection_id DESC LIMIT 100 OFFSET $3",
-            user_id, device_id, MAX_CONNECTIONS_PER_DEVICE - 1)
-        await cls._delete_connections(c, [int(r["connection_id"]) for r in [*idle, *surplus]])
+    async def first_position(self, connection_id: int, token: str, lists: dict[str, Any],
+                             rooms: dict[str, RoomRecord], now: int) -> int:
+        """A started connection's first position, with its rooms' records, all or nothing; returns its ID.
+        On PostgreSQL one statement (a new connection's first response waits for it)."""
+        if self.db.engine != "postgres":
+            return await self.db.run_transaction(
+                "sliding_sync_first_position",
+                lambda c: self._insert_position(c, connection_id, token, lists, rooms, now))
+        columns: list[list[Any]] = [[], [], [], [], []]
+        for room_id, r in rooms.items():
+            for column, value in zip(columns, (room_id, r.status, r.sent_upto, r.config,
+                                               json_dumps(list(r.lazy_members))), strict=True):
+                column.append(value)
+        return int(await self.db.fetchval(
+            "WITH p AS (INSERT INTO sliding_sync_positions (connection_id, token, lists, created_ts)"
+            " VALUES ($1, $2, $3, $4) RETURNING position_id),"
+            " r AS (INSERT INTO sliding_sync_rooms (connection_id, position_id, room_id, status, sent_upto, config,"
+            " lazy_members) SELECT $1, p.position_id, x.room_id, x.status, x.sent_upto, x.config, x.lazy_members"
+            " FROM p, unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[])"
+            " AS x(room_id, status, sent_upto, config, lazy_members))"
+            " SELECT position_id FROM p", connection_id, token, json_dumps(lists), now, *columns))
 
     @staticmethod
     async def _delete_connections(c: Connection, ids: list[int]) -> None:
-        for cid in set(ids):
-            await c.execute("DELETE FROM sliding_sync_rooms WHERE connection_id = $1", cid)
-            await c.execute("DELETE FROM sliding_sync_positions WHERE connection_id = $1", cid)
-            await c.execute("DELETE FROM sliding_sync_connections WHERE connection_id = $1", cid)
+        """Drop the connections with their positions and room records (three statements for any number)."""
+        ids = sorted(set(ids))
+        if not ids:
+            return
+        marks = ", ".join(f"${i}" for i in range(1, len(ids) + 1))
+        for table in ("sliding_sync_rooms", "sliding_sync_positions", "sliding_sync_connections"):
+            await c.execute(f"DELETE FROM {table} WHERE connection_id IN ({marks})", *ids)
 
     async def delete_idle_connections(self, idle_before: int) -> int:
         rows = await self.db.fetch("SELECT connection_id FROM sliding_sync_connections WHERE last_used_ts < $1"
@@ -247,15 +259,27 @@ class SlidingSyncStore:
                     out.setdefault(r["room_id"], {})[r["membership"]] = int(r["n"])
         return out
 
-    async def get_heroes(self, room_id: str, user_id: str, memberships: Sequence[str], limit: int) -> list[str]:
-        """Event IDs of the first members (by when their membership took effect) with one of
-        `memberships`, other than `user_id`, in the room's current state."""
-        rows = await self.db.fetch(
-            "SELECT c.event_id FROM current_state_events c JOIN events e ON e.event_id = c.event_id"
-            " WHERE c.room_id = $1 AND c.type = 'm.room.member' AND c.state_key <> $2"
-            f" AND c.membership IN ({_marks(4, len(memberships))}) ORDER BY e.stream_ordering LIMIT $3",
-            room_id, user_id, limit, *memberships)
-        return [r["event_id"] for r in rows]
+    async def get_heroes(self, room_ids: Sequence[str], user_id: str, limit: int) -> dict[str, list[str]]:
+        """room -> event IDs of its first `limit` members other than `user_id` (by when their membership
+        took effect) in its current state: joined or invited ones, or, in a room with none, those who
+        left or were banned (Synapse's heroes). All the rooms in one statement per chunk."""
+        out: dict[str, list[str]] = {}
+        for chunk in _chunks(list(room_ids)):
+            rows = await self.db.fetch(
+                "SELECT room_id, event_id, current_member FROM (SELECT c.room_id, c.event_id, CASE WHEN"
+                " c.membership IN ('join', 'invite') THEN 1 ELSE 0 END AS current_member, ROW_NUMBER() OVER ("
+                " PARTITION BY c.room_id, c.membership IN ('join', 'invite') ORDER BY e.stream_ordering) AS n"
+                " FROM current_state_events c JOIN events e ON e.event_id = c.event_id"
+                f" WHERE c.room_id IN ({_marks(3, len(chunk))}) AND c.type = 'm.room.member' AND c.state_key <> $1"
+                " AND c.membership IN ('join', 'invite', 'leave', 'ban')) AS ranked WHERE n <= $2"
+                " ORDER BY room_id, n", user_id, limit, *chunk)
+            current: dict[str, list[str]] = {}
+            former: dict[str, list[str]] = {}
+            for r in rows:
+                (current if r["current_member"] else former).setdefault(r["room_id"], []).append(r["event_id"])
+            out.update(former)
+            out.update(current)  # a room's current members win over its former ones
+        return out
 
     async def get_memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
         """room -> (membership, event ID) of every current membership of the user."""

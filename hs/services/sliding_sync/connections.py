@@ -11,12 +11,14 @@ The last two positions of a connection are kept: the client may retry the previo
 was lost). An older or unknown `pos` is 400 M_UNKNOWN_POS and the client starts a new connection. A
 position a request continued from is marked used: the client has it, so the late answer of a request
 the client gave up on (Element X drops its long-poll whenever its lists change) does not replace it.
-Connections idle for a week are dropped (lazily, when connections start, and by `expire`).
+Connections idle for a week are dropped by the background tasks (`expire`), and a device keeps
+at most MAX_CONNECTIONS_PER_DEVICE (the least recently used go when a new one starts).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +55,8 @@ class Connections:
         self._positions: LruCache[int, StoredPosition] = LruCache(1000)
 
     async def open(self, user_id: str, device_id: str | None, conn_id: str, pos: str | None) -> Connection:
-        """The connection a request continues (`pos`), or a new one (no `pos`), written down with its
-        first position by `save` (which replaces any connection of the same key)."""
+        """The connection a request continues (`pos`), or a new one (no `pos`), written down by `start`
+        (which replaces any connection of the same key) and given its first position by `save`."""
         if pos is None:
             return Connection(None, None, None)
         if not pos.isascii() or not pos.isdigit() or len(pos) > MAX_POS_LENGTH:
@@ -78,16 +80,23 @@ class Connections:
             raise unknown_pos() from None
         return Connection(stored.connection_id, position_id, token, dict(stored.lists), dict(stored.rooms))
 
-    async def save(self, conn: Connection, user_id: str, device_id: str | None, conn_id: str, token: StreamToken,
+    async def start(self, user_id: str, device_id: str | None, conn_id: str) -> int:
+        """Write down a new connection (replacing any of the same key), before its first position: a
+        request for a new connection runs this while it computes its response."""
+        return await self.store.start_connection(user_id, device_id or "", conn_id, _now_ms())
+
+    async def save(self, conn: Connection, started: Awaitable[int] | None, token: StreamToken,
                    lists: dict[str, Any], changed: dict[str, RoomRecord]) -> str:
-        """A new position after `conn`'s base with the rooms whose record changed; returns its `pos`."""
+        """A new position after `conn`'s base with the rooms whose record changed; returns its `pos`.
+        `started`: for a new connection, `start`'s result."""
         now = _now_ms()
         encoded = token.encode()
-        connection_id = conn.connection_id
-        if connection_id is None or conn.base is None:
-            connection_id, position_id = await self.store.new_connection(
-                user_id, device_id or "", conn_id, encoded, lists, changed, now, now - IDLE_EXPIRY_MS)
+        if conn.connection_id is None or conn.base is None:
+            assert started is not None
+            connection_id = await started
+            position_id = await self.store.first_position(connection_id, encoded, lists, changed, now)
         else:
+            connection_id = conn.connection_id
             added = await self.store.add_position(connection_id, conn.base, encoded, lists, changed, now)
             if added is None:
                 raise unknown_pos("The connection moved on or was restarted by another request")
@@ -97,5 +106,6 @@ class Connections:
         return str(position_id)
 
     async def expire(self) -> int:
-        """Drop connections idle for longer than a week; returns how many."""
+        """Drop connections idle for longer than a week (up to a batch; the background tasks call this
+        until it finds none); returns how many."""
         return await self.store.delete_idle_connections(_now_ms() - IDLE_EXPIRY_MS)

@@ -63,6 +63,7 @@ class RoomResult:
     expanded_timeline: bool = False
     is_dm: bool = False
     needs_counts: bool = False  # joined_count and invited_count are due
+    needs_heroes: bool = False  # heroes are due (a joined room with no name)
 
 
 @dataclass(frozen=True)
@@ -231,19 +232,24 @@ class RoomData:
         if not with_members:
             return
         result.needs_counts = True  # filled in for all rooms of the response at once
-        if result.name is not None:
+        result.needs_heroes = result.name is None  # likewise (`add_heroes`)
+
+    async def add_heroes(self, user_id: str, results: dict[str, RoomResult]) -> None:
+        """The heroes of every room of the response that needs them, read in one statement."""
+        wanted = [r for r, entry in results.items() if entry.needs_heroes]
+        if not wanted:
             return
-        hero_ids = (await self.ss_store.get_heroes(room_id, user_id, ("join", "invite"), MAX_HEROES)
-                    or await self.ss_store.get_heroes(room_id, user_id, ("leave", "ban"), MAX_HEROES))
-        found = await self.store.get_events(hero_ids)
-        result.heroes = []
-        for ev in (found[i] for i in hero_ids if i in found):
-            hero: dict[str, Any] = {"user_id": ev.state_key}
-            if isinstance(ev.content.get("displayname"), str):
-                hero["displayname"] = ev.content["displayname"]
-            if isinstance(ev.content.get("avatar_url"), str):
-                hero["avatar_url"] = ev.content["avatar_url"]
-            result.heroes.append(hero)
+        hero_ids = await self.ss_store.get_heroes(wanted, user_id, MAX_HEROES)
+        found = await self.store.get_events([i for ids in hero_ids.values() for i in ids])
+        for room_id in wanted:
+            heroes = results[room_id].heroes = []
+            for ev in (found[i] for i in hero_ids.get(room_id, ()) if i in found):
+                hero: dict[str, Any] = {"user_id": ev.state_key}
+                if isinstance(ev.content.get("displayname"), str):
+                    hero["displayname"] = ev.content["displayname"]
+                if isinstance(ev.content.get("avatar_url"), str):
+                    hero["avatar_url"] = ev.content["avatar_url"]
+                heroes.append(hero)
 
     async def _stripped_state(self, event_id: str) -> list[dict[str, Any]]:
         ev = await self.store.get_event(event_id)

@@ -80,6 +80,18 @@ class SlidingSyncService:
         """`still_wanted`: False once the client has gone (its answer is then not stored as a position,
         which would replace the one it continues from in its next request)."""
         conn = await self.connections.open(req.user_id, req.device_id, req.conn_id, req.pos)
+        # A new connection is written down while its first response is computed (off its critical path).
+        started = None if conn.base is not None else asyncio.ensure_future(
+            self.connections.start(req.user_id, req.device_id, req.conn_id))
+        try:
+            return await self._answer(req, conn, started, still_wanted)
+        finally:
+            if started is not None and not started.done():
+                # (An error before `save`: the connection is written down all the same, and unused.)
+                started.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _answer(self, req: SlidingSyncRequest, conn: Connection, started: asyncio.Future[int] | None,
+                      still_wanted: Callable[[], bool]) -> SlidingSyncResponse:
         await self.hs.presence.user_syncing(req.user_id, req.set_presence, req.timeout_ms)
         notifier = self.hs.notifier
         loop = asyncio.get_running_loop()
@@ -104,8 +116,7 @@ class SlidingSyncService:
         if conn.base is not None and ((not result.new and not result.records) or not still_wanted()):
             pos = str(conn.base)
         else:
-            pos = await self.connections.save(conn, req.user_id, req.device_id, req.conn_id, token, result.digest,
-                                              result.records)
+            pos = await self.connections.save(conn, started, token, result.digest, result.records)
         return SlidingSyncResponse(pos, result.lists, result.rooms, result.extensions)
 
     async def _compute(self, req: SlidingSyncRequest, conn: Connection, now: StreamToken) -> _Pass:
@@ -180,8 +191,8 @@ class SlidingSyncService:
 
     async def _add_counts(self, user_id: str, results: dict[str, RoomResult], rooms: dict[str, RoomInfo],
                           now: StreamToken) -> None:
-        """Unread counts (as /sync's) and member counts of the joined rooms sent, and whether each room
-        is a DM."""
+        """Unread counts (as /sync's), member counts and heroes of the joined rooms sent, and whether
+        each room is a DM."""
         if not results:
             return
         joined = [r for r in results if results[r].membership == "join"]
@@ -196,6 +207,7 @@ class SlidingSyncService:
             for room_id in wanted:
                 results[room_id].joined_count = members.get(room_id, {}).get("join", 0)
                 results[room_id].invited_count = members.get(room_id, {}).get("invite", 0)
+        await self.room_data.add_heroes(user_id, results)
         dms = await self.room_lists.dm_rooms(user_id)
         for room_id, entry in results.items():
             entry.is_dm = room_id in dms
