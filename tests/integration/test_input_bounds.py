@@ -109,6 +109,11 @@ SWEEP: dict[tuple[str, str], Case] = {
         [P("query", "since", "token"), P("query", "full_state", "bool"), P("query", "set_presence", "enum"),
          P("query", "timeout", "limit"), P("query", "use_state_after", "bool"), P("query", "filter", "int")]),
     ("GET", "/user/{userId}/filter/{filterId}"): Case([P("path", "filterId", "id")]),
+    # (`from` given: the clamped huge `timeout` then answers at once, events being there already.)
+    ("GET", "/events"): Case([P("query", "from", "token"), P("query", "timeout", "limit"),
+                              P("query", "limit", "limit")], query={"from": "s0", "timeout": "0"}),
+    ("GET", "/initialSync"): Case([P("query", "limit", "limit"), P("query", "archived", "bool")]),
+    ("GET", "/rooms/{roomId}/initialSync"): Case([P("query", "limit", "limit")]),
     ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"): Case(
         [P("query", "timeout", "limit")], body={}),
     ("POST", "/_matrix/client/v4/sync"): Case([P("body", "timeout", "limit")], body={}),
@@ -294,6 +299,8 @@ SPEC_TYPED_PARAMS: dict[tuple[str, str], set[str]] = {
     ("POST", "/search"): {"next_batch"},
     ("GET", "/rooms/{roomId}/hierarchy"): {"suggested_only", "limit", "max_depth", "from"},
     ("GET", "/sync"): {"since", "full_state", "set_presence", "timeout", "use_state_after"},
+    ("GET", "/events"): {"from", "timeout"},
+    ("GET", "/initialSync"): {"limit", "archived"},
     ("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}"): {"order"},
     ("GET", "/rooms/{roomId}/threads"): {"include", "limit", "from"},
     ("PUT", "/rooms/{roomId}/typing/{userId}"): {"typing", "timeout"},
