@@ -53,8 +53,10 @@ class NotificationsService:
                 # The user's rules changed since: show what was stored.
                 highlighted = user_id in json_loads(r["highlight_users"])
                 actions = ["notify", {"set_tweak": "highlight", "value": highlighted}]
+            # `profile_tag` (of the rule that matched) is always there, null as in Synapse: push rules
+            # carry no profile tags, and clients and test suites look for the key.
             out.append({"actions": actions, "event": serialize_event(event, include_room_id=True),
-                        "read": int(r["stream_ordering"]) <= covered, "room_id": room_id,
+                        "profile_tag": None, "read": int(r["stream_ordering"]) <= covered, "room_id": room_id,
                         "ts": event.origin_server_ts})
         body: dict[str, Any] = {"notifications": out}
         if more and rows:

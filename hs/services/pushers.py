@@ -126,7 +126,9 @@ def build_notification(pusher: JsonDict, event: Event, user_id: str, actions: li
                               "counts": {"unread": unread_rooms}, "prio": "high" if high else "low",
                               "devices": [device]}
     if data.get("format") != "event_id_only":
-        notification.update(type=event.type, sender=event.sender, content=event.content)
+        # `id` repeats the event ID, as Synapse sends it (the Push Gateway API's older name for it,
+        # which gateways and test suites still read).
+        notification.update(id=event.event_id, type=event.type, sender=event.sender, content=event.content)
         if event.type == "m.room.member":
             notification["user_is_target"] = event.state_key == user_id
         if sender_display_name:

@@ -37,6 +37,15 @@ MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 logger = logging.getLogger(__name__)
 
 
+def join_content(body: JsonDict) -> JsonDict:
+    """The member event content a POST /join/{roomIdOrAlias} body asks for: the body is the event's
+    content, as in Synapse (clients attach keys of their own to their join), less what is the server's
+    to set (`membership`, the restricted-join authoriser) or an instruction rather than content
+    (`third_party_signed`). `reason` is checked and passed on its own."""
+    return {k: v for k, v in body.items()
+            if k not in ("membership", "reason", "third_party_signed", "join_authorised_via_users_server")}
+
+
 def require_membership_target(body: JsonDict) -> str:
     """The `user_id` of an invite/kick/ban/unban body: M_MISSING_PARAM if absent, M_BAD_JSON if not a
     string, M_INVALID_PARAM if not a user ID."""
@@ -95,11 +104,18 @@ class RoomMembership:
             for k, v in (await self.profile_content(target)).items():
                 new_content.setdefault(k, v)
         current = await self.store.get_membership(room_id, target)
+        # Checked above the auth rules, before any event is built, as Synapse does: a banned user is
+        # only banned again or unbanned (the auth rules would let a kick of a banned user through,
+        # turning the ban into a leave), and a kick is of a member (joined, invited or knocking).
+        if current is not None and current[0] == "ban" and action not in ("ban", "unban", "leave"):
+            raise forbidden(f"Cannot {action} user who was banned")
         if current is not None:
             old = await self.store.get_event(current[1])
             if (old is not None and old.membership == membership and old.sender == user_id
                     and old.content == new_content):
                 return old  # a no-op change: Synapse returns the existing event
+        if action == "kick" and (current is None or current[0] in ("leave", "ban")):
+            raise forbidden("The target user is not in the room")
         if membership == "join":
             await self._prepare_join(requester, room_id, rv, new_content, current)
             if ratelimit and (current is None or current[0] != "join"):
@@ -171,9 +187,10 @@ class RoomMembership:
         return None
 
     async def join(self, requester: Requester, room_id_or_alias: str, reason: str | None = None,
-                   via: list[str] | None = None) -> str:
+                   via: list[str] | None = None, content: JsonDict | None = None) -> str:
         """Join a room here, or (not known here, or we are not in it any more) through other servers:
-        `via`, the alias's server and what it named, and the room ID's server (before room v12)."""
+        `via`, the alias's server and what it named, and the room ID's server (before room v12).
+        `content`: other keys for the member event (POST /join's body, see `join_content`)."""
         room_id, servers = await self.hs.room_aliases.resolve_room_and_servers(room_id_or_alias)
         check_room_id(room_id)
         if await self._must_join_remotely(room_id):
@@ -185,12 +202,12 @@ class RoomMembership:
             if not candidates:
                 raise not_found("No known servers")
             self.hs.ratelimiters["joins_remote"].check(requester.user_id)
-            content: JsonDict = await self.profile_content(requester.user_id)
+            remote_content: JsonDict = {**(content or {}), **await self.profile_content(requester.user_id)}
             if reason is not None:
-                content["reason"] = reason
+                remote_content["reason"] = reason
             return await self.hs.federation_membership.join_remote_room(requester.user_id, room_id, candidates,
-                                                                        content)
-        await self.update_membership(requester, room_id, requester.user_id, "join", reason)
+                                                                        remote_content)
+        await self.update_membership(requester, room_id, requester.user_id, "join", reason, content)
         return room_id
 
     async def _inviting_servers(self, room_id: str, user_id: str) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hs.errors import bad_json, forbidden, invalid_param
+from hs.errors import bad_json, bad_request, forbidden, invalid_param
 from hs.events.auth import is_valid_user_id
 from hs.events.event import JsonDict
 from hs.events.room_versions import RoomVersion
@@ -52,6 +52,11 @@ class ClientEventSender:
         if existing is not None:
             return str(existing)
         rv = await self._require_room_for_send(room_id)
+        if redacts is not None:
+            target = await self.store.get_event(redacts)
+            if target is not None and target.room_id != room_id:
+                # 400 as in Synapse (the writer's own check answers 404, as for an unknown event).
+                raise bad_request("Cannot redact an event of another room")
         self.hs.ratelimiters["message"].check(user_id)
         ev = await self.hs.event_sender.send(room_id, user_id, etype, content,
                                              txn=(user_id, requester.device_id, txn_id), redacts=redacts,

@@ -19,6 +19,13 @@ An upgrade is all-or-nothing up to the new room, and resumable after it:
   next request finishes the upgrade with it instead of creating another room: a successor the old
   room's tombstone does not name yet, of the requested version and creators, the upgrader still in it.
 Upgrades of one room run one at a time in this process (upgrades are served by the main process).
+
+The new room's `predecessor` names the old room and, as Synapse does, the old room's tombstone event
+(room versions 1-11): there the new room ID is chosen first and the new room created while the
+tombstone naming it waits to be persisted (`_upgrade_tombstone_first`: still all-or-nothing up to the
+new room, since a tombstone refused or not persisted leaves the upgrade resumable as above). A v12 room
+ID is its create event's hash, so that create event cannot name a tombstone naming the room: `event_id`
+is left out, as the spec allows (v1.16) and Synapse does.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hs.db.stores.rooms import NewRoom
-from hs.errors import bad_json, forbidden, unsupported_room_version
+from hs.db.stores.rooms import NewRoom, RoomIdTaken
+from hs.errors import bad_json, forbidden, not_found, unavailable, unsupported_room_version
 from hs.events.auth import (
     get_room_creators,
     get_send_level,
@@ -38,7 +45,7 @@ from hs.events.auth import (
 from hs.events.canonical_json import CANONICALJSON_MAX_INT, CANONICALJSON_MIN_INT
 from hs.events.event import Event, JsonDict, StateKey
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from hs.services.new_room import InitialEvent, create_room
+from hs.services.new_room import InitialEvent, create_room, new_room_id
 from hs.services.room_ids import check_room_id
 from hs.services.room_membership import MEMBER
 from hs.util import KeyedLocks
@@ -80,6 +87,9 @@ class RoomUpgrader:
                 raise bad_json("'additional_creators' must be a list of user IDs")
             creators_extra = list(dict.fromkeys(u for u in additional_creators if u != user_id))
 
+        # An unknown room is 404 (Synapse checks this before the auth check, which would say 403).
+        if await self.hs.room_store.get_room_version_id(old_room_id) is None:
+            raise not_found(f"Unknown room {old_room_id}")
         async with self._locks.lock(old_room_id):
             state = await self.store.get_current_state_events(old_room_id)
             old_create = state.get(("m.room.create", ""))
@@ -92,16 +102,54 @@ class RoomUpgrader:
                 raise forbidden("You don't have permission to upgrade the room")
 
             new_room_id = await self._unfinished_successor(old_room_id, user_id, rv, creators_extra, state)
-            if new_room_id is None:
-                profile = await self.hs.room_membership.profile_content(user_id)
-                initial = self._initial_events(rv, user_id, profile, state, {user_id, *creators_extra})
-                new_room_id = await create_room(self.hs, rv, user_id,
-                                                self._create_content(rv, user_id, old_create, creators_extra),
-                                                initial, NewRoom(creator=user_id, upgrade_of=old_room_id))
-            else:
+            if new_room_id is not None:
                 logger.info("upgrade of %s: finishing the earlier upgrade to %s", old_room_id, new_room_id)
+                await self._retire_old_room(old_room_id, new_room_id, user_id, state)
+                return new_room_id
+            profile = await self.hs.room_membership.profile_content(user_id)
+            initial = self._initial_events(rv, user_id, profile, state, {user_id, *creators_extra})
+            content = self._create_content(rv, user_id, old_create, creators_extra)
+            room = NewRoom(creator=user_id, upgrade_of=old_room_id)
+            if not rv.room_id_from_create_event and self.hs.events_stream.is_writer_for_room(old_room_id):
+                return await self._upgrade_tombstone_first(old_room_id, user_id, rv, content, initial, room, state)
+            if not rv.room_id_from_create_event:
+                # The old room is written elsewhere (a cluster), so its tombstone cannot be built
+                # here ahead of the new room: the predecessor names the last event known in it.
+                last = await self.store.get_forward_extremities(old_room_id)
+                if last:
+                    content["predecessor"]["event_id"] = sorted(last)[0]
+            new_room_id = await create_room(self.hs, rv, user_id, content, initial, room)
             await self._retire_old_room(old_room_id, new_room_id, user_id, state)
         return new_room_id
+
+    async def _upgrade_tombstone_first(self, old_room_id: str, user_id: str, rv: RoomVersion, content: JsonDict,
+                                       initial: list[InitialEvent], room: NewRoom,
+                                       state: dict[StateKey, Event]) -> str:
+        """An upgrade to a version whose room IDs are chosen (not hashes: v1-v11), by the old room's
+        writer. As Synapse does, the new room's create event names the tombstone in `predecessor`
+        (clients follow it back): the new room ID is chosen first, the tombstone naming it is built
+        (and authorised) in the old room, and while it waits to be persisted the new room is created
+        naming it. A refused tombstone creates nothing; a new room that cannot be created leaves no
+        tombstone. Should persisting the tombstone fail after that, the new room is the old one's
+        unfinished successor, and the next request finishes the upgrade (with another tombstone)."""
+        new_room = new_room_id(self.hs)
+
+        async def create_new_room(tombstone: Event) -> None:
+            content["predecessor"]["event_id"] = tombstone.event_id
+            create = self.hs.event_sender.build_create_event(rv, user_id, content, new_room)
+            try:
+                if self.hs.events_stream.is_writer_for_room(new_room):
+                    await self.hs.event_sender.persist_new_room(create, initial, room)
+                else:
+                    await self.hs.replication_client.create_room(create, initial, room)
+            except RoomIdTaken:  # a random 18-character room ID already taken: in theory only
+                raise unavailable("Could not find a free room ID; please try again") from None
+
+        await self.hs.event_sender.send(old_room_id, user_id, "m.room.tombstone", {
+            "body": "This room has been replaced", "replacement_room": new_room}, state_key="",
+            before_persist=create_new_room)
+        await self._tidy_old_room(old_room_id, user_id, state)
+        return new_room
 
     async def _unfinished_successor(self, old_room_id: str, user_id: str, rv: RoomVersion, creators_extra: list[str],
                                     state: dict[StateKey, Event]) -> str | None:
@@ -183,16 +231,24 @@ class RoomUpgrader:
         """The old room's part, once the new room exists: its canonical alias cleared (the aliases moved),
         the tombstone, raised levels. Only the tombstone is required (a failure there is resumed by the
         next request, see the module docstring); the other two are logged if they fail."""
-        sender = self.hs.event_sender
+        await self._clear_canonical_alias(old_room_id, user_id, state)
+        await self.hs.event_sender.send(old_room_id, user_id, "m.room.tombstone", {
+            "body": "This room has been replaced", "replacement_room": new_room_id}, state_key="")
+        await self._restrict_old_room(old_room_id, user_id, state)
+
+    async def _tidy_old_room(self, old_room_id: str, user_id: str, state: dict[StateKey, Event]) -> None:
+        """After a tombstone sent first (`_upgrade_tombstone_first`): the old canonical alias cleared
+        (the aliases moved with the new room) and the old room restricted; failures are logged."""
+        await self._clear_canonical_alias(old_room_id, user_id, state)
+        await self._restrict_old_room(old_room_id, user_id, state)
+
+    async def _clear_canonical_alias(self, old_room_id: str, user_id: str, state: dict[StateKey, Event]) -> None:
         canonical = state.get(("m.room.canonical_alias", ""))
         if canonical is not None and canonical.content:
             try:
-                await sender.send(old_room_id, user_id, "m.room.canonical_alias", {}, state_key="")
+                await self.hs.event_sender.send(old_room_id, user_id, "m.room.canonical_alias", {}, state_key="")
             except Exception:  # the aliases moved already: this only tidies the old room's state
                 logger.exception("upgrade of %s: could not clear the old canonical alias", old_room_id)
-        await sender.send(old_room_id, user_id, "m.room.tombstone", {
-            "body": "This room has been replaced", "replacement_room": new_room_id}, state_key="")
-        await self._restrict_old_room(old_room_id, user_id, state)
 
     async def _restrict_old_room(self, room_id: str, user_id: str, state: dict[StateKey, Event]) -> None:
         old_pl = state.get(("m.room.power_levels", ""))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hs.api.base import HandlerResult, Route, get_hs, get_requester, parse_json, uia_operation
+from hs.api.base import CLIENT_V3, HandlerResult, Route, get_hs, get_requester, parse_json, uia_operation
 from hs.api.params import body_int, query_str, query_stream_token
 
+# Cross-signing uploads are served under /unstable too: clients from before cross-signing reached the
+# spec (v1.1) still send them there, and Synapse keeps those paths.
+WITH_UNSTABLE = (*CLIENT_V3, "/_matrix/client/unstable")
 # The request's `timeout` is checked here; the service waits that long for other servers (e2ee._remote_timeout).
 DEFAULT_TIMEOUT_MS = 10_000
 
@@ -140,8 +143,8 @@ ROUTES: list[Route] = [
     Route("POST", "/keys/query", query_keys, "encryption"),
     Route("POST", "/keys/claim", claim_keys, "encryption"),
     Route("GET", "/keys/changes", key_changes, "encryption"),
-    Route("POST", "/keys/device_signing/upload", upload_cross_signing_keys, "main"),
-    Route("POST", "/keys/signatures/upload", upload_signatures, "main"),
+    Route("POST", "/keys/device_signing/upload", upload_cross_signing_keys, "main", prefixes=WITH_UNSTABLE),
+    Route("POST", "/keys/signatures/upload", upload_signatures, "main", prefixes=WITH_UNSTABLE),
     Route("POST", "/room_keys/version", create_backup_version, "encryption"),
     Route("GET", "/room_keys/version", get_current_backup_version, "encryption"),
     Route("GET", "/room_keys/version/{version}", get_backup_version, "encryption"),

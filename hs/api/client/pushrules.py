@@ -107,7 +107,18 @@ async def put_attr(request: web.Request) -> HandlerResult:
     return 200, {}
 
 
+async def malformed_path(request: web.Request) -> HandlerResult:
+    """A /pushrules path of no known shape (no trailing slash, a missing or empty rule ID, an extra
+    segment): 400 M_UNRECOGNIZED, as Synapse answers (and as an unknown scope or kind is answered
+    here), not the router's 404/405. Only after the access token is checked, as everywhere else."""
+    await get_requester(request)
+    raise unrecognized("Unrecognised push rules path")
+
+
 _RULE = "/pushrules/{scope}/{kind}/{ruleId}"
+# Last, so that only what no route above matches lands here (aiohttp tries a prefix's routes in order).
+_MALFORMED = [Route(method, path, malformed_path, READ_GROUP if method == "GET" else WRITE_GROUP, CLIENT_V3_V1)
+              for method in ("GET", "PUT", "DELETE") for path in ("/pushrules", "/pushrules/{path:.*}")]
 ROUTES: list[Route] = [
     Route("GET", "/pushrules/", get_all, READ_GROUP, CLIENT_V3_V1),
     Route("GET", "/pushrules/{scope}/", get_scope, READ_GROUP, CLIENT_V3_V1),
@@ -117,4 +128,5 @@ ROUTES: list[Route] = [
     Route("PUT", _RULE, put_rule, WRITE_GROUP, CLIENT_V3_V1),
     Route("DELETE", _RULE, delete_rule, WRITE_GROUP, CLIENT_V3_V1),
     Route("PUT", _RULE + "/{attr}", put_attr, WRITE_GROUP, CLIENT_V3_V1),
+    *_MALFORMED,
 ]

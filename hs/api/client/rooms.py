@@ -18,7 +18,7 @@ from hs.api.base import (
 )
 from hs.api.params import path_room_id, query_enum, query_list, query_pagination_token
 from hs.errors import bad_json
-from hs.services.room_membership import MEMBERSHIPS, require_membership_target
+from hs.services.room_membership import MEMBERSHIPS, join_content, require_membership_target
 
 
 def _reason(body: dict[str, Any]) -> str | None:
@@ -41,7 +41,8 @@ async def join_room_by_id_or_alias(request: web.Request) -> tuple[int, Any]:
     requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     via = query_list(request, "via", "server_name")
-    room_id = await hs.room_membership.join(requester, request.match_info["roomIdOrAlias"], _reason(body), via)
+    room_id = await hs.room_membership.join(requester, request.match_info["roomIdOrAlias"], _reason(body), via,
+                                            join_content(body))
     return 200, {"room_id": room_id}
 
 
