@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from hs.api import base
+from hs.replication.http_client import REPLICATION_PREFIX
 from hs.roles.routes import all_routes
 from hs.services.auth import GUEST_ROUTES, GUEST_TURN_ROUTE, Requester, guest_route
 from hs.services.room_sending import ClientEventSender
@@ -338,3 +339,8 @@ def test_allowlist_names_real_routes() -> None:
     routed = {(m, p.replace("{stateKey:.*}", "{stateKey}")) for m, p in routed}
     legacy = {("GET", "/events"), ("GET", "/rooms/{roomId}/initialSync")}
     assert (GUEST_ROUTES | {GUEST_TURN_ROUTE}) - routed <= legacy
+    # A write a worker forwards to its stream's writer is checked there under the same key.
+    forwarded = REPLICATION_PREFIX + "/client/_matrix/client/r0/sendToDevice/{eventType}/{txnId}"
+    assert guest_route("PUT", forwarded) == ("PUT", "/sendToDevice/{eventType}/{txnId}")
+    assert guest_route("GET", "/_matrix/client/versions") == ("GET", "/_matrix/client/versions")
+    assert guest_route("GET", "/_synapse/admin/v1/rooms") not in GUEST_ROUTES
