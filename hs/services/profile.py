@@ -39,9 +39,8 @@ def checked_value(field: str, value: Any) -> str | None:
     else:
         if len(value) > MAX_AVATAR_URL_LEN:
             raise invalid_param(f"Avatar URL is too long (max {MAX_AVATAR_URL_LEN})")
-        server, _, media_id = value.removeprefix("mxc://").partition("/")
-        if not value.startswith("mxc://") or not server or not media_id:
-            raise invalid_param("avatar_url must be an mxc:// URI")
+        # Any string, not only an mxc:// URI: Synapse stores what it is given, and clients that set
+        # other URLs (bridges, old clients) rely on it; clients show only what they can fetch.
     return value
 
 

@@ -88,9 +88,11 @@ def parse_pusher_request(body: JsonDict) -> tuple[JsonDict | None, str, str, boo
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path != NOTIFY_PATH:
         raise invalid_param(f"'data.url' must be an http(s) URL with the path {NOTIFY_PATH}")
+    # A format other than event_id_only is taken (as Synapse takes it) and means the full notification,
+    # the spec's only other behaviour; a client may name a format of its gateway's.
     fmt = data.get("format")
-    if fmt is not None and fmt != "event_id_only":
-        raise invalid_param("'data.format' must be 'event_id_only' or absent")
+    if fmt is not None and not isinstance(fmt, str):
+        raise invalid_param("'data.format' must be a string")
     pusher["data"] = data
     return pusher, app_id, pushkey, append
 

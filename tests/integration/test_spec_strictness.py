@@ -124,6 +124,76 @@ async def test_redaction_of_an_event_of_another_room_is_refused(server: TestHome
     assert message["content"] == {"msgtype": "m.text", "body": "not in here"}
 
 
+# -- where Synapse is more lenient -------------------------------------------------------------------------
+
+async def test_device_keys_whose_self_signature_does_not_verify_are_stored(server: TestHomeServer) -> None:
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    await shared_room(alice, bob)
+    keys, _ = device_keys(alice)
+    keys = {**keys, "algorithms": ["m.megolm.v1.aes-sha2"]}  # no longer what was signed
+    await ok(alice, "POST", "/keys/upload", {"device_keys": keys})
+    got = await ok(bob, "POST", "/keys/query", {"device_keys": {alice.user_id: []}})
+    stored = got["device_keys"][alice.user_id][alice.device_id]
+    assert stored["algorithms"] == ["m.megolm.v1.aes-sha2"] and stored["signatures"] == keys["signatures"]
+    # Made-up keys and signatures, as some test clients send them.
+    assert alice.device_id is not None
+    made_up = {"user_id": alice.user_id, "device_id": alice.device_id, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+               "keys": {f"ed25519:{alice.device_id}": "not a key"},
+               "signatures": {alice.user_id: {f"ed25519:{alice.device_id}": "not a signature"}}}
+    await ok(alice, "POST", "/keys/upload", {"device_keys": made_up})
+    # What is not the requester's own device is still refused.
+    assert await err(alice, "POST", "/keys/upload", {"device_keys": {**made_up, "user_id": bob.user_id}}) == (
+        400, "M_INVALID_PARAM")
+
+
+async def test_key_backup_takes_any_algorithm_and_auth_data(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    version = (await ok(alice, "POST", "/room_keys/version", {
+        "algorithm": "m.megolm_backup.v1", "auth_data": "anopaquestring"}))["version"]
+    info = await ok(alice, "GET", "/room_keys/version")
+    assert (info["algorithm"], info["auth_data"], info["version"]) == ("m.megolm_backup.v1", "anopaquestring",
+                                                                       version)
+    await ok(alice, "PUT", f"/room_keys/version/{version}", {
+        "algorithm": "m.megolm_backup.v1", "auth_data": ["another", 1], "version": version})
+    assert (await ok(alice, "GET", f"/room_keys/version/{version}"))["auth_data"] == ["another", 1]
+    session = {"first_message_index": 3, "forwarded_count": 0, "is_verified": False,
+               "session_data": "anopaquestring"}
+    await ok(alice, "PUT", f"/room_keys/keys/!abcd/1234?version={version}", session)
+    assert await ok(alice, "GET", f"/room_keys/keys/!abcd/1234?version={version}") == session
+    for body in ({"auth_data": {}}, {"algorithm": 5, "auth_data": {}}, {"algorithm": "m.megolm_backup.v1"}):
+        status, code = await err(alice, "POST", "/room_keys/version", body)
+        assert status == 400 and code in ("M_MISSING_PARAM", "M_BAD_JSON"), body
+
+
+async def test_avatar_url_need_not_be_mxc(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    await ok(alice, "PUT", f"/profile/{alice.user_id}/avatar_url", {"avatar_url": "http://something"})
+    assert await ok(alice, "GET", f"/profile/{alice.user_id}/avatar_url") == {"avatar_url": "http://something"}
+    assert await err(alice, "PUT", f"/profile/{alice.user_id}/avatar_url", {"avatar_url": 5}) == (
+        400, "M_INVALID_PARAM")
+
+
+async def test_pusher_data_format_other_than_event_id_only(server: TestHomeServer, gateway: FakeGateway) -> None:
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await alice.create_room(preset="private_chat", invite=[bob.user_id])
+    await ok(bob, "POST", f"/join/{room}")
+    body = pusher_body(gateway.url)
+    body["data"] = {**body["data"], "format": "full"}
+    await ok(bob, "POST", "/pushers/set", body)
+    assert (await ok(bob, "GET", "/pushers"))["pushers"][0]["data"]["format"] == "full"
+    # Not event_id_only: the full notification, with its `id` (the event ID) as Synapse sends it.
+    event_id = await alice.send_message(room, "full format")
+    notification = (await gateway.wait_for(1))[0]["notification"]
+    assert notification["id"] == notification["event_id"] == event_id
+    assert notification["content"]["body"] == "full format"
+    assert set(notification["devices"][0]) >= {"app_id", "pushkey", "pushkey_ts", "data", "tweaks"}
+    assert "unread" in notification["counts"]
+    for fmt in (5, {"x": 1}):
+        status, data = await bob.request("POST", "/pushers/set", {**body, "data": {"url": gateway.url,
+                                                                                   "format": fmt}})
+        assert status == 400, fmt
+
+
 async def test_full_notification_carries_id(server: TestHomeServer, gateway: FakeGateway) -> None:
     alice, bob = await user(server, "alice"), await user(server, "bob")
     room = await alice.create_room(preset="private_chat", invite=[bob.user_id])

@@ -300,7 +300,7 @@ class E2eeStore:
             "SELECT version, algorithm, auth_data, etag FROM e2e_room_keys_versions"
             " WHERE user_id = $1 AND version = $2 AND deleted = 0", user_id, version)
 
-    async def create_backup_version(self, user_id: str, algorithm: str, auth_data: JsonDict) -> int:
+    async def create_backup_version(self, user_id: str, algorithm: str, auth_data: Any) -> int:
         async def txn(c: Connection) -> int:
             if c.engine == "postgres":
                 # Serialise concurrent creations for the user, so they get distinct numbers.
@@ -315,7 +315,7 @@ class E2eeStore:
 
         return await self.db.run_transaction("create_backup_version", txn)
 
-    async def update_backup_version(self, user_id: str, version: int, auth_data: JsonDict) -> None:
+    async def update_backup_version(self, user_id: str, version: int, auth_data: Any) -> None:
         await self.db.execute(
             "UPDATE e2e_room_keys_versions SET auth_data = $3 WHERE user_id = $1 AND version = $2",
             user_id, version, json_dumps(auth_data))
