@@ -36,6 +36,7 @@ from prometheus_client import Histogram
 
 from hs.errors import MatrixError, invalid_param, not_json
 from hs.events.event import Event, StateKey
+from hs.events.redaction import redact_pdu
 from hs.services.filtering import DEFAULT_FILTER, Filter, only_fields
 from hs.services.serialize import serialize_event, serialize_events
 from hs.services.sync_sections import SECTIONS, SyncRequest, check_sections
@@ -624,11 +625,25 @@ class SyncService:
         return stripped
 
     # -- output --------------------------------------------------------------------------------------------
+    async def _federation_format(self, config: SyncConfig, events: list[Event]) -> list[dict[str, Any]]:
+        """`event_format: federation`: each event as its PDU (pruned if redacted), with its `event_id`
+        (not part of the PDU from room version 3 on) and the client format's `unsigned` (age,
+        transaction_id, redacted_because), as Synapse serves it."""
+        client = await serialize_events(self.hs, events, config.device_id)
+        out = []
+        for ev, serialized in zip(events, client, strict=True):
+            pdu = redact_pdu(ev.pdu, ev.room_version) if ev.internal.redacted_by else ev.pdu
+            fed = {k: v for k, v in pdu.items() if k != "unsigned"}
+            fed["event_id"] = ev.event_id
+            fed["unsigned"] = serialized["unsigned"]
+            out.append(fed)
+        return out
+
     async def _serialize(self, config: SyncConfig, events: list[Event]) -> list[dict[str, Any]]:
         if not events:
             return []
         if config.filter.event_format == "federation":
-            out = [dict(e.pdu) for e in events]
+            out = await self._federation_format(config, events)
         else:
             out = await serialize_events(self.hs, events, config.device_id, include_room_id=False)
         fields = config.filter.event_fields
