@@ -156,3 +156,21 @@ async def test_malformed_list_ignores_nobody_and_filter_json_still_applies(serve
     await alice.send_message(room, "a1")
     filt = json.dumps({"types": ["m.room.message"]})
     assert bodies((await messages(alice, room, filter=filt))["chunk"]) == ["a1"]
+
+
+async def test_search_and_relations_leave_ignored_users_out(server: TestHomeServer) -> None:
+    """The other readers of room events go through the same filter: server-side search and /relations."""
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await shared_room(alice, bob)
+    root = await alice.send_message(room, "pineapple root")
+    await bob.send_message(room, "pineapple from bob")
+    reply = {"msgtype": "m.text", "body": "bob replies", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}
+    await ok(bob, "PUT", f"/rooms/{room}/send/m.room.message/t1", reply)
+    await ignore(alice, bob.user_id)
+
+    body = {"search_categories": {"room_events": {"search_term": "pineapple"}}}
+    results = (await ok(alice, "POST", "/search", body))["search_categories"]["room_events"]["results"]
+    assert [r["result"]["content"]["body"] for r in results] == ["pineapple root"]
+    chunk = (await ok(alice, "GET", f"/_matrix/client/v1/rooms/{room}/relations/{root}"))["chunk"]
+    assert chunk == []
+    assert len((await ok(bob, "GET", f"/_matrix/client/v1/rooms/{room}/relations/{root}"))["chunk"]) == 1
