@@ -32,6 +32,7 @@ MEMBER = "m.room.member"
 # A room's newest events looked at for a new bump stamp before asking the database.
 RECENT_FOR_BUMP = 20
 END_OF_STREAM = 2 ** 62
+NO_FILTERS = ListFilters()
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,18 @@ class ListResult:
         return list(dict.fromkeys(r for rng in self.room_ids for r in rng))
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Snapshot:
-    """A user's memberships and their joined rooms' bump stamps at `token`."""
+    """A user's memberships and their joined rooms' bump stamps at `token`; `rooms` and `ordered`, once
+    made, the rooms as `candidate_rooms` answers them and the listed ones in order, for the next
+    request at the same token (kept only when no room was left or banned from: whether those are
+    listed depends on the request and on forgetting)."""
 
     token: StreamToken
     memberships: dict[str, RoomMembership]
     stamps: dict[str, int]
+    rooms: dict[str, RoomInfo] | None = None
+    ordered: list[str] | None = None
 
 
 class RoomLists:
@@ -158,16 +164,27 @@ class RoomLists:
         lowest = cached.token.get("events") if since is None else min(since.get("events"), cached.token.get("events"))
         if self.events.user_membership_changed_after(user_id, lowest) or cached.token.stream_is_after(upto, "events"):
             return None
-        stamps = dict(cached.stamps)
-        joined = [r for r, m in cached.memberships.items() if m.membership == "join"]
         if upto.stream_is_after(cached.token, "events"):
+            joined = [r for r, m in cached.memberships.items() if m.membership == "join"]
             bumped: list[str] = []
             for writer, ids in self.hs.events_stream.rooms_by_writer(joined).items():
                 bumped.extend(await self.events.get_rooms_with_events_between(
                     ids, cached.token.writer_position("events", writer), upto.writer_position("events", writer)))
-            stamps.update(await self._newer_bump_stamps(bumped, cached.token, upto))
-            self._cache.set(user_id, _Snapshot(upto, cached.memberships, stamps))
-        return await self._rooms(user_id, cached.memberships, stamps, set())
+            newer = await self._newer_bump_stamps(bumped, cached.token, upto)
+            rooms = None
+            if cached.rooms is not None:
+                rooms = dict(cached.rooms)
+                for room_id, stamp in newer.items():
+                    rooms[room_id] = RoomInfo(cached.memberships[room_id], stamp)
+            cached = _Snapshot(upto, cached.memberships, {**cached.stamps, **newer}, rooms,
+                               cached.ordered if not newer else None)
+            self._cache.set(user_id, cached)
+        if cached.rooms is not None:
+            return cached.rooms
+        rooms = await self._rooms(user_id, cached.memberships, cached.stamps, set())
+        if not any(m.membership in ("leave", "ban") for m in cached.memberships.values()):
+            cached.rooms = rooms
+        return rooms
 
     async def _newer_bump_stamps(self, room_ids: list[str], after: StreamToken, upto: StreamToken,
                                  ) -> dict[str, int]:
@@ -242,7 +259,7 @@ class RoomLists:
     async def compute(self, user_id: str, rooms: dict[str, RoomInfo], lists: dict[str, ListConfig],
                       ) -> dict[str, ListResult]:
         """Each list's count and the rooms within its ranges."""
-        ordered = sorted((r for r, info in rooms.items() if info.listed), key=lambda r: (-rooms[r].bump_stamp, r))
+        ordered = self._ordered(user_id, rooms)
         need_facts = any(f.filters.is_encrypted is not None or f.filters.room_types is not None
                          or f.filters.not_room_types for f in lists.values())
         if need_facts:
@@ -259,11 +276,22 @@ class RoomLists:
             space_children = await self._space_children(sorted(spaces))
         out: dict[str, ListResult] = {}
         for name, config in lists.items():
-            matching = [r for r in ordered
-                        if _matches(rooms[r], config.filters, dms, tags, space_children)]
+            matching = ordered if config.filters == NO_FILTERS else [
+                r for r in ordered if _matches(rooms[r], config.filters, dms, tags, space_children)]
             out[name] = ListResult(len(matching), config.ranges,
                                    tuple(tuple(matching[s:e + 1]) for s, e in config.ranges))
         return out
+
+    def _ordered(self, user_id: str, rooms: dict[str, RoomInfo]) -> list[str]:
+        """The listed rooms by bump stamp, newest first (kept with the user's snapshot when `rooms` is
+        the snapshot's: the next request at the same token sorts nothing)."""
+        cached = self._cache.get(user_id)
+        if cached is not None and cached.rooms is rooms and cached.ordered is not None:
+            return cached.ordered
+        ordered = sorted((r for r, info in rooms.items() if info.listed), key=lambda r: (-rooms[r].bump_stamp, r))
+        if cached is not None and cached.rooms is rooms:
+            cached.ordered = ordered
+        return ordered
 
     async def dm_rooms(self, user_id: str) -> set[str]:
         """The rooms of the user's m.direct account data (read again only once account data moved)."""
