@@ -215,3 +215,37 @@ async def test_inline_json_filter_on_messages(server: TestHomeServer) -> None:
     flt = json.dumps({"not_senders": [bob.user_id], "limit": 1})
     data = await ok(alice, "GET", f"/rooms/{room}/messages", dir="b", filter=flt)
     assert [e["type"] for e in data["chunk"]] == ["m.room.topic"]
+
+
+async def set_visibility(client: Client, room: str, value: str) -> None:
+    await ok(client, "PUT", f"/rooms/{room}/state/m.room.history_visibility/", {"history_visibility": value})
+
+
+async def test_joined_visibility_timeline_ends_with_what_the_joiner_may_see(server: TestHomeServer) -> None:
+    """sytest's "users can sync from joined rooms if joined": the message from before the change, the
+    change itself (judged by the laxer of old and new), the own join, then what came after."""
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await alice.send_message(room, "shared")
+    await set_visibility(alice, room, "joined")
+    await alice.send_message(room, "pre_join")
+    await join(bob, room)
+    await alice.send_message(room, "post_join")
+    last = room_entry(await sync(bob), room)["timeline"]["events"][-4:]
+    assert [e["type"] for e in last] == ["m.room.message", "m.room.history_visibility", "m.room.member",
+                                         "m.room.message"]
+    assert [last[0]["content"]["body"], last[3]["content"]["body"]] == ["shared", "post_join"]
+    assert last[2]["state_key"] == bob.user_id
+
+
+async def test_history_visibility_changes_seen_on_boundaries(server: TestHomeServer) -> None:
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await alice.create_room(preset="public_chat")
+    for value, body in (("joined", "1"), ("invited", "2"), ("shared", "3")):
+        await set_visibility(alice, room, value)
+        await alice.send_message(room, body)
+    await join(bob, room)
+    last = room_entry(await sync(bob), room)["timeline"]["events"][-4:]
+    assert [(e["type"], e["content"].get("history_visibility") or e["content"].get("body")) for e in last[:3]] == [
+        ("m.room.history_visibility", "joined"), ("m.room.history_visibility", "shared"), ("m.room.message", "3")]
+    assert last[3]["type"] == "m.room.member"
