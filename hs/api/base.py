@@ -101,6 +101,12 @@ async def get_optional_requester(request: web.Request) -> Requester | None:
         return None
     auth = get_hs(request).auth
     requester: Requester = await auth.authenticate(token)
+    if requester.is_guest and not request.path.startswith(REPLICATION_PREFIX):
+        # Guests may call only the endpoints the auth service lists for them (checked where the client's
+        # request arrived, not again where a worker forwards it).
+        resource = request.match_info.route.resource
+        auth.check_guest_access(requester, request.method,
+                                resource.canonical if resource is not None else request.path)
     if not request.path.startswith(REPLICATION_PREFIX):
         # (A worker forwarding the client's request is no sighting: the address would be the worker's.)
         address = client_address(request)  # X-Forwarded-For only from listeners with x_forwarded

@@ -10,38 +10,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
-from aiohttp import web
-
-from hs.api import base
 from hs.replication.http_client import REPLICATION_PREFIX
 from hs.roles.routes import all_routes
-from hs.services.auth import GUEST_ROUTES, GUEST_TURN_ROUTE, Requester, guest_route
+from hs.services.auth import GUEST_ROUTES, GUEST_TURN_ROUTE, guest_route
 from hs.services.room_sending import ClientEventSender
 from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, ok, user
 
 GUEST_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
 MakeServer = Callable[..., Awaitable[TestHomeServer]]
-
-
-@pytest.fixture(autouse=True)
-def guest_check_wired(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until hs/api/base.py's get_optional_requester calls `Auth.check_guest_access` itself (the
-    change asked of its owner), apply that same call around it; once it does, this does nothing and
-    the tests exercise base.py's own call."""
-    if "check_guest_access" in inspect.getsource(base.get_optional_requester):
-        return
-    unwired = base.get_optional_requester
-
-    async def get_optional_requester(request: web.Request) -> Requester | None:
-        requester = await unwired(request)
-        if requester is not None and requester.is_guest:
-            resource = request.match_info.route.resource
-            base.get_hs(request).auth.check_guest_access(
-                requester, request.method, resource.canonical if resource is not None else request.path)
-        return requester
-
-    monkeypatch.setattr(base, "get_optional_requester", get_optional_requester)
 
 
 async def guest(server: TestHomeServer, body: dict[str, Any] | None = None) -> Client:

@@ -48,11 +48,11 @@ async def test_fixed_credentials_and_guests(make_server: Any) -> None:
     alice = await user(server, "alice")
     assert await ok(alice, "GET", "/voip/turnServer") == {
         "username": "calls", "password": "pw", "uris": URIS, "ttl": 3600}
-    # A guest (made one in the database: this server does not register guests) is refused.
+    # A guest (made one in the database) is refused while turn_allow_guests is off.
     await server.hs.db.execute("UPDATE users SET is_guest = 1 WHERE user_id = $1", alice.user_id)
     server.hs.user_store.drop_cached_tokens(alice.user_id)
     status, body = await alice.request("GET", "/voip/turnServer")
-    assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+    assert status == 403 and body["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
 
 
 def test_turn_config_errors_name_the_key() -> None:
