@@ -3,7 +3,8 @@
 The spec asks for at least the users the searcher can see through rooms: those sharing a room with
 them, and those joined to rooms with a public join rule or world-readable history. This server
 searches exactly those (as Synapse does by default, `search_all_users: false`), matching every word
-of the search term against user IDs and global display names, case-insensitively.
+of the search term against user IDs and global display names, case-insensitively. Searchers find
+themselves only as others would (through a public room), not through a private room they are in.
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ class UserDirectory:
         if not words:
             return {"results": [], "limited": False}
         shared = set(await self.hs.event_store.get_rooms_for_user(searcher, ("join",)))
-        rooms = shared | await self.store.open_rooms()
+        open_rooms = await self.store.open_rooms()
+        rooms = shared | open_rooms
         # The longest word narrows the query most; the others are checked here.
         rows = await self.store.matching_members(sorted(rooms), max(words, key=len))
         users: dict[str, dict[str, Any]] = {}
         shares: set[str] = set()
         for r in rows:
+            if r["user_id"] == searcher and r["room_id"] not in open_rooms:
+                # Sharing a private room with oneself makes no one visible: the searcher is found
+                # only as anyone else would find them (in a public room), as on Synapse.
+                continue
             users[r["user_id"]] = r
             if r["room_id"] in shared:
                 shares.add(r["user_id"])

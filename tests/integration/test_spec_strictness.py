@@ -288,6 +288,24 @@ async def test_user_directory_follows_join_rules_and_history_visibility(server: 
     assert await search(alice, "bobby") == [bob.user_id]
 
 
+async def test_user_directory_finds_oneself_only_through_public_rooms(server: TestHomeServer) -> None:
+    """A user sharing only a private room finds no one there by sharing it with themselves: they are
+    found (by themselves too) once the room becomes public by join rule or history visibility."""
+    alice, bob = await user(server, "alice"), await user(server, "bobby")
+    await ok(bob, "PUT", f"/profile/{bob.user_id}/displayname", {"displayname": "QWERTYUIOP"})
+    room = await alice.create_room(preset="private_chat", invite=[bob.user_id])
+    await ok(bob, "POST", f"/join/{room}")
+    assert await search(bob, "QWERTYUIOP") == []
+    assert await search(alice, "QWERTYUIOP") == [bob.user_id]  # alice shares the room with him
+    for etype, public, private in (("m.room.join_rules", {"join_rule": "public"}, {"join_rule": "invite"}),
+                                   ("m.room.history_visibility", {"history_visibility": "world_readable"},
+                                    {"history_visibility": "shared"})):
+        await ok(alice, "PUT", f"/rooms/{room}/state/{etype}", public)
+        assert await search(bob, "QWERTYUIOP") == [bob.user_id], etype
+        await ok(alice, "PUT", f"/rooms/{room}/state/{etype}", private)
+        assert await search(bob, "QWERTYUIOP") == [], etype
+
+
 # -- unstable aliases -------------------------------------------------------------------------------------
 
 async def test_unstable_cross_signing_aliases(server: TestHomeServer) -> None:
