@@ -19,6 +19,8 @@ from hs.events.room_versions import RoomVersion
 from hs.services.room_ids import check_room_id
 from hs.services.room_membership import MEMBER
 
+TOMBSTONE = "m.room.tombstone"
+
 if TYPE_CHECKING:
     from hs.server import HomeServer
     from hs.services.auth import Requester
@@ -35,6 +37,8 @@ class ClientEventSender:
                          txn_id: str) -> str:
         """PUT /send: idempotent per (user, device, room, txn_id)."""
         redacts = None
+        if etype == TOMBSTONE:
+            raise bad_request("m.room.tombstone is a state event")  # as Synapse refuses it
         if etype == "m.room.redaction":
             target = content.get("redacts")
             if not isinstance(target, str):
@@ -83,6 +87,9 @@ class ClientEventSender:
             return ev.event_id
         if etype == "m.room.canonical_alias":
             await self.hs.room_aliases.check_canonical_alias(room_id, content)
+        if etype == TOMBSTONE and content.get("replacement_room") == room_id:
+            # A room replaced by itself would send clients round in a loop (Synapse refuses it too).
+            raise bad_request("A tombstone cannot name the room it is sent in")
         current = await self.store.get_current_state_event(room_id, etype, state_key)
         if current is not None and current.sender == user_id and current.content == content:
             return current.event_id

@@ -178,6 +178,8 @@ class RoomUpgrader:
         room_type = old_create.content.get("type")
         if isinstance(room_type, str):
             content["type"] = room_type
+        if old_create.content.get("m.federate") is False:
+            content["m.federate"] = False  # a local-only room stays local-only (as Synapse)
         if creators_extra:
             content["additional_creators"] = creators_extra
         return content

@@ -360,3 +360,23 @@ async def test_upgrade_naming_its_tombstone_is_still_all_or_nothing(server: Test
     # ... and the old room was restricted after it.
     assert await err(bob, "PUT", f"/rooms/{old}/send/m.room.message/late", {"msgtype": "m.text", "body": "x"}) == (
         403, "M_FORBIDDEN")
+
+
+async def test_tombstones_are_state_naming_another_room(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    room, other = await alice.create_room(), await alice.create_room()
+    assert await err(alice, "PUT", f"/rooms/{room}/send/m.room.tombstone/t1", {"replacement_room": other}) == (
+        400, "M_UNKNOWN")
+    assert await err(alice, "PUT", f"/rooms/{room}/state/m.room.tombstone", {"replacement_room": room}) == (
+        400, "M_UNKNOWN")
+    await ok(alice, "PUT", f"/rooms/{room}/state/m.room.tombstone", {"replacement_room": other, "body": "moved"})
+
+
+async def test_upgrade_keeps_a_room_local_only(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    old = await alice.create_room(creation_content={"m.federate": False})
+    new = (await ok(alice, "POST", f"/rooms/{old}/upgrade", {"new_version": "11"}))["replacement_room"]
+    assert (await ok(alice, "GET", f"/rooms/{new}/state/m.room.create"))["m.federate"] is False
+    plain = await alice.create_room()
+    new = (await ok(alice, "POST", f"/rooms/{plain}/upgrade", {"new_version": "11"}))["replacement_room"]
+    assert "m.federate" not in await ok(alice, "GET", f"/rooms/{new}/state/m.room.create")
