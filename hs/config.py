@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlencode
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+if TYPE_CHECKING:
+    from hs.appservice.registration import ApplicationService
 
 RESOURCE_NAMES = {"client", "federation", "media", "replication", "metrics", "keys", "health", "admin"}
 SINGLE_WRITER_STREAMS = ("typing", "to_device", "receipts", "presence", "account_data", "push_rules",
@@ -577,10 +588,18 @@ class HomeserverConfig(Strict):
     enable_media_repo: bool = True
     update_user_directory_from_worker: str | None = None
     notify_appservices_from_worker: str | None = None
+    # Application service registration files (hs/appservice/registration.py), read at start-up.
+    app_service_config_files: list[str] = Field(default_factory=list)
     media_instance_running_background_jobs: str | None = None
 
     # Where relative paths are resolved from (the config file's directory); not a config key.
     config_dir: str = Field(default=".", exclude=True)
+    # The registrations read from app_service_config_files (by parse_config); not a config key.
+    _app_services: list[ApplicationService] = PrivateAttr(default_factory=list)
+
+    @property
+    def app_services(self) -> list[ApplicationService]:
+        return self._app_services
 
     @field_validator("server_name")
     @classmethod
@@ -785,6 +804,14 @@ def parse_config(data: Any, config_dir: str = ".") -> HomeserverConfig:
     except ValidationError as err:
         raise ConfigError(_format_errors(err)) from None
     cfg.config_dir = config_dir
+    if cfg.app_service_config_files:
+        from hs.appservice.registration import RegistrationError, load_app_services
+
+        try:  # read now, so that start-up and `hs check-config` name a bad file and key
+            cfg._app_services = load_app_services([cfg.resolve_path(p) for p in cfg.app_service_config_files],
+                                                  cfg.server_name)
+        except RegistrationError as e:
+            raise ConfigError([f"app_service_config_files: {line}" for line in str(e).splitlines()]) from None
     if cfg.url_preview_enabled and cfg.oembed.additional_providers:
         from hs.media.oembed import OEmbedProviders
 

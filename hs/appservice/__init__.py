@@ -1,0 +1,1 @@
+"""Application services (bridges and bots): registrations, acting as the service, transactions."""
