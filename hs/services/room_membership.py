@@ -106,16 +106,18 @@ class RoomMembership:
         current = await self.store.get_membership(room_id, target)
         # Checked above the auth rules, before any event is built, as Synapse does: a banned user is
         # only banned again or unbanned (the auth rules would let a kick of a banned user through,
-        # turning the ban into a leave), and a kick is of a member (joined, invited or knocking).
+        # turning the ban into a leave), and a kick is of a member (joined, invited or knocking). A
+        # kick repeated with the same reason is refused too, not answered as a no-op change below
+        # (Synapse's no-op comparison leaves out the membership the action implies, so it never is).
         if current is not None and current[0] == "ban" and action not in ("ban", "unban", "leave"):
             raise forbidden(f"Cannot {action} user who was banned")
+        if action == "kick" and (current is None or current[0] in ("leave", "ban")):
+            raise forbidden("The target user is not in the room")
         if current is not None:
             old = await self.store.get_event(current[1])
             if (old is not None and old.membership == membership and old.sender == user_id
                     and old.content == new_content):
                 return old  # a no-op change: Synapse returns the existing event
-        if action == "kick" and (current is None or current[0] in ("leave", "ban")):
-            raise forbidden("The target user is not in the room")
         if membership == "join":
             await self._prepare_join(requester, room_id, rv, new_content, current)
             if ratelimit and (current is None or current[0] != "join"):

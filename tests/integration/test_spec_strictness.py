@@ -68,6 +68,9 @@ async def test_kick_of_a_user_not_in_the_room_is_refused(server: TestHomeServer)
     await ok(bob, "POST", f"/join/{room}")
     await ok(alice, "POST", f"/rooms/{room}/kick", {"user_id": bob.user_id, "reason": "bye"})
     assert await member_state(alice, room, bob.user_id) == {"membership": "leave", "reason": "bye"}
+    # The same kick again is no no-op: he is not in the room any more.
+    assert await err(alice, "POST", f"/rooms/{room}/kick", {"user_id": bob.user_id, "reason": "bye"}) == (
+        403, "M_FORBIDDEN")
 
 
 async def test_join_keeps_the_content_it_was_given(server: TestHomeServer) -> None:
