@@ -334,9 +334,9 @@ async def deactivate(request: web.Request) -> HandlerResult:
     reg = _reg(hs)
     requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
-    body_bool(body, "erase", False)  # checked; events are not erased, the account is deactivated
+    erase = body_bool(body, "erase", False)
     await reg.validate_user_via_ui_auth(uia_operation(request), body, requester)
-    await hs.accounts.deactivate(requester.user_id)
+    await hs.accounts.deactivate(requester.user_id, erase=erase)
     return 200, {"id_server_unbind_result": "no-support"}
 
 
