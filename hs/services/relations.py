@@ -143,7 +143,10 @@ class RelationsService:
                 agg.setdefault(REFERENCE, {"chunk": []})["chunk"].append({"event_id": r["event_id"]})
         wanted = [*latest_reply.values(), *latest_edit.values()]
         found = await self.hs.event_store.get_events(wanted)
-        children = [found[e] for e in wanted if e in found]
+        # The latest edit and thread reply pass the reader's visibility like any event they get (an
+        # ignored sender's reply is left out, an erased sender's edit is pruned for later joiners).
+        children = await self.hs.visibility.filter_events_for_user(
+            requester.user_id, [found[e] for e in wanted if e in found])
         full = dict(zip((ev.event_id for ev in children),
                         await serialize_events(self.hs, children, requester.device_id), strict=True))
         for parent_id, reply_id in latest_reply.items():

@@ -174,3 +174,23 @@ async def test_search_and_relations_leave_ignored_users_out(server: TestHomeServ
     chunk = (await ok(alice, "GET", f"/_matrix/client/v1/rooms/{room}/relations/{root}"))["chunk"]
     assert chunk == []
     assert len((await ok(bob, "GET", f"/_matrix/client/v1/rooms/{room}/relations/{root}"))["chunk"]) == 1
+
+
+async def test_an_ignored_users_thread_reply_is_not_bundled(server: TestHomeServer) -> None:
+    """The latest thread reply bundled into its root passes the reader's ignore list too: an ignored
+    user's reply is not handed over inside someone else's event."""
+    alice, bob, carol = await user(server, "alice"), await user(server, "bob"), await user(server, "carol")
+    room = await shared_room(alice, bob)
+    await ok(carol, "POST", f"/rooms/{room}/join", {})
+    root = await alice.send_message(room, "root")
+    await ok(bob, "PUT", f"/rooms/{room}/send/m.room.message/t1", {
+        "msgtype": "m.text", "body": "bob's reply", "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+
+    def relations(res: Json) -> Json:
+        root_event = next(e for e in res["chunk"] if e["event_id"] == root)
+        return dict(root_event.get("unsigned", {}).get("m.relations", {}))
+
+    assert relations(await messages(carol, room))["m.thread"]["latest_event"]["content"]["body"] == "bob's reply"
+    await ignore(carol, bob.user_id)
+    assert "m.thread" not in relations(await messages(carol, room))
+    assert relations(await messages(alice, room))["m.thread"]["count"] == 1
