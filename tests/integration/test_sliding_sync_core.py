@@ -289,3 +289,26 @@ async def test_idle_connections_expire_and_a_device_keeps_a_bounded_number(make_
     assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
     count = await server.hs.db.fetchval("SELECT COUNT(*) FROM sliding_sync_connections")
     assert count == MAX_CONNECTIONS_PER_DEVICE
+
+
+async def test_invites_from_ignored_users_are_not_listed(make_server: Any, engine: str) -> None:
+    """The spec: invites from ignored users are not sent to the client; sliding sync's lists leave them
+    out, and list them again once the inviter is no longer ignored."""
+    server: TestHomeServer = await make_server(engine)
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    mine = await alice.create_room(name="mine")
+    invited = await bob.create_room(name="bob's")
+    await ok(bob, "POST", f"/rooms/{invited}/invite", {"user_id": alice.user_id})
+    body = {"lists": {"all": a_list([0, 9], 1, "unstable")}}
+    connections = iter(range(100))
+
+    async def listed() -> list[str]:  # a fresh connection's first response
+        res = await ss(alice, {**body, "conn_id": f"c{next(connections)}"})
+        return list(res["lists"]["all"]["ops"][0]["room_ids"])
+
+    assert set(await listed()) == {mine, invited}
+    await ok(alice, "PUT", f"/user/{alice.user_id}/account_data/m.ignored_user_list",
+             {"ignored_users": {bob.user_id: {}}})
+    assert await listed() == [mine]
+    await ok(alice, "PUT", f"/user/{alice.user_id}/account_data/m.ignored_user_list", {"ignored_users": {}})
+    assert set(await listed()) == {mine, invited}

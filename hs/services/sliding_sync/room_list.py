@@ -150,12 +150,25 @@ class RoomLists:
         if cached is not None:
             reused = await self._from_cache(user_id, cached, upto, since)
             if reused is not None:
-                return reused, set()
+                return await self._without_ignored_invites(user_id, reused), set()
         memberships, changed = await self.memberships_at(user_id, upto, since)
         joined = [r for r, m in memberships.items() if m.membership == "join"]
         stamps = await self._bump_stamps(joined, upto)
         self._cache.set(user_id, _Snapshot(upto, memberships, stamps))
-        return await self._rooms(user_id, memberships, stamps, changed), changed
+        rooms = await self._rooms(user_id, memberships, stamps, changed)
+        return await self._without_ignored_invites(user_id, rooms), changed
+
+    async def _without_ignored_invites(self, user_id: str, rooms: dict[str, RoomInfo]) -> dict[str, RoomInfo]:
+        """The rooms less invites from users the user ignores (the spec: not sent to the client). Applied
+        after the snapshot, which the ignore list can change under without any membership changing."""
+        inviters = {info.membership.sender for info in rooms.values() if info.membership.membership == "invite"}
+        if not inviters:
+            return rooms
+        ignored = await self.hs.visibility.ignored_users(user_id)
+        if not ignored or not inviters & ignored:
+            return rooms
+        return {room_id: info for room_id, info in rooms.items()
+                if not (info.membership.membership == "invite" and info.membership.sender in ignored)}
 
     async def _from_cache(self, user_id: str, cached: _Snapshot, upto: StreamToken, since: StreamToken | None,
                           ) -> dict[str, RoomInfo] | None:
