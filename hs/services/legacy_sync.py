@@ -212,6 +212,7 @@ class LegacySync:
         public = set(await self.hs.room_store.get_public_room_ids())
         account_data = await self.hs.account_data_stream.store.get_changed(user_id, 0, now.get("account_data"))
         rooms_out: list[JsonDict] = []
+        ignored = await self.hs.visibility.ignored_users(user_id)
         for room_id, membership in sorted(memberships.items()):
             if membership == "leave" and await self.store.is_forgotten(user_id, room_id):
                 continue
@@ -220,6 +221,8 @@ class LegacySync:
             current = await self.store.get_membership(room_id, user_id)
             member_event = await self.store.get_event(current[1]) if current else None
             if membership == "invite":
+                if member_event is not None and member_event.sender in ignored:
+                    continue  # the spec: invites from ignored users are not sent to the client
                 if member_event is not None:
                     entry["inviter"] = member_event.sender
                     entry["invite"] = (await serialize_events(self.hs, [member_event], requester.device_id))[0]

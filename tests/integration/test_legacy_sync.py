@@ -192,6 +192,18 @@ async def test_initial_sync_archived_includes_left_rooms(server: TestHomeServer)
     assert entry["messages"]["chunk"][-1]["content"]["membership"] == "leave"
 
 
+
+async def test_initial_sync_leaves_out_invites_from_ignored_users(server: TestHomeServer) -> None:
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    room = await bob.create_room()
+    await ok(bob, "POST", f"/rooms/{room}/invite", {"user_id": alice.user_id})
+    before = await ok(alice, "GET", "/initialSync", None)
+    assert next(r for r in before["rooms"] if r["room_id"] == room)["inviter"] == bob.user_id
+    await ok(alice, "PUT", f"/user/{alice.user_id}/account_data/m.ignored_user_list",
+             {"ignored_users": {bob.user_id: {}}})
+    after = await ok(alice, "GET", "/initialSync", None)
+    assert room not in {r["room_id"] for r in after["rooms"]}
+
 # -- GET /rooms/{roomId}/initialSync ---------------------------------------------------------------------------
 async def test_room_initial_sync_for_a_member(server: TestHomeServer) -> None:
     alice = await user(server, "alice")
