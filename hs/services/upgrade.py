@@ -6,8 +6,10 @@ users expect to keep is copied (join rules, history visibility, guest access, na
 encryption, server ACLs, pinned events, space children and parents, bans, canonical alias, power
 levels: with the upgrader raised while copying and the copied levels restored last; in a version where
 creators are privileged, creators are left out of the copied `users`). Local aliases move to the new
-room, and so does a room directory listing. The old room gets a tombstone pointing at the new one, and
-its power levels are raised so that ordinary members can no longer talk or invite there.
+room, and so does a room directory listing; local members' tags of the room, m.direct entries and push
+rules naming it are copied for the new room (`_transfer_user_state`). The old room gets a tombstone
+pointing at the new one, and its power levels are raised so that ordinary members can no longer talk
+or invite there.
 
 An upgrade is all-or-nothing up to the new room, and resumable after it:
 - everything the new room gets is computed first (power levels made integral in a way that cannot
@@ -105,13 +107,17 @@ class RoomUpgrader:
             if new_room_id is not None:
                 logger.info("upgrade of %s: finishing the earlier upgrade to %s", old_room_id, new_room_id)
                 await self._retire_old_room(old_room_id, new_room_id, user_id, state)
+                await self._transfer_user_state(old_room_id, new_room_id)
                 return new_room_id
             profile = await self.hs.room_membership.profile_content(user_id)
             initial = self._initial_events(rv, user_id, profile, state, {user_id, *creators_extra})
             content = self._create_content(rv, user_id, old_create, creators_extra)
             room = NewRoom(creator=user_id, upgrade_of=old_room_id)
             if not rv.room_id_from_create_event and self.hs.events_stream.is_writer_for_room(old_room_id):
-                return await self._upgrade_tombstone_first(old_room_id, user_id, rv, content, initial, room, state)
+                new_room_id = await self._upgrade_tombstone_first(old_room_id, user_id, rv, content, initial, room,
+                                                                  state)
+                await self._transfer_user_state(old_room_id, new_room_id)
+                return new_room_id
             if not rv.room_id_from_create_event:
                 # The old room is written elsewhere (a cluster), so its tombstone cannot be built
                 # here ahead of the new room: the predecessor names the last event known in it.
@@ -120,7 +126,68 @@ class RoomUpgrader:
                     content["predecessor"]["event_id"] = sorted(last)[0]
             new_room_id = await create_room(self.hs, rv, user_id, content, initial, room)
             await self._retire_old_room(old_room_id, new_room_id, user_id, state)
+            await self._transfer_user_state(old_room_id, new_room_id)
         return new_room_id
+
+    async def _transfer_user_state(self, old_room_id: str, new_room_id: str) -> None:
+        """What local members of the old room set up for it, carried to the new room as Synapse does:
+        their tags of the room, its place in their `m.direct` lists, and their push rules naming it
+        (a room rule, or conditions on its room ID). Best effort after the upgrade stands: failures are
+        logged, and a process that does not write those streams (a cluster's) leaves it out."""
+        if self.hs.account_data_stream.tracker is None or self.hs.push_rules_stream.tracker is None:
+            logger.info("upgrade of %s: account data or push rules written elsewhere; not copied", old_room_id)
+            return
+        for member in sorted(await self.store.get_joined_members(old_room_id)):
+            if member.partition(":")[2] != self.hs.server_name:
+                continue
+            try:
+                await self._copy_account_data(member, old_room_id, new_room_id)
+                await self._copy_push_rules(member, old_room_id, new_room_id)
+            except Exception:
+                logger.exception("upgrade of %s: could not copy %s's tags and push rules", old_room_id, member)
+
+    async def _copy_account_data(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        stream = self.hs.account_data_stream
+
+        def add_tags(current: JsonDict | None) -> JsonDict | None:
+            if not old_tags:
+                return None
+            tags = current.get("tags") if current is not None else None
+            merged = {**old_tags, **(tags if isinstance(tags, dict) else {})}
+            return {**(current or {}), "tags": merged}
+
+        old = await stream.store.get(user_id, old_room_id, "m.tag")
+        old_tags = old.get("tags") if isinstance(old, dict) and isinstance(old.get("tags"), dict) else {}
+        await stream.update(user_id, new_room_id, "m.tag", add_tags)
+
+        def add_direct(current: JsonDict | None) -> JsonDict | None:
+            if not isinstance(current, dict):
+                return None
+            for key, rooms in current.items():
+                if isinstance(rooms, list) and old_room_id in rooms and new_room_id not in rooms:
+                    return {**current, key: [*rooms, new_room_id]}
+            return None
+
+        await stream.update(user_id, "", "m.direct", add_direct)
+
+    async def _copy_push_rules(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        rules = await self.hs.push_rules.ruleset(user_id)
+        for kind in ("override", "room", "underride"):
+            for rule in rules.get(kind, []):
+                if rule.get("default") or not rule.get("enabled", True):
+                    continue
+                conditions = rule.get("conditions") or []
+                names_room = any(isinstance(c, dict) and c.get("key") == "room_id" and c.get("pattern") == old_room_id
+                                 for c in conditions)
+                if not names_room and not (kind == "room" and rule["rule_id"] == old_room_id):
+                    continue
+                body: JsonDict = {"actions": rule["actions"]}
+                if kind != "room":
+                    body["conditions"] = [
+                        {**c, "pattern": new_room_id} if isinstance(c, dict) and c.get("key") == "room_id"
+                        and c.get("pattern") == old_room_id else c for c in conditions]
+                # The copy is named after the new room, as Synapse names it (its rule IDs end in it).
+                await self.hs.push_rules.put_rule(user_id, kind, new_room_id, body, None, None)
 
     async def _upgrade_tombstone_first(self, old_room_id: str, user_id: str, rv: RoomVersion, content: JsonDict,
                                        initial: list[InitialEvent], room: NewRoom,

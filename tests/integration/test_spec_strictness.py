@@ -383,3 +383,30 @@ async def test_upgrade_keeps_a_room_local_only(server: TestHomeServer) -> None:
     plain = await alice.create_room()
     new = (await ok(alice, "POST", f"/rooms/{plain}/upgrade", {"new_version": "11"}))["replacement_room"]
     assert "m.federate" not in await ok(alice, "GET", f"/rooms/{new}/state/m.room.create")
+
+
+async def test_upgrade_carries_members_tags_direct_and_push_rules(server: TestHomeServer) -> None:
+    alice, bob = await user(server, "alice"), await user(server, "bob")
+    old = await alice.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{old}")
+    for client in (alice, bob):
+        uid = client.user_id
+        await ok(client, "PUT", f"/user/{uid}/rooms/{old}/tags/u.work", {"order": 0.5})
+        await ok(client, "PUT", f"/user/{uid}/account_data/m.direct", {"@someone:test.local": ["!x:test.local", old]})
+        await ok(client, "PUT", f"/pushrules/global/room/{old}", {"actions": ["dont_notify"]})
+    await ok(bob, "PUT", "/pushrules/global/override/quiet-old", {
+        "actions": [], "conditions": [{"kind": "event_match", "key": "room_id", "pattern": old}]})
+    new = (await ok(alice, "POST", f"/rooms/{old}/upgrade", {"new_version": "11"}))["replacement_room"]
+    for client in (alice, bob):
+        uid = client.user_id
+        assert (await ok(client, "GET", f"/user/{uid}/rooms/{new}/tags"))["tags"] == {"u.work": {"order": 0.5}}
+        direct = await ok(client, "GET", f"/user/{uid}/account_data/m.direct")
+        assert direct == {"@someone:test.local": ["!x:test.local", old, new]}
+        rule = await ok(client, "GET", f"/pushrules/global/room/{new}")
+        assert rule["actions"] == ["dont_notify"] and rule["enabled"] is True
+    rule = await ok(bob, "GET", "/pushrules/global/override/quiet-old")
+    assert rule["conditions"][0]["pattern"] == old  # the old rule stays; a copy names the new room
+    assert (await ok(bob, "GET", f"/pushrules/global/room/{old}"))["actions"] == ["dont_notify"]
+    copied = await ok(bob, "GET", f"/pushrules/global/override/{new}")
+    assert copied["conditions"] == [{"kind": "event_match", "key": "room_id", "pattern": new}]
+    assert copied["actions"] == []
