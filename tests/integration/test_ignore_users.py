@@ -194,3 +194,10 @@ async def test_an_ignored_users_thread_reply_is_not_bundled(server: TestHomeServ
     await ignore(carol, bob.user_id)
     assert "m.thread" not in relations(await messages(carol, room))
     assert relations(await messages(alice, room))["m.thread"]["count"] == 1
+
+
+async def test_a_user_cannot_ignore_themselves(server: TestHomeServer) -> None:
+    alice = await user(server, "alice")
+    status, body = await alice.request("PUT", f"/user/{alice.user_id}/account_data/m.ignored_user_list",
+                                       {"ignored_users": {alice.user_id: {}}})
+    assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")

@@ -15,6 +15,7 @@ from hs.api.base import HandlerResult, JsonDict, Route, get_hs, get_own_requeste
 from hs.api.params import path_room_id
 from hs.db.stores.account_data import GLOBAL
 from hs.errors import bad_json, invalid_param, not_found
+from hs.services.visibility import IGNORED_USER_LIST
 
 SERVER_MANAGED_TYPES = ("m.fully_read", "m.push_rules")
 TAG_TYPE = "m.tag"
@@ -56,6 +57,9 @@ async def _put(request: web.Request, room_id: str) -> HandlerResult:
     data_type = _data_type(request)
     _check_settable(data_type)
     body = await parse_json(request)
+    ignoring = body.get("ignored_users") if data_type == IGNORED_USER_LIST and room_id == GLOBAL else None
+    if isinstance(ignoring, dict) and user_id in ignoring:
+        raise invalid_param("You cannot ignore yourself")  # as Synapse refuses it
     await get_hs(request).account_data_stream.set(user_id, room_id, data_type, body)
     return 200, {}
 
