@@ -86,7 +86,7 @@ async def test_profile_validation_and_permissions(server: TestHomeServer) -> Non
         assert status == 400 and body["errcode"] == "M_INVALID_PARAM", value
     status, _ = await c.request("PUT", f"/profile/{uid}/displayname", {"displayname": "y" * 256})
     assert status == 200
-    for value in ("https://example.com/a.png", "mxc://", "mxc://server", "mxc:///id", 7):
+    for value in (7, {"url": "mxc://a/b"}):  # any string is taken (as Synapse), other types are not
         status, body = await c.request("PUT", f"/profile/{uid}/avatar_url", {"avatar_url": value})
         assert status == 400 and body["errcode"] == "M_INVALID_PARAM", value
     status, body = await c.request("PUT", f"/profile/{uid}/displayname", {})

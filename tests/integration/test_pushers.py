@@ -108,7 +108,7 @@ async def test_invalid_pushers_are_refused(server: Any, gateway: FakeGateway) ->
         ({**body, "pushkey": "k" * 513}, "M_INVALID_PARAM"),
         ({**body, "app_id": "a" * 65}, "M_INVALID_PARAM"),
         ({**body, "append": "yes"}, "M_BAD_JSON"),
-        ({**body, "data": {"url": gateway.url, "format": "full"}}, "M_INVALID_PARAM"),
+        ({**body, "data": {"url": gateway.url, "format": 5}}, "M_INVALID_PARAM"),
     ]
     for case, errcode in cases:
         status, data = await bob.request("POST", "/pushers/set", case)
