@@ -96,6 +96,8 @@ class ClientEventSender:
         self.hs.ratelimiters["message"].check(user_id)
         ev = await self.hs.event_sender.send(room_id, user_id, etype, content, state_key=state_key,
                                              room_version=rv)
+        if etype == "m.room.guest_access" and state_key == "" and content.get("guest_access") != "can_join":
+            await self.hs.room_membership.kick_guests(room_id)  # the spec: guests must leave
         return ev.event_id
 
     async def redact(self, requester: Requester, room_id: str, event_id: str, txn_id: str,

@@ -5,7 +5,6 @@ Through real HTTP, on both engines."""
 
 from __future__ import annotations
 
-import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 from hs.replication.http_client import REPLICATION_PREFIX
 from hs.roles.routes import all_routes
 from hs.services.auth import GUEST_ROUTES, GUEST_TURN_ROUTE, guest_route
-from hs.services.room_sending import ClientEventSender
 from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, ok, user
 
 GUEST_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
@@ -208,8 +206,7 @@ async def test_join_needs_guest_access_can_join(make_server: MakeServer, engine:
 
 async def test_guests_leave_when_guest_access_ends(make_server: MakeServer, engine: str) -> None:
     """The spec: when m.room.guest_access stops saying can_join, the server sets its guests'
-    membership to leave. (Until hs/services/room_sending.py calls `RoomMembership.kick_guests` after such
-    a state event, the test makes that call where it would.)"""
+    membership to leave (the state event's sender makes their local guests leave)."""
     server = await guest_server(make_server, engine)
     alice = await user(server, "alice")
     room = await alice.create_room(preset="public_chat", initial_state=[
@@ -230,8 +227,6 @@ async def test_guests_leave_when_guest_access_ends(make_server: MakeServer, engi
     await ok(goes, "POST", f"/rooms/{room}/leave", {})
     await ok(goes, "POST", f"/rooms/{room}/join", {})
     await ok(alice, "PUT", f"/rooms/{room}/state/m.room.guest_access", {"guest_access": "forbidden"})
-    if "kick_guests" not in inspect.getsource(ClientEventSender.send_state):
-        await server.hs.room_membership.kick_guests(room)
     joined = set((await ok(alice, "GET", f"/rooms/{room}/joined_members"))["joined"])
     assert joined == {alice.user_id, upgraded.user_id}
     left = await ok(alice, "GET", f"/rooms/{room}/state/m.room.member/{goes.user_id}")
