@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from hs.api.params import path_room_id
+from hs.api.params import path_room_id, query_int, query_str
 from hs.errors import bad_json, forbidden, missing_token, not_json
 from hs.replication.http_client import REPLICATION_PREFIX
+from hs.services.auth import TS_ROUTES, enter_request, guest_route
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
     from hs.services.auth import Requester
 
 JsonDict = dict[str, Any]
+MAX_USER_ID_LENGTH = 255  # an application service's `user_id` parameter (the spec's limit on user IDs)
 HandlerResult = tuple[int, Any] | web.StreamResponse
 Handler = Callable[[web.Request], Awaitable[HandlerResult]]
 
@@ -100,16 +102,27 @@ async def get_optional_requester(request: web.Request) -> Requester | None:
     if token is None:
         return None
     auth = get_hs(request).auth
-    requester: Requester = await auth.authenticate(token)
+    resource = request.match_info.route.resource
+    template = resource.canonical if resource is not None else request.path
+    address = client_address(request)  # X-Forwarded-For only from listeners with x_forwarded
+    service = auth.app_service_for_token(token)
+    if service is not None:
+        # An application service: whom it acts as (`user_id`, `device_id`), and on PUT /send and /state
+        # the timestamp of the event (`ts`, a timestamp as origin_server_ts takes: 400 otherwise).
+        ts = query_int(request, "ts", None) if guest_route(request.method, template) in TS_ROUTES else None
+        requester: Requester = await auth.authenticate(
+            token, user_id=query_str(request, "user_id", max_length=MAX_USER_ID_LENGTH),
+            device_id=query_str(request, "device_id"), ts=ts, address=address)
+    else:
+        requester = await auth.authenticate(token)
+    enter_request(requester)
     if requester.is_guest and not request.path.startswith(REPLICATION_PREFIX):
         # Guests may call only the endpoints the auth service lists for them (checked where the client's
         # request arrived, not again where a worker forwards it).
-        resource = request.match_info.route.resource
-        auth.check_guest_access(requester, request.method,
-                                resource.canonical if resource is not None else request.path)
-    if not request.path.startswith(REPLICATION_PREFIX):
-        # (A worker forwarding the client's request is no sighting: the address would be the worker's.)
-        address = client_address(request)  # X-Forwarded-For only from listeners with x_forwarded
+        auth.check_guest_access(requester, request.method, template)
+    if not request.path.startswith(REPLICATION_PREFIX) and requester.app_service is None:
+        # (A worker forwarding the client's request is no sighting: the address would be the worker's.
+        # Nor is an application service's request, as Synapse's default track_appservice_user_ips.)
         auth.saw(requester.user_id, requester.device_id, None if address == "unknown" else address,
                  request.headers.get("User-Agent"))
     return requester

@@ -2,22 +2,35 @@
 endpoints a guest may call, and where each device was last seen (address, time, user agent), for
 GET /devices and admins' whois.
 
+An application service's `as_token` is a token too (application service API, "Identity assertion"):
+its requests act as the service's sender, or as the user its `user_id` parameter names within the
+service's user namespace (a user that exists, but for the sender), and with `device_id` as one of that
+user's devices. The services are looked up in a dict built once, so a user's token costs nothing more.
+What the request carries besides (no rate limits for a service with `rate_limited: false`, the `ts`
+of timestamp massaging) is kept for the request's task in context variables (`enter_request`), read
+where the limits are applied and where events are built: no service in between needs to pass it on.
+
 Reading the token, address and user agent from the HTTP request is the API layer's part
 (`get_requester` in hs/api/base.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hs.errors import guest_access_forbidden, unknown_token
+from hs.appservice.client_errors import unknown_device
+from hs.errors import forbidden, guest_access_forbidden, unknown_token
 from hs.replication.http_client import REPLICATION_PREFIX
+from hs.services.ratelimit import RATELIMIT_EXEMPT
 from hs.util import LruCache, now_ms
 
 if TYPE_CHECKING:
+    from hs.appservice.registration import ApplicationService
     from hs.server import HomeServer
 
 logger = logging.getLogger(__name__)
@@ -113,12 +126,37 @@ def guest_route(method: str, route_template: str) -> tuple[str, str]:
     return method, _API_PREFIX.sub("", route_template, count=1)
 
 
+# The routes where an application service's `ts` sets the new event's origin_server_ts (the spec's
+# "Timestamp massaging": PUT /send and PUT /state only; other endpoints ignore it, as Synapse's do).
+TS_ROUTES: frozenset[tuple[str, str]] = frozenset({
+    ("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}"),
+    ("PUT", "/rooms/{roomId}/state/{eventType}"),
+    ("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey}"),
+})
+# The massaged origin_server_ts of the events this request builds (None: now). Set per request (each
+# aiohttp request runs in a task of its own, whose context copy this is), read by EventSender._build.
+MASSAGED_TS: ContextVar[int | None] = ContextVar("massaged_ts", default=None)
+
+
 @dataclass(frozen=True)
 class Requester:
     user_id: str
-    device_id: str
+    device_id: str  # "" for an application service acting without `device_id`
     access_token: str
     is_guest: bool = False
+    # The application service whose as_token authenticated the request (acting as `user_id`).
+    app_service: ApplicationService | None = field(default=None, compare=False)
+    # An application service's `ts` on PUT /send or /state: the new event's origin_server_ts.
+    origin_server_ts: int | None = None
+
+
+def enter_request(requester: Requester) -> None:
+    """Note for the rest of this request's task what its requester implies beyond its identity: no
+    rate limits for a service registered with `rate_limited: false` (whoever it acts as, as Synapse),
+    and a massaged timestamp."""
+    service = requester.app_service
+    RATELIMIT_EXEMPT.set(service is not None and not service.rate_limited)
+    MASSAGED_TS.set(requester.origin_server_ts)
 
 
 class Auth:
@@ -127,13 +165,55 @@ class Auth:
         self._last_seen: LruCache[tuple[str, str], Sighting] = LruCache(100_000)
         self._unstored: dict[tuple[str, str], Sighting] = {}
         self._storing: asyncio.Task[None] | None = None
+        self._services_by_token: dict[str, ApplicationService] = {s.as_token: s for s in hs.config.app_services}
+        # Users an application service was seen to act as that exist (accounts are never removed).
+        self._known_users: LruCache[str, bool] = LruCache(100_000)
 
-    async def authenticate(self, token: str) -> Requester:
-        """The requester an access token belongs to, or 401 M_UNKNOWN_TOKEN."""
+    def app_service_for_token(self, token: str | None) -> ApplicationService | None:
+        return self._services_by_token.get(token) if token is not None else None
+
+    async def authenticate(self, token: str, *, user_id: str | None = None, device_id: str | None = None,
+                           ts: int | None = None, address: str | None = None) -> Requester:
+        """The requester an access token belongs to, or 401 M_UNKNOWN_TOKEN.
+
+        For an application service's as_token, `user_id` and `device_id` (the query parameters) name
+        whom it acts as, and `ts` the timestamp of the event it sends; a user's token ignores them.
+        A service with an `ip_range_whitelist` is recognised only from those addresses (Synapse)."""
+        service = self._services_by_token.get(token)
+        if service is not None and self._address_allowed(service, address):
+            return await self._app_service_requester(service, token, user_id, device_id, ts)
         info = await self.hs.user_store.get_token(token)
         if info is None:
             raise unknown_token()
         return Requester(info.user_id, info.device_id, token, info.is_guest)
+
+    @staticmethod
+    def _address_allowed(service: ApplicationService, address: str | None) -> bool:
+        if not service.ip_range_whitelist:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(cidr, strict=False) for cidr in service.ip_range_whitelist)
+
+    async def _app_service_requester(self, service: ApplicationService, token: str, user_id: str | None,
+                                     device_id: str | None, ts: int | None) -> Requester:
+        """The service acting as its sender, or as `user_id`: a user of its namespace that is registered
+        (403 otherwise, as Synapse), and with `device_id` one of that user's devices (400
+        M_UNKNOWN_DEVICE otherwise, as the spec says)."""
+        effective = user_id or service.sender
+        if effective != service.sender:
+            if not service.is_interested_in_user(effective):
+                raise forbidden(f"Application service cannot masquerade as this user ({effective}).")
+            if self._known_users.get(effective) is None:
+                if await self.hs.user_store.get_user(effective) is None:
+                    raise forbidden(f"Application service has not registered this user ({effective})")
+                self._known_users.set(effective, True)
+        if device_id is not None and await self.hs.user_store.get_device(effective, device_id) is None:
+            raise unknown_device(
+                f"Application service trying to use a device that doesn't exist ('{device_id}' for {effective})")
+        return Requester(effective, device_id or "", token, app_service=service, origin_server_ts=ts)
 
     def check_guest_access(self, requester: Requester, method: str, route_template: str) -> None:
         """403 M_GUEST_ACCESS_FORBIDDEN when a guest calls an endpoint not in GUEST_ROUTES.

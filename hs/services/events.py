@@ -38,6 +38,7 @@ from hs.events.hashing import compute_content_hash
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
+from hs.services.auth import MASSAGED_TS
 from hs.services.push_evaluator import evaluate_push
 from hs.state.resolution import resolve_state
 from hs.util import KeyedLocks, LruCache, now_ms, random_string
@@ -49,6 +50,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 EVENTS_PERSISTED = Counter("hs_events_persisted_total", "Events persisted by this process")
+
+
+def _origin_server_ts() -> int:
+    """Now, or the timestamp an application service gave its PUT /send or /state (`ts`, timestamp
+    massaging: the event's place in the room is still at its end; only the time shown changes)."""
+    massaged = MASSAGED_TS.get()
+    return now_ms() if massaged is None else massaged
 
 
 class EventSender:
@@ -282,7 +290,7 @@ class EventSender:
             prev_refs, auth_refs = [p.event_id for p in prevs], auth_ids
         pdu: JsonDict = {
             "room_id": room_id, "sender": sender, "type": etype, "content": content, "depth": depth,
-            "prev_events": prev_refs, "auth_events": auth_refs, "origin_server_ts": now_ms(),
+            "prev_events": prev_refs, "auth_events": auth_refs, "origin_server_ts": _origin_server_ts(),
         }
         if state_key is not None:
             pdu["state_key"] = state_key

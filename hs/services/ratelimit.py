@@ -1,12 +1,21 @@
-"""Token-bucket rate limiting per key (user, IP), configured by `rc_*` keys."""
+"""Token-bucket rate limiting per key (user, IP), configured by `rc_*` keys.
+
+A request authenticated by an application service registered with `rate_limited: false` is never
+limited, whichever user it acts as (Synapse's rule): `RATELIMIT_EXEMPT` says so for the request's task
+(set where the request is authenticated, hs/services/auth.py `enter_request`), so the services that
+apply limits by user or address need not know about application services.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from contextvars import ContextVar
 
 from hs.errors import limit_exceeded
 from hs.util import LruCache
+
+RATELIMIT_EXEMPT: ContextVar[bool] = ContextVar("ratelimit_exempt", default=False)
 
 
 class Ratelimiter:
@@ -18,7 +27,7 @@ class Ratelimiter:
 
     def check(self, key: str, update: bool = True) -> None:
         """Raise M_LIMIT_EXCEEDED (with retry_after_ms) if `key` has no capacity left."""
-        if self.per_second <= 0 and self.burst_count <= 0:
+        if (self.per_second <= 0 and self.burst_count <= 0) or RATELIMIT_EXEMPT.get():
             return
         now = time.monotonic()
         used, last = self._buckets.get(key) or (0.0, now)

@@ -6,6 +6,11 @@ stored only as their SHA-256 (see UserStore); device IDs are ten upper-case lett
 
 User-interactive auth (UIA) sessions live in memory on the process that created them: a session ID
 maps to the stages completed so far, the request body it protects, and an expiry.
+
+Application services (application service API, "Server admin style permissions") register the users of
+their namespaces without UIA (`m.login.application_service`), and an exclusive user namespace is closed
+to everyone else: ordinary registration, generated IDs (guests), guest upgrades and another service
+are answered 400 M_EXCLUSIVE, as on Synapse.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import bcrypt
 
+from hs.appservice.client_errors import appservice_login_unsupported, exclusive
 from hs.errors import (
     MatrixError,
     bad_json,
@@ -38,6 +44,7 @@ from hs.errors import (
 from hs.util import now_ms, random_string
 
 if TYPE_CHECKING:
+    from hs.appservice.registration import ApplicationService
     from hs.server import HomeServer
     from hs.services.auth import Requester
 
@@ -48,6 +55,9 @@ MAX_USERID_LENGTH = 255
 MAX_PASSWORD_LENGTH = 512
 MAX_DEVICE_ID_LENGTH = 512
 LOCALPART_CHARS = frozenset(string.ascii_lowercase + string.digits + "._=-/+")
+# What an application service may register (Synapse gives bridges "carte blanche" in their localparts):
+# the historical user ID grammar, printable ASCII but ':' (the spec's "Historical user IDs").
+HISTORICAL_LOCALPART_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {":"}
 # bcrypt only looks at the first 72 bytes (bcrypt >= 5 refuses longer input instead of truncating).
 BCRYPT_MAX_BYTES = 72
 
@@ -148,17 +158,29 @@ class Registration:
         return user_id
 
     async def check_username_available(self, localpart: str) -> str:
-        """Validate and check that nobody holds the ID (case-insensitively); returns the user ID."""
+        """Validate and check that nobody holds the ID (case-insensitively) nor claims it (an
+        application service's exclusive namespace); returns the user ID."""
         user_id = self.check_localpart(localpart)
+        self.check_not_appservice_exclusive(user_id)
         if await self.store.find_user_case_insensitive(user_id):
             raise user_in_use("User ID already taken.")
         return user_id
 
+    def check_not_appservice_exclusive(self, user_id: str, allowed: ApplicationService | None = None) -> None:
+        """400 M_EXCLUSIVE when a service other than `allowed` claims the user ID exclusively."""
+        for service in self.hs.config.app_services:
+            if service is not allowed and service.is_exclusive_user(user_id):
+                raise exclusive("This user ID is reserved by an application service.")
+
     async def _generate_localpart(self) -> str:
-        # Numeric, like Synapse's generated IDs; those are reserved, so a chosen name never collides.
+        # Numeric, like Synapse's generated IDs; those are reserved, so a chosen name never collides
+        # (but for an application service claiming them).
         for _ in range(20):
             candidate = str(10**11 + secrets.randbelow(9 * 10**11))
-            if not await self.store.get_user(self.user_id_for(candidate)):
+            user_id = self.user_id_for(candidate)
+            if any(s.is_exclusive_user(user_id) for s in self.hs.config.app_services):
+                continue
+            if not await self.store.get_user(user_id):
                 return candidate
         raise internal_error("Could not generate a user ID")
 
@@ -278,6 +300,7 @@ class Registration:
             raise unknown_token()
         if not info.is_guest or (localpart is not None and self.user_id_for(localpart) != info.user_id):
             raise forbidden("Cannot register taken user ID without valid guest credentials for that user.")
+        self.check_not_appservice_exclusive(info.user_id)
         return info.user_id
 
     async def upgrade_guest(self, user_id: str, password_hash: str | None) -> None:
@@ -286,6 +309,63 @@ class Registration:
         if not await self.store.upgrade_guest(user_id, password_hash):
             raise forbidden("Cannot register taken user ID without valid guest credentials for that user.")
         logger.info("upgraded guest %s to a full account", user_id)
+
+    # -- application services ------------------------------------------------------------------------
+    async def register_appservice_user(self, service: ApplicationService, localpart: Any, inhibit_login: bool,
+                                       device_id: str | None, device_display_name: str | None,
+                                       ) -> tuple[str, LoginResult | None]:
+        """POST /register with `m.login.application_service`: a user of the service's namespace (the
+        localpart as the service wrote it, not lower-cased: bridges rely on that, as on Synapse), with
+        no password; with its first device and token unless `inhibit_login`. 400 M_EXCLUSIVE outside
+        the namespace or inside another service's exclusive one. A service that manages its users'
+        devices itself (MSC4190) must inhibit the login (400 M_APPSERVICE_LOGIN_UNSUPPORTED, Synapse)."""
+        if not isinstance(localpart, str) or not localpart:
+            raise bad_json("Desired Username is missing or not a string")
+        if any(c not in HISTORICAL_LOCALPART_CHARS for c in localpart):
+            raise invalid_username("User ID can only contain printable ASCII characters other than ':'")
+        user_id = self.user_id_for(localpart)
+        if len(user_id) > MAX_USERID_LENGTH:
+            raise invalid_username(f"User ID may not be longer than {MAX_USERID_LENGTH} characters")
+        if not service.is_interested_in_user(user_id):
+            raise exclusive("Invalid user localpart for this application service.")
+        self.check_not_appservice_exclusive(user_id, allowed=service)
+        if service.msc4190 and not inhibit_login:
+            raise appservice_login_unsupported(
+                "This appservice has MSC4190 enabled, so the inhibit_login parameter must be set to true.")
+        if inhibit_login:
+            if not await self.store.create_user(user_id, None, displayname=localpart):
+                raise user_in_use("User ID already taken.")
+            logger.info("application service %s registered %s", service.id, user_id)
+            return user_id, None
+        check_device_params(device_id, device_display_name)
+        device_id = device_id if device_id is not None else generate_device_id()
+        token = generate_access_token()
+        if not await self.store.create_user(user_id, None, displayname=localpart,
+                                            device=(device_id, device_display_name, token)):
+            raise user_in_use("User ID already taken.")
+        logger.info("application service %s registered %s", service.id, user_id)
+        await self.hs.e2ee.on_device_created(user_id, device_id)
+        return user_id, LoginResult(user_id, device_id, token)
+
+    async def appservice_login_user(self, service: ApplicationService, body: dict[str, Any]) -> str:
+        """POST /login with `m.login.application_service`: the user of the service's namespace the
+        body names (403 outside it, as Synapse). The service's sender, which needs no account to act
+        through the as_token, gets one here so its token works (Synapse keeps no account for it).
+        Refused for a service that manages devices itself (MSC4190)."""
+        if service.msc4190:
+            raise appservice_login_unsupported(
+                "This appservice has MSC4190 enabled, so appservice login cannot be used.")
+        user_id = self.user_from_login_dict(body)
+        if not service.is_interested_in_user(user_id):
+            raise forbidden("Invalid access_token")
+        row = await self.store.get_user(user_id)
+        if row is None:
+            if user_id != service.sender:
+                raise forbidden(f"Application service has not registered this user ({user_id})")
+            await self.store.create_user(user_id, None, displayname=user_id[1:].split(":", 1)[0])
+        elif row.get("deactivated"):
+            raise user_deactivated("This account has been deactivated")
+        return user_id
 
     async def create_device(self, user_id: str, device_id: str | None = None,
                             display_name: str | None = None) -> LoginResult:

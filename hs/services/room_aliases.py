@@ -5,6 +5,11 @@ the check that aliases in `m.room.canonical_alias` point at the room.
 As in Synapse, an alias may be deleted by its creator or by whoever may change the room list
 (`RoomDirectory.can_change_room_list`); a deleted alias is dropped from the room's canonical alias
 event when the user may send one.
+
+Application services own their alias namespaces (the spec's "Server admin style permissions"): a
+service (its as_token, whoever it acts as) creates and deletes the aliases of its namespaces and no
+others; nobody else may create or delete an alias that a service claims exclusively. Both refusals are
+400 M_EXCLUSIVE, as on Synapse.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from hs.appservice.client_errors import exclusive
 from hs.errors import MatrixError, bad_alias, forbidden, invalid_param, not_found, room_in_use
 from hs.events.event import JsonDict
 from hs.services.room_ids import check_room_id, parse_alias
@@ -94,8 +100,24 @@ class RoomAliases:
         if server != self.hs.server_name:
             raise invalid_param("Room alias must be local")
 
+    def _check_namespace(self, requester: Requester, alias: str) -> None:
+        """An application service stays within its alias namespaces; others keep out of exclusive ones
+        (but a service's own sender, whichever way it authenticated, as Synapse's can_modify_alias)."""
+        service = requester.app_service
+        if service is not None:
+            if not service.is_interested_in_alias(alias):
+                raise exclusive("This application service has not reserved this kind of alias.")
+            return
+        for other in self.hs.config.app_services:
+            if other.is_interested_in_alias(alias):
+                if requester.user_id == other.sender:
+                    return
+                if other.is_exclusive_alias(alias):
+                    raise exclusive("This alias is reserved by an application service.")
+
     async def create_alias(self, requester: Requester, alias: str, room_id: str) -> None:
         self._local_alias(alias)
+        self._check_namespace(requester, alias)
         check_room_id(room_id)
         if not await self.rooms.room_exists(room_id):
             raise not_found("Room not found")
@@ -116,8 +138,13 @@ class RoomAliases:
             raise not_found(f"Room alias {alias} not found")
         room_id = str(row["room_id"])
         user_id = requester.user_id
+        if requester.app_service is not None:
+            self._check_namespace(requester, alias)  # a service deletes its namespace's aliases, no others
+            await self.rooms.delete_alias(alias)
+            return
         if row["creator"] != user_id and not await self.hs.room_directory.can_change_room_list(room_id, user_id):
             raise forbidden("You don't have permission to delete the alias.")
+        self._check_namespace(requester, alias)
         await self.rooms.delete_alias(alias)
         await self._remove_from_canonical_alias(requester, room_id, alias)
 

@@ -7,13 +7,20 @@ that answer. A client's `/publicRooms?server=<other>` is answered by asking that
 
 Who may publish a room, or delete others' aliases, is Synapse's rule: a joined member allowed to send
 `m.room.canonical_alias`, or a server admin.
+
+Application services keep lists of their own, one per third-party network they bridge
+(PUT/DELETE /directory/list/appservice/{networkId}/{roomId}, with the service's as_token only). A
+/publicRooms request shows one of them with `third_party_instance_id` ("<service id>|<network id>",
+Synapse's instance IDs), or the server's list together with all of them with `include_all_networks`;
+without either, the server's list alone.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hs.errors import MatrixError, bad_json, forbidden, invalid_param, not_found, unreachable
+from hs.db.stores.appservice_directory import AppserviceDirectoryStore
+from hs.errors import MatrixError, bad_json, bad_request, forbidden, invalid_param, not_found, unreachable
 from hs.events.auth import get_send_level, get_user_power_level
 from hs.events.event import JsonDict
 from hs.services.room_ids import check_room_id
@@ -30,11 +37,11 @@ class RoomDirectory:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.rooms = hs.room_store
+        self.appservice_lists = AppserviceDirectoryStore(hs.db)
 
     async def _is_server_admin(self, user_id: str) -> bool:
         user = await self.hs.user_store.get_user(user_id)
         return bool(user and user.get("admin"))
-
 
     async def can_change_room_list(self, room_id: str, user_id: str) -> bool:
         """Synapse's rule for publishing a room or deleting others' aliases: a joined member allowed to
@@ -67,17 +74,49 @@ class RoomDirectory:
             raise forbidden("This user is not permitted to publish rooms to the room list")
         await self.rooms.set_room_is_public(room_id, visibility == "public")
 
+    async def set_appservice_visibility(self, requester: Requester, network_id: str, room_id: str,
+                                        visibility: str) -> None:
+        """Publish a room in (or take it out of) the requesting service's list for `network_id`."""
+        service = requester.app_service
+        if service is None:
+            raise forbidden("Only appservices can edit the appservice published room list")
+        check_room_id(room_id)
+        if visibility not in ("public", "private"):
+            raise invalid_param("Invalid visibility setting")
+        if not network_id:
+            raise invalid_param("Invalid network ID")
+        if not await self.rooms.room_exists(room_id):
+            raise not_found("Room not found")
+        await self.appservice_lists.set_published(service.id, network_id, room_id, visibility == "public")
+
+    async def _listed_room_ids(self, include_all_networks: bool, third_party_instance_id: str | None) -> list[str]:
+        """The rooms of the list asked for: one service's network, or the server's (and every
+        service's with `include_all_networks`)."""
+        if third_party_instance_id and not include_all_networks:
+            service_id, sep, network_id = third_party_instance_id.partition("|")
+            if not sep or "|" in network_id:
+                raise bad_request(f"Invalid ID {third_party_instance_id!r}")
+            return await self.appservice_lists.get_room_ids(service_id, network_id)
+        room_ids = await self.rooms.get_public_room_ids()
+        if include_all_networks:
+            listed = set(room_ids)
+            room_ids += [r for r in await self.appservice_lists.get_all_room_ids() if r not in listed]
+        return room_ids
+
     async def public_rooms(self, limit: int | None, since: str | None, search_term: str | None,
-                           room_types: list[str | None] | None, *, federatable_only: bool = False) -> JsonDict:
+                           room_types: list[str | None] | None, *, federatable_only: bool = False,
+                           include_all_networks: bool = False, third_party_instance_id: str | None = None,
+                           ) -> JsonDict:
         """One page of the list (`limit` None: all of it). `federatable_only`: for other servers,
-        without the rooms whose create event says `m.federate: false`."""
+        without the rooms whose create event says `m.federate: false`. `include_all_networks` and
+        `third_party_instance_id` choose the list (`_listed_room_ids`)."""
         offset = 0
         if since:
             if since[:1] not in ("n", "p") or not since[1:].isdigit():
                 raise invalid_param("Invalid since token")
             offset = int(since[1:])
         entries = []
-        for room_id in await self.rooms.get_public_room_ids():
+        for room_id in await self._listed_room_ids(include_all_networks, third_party_instance_id):
             entry = await self.hs.room_summaries.entry(room_id)
             if entry is None:
                 continue
@@ -99,11 +138,11 @@ class RoomDirectory:
     async def public_rooms_for_server(self, limit: int | None, since: str | None, search_term: str | None,
                                       room_types: list[str | None] | None, include_all_networks: bool,
                                       third_party_instance_id: str | None) -> JsonDict:
-        """The list as other servers see it (federatable rooms only). This server bridges no
-        third-party networks, so naming one (without `include_all_networks`) lists nothing."""
-        if third_party_instance_id and not include_all_networks:
-            return {"chunk": [], "total_room_count_estimate": 0}
-        return await self.public_rooms(limit, since, search_term, room_types, federatable_only=True)
+        """The list as other servers see it (federatable rooms only), an application service's
+        network list with `third_party_instance_id`, or all of them with `include_all_networks`."""
+        return await self.public_rooms(limit, since, search_term, room_types, federatable_only=True,
+                                       include_all_networks=include_all_networks,
+                                       third_party_instance_id=third_party_instance_id)
 
     async def _federatable(self, room_id: str) -> bool:
         create = await self.hs.event_store.get_current_state_event(room_id, "m.room.create")

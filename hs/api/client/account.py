@@ -30,12 +30,14 @@ from hs.errors import (
     invalid_username,
     missing_param,
     not_found,
+    unknown_token,
 )
 from hs.services.registration import (
     DUMMY,
     InteractiveAuthIncomplete,
     LoginResult,
     Registration,
+    check_device_params,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +78,9 @@ def _username(body: JsonDict) -> str | None:
 
 
 # -- registration -----------------------------------------------------------------------------------------
+APPSERVICE_LOGIN = "m.login.application_service"
+
+
 async def register(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     reg = _reg(hs)
@@ -83,6 +88,8 @@ async def register(request: web.Request) -> HandlerResult:
     kind = query_enum(request, "kind", ("user", "guest"), "user")
     if kind == "guest":
         return await _register_guest(hs, reg, body, client_address(request))
+    if body.get("type") == APPSERVICE_LOGIN:
+        return await _register_appservice_user(request, hs, reg, body)
     cfg = hs.config
     if not cfg.enable_registration:
         raise forbidden("Registration has been disabled")
@@ -154,6 +161,23 @@ async def register(request: web.Request) -> HandlerResult:
     return 200, _login_response(hs, await reg.create_device(user_id, device_id, device_name))
 
 
+async def _register_appservice_user(request: web.Request, hs: HomeServer, reg: Registration,
+                                    body: JsonDict) -> HandlerResult:
+    """An application service registering a user of its namespace: no UIA, open or not (the spec's
+    "Server admin style permissions"); only the service's as_token will do (401 otherwise)."""
+    requester = await get_requester(request)
+    if requester.app_service is None:
+        raise unknown_token("This registration type is only valid for application services")
+    inhibit_login = body_bool(body, "inhibit_login", False)
+    body_bool(body, "refresh_token", False)  # checked; no refresh tokens are issued
+    device_id, device_name = _opt_str(body, "device_id"), _opt_str(body, "initial_device_display_name")
+    user_id, login = await reg.register_appservice_user(requester.app_service, body.get("username"),
+                                                        inhibit_login, device_id, device_name)
+    if login is None:
+        return 200, {"user_id": user_id, "home_server": hs.server_name}
+    return 200, _login_response(hs, login)
+
+
 async def _register_guest(hs: HomeServer, reg: Registration, body: JsonDict, address: str) -> HandlerResult:
     """POST /register?kind=guest: no UIA and no name, password or device ID (a guest chooses none, as
     on Synapse); refused with 403 M_GUEST_ACCESS_FORBIDDEN unless `allow_guest_access` is on, whether
@@ -189,7 +213,7 @@ async def register_available(request: web.Request) -> HandlerResult:
 
 # -- login and logout -------------------------------------------------------------------------------------
 async def login_flows(request: web.Request) -> HandlerResult:
-    return 200, {"flows": [{"type": "m.login.password"}]}
+    return 200, {"flows": [{"type": "m.login.password"}, {"type": APPSERVICE_LOGIN}]}
 
 
 async def login(request: web.Request) -> HandlerResult:
@@ -198,8 +222,18 @@ async def login(request: web.Request) -> HandlerResult:
     body = await parse_json(request)
     body_bool(body, "refresh_token", False)  # checked; no refresh tokens are issued
     address = client_address(request)
-    hs.ratelimiters["login_address"].check(address)
     login_type = require_str(body, "type")
+    if login_type == APPSERVICE_LOGIN:
+        # An application service logging in as a user of its namespace (its as_token, no password).
+        requester = await get_requester(request)
+        if requester.app_service is None:
+            raise unknown_token("This login method is only valid for application services")
+        hs.ratelimiters["login_address"].check(address)  # (not for a service with rate_limited: false)
+        device_id = _opt_str(body, "device_id")
+        display_name = _opt_str(body, "initial_device_display_name")
+        user_id = await reg.appservice_login_user(requester.app_service, body)
+        return 200, _login_response(hs, await reg.create_device(user_id, device_id, display_name))
+    hs.ratelimiters["login_address"].check(address)
     if login_type != "m.login.password":
         raise bad_request("Unknown login type")
     device_id = _opt_str(body, "device_id")
@@ -224,8 +258,10 @@ async def logout_all(request: web.Request) -> HandlerResult:
 
 async def whoami(request: web.Request) -> HandlerResult:
     requester = await get_requester(request)
-    return 200, {"user_id": requester.user_id, "device_id": requester.device_id,
-                 "is_guest": requester.is_guest}
+    out: JsonDict = {"user_id": requester.user_id, "is_guest": requester.is_guest}
+    if requester.device_id:  # an application service acting without a device has none (as Synapse)
+        out["device_id"] = requester.device_id
+    return 200, out
 
 
 # -- devices ----------------------------------------------------------------------------------------------
@@ -265,13 +301,22 @@ async def put_device(request: web.Request) -> HandlerResult:
     requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     device_id = request.match_info["deviceId"]
+    name = _opt_str(body, "display_name") if "display_name" in body else None
+    if name is not None and len(name) > MAX_DEVICE_DISPLAY_NAME_LEN:
+        raise invalid_param(f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LEN})")
     row = await hs.user_store.get_device(requester.user_id, device_id)
     if row is None:
-        raise not_found("No device found")
+        if requester.app_service is None:
+            raise not_found("No device found")
+        # An application service creates devices for its users this way (the spec's "Device
+        # management", MSC4190): 201 for a new device, with no access token.
+        check_device_params(device_id, name)
+        if await hs.user_store.create_device(requester.user_id, device_id, name):
+            await hs.e2ee.on_device_created(requester.user_id, device_id)
+            return 201, {}
+        row = await hs.user_store.get_device(requester.user_id, device_id)
+        assert row is not None
     if "display_name" in body:
-        name = _opt_str(body, "display_name")
-        if name is not None and len(name) > MAX_DEVICE_DISPLAY_NAME_LEN:
-            raise invalid_param(f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LEN})")
         await hs.user_store.update_device(requester.user_id, device_id, name)
         await hs.e2ee.on_device_changed(requester.user_id, device_id)  # the name is in its keys' unsigned
     return 200, {}
@@ -293,7 +338,8 @@ async def delete_device(request: web.Request) -> HandlerResult:
     if await hs.user_store.get_device(requester.user_id, device_id) is None:
         raise not_found("No device found")
     body = await parse_json(request, allow_empty=True)
-    await _reg(hs).validate_user_via_ui_auth(uia_operation(request), body, requester)
+    if requester.app_service is None:  # an application service deletes its users' devices without UIA
+        await _reg(hs).validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.accounts.delete_devices(requester.user_id, [device_id])
     return 200, {}
 
@@ -304,7 +350,10 @@ async def delete_devices(request: web.Request) -> HandlerResult:
     body = await parse_json(request, allow_empty=True)
     if "devices" in body:
         _device_list(body)
-    params = await _reg(hs).validate_user_via_ui_auth(uia_operation(request), body, requester)
+    if requester.app_service is not None:  # no UIA for an application service (the spec's Device management)
+        params = body
+    else:
+        params = await _reg(hs).validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.accounts.delete_devices(requester.user_id, _device_list(params))
     return 200, {}
 

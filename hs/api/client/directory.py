@@ -1,5 +1,6 @@
 """Room aliases (/directory/room), a room's local aliases, and the published room directory
-(/directory/list/room, /publicRooms; with `server=<other>`, that server's list, asked over federation).
+(/directory/list/room, /publicRooms; with `server=<other>`, that server's list, asked over federation),
+and application services' lists per third-party network (/directory/list/appservice).
 The logic lives in `hs/services/room_aliases.py` and `room_directory.py`."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from hs.api.params import (
     require_str,
     token,
 )
-from hs.errors import invalid_param, missing_token
+from hs.errors import bad_request, invalid_param, missing_token
 from hs.federation.discovery import DiscoveryError, parse_server_name
 from hs.services.room_directory import room_types_filter
 
@@ -85,6 +86,27 @@ async def put_visibility(request: web.Request) -> tuple[int, Any]:
     return 200, {}
 
 
+async def put_appservice_visibility(request: web.Request) -> tuple[int, Any]:
+    """An application service's list for one network: `visibility` public (the default, as Synapse)
+    lists the room, private takes it out."""
+    hs = get_hs(request)
+    requester = await get_requester(request)
+    body = await parse_json(request, allow_empty=True)
+    visibility = require_str(body, "visibility", optional=True) or "public"
+    await hs.room_directory.set_appservice_visibility(requester, request.match_info["networkId"],
+                                                      request.match_info["roomId"], visibility)
+    return 200, {}
+
+
+async def delete_appservice_visibility(request: web.Request) -> tuple[int, Any]:
+    """Synapse's shorthand for taking a room out of an application service's network list."""
+    hs = get_hs(request)
+    requester = await get_requester(request)
+    await hs.room_directory.set_appservice_visibility(requester, request.match_info["networkId"],
+                                                      request.match_info["roomId"], "private")
+    return 200, {}
+
+
 def _remote_server(request: web.Request) -> str | None:
     """The `server` asked about, when it is not this one (400 M_INVALID_PARAM if not a server name)."""
     server = query_str(request, "server")
@@ -126,13 +148,17 @@ async def post_public_rooms(request: web.Request) -> tuple[int, Any]:
         token(since, "since", directory_since)  # another server's tokens are its own business
     include_all_networks = body_bool(body, "include_all_networks", False)
     third_party_instance_id = require_str(body, "third_party_instance_id", optional=True)
+    if include_all_networks and third_party_instance_id is not None:
+        raise bad_request("Can't use include_all_networks with an explicit network")  # (as Synapse)
     filt = body_object(body, "filter") or {}
     term = require_str(filt, "generic_search_term", optional=True)
     room_types = room_types_filter(filt)
     if remote is not None:
         return 200, await hs.room_directory.remote_public_rooms(
             remote, limit, since, term, room_types, include_all_networks, third_party_instance_id)
-    return 200, await hs.room_directory.public_rooms(limit, since, term, room_types)
+    return 200, await hs.room_directory.public_rooms(limit, since, term, room_types,
+                                                     include_all_networks=include_all_networks,
+                                                     third_party_instance_id=third_party_instance_id)
 
 
 ROUTES: list[Route] = [
@@ -142,6 +168,10 @@ ROUTES: list[Route] = [
     Route("GET", "/rooms/{roomId}/aliases", get_room_aliases, "main", CLIENT_V3),
     Route("GET", "/directory/list/room/{roomId}", get_visibility, "main", CLIENT_V3_V1),
     Route("PUT", "/directory/list/room/{roomId}", put_visibility, "main", CLIENT_V3_V1),
+    Route("PUT", "/directory/list/appservice/{networkId}/{roomId}", put_appservice_visibility, "main",
+          CLIENT_V3_V1),
+    Route("DELETE", "/directory/list/appservice/{networkId}/{roomId}", delete_appservice_visibility, "main",
+          CLIENT_V3_V1),
     Route("GET", "/publicRooms", get_public_rooms, "client", CLIENT_V3_V1),
     Route("POST", "/publicRooms", post_public_rooms, "client", CLIENT_V3_V1),
 ]

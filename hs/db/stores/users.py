@@ -91,6 +91,15 @@ class UserStore:
 
         await self.db.run_transaction("create_device_and_token", txn)
 
+    async def create_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
+        """A device without an access token (an application service manages it, MSC4190); False if
+        the user has it already."""
+        created = await self.db.fetchval(
+            "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES ($1,$2,$3,$4)"
+            " ON CONFLICT (user_id, device_id) DO NOTHING RETURNING device_id",
+            user_id, device_id, display_name, now_ms())
+        return created is not None
+
     @staticmethod
     async def _insert_device_and_token(c: Connection, user_id: str, device_id: str, display_name: str | None,
                                        token: str) -> None:
