@@ -15,11 +15,12 @@ import orjson
 from aiohttp import web
 
 from hs.api.params import path_room_id, query_int, query_str
-from hs.errors import bad_json, forbidden, missing_token, not_json
+from hs.errors import bad_json, forbidden, missing_token, not_json, unknown_token
 from hs.replication.http_client import REPLICATION_PREFIX
 from hs.services.auth import TS_ROUTES, enter_request, guest_route
 
 if TYPE_CHECKING:
+    from hs.appservice.registration import ApplicationService
     from hs.server import HomeServer
     from hs.services.auth import Requester
 
@@ -105,7 +106,7 @@ async def get_optional_requester(request: web.Request) -> Requester | None:
     resource = request.match_info.route.resource
     template = resource.canonical if resource is not None else request.path
     address = client_address(request)  # X-Forwarded-For only from listeners with x_forwarded
-    service = auth.app_service_for_token(token)
+    service = auth.app_service_for_token(token, address)
     if service is not None:
         # An application service: whom it acts as (`user_id`, `device_id`), and on PUT /send and /state
         # the timestamp of the event (`ts`, a timestamp as origin_server_ts takes: 400 otherwise).
@@ -126,6 +127,19 @@ async def get_optional_requester(request: web.Request) -> Requester | None:
         auth.saw(requester.user_id, requester.device_id, None if address == "unknown" else address,
                  request.headers.get("User-Agent"))
     return requester
+
+
+def get_app_service(request: web.Request) -> ApplicationService:
+    """The application service whose as_token the request carries, whomever its `user_id` names (for
+    registering and logging in that user, who may not exist yet): 401 M_MISSING_TOKEN without a token,
+    M_UNKNOWN_TOKEN with another token."""
+    token = extract_token(request)
+    if token is None:
+        raise missing_token("Missing access token")
+    service = get_hs(request).auth.app_service_for_token(token, client_address(request))
+    if service is None:
+        raise unknown_token("This is only valid for application services")
+    return service
 
 
 async def get_requester(request: web.Request) -> Requester:

@@ -169,8 +169,10 @@ class Auth:
         # Users an application service was seen to act as that exist (accounts are never removed).
         self._known_users: LruCache[str, bool] = LruCache(100_000)
 
-    def app_service_for_token(self, token: str | None) -> ApplicationService | None:
-        return self._services_by_token.get(token) if token is not None else None
+    def app_service_for_token(self, token: str | None, address: str | None = None) -> ApplicationService | None:
+        """The application service whose as_token this is (from an address its whitelist allows)."""
+        service = self._services_by_token.get(token) if token is not None else None
+        return service if service is not None and self._address_allowed(service, address) else None
 
     async def authenticate(self, token: str, *, user_id: str | None = None, device_id: str | None = None,
                            ts: int | None = None, address: str | None = None) -> Requester:
@@ -197,19 +199,33 @@ class Auth:
             return False
         return any(ip in ipaddress.ip_network(cidr, strict=False) for cidr in service.ip_range_whitelist)
 
+    async def _create_sender(self, service: ApplicationService) -> None:
+        """The service's own user gets an account (and profile) when the service first acts as it, so
+        that what needs one (its profile, which bridges set at start-up; a login as it) works. Synapse
+        keeps no account for it, but upserts the profile rows the same calls need."""
+        localpart = service.sender[1:].split(":", 1)[0]
+        try:
+            if await self.hs.user_store.create_user(service.sender, None, displayname=localpart):
+                logger.info("created the account of application service %s's sender %s", service.id,
+                            service.sender)
+        except Exception:  # another process created it at the same moment: it exists, as wanted
+            if await self.hs.user_store.get_user(service.sender) is None:
+                raise
+
     async def _app_service_requester(self, service: ApplicationService, token: str, user_id: str | None,
                                      device_id: str | None, ts: int | None) -> Requester:
         """The service acting as its sender, or as `user_id`: a user of its namespace that is registered
         (403 otherwise, as Synapse), and with `device_id` one of that user's devices (400
         M_UNKNOWN_DEVICE otherwise, as the spec says)."""
         effective = user_id or service.sender
-        if effective != service.sender:
-            if not service.is_interested_in_user(effective):
-                raise forbidden(f"Application service cannot masquerade as this user ({effective}).")
-            if self._known_users.get(effective) is None:
-                if await self.hs.user_store.get_user(effective) is None:
+        if effective != service.sender and not service.is_interested_in_user(effective):
+            raise forbidden(f"Application service cannot masquerade as this user ({effective}).")
+        if self._known_users.get(effective) is None:
+            if await self.hs.user_store.get_user(effective) is None:
+                if effective != service.sender:
                     raise forbidden(f"Application service has not registered this user ({effective})")
-                self._known_users.set(effective, True)
+                await self._create_sender(service)
+            self._known_users.set(effective, True)
         if device_id is not None and await self.hs.user_store.get_device(effective, device_id) is None:
             raise unknown_device(
                 f"Application service trying to use a device that doesn't exist ('{device_id}' for {effective})")

@@ -349,9 +349,9 @@ class Registration:
 
     async def appservice_login_user(self, service: ApplicationService, body: dict[str, Any]) -> str:
         """POST /login with `m.login.application_service`: the user of the service's namespace the
-        body names (403 outside it, as Synapse). The service's sender, which needs no account to act
-        through the as_token, gets one here so its token works (Synapse keeps no account for it).
-        Refused for a service that manages devices itself (MSC4190)."""
+        body names (403 outside it, as Synapse). The service's sender gets its account here if the
+        service never acted as it yet (see Auth._create_sender), so the new token works. Refused for a
+        service that manages devices itself (MSC4190)."""
         if service.msc4190:
             raise appservice_login_unsupported(
                 "This appservice has MSC4190 enabled, so appservice login cannot be used.")

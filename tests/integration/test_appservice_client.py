@@ -80,6 +80,10 @@ async def test_as_token_acts_as_the_sender_or_a_registered_namespace_user(make_s
     status, data = await anon.request("GET", "/account/whoami", params={"access_token": AS_TOKEN}, auth=False)
     assert (status, data["user_id"]) == (200, "@bridgebot:test.local")
 
+    # The sender has a profile to set, as bridges do at start-up.
+    await ok(bridge, "PUT", f"/profile/{q('@bridgebot:test.local')}/displayname", {"displayname": "Bridge"})
+    assert (await ok(anon, "GET", f"/profile/{q('@bridgebot:test.local')}"))["displayname"] == "Bridge"
+
     # A namespace user must be registered before the service may act as them (Synapse: 403).
     status, data = await bridge.request("GET", "/account/whoami", params={"user_id": "@irc_alice:test.local"})
     assert (status, data["errcode"]) == (403, "M_FORBIDDEN"), data
@@ -134,8 +138,10 @@ async def test_appservice_registration_and_exclusive_namespaces(make_server: Any
     assert (await ok(puppet, "GET", "/account/whoami"))["user_id"] == "@irc_bob:test.local"
     status, data = await as_register(bridge, "irc_bob", inhibit_login=True)
     assert (status, data["errcode"]) == (400, "M_USER_IN_USE")
-    # inhibit_login: the account alone.
-    status, data = await as_register(bridge, "irc_quiet", inhibit_login=True)
+    # inhibit_login: the account alone. mautrix sends the user to be as `user_id` (not registered yet).
+    status, data = await bridge.request("POST", "/register", {
+        "type": "m.login.application_service", "username": "irc_quiet", "inhibit_login": True},
+        params={"kind": "user", "user_id": "@irc_quiet:test.local"})
     assert status == 200 and "access_token" not in data and data["user_id"] == "@irc_quiet:test.local"
     # Outside the service's namespace, or in another service's exclusive one: 400 M_EXCLUSIVE.
     for name in ("alice", "slack_bob"):
@@ -215,6 +221,10 @@ async def test_appservice_creates_and_deletes_devices(make_server: Any, engine: 
     status, _ = await devices.request("PUT", "/devices/D2", {}, params=me)
     assert status == 201
     assert (await ok(devices, "POST", "/delete_devices", {"devices": ["D2"]}, **me)) == {}
+    # Nor does deactivating one of the service's users (as Synapse).
+    assert (await as_register(devices, "tg_gone", inhibit_login=True))[0] == 200
+    gone = {"user_id": "@tg_gone:test.local"}
+    assert (await ok(devices, "POST", "/account/deactivate", {}, **gone))["id_server_unbind_result"]
     # A user still cannot create a device this way, nor delete one without UIA.
     alice = await user(server, "alice")
     status, data = await alice.request("PUT", "/devices/NEWDEV", {})

@@ -14,6 +14,7 @@ from hs.api.base import (
     JsonDict,
     Route,
     client_address,
+    get_app_service,
     get_hs,
     get_requester,
     parse_json,
@@ -30,7 +31,6 @@ from hs.errors import (
     invalid_username,
     missing_param,
     not_found,
-    unknown_token,
 )
 from hs.services.registration import (
     DUMMY,
@@ -164,14 +164,13 @@ async def register(request: web.Request) -> HandlerResult:
 async def _register_appservice_user(request: web.Request, hs: HomeServer, reg: Registration,
                                     body: JsonDict) -> HandlerResult:
     """An application service registering a user of its namespace: no UIA, open or not (the spec's
-    "Server admin style permissions"); only the service's as_token will do (401 otherwise)."""
-    requester = await get_requester(request)
-    if requester.app_service is None:
-        raise unknown_token("This registration type is only valid for application services")
+    "Server admin style permissions"); only the service's as_token will do (401 otherwise). Its
+    `user_id` parameter, naming the user not registered yet (mautrix sends it), plays no part."""
+    service = get_app_service(request)
     inhibit_login = body_bool(body, "inhibit_login", False)
     body_bool(body, "refresh_token", False)  # checked; no refresh tokens are issued
     device_id, device_name = _opt_str(body, "device_id"), _opt_str(body, "initial_device_display_name")
-    user_id, login = await reg.register_appservice_user(requester.app_service, body.get("username"),
+    user_id, login = await reg.register_appservice_user(service, body.get("username"),
                                                         inhibit_login, device_id, device_name)
     if login is None:
         return 200, {"user_id": user_id, "home_server": hs.server_name}
@@ -225,13 +224,12 @@ async def login(request: web.Request) -> HandlerResult:
     login_type = require_str(body, "type")
     if login_type == APPSERVICE_LOGIN:
         # An application service logging in as a user of its namespace (its as_token, no password).
-        requester = await get_requester(request)
-        if requester.app_service is None:
-            raise unknown_token("This login method is only valid for application services")
-        hs.ratelimiters["login_address"].check(address)  # (not for a service with rate_limited: false)
+        service = get_app_service(request)
+        if service.rate_limited:
+            hs.ratelimiters["login_address"].check(address)
         device_id = _opt_str(body, "device_id")
         display_name = _opt_str(body, "initial_device_display_name")
-        user_id = await reg.appservice_login_user(requester.app_service, body)
+        user_id = await reg.appservice_login_user(service, body)
         return 200, _login_response(hs, await reg.create_device(user_id, device_id, display_name))
     hs.ratelimiters["login_address"].check(address)
     if login_type != "m.login.password":
@@ -384,7 +382,8 @@ async def deactivate(request: web.Request) -> HandlerResult:
     requester = await get_requester(request)
     body = await parse_json(request, allow_empty=True)
     erase = body_bool(body, "erase", False)
-    await reg.validate_user_via_ui_auth(uia_operation(request), body, requester)
+    if requester.app_service is None:  # a service deactivates its users without UIA (as Synapse)
+        await reg.validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.accounts.deactivate(requester.user_id, erase=erase)
     return 200, {"id_server_unbind_result": "no-support"}
 
