@@ -21,7 +21,7 @@ import logging
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hs.appservice.client_errors import unknown_device
 from hs.errors import forbidden, guest_access_forbidden, unknown_token
@@ -133,9 +133,19 @@ TS_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("PUT", "/rooms/{roomId}/state/{eventType}"),
     ("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey}"),
 })
-# The massaged origin_server_ts of the events this request builds (None: now). Set per request (each
-# aiohttp request runs in a task of its own, whose context copy this is), read by EventSender._build.
-MASSAGED_TS: ContextVar[int | None] = ContextVar("massaged_ts", default=None)
+# The massaged origin_server_ts of the events this request builds (None: now), with the request's task.
+# Set per request (each aiohttp request runs in a task of its own, whose context copy this is) and read
+# by EventSender._build (`massaged_ts`) in that task only: a task the request starts inherits the
+# context, and must not date what it builds later with the request's `ts`.
+MASSAGED_TS: ContextVar[tuple[asyncio.Task[Any] | None, int] | None] = ContextVar("massaged_ts", default=None)
+
+
+def massaged_ts() -> int | None:
+    """The `ts` of the application service request this task is handling, if any."""
+    value = MASSAGED_TS.get()
+    if value is None or value[0] is not asyncio.current_task():
+        return None
+    return value[1]
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,13 @@ def enter_request(requester: Requester) -> None:
     and a massaged timestamp."""
     service = requester.app_service
     RATELIMIT_EXEMPT.set(service is not None and not service.rate_limited)
-    MASSAGED_TS.set(requester.origin_server_ts)
+    set_massaged_ts(requester.origin_server_ts)
+
+
+def set_massaged_ts(ts: int | None) -> None:
+    """The origin_server_ts of the events the current task builds from now on (None: now); also for
+    a writer building an event a worker's request asked for (its `ts` carried over replication)."""
+    MASSAGED_TS.set(None if ts is None else (asyncio.current_task(), ts))
 
 
 class Auth:

@@ -38,7 +38,7 @@ from hs.events.hashing import compute_content_hash
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
-from hs.services.auth import MASSAGED_TS
+from hs.services.auth import massaged_ts
 from hs.services.push_evaluator import evaluate_push
 from hs.state.resolution import resolve_state
 from hs.util import KeyedLocks, LruCache, now_ms, random_string
@@ -55,7 +55,7 @@ EVENTS_PERSISTED = Counter("hs_events_persisted_total", "Events persisted by thi
 def _origin_server_ts() -> int:
     """Now, or the timestamp an application service gave its PUT /send or /state (`ts`, timestamp
     massaging: the event's place in the room is still at its end; only the time shown changes)."""
-    massaged = MASSAGED_TS.get()
+    massaged = massaged_ts()
     return now_ms() if massaged is None else massaged
 
 

@@ -41,6 +41,13 @@ DEVICES: dict[str, Any] = {
     "namespaces": {"users": [{"regex": "@tg_.*:test.local", "exclusive": True}]},
 }
 
+# A service that may call only from 10.0.0.0/8: from here its token is no token at all (as Synapse).
+WALLED: dict[str, Any] = {
+    "id": "walled", "url": None, "as_token": "as-token-walled", "hs_token": "hs-token-walled",
+    "sender_localpart": "walledbot", "ip_range_whitelist": ["10.0.0.0/8"],
+    "namespaces": {"users": [{"regex": "@walled_.*:test.local", "exclusive": True}]},
+}
+
 
 def q(s: str) -> str:
     return quote(s, safe="")
@@ -48,7 +55,7 @@ def q(s: str) -> str:
 
 async def start(make_server: Any, engine: str, tmp_path: Path, **config: Any) -> TestHomeServer:
     paths = []
-    for reg in (BRIDGE, OTHER, DEVICES):
+    for reg in (BRIDGE, OTHER, DEVICES, WALLED):
         path = tmp_path / f"{reg['id']}.yaml"
         path.write_text(yaml.safe_dump(reg))
         paths.append(str(path.resolve()))
@@ -101,6 +108,11 @@ async def test_as_token_acts_as_the_sender_or_a_registered_namespace_user(make_s
     # A wrong token is an unknown token; a user's own `user_id` parameter changes nothing.
     wrong = service(server, "not-a-token")
     status, data = await wrong.request("GET", "/account/whoami", params={"user_id": "@irc_alice:test.local"})
+    assert (status, data["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    walled = service(server, "as-token-walled")
+    status, data = await walled.request("GET", "/account/whoami")
+    assert (status, data["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    status, data = await as_register(walled, "walled_x", inhibit_login=True)
     assert (status, data["errcode"]) == (401, "M_UNKNOWN_TOKEN")
     carol = await user(server, "carol2")
     data = await ok(carol, "GET", "/account/whoami", user_id="@irc_alice:test.local")
