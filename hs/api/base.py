@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 JsonDict = dict[str, Any]
 MAX_USER_ID_LENGTH = 255  # an application service's `user_id` parameter (the spec's limit on user IDs)
+MSC3202_DEVICE_ID = "org.matrix.msc3202.device_id"  # `device_id`'s unstable name, which mautrix also sends
 HandlerResult = tuple[int, Any] | web.StreamResponse
 Handler = Callable[[web.Request], Awaitable[HandlerResult]]
 
@@ -113,7 +114,8 @@ async def get_optional_requester(request: web.Request) -> Requester | None:
         ts = query_int(request, "ts", None) if guest_route(request.method, template) in TS_ROUTES else None
         requester: Requester = await auth.authenticate(
             token, user_id=query_str(request, "user_id", max_length=MAX_USER_ID_LENGTH),
-            device_id=query_str(request, "device_id"), ts=ts, address=address)
+            device_id=query_str(request, "device_id") or query_str(request, MSC3202_DEVICE_ID), ts=ts,
+            address=address)
     else:
         requester = await auth.authenticate(token)
     enter_request(requester)

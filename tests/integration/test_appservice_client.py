@@ -127,6 +127,8 @@ async def test_device_masquerading(make_server: Any, engine: str, tmp_path: Path
     me = {"user_id": "@irc_dev:test.local"}
     data = await ok(bridge, "GET", "/account/whoami", **me, device_id=login["device_id"])
     assert data["device_id"] == login["device_id"]
+    data = await ok(bridge, "GET", "/account/whoami", **me, **{"org.matrix.msc3202.device_id": login["device_id"]})
+    assert data["device_id"] == login["device_id"]  # MSC3202's unstable name
     # A device the user does not have: 400 M_UNKNOWN_DEVICE (the spec's words; Synapse too).
     status, data = await bridge.request("GET", "/account/whoami", params={**me, "device_id": "NOSUCH"})
     assert (status, data["errcode"]) == (400, "M_UNKNOWN_DEVICE"), data
