@@ -35,6 +35,12 @@ TRANSACTIONS = Counter("hs_appservice_transactions_total", "Transactions to appl
 EVENTS_SENT = Counter("hs_appservice_events_sent_total", "Events delivered to application services")
 
 
+def legacy_authorization(hs: Any) -> bool:
+    """Synapse's `use_appservice_legacy_authorization` (off by default): the hs_token in the query string
+    too. Read if the config has the key (it is not one of hs's config keys yet)."""
+    return bool(getattr(hs.config, "use_appservice_legacy_authorization", False))
+
+
 class AppServiceCallError(Exception):
     """A call to a service failed: `kind` is "timeout", "connection" or "status" (then with the
     service's `status` and the start of its `body`)."""

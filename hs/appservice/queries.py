@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hs.appservice.api import AppServiceApi, AppServiceCallError
+from hs.appservice.api import AppServiceApi, AppServiceCallError, legacy_authorization
 from hs.appservice.registration import ApplicationService
 from hs.errors import MatrixError, forbidden, not_found
 
@@ -37,7 +37,7 @@ def _ping_error(kind: tuple[int, str], msg: str, **extra: Any) -> MatrixError:
 class AppServiceQueries:
     def __init__(self, hs: HomeServer, api: AppServiceApi | None = None) -> None:
         self.hs = hs
-        self.api = api or AppServiceApi()
+        self.api = api or AppServiceApi(legacy_auth=legacy_authorization(hs))
         self.services: list[ApplicationService] = list(hs.config.app_services)
         self._by_id = {s.id: s for s in self.services}
         self._by_token = {s.as_token: s for s in self.services}

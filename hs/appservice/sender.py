@@ -32,7 +32,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from hs.appservice.api import AppServiceApi
+from hs.appservice.api import AppServiceApi, legacy_authorization
 from hs.appservice.registration import ApplicationService
 from hs.db.stores.appservice import AppServiceStore, StoredTxn
 from hs.db.stores.federation_sending import FederationSendingStore
@@ -84,7 +84,7 @@ class AppServiceSender:
         self.hs = hs
         self.store = AppServiceStore(hs.db)
         self.events_store = FederationSendingStore(hs.db)  # its events_between: the rows to route
-        self.api = api or AppServiceApi()
+        self.api = api or AppServiceApi(legacy_auth=legacy_authorization(hs))
         self._services = {s.id: _Service(s) for s in hs.config.app_services if s.url is not None}
         # room -> IDs of the services with a joined member there (dropped when the room's members change).
         self._member_interest: LruCache[str, frozenset[str]] = LruCache(50_000)

@@ -7,6 +7,7 @@ recording what it is sent."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ class FakeAppService:
         self.auth: list[str | None] = []
         self.pings: list[Json] = []
         self.ping_status = 200
+        self.ping_delay = 0.0
+        self.query_tokens: list[str | None] = []
         self.users: set[str] = set()  # user IDs the service says exist
         self.aliases: set[str] = set()
         self.queries: list[tuple[str, Json]] = []
@@ -70,6 +73,7 @@ class FakeAppService:
 
     def _authorised(self, request: web.Request) -> bool:
         self.auth.append(request.headers.get("Authorization"))
+        self.query_tokens.append(request.query.get("access_token"))
         return request.headers.get("Authorization") == f"Bearer {HS_TOKEN}"
 
     async def _txn(self, request: web.Request) -> web.Response:
@@ -88,6 +92,7 @@ class FakeAppService:
     async def _ping(self, request: web.Request) -> web.Response:
         self._authorised(request)
         self.pings.append(await request.json())
+        await asyncio.sleep(self.ping_delay)
         if self.ping_status != 200:
             return web.json_response({"errcode": "M_UNKNOWN_TOKEN"}, status=self.ping_status)
         return web.json_response({})
@@ -336,6 +341,36 @@ async def test_ping(make_server: Any, engine: str, tmp_path: Path) -> None:
     assert (status, body["errcode"]) == (502, "M_CONNECTION_FAILED")
     status, body = await bridge.request("POST", path, {"transaction_id": 5})
     assert (status, body["errcode"]) == (400, "M_BAD_JSON")
+
+
+async def test_ping_timeout(make_server: Any, engine: str, tmp_path: Path) -> None:
+    server, service = await setup(make_server, engine, tmp_path)
+    appservice_queries(server.hs).api.timeout_s = 0.2
+    service.ping_delay = 1.0
+    bridge = server.client()
+    bridge.token = AS_TOKEN
+    status, body = await bridge.request("POST", "/_matrix/client/v1/appservice/bridge/ping", {})
+    assert (status, body["errcode"]) == (504, "M_CONNECTION_TIMEOUT")
+
+
+async def test_legacy_authorization_adds_the_query_token() -> None:
+    from hs.appservice.api import AppServiceApi
+    from hs.appservice.registration import parse_registration
+
+    service = FakeAppService()
+    await service.start()
+    try:
+        reg = parse_registration(yaml.safe_load(Path(registration(Path(tempfile.mkdtemp()), service.url)).read_text()),
+                                 "test.local")
+        plain, legacy = AppServiceApi(), AppServiceApi(legacy_auth=True)
+        assert await plain.push(reg, 1, {"events": []})
+        assert await legacy.push(reg, 2, {"events": []})
+        assert service.query_tokens == [None, HS_TOKEN]
+        assert set(service.auth) == {f"Bearer {HS_TOKEN}"}
+        await plain.close()
+        await legacy.close()
+    finally:
+        await service.stop()
 
 
 async def test_ping_without_url(make_server: Any, engine: str, tmp_path: Path) -> None:
