@@ -143,12 +143,12 @@ async def test_positions_unknown_and_retried(make_server: Any, engine: str, shap
     # The response to `second` was lost: the client retries first's pos and gets the same message.
     retried = await ss(alice, body, pos=first["pos"], shape=shape)
     assert [e["content"].get("body") for e in timeline(retried["rooms"][room], shape)] == ["one"]
-    # The abandoned branch is gone; the retried one continues.
-    status, data = await ss_raw(alice, body, pos=second["pos"], shape=shape)
-    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+    # The client goes on from the retried one; the other answer to first's pos is gone then.
     await alice.send_message(room, "two")
     third = await ss(alice, body, pos=retried["pos"], shape=shape)
     assert [e["content"].get("body") for e in timeline(third["rooms"][room], shape)] == ["two"]
+    status, data = await ss_raw(alice, body, pos=second["pos"], shape=shape)
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
     # Two positions back is too old.
     await alice.send_message(room, "three")
     await ss(alice, body, pos=third["pos"], shape=shape)
@@ -260,6 +260,31 @@ async def test_a_long_poll_given_up_does_not_replace_the_newer_position(make_ser
     await alice.send_message(room, "next")
     after = await ss(alice, big, pos=woken["pos"], shape=shape)
     assert [e["content"].get("body") for e in timeline(after["rooms"][room], shape)] == ["next"]
+
+
+async def test_two_answers_to_one_pos_are_both_usable(make_server: Any, engine: str, shape: str) -> None:
+    """Two requests continuing from one pos (a long-poll the client did not close, and the request it
+    went on with) both keep their answers: the client may continue from either, whichever it took,
+    and gets what came after it, once; the other is dropped once it has gone on."""
+    server: TestHomeServer = await make_server(engine)
+    alice = await user(server, "alice")
+    room = await alice.create_room()
+    body = {"lists": {"all": a_list([0, 9], 5, shape)}}
+
+    def bodies(res: Json) -> list[str]:
+        return [e["content"].get("body") for e in timeline(res["rooms"][room], shape)]
+
+    pos = (await ss(alice, body, shape=shape))["pos"]
+    for chosen in (0, 1):  # the client goes on from the first answer, then (next round) the second
+        await alice.send_message(room, f"new {chosen}")
+        answers = [await ss(alice, body, pos=pos, shape=shape) for _ in range(2)]
+        assert [bodies(a) for a in answers] == [[f"new {chosen}"]] * 2
+        await alice.send_message(room, f"after {chosen}")
+        went_on = await ss(alice, body, pos=answers[chosen]["pos"], shape=shape)
+        assert bodies(went_on) == [f"after {chosen}"]
+        status, data = await ss_raw(alice, body, pos=answers[1 - chosen]["pos"], shape=shape)
+        assert (status, data["errcode"]) == (400, "M_UNKNOWN_POS")
+        pos = went_on["pos"]
 
 
 async def test_idle_connections_expire_and_a_device_keeps_a_bounded_number(make_server: Any, engine: str) -> None:

@@ -18,6 +18,8 @@ from hs.util import json_dumps, json_loads
 
 # Per device, the connections kept (the least recently used beyond this are dropped).
 MAX_CONNECTIONS_PER_DEVICE = 100
+# Positions kept that follow one position (requests that continued from it; the client uses one).
+MAX_SIBLINGS = 10
 # A new connection's first position does not wait for PostgreSQL to flush it to disk
 # (`synchronous_commit` off for that statement's transaction only, set in a CTE joined into the query,
 # since unreferenced CTEs are not run): should PostgreSQL crash, the positions of the last fraction of
@@ -141,49 +143,56 @@ class SlidingSyncStore:
         return row is not None
 
     async def get_position(self, position_id: int) -> StoredPosition | None:
-        """The position with its per-room view (ownership is `claim_position`'s to check)."""
+        """The position with its per-room view: its base's rows (those at or below the base, which
+        `add_position` keeps as exactly the base's view) and its own. (Ownership is `claim_position`'s
+        to check.)"""
         row = await self.db.fetchrow(
-            "SELECT connection_id, token, lists FROM sliding_sync_positions WHERE position_id = $1", position_id)
+            "SELECT connection_id, token, lists, base_id FROM sliding_sync_positions WHERE position_id = $1",
+            position_id)
         if row is None:
             return None
         connection_id = int(row["connection_id"])
         rows = await self.db.fetch(
             "SELECT room_id, status, sent_upto, config, lazy_members FROM sliding_sync_rooms"
-            " WHERE connection_id = $1 AND position_id <= $2 ORDER BY position_id",
-            connection_id, position_id)
+            " WHERE connection_id = $1 AND (position_id <= $2 OR position_id = $3) ORDER BY position_id",
+            connection_id, int(row["base_id"]), position_id)
         rooms = {r["room_id"]: RoomRecord(r["status"], int(r["sent_upto"]), r["config"],
                                           tuple(json_loads(r["lazy_members"]))) for r in rows}
         return StoredPosition(position_id, connection_id, row["token"], dict(json_loads(row["lists"])), rooms)
 
     async def add_position(self, connection_id: int, base: int, token: str, lists: dict[str, Any],
                            rooms: dict[str, RoomRecord], now: int) -> int | None:
-        """A new position following `base`, with the rooms whose record changed. Keeps `base` and the
-        new one; None if `base` is gone (the connection restarted, or another answer from an older
-        position won) or the client already moved on past it (a newer position is in use)."""
+        """A new position following `base`, with the rooms whose record changed; None if `base` is gone
+        (the connection restarted) or the client continued from one of its successors since (this
+        request's answer comes too late: the client gave it up).
+
+        Kept afterwards: `base` and its successors (the new one, and those of other requests that
+        continued from `base`: the client may use any of them, e.g. the answer of a long-poll it did
+        not close; at most MAX_SIBLINGS). Everything before `base` is merged into its view: the rows
+        at or below its own base, less those `base`'s rows replace; rows of dropped positions go."""
 
         async def txn(c: Connection) -> int | None:
             row = await c.fetchrow(
-                "SELECT c.last_used_ts,"
-                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1) AS total,"
-                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1"
-                " AND p.position_id = $2) AS base_kept,"
-                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1"
-                " AND p.position_id > $2) AS newer,"
-                " (SELECT COUNT(*) FROM sliding_sync_positions p WHERE p.connection_id = $1"
-                " AND p.position_id > $2 AND p.used = 1) AS newer_used"
-                " FROM sliding_sync_connections c WHERE c.connection_id = $1", connection_id, base)
-            if row is None or not row["base_kept"] or row["newer_used"]:
+                "SELECT c.last_used_ts, p.base_id FROM sliding_sync_connections c JOIN sliding_sync_positions p"
+                " ON p.connection_id = c.connection_id WHERE c.connection_id = $1 AND p.position_id = $2",
+                connection_id, base)
+            if row is None:
                 return None
-            if row["newer"]:
-                # An abandoned branch: the client retried `base`.
-                await c.execute("DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id > $2",
-                                connection_id, base)
-            if row["total"] > 1:
-                # That branch, and the positions before `base`.
-                await c.execute("DELETE FROM sliding_sync_positions WHERE connection_id = $1"
-                                " AND position_id <> $2", connection_id, base)
-            # Rows older than `base` that `base`'s rows replace (those replaced by an earlier position's
-            # went when that one was the base: every kept position was one).
+            grand_base = int(row["base_id"])
+            successors = await c.fetch(
+                "SELECT position_id, used FROM sliding_sync_positions WHERE connection_id = $1 AND base_id = $2"
+                " ORDER BY position_id DESC", connection_id, base)
+            if any(r["used"] for r in successors):
+                return None  # the client went on from one of them: this answer comes too late
+            siblings = [int(r["position_id"]) for r in successors]
+            kept = [base, *siblings[:MAX_SIBLINGS - 1]]
+            # Rows of the positions that go: those after `base`'s own base that are not kept (the
+            # rows at or below it are `base`'s view, merged).
+            await c.execute(f"DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id > $2"
+                            f" AND position_id NOT IN ({_marks(3, len(kept))})", connection_id, grand_base, *kept)
+            await c.execute(f"DELETE FROM sliding_sync_positions WHERE connection_id = $1"
+                            f" AND position_id NOT IN ({_marks(2, len(kept))})", connection_id, *kept)
+            # Rows older than `base` that `base`'s rows replace.
             await c.execute(
                 "DELETE FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id < $2 AND room_id IN ("
                 "SELECT room_id FROM sliding_sync_rooms WHERE connection_id = $1 AND position_id = $2)",
@@ -191,16 +200,17 @@ class SlidingSyncStore:
             if now - int(row["last_used_ts"]) > LAST_USED_RESOLUTION_MS:
                 await c.execute("UPDATE sliding_sync_connections SET last_used_ts = $2 WHERE connection_id = $1",
                                 connection_id, now)
-            return await self._insert_position(c, connection_id, token, lists, rooms, now)
+            return await self._insert_position(c, connection_id, token, lists, rooms, now, base)
 
         return await self.db.run_transaction("sliding_sync_add_position", txn)
 
     @staticmethod
     async def _insert_position(c: Connection, connection_id: int, token: str, lists: dict[str, Any],
-                               rooms: dict[str, RoomRecord], now: int) -> int:
+                               rooms: dict[str, RoomRecord], now: int, base: int = 0) -> int:
         position_id = int(await c.fetchval(
-            "INSERT INTO sliding_sync_positions (connection_id, token, lists, created_ts)"
-            " VALUES ($1, $2, $3, $4) RETURNING position_id", connection_id, token, json_dumps(lists), now))
+            "INSERT INTO sliding_sync_positions (connection_id, token, lists, created_ts, base_id)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING position_id", connection_id, token, json_dumps(lists), now,
+            base))
         if rooms:
             await c.executemany(
                 "INSERT INTO sliding_sync_rooms (connection_id, position_id, room_id, status, sent_upto, config,"

@@ -7,10 +7,12 @@ the token, "previously" sent rooms up to their own `sent_upto`, with the config 
 required_state, timeline_limit) they were sent with. Everything is in the database, so the next request
 may land on any sync worker; positions are immutable once written, so each process caches them.
 
-The last two positions of a connection are kept: the client may retry the previous one (its response
-was lost). An older or unknown `pos` is 400 M_UNKNOWN_POS and the client starts a new connection. A
-position a request continued from is marked used: the client has it, so the late answer of a request
-the client gave up on (Element X drops its long-poll whenever its lists change) does not replace it.
+Kept of a connection: the position the client last continued from and the answers to requests that
+continued from it (the client may retry it, its answer lost, or have two requests out from it, e.g. a
+long-poll it did not close: it may go on from any of them). Once it goes on from one, the others go.
+An older or unknown `pos` is 400 M_UNKNOWN_POS and the client starts a new connection. A position a
+request continued from is marked used: the client has it, so the late answer of a request from the
+position before (Element X drops its long-poll whenever its lists change) is refused rather than kept.
 Connections idle for a week are dropped by the background tasks (`expire`), and a device keeps
 at most MAX_CONNECTIONS_PER_DEVICE (the least recently used go when a new one starts).
 """
