@@ -190,10 +190,12 @@ class AppServiceSender:
 
     # -- interest ------------------------------------------------------------------------------------------
     async def _members_interested(self, room_id: str) -> frozenset[str]:
-        """IDs of the services with a joined member of the room in their user namespace."""
+        """IDs of the services with a joined local member of the room in their user namespace (local:
+        a service's users are this server's, whatever its regex also matches elsewhere; as Synapse)."""
         known = self._member_interest.get(room_id)
         if known is None:
-            members = await self.hs.event_store.get_joined_members(room_id)
+            suffix = ":" + self.hs.server_name
+            members = [m for m in await self.hs.event_store.get_joined_members(room_id) if m.endswith(suffix)]
             known = frozenset(svc.service.id for svc in self._services.values()
                               if any(svc.service.is_interested_in_user(m) for m in members))
             self._member_interest.set(room_id, known)
