@@ -15,12 +15,9 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from mautrix.api import Method
-from mautrix.api import Path as MatrixPath
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
-from mautrix.errors import MUserInUse
 from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent, UserID
 
 from hs.appservice.queries import appservice_queries
@@ -65,17 +62,9 @@ class Bridge:
             self.ephemeral.append(event)
 
     async def puppet(self, user_id: str) -> IntentAPI:
-        """A user of the namespace, registered. (Registered without mautrix's `user_id` query parameter:
-        hs refuses POST /register with an as_token when `user_id` names the not yet existing user, where
-        Synapse ignores it; mautrix's ensure_registered() sends it.)"""
+        """A user of the namespace, registered by mautrix (m.login.application_service)."""
         intent = self.appservice.intent.user(UserID(user_id))
-        api = self.appservice.intent.api
-        try:
-            await api.request(Method.POST, MatrixPath.v3.register, {"type": "m.login.application_service",
-                                                               "username": user_id[1:].split(":")[0]})
-        except MUserInUse:
-            pass
-        await self.appservice.state_store.registered(UserID(user_id))
+        await intent.ensure_registered()
         return intent
 
     async def query_user(self, user_id: UserID) -> dict[str, Any] | None:
