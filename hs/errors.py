@@ -28,6 +28,9 @@ INVALID_USERNAME = "M_INVALID_USERNAME"
 USER_IN_USE = "M_USER_IN_USE"
 USER_DEACTIVATED = "M_USER_DEACTIVATED"
 GUEST_ACCESS_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
+EXCLUSIVE = "M_EXCLUSIVE"
+UNKNOWN_DEVICE = "M_UNKNOWN_DEVICE"
+APPSERVICE_LOGIN_UNSUPPORTED = "M_APPSERVICE_LOGIN_UNSUPPORTED"
 ROOM_IN_USE = "M_ROOM_IN_USE"
 BAD_ALIAS = "M_BAD_ALIAS"
 INVALID_ROOM_STATE = "M_INVALID_ROOM_STATE"
@@ -132,6 +135,22 @@ def forbidden(msg: str) -> MatrixError:
 def guest_access_forbidden(msg: str) -> MatrixError:
     """403: guests may not do this (or guest access is off)."""
     return MatrixError(403, GUEST_ACCESS_FORBIDDEN, msg)
+
+
+def exclusive(msg: str) -> MatrixError:
+    """400: a user ID or alias in an application service's exclusive namespace (or a service's own
+    request outside its namespace)."""
+    return MatrixError(400, EXCLUSIVE, msg)
+
+
+def unknown_device(msg: str) -> MatrixError:
+    """400: an application service's `device_id` that is not one of the user's devices."""
+    return MatrixError(400, UNKNOWN_DEVICE, msg)
+
+
+def appservice_login_unsupported(msg: str) -> MatrixError:
+    """400: a login (or a registration with a device) for a service that manages devices itself (MSC4190)."""
+    return MatrixError(400, APPSERVICE_LOGIN_UNSUPPORTED, msg)
 
 
 def user_deactivated(msg: str) -> MatrixError:

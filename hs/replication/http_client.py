@@ -106,9 +106,12 @@ class ReplicationClient:
                          co_sign_invite: bool = False) -> Event:
         """Have the room's writer build and persist an event. `co_sign_invite`: it is an invite of
         another server's user, whom the writer asks to co-sign it first (FederationMembership)."""
+        from hs.services.auth import massaged_ts
+
         writer = self.hs.events_stream.writer_for_room(room_id)
         body = {"room_id": room_id, "sender": sender, "type": etype, "content": content, "state_key": state_key,
-                "txn": list(txn) if txn else None, "redacts": redacts, "co_sign_invite": co_sign_invite}
+                "txn": list(txn) if txn else None, "redacts": redacts, "co_sign_invite": co_sign_invite,
+                "origin_server_ts": massaged_ts()}  # an application service's `ts`, if it gave one
         if txn is not None:
             body["txn_id"] = "send:" + ":".join(txn) + ":" + room_id
         reply = await self.call(writer, "send_event", body)

@@ -29,6 +29,7 @@ from hs.events.event import Event
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS
 from hs.replication import federation_calls
 from hs.replication.http_client import FORWARDED_AUTH_HEADER, POSITIONS_HEADER, REPLICATION_PREFIX
+from hs.services.auth import set_massaged_ts
 from hs.services.new_room import InitialEvent
 from hs.util import LruCache
 
@@ -92,6 +93,8 @@ async def send_event(request: web.Request) -> tuple[int, Any]:
         raise bad_request(f"{hs.instance_name} does not write events for {room_id}")
     txn = tuple(body["txn"]) if body.get("txn") else None
     co_sign = hs.federation_membership.co_sign_invite if body.get("co_sign_invite") is True else None
+    ts = body.get("origin_server_ts")  # an application service's `ts` (the worker's request carried it)
+    set_massaged_ts(ts if isinstance(ts, int) and not isinstance(ts, bool) else None)
     event = await hs.event_sender.send(room_id, body["sender"], body["type"], body["content"],
                                        state_key=body.get("state_key"), txn=txn,
                                        redacts=body.get("redacts"), before_persist=co_sign)

@@ -23,8 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hs.appservice.client_errors import unknown_device
-from hs.errors import forbidden, guest_access_forbidden, unknown_token
+from hs.errors import forbidden, guest_access_forbidden, unknown_device, unknown_token
 from hs.replication.http_client import REPLICATION_PREFIX
 from hs.services.ratelimit import RATELIMIT_EXEMPT
 from hs.util import LruCache, now_ms

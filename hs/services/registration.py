@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import bcrypt
 
-from hs.appservice.client_errors import appservice_login_unsupported, exclusive
 from hs.errors import (
     MatrixError,
+    appservice_login_unsupported,
     bad_json,
     bad_request,
+    exclusive,
     forbidden,
     guest_access_forbidden,
     internal_error,

@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hs.appservice.client_errors import exclusive
-from hs.errors import MatrixError, bad_alias, forbidden, invalid_param, not_found, room_in_use
+from hs.errors import MatrixError, bad_alias, exclusive, forbidden, invalid_param, not_found, room_in_use
 from hs.events.event import JsonDict
 from hs.services.room_ids import check_room_id, parse_alias
 

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import yaml
 
+from hs.events.signing import SigningKey
 from tests.harness import OPEN_CLIENTS, Client, TestHomeServer, ok, user
 
 AS_TOKEN = "as-token-bridge"
@@ -135,6 +136,27 @@ async def test_device_masquerading(make_server: Any, engine: str, tmp_path: Path
     # Without user_id the device must be the sender's.
     status, data = await bridge.request("GET", "/account/whoami", params={"device_id": login["device_id"]})
     assert (status, data["errcode"]) == (400, "M_UNKNOWN_DEVICE"), data
+
+
+
+async def test_keys_of_a_masqueraded_device(make_server: Any, engine: str, tmp_path: Path) -> None:
+    """A service uploads keys for a user's device it names (end-to-bridge encryption): device keys need
+    the device_id (400 without, as Synapse), cross-signing keys no UIA (the spec)."""
+    server = await start(make_server, engine, tmp_path)
+    bridge = service(server)
+    status, login = await as_register(bridge, "irc_keys")
+    assert status == 200, login
+    me = {"user_id": "@irc_keys:test.local"}
+    status, data = await bridge.request("POST", "/keys/upload", {"one_time_keys": {}}, params=me)
+    assert (status, data["errcode"]) == (400, "M_UNKNOWN"), data
+    counts = await ok(bridge, "POST", "/keys/upload", {"one_time_keys": {"signed_curve25519:AAAA": {
+        "key": "k", "signatures": {}}}}, **me, device_id=login["device_id"])
+    assert counts["one_time_key_counts"]["signed_curve25519"] == 1
+    public = SigningKey.generate("M").verify_key_base64
+    master = {"user_id": me["user_id"], "usage": ["master"], "keys": {f"ed25519:{public}": public}}
+    await ok(bridge, "POST", "/keys/device_signing/upload", {"master_key": master}, **me)
+    keys = await ok(bridge, "POST", "/keys/query", {"device_keys": {me["user_id"]: []}}, **me)
+    assert keys["master_keys"][me["user_id"]]["keys"] == {f"ed25519:{public}": public}
 
 
 # -- registration ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from hs.api.base import CLIENT_V3, HandlerResult, Route, get_hs, get_requester, parse_json, uia_operation
 from hs.api.params import body_int, query_str, query_stream_token
+from hs.errors import bad_request
 
 # Cross-signing uploads are served under /unstable too: clients from before cross-signing reached the
 # spec (v1.1) still send them there, and Synapse keeps those paths.
@@ -18,6 +19,8 @@ DEFAULT_TIMEOUT_MS = 10_000
 async def upload_keys(request: web.Request) -> HandlerResult:
     hs = get_hs(request)
     requester = await get_requester(request)
+    if not requester.device_id:  # an application service acting as a user without device_id (as Synapse)
+        raise bad_request("To upload keys, you must pass device_id when authenticating")
     body = await parse_json(request, allow_empty=True)
     return 200, await hs.e2ee.upload_keys(requester.user_id, requester.device_id, body)
 
@@ -57,7 +60,9 @@ async def upload_cross_signing_keys(request: web.Request) -> HandlerResult:
     auth = body.get("auth")
     # A UIA follow-up may carry only `auth`: the keys are in its session.
     follow_up = isinstance(auth, dict) and "session" in auth and not params
-    if follow_up or await hs.e2ee.cross_signing_needs_uia(requester.user_id, params):
+    # (An application service uploads its users' keys without UIA, as the spec says.)
+    if requester.app_service is None and (follow_up or await hs.e2ee.cross_signing_needs_uia(requester.user_id,
+                                                                                             params)):
         params = await hs.registration.validate_user_via_ui_auth(uia_operation(request), body, requester)
     await hs.e2ee.upload_cross_signing_keys(requester.user_id, params)
     return 200, {}
