@@ -474,6 +474,14 @@ class Registration:
         self._prune_sessions()
         return self._sessions.get(session_id)
 
+    def registered_by_session(self, body: dict[str, Any]) -> bool:
+        """Whether the request's UIA session already registered its account: a retry (clients retry over
+        bad networks) is answered with that account again, so its name is not "taken"."""
+        auth = body.get("auth")
+        sid = auth.get("session") if isinstance(auth, dict) else None
+        session = self.get_session(sid) if isinstance(sid, str) else None
+        return session is not None and "registered_user_id" in session.internal
+
     def drop_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
 
@@ -484,8 +492,7 @@ class Registration:
             "params": params,
             "session": session.session_id,
         }
-        if session.completed:
-            body["completed"] = list(session.completed)
+        body["completed"] = list(session.completed)  # always there (empty too), as Synapse sends it
         return InteractiveAuthIncomplete(body, errcode, error)
 
     async def check_ui_auth(self, operation: tuple[str, str], body: dict[str, Any], flows: list[list[str]],
@@ -543,6 +550,9 @@ class Registration:
                     if e.code in (401, 403):
                         raise self._incomplete(session, flows, params, e.errcode, e.msg) from None
                     raise
+                if requester is not None and user_id != requester.user_id:
+                    # Another account's valid credentials: 403, not a UIA 401 (as Synapse).
+                    raise forbidden("Invalid auth")
                 session.completed[PASSWORD] = user_id
             else:  # pragma: no cover - only the stages above are ever offered
                 raise unrecognized(f"Unrecognised login type {stage!r}")
@@ -560,10 +570,7 @@ class Registration:
         password = auth.get("password")
         if not isinstance(password, str):
             raise missing_param("Missing 'password'")
-        canonical = await self.check_password(user_id, password)
-        if requester is not None and canonical != requester.user_id:
-            raise forbidden("Invalid auth")
-        return canonical
+        return await self.check_password(user_id, password)
 
     async def validate_user_via_ui_auth(self, operation: tuple[str, str], body: dict[str, Any],
                                         requester: Requester) -> dict[str, Any]:

@@ -430,7 +430,7 @@ async def test_devices(server: TestHomeServer) -> None:
     status, body = await c.request("DELETE", f"/devices/{second.device_id}", {"auth": {
         "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "mallory"},
         "password": "password123", "session": session}})
-    assert status == 401 and body["errcode"] == "M_FORBIDDEN"
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN"
 
     status, body = await c.request("DELETE", f"/devices/{second.device_id}", {"auth": {
         "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "kate"},

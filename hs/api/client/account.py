@@ -105,7 +105,7 @@ async def register(request: web.Request) -> HandlerResult:
     username = _username(body)
     if body.get("guest_access_token") is not None:
         await reg.guest_to_upgrade(body["guest_access_token"], username)
-    elif username is not None:
+    elif username is not None and not reg.registered_by_session(body):
         await reg.check_username_available(username)
     for key in ("device_id", "initial_device_display_name"):
         _opt_str(body, key)
