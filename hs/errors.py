@@ -42,6 +42,10 @@ THREEPID_MEDIUM_NOT_SUPPORTED = "M_THREEPID_MEDIUM_NOT_SUPPORTED"
 NOT_YET_UPLOADED = "M_NOT_YET_UPLOADED"
 CANNOT_OVERWRITE_MEDIA = "M_CANNOT_OVERWRITE_MEDIA"
 UNKNOWN_POS = "M_UNKNOWN_POS"
+URL_NOT_SET = "M_URL_NOT_SET"
+CONNECTION_FAILED = "M_CONNECTION_FAILED"
+CONNECTION_TIMEOUT = "M_CONNECTION_TIMEOUT"
+BAD_STATUS = "M_BAD_STATUS"
 
 # The error code a persister answers a replicated creation with when the room ID is taken (between
 # processes only: the creating process builds another create event).
@@ -236,3 +240,28 @@ def room_id_taken(msg: str) -> MatrixError:
 def unavailable(msg: str) -> MatrixError:
     """503: the server cannot do this now; trying again may work."""
     return MatrixError(503, UNKNOWN, msg)
+
+
+# --- an application service's ping (client-server API, "Appservice ping") --------------------------
+
+def url_not_set(msg: str) -> MatrixError:
+    """400: the application service has no URL: the homeserver never calls it."""
+    return MatrixError(400, URL_NOT_SET, msg)
+
+
+def connection_failed(msg: str) -> MatrixError:
+    """502: the application service could not be reached."""
+    return MatrixError(502, CONNECTION_FAILED, msg)
+
+
+def connection_timeout(msg: str) -> MatrixError:
+    """504: the application service did not answer in time."""
+    return MatrixError(504, CONNECTION_TIMEOUT, msg)
+
+
+def bad_status(status: int, body: str | None) -> MatrixError:
+    """502: the application service answered with an error; its status and body help its operator."""
+    extra: dict[str, Any] = {"status": status}
+    if body is not None:
+        extra["body"] = body
+    return MatrixError(502, BAD_STATUS, f"Ping returned status {status}", **extra)

@@ -21,7 +21,14 @@ from hs.db.stores.rooms import RoomStore
 from hs.db.stores.users import UserStore
 from hs.events.signing import SigningKey, read_signing_key_file
 from hs.replication.transport import InProcessTransport, ReplicationTransport
-from hs.roles.duties import BACKGROUND_TASKS, FEDERATION_SENDER, MEDIA_BACKGROUND, PUSHER, duties_for
+from hs.roles.duties import (
+    APPSERVICE_NOTIFIER,
+    BACKGROUND_TASKS,
+    FEDERATION_SENDER,
+    MEDIA_BACKGROUND,
+    PUSHER,
+    duties_for,
+)
 from hs.streams import registry
 from hs.streams.account_data import AccountDataStream
 from hs.streams.base import Stream, StreamContext
@@ -37,6 +44,8 @@ from hs.streams.to_device import ToDeviceStream
 from hs.streams.typing import TypingStream
 
 if TYPE_CHECKING:
+    from hs.appservice.queries import AppServiceQueries
+    from hs.appservice.sender import AppServiceSender
     from hs.db.stores.pushers import PusherStore
     from hs.federation.backfill import Backfiller
     from hs.federation.client import FederationClient
@@ -460,6 +469,22 @@ class HomeServer:
         Which process sends is the `federation_sender` duty."""
         return self.federation_outbox.enabled
 
+    # -- application services ------------------------------------------------------------------------------
+    @cached_property
+    def appservice_queries(self) -> AppServiceQueries:
+        """User and alias queries, third-party lookups and pings to the application services (closed at
+        stop)."""
+        from hs.appservice.queries import AppServiceQueries
+
+        return AppServiceQueries(self)
+
+    @cached_property
+    def appservice_sender(self) -> AppServiceSender:
+        """Transactions to the application services (the `appservice_notifier` duty; stopped at stop)."""
+        from hs.appservice.sender import AppServiceSender
+
+        return AppServiceSender(self)
+
     # -- media ---------------------------------------------------------------------------------------------
     @cached_property
     def media(self) -> MediaRepository:
@@ -524,10 +549,13 @@ class HomeServer:
             self.federation_outbox  # noqa: B018 - subscribes to room membership changes
             if FEDERATION_SENDER in self.duties:
                 self.federation_sender.subscribe()
+            if APPSERVICE_NOTIFIER in self.duties and self.config.app_services:
+                self.appservice_sender.subscribe()
             await self.replication.start()
             exits.push_async_callback(self._close_replication)
             exits.push_async_callback(self._close_federation_client)
             exits.push_async_callback(self._close_media)
+            exits.push_async_callback(self._close_appservice_queries)
             self.state_group_ids = await make_position_source(self.db, "state_group_id", "state_groups", "id")
             for stream in self.streams.values():
                 await stream.setup()
@@ -552,6 +580,9 @@ class HomeServer:
             if FEDERATION_SENDER in self.duties:
                 exits.push_async_callback(self.federation_sender.close)
                 await self.federation_sender.start()
+            if APPSERVICE_NOTIFIER in self.duties and self.config.app_services:
+                exits.push_async_callback(self.appservice_sender.stop)
+                await self.appservice_sender.start()
         except BaseException:
             await self._unwind()
             raise
@@ -577,6 +608,10 @@ class HomeServer:
             await self.federation_transactions.store.close()
         if "federation_client" in self.__dict__:  # created on first use
             await self.federation_client.close()
+
+    async def _close_appservice_queries(self) -> None:
+        if "appservice_queries" in self.__dict__:  # its HTTP session, made on first use
+            await self.appservice_queries.close()
 
     async def _close_media(self) -> None:
         if "media_thumbnails" in self.__dict__:  # its process pool

@@ -106,6 +106,19 @@ def query_list(request: web.Request, *names: str, max_items: int = 20,
     return values
 
 
+def query_fields(request: web.Request, *, exclude: Collection[str] = ("access_token",), max_items: int = 20,
+                 max_length: int = 1000) -> list[tuple[str, str]]:
+    """Every query parameter as (name, value) pairs, in order, less `exclude`: for endpoints that pass
+    the client's fields on (third-party lookups); more than `max_items` or an over-long name or value is
+    400 M_INVALID_PARAM."""
+    fields = [(k, v) for k, v in request.query.items() if k not in exclude]
+    if len(fields) > max_items:
+        raise invalid_param(f"At most {max_items} query parameters are accepted")
+    if any(len(k) > max_length or len(v) > max_length for k, v in fields):
+        raise invalid_param(f"A query parameter is longer than {max_length} characters")
+    return fields
+
+
 @overload
 def query_int(request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int = INT64_MAX,
               clamp: bool = False) -> int: ...

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hs.appservice.api import AppServiceApi, AppServiceCallError, legacy_authorization
 from hs.appservice.registration import ApplicationService
-from hs.errors import MatrixError, forbidden, not_found
+from hs.errors import bad_status, connection_failed, connection_timeout, forbidden, not_found, url_not_set
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -20,19 +20,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
-
-# The ping's errors (client-server API, "Appservice ping"). Until hs/errors.py has helpers for them
-# (url_not_set, connection_timeout, bad_status, connection_failed: see the report of issue 16's
-# transactions part), they are built here from these constants, one status per errcode.
-URL_NOT_SET = (400, "M_URL_NOT_SET")
-CONNECTION_TIMEOUT = (504, "M_CONNECTION_TIMEOUT")
-BAD_STATUS = (502, "M_BAD_STATUS")
-CONNECTION_FAILED = (502, "M_CONNECTION_FAILED")
-
-
-def _ping_error(kind: tuple[int, str], msg: str, **extra: Any) -> MatrixError:
-    return MatrixError(kind[0], kind[1], msg, **extra)
-
 
 class AppServiceQueries:
     def __init__(self, hs: HomeServer, api: AppServiceApi | None = None) -> None:
@@ -116,18 +103,15 @@ class AppServiceQueries:
         M_CONNECTION_TIMEOUT (504), M_BAD_STATUS with the service's status and body (502),
         M_CONNECTION_FAILED (502). A service that answers gets its pending transactions at once."""
         if service.url is None:
-            raise _ping_error(URL_NOT_SET, "The application service does not have a URL set")
+            raise url_not_set("The application service does not have a URL set")
         try:
             duration = await self.api.ping(service, txn_id)
         except AppServiceCallError as e:
             if e.kind == "timeout":
-                raise _ping_error(CONNECTION_TIMEOUT, str(e)) from None
+                raise connection_timeout(str(e)) from None
             if e.kind == "status" and e.status is not None:
-                extra: JsonDict = {"status": e.status}
-                if e.body is not None:
-                    extra["body"] = e.body
-                raise _ping_error(BAD_STATUS, f"Ping returned status {e.status}", **extra) from None
-            raise _ping_error(CONNECTION_FAILED, str(e)) from None
+                raise bad_status(e.status, e.body) from None
+            raise connection_failed(str(e)) from None
         await self.hs.replication.publish("appservice", self.hs.instance_name, 0,
                                           {"kind": "wake", "as_id": service.id})
         return duration

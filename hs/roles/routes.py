@@ -27,6 +27,7 @@ def all_routes() -> list[Route]:
         account_data,
         admin,
         admin_federation,
+        appservice_ping,
         directory,
         events,
         keys,
@@ -55,7 +56,8 @@ def all_routes() -> list[Route]:
     routes: list[Route] = []
     for module in (misc, account, admin, profile, rooms, events, directory, sync, account_data, typing_api,
                    presence_api, user_directory, voip, threepid, pushers, notifications, reports,
-                   spaces, search, relations, upgrade, mutual_rooms, thirdparty, whois, admin_federation):
+                   spaces, search, relations, upgrade, mutual_rooms, thirdparty, appservice_ping, whois,
+                   admin_federation):
         routes.extend(module.ROUTES)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from hs.appservice.queries import appservice_queries
 from hs.errors import forbidden, invalid_param, not_found
 from hs.events.auth import get_domain, is_valid_user_id
 from hs.util import LruCache
@@ -55,6 +56,8 @@ class ProfileService:
         profile = None
         if user_id.startswith("@") and user_id.endswith(":" + self.hs.server_name):
             profile = await self.hs.user_store.get_profile(user_id)
+            if profile is None and await appservice_queries(self.hs).query_user(user_id):
+                profile = await self.hs.user_store.get_profile(user_id)  # the service has just made it
         elif is_valid_user_id(user_id):
             profile = await self._get_remote(user_id)
         if profile is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from hs.appservice.queries import appservice_queries
 from hs.errors import MatrixError, bad_alias, exclusive, forbidden, invalid_param, not_found, room_in_use
 from hs.events.event import JsonDict
 from hs.services.room_ids import check_room_id, parse_alias
@@ -49,6 +50,8 @@ class RoomAliases:
             if server != self.hs.server_name:
                 return await self._remote_alias(room_id_or_alias, server)
             row = await self.rooms.get_alias(room_id_or_alias)
+            if row is None and await appservice_queries(self.hs).query_alias(room_id_or_alias):
+                row = await self.rooms.get_alias(room_id_or_alias)  # the service has just made it
             if row is None:
                 raise not_found(f"Room alias {room_id_or_alias} not found")
             return str(row["room_id"]), []
@@ -126,6 +129,8 @@ class RoomAliases:
     async def get_alias(self, alias: str) -> JsonDict:
         parse_alias(alias)
         row = await self.rooms.get_alias(alias)
+        if row is None and await appservice_queries(self.hs).query_alias(alias):
+            row = await self.rooms.get_alias(alias)  # the service has just made it
         if row is None:
             raise not_found(f"Room alias {alias} not found")
         return {"room_id": row["room_id"], "servers": [self.hs.server_name]}

@@ -22,8 +22,6 @@ from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent
 
 from hs.appservice.queries import appservice_queries
 from hs.appservice.sender import AppServiceSender, appservice_sender
-from hs.roles.duties import APPSERVICE_NOTIFIER
-from hs.server import HomeServer
 from tests.harness import TestHomeServer, ok, user
 from tests.services import free_port
 
@@ -94,15 +92,6 @@ def registration(tmp_path: Path, port: int) -> str:
     return str(path)
 
 
-async def wire(hs: HomeServer) -> None:
-    """Start the appservice duty as hs/server.py will (idempotent once it does), and close it at stop."""
-    sender = appservice_sender(hs)
-    if APPSERVICE_NOTIFIER in hs.duties and not sender._started:
-        await sender.start()
-        hs._teardown.push_async_callback(sender.stop)
-    hs._teardown.push_async_callback(appservice_queries(hs).close)
-
-
 async def until(check: Any, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -117,7 +106,6 @@ async def bridge(make_server: Any, engine: str, tmp_path: Path,
     monkeypatch.setattr(AppServiceSender, "MAX_BACKOFF_S", 0.4)
     port = free_port()
     server = await make_server(engine, app_service_config_files=[registration(tmp_path, port)])
-    await wire(server.hs)
     b = Bridge(server.base_url, port)
     await b.start()
     await b.appservice.intent.ensure_registered()

@@ -19,8 +19,6 @@ from aiohttp import web
 
 from hs.appservice.queries import appservice_queries
 from hs.appservice.sender import AppServiceSender, appservice_sender
-from hs.roles.duties import APPSERVICE_NOTIFIER
-from hs.server import HomeServer
 from tests.harness import Client, TestHomeServer, ok, user
 from tests.services import free_port
 
@@ -142,15 +140,6 @@ def registration(tmp_path: Path, url: str | None, **extra: Any) -> str:
     return str(path)
 
 
-async def wire(hs: HomeServer) -> None:
-    """Start the appservice duty as hs/server.py will (idempotent once it does), and close it at stop."""
-    sender = appservice_sender(hs)
-    if APPSERVICE_NOTIFIER in hs.duties and not sender._started:
-        await sender.start()
-        hs._teardown.push_async_callback(sender.stop)
-    hs._teardown.push_async_callback(appservice_queries(hs).close)
-
-
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(AppServiceSender, "BACKOFF_BASE_S", 0.05)
@@ -163,7 +152,6 @@ async def setup(make_server: Any, engine: str, tmp_path: Path, *, start_service:
     if start_service:
         await service.start()
     server = await make_server(engine, app_service_config_files=[registration(tmp_path, service.url, **extra)])
-    await wire(server.hs)
     return server, service
 
 
@@ -239,7 +227,6 @@ async def test_a_stored_transaction_is_resent_with_its_id_after_a_restart(make_s
     await until(lambda: len(service.attempts) >= len(service.txns) + 1)
     refused = service.attempts[-1]
     await server.restart()
-    await wire(server.hs)
     service.fail_next = 0
     await until(lambda: "before the restart" in texts(service.events()))
     assert service.txns[-1][0] == refused  # the same transaction, its ID unchanged
@@ -375,7 +362,6 @@ async def test_legacy_authorization_adds_the_query_token() -> None:
 
 async def test_ping_without_url(make_server: Any, engine: str, tmp_path: Path) -> None:
     server = await make_server(engine, app_service_config_files=[registration(tmp_path, None)])
-    await wire(server.hs)
     bridge = server.client()
     bridge.token = AS_TOKEN
     status, body = await bridge.request("POST", "/_matrix/client/v1/appservice/bridge/ping", {})

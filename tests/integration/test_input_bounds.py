@@ -236,6 +236,9 @@ UNTYPED = {
     ("POST", "/keys/signatures/upload"), ("GET", "/room_keys/version"), ("PUT", "/sendToDevice/{eventType}/{txnId}"),
     ("POST", "/rooms/{roomId}/read_markers"), ("GET", "/pushrules/"), ("GET", "/pushrules/{scope}/"),
     ("POST", "/user/{userId}/openid/request_token"),
+    ("POST", "/appservice/{appserviceId}/ping"),
+    ("PUT", "/directory/list/appservice/{networkId}/{roomId}"),
+    ("DELETE", "/directory/list/appservice/{networkId}/{roomId}"),
     # Malformed push rule paths (400 M_UNRECOGNIZED, as Synapse), caught after the typed routes.
     ("GET", "/pushrules"), ("PUT", "/pushrules"), ("DELETE", "/pushrules"),
     ("GET", "/pushrules/{path:.*}"), ("PUT", "/pushrules/{path:.*}"), ("DELETE", "/pushrules/{path:.*}"),

@@ -14,6 +14,10 @@ from hs.errors import MatrixError
 
 HELPERS: list[tuple[Callable[[], MatrixError], int, str]] = [
     (lambda: errors.not_json("x"), 400, "M_NOT_JSON"),
+    (lambda: errors.url_not_set("x"), 400, "M_URL_NOT_SET"),
+    (lambda: errors.connection_failed("x"), 502, "M_CONNECTION_FAILED"),
+    (lambda: errors.connection_timeout("x"), 504, "M_CONNECTION_TIMEOUT"),
+    (lambda: errors.bad_status(401, "{}"), 502, "M_BAD_STATUS"),
     (lambda: errors.bad_json("x"), 400, "M_BAD_JSON"),
     (lambda: errors.bad_json("x", status=405), 405, "M_BAD_JSON"),
     (lambda: errors.invalid_param("x"), 400, "M_INVALID_PARAM"),
