@@ -18,6 +18,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
+from hs.db.stores.ignored_users import IgnoredUsersStore
 from hs.db.stores.push import PushRow
 from hs.errors import bad_request, not_found, unrecognized
 from hs.events.auth import get_user_power_level
@@ -306,6 +307,7 @@ class BulkPushEvaluator:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.store = hs.event_store
+        self.ignore_index = IgnoredUsersStore(hs.db)
         # Per state group: (joined local+remote members, display names, auth map for power levels).
         self._facts: LruCache[int, tuple[list[str], dict[str, str | None], dict[Any, Event]]] = LruCache(2000)
 
@@ -368,12 +370,16 @@ class BulkPushEvaluator:
         what is left, `evaluate_push`, is pure and may run in another thread."""
         jobs: list[PushJob] = []
         rules_service: PushRulesService = self.hs.push_rules
+        # Users ignoring a sender are not notified of their non-state events (which their clients are
+        # not shown), as Synapse does; one query for the batch's senders.
+        ignorers = await self.ignore_index.ignorers_of(ev.sender for ev in events if not ev.is_state())
         for ev in events:
             position = ev.internal.stream_ordering
             if position is None:
                 continue
             joined, names, auth = await self._room_facts(ev.internal.state_group_after)
-            users = [u for u in joined if u != ev.sender and self.is_mine(u)]
+            shunned = ignorers.get(ev.sender, ()) if not ev.is_state() else ()
+            users = [u for u in joined if u != ev.sender and self.is_mine(u) and u not in shunned]
             if ev.membership == "invite" and ev.state_key and self.is_mine(ev.state_key) \
                     and ev.state_key != ev.sender:
                 users.append(ev.state_key)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hs.db.stores.account_data import AccountDataStore
+from hs.db.stores.ignored_users import IgnoredUsersStore
 from hs.streams.base import StreamContext, TableStream
 from hs.streams.positions import PositionTracker
 from hs.util import KeyedLocks
@@ -28,6 +29,12 @@ class AccountDataStream(TableStream):
         self.store = AccountDataStore(ctx.db)
         # Read-modify-write updates (tags) of one user's room are serialised in the (single) writer.
         self._locks = KeyedLocks()
+
+    async def setup(self) -> None:
+        await super().setup()
+        if self.is_writer:
+            # Ignore lists stored before the ignore index existed join it before any write can change them.
+            await IgnoredUsersStore(self.ctx.db).backfill_if_pending()
 
     async def stored_max(self) -> int:
         return int(await self.store.max_stream_id())

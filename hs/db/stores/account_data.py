@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hs.db.pool import Connection, Database
+from hs.db.stores.ignored_users import IGNORED_USER_LIST, ignored_in, replace_ignored
 from hs.util import json_dumps, json_loads
 
 GLOBAL = ""
@@ -30,6 +31,9 @@ class AccountDataStore:
                 " ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content,"
                 " stream_id = excluded.stream_id",
                 user_id, room_id, data_type, text, stream_id)
+            if room_id == GLOBAL and data_type == IGNORED_USER_LIST:
+                # The ignore index (hs/db/stores/ignored_users.py) changes with the list, atomically.
+                await replace_ignored(c, user_id, ignored_in(content, user_id))
 
         await self.db.run_transaction("put_account_data", txn)
 
