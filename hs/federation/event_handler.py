@@ -94,6 +94,12 @@ def parse_pdu(pdu: Any, room_version: RoomVersion) -> Event:
         raise PduRejected(f"PDU cannot be hashed: {e}") from None
 
 
+def _closes_to_guests(event: Event) -> bool:
+    """Whether the event sets the room's guest access to anything but `can_join`."""
+    return (event.type == "m.room.guest_access" and event.state_key == ""
+            and event.content.get("guest_access") != "can_join")
+
+
 class FederationEventHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
@@ -101,6 +107,8 @@ class FederationEventHandler:
         self.remote = RemoteRooms(hs.federation_client)
         # One PDU at a time per room: gap filling and state computation see a settled DAG.
         self.room_locks = KeyedLocks()
+        # Guests removed after a received guest_access change (`_after_persisted`), while they run.
+        self._guest_kicks: set[asyncio.Task[None]] = set()
 
     # -- checks ----------------------------------------------------------------------------------------
     async def checked_event(self, pdu: Any, room_version: RoomVersion, parsed: Event | None = None) -> Event:
@@ -263,12 +271,39 @@ class FederationEventHandler:
             PDUS_RECEIVED.labels("soft_failed").inc()
             return None
         if deferred is not None:
-            deferred.append(await self.hs.event_sender.queue_received(event, state_before, group_before))
+            future = await self.hs.event_sender.queue_received(event, state_before, group_before)
+            if _closes_to_guests(event):
+                future.add_done_callback(
+                    lambda f: None if f.cancelled() or f.exception() is not None else self._after_persisted(event))
+            deferred.append(future)
             PDUS_RECEIVED.labels("accepted").inc()
             return event
         persisted = await self.hs.event_sender.persist_received(event, state_before, group_before)
         PDUS_RECEIVED.labels("accepted").inc()
+        if persisted is not None and _closes_to_guests(persisted):
+            self._after_persisted(persisted)
         return persisted
+
+    def _after_persisted(self, event: Event) -> None:
+        """A received `m.room.guest_access` that is not `can_join` is in the room: our guests must leave
+        it, as after a local one (the spec's Guest Access module; hs/services/room_sending.py). Run here,
+        on the room's writer that persisted it, once it is persisted (`kick_guests` reads the current
+        state, so a change that lost state resolution removes nobody), in a task of its own: the leaves
+        are local events of the same room, which must not wait behind the PDU being handled, nor it
+        behind them. Rare (guest access changes), and cheap in a room without local guests: one read
+        of its membership state."""
+        task = asyncio.get_running_loop().create_task(self._kick_guests(event.room_id))
+        self._guest_kicks.add(task)
+        task.add_done_callback(self._guest_kicks.discard)
+
+    async def _kick_guests(self, room_id: str) -> None:
+        try:
+            left = await self.hs.room_membership.kick_guests(room_id)
+        except Exception:
+            logger.exception("removing the guests of %s after its guest access changed failed", room_id)
+            return
+        if left:
+            logger.info("guests %s left %s: its guest access no longer allows them", left, room_id)
 
     async def _store_rejected(self, event: Event, reason: str) -> None:
         logger.warning("rejected %s (%s from %s) in %s: %s", event.event_id, event.type, event.sender,
