@@ -6,15 +6,21 @@ read). Then each event is judged by the history visibility at it, as Synapse doe
 `world_readable` and `shared` events go out whole; an `invited` one only if one of the server's users
 was invited or joined at it, a `joined` one only if one was joined; otherwise it goes out redacted, so
 the other server still has the DAG's shape but not the content.
+
+Erasure (the spec's `erase` of account deactivation): an erased user's events go out redacted too,
+unless one of the server's users was joined when the event was sent: servers that joined later get
+redacted copies, as users who joined later do, while those that had it live may have it whole.
+(Synapse redacts an erased sender's events for every server; the spec's rule is the one kept here.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from hs.errors import forbidden, not_found
 from hs.events.auth import get_domain
-from hs.events.event import Event, JsonDict
+from hs.events.event import Event, JsonDict, StateKey
 from hs.events.redaction import redact_pdu
 from hs.federation.acl import check_server_acl
 from hs.federation.sender import federation_pdu
@@ -54,17 +60,34 @@ class FederationRoomReads:
         visibility = hv.content.get("history_visibility", "shared") if hv is not None else "shared"
         if visibility not in ("invited", "joined"):
             return True
+        allowed = ("join", "invite") if visibility == "invited" else ("join",)
+        return bool(await self._memberships_of(origin, state) & set(allowed))
+
+    async def _memberships_of(self, origin: str, state: Mapping[StateKey, str]) -> set[str]:
+        """The memberships the users of `origin` have in `state`."""
         member_ids = [eid for (etype, key), eid in state.items()
                       if etype == "m.room.member" and get_domain(key) == origin]
         members = await self.store.get_events(member_ids)
-        allowed = ("join", "invite") if visibility == "invited" else ("join",)
-        return any(m.membership in allowed for m in members.values())
+        return {m.membership for m in members.values() if m.membership is not None}
+
+    async def joined_when_sent(self, origin: str, event: Event) -> bool:
+        """Whether one of `origin`'s users was joined when `event` was sent (the state after it, as
+        for users: a join is its own witness). Unknown for an outlier: then no."""
+        group = event.internal.state_group_after or event.internal.state_group_before
+        if event.internal.outlier or group is None:
+            return False
+        return "join" in await self._memberships_of(origin, await self.store.get_state_group(group))
 
     async def _for_server(self, origin: str, events: list[Event]) -> list[JsonDict]:
-        """The events as `origin` may have them: whole, or redacted where it may not see them."""
+        """The events as `origin` may have them: whole, or redacted where it may not see them, or where
+        their sender is erased and the server had no user joined when they were sent."""
+        erased = await self.hs.visibility.erased_senders(ev.sender for ev in events) if events else set()
         out = []
         for ev in events:
-            if await self.visible_to_server(origin, ev):
+            whole = await self.visible_to_server(origin, ev)
+            if whole and ev.sender in erased:
+                whole = await self.joined_when_sent(origin, ev)
+            if whole:
                 out.append(federation_pdu(ev))
             else:
                 out.append(redact_pdu(federation_pdu(ev), ev.room_version))
