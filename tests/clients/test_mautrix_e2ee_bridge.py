@@ -8,12 +8,16 @@ Its bot gets a device with `PUT /devices/{deviceId}` as the service, then acts a
 beside `user_id`, which mautrix sends as `as_device_id`) to upload its keys, query and claim the nio
 user's keys, and send to-device messages. The nio user's room key reaches the bridge as a to-device
 message inside an appservice transaction, and the encrypted room event in another; the bridge's own room
-key reaches nio over Olm through a one-time key the bridge claimed as its masqueraded device.
+key reaches nio over Olm through a one-time key the bridge claimed as its masqueraded device. A puppet
+(registered with inhibit_login, as MSC4190 requires) gets a device the same way: the transactions count
+its one-time keys down to none and its fallback key from unused to used, and the service deletes the
+device without UIA.
 
-Why the bridge's Olm/Megolm is vodozemac's and not `mautrix.crypto`'s OlmMachine: mautrix.crypto imports
-python-olm (libolm's binding), which the project does not install (matrix-nio 0.26 uses vodozemac, and
-libolm is deprecated and needs a C build). vodozemac is what nio already brings, so the bridge speaks the
-protocol itself with it: the same Olm and Megolm messages an OlmMachine would send, over the same routes.
+Why the bridge's Olm/Megolm here is vodozemac's and not `mautrix.crypto`'s OlmMachine: mautrix.crypto
+imports python-olm (libolm's binding) and base58, which matrix-nio 0.26 no longer brings (it uses
+vodozemac). vodozemac is what nio already installs, so this bridge speaks the protocol itself with it:
+the same Olm and Megolm messages an OlmMachine sends, over the same routes, with every field checked.
+test_mautrix_e2ee_olmmachine.py runs mautrix's OlmMachine itself where python-olm is installed.
 """
 
 from __future__ import annotations
@@ -33,12 +37,21 @@ from mautrix.api import Path as MPath
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
-from mautrix.types import ASToDeviceEvent, DeviceID, DeviceLists, DeviceOTKCount, Event, EventType, UserID
+from mautrix.types import (
+    ASToDeviceEvent,
+    DeviceID,
+    DeviceLists,
+    DeviceOTKCount,
+    Event,
+    EventType,
+    RoomID,
+    UserID,
+)
 from unpaddedbase64 import decode_base64, encode_base64
 
 from hs.appservice.sender import AppServiceSender
 from tests.clients.test_nio_e2ee import ENCRYPTION_STATE, Target, _e2ee_client, _register
-from tests.harness import TestHomeServer
+from tests.harness import TestHomeServer, ok, user
 from tests.services import free_port
 
 assert nio.crypto.ENCRYPTION_ENABLED, "matrix-nio[e2e] (encryption support) is not installed"
@@ -86,6 +99,18 @@ class E2EEBridge:
         self.appservice.to_device_handler = self.on_to_device
         self.appservice.device_list_handler = self.on_device_lists
         self.appservice.otk_handler = self.on_otk_counts
+        self.raw_txns: list[dict[str, Any]] = []  # what each transaction carried besides its events
+        handle = self.appservice.handle_transaction
+
+        async def record(txn_id: str, *, extra_data: Any, **kwargs: Any) -> Any:
+            # mautrix has taken the keys it knows out of extra_data: the OTK counts come parsed.
+            counts = kwargs.get("otk_counts") or {}
+            self.raw_txns.append({**extra_data, "otk_counts": {
+                user_id: {device_id: count.signed_curve25519 for device_id, count in devices.items()}
+                for user_id, devices in counts.items()}})
+            return await handle(txn_id, extra_data=extra_data, **kwargs)
+
+        self.appservice.handle_transaction = record  # type: ignore[method-assign]
 
     @property
     def api(self) -> Any:
@@ -316,3 +341,68 @@ async def test_encrypted_conversation_between_bridge_and_nio(bridge: tuple[TestH
                    if e.sender == alice.user_id)
     finally:
         await alice.close()
+
+
+def _fallback_types(txns: list[dict[str, Any]], user_id: str, device_id: str) -> list[list[str]]:
+    key = "org.matrix.msc3202.device_unused_fallback_key_types"
+    return [t[key][user_id][device_id] for t in txns if device_id in t.get(key, {}).get(user_id, {})]
+
+
+def _otk_counts(txns: list[dict[str, Any]], user_id: str, device_id: str) -> list[int]:
+    return [t["otk_counts"][user_id][device_id] for t in txns if device_id in t["otk_counts"].get(user_id, {})]
+
+
+async def test_puppet_device_fallback_key_and_deletion(bridge: tuple[TestHomeServer, E2EEBridge]) -> None:
+    """A puppet (a namespace user registered with inhibit_login, which MSC4190 requires) gets a device and
+    keys the same way; the transactions count its one-time keys down to none and report its fallback key
+    unused, then used; the service deletes the device without UIA and its keys go with it."""
+    server, b = bridge
+    puppet_id = "@e2b_carol:test.local"
+    puppet = b.appservice.intent.user(UserID(puppet_id))
+    await puppet.ensure_registered()
+    await puppet.api.request(Method.PUT, MPath.v3.devices["PUPPETDEV"], {"display_name": "carol's bridge"})
+    puppet.api.as_device_id = DeviceID("PUPPETDEV")
+    account = vodozemac.Account()
+
+    def signed(obj: dict[str, Any]) -> dict[str, Any]:
+        return {**obj, "signatures": {puppet_id: {"ed25519:PUPPETDEV": account.sign(canonical(obj)).to_base64()}}}
+
+    account.generate_one_time_keys(3)
+    fallback = vodozemac.Curve25519SecretKey().public_key().to_base64()
+    uploaded = await puppet.api.request(Method.POST, MPath.v3.keys.upload, {
+        "device_keys": signed({"user_id": puppet_id, "device_id": "PUPPETDEV", "algorithms": [OLM, MEGOLM],
+                               "keys": {"curve25519:PUPPETDEV": account.curve25519_key.to_base64(),
+                                        "ed25519:PUPPETDEV": account.ed25519_key.to_base64()}}),
+        "one_time_keys": {f"signed_curve25519:{k}": signed({"key": v.to_base64()})
+                          for k, v in account.one_time_keys.items()},
+        "fallback_keys": {"signed_curve25519:AAAAFB": signed({"key": fallback, "fallback": True})}})
+    assert uploaded["one_time_key_counts"]["signed_curve25519"] == 3
+
+    dave = await user(server, "dave")
+    room_id = await dave.create_room(preset="private_chat")
+    await ok(dave, "POST", f"/rooms/{room_id}/invite", {"user_id": puppet_id})
+    await puppet.join_room(RoomID(room_id))
+    # The join is the puppet's event: its key counts ride along (Synapse's choice of users).
+    await until(lambda: _fallback_types(b.raw_txns, puppet_id, "PUPPETDEV")[-1:] == [["signed_curve25519"]]
+                and _otk_counts(b.raw_txns, puppet_id, "PUPPETDEV")[-1:] == [3], "the puppet's key counts")
+
+    # Three one-time keys, then the fallback key (again and again, now marked used).
+    claim = {"one_time_keys": {puppet_id: {"PUPPETDEV": "signed_curve25519"}}}
+    keys = [next(iter((await ok(dave, "POST", "/keys/claim", claim))["one_time_keys"][puppet_id]["PUPPETDEV"]
+                      .values())) for _ in range(5)]
+    assert [k["key"] for k in keys[3:]] == [fallback, fallback] and all(k["fallback"] for k in keys[3:])
+    assert all("fallback" not in k for k in keys[:3])
+    seen = len(b.raw_txns)
+    await dave.send_message(room_id, "claimed")
+    await until(lambda: _fallback_types(b.raw_txns[seen:], puppet_id, "PUPPETDEV") == [[]]
+                and _otk_counts(b.raw_txns[seen:], puppet_id, "PUPPETDEV") == [0], "the counts after the claims")
+
+    # MSC4190: the service deletes the device (no UIA); its keys go, and dave and the bridge hear of it.
+    since = (await dave.sync())["next_batch"]
+    puppet.api.as_device_id = None
+    await puppet.api.request(Method.DELETE, MPath.v3.devices["PUPPETDEV"], {})
+    queried = await ok(dave, "POST", "/keys/query", {"device_keys": {puppet_id: []}})
+    assert queried["device_keys"].get(puppet_id, {}) == {}
+    synced = await dave.sync(since=since, timeout=3000)
+    assert puppet_id in synced.get("device_lists", {}).get("changed", [])
+    await until(lambda: puppet_id in b.changed_users, "the puppet in device_lists.changed")
