@@ -4,9 +4,9 @@ creates the bot's device with `create_device_msc4190` and then acts as it, fed b
 transactions (`handle_as_to_device_event`, `handle_as_device_lists`, `handle_as_otk_counts`), keeps an
 encrypted conversation with a matrix-nio user against a real homeserver (SQLite and PostgreSQL).
 
-mautrix.crypto needs python-olm and base58 (mautrix's `encryption` extra), which matrix-nio 0.26 no
-longer brings (it uses vodozemac); without them this file is skipped, and
-test_mautrix_e2ee_bridge.py covers the same traffic with the bridge's Olm/Megolm done in vodozemac.
+mautrix.crypto needs python-olm and base58: the dev extras install mautrix[encryption] for them
+(matrix-nio 0.26 no longer brings python-olm: it uses vodozemac). test_mautrix_e2ee_bridge.py covers the
+same traffic with the bridge's Olm/Megolm done in vodozemac.
 """
 
 from __future__ import annotations
@@ -18,19 +18,15 @@ from typing import Any
 
 import nio
 import pytest
-
-pytest.importorskip("olm", reason="mautrix.crypto needs python-olm (mautrix[encryption])")
-pytest.importorskip("base58", reason="mautrix.crypto needs base58 (mautrix[encryption])")
-
-import yaml  # noqa: E402
-from mautrix.appservice import AppService  # noqa: E402
-from mautrix.appservice.state_store import ASStateStore  # noqa: E402
-from mautrix.client import Client  # noqa: E402
-from mautrix.client.state_store import MemoryStateStore  # noqa: E402
-from mautrix.crypto import OlmMachine, StateStore  # noqa: E402
-from mautrix.crypto.store.memory import MemoryCryptoStore  # noqa: E402
-from mautrix.errors import EncryptionError  # noqa: E402
-from mautrix.types import (  # noqa: E402
+import yaml
+from mautrix.appservice import AppService
+from mautrix.appservice.state_store import ASStateStore
+from mautrix.client import Client
+from mautrix.client.state_store import MemoryStateStore
+from mautrix.crypto import OlmMachine, StateStore
+from mautrix.crypto.store.memory import MemoryCryptoStore
+from mautrix.errors import EncryptionError
+from mautrix.types import (
     DeviceID,
     EncryptedEvent,
     EncryptionAlgorithm,
@@ -45,10 +41,10 @@ from mautrix.types import (  # noqa: E402
     UserID,
 )
 
-from hs.appservice.sender import AppServiceSender  # noqa: E402
-from tests.clients.test_nio_e2ee import ENCRYPTION_STATE, Target, _e2ee_client, _register  # noqa: E402
-from tests.harness import TestHomeServer  # noqa: E402
-from tests.services import free_port  # noqa: E402
+from hs.appservice.sender import AppServiceSender
+from tests.clients.test_nio_e2ee import ENCRYPTION_STATE, Target, _e2ee_client, _register
+from tests.harness import TestHomeServer
+from tests.services import free_port
 
 AS_TOKEN = "olmmachine-bridge-as-token"
 HS_TOKEN = "olmmachine-bridge-hs-token"
