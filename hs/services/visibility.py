@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.erasure import ErasureStore
+from hs.db.stores.ignored_users import ignored_in
 from hs.events.event import Event
 from hs.events.redaction import redact_pdu
 from hs.util import LruCache
@@ -36,17 +37,6 @@ IGNORED_USER_LIST = "m.ignored_user_list"
 # Names under which the caches are flushed after a replication outage (hs/streams/caches.py).
 IGNORED_CACHE = "ignored_users"
 ERASED_CACHE = "erased_users"
-
-
-def parse_ignored(content: Any, user_id: str) -> frozenset[str]:
-    """The users an `m.ignored_user_list` content ignores (its `ignored_users` keys); malformed content
-    ignores nobody, and a user never ignores themselves."""
-    if not isinstance(content, dict):
-        return frozenset()
-    users = content.get("ignored_users")
-    if not isinstance(users, dict):
-        return frozenset()
-    return frozenset(u for u in users if isinstance(u, str) and u != user_id)
 
 
 def pruned(ev: Event) -> Event:
@@ -94,7 +84,7 @@ class Visibility:
             return cached
         version = self._ignored_version
         content = await self.hs.account_data_stream.store.get(user_id, "", IGNORED_USER_LIST)
-        ignored = parse_ignored(content, user_id)
+        ignored = ignored_in(content, user_id)
         if version == self._ignored_version:
             self._ignored.set(user_id, ignored)
         return ignored

@@ -22,7 +22,8 @@ BATCH = 500
 
 def ignored_in(content: Any, user_id: str) -> frozenset[str]:
     """The users an `m.ignored_user_list` content ignores: its `ignored_users` keys; malformed content
-    ignores nobody, and nobody ignores themselves (the rule of hs/services/visibility.py's reads)."""
+    ignores nobody, and nobody ignores themselves (the one rule: the index and hs/services/visibility.py's
+    reads both use it)."""
     if not isinstance(content, dict):
         return frozenset()
     users = content.get("ignored_users")
