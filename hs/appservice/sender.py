@@ -14,8 +14,9 @@ one-time key counts and unused fallback key types of its users' devices.
 a service that is down for a day costs nothing but its position. The next transaction (at most
 MAX_EVENTS events) is *stored* with the positions it moves to in one database transaction
 (`appservice_txns`) before it is sent; only once the service has acknowledged it is it deleted and the
-next one made. One transaction in flight per service. A crash, a stop or an outage therefore re-sends
-the stored transaction with the same ID (the service drops a repeat) and never skips or reorders.
+next one made. One transaction in flight per service. A crash or an outage therefore re-sends the
+stored transaction with the same ID (the service drops a repeat) and never skips or reorders; a clean
+stop first lets the transaction in flight be answered (up to STOP_DRAIN_S), so it repeats nothing.
 
 **Backoff.** A failed transaction is retried after BACKOFF_BASE_S * 2^n seconds (n failures so far,
 capped at MAX_BACKOFF_S: Synapse's recoverer, 2 s to 512 s); a successful send, or a successful ping of
@@ -56,6 +57,7 @@ SCAN_BATCH = 1000  # events stream rows read at once while looking for a service
 POLL_S = 5.0  # a service looks for work this often even without being woken
 POSITION_WRITE_S = 1.0  # positions moved without a transaction are written at most this often
 ALIAS_CACHE_S = 30.0  # a room's aliases are read again after this long (they change without events)
+STOP_DRAIN_S = 5.0  # at stop, how long a transaction in flight may take to be answered (see stop())
 
 
 class _Service:
@@ -132,11 +134,18 @@ class AppServiceSender:
             svc.task = loop.create_task(self._run(svc))
 
     async def stop(self) -> None:
+        """A transaction in flight is given STOP_DRAIN_S to be answered before its task is cancelled: cut
+        off, the service may well have taken it while its acknowledgement went unrecorded, and it would
+        be sent again after the restart (a repeat the service has to drop) although nothing crashed."""
         self._closed = True
         tasks = [s.task for s in self._services.values() if s.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for svc in self._services.values():
+            svc.wake.set()  # out of a backoff or poll wait: the loop sees _closed and ends
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=STOP_DRAIN_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         for svc in self._services.values():
             try:
                 await self._write_positions(svc, force=True)
@@ -250,6 +259,8 @@ class AppServiceSender:
                     if not svc.wake.is_set():
                         await self._sleep(svc, POLL_S)
                     continue
+                if self._closed:
+                    break  # stopping: a transaction stored and not yet sent goes out after the restart
                 await self._send(svc, svc.pending)
             except asyncio.CancelledError:
                 raise
