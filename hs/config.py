@@ -483,6 +483,19 @@ def parse_duration_ms(value: object) -> int:
     raise ValueError(f"{value!r} is not a duration such as 3600000 (ms), '1h' or '30m'")
 
 
+class ServerNoticesConfig(Strict):
+    """Synapse's `server_notices`: the system user that sends notices (POST
+    /_synapse/admin/v1/send_server_notice) and the room each user gets them in."""
+
+    system_mxid_localpart: str
+    system_mxid_display_name: str | None = None
+    system_mxid_avatar_url: str | None = None
+    room_name: str = "Server Notices"
+    room_avatar_url: str | None = None
+    room_topic: str | None = None
+    auto_join: bool = False
+
+
 class HomeserverConfig(Strict):
     server_name: str
     public_baseurl: str | None = None
@@ -523,6 +536,10 @@ class HomeserverConfig(Strict):
     # Guest accounts (POST /register?kind=guest, the spec's Guest Access module): off by default, as in
     # Synapse. Guests may call only the endpoints hs/services/auth.py lists for them.
     allow_guest_access: bool = False
+    # Registration needs an admin-made token (the m.login.registration_token UIA stage), as Synapse's key.
+    registration_requires_token: bool = False
+    # Server notices (Synapse's key): absent, the send_server_notice admin API is off.
+    server_notices: ServerNoticesConfig | None = None
     registration_shared_secret: str | None = None
     registration_shared_secret_path: str | None = None
     macaroon_secret_key: str | None = None
