@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import quote, urlencode
 
 import yaml
@@ -501,6 +501,9 @@ class HomeserverConfig(Strict):
     public_baseurl: str | None = None
     pid_file: str | None = None
     log_level: str = "INFO"
+    # A Python logging dictConfig YAML file, as Synapse's (hs/logging_setup.py): applied at start-up
+    # instead of `log_level`'s plain stderr format.
+    log_config: str | None = None
     listeners: list[Listener] = Field(default_factory=lambda: [Listener(port=8008, resources=["client"])])
     database: DatabaseConfig = Field(default_factory=lambda: DatabaseConfig(engine="sqlite", path="homeserver.db"))
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -613,6 +616,12 @@ class HomeserverConfig(Strict):
     config_dir: str = Field(default=".", exclude=True)
     # The registrations read from app_service_config_files (by parse_config); not a config key.
     _app_services: list[ApplicationService] = PrivateAttr(default_factory=list)
+    # One line per Synapse key the file gives that hs ignores (hs/config_synapse.py), logged at start-up.
+    _notices: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notices(self) -> list[str]:
+        return self._notices
 
     @property
     def app_services(self) -> list[ApplicationService]:
@@ -791,13 +800,38 @@ class HomeserverConfig(Strict):
         return "main" if instance == "main" else self.workers[instance].app
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, directly or inside a list, dict or Optional."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[Any, ...]) -> set[str]:
+    """The keys the model at `loc` (a validation error's location, last part excluded) accepts, so that
+    a typo in a nested section can be answered with the closest of them."""
+    model: type[BaseModel] = HomeserverConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is not None:  # list indices and dict keys (instance names, ...) keep the model
+            model = _model_in(field.annotation) or model
+    return set(model.model_fields)
+
+
 def _format_errors(err: ValidationError) -> list[str]:
+    from hs.config_synapse import unknown_key_problems
+
     problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            problems.extend(unknown_key_problems(loc, str(e["loc"][-1]), _keys_at(e["loc"][:-1])))
+            continue
         elif e["type"] == "missing":
             msg = "required key is missing"
         if loc == "(top level)" and e["type"] == "value_error":  # the cross-key rules: each names its key
@@ -812,14 +846,19 @@ def parse_config(data: Any, config_dir: str = ".") -> HomeserverConfig:
         raise ConfigError(["(top level): the config must be a YAML mapping"])
     data = dict(data)
     data.pop("config_dir", None)
-    # Keys Synapse users commonly carry over that we accept and ignore, so a Synapse config still loads.
-    for ignored in ("report_stats", "log_config", "suppress_key_server_warning",
-                    "media_store_path_legacy", "enable_metrics"):
-        data.pop(ignored, None)
+    data.pop("media_store_path_legacy", None)  # accepted and ignored since hs's first releases
+    # Synapse's keys hs does not read: a notice each, or refused where ignoring them would change
+    # security or data; any other unknown key is a typo, refused with the closest known key.
+    from hs.config_synapse import screen
+
+    screened = screen(data, HomeserverConfig.model_fields)
     try:
-        cfg = HomeserverConfig.model_validate(data)
+        cfg = HomeserverConfig.model_validate(screened.data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
+        raise ConfigError(screened.problems + _format_errors(err)) from None
+    if screened.problems:
+        raise ConfigError(screened.problems)
+    cfg._notices = screened.notices
     cfg.config_dir = config_dir
     if cfg.app_service_config_files:
         from hs.appservice.registration import RegistrationError, load_app_services

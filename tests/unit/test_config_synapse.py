@@ -1,0 +1,101 @@
+"""A Synapse admin's config (issue 17 part 2): Synapse's top-level keys classified, notices for those
+hs ignores, refusal where ignoring would change security or data, typos answered with the closest key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hs.config import ConfigError, HomeserverConfig, parse_config
+from hs.config_synapse import SYNAPSE_KEYS, classify
+
+BASE = {"server_name": "example.org"}
+SYNAPSE_CONFIG_DIR = Path("/tmp/synsrc/synapse/config")
+
+
+def problems(data: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config({**BASE, **data})
+    return e.value.problems
+
+
+def test_every_synapse_key_is_classified_once() -> None:
+    fields = set(HomeserverConfig.model_fields)
+    # A key hs has is read from the model, never listed as ignored.
+    assert not fields & set(SYNAPSE_KEYS)
+    kinds = {key: classify(key, fields) for key in SYNAPSE_KEYS}
+    assert set(kinds.values()) == {"no_effect", "unsupported", "refused"}
+    for key in ("report_stats", "suppress_key_server_warning", "caches"):
+        assert classify(key, fields) == "no_effect"
+    for key in ("server_name", "listeners", "database", "log_config", "macaroon_secret_key", "form_secret",
+                "media_store_path", "trusted_key_servers"):
+        assert classify(key, fields) == "hs"
+    for key in ("oidc_providers", "saml2_config", "cas_config", "jwt_config", "password_config", "retention"):
+        assert classify(key, fields) == "refused"
+    assert classify("enable_registraton", fields) == "unknown"
+
+
+@pytest.mark.skipif(not SYNAPSE_CONFIG_DIR.is_dir(), reason="Synapse's source is not unpacked here")
+def test_table_covers_the_keys_synapse_reads() -> None:
+    """Every `config.get("x")` / `config["x"]` of Synapse's config classes is hs's or in the table."""
+    known = set(HomeserverConfig.model_fields) | set(SYNAPSE_KEYS)
+    read: set[str] = set()
+    for path in SYNAPSE_CONFIG_DIR.glob("*.py"):
+        read |= set(re.findall(r'\bconfig(?:\.get\(|\[)\s*"([a-z0-9_]+)"', path.read_text()))
+    read -= {"args", "name"}  # `database`'s own keys, read through the same variable name
+    assert sorted(read - known) == []
+
+
+def test_no_effect_and_unsupported_keys_are_accepted_with_a_notice() -> None:
+    cfg = parse_config({**BASE, "report_stats": False, "suppress_key_server_warning": True,
+                        "email": {"smtp_host": "localhost"}, "oidc_providers": [],
+                        "password_config": {"enabled": True}, "retention": {"enabled": False}})
+    assert len(cfg.notices) == 6
+    assert "Synapse option `report_stats` has no effect on hs (hs sends no usage statistics); ignored" \
+        in cfg.notices
+    assert any(n.startswith("Synapse option `email` is not supported by hs") for n in cfg.notices)
+    # A refusable option in its off state is only a notice.
+    assert any(n.startswith("Synapse option `retention` is not supported by hs") for n in cfg.notices)
+    assert parse_config(BASE).notices == []
+
+
+@pytest.mark.parametrize("key,value", [
+    ("oidc_providers", [{"idp_id": "google", "issuer": "https://accounts.google.com/"}]),
+    ("saml2_config", {"sp_config": {}}),
+    ("password_config", {"policy": {"minimum_length": 12}}),
+    ("password_config", {"enabled": False}),
+    ("retention", {"enabled": True, "default_policy": {"max_lifetime": "1y"}}),
+    ("encryption_enabled_by_default_for_room_type", "all"),
+    ("enable_registration_captcha", True),
+    ("modules", [{"module": "my_module.Checker"}]),
+])
+def test_security_relevant_options_in_effect_are_refused(key: str, value: object) -> None:
+    out = problems({key: value})
+    assert len(out) == 1
+    assert out[0].startswith(f"{key}: Synapse option `{key}` is not supported by hs, and ignoring it would "
+                             "change security or data (")
+
+
+def test_typo_is_refused_with_the_closest_key() -> None:
+    assert problems({"enable_registraton": True}) == [
+        "enable_registraton: unknown key", "enable_registraton: did you mean `enable_registration`?"]
+    # Synapse keys are known too.
+    assert problems({"suppress_key_server_warnings": True})[1] == \
+        "suppress_key_server_warnings: did you mean `suppress_key_server_warning`?"
+    # Nested sections suggest from their own keys.
+    out = problems({"listeners": [{"port": 8008, "bind_adresses": ["::1"]}], "rc_login": {"adress": {}}})
+    assert "listeners.0.bind_adresses: did you mean `bind_addresses`?" in out
+    assert "rc_login.adress: did you mean `address`?" in out
+    # Nothing close: no suggestion.
+    assert problems({"zzzz_qqqq": 1}) == ["zzzz_qqqq: unknown key"]
+
+
+def test_synapse_database_shape_is_accepted() -> None:
+    cfg = parse_config({**BASE, "database": {"name": "sqlite3", "args": {"database": "/data/homeserver.db"}}})
+    assert (cfg.database.engine, cfg.database.sqlite_path) == ("sqlite", "/data/homeserver.db")
+    cfg = parse_config({**BASE, "database": {"name": "psycopg2", "args": {
+        "user": "synapse", "password": "pw", "database": "synapse", "host": "db", "cp_min": 5, "cp_max": 10}}})
+    assert cfg.database.engine == "postgres"
+    assert cfg.database.postgres_dsn == "postgresql://synapse:pw@db:5432/synapse"
