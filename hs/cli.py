@@ -116,6 +116,16 @@ def _check_config(args: argparse.Namespace) -> int:
     if not key.exists():
         print(f"config error: signing_key_path: {key} does not exist", file=sys.stderr)
         return 1
+    if cfg.log_config:
+        from hs.logging_setup import LogConfigError, read_log_config
+
+        try:
+            read_log_config(cfg.resolve_path(cfg.log_config))
+        except LogConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return 1
+    for notice in cfg.notices:  # the Synapse keys hs ignores, as start-up logs them
+        print(f"notice: {notice}")
     print(f"config OK: {cfg.server_name}, {len(cfg.workers)} worker(s), database {cfg.database.engine}")
     return 0
 
@@ -126,7 +136,15 @@ def _run(args: argparse.Namespace) -> int:
     if instance != "main" and instance not in cfg.workers:
         print(f"config error: --role {instance!r} is not in workers", file=sys.stderr)
         return 1
-    logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s {instance} %(name)s %(levelname)s %(message)s")
+    from hs.logging_setup import LogConfigError, setup_logging
+
+    try:
+        setup_logging(cfg.resolve_path(cfg.log_config) if cfg.log_config else None, cfg.log_level, instance)
+    except LogConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 1
+    for notice in cfg.notices:
+        logging.getLogger("hs.config").info("%s", notice)
     if cfg.app_for(instance) != "media_repository":
         # A media worker stays on asyncio's own loop: uvloop has no `loop.sendfile`, so downloads would
         # be copied through Python in chunks (more memory per download, less throughput; see the
