@@ -27,6 +27,7 @@ TOO_LARGE = "M_TOO_LARGE"
 INVALID_USERNAME = "M_INVALID_USERNAME"
 USER_IN_USE = "M_USER_IN_USE"
 USER_DEACTIVATED = "M_USER_DEACTIVATED"
+USER_LOCKED = "M_USER_LOCKED"
 GUEST_ACCESS_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
 EXCLUSIVE = "M_EXCLUSIVE"
 UNKNOWN_DEVICE = "M_UNKNOWN_DEVICE"
@@ -159,6 +160,12 @@ def appservice_login_unsupported(msg: str) -> MatrixError:
 
 def user_deactivated(msg: str) -> MatrixError:
     return MatrixError(403, USER_DEACTIVATED, msg)
+
+
+def user_locked(msg: str = "User account has been locked") -> MatrixError:
+    """401 with soft_logout: an admin locked the account (Synapse's admin API); its sessions stay, so
+    the client keeps them until the account is unlocked."""
+    return MatrixError(401, USER_LOCKED, msg, soft_logout=True)
 
 
 def limit_exceeded(retry_after_ms: int) -> MatrixError:

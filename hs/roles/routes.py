@@ -59,6 +59,8 @@ def all_routes() -> list[Route]:
                    spaces, search, relations, upgrade, mutual_rooms, thirdparty, appservice_ping, whois,
                    admin_federation):
         routes.extend(module.ROUTES)
+    from hs.api.client import admin_users
+    routes.extend(admin_users.ROUTES)  # Synapse's users admin API (next to the media one's)
     for module in (keys, to_device):
         routes.extend(module.ROUTES)
     from hs.api.client import pushrules, receipts

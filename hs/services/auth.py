@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hs.errors import forbidden, guest_access_forbidden, unknown_device, unknown_token
 from hs.replication.http_client import REPLICATION_PREFIX
+from hs.services.admin_users import admin_users
 from hs.services.ratelimit import RATELIMIT_EXEMPT
 from hs.util import LruCache, now_ms
 
@@ -202,6 +203,8 @@ class Auth:
         info = await self.hs.user_store.get_token(token)
         if info is None:
             raise unknown_token()
+        # A locked account (401 M_USER_LOCKED) or an expired admin-made token (Synapse's admin API).
+        await admin_users(self.hs).check_token(info.user_id, token)
         return Requester(info.user_id, info.device_id, token, info.is_guest)
 
     @staticmethod

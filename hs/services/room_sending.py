@@ -10,16 +10,23 @@ existing event (as Synapse does).
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING
 
 from hs.errors import bad_json, bad_request, forbidden, invalid_param
 from hs.events.auth import is_valid_user_id
 from hs.events.event import JsonDict
 from hs.events.room_versions import RoomVersion
+from hs.services.admin_users import admin_users
 from hs.services.room_ids import check_room_id
 from hs.services.room_membership import MEMBER
 
 TOMBSTONE = "m.room.tombstone"
+
+
+def fake_event_id() -> str:
+    """An event ID in the shape of a real one (room versions 4+), answered to a shadow-banned sender."""
+    return "$" + secrets.token_urlsafe(32)
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -56,6 +63,8 @@ class ClientEventSender:
         if existing is not None:
             return str(existing)
         rv = await self._require_room_for_send(room_id)
+        if await self._shadow_banned(user_id):
+            return fake_event_id()
         if redacts is not None:
             target = await self.store.get_event(redacts)
             if target is not None and target.room_id != room_id:
@@ -93,6 +102,8 @@ class ClientEventSender:
         current = await self.store.get_current_state_event(room_id, etype, state_key)
         if current is not None and current.sender == user_id and current.content == content:
             return current.event_id
+        if await self._shadow_banned(user_id):
+            return fake_event_id()
         self.hs.ratelimiters["message"].check(user_id)
         ev = await self.hs.event_sender.send(room_id, user_id, etype, content, state_key=state_key,
                                              room_version=rv)
@@ -103,6 +114,11 @@ class ClientEventSender:
     async def redact(self, requester: Requester, room_id: str, event_id: str, txn_id: str,
                      content: JsonDict) -> str:
         return await self._send_with_txn(requester, room_id, "m.room.redaction", content, txn_id, event_id)
+
+    async def _shadow_banned(self, user_id: str) -> bool:
+        """A shadow-banned user's send is answered as if it worked, and nothing is stored (Synapse's
+        admin API shadow-ban; the flag is cached by hs/services/admin_users.py)."""
+        return await admin_users(self.hs).is_shadow_banned(user_id)
 
     async def _require_room_for_send(self, room_id: str) -> RoomVersion:
         check_room_id(room_id)

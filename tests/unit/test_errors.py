@@ -38,6 +38,7 @@ HELPERS: list[tuple[Callable[[], MatrixError], int, str]] = [
     (lambda: errors.forbidden("x"), 403, "M_FORBIDDEN"),
     (lambda: errors.guest_access_forbidden("x"), 403, "M_GUEST_ACCESS_FORBIDDEN"),
     (lambda: errors.user_deactivated("x"), 403, "M_USER_DEACTIVATED"),
+    (lambda: errors.user_locked(), 401, "M_USER_LOCKED"),
     (lambda: errors.limit_exceeded(5), 429, "M_LIMIT_EXCEEDED"),
     (lambda: errors.not_found(), 404, "M_NOT_FOUND"),
     (lambda: errors.invalid_username("x"), 400, "M_INVALID_USERNAME"),

@@ -1,0 +1,222 @@
+"""Synapse's users admin API (its docs "User Admin API"), for server admins, served by main:
+
+- GET    /_synapse/admin/v2/users: `from`, `limit`, `user_id`, `name`, `guests`, `admins`, `deactivated`,
+         `locked`, `order_by`, `dir` -> `{"users": [...], "total": n, "next_token": "..."}`;
+- GET    /_synapse/admin/v2/users/{userId}: the user's details;
+- PUT    /_synapse/admin/v2/users/{userId}: create (201) or modify (200) -> the user's details;
+- POST   /_synapse/admin/v1/deactivate/{userId} with `erase` -> `{"id_server_unbind_result": "success"}`;
+- POST   /_synapse/admin/v1/reset_password/{userId} with `new_password`, `logout_devices` -> `{}`;
+- GET    /_synapse/admin/v1/whois/{userId}: devices, sessions, connections;
+- GET    /_synapse/admin/v1/users/{userId}/joined_rooms -> `{"joined_rooms": [...], "total": n}`;
+- GET    /_synapse/admin/v2/users/{userId}/devices -> `{"devices": [...], "total": n}`;
+- DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId} -> `{}`;
+- POST/DELETE /_synapse/admin/v1/users/{userId}/shadow_ban -> `{}`;
+- POST   /_synapse/admin/v1/users/{userId}/login with `valid_until_ms` -> `{"access_token": ...}`.
+
+(A user's media, GET/DELETE /_synapse/admin/v1/users/{userId}/media, is the media repository's:
+hs/api/client/admin_media.py.)
+
+Errors are Synapse's: 401 without a token, 403 M_FORBIDDEN "You are not a server admin", 400 for another
+server's user where only local ones make sense, 404 M_NOT_FOUND for an unknown one. Every call is logged
+with the admin who made it and its target. The work is hs/services/admin_users.py's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from hs.api.base import Handler, HandlerResult, Route, get_hs, get_requester, parse_json
+from hs.api.params import MAX_OFFSET, body_bool, query_bool, query_enum, query_int, query_limit, query_str
+from hs.db.stores.admin_users import USER_ORDERS, UserFilter
+from hs.errors import bad_json, bad_request, invalid_param, missing_param, not_found
+from hs.services.admin_users import AdminUsers, admin_users
+
+logger = logging.getLogger(__name__)
+
+V1 = "/_synapse/admin/v1"
+V2 = "/_synapse/admin/v2"
+MAX_ID_LENGTH = 255
+MAX_LIMIT = 1000
+
+
+async def _admin(request: web.Request) -> tuple[AdminUsers, str]:
+    """The service and the requesting admin's user ID (401 without a valid token, 403 for a non-admin)."""
+    hs = get_hs(request)
+    requester = await get_requester(request)
+    service = admin_users(hs)
+    await service.require_admin(requester.user_id)
+    return service, requester.user_id
+
+
+def _part(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise invalid_param(f"Invalid {name}")
+    return value
+
+
+def _user(request: web.Request, service: AdminUsers, msg: str | None = None) -> str:
+    """The path's user ID (400 M_INVALID_PARAM if it is not one; with `msg`, 400 for a remote user)."""
+    user_id = _part(request, "userId")
+    local = service.is_local(user_id)
+    if msg is not None and not local:
+        raise bad_request(msg)
+    return user_id
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+async def list_users(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    offset = query_int(request, "from", 0, maximum=MAX_OFFSET)
+    limit = query_limit(request, 100, MAX_LIMIT, minimum=0)
+    admins = query_bool(request, "admins") if query_str(request, "admins") is not None else None
+    f = UserFilter(
+        user_id=query_str(request, "user_id"),
+        name=query_str(request, "name"),
+        guests=query_bool(request, "guests", True),
+        # v2's `deactivated=true` means "deactivated users too"; anything else, active users only.
+        deactivated=None if query_bool(request, "deactivated") else False,
+        admins=admins,
+        locked=query_bool(request, "locked"),
+    )
+    order_by = query_enum(request, "order_by", tuple(USER_ORDERS), "name") or "name"
+    descending = query_enum(request, "dir", ("f", "b"), "f") == "b"
+    logger.info("admin %s lists users (from %d, limit %d)", by, offset, limit)
+    return 200, await service.list_users(f, offset, limit, order_by, descending)
+
+
+async def get_user(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Can only look up local users")
+    logger.info("admin %s looks up %s", by, user_id)
+    details = await service.details(user_id)
+    if details is None:
+        raise not_found("User not found")
+    return 200, details
+
+
+async def whois(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Can only whois a local user")
+    logger.info("admin %s asks whois %s", by, user_id)
+    await service.require_user(user_id)
+    return 200, await service.whois(user_id)
+
+
+async def joined_rooms(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service)
+    logger.info("admin %s lists the rooms %s is joined to", by, user_id)
+    rooms = await service.joined_rooms(user_id)
+    return 200, {"joined_rooms": rooms, "total": len(rooms)}
+
+
+async def list_devices(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Can only lookup local users")
+    await service.require_user(user_id, "Unknown user")
+    logger.info("admin %s lists the devices of %s", by, user_id)
+    devices = await service.devices(user_id)
+    return 200, {"devices": devices, "total": len(devices)}
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+async def put_user(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _part(request, "userId")
+    body = await parse_json(request)
+    if not service.is_local(user_id):
+        raise bad_request("This endpoint can only be used with local users")
+    await service.check_put_body(body)
+    current = await service.details(user_id)
+    if current is None:
+        logger.info("admin %s creates %s", by, user_id)
+        await service.create_user(user_id, body)
+        status = 201
+    else:
+        logger.info("admin %s modifies %s: %s", by, user_id, sorted(k for k in body if k != "password"))
+        await service.modify_user(by, user_id, current, body)
+        status = 200
+    details = await service.details(user_id)
+    assert details is not None
+    return status, details
+
+
+async def deactivate(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Can only deactivate local users")
+    await service.require_user(user_id)
+    body = await parse_json(request, allow_empty=True)
+    erase = body.get("erase", False)
+    if not isinstance(erase, bool):
+        raise bad_json("Param 'erase' must be a boolean, if given")
+    logger.info("admin %s deactivates %s (erase: %s)", by, user_id, erase)
+    await get_hs(request).accounts.deactivate(user_id, erase=erase)
+    return 200, {"id_server_unbind_result": "success"}
+
+
+async def reset_password(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service)
+    body = await parse_json(request)
+    if "new_password" not in body:
+        raise missing_param("Missing params: ['new_password']")
+    logout_devices = body_bool(body, "logout_devices", True)
+    logger.info("admin %s resets the password of %s (log out devices: %s)", by, user_id, logout_devices)
+    await service.reset_password(user_id, body["new_password"], logout_devices)
+    return 200, {}
+
+
+async def delete_device(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Can only lookup local users")
+    device_id = _part(request, "deviceId")
+    await service.require_user(user_id, "Unknown user")
+    logger.info("admin %s deletes device %s of %s", by, device_id, user_id)
+    await service.delete_device(user_id, device_id)
+    return 200, {}
+
+
+async def shadow_ban(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Only local users can be shadow-banned")
+    banned = request.method == "POST"
+    logger.info("admin %s %s %s", by, "shadow-bans" if banned else "lifts the shadow-ban of", user_id)
+    await service.set_shadow_banned(user_id, banned)
+    return 200, {}
+
+
+async def login_as(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Only local users can be logged in as")
+    await service.require_user(user_id)
+    body = await parse_json(request, allow_empty=True)
+    valid_until_ms = body.get("valid_until_ms")
+    if valid_until_ms is not None and (isinstance(valid_until_ms, bool) or not isinstance(valid_until_ms, int)):
+        raise bad_request("'valid_until_ms' parameter must be an int")
+    if user_id == by:
+        raise bad_request("Cannot use admin API to login as self")
+    logger.info("admin %s logs in as %s (valid until %s)", by, user_id, valid_until_ms)
+    return 200, {"access_token": await service.login_as(user_id, valid_until_ms)}
+
+
+def _route(method: str, path: str, handler: Handler) -> Route:
+    return Route(method, path, handler, "main", prefixes=())
+
+
+ROUTES: list[Route] = [
+    _route("GET", V2 + "/users", list_users),
+    _route("GET", V2 + "/users/{userId}", get_user),
+    _route("PUT", V2 + "/users/{userId}", put_user),
+    _route("GET", V2 + "/users/{userId}/devices", list_devices),
+    _route("DELETE", V2 + "/users/{userId}/devices/{deviceId}", delete_device),
+    _route("POST", V1 + "/deactivate/{userId}", deactivate),
+    _route("POST", V1 + "/reset_password/{userId}", reset_password),
+    _route("GET", V1 + "/whois/{userId}", whois),
+    _route("GET", V1 + "/users/{userId}/joined_rooms", joined_rooms),
+    _route("POST", V1 + "/users/{userId}/shadow_ban", shadow_ban),
+    _route("DELETE", V1 + "/users/{userId}/shadow_ban", shadow_ban),
+    _route("POST", V1 + "/users/{userId}/login", login_as),
+]
