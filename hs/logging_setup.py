@@ -149,7 +149,10 @@ def read_log_config(path: Path) -> dict[str, Any]:
     if data.get("structured"):
         raise LogConfigError(f"log_config: {path} uses Synapse's old `structured: true` format; use a "
                              "dictConfig with hs.logging_setup.JsonFormatter")
-    translated: dict[str, Any] = _translate(data, "")
+    try:
+        translated: dict[str, Any] = _translate(data, "")
+    except LogConfigError as e:
+        raise LogConfigError(f"log_config: {path}: {e}") from None
     return translated
 
 

@@ -99,3 +99,47 @@ def test_synapse_database_shape_is_accepted() -> None:
         "user": "synapse", "password": "pw", "database": "synapse", "host": "db", "cp_min": 5, "cp_max": 10}}})
     assert cfg.database.engine == "postgres"
     assert cfg.database.postgres_dsn == "postgresql://synapse:pw@db:5432/synapse"
+
+
+def test_json_formatter_writes_one_object_per_record() -> None:
+    import json
+    import logging
+
+    from hs.logging_setup import JsonFormatter
+
+    record = logging.LogRecord("hs.sync", logging.WARNING, __file__, 1, "slow sync for %s", ("@a:x",), None)
+    record.instance = "sync1"
+    record.room_id = "!r:x"  # an `extra` field
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    out = json.loads(JsonFormatter().format(record))
+    assert out["log"] == "slow sync for @a:x" and out["namespace"] == "hs.sync" and out["level"] == "WARNING"
+    assert out["instance"] == "sync1" and out["room_id"] == "!r:x"
+    assert "ValueError: boom" in out["exc_info"] and isinstance(out["time"], float)
+
+
+def test_synapse_log_config_classes_map_to_hs(tmp_path: Path) -> None:
+    from hs.logging_setup import LogConfigError, read_log_config
+
+    path = tmp_path / "log.config"
+    path.write_text("""\
+version: 1
+formatters:
+  structured: {class: synapse.logging.TerseJsonFormatter}
+filters:
+  context: {(): synapse.logging.context.LoggingContextFilter, request: ""}
+handlers:
+  buffer: {class: synapse.logging.handlers.PeriodicallyFlushingMemoryHandler, capacity: 10, target: console}
+  console: {class: logging.StreamHandler, formatter: structured}
+""")
+    config = read_log_config(path)
+    assert config["formatters"]["structured"]["class"] == "hs.logging_setup.JsonFormatter"
+    assert config["filters"]["context"]["()"] == "hs.logging_setup.RequestFilter"
+    assert config["handlers"]["buffer"]["class"] == "hs.logging_setup.PeriodicallyFlushingMemoryHandler"
+    path.write_text("handlers: {}\n")
+    with pytest.raises(LogConfigError, match="not a logging dictConfig"):
+        read_log_config(path)
