@@ -34,11 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +63,7 @@ from bench_send_sync import (  # noqa: E402
     pg_host,
     register,
 )
-from bench_sliding_sync import OPEN, Server, _free_port, profiled  # noqa: E402
+from bench_sliding_sync import OPEN, Server, _free_port  # noqa: E402
 
 AS_TOKEN = "bench-as-token-" + uuid.uuid4().hex
 HS_TOKEN = "bench-hs-token-" + uuid.uuid4().hex
@@ -246,6 +249,29 @@ def start_synapse(workdir: Path, registration: Path) -> Server:
         proc.wait()
         raise
     return Server("synapse", proc, base, secret, d)
+
+
+@contextmanager
+def profiled(server: Server | None, out_dir: str, phase: str) -> Iterator[None]:
+    """py-spy (`--py-spy DIR`, found beside this Python or on PATH) attached to hs during one phase:
+    collapsed stacks, idle frames included, in DIR/PHASE.txt (as bench_sliding_sync.py records them)."""
+    if not out_dir or server is None:
+        yield
+        return
+    beside = Path(sys.executable).parent / "py-spy"
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy: no py-spy beside this Python or on PATH")
+    out = Path(out_dir) / f"{phase}.txt"
+    proc = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--format", "raw", "--idle",
+                             "--rate", "1000", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        proc.send_signal(2)
+        proc.wait(30)
+        print(f"  py-spy profile of {phase}: {out}", flush=True)
 
 
 # -- set-up ----------------------------------------------------------------------------------------
