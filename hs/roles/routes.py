@@ -82,6 +82,8 @@ def all_routes() -> list[Route]:
     routes.extend([*federation_public.ROUTES, *client_openid.ROUTES, *sliding_sync.ROUTES])
     from hs.api.client import legacy_sync
     routes.extend(legacy_sync.ROUTES)
+    from hs.api.client import admin_rooms, admin_tokens
+    routes.extend([*admin_rooms.ROUTES, *admin_tokens.ROUTES])  # Synapse's rooms/tokens/notices admin API
     routes.extend(media_routes())
     return routes
 

@@ -68,6 +68,8 @@ MAX_UIA_SESSIONS = 100_000
 MAX_NONCES = 10_000
 DUMMY = "m.login.dummy"
 PASSWORD = "m.login.password"
+# The spec's registration token stage (with `registration_requires_token`; hs/services/registration_tokens.py).
+REGISTRATION_TOKEN = "m.login.registration_token"
 
 
 def generate_access_token() -> str:
@@ -138,6 +140,7 @@ class Registration:
         self._sessions: dict[str, UiaSession] = {}
         # Shared-secret registration nonces: nonce -> creation time (monotonic seconds).
         self._nonces: dict[str, float] = {}
+        self._token_tasks: set[asyncio.Task[None]] = set()
 
     # -- user IDs ------------------------------------------------------------------------------------
     def user_id_for(self, localpart: str) -> str:
@@ -469,6 +472,18 @@ class Registration:
             if oldest.created_ms >= cutoff and len(self._sessions) < MAX_UIA_SESSIONS:
                 break
             del self._sessions[sid]
+            self._release_token(oldest)
+
+    def _release_token(self, session: UiaSession) -> None:
+        """A session that passed the registration token stage and never registered gives the token's
+        pending use back (in the background: pruning is synchronous)."""
+        token = session.completed.get(REGISTRATION_TOKEN)
+        if isinstance(token, str) and "registered_user_id" not in session.internal:
+            from hs.services.registration_tokens import RegistrationTokens
+
+            task = asyncio.get_running_loop().create_task(RegistrationTokens(self.hs).abandon_use(token))
+            self._token_tasks.add(task)
+            task.add_done_callback(self._token_tasks.discard)
 
     def get_session(self, session_id: str) -> UiaSession | None:
         self._prune_sessions()
@@ -540,6 +555,9 @@ class Registration:
                 raise unrecognized(f"Unrecognised login type {stage!r}")
             if stage == DUMMY:
                 session.completed[DUMMY] = True
+            elif stage == REGISTRATION_TOKEN:
+                assert auth is not None
+                await self._check_token_stage(session, auth, flows, params)
             elif stage == PASSWORD:
                 assert auth is not None
                 try:
@@ -561,6 +579,20 @@ class Registration:
             if all(s in session.completed for s in flow):
                 return UiaResult(session, clientdict, dict(session.completed))
         raise self._incomplete(session, flows, params)
+
+    async def _check_token_stage(self, session: UiaSession, auth: dict[str, Any], flows: list[list[str]],
+                                 params: dict[str, Any]) -> None:
+        """m.login.registration_token: a valid token, counted as a pending use once per session."""
+        from hs.services.registration_tokens import RegistrationTokens
+
+        token = auth.get("token")
+        if not isinstance(token, str):
+            raise invalid_param("Registration token must be a string")
+        if session.completed.get(REGISTRATION_TOKEN) == token:
+            return
+        if REGISTRATION_TOKEN in session.completed or not await RegistrationTokens(self.hs).start_use(token):
+            raise self._incomplete(session, flows, params, "M_UNAUTHORIZED", "Invalid registration token")
+        session.completed[REGISTRATION_TOKEN] = token
 
     async def _check_password_stage(self, auth: dict[str, Any], requester: Requester | None) -> str:
         if "identifier" not in auth and "user" not in auth and requester is not None:

@@ -34,11 +34,13 @@ from hs.errors import (
 )
 from hs.services.registration import (
     DUMMY,
+    REGISTRATION_TOKEN,
     InteractiveAuthIncomplete,
     LoginResult,
     Registration,
     check_device_params,
 )
+from hs.services.registration_tokens import RegistrationTokens
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -118,7 +120,7 @@ async def register(request: web.Request) -> HandlerResult:
     uia_body = {k: v for k, v in body.items() if k != "password"}
 
     try:
-        result = await reg.check_ui_auth(uia_operation(request), uia_body, [[DUMMY]])
+        result = await reg.check_ui_auth(uia_operation(request), uia_body, _registration_flows(cfg))
     except InteractiveAuthIncomplete as e:
         session = reg.get_session(e.body["session"])
         if session is not None and password_hash is not None:
@@ -149,6 +151,9 @@ async def register(request: web.Request) -> HandlerResult:
                                                  device_display_name=device_name)
             user_id = login.user_id
         session.internal["registered_user_id"] = user_id
+        token = session.completed.get(REGISTRATION_TOKEN)
+        if isinstance(token, str):
+            await RegistrationTokens(hs).finish_use(token)
         try:
             limiter.check(address)
         except MatrixError:
@@ -193,13 +198,19 @@ async def _register_guest(hs: HomeServer, reg: Registration, body: JsonDict, add
     return 200, _login_response(hs, login)
 
 
+def _registration_flows(cfg: Any) -> list[list[str]]:
+    """With `registration_requires_token`, the token stage comes first in every flow (as Synapse)."""
+    return [[REGISTRATION_TOKEN, DUMMY]] if cfg.registration_requires_token else [[DUMMY]]
+
+
 async def registration_token_validity(request: web.Request) -> HandlerResult:
-    """Registration here needs no token (it is open, or closed to everyone), so none is valid."""
+    """Whether an admin-made registration token can be used now (hs/services/registration_tokens.py)."""
     hs = get_hs(request)
     if not hs.config.enable_registration:
         raise forbidden("Registration has been disabled")
-    query_str(request, "token", required=True)
-    return 200, {"valid": False}
+    token = query_str(request, "token", required=True)
+    assert token is not None
+    return 200, {"valid": await RegistrationTokens(hs).is_valid(token)}
 
 
 async def register_available(request: web.Request) -> HandlerResult:

@@ -1,0 +1,324 @@
+"""Synapse's room admin API, the work behind hs/api/client/admin_rooms.py: listing rooms and their
+details, members and state; blocking; deleting a room (its local members made to leave, its aliases
+removed, then its rows purged); making a local user a room admin; and purging a room's history.
+
+Deleting a room and purging history run as background tasks, their status kept in memory on the
+process that runs them (as Synapse did before it stored them): `delete_id`s and `purge_id`s are
+forgotten 24 hours after they end, or at a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hs.db.stores.admin_rooms import AdminRoomStore
+from hs.errors import MatrixError, bad_request, not_found
+from hs.events.auth import get_domain, get_room_creators, get_user_power_level
+from hs.services.ratelimit import RATELIMIT_EXEMPT
+from hs.util import now_ms, random_string
+
+if TYPE_CHECKING:
+    from hs.server import HomeServer
+
+logger = logging.getLogger(__name__)
+
+# order_by -> (the sort key's column in a listed room, ascending by default): Synapse's orders.
+ROOM_ORDERS: dict[str, tuple[str, bool]] = {
+    "name": ("name", True), "alphabetical": ("name", True), "size": ("joined_members", False),
+    "canonical_alias": ("canonical_alias", True), "joined_members": ("joined_members", False),
+    "joined_local_members": ("joined_local_members", False), "version": ("version", False),
+    "creator": ("creator", True), "encryption": ("encryption", True), "federatable": ("federatable", True),
+    "public": ("public", True), "join_rules": ("join_rules", True), "guest_access": ("guest_access", True),
+    "history_visibility": ("history_visibility", True), "state_events": ("state_events", False),
+}
+JOB_RETENTION_MS = 24 * 3600 * 1000
+
+
+@dataclass
+class Job:
+    """A room deletion or history purge in progress or done."""
+
+    job_id: str
+    room_id: str
+    status: str
+    error: str | None = None
+    ended_ms: int | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class _Jobs:
+    def __init__(self) -> None:
+        self.deletes: dict[str, Job] = {}
+        self.purges: dict[str, Job] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def prune(self) -> None:
+        cutoff = now_ms() - JOB_RETENTION_MS
+        for jobs in (self.deletes, self.purges):
+            for job_id in [j for j, job in jobs.items() if job.ended_ms is not None and job.ended_ms < cutoff]:
+                del jobs[job_id]
+
+
+_JOBS: weakref.WeakKeyDictionary[HomeServer, _Jobs] = weakref.WeakKeyDictionary()
+
+
+def _summary(room: dict[str, Any]) -> dict[str, Any]:
+    """A listed room as Synapse shows it."""
+    state: dict[str, dict[str, Any]] = room["state"]
+
+    def text(etype: str, key: str) -> Any:
+        value = state.get(etype, {}).get(key)
+        return value if isinstance(value, str) else None
+
+    create = state.get("m.room.create", {})
+    return {
+        "room_id": room["room_id"], "name": text("m.room.name", "name"),
+        "canonical_alias": text("m.room.canonical_alias", "alias"),
+        "joined_members": room["joined"], "joined_local_members": room["local"],
+        "version": room["room_version"], "creator": room["creator"],
+        "encryption": text("m.room.encryption", "algorithm"),
+        "federatable": create.get("m.federate", True) is not False, "public": bool(room["is_public"]),
+        "join_rules": text("m.room.join_rules", "join_rule"), "guest_access": text("m.room.guest_access", "guest_access"),
+        "history_visibility": text("m.room.history_visibility", "history_visibility"),
+        "state_events": room["state_events"], "room_type": create.get("type") if isinstance(create.get("type"), str) else None,
+    }
+
+
+class AdminRooms:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.store = AdminRoomStore(hs.db)
+        self.jobs = _JOBS.setdefault(hs, _Jobs())
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    async def list_rooms(self, offset: int, limit: int, order_by: str, backwards: bool, search_term: str | None,
+                         public: bool | None, empty: bool | None) -> tuple[list[dict[str, Any]], int]:
+        """(one page of rooms, how many match): search_term matches the name or canonical alias (case
+        insensitive substrings) or the room ID exactly, as Synapse's."""
+        rooms = [_summary(r) for r in await self.store.rooms(self.hs.server_name)]
+        if search_term is not None:
+            term = search_term.lower()
+            rooms = [r for r in rooms if term in (r["name"] or "").lower()
+                     or term in (r["canonical_alias"] or "").lower() or r["room_id"] == search_term]
+        if public is not None:
+            rooms = [r for r in rooms if r["public"] == public]
+        if empty is not None:
+            rooms = [r for r in rooms if (r["joined_members"] == 0) == empty]
+        column, ascending = ROOM_ORDERS[order_by]
+        if backwards:
+            ascending = not ascending
+        # Missing values sort last going up and first going down (PostgreSQL's NULL order, as Synapse).
+        rooms.sort(key=lambda r: (r[column] is None, r[column] if r[column] is not None else 0, r["room_id"]),
+                   reverse=not ascending)
+        return rooms[offset:offset + limit], len(rooms)
+
+    async def room_details(self, room_id: str) -> dict[str, Any]:
+        found = await self.store.rooms(self.hs.server_name, room_id)
+        if not found:
+            raise not_found("Room not found")
+        room = _summary(found[0])
+        state = found[0]["state"]
+        avatar, topic = state.get("m.room.avatar", {}).get("url"), state.get("m.room.topic", {}).get("topic")
+        room["avatar"] = avatar if isinstance(avatar, str) else None
+        room["topic"] = topic if isinstance(topic, str) else None
+        local = [u for u in await self.members(room_id) if get_domain(u) == self.hs.server_name]
+        room["joined_local_devices"] = await self.store.local_devices(local)
+        forgotten = await self.store.forgotten_by(room_id)
+        locals_ever = await self._local_users_ever(room_id)
+        room["forgotten"] = bool(locals_ever) and all(u in forgotten for u in locals_ever)
+        return room
+
+    async def _local_users_ever(self, room_id: str) -> list[str]:
+        members = await self.hs.event_store.get_current_state_ids(room_id)
+        return [k for (t, k) in members if t == "m.room.member" and get_domain(k) == self.hs.server_name]
+
+    async def require_room(self, room_id: str) -> None:
+        if not await self.hs.room_store.room_exists(room_id):
+            raise not_found("Room not found")
+
+    async def members(self, room_id: str) -> list[str]:
+        """The room's joined members (local and remote), sorted."""
+        members = await self.hs.event_store.get_current_state_events(room_id, [("m.room.member", None)])
+        return sorted(k for (_, k), e in members.items() if e.membership == "join")
+
+    async def state(self, room_id: str) -> list[dict[str, Any]]:
+        from hs.services.serialize import serialize_events
+
+        events = await self.hs.event_store.get_current_state_events(room_id)
+        ordered = [events[k] for k in sorted(events)]
+        return await serialize_events(self.hs, ordered)
+
+    # -- blocking --------------------------------------------------------------------------------------------
+    async def block_status(self, room_id: str) -> dict[str, Any]:
+        by = await self.store.blocked_by(room_id)
+        return {"block": True, "user_id": by} if by is not None else {"block": False}
+
+    async def set_blocked(self, room_id: str, block: bool, by: str) -> None:
+        if block:
+            await self.store.block(room_id, by)
+        else:
+            await self.store.unblock(room_id)
+
+    async def is_blocked(self, room_id: str) -> bool:
+        return await self.store.blocked_by(room_id) is not None
+
+    # -- deleting --------------------------------------------------------------------------------------------
+    def delete_jobs(self, room_id: str) -> list[Job]:
+        self.jobs.prune()
+        return [j for j in self.jobs.deletes.values() if j.room_id == room_id]
+
+    def delete_job(self, delete_id: str) -> Job | None:
+        self.jobs.prune()
+        return self.jobs.deletes.get(delete_id)
+
+    async def start_delete(self, room_id: str, by: str, block: bool, purge: bool) -> str:
+        """Begin deleting a room in the background; its `delete_id`."""
+        if any(j.status in ("shutting_down", "purging") for j in self.delete_jobs(room_id)):
+            raise bad_request(f"History purge already in progress for {room_id}")
+        if not block and not await self.hs.room_store.room_exists(room_id):
+            raise not_found(f"Unknown room id {room_id}")
+        job = Job(random_string(16), room_id, "shutting_down",
+                  result={"kicked_users": [], "failed_to_kick_users": [], "local_aliases": [], "new_room_id": None})
+        self.jobs.deletes[job.job_id] = job
+        self._spawn(self._delete(job, by, block, purge))
+        return job.job_id
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.jobs.tasks.add(task)
+        task.add_done_callback(self.jobs.tasks.discard)
+
+    async def _delete(self, job: Job, by: str, block: bool, purge: bool) -> None:
+        room_id = job.room_id
+        try:
+            if block:
+                await self.store.block(room_id, by)
+            if await self.hs.room_store.room_exists(room_id):
+                await self._shut_down(job)
+            if purge and await self.hs.room_store.room_exists(room_id):
+                job.status = "purging"
+                await self.store.purge_room(room_id)
+                await self._forget_caches()
+            job.status = "complete"
+            logger.info("admin %s deleted room %s (block %s, purge %s): %s", by, room_id, block, purge, job.result)
+        except Exception as e:
+            logger.exception("deleting room %s failed", room_id)
+            job.status, job.error = "failed", str(e)
+        finally:
+            job.ended_ms = now_ms()
+
+    async def _shut_down(self, job: Job) -> None:
+        """Local members leave (and forget the room), local aliases go, the room leaves the directory."""
+        from hs.services.auth import Requester
+
+        room_id = job.room_id
+        reset = RATELIMIT_EXEMPT.set(True)
+        try:
+            for user_id in await self.members(room_id):
+                if get_domain(user_id) != self.hs.server_name:
+                    continue
+                try:
+                    requester = Requester(user_id, "", "")
+                    await self.hs.room_membership.update_membership(requester, room_id, user_id, "leave",
+                                                                    ratelimit=False)
+                    await self.hs.room_membership.forget(requester, room_id)
+                    job.result["kicked_users"].append(user_id)
+                except MatrixError as e:
+                    logger.warning("could not remove %s from %s: %s", user_id, room_id, e)
+                    job.result["failed_to_kick_users"].append(user_id)
+        finally:
+            RATELIMIT_EXEMPT.reset(reset)
+        for alias in await self.hs.room_store.get_aliases_for_room(room_id):
+            await self.hs.room_store.delete_alias(alias)
+            job.result["local_aliases"].append(alias)
+        await self.hs.room_store.set_room_is_public(room_id, False)
+
+    async def _forget_caches(self) -> None:
+        """Rows went behind the caches' back: every cache here and in the other processes starts over."""
+        self.hs.caches.flush_all()
+
+    # -- make room admin -------------------------------------------------------------------------------------
+    async def make_room_admin(self, room_id: str, target: str) -> None:
+        """Give `target` (a local user) the highest power in the room a local member has, joining them
+        first (invited by that member unless the room is public), as Synapse's make_room_admin."""
+        from hs.services.auth import Requester
+
+        state = await self.hs.event_store.get_current_state_events(room_id)
+        rv = await self.hs.room_store.get_room_version(room_id)
+        if rv is None or not state:
+            raise not_found("Room not found")
+        local = [k for (t, k), e in state.items()
+                 if t == "m.room.member" and e.membership == "join" and get_domain(k) == self.hs.server_name]
+        creators = get_room_creators(state, rv)
+        ranked = sorted(local, key=lambda u: (u not in creators, -get_user_power_level(u, state, rv), u))
+        admin = next((u for u in ranked if get_user_power_level(u, state, rv) > 0 or u in creators), None)
+        if admin is None:
+            raise bad_request("No local admin user in room")
+        reset = RATELIMIT_EXEMPT.set(True)
+        try:
+            membership = await self.hs.event_store.get_membership(room_id, target)
+            if membership is None or membership[0] != "join":
+                join_rule = state.get(("m.room.join_rules", ""))
+                if join_rule is None or join_rule.content.get("join_rule") != "public":
+                    if membership is None or membership[0] != "invite":
+                        await self.hs.room_membership.update_membership(Requester(admin, "", ""), room_id, target,
+                                                                        "invite", ratelimit=False)
+                await self.hs.room_membership.update_membership(Requester(target, "", ""), room_id, target, "join",
+                                                                ratelimit=False)
+            power = await self.hs.event_store.get_current_state_event(room_id, "m.room.power_levels")
+            content: dict[str, Any] = dict(power.content) if power is not None else {}
+            users = dict(content.get("users") or {})
+            level = get_user_power_level(admin, state, rv)
+            if math.isinf(level):  # a v12 creator: the most power a user can be given
+                level = max([100, *[v for v in users.values() if isinstance(v, int)]])
+            users[target] = int(level)
+            content["users"] = users
+            await self.hs.event_sender.send(room_id, admin, "m.room.power_levels", content, state_key="",
+                                            room_version=rv)
+        finally:
+            RATELIMIT_EXEMPT.reset(reset)
+
+    # -- purging history -------------------------------------------------------------------------------------
+    def purge_job(self, purge_id: str) -> Job | None:
+        self.jobs.prune()
+        return self.jobs.purges.get(purge_id)
+
+    async def start_purge_history(self, room_id: str, event_id: str | None, before_ts: int | None,
+                                  delete_local_events: bool) -> str:
+        """Begin deleting the room's events before `event_id` (or the last event before `before_ts`); the
+        `purge_id`. The room's current state and latest event stay, as in Synapse."""
+        if event_id is not None:
+            position = await self.store.event_position(room_id, event_id)
+            if position is None:
+                if await self.hs.event_store.get_event(event_id) is not None:
+                    raise bad_request("Event is for wrong room.")
+                raise not_found(f"Event {event_id} not found")
+        else:
+            assert before_ts is not None
+            position = await self.store.last_event_before(room_id, before_ts)
+            if position is None:
+                raise not_found("there is no event to be purged")
+        if any(j.status == "active" for j in self.jobs.purges.values() if j.room_id == room_id):
+            raise bad_request(f"History purge already in progress for {room_id}")
+        job = Job(random_string(16), room_id, "active")
+        self.jobs.purges[job.job_id] = job
+        self._spawn(self._purge(job, position[0], delete_local_events))
+        return job.job_id
+
+    async def _purge(self, job: Job, depth: int, delete_local_events: bool) -> None:
+        try:
+            keep_local = None if delete_local_events else ":" + self.hs.server_name
+            n = await self.store.purge_history(job.room_id, depth, keep_local)
+            await self._forget_caches()
+            job.status = "complete"
+            logger.info("purged %d events of %s before depth %d", n, job.room_id, depth)
+        except Exception as e:
+            logger.exception("purging history of %s failed", job.room_id)
+            job.status, job.error = "failed", str(e)
+        finally:
+            job.ended_ms = now_ms()
