@@ -54,6 +54,17 @@ class Listener(Strict):
     x_forwarded: bool = False
     resources: list[str] = Field(default_factory=lambda: ["client"])
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bind_address(cls, data: Any) -> Any:
+        """Synapse's older singular `bind_address` is added to `bind_addresses`, as Synapse does."""
+        if isinstance(data, dict) and "bind_address" in data:
+            data = dict(data)
+            address = data.pop("bind_address")
+            if address:
+                data["bind_addresses"] = [*data.get("bind_addresses", []), address]
+        return data
+
     @field_validator("resources", mode="before")
     @classmethod
     def _flatten_resources(cls, value: Any) -> Any:
@@ -221,6 +232,8 @@ class RedisConfig(Strict):
     host: str = "127.0.0.1"
     port: int = 6379
     dbid: int = 0
+    # Redis 6's ACL user (Synapse's `username`), with `password`.
+    username: str | None = None
     password: str | None = None
     url: str | None = None
 
@@ -228,7 +241,8 @@ class RedisConfig(Strict):
     def connection_url(self) -> str:
         if self.url:
             return self.url
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""  # redis-py unquotes it
+        user = quote(self.username, safe="") if self.username else ""
+        auth = f"{user}:{quote(self.password, safe='')}@" if self.password else (f"{user}@" if user else "")
         return f"redis://{auth}{self.host}:{self.port}/{self.dbid}"
 
 

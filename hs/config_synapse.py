@@ -299,6 +299,34 @@ SYNAPSE_KEYS: dict[str, SynapseKey] = {
 }
 
 
+# Keys of Synapse's sections that hs's models do not have, by section: `listeners` (also each worker's
+# `listeners`), `database` and `redis`. Screened as the top-level keys are, named by their dotted path.
+SECTION_KEYS: dict[str, dict[str, SynapseKey]] = {
+    "listeners": {
+        "tag": _n("a Synapse metrics label"),
+        "request_id_header": _u("hs names requests itself"),
+        "additional_resources": _u("hs loads no Synapse modules' resources"),
+        "http_options": _u("hs's HTTP options are fixed"),
+        "mode": _u("hs has no Unix socket listeners"),
+        "path": _r("hs has no Unix socket listeners: it would not listen where the proxy connects"),
+    },
+    "database": {
+        "allow_unsafe_locale": _n("hs does not check the database's locale"),
+        "txn_limit": _n("hs does not recycle connections after a number of transactions"),
+        "data_stores": _r("hs keeps all data in one database: the split would be ignored"),
+    },
+    "redis": {
+        "path": _r("hs connects to Redis over TCP: it would connect to `host` instead of the socket"),
+        "password_path": _r("hs reads `password` only: it would connect without the password"),
+        "use_tls": _r("hs connects to Redis without TLS: replication would travel in clear", _is_true),
+        "certificate_file": _r("hs connects to Redis without TLS"),
+        "private_key_file": _r("hs connects to Redis without TLS"),
+        "ca_file": _r("hs connects to Redis without TLS"),
+        "ca_path": _r("hs connects to Redis without TLS"),
+    },
+}
+
+
 @dataclass
 class Screened:
     """What `screen` made of a config's top-level keys."""
@@ -329,27 +357,65 @@ def unknown_key_problems(where: str, key: str, known: Iterable[str]) -> list[str
     return [f"{where}: unknown key"] + ([f"{where}: did you mean `{close}`?"] if close else [])
 
 
+def _judge(path: str, entry: SynapseKey, value: Any, notices: list[str], problems: list[str]) -> None:
+    """The notice or the problem for one Synapse key hs does not read."""
+    if entry.kind == "no_effect":
+        notices.append(f"Synapse option `{path}` has no effect on hs ({entry.reason}); ignored")
+    elif entry.kind == "refused" and entry.refuse_if(value):
+        problems.append(f"{path}: Synapse option `{path}` is not supported by hs, and ignoring it would "
+                        f"change security or data ({entry.reason}); remove it or turn it off")
+    elif entry.kind == "refused":
+        notices.append(f"Synapse option `{path}` is not supported by hs; ignored (as given, it is off)")
+    else:
+        notices.append(f"Synapse option `{path}` is not supported by hs ({entry.reason}); ignored")
+
+
+def _screen_section(path: str, section: Any, table: dict[str, SynapseKey], notices: list[str],
+                    problems: list[str]) -> Any:
+    """The section without the Synapse keys of `table` (judged); other keys are left to the model."""
+    if not isinstance(section, dict):
+        return section
+    kept = {}
+    for key, value in section.items():
+        entry = table.get(key)
+        if entry is None:
+            kept[key] = value
+        else:
+            _judge(f"{path}.{key}", entry, value, notices, problems)
+    return kept
+
+
+def _screen_listeners(path: str, listeners: Any, notices: list[str], problems: list[str]) -> Any:
+    if not isinstance(listeners, list):
+        return listeners
+    return [_screen_section(f"{path}.{i}", item, SECTION_KEYS["listeners"], notices, problems)
+            for i, item in enumerate(listeners)]
+
+
 def screen(data: dict[str, Any], hs_fields: Iterable[str]) -> Screened:
-    """Split a config's top-level keys into those hs reads, Synapse keys it ignores (a notice each) and
-    those it refuses (a problem each: refused Synapse options in effect, and unknown keys)."""
+    """Split a config's keys into those hs reads, Synapse keys it ignores (a notice each) and those it
+    refuses (a problem each: refused Synapse options in effect, and unknown top-level keys). Top-level
+    keys, and the Synapse keys of `SECTION_KEYS`; other nested keys are the models' to judge."""
     fields = set(hs_fields)
     kept: dict[str, Any] = {}
     notices: list[str] = []
     problems: list[str] = []
     for key, value in data.items():
         if key in fields:
+            if key == "listeners":
+                value = _screen_listeners(key, value, notices, problems)
+            elif key in ("database", "redis"):
+                value = _screen_section(key, value, SECTION_KEYS[key], notices, problems)
+            elif key == "workers" and isinstance(value, dict):
+                value = {name: {**worker, "listeners": _screen_listeners(f"workers.{name}.listeners",
+                                                                         worker["listeners"], notices, problems)}
+                         if isinstance(worker, dict) and "listeners" in worker else worker
+                         for name, worker in value.items()}
             kept[key] = value
             continue
         entry = SYNAPSE_KEYS.get(key)
         if entry is None:
             problems.extend(unknown_key_problems(key, key, fields | set(SYNAPSE_KEYS)))
-        elif entry.kind == "no_effect":
-            notices.append(f"Synapse option `{key}` has no effect on hs ({entry.reason}); ignored")
-        elif entry.kind == "refused" and entry.refuse_if(value):
-            problems.append(f"{key}: Synapse option `{key}` is not supported by hs, and ignoring it would "
-                            f"change security or data ({entry.reason}); remove it or turn it off")
-        elif entry.kind == "refused":
-            notices.append(f"Synapse option `{key}` is not supported by hs; ignored (as given, it is off)")
         else:
-            notices.append(f"Synapse option `{key}` is not supported by hs ({entry.reason}); ignored")
+            _judge(key, entry, value, notices, problems)
     return Screened(kept, notices, problems)

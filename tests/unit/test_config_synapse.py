@@ -143,3 +143,26 @@ handlers:
     path.write_text("handlers: {}\n")
     with pytest.raises(LogConfigError, match="not a logging dictConfig"):
         read_log_config(path)
+
+
+def test_synapse_section_keys_are_screened_by_path() -> None:
+    cfg = parse_config({**BASE, "listeners": [
+        {"port": 8008, "bind_address": "0.0.0.0", "tag": "main", "x_forwarded": True,
+         "resources": [{"names": ["client", "federation"], "compress": False}]}],
+        "database": {"name": "sqlite3", "allow_unsafe_locale": True, "txn_limit": 10000,
+                     "args": {"database": "/data/homeserver.db"}},
+        "redis": {"enabled": False, "use_tls": False}})
+    # Synapse's singular bind_address joins bind_addresses.
+    assert cfg.listeners[0].bind_addresses == ["0.0.0.0"]
+    assert cfg.listeners[0].resources == ["client", "federation"]
+    assert [n.split(" ")[2] for n in cfg.notices] == [
+        "`listeners.0.tag`", "`database.allow_unsafe_locale`", "`database.txn_limit`", "`redis.use_tls`"]
+    out = problems({"redis": {"enabled": True, "use_tls": True},
+                    "workers": {"w1": {"listeners": [{"port": 1, "path": "/run/w1.sock"}]}}})
+    assert any(p.startswith("redis.use_tls: Synapse option `redis.use_tls` is not supported by hs") for p in out)
+    assert any(p.startswith("workers.w1.listeners.0.path: Synapse option") for p in out)
+
+
+def test_redis_acl_username() -> None:
+    cfg = parse_config({**BASE, "redis": {"enabled": True, "username": "hs", "password": "p@ss"}})
+    assert cfg.redis.connection_url == "redis://hs:p%40ss@127.0.0.1:6379/0"
