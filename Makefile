@@ -25,7 +25,7 @@ system-packages:
 	deploy/system-packages.sh
 
 test: system-packages $(BIN)/hs
-	$(BIN)/pytest -q -x -p no:cacheprovider tests
+	$(BIN)/pytest -q -x -p no:cacheprovider tests examples
 
 lint: $(BIN)/hs
 	$(BIN)/ruff check hs tests bench

@@ -105,7 +105,10 @@ class TestHomeServer:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
+        """Answer the long-polls first, as `hs run` does on SIGTERM: a client's /sync held for 30 s
+        (a bot's sync loop) would otherwise hold the test's teardown until it times out."""
         if self._runner is not None:
+            self.hs.notifier.interrupt_long_polls()
             await self._runner.cleanup()
             self._runner = None
             await self.hs.stop()
