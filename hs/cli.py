@@ -143,8 +143,9 @@ def _run(args: argparse.Namespace) -> int:
     except LogConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 1
-    for notice in cfg.notices:
-        logging.getLogger("hs.config").info("%s", notice)
+    for notice in cfg.notices:  # a Synapse feature hs lacks is a warning; a key with no effect, info
+        level = logging.WARNING if "is not supported by hs" in notice else logging.INFO
+        logging.getLogger("hs.config").log(level, "%s", notice)
     if cfg.app_for(instance) != "media_repository":
         # A media worker stays on asyncio's own loop: uvloop has no `loop.sendfile`, so downloads would
         # be copied through Python in chunks (more memory per download, less throughput; see the

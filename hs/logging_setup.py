@@ -6,7 +6,8 @@ buffer, the JSON formatters, the request-context filter) are replaced by hs's co
 `%(request)s` in a format is filled (with `-`: hs keeps no per-request logging context). Per-logger
 levels are dictConfig's own `loggers:` section. For JSON lines, name `hs.logging_setup.JsonFormatter`
 as a formatter's `class` (or `()`); Synapse's `synapse.logging.JsonFormatter` and `TerseJsonFormatter`
-mean the same.
+mean the same. `{instance}` in a handler's `filename` is the instance's name (`main`, a worker's), so
+that the instances of a cluster sharing one config write one file each.
 """
 
 from __future__ import annotations
@@ -156,12 +157,22 @@ def read_log_config(path: Path) -> dict[str, Any]:
     return translated
 
 
+def _per_instance(config: dict[str, Any], instance: str) -> dict[str, Any]:
+    """`{instance}` in a handler's `filename` becomes the instance's name, so that one log config serves
+    every instance of a cluster, each writing its own file (Synapse gives each worker its own
+    `worker_log_config` instead)."""
+    for handler in (config.get("handlers") or {}).values():
+        if isinstance(handler, dict) and isinstance(handler.get("filename"), str):
+            handler["filename"] = handler["filename"].replace("{instance}", instance)
+    return config
+
+
 def setup_logging(log_config: Path | None, level: str, instance: str) -> None:
     """Apply `log_config` when given, else the plain stderr format at `level`."""
     if log_config is None:
         logging.basicConfig(level=level, format=f"%(asctime)s {instance} %(name)s %(levelname)s %(message)s")
         return
-    config = read_log_config(log_config)
+    config = _per_instance(read_log_config(log_config), instance)
     try:
         logging.config.dictConfig(config)
     except (ValueError, TypeError, AttributeError, ImportError, OSError) as e:
