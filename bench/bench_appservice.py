@@ -23,7 +23,7 @@ Workloads:
         tail after the last send answered. --rounds rounds, the servers taking turns (hs, Synapse,
         hs, Synapse...) so they see the same load from whatever else runs on the machine.
   latency: one message at a time, one per 1/--rate s on each server (the servers alternating within
-        each tick): time from the PUT's start until the receiver has the event (whether or not the PUT
+        each tick, at least --gap-ms of quiet after each message; a slower server lowers the rate): time from the PUT's start until the receiver has the event (whether or not the PUT
         has answered yet) -> p50/p99 over --trials messages.
 
 Servers, client, receiver and PostgreSQL share this machine's cores.
@@ -409,6 +409,9 @@ async def run_all(servers: list[Server], receivers: dict[str, Receiver], args: a
             for i in range(args.trials):
                 for t in targets:
                     await latency_trial(t, i, args.timeout)
+                    # A quiet gap, so that the next server's trial does not share the machine with
+                    # what this one still does after the delivery (acknowledging the transaction).
+                    await asyncio.sleep(args.gap_ms / 1000)
                 next_at += tick
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
     return targets
@@ -442,6 +445,7 @@ def main() -> int:
                     help="messages sent while the service stalls, per round (0: no backlog workload)")
     ap.add_argument("--trials", type=int, default=200, help="latency messages per server")
     ap.add_argument("--rate", type=float, default=20.0, help="latency messages per second per server")
+    ap.add_argument("--gap-ms", type=float, default=10.0, help="quiet after each latency message")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for deliveries")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds of quiet between phases")
     ap.add_argument("--hs-env", action="append", default=[], metavar="KEY=VALUE", help="environment for hs")
