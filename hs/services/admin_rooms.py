@@ -202,8 +202,7 @@ class AdminRooms:
                 await self._shut_down(job)
             if purge and await self.hs.room_store.room_exists(room_id):
                 job.status = "purging"
-                await self.store.purge_room(room_id)
-                await self._forget_caches()
+                self._forget(await self.store.purge_room(room_id), room_id)
             job.status = "complete"
             logger.info("admin %s deleted room %s (block %s, purge %s): %s", by, room_id, block, purge, job.result)
         except Exception as e:
@@ -238,8 +237,14 @@ class AdminRooms:
             job.result["local_aliases"].append(alias)
         await self.hs.room_store.set_room_is_public(room_id, False)
 
-    async def _forget_caches(self) -> None:
-        """Rows went behind the caches' back: every cache here and in the other processes starts over."""
+    def _forget(self, event_ids: list[str], room_id: str | None = None) -> None:
+        """Rows went behind the caches' back: this process's copies of the events (and of a deleted
+        room's version) go. Other processes keep theirs until evicted: the event store's cache is not
+        one the cache invalidation stream reaches (hs/streams/caches.py)."""
+        for event_id in event_ids:
+            self.hs.event_store.invalidate_event(event_id)
+        if room_id is not None:
+            self.hs.room_store._versions.pop(room_id, None)  # RoomStore has no method to forget a room
         self.hs.caches.flush_all()
 
     # -- make room admin -------------------------------------------------------------------------------------
@@ -313,10 +318,10 @@ class AdminRooms:
     async def _purge(self, job: Job, depth: int, delete_local_events: bool) -> None:
         try:
             keep_local = None if delete_local_events else ":" + self.hs.server_name
-            n = await self.store.purge_history(job.room_id, depth, keep_local)
-            await self._forget_caches()
+            purged = await self.store.purge_history(job.room_id, depth, keep_local)
+            self._forget(purged)
             job.status = "complete"
-            logger.info("purged %d events of %s before depth %d", n, job.room_id, depth)
+            logger.info("purged %d events of %s before depth %d", len(purged), job.room_id, depth)
         except Exception as e:
             logger.exception("purging history of %s failed", job.room_id)
             job.status, job.error = "failed", str(e)

@@ -37,6 +37,7 @@ from hs.api.params import (
     body_int,
     path_room_id,
     query_enum,
+    query_fields,
     query_int,
     query_limit,
     query_str,
@@ -73,7 +74,7 @@ async def list_rooms(request: web.Request) -> HandlerResult:
     order_by = query_enum(request, "order_by", ROOM_ORDERS, "name")
     assert order_by is not None
     backwards = query_enum(request, "dir", ("f", "b"), "f") == "b"
-    if query_enum(request, "search_term", ("",)) == "":
+    if ("search_term", "") in query_fields(request):
         raise invalid_param("search_term cannot be an empty string")
     search_term = query_str(request, "search_term", max_length=MAX_ID_LENGTH)
     logger.info("admin %s lists rooms (order %s, search %r)", by, order_by, search_term)

@@ -121,17 +121,20 @@ class AdminRoomStore:
         await self.db.execute("UPDATE profiles SET avatar_url = $1 WHERE user_id = $2", avatar_url, user_id)
 
     # -- purging ---------------------------------------------------------------------------------------------
-    async def purge_room(self, room_id: str) -> None:
-        """Delete everything stored about the room, in one transaction (its block, if any, stays)."""
-        async def txn(c: Connection) -> None:
+    async def purge_room(self, room_id: str) -> list[str]:
+        """Delete everything stored about the room, in one transaction (its block, if any, stays); the
+        IDs of the events that went."""
+        async def txn(c: Connection) -> list[str]:
+            ids = [r["event_id"] for r in await c.fetch("SELECT event_id FROM events WHERE room_id = $1", room_id)]
             await c.execute("DELETE FROM federation_event_relays WHERE event_id IN"
                             " (SELECT event_id FROM events WHERE room_id = $1)", room_id)
             await c.execute("DELETE FROM state_groups_state WHERE state_group IN"
                             " (SELECT id FROM state_groups WHERE room_id = $1)", room_id)
             for table in ("state_groups", "events", *ROOM_TABLES, "rooms"):
                 await c.execute(f"DELETE FROM {table} WHERE room_id = $1", room_id)
+            return ids
 
-        await self.db.run_transaction("purge_room", txn)
+        return await self.db.run_transaction("purge_room", txn)
 
     async def event_position(self, room_id: str, event_id: str) -> tuple[int, int] | None:
         """(depth, stream ordering) of one of the room's events."""
@@ -146,10 +149,10 @@ class AdminRoomStore:
             " ORDER BY stream_ordering DESC LIMIT 1", room_id, ts)
         return None if row is None else (int(row["depth"]), int(row["stream_ordering"]))
 
-    async def purge_history(self, room_id: str, depth: int, local_suffix: str | None) -> int:
+    async def purge_history(self, room_id: str, depth: int, local_suffix: str | None) -> list[str]:
         """Delete the room's non-state events of lower depth (topologically before), except its forward
         extremities and latest event; with `local_suffix` (":server"), this server's users' events are
-        kept. State events are kept (current and past state is built from them). Returns how many went."""
+        kept. State events are kept (current and past state is built from them). Returns the IDs of those that went."""
         where = Where()
         where.add("room_id = {}", room_id)
         where.add("state_key IS NULL")
@@ -170,4 +173,4 @@ class AdminRoomStore:
                 await c.execute(f"DELETE FROM events WHERE event_id IN ({marks})", *w.args)
 
             await self.db.run_transaction("purge_history", txn)
-        return len(ids)
+        return ids
