@@ -166,3 +166,12 @@ def test_synapse_section_keys_are_screened_by_path() -> None:
 def test_redis_acl_username() -> None:
     cfg = parse_config({**BASE, "redis": {"enabled": True, "username": "hs", "password": "p@ss"}})
     assert cfg.redis.connection_url == "redis://hs:p%40ss@127.0.0.1:6379/0"
+
+
+def test_doc_lists_every_refused_option() -> None:
+    from hs.config_synapse import SECTION_KEYS
+
+    doc = (Path(__file__).parents[2] / "docs" / "synapse-config.md").read_text()
+    refused = [k for k, e in SYNAPSE_KEYS.items() if e.kind == "refused"]
+    refused += [f"{s}.{k}" for s, t in SECTION_KEYS.items() for k, e in t.items() if e.kind == "refused"]
+    assert [k for k in refused if f"| `{k}` |" not in doc] == []
