@@ -156,6 +156,8 @@ SYNAPSE_KEYS: dict[str, SynapseKey] = {
     "invite_3pid_guest": _u(_THREEPID),
     "next_link_domain_whitelist": _u(_THREEPID),
     "enable_registration_token_3pid_bypass": _u(_THREEPID),
+    "allowed_local_3pids": _u(_THREEPID),
+    "enable_3pid_changes": _u(_THREEPID),
     "recaptcha_public_key": _u("hs has no CAPTCHA"),
     "recaptcha_private_key": _u("hs has no CAPTCHA"),
     "recaptcha_public_key_path": _u("hs has no CAPTCHA"),
@@ -216,6 +218,8 @@ SYNAPSE_KEYS: dict[str, SynapseKey] = {
     "dummy_events_threshold": _u("hs sends no dummy events"),
     "push_rules": _u("hs's push rule set is fixed"),
     "matrix_rtc": _u("hs has no MatrixRTC transports"),
+    # `presence.enabled` is read as `use_presence` (see `screen`); the timers are hs's own.
+    "presence": _u("hs's presence timers are fixed"),
     "rc_message_burst_count": _u("a legacy key; `rc_message` sets the limit"),
     "rc_messages_per_second": _u("a legacy key; `rc_message` sets the limit"),
     **{key: _u(_RATE) for key in (
@@ -247,7 +251,6 @@ SYNAPSE_KEYS: dict[str, SynapseKey] = {
     "nonrefreshable_access_token_lifetime": _r("hs's tokens do not expire: sessions would outlive it"),
     "delete_stale_devices_after": _r("hs does not delete stale devices: their tokens would stay valid"),
     "registrations_require_3pid": _r("hs has no email or phone: registration would not require one"),
-    "allowed_local_3pids": _r("hs has no email or phone: registration would not be restricted by them"),
     "enable_registration_captcha": _r("hs has no CAPTCHA: registration would be open to bots", _is_true),
     "user_consent": _r("hs tracks no consent to a privacy policy: users would not be asked"),
     "hs_disabled": _r("hs cannot be disabled by config: it would serve users", _is_true),
@@ -261,9 +264,7 @@ SYNAPSE_KEYS: dict[str, SynapseKey] = {
     "allow_per_room_profiles": _r("hs allows per-room display names and avatars", _is_false),
     "enable_set_displayname": _r("hs lets users change display names", _is_false),
     "enable_set_avatar_url": _r("hs lets users change avatars", _is_false),
-    "enable_3pid_changes": _r("hs cannot lock identifiers this way", _is_false),
     "enable_room_list_search": _r("hs always serves the room directory: it would be searchable", _is_false),
-    "presence": _r("use `use_presence: false`: hs would share presence", _disables),
     "user_directory": _r("hs's user directory cannot be turned off: users would be searchable", _disables),
     "push": _r("hs always puts message content into push notifications: it would reach the push "
                "gateway", _push_without_content),
@@ -416,6 +417,19 @@ def screen(data: dict[str, Any], hs_fields: Iterable[str]) -> Screened:
         entry = SYNAPSE_KEYS.get(key)
         if entry is None:
             problems.extend(unknown_key_problems(key, key, fields | set(SYNAPSE_KEYS)))
+        elif key == "presence" and isinstance(value, dict):
+            _presence(value, kept, notices)
         else:
             _judge(key, entry, value, notices, problems)
     return Screened(kept, notices, problems)
+
+
+def _presence(section: dict[str, Any], kept: dict[str, Any], notices: list[str]) -> None:
+    """Synapse's `presence.enabled` (which wins over `use_presence`, as in Synapse) turns hs's presence
+    on or off; `untracked` (presence set by something else) is on. The other keys are notices."""
+    enabled = section.get("enabled")
+    if enabled is not None:
+        kept["use_presence"] = bool(enabled)
+    for key, value in section.items():
+        if key != "enabled":
+            _judge(f"presence.{key}", SYNAPSE_KEYS["presence"], value, notices, [])

@@ -175,3 +175,11 @@ def test_doc_lists_every_refused_option() -> None:
     refused = [k for k, e in SYNAPSE_KEYS.items() if e.kind == "refused"]
     refused += [f"{s}.{k}" for s, t in SECTION_KEYS.items() for k, e in t.items() if e.kind == "refused"]
     assert [k for k in refused if f"| `{k}` |" not in doc] == []
+
+
+def test_presence_section_is_read_as_use_presence() -> None:
+    cfg = parse_config({**BASE, "use_presence": True, "presence": {"enabled": False, "idle_timeout": "5m"}})
+    assert cfg.use_presence is False
+    assert cfg.notices == ["Synapse option `presence.idle_timeout` is not supported by hs (hs's presence timers "
+                           "are fixed); ignored"]
+    assert parse_config({**BASE, "presence": {"enabled": "untracked"}}).use_presence is True
