@@ -147,7 +147,7 @@ class AdminUsers:
 
     async def devices(self, user_id: str) -> list[dict[str, Any]]:
         await self.hs.auth.sightings_stored()
-        return [{**d, "dehydrated": False} for d in await self.store.devices(user_id)]
+        return await self.store.devices(user_id)
 
     # -- writing --------------------------------------------------------------------------------------
     async def create_user(self, user_id: str, body: dict[str, Any]) -> None:
@@ -203,6 +203,15 @@ class AdminUsers:
     async def reset_password(self, user_id: str, new_password: Any, logout_devices: bool) -> None:
         await self.require_user(user_id)
         await self.hs.registration.set_password(user_id, new_password, None, logout_devices, None)
+
+    async def deactivate(self, user_id: str, erase: bool) -> None:
+        """Deactivate (hs.accounts); with `erase`, the profile's display name and avatar go too, as
+        Synapse's erasure removes them (after the user left its rooms, so no membership event carries the
+        change; the events they sent before keep the old values, as history does)."""
+        await self.hs.accounts.deactivate(user_id, erase=erase)
+        if erase:
+            for field in ("displayname", "avatar_url"):
+                await self.hs.user_store.set_profile_field(user_id, field, None)
 
     async def delete_device(self, user_id: str, device_id: str) -> None:
         await self.hs.accounts.delete_devices(user_id, [device_id])

@@ -186,6 +186,7 @@ async def test_deactivate_with_erase(server: TestHomeServer) -> None:
         "id_server_unbind_result": "success"}
     details = await ok(boss, "GET", f"{V2}/users/{q(bob.user_id)}")
     assert details["deactivated"] is True and details["erased"] is True
+    assert details["displayname"] is None and details["avatar_url"] is None  # erasure removes the profile
     assert (await ok(boss, "GET", f"{V1}/users/{q(bob.user_id)}/joined_rooms")) == {"joined_rooms": [], "total": 0}
     status, body = await boss.request("POST", f"{V1}/deactivate/{q(bob.user_id)}", {"erase": "yes"})
     assert (status, body["errcode"]) == (400, "M_BAD_JSON")
@@ -227,7 +228,7 @@ async def test_whois_rooms_devices(server: TestHomeServer) -> None:
     devices = await ok(boss, "GET", f"{V2}/users/{q(bob.user_id)}/devices")
     assert devices["total"] == 1 and devices["devices"][0]["device_id"] == bob.device_id
     assert set(devices["devices"][0]) == {"device_id", "display_name", "last_seen_ip", "last_seen_ts",
-                                          "last_seen_user_agent", "user_id", "dehydrated"}
+                                          "last_seen_user_agent", "user_id"}
     status, body = await boss.request("GET", f"{V2}/users/{q(uid(server, 'nobody'))}/devices")
     assert (status, body["error"]) == (404, "Unknown user")
 

@@ -153,7 +153,7 @@ async def deactivate(request: web.Request) -> HandlerResult:
     if not isinstance(erase, bool):
         raise bad_json("Param 'erase' must be a boolean, if given")
     logger.info("admin %s deactivates %s (erase: %s)", by, user_id, erase)
-    await get_hs(request).accounts.deactivate(user_id, erase=erase)
+    await service.deactivate(user_id, erase)
     return 200, {"id_server_unbind_result": "success"}
 
 
