@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.admin_rooms import AdminRoomStore
-from hs.errors import MatrixError, bad_request, not_found
+from hs.errors import MatrixError, bad_request, internal_error, not_found
 from hs.events.auth import get_domain, get_room_creators, get_user_power_level
 from hs.services.ratelimit import RATELIMIT_EXEMPT
 from hs.util import now_ms, random_string
@@ -37,6 +37,18 @@ ROOM_ORDERS: dict[str, tuple[str, bool]] = {
     "history_visibility": ("history_visibility", True), "state_events": ("state_events", False),
 }
 JOB_RETENTION_MS = 24 * 3600 * 1000
+# Synapse's defaults for the room a deleted room's members are moved to (`new_room_user_id`).
+DEFAULT_NEW_ROOM_NAME = "Content Violation Notification"
+DEFAULT_MESSAGE = "Sharing illegal content on this server is not permitted and rooms in violation will be blocked."
+
+
+@dataclass
+class NewRoomSpec:
+    """Where a deleted room's local members go: a room `creator` makes, named `name`, with `message`."""
+
+    creator: str
+    name: str | None = None
+    message: str | None = None
 
 
 @dataclass
@@ -176,8 +188,12 @@ class AdminRooms:
         self.jobs.prune()
         return self.jobs.deletes.get(delete_id)
 
-    async def start_delete(self, room_id: str, by: str, block: bool, purge: bool) -> str:
-        """Begin deleting a room in the background; its `delete_id`."""
+    async def _new_delete(self, room_id: str, new_room: NewRoomSpec | None, block: bool) -> Job:
+        if new_room is not None:
+            if get_domain(new_room.creator) != self.hs.server_name:
+                raise bad_request(f"User must be our own: {new_room.creator}")
+            if await self.hs.user_store.get_user(new_room.creator) is None:
+                raise not_found(f"User not found: {new_room.creator}")
         if any(j.status in ("shutting_down", "purging") for j in self.delete_jobs(room_id)):
             raise bad_request(f"History purge already in progress for {room_id}")
         if not block and not await self.hs.room_store.room_exists(room_id):
@@ -185,21 +201,36 @@ class AdminRooms:
         job = Job(random_string(16), room_id, "shutting_down",
                   result={"kicked_users": [], "failed_to_kick_users": [], "local_aliases": [], "new_room_id": None})
         self.jobs.deletes[job.job_id] = job
-        self._spawn(self._delete(job, by, block, purge))
+        return job
+
+    async def start_delete(self, room_id: str, by: str, block: bool, purge: bool,
+                           new_room: NewRoomSpec | None = None) -> str:
+        """Begin deleting a room in the background (v2); its `delete_id`."""
+        job = await self._new_delete(room_id, new_room, block)
+        self._spawn(self._delete(job, by, block, purge, new_room))
         return job.job_id
+
+    async def delete_now(self, room_id: str, by: str, block: bool, purge: bool,
+                         new_room: NewRoomSpec | None = None) -> dict[str, Any]:
+        """Delete a room and answer when done (v1): the shutdown's result."""
+        job = await self._new_delete(room_id, new_room, block)
+        await self._delete(job, by, block, purge, new_room)
+        if job.status == "failed":
+            raise internal_error(f"Deleting the room failed: {job.error}")
+        return dict(job.result)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.jobs.tasks.add(task)
         task.add_done_callback(self.jobs.tasks.discard)
 
-    async def _delete(self, job: Job, by: str, block: bool, purge: bool) -> None:
+    async def _delete(self, job: Job, by: str, block: bool, purge: bool, new_room: NewRoomSpec | None) -> None:
         room_id = job.room_id
         try:
             if block:
                 await self.store.block(room_id, by)
             if await self.hs.room_store.room_exists(room_id):
-                await self._shut_down(job)
+                await self._shut_down(job, new_room)
             if purge and await self.hs.room_store.room_exists(room_id):
                 job.status = "purging"
                 self._forget(await self.store.purge_room(room_id), room_id)
@@ -211,30 +242,46 @@ class AdminRooms:
         finally:
             job.ended_ms = now_ms()
 
-    async def _shut_down(self, job: Job) -> None:
-        """Local members leave (and forget the room), local aliases go, the room leaves the directory."""
+    async def _shut_down(self, job: Job, new_room: NewRoomSpec | None) -> None:
+        """Local members (joined, invited, knocking) leave and forget the room, the room leaves the
+        directory; with `new_room`, the joined ones join a new room made by its creator, where it says
+        why, and the local aliases move there (Synapse's room shutdown)."""
         from hs.services.auth import Requester
 
         room_id = job.room_id
         reset = RATELIMIT_EXEMPT.set(True)
         try:
-            for user_id in await self.members(room_id):
-                if get_domain(user_id) != self.hs.server_name:
+            new_room_id = None
+            if new_room is not None:
+                new_room_id = await self.hs.room_creator.create_room(Requester(new_room.creator, "", ""), {
+                    "preset": "public_chat", "name": new_room.name or DEFAULT_NEW_ROOM_NAME,
+                    "power_level_content_override": {"users_default": -10}})
+                job.result["new_room_id"] = new_room_id
+            members = await self.hs.event_store.get_current_state_events(room_id, [("m.room.member", None)])
+            for (_, user_id), event in sorted(members.items()):
+                if get_domain(user_id) != self.hs.server_name or event.membership not in ("join", "invite", "knock"):
                     continue
                 try:
                     requester = Requester(user_id, "", "")
                     await self.hs.room_membership.update_membership(requester, room_id, user_id, "leave",
                                                                     ratelimit=False)
                     await self.hs.room_membership.forget(requester, room_id)
+                    if new_room_id is not None and event.membership == "join":
+                        await self.hs.room_membership.update_membership(requester, new_room_id, user_id, "join",
+                                                                        ratelimit=False)
                     job.result["kicked_users"].append(user_id)
                 except MatrixError as e:
                     logger.warning("could not remove %s from %s: %s", user_id, room_id, e)
                     job.result["failed_to_kick_users"].append(user_id)
+            if new_room is not None and new_room_id is not None:
+                await self.hs.event_sender.send(new_room_id, new_room.creator, "m.room.message",
+                                                {"msgtype": "m.text", "body": new_room.message or DEFAULT_MESSAGE})
+                for alias in await self.hs.room_store.get_aliases_for_room(room_id):
+                    await self.hs.room_store.delete_alias(alias)
+                    await self.hs.room_store.create_alias(alias, new_room_id, new_room.creator)
+                    job.result["local_aliases"].append(alias)
         finally:
             RATELIMIT_EXEMPT.reset(reset)
-        for alias in await self.hs.room_store.get_aliases_for_room(room_id):
-            await self.hs.room_store.delete_alias(alias)
-            job.result["local_aliases"].append(alias)
         await self.hs.room_store.set_room_is_public(room_id, False)
 
     def _forget(self, event_ids: list[str], room_id: str | None = None) -> None:

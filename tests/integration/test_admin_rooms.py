@@ -147,7 +147,8 @@ async def test_delete_room(server: TestHomeServer) -> None:
     assert result["delete_id"] == delete_id and result["status"] == "complete", result
     shutdown = result["shutdown_room"]
     assert sorted(shutdown["kicked_users"]) == sorted([alice.user_id, bob.user_id])
-    assert shutdown["failed_to_kick_users"] == [] and shutdown["local_aliases"] == ["#doomed:test.local"]
+    # Without a new room, aliases are not moved (the purge removes them), as in Synapse.
+    assert shutdown["failed_to_kick_users"] == [] and shutdown["local_aliases"] == []
     assert shutdown["new_room_id"] is None
     by_id = await ok(boss, "GET", V2 + f"/rooms/delete_status/{delete_id}")
     assert by_id["status"] == "complete" and by_id["shutdown_room"] == shutdown
@@ -166,7 +167,7 @@ async def test_delete_room(server: TestHomeServer) -> None:
     assert status == 404
     status, body = await boss.request("DELETE", V2 + "/rooms/!unknown:test.local", {})
     assert status == 404
-    status, body = await boss.request("DELETE", V2 + f"/rooms/{room}", {"new_room_user_id": boss.user_id})
+    status, body = await boss.request("DELETE", V2 + f"/rooms/{room}", {"new_room_user_id": "@x:elsewhere.test"})
     assert status == 400
 
 
@@ -174,7 +175,10 @@ async def test_delete_without_purge(server: TestHomeServer) -> None:
     boss = await admin(server)
     alice = await user(server, "alice")
     room = await alice.create_room()
-    await ok(boss, "DELETE", V1 + f"/rooms/{room}", {"purge": False})
+    # v1 answers when done, with the shutdown's result.
+    result = await ok(boss, "DELETE", V1 + f"/rooms/{room}", {"purge": False})
+    assert result == {"kicked_users": [alice.user_id], "failed_to_kick_users": [], "local_aliases": [],
+                      "new_room_id": None}
     body = await wait_status(boss, V2 + f"/rooms/{room}/delete_status")
     assert body["results"][0]["status"] == "complete"
     details = await ok(boss, "GET", V1 + f"/rooms/{room}")
@@ -251,3 +255,33 @@ async def test_purge_history(server: TestHomeServer) -> None:
     assert status == 404
     status, _ = await boss.request("GET", V1 + "/purge_history_status/nope")
     assert status == 404
+
+
+async def test_delete_room_moving_members(server: TestHomeServer) -> None:
+    boss = await admin(server)
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    carol = await user(server, "carol")
+    room = await alice.create_room(room_alias_name="moved", preset="public_chat")
+    await ok(bob, "POST", f"/join/{room}", {})
+    await ok(alice, "POST", f"/rooms/{room}/invite", {"user_id": carol.user_id})
+    delete_id = (await ok(boss, "DELETE", V2 + f"/rooms/{room}", {
+        "new_room_user_id": boss.user_id, "room_name": "Moved", "message": "This room was closed"}))["delete_id"]
+    status = await wait_status(boss, V2 + f"/rooms/delete_status/{delete_id}")
+    assert status["status"] == "complete", status
+    shutdown = status["shutdown_room"]
+    new_room = shutdown["new_room_id"]
+    assert isinstance(new_room, str) and new_room != room
+    assert sorted(shutdown["kicked_users"]) == sorted([alice.user_id, bob.user_id, carol.user_id])
+    assert shutdown["local_aliases"] == ["#moved:test.local"]
+    # The joined members are in the new room, where the message says why; the invite was withdrawn.
+    for client in (alice, bob):
+        assert (await ok(client, "GET", "/joined_rooms"))["joined_rooms"] == [new_room]
+    assert (await ok(carol, "GET", "/joined_rooms"))["joined_rooms"] == []
+    assert (await ok(alice, "GET", f"/rooms/{new_room}/state/m.room.name"))["name"] == "Moved"
+    messages = await ok(alice, "GET", f"/rooms/{new_room}/messages", dir="b", limit="20")
+    assert "This room was closed" in [e["content"].get("body") for e in messages["chunk"]]
+    assert (await ok(alice, "GET", f"/directory/room/{quote('#moved:test.local')}"))["room_id"] == new_room
+    status_code, body = await alice.request("PUT", f"/rooms/{new_room}/send/m.room.message/t1",
+                                            {"msgtype": "m.text", "body": "hi"})
+    assert status_code == 403

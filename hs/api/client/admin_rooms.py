@@ -5,10 +5,12 @@ hs/services/admin_rooms.py's:
          `empty_rooms`: `{"rooms", "offset", "total_rooms", "next_batch"?, "prev_batch"?}`;
 - GET    /_synapse/admin/v1/rooms/{roomId}: the room's details; .../members: `{"members", "total"}`;
          .../state: `{"state": [events]}`;
-- DELETE /_synapse/admin/v1/rooms/{roomId} and /_synapse/admin/v2/rooms/{roomId} with `block`, `purge`:
-         `{"delete_id"}`, the deletion running in the background; its status from
+- DELETE /_synapse/admin/v2/rooms/{roomId} with `block`, `purge`, `new_room_user_id`, `room_name`,
+         `message`: `{"delete_id"}`, the deletion running in the background; its status from
          GET /_synapse/admin/v2/rooms/{roomId}/delete_status (`{"results": [...]}`) and
-         GET /_synapse/admin/v2/rooms/delete_status/{deleteId};
+         GET /_synapse/admin/v2/rooms/delete_status/{deleteId}; DELETE /_synapse/admin/v1/rooms/{roomId}
+         the same, answering when done with the result (`kicked_users`, `failed_to_kick_users`,
+         `local_aliases`, `new_room_id`);
 - GET/PUT /_synapse/admin/v1/rooms/{roomId}/block: `{"block", "user_id"?}`;
 - POST   /_synapse/admin/v1/rooms/{roomIdOrAlias}/make_room_admin with optional `user_id`: `{}`;
 - POST   /_synapse/admin/v1/purge_history/{roomId}[/{eventId}] with `delete_local_events`,
@@ -18,8 +20,8 @@ hs/services/admin_rooms.py's:
 Errors are Synapse's: 401 without a token, 403 M_FORBIDDEN for a non-admin, 404 "Room not found", 400
 M_INVALID_PARAM for a bad room ID or parameter. Every call is logged with the admin who made it.
 
-Not built: the deletion's `new_room_user_id` (moving the local members to a new room with a message):
-it is refused with 400 rather than ignored; and v1's synchronous DELETE answers like v2 (a delete_id).
+A deletion with `new_room_user_id` (and optional `room_name`, `message`) moves the joined local members
+to a new room that user makes, and the local aliases with them, as Synapse's.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from hs.api.params import (
 )
 from hs.errors import bad_json, bad_request, invalid_param, missing_param, not_found
 from hs.events.auth import get_domain
-from hs.services.admin_rooms import ROOM_ORDERS, AdminRooms, Job
+from hs.services.admin_rooms import ROOM_ORDERS, AdminRooms, Job, NewRoomSpec
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ V1 = "/_synapse/admin/v1"
 V2 = "/_synapse/admin/v2"
 MAX_LIMIT = 1000
 MAX_ID_LENGTH = 255
+MAX_TEXT_LENGTH = 10_000
 
 
 def _tristate(request: web.Request, name: str) -> bool | None:
@@ -142,14 +145,26 @@ async def delete_room(request: web.Request) -> HandlerResult:
     by = await require_admin(request)
     room_id = path_room_id(request)
     body = await parse_json(request, allow_empty=True)
+    new_room = None
     if body.get("new_room_user_id") is not None:
-        raise bad_request("new_room_user_id is not supported by hs: the members are removed, not moved")
+        creator, name, message = (body.get(k) for k in ("new_room_user_id", "room_name", "message"))
+        if not isinstance(creator, str) or not creator.startswith("@") or len(creator) > MAX_ID_LENGTH:
+            raise bad_json("'new_room_user_id' must be a user ID")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_TEXT_LENGTH):
+            raise bad_json("'room_name' must be a string")
+        if message is not None and (not isinstance(message, str) or len(message) > MAX_TEXT_LENGTH):
+            raise bad_json("'message' must be a string")
+        new_room = NewRoomSpec(creator, name, message)
     block = body_bool(body, "block", False)
     purge = body_bool(body, "purge", True)
     body_bool(body, "force_purge", False)
     if not purge and body.get("force_purge") is True:
         raise bad_json("Cannot use 'force_purge' without 'purge'")
-    delete_id = await AdminRooms(get_hs(request)).start_delete(room_id, by, block, purge)
+    admin = AdminRooms(get_hs(request))
+    if request.path.startswith(V1):
+        logger.info("admin %s deletes room %s (block %s, purge %s), waiting", by, room_id, block, purge)
+        return 200, await admin.delete_now(room_id, by, block, purge, new_room)
+    delete_id = await admin.start_delete(room_id, by, block, purge, new_room)
     logger.info("admin %s deletes room %s (block %s, purge %s): %s", by, room_id, block, purge, delete_id)
     return 200, {"delete_id": delete_id}
 
