@@ -62,6 +62,12 @@ def _encryption_default(value: Any) -> bool:
     return value not in (None, "off")
 
 
+def _delegated_auth(value: Any) -> bool:
+    """`experimental_features` matters to security only where it delegates authentication (MSC3861)."""
+    msc3861 = value.get("msc3861") if isinstance(value, dict) else None
+    return isinstance(msc3861, dict) and msc3861.get("enabled") is True
+
+
 def _push_without_content(value: Any) -> bool:
     return isinstance(value, dict) and (value.get("include_content") is False or value.get("enabled") is False)
 
@@ -145,7 +151,6 @@ SYNAPSE_KEYS: dict[str, SynapseKey] = {
     "opentracing": _u("hs has no OpenTracing"),
     "stats": _u("hs keeps no room and user statistics tables"),
     "user_types": _u("hs has no custom user types"),
-    "experimental_features": _u("hs's MSC support is not switched by this section"),
     "email": _u("hs sends no email"),
     "account_threepid_delegates": _u(_THREEPID),
     "default_identity_server": _u(_THREEPID),
@@ -239,6 +244,10 @@ SYNAPSE_KEYS: dict[str, SynapseKey] = {
                       "against the local database instead"),
     "password_providers": _r("hs has no password provider modules; passwords would be checked against "
                              "the local database instead"),
+    "experimental_features": _r(
+        "hs does not delegate authentication (MSC3861, now `matrix_authentication_service`): it would "
+        "accept its own logins instead; the "
+        "section's other switches do not apply to hs", _delegated_auth),
     "matrix_authentication_service": _r("hs does not delegate authentication; it would accept its own "
                                         "logins instead"),
     "password_config": _r("hs enforces no password policy and cannot turn password login off: weak "
@@ -366,7 +375,8 @@ def _judge(path: str, entry: SynapseKey, value: Any, notices: list[str], problem
         problems.append(f"{path}: Synapse option `{path}` is not supported by hs, and ignoring it would "
                         f"change security or data ({entry.reason}); remove it or turn it off")
     elif entry.kind == "refused":
-        notices.append(f"Synapse option `{path}` is not supported by hs; ignored (as given, it is off)")
+        notices.append(f"Synapse option `{path}` is not supported by hs; ignored (as given, it would not "
+                       "change security or data)")
     else:
         notices.append(f"Synapse option `{path}` is not supported by hs ({entry.reason}); ignored")
 

@@ -70,6 +70,7 @@ def test_no_effect_and_unsupported_keys_are_accepted_with_a_notice() -> None:
     ("encryption_enabled_by_default_for_room_type", "all"),
     ("enable_registration_captcha", True),
     ("modules", [{"module": "my_module.Checker"}]),
+    ("experimental_features", {"msc3861": {"enabled": True}}),
 ])
 def test_security_relevant_options_in_effect_are_refused(key: str, value: object) -> None:
     out = problems({key: value})
@@ -175,6 +176,10 @@ def test_doc_lists_every_refused_option() -> None:
     refused = [k for k, e in SYNAPSE_KEYS.items() if e.kind == "refused"]
     refused += [f"{s}.{k}" for s, t in SECTION_KEYS.items() for k, e in t.items() if e.kind == "refused"]
     assert [k for k in refused if f"| `{k}` |" not in doc] == []
+    kinds = [e.kind for e in SYNAPSE_KEYS.values()]
+    for label, kind in (("no effect", "no_effect"), ("unsupported", "unsupported"),
+                        ("refused when in effect", "refused")):
+        assert f"| {label} | {kinds.count(kind)} |" in doc
 
 
 def test_presence_section_is_read_as_use_presence() -> None:
@@ -183,3 +188,9 @@ def test_presence_section_is_read_as_use_presence() -> None:
     assert cfg.notices == ["Synapse option `presence.idle_timeout` is not supported by hs (hs's presence timers "
                            "are fixed); ignored"]
     assert parse_config({**BASE, "presence": {"enabled": "untracked"}}).use_presence is True
+
+
+def test_experimental_features_is_a_notice_unless_it_delegates_authentication() -> None:
+    cfg = parse_config({**BASE, "experimental_features": {"msc3266_enabled": True}})
+    assert cfg.notices == ["Synapse option `experimental_features` is not supported by hs; ignored (as given, "
+                           "it would not change security or data)"]
