@@ -10,6 +10,9 @@ existing event (as Synapse does).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 from typing import TYPE_CHECKING
 
@@ -24,9 +27,17 @@ from hs.services.room_membership import MEMBER
 TOMBSTONE = "m.room.tombstone"
 
 
-def fake_event_id() -> str:
-    """An event ID in the shape of a real one (room versions 4+), answered to a shadow-banned sender."""
-    return "$" + secrets.token_urlsafe(32)
+_FAKE_ID_KEY = secrets.token_bytes(32)
+
+
+def fake_event_id(*txn: str) -> str:
+    """An event ID in the shape of a real one (room versions 4+), answered to a shadow-banned sender:
+    the same for a replayed transaction (user, device, room, txn ID) in this process, as a real send's
+    would be; random without one."""
+    if not txn:
+        return "$" + secrets.token_urlsafe(32)
+    digest = hmac.new(_FAKE_ID_KEY, "\0".join(txn).encode(), hashlib.sha256).digest()
+    return "$" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 if TYPE_CHECKING:
     from hs.server import HomeServer
@@ -64,7 +75,7 @@ class ClientEventSender:
             return str(existing)
         rv = await self._require_room_for_send(room_id)
         if await self._shadow_banned(user_id):
-            return fake_event_id()
+            return fake_event_id(user_id, requester.device_id, room_id, txn_id)
         if redacts is not None:
             target = await self.store.get_event(redacts)
             if target is not None and target.room_id != room_id:

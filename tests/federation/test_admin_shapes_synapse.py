@@ -97,6 +97,8 @@ async def test_users_admin_api_answers_as_synapse(local: FederatingHs, synapse: 
     await admins.same("GET", f"{V2}/users", params={"name": name, "limit": "0"})
     await admins.same("GET", f"{V2}/users", params={"user_id": name, "order_by": "creation_ts", "dir": "b",
                                                     "deactivated": "true", "locked": "true", "guests": "false"})
+    for deactivated in ("true", "false"):
+        await admins.same("GET", "/_synapse/admin/v3/users", params={"user_id": name, "deactivated": deactivated})
     await admins.same("GET", f"{V2}/users/{{target}}", targets=bob_ids)
 
     # PUT: create (201), then modify (200).
@@ -162,6 +164,8 @@ async def test_users_admin_api_answers_as_synapse(local: FederatingHs, synapse: 
     await admins.same("POST", f"{V1}/deactivate/{{target}}", {"erase": "yes"}, targets=bob_ids, status=400)
     await admins.same("POST", f"{V1}/deactivate/{{target}}", {"erase": True}, targets=bob_ids)
     await admins.same("GET", f"{V2}/users/{{target}}", targets=bob_ids)
+    await admins.same("GET", "/_synapse/admin/v3/users", params={"user_id": name, "deactivated": "true"})
+    await admins.same("GET", f"{V2}/users", params={"user_id": name, "deactivated": "true"})
 
     # Errors: unknown users, other servers' users, non-admins.
     nobody = unique("nobody")

@@ -86,6 +86,12 @@ async def test_list_users(server: TestHomeServer) -> None:
     dave = everyone["users"][3]
     assert dave["deactivated"] is True and everyone["users"][2]["locked"] is True
 
+    v3 = "/_synapse/admin/v3/users"
+    assert [u["name"] for u in (await ok(boss, "GET", v3, deactivated="true"))["users"]] == [uid(server, "dave")]
+    assert [u["name"] for u in (await ok(boss, "GET", v3, deactivated="false"))["users"]] == [
+        uid(server, "admin"), uid(server, "bob")]
+    assert (await ok(boss, "GET", v3, locked="true"))["total"] == 4
+
     first = await ok(boss, "GET", f"{V2}/users", deactivated="true", locked="true", limit="2")
     assert len(first["users"]) == 2 and first["next_token"] == "2" and first["total"] == 4
     rest = await ok(boss, "GET", f"{V2}/users", deactivated="true", locked="true", limit="2", **{"from": "2"})
@@ -246,8 +252,10 @@ async def test_shadow_ban(server: TestHomeServer) -> None:
     assert await ok(boss, "POST", f"{V1}/users/{q(bob.user_id)}/shadow_ban") == {}
     assert (await ok(boss, "GET", f"{V2}/users/{q(bob.user_id)}"))["shadow_banned"] is True
 
-    fake = await bob.send_message(room, "nobody sees this")
+    fake = await bob.send_message(room, "nobody sees this", txn_id="t1")
     assert fake.startswith("$") and len(fake) == 44
+    assert await bob.send_message(room, "nobody sees this", txn_id="t1") == fake  # a replay: the same ID
+    assert await bob.send_message(room, "nobody sees this", txn_id="t2") != fake
     status, _ = await boss.request("GET", f"/rooms/{room}/event/{fake}")
     assert status == 404
     fake_state = await ok(bob, "PUT", f"/rooms/{room}/state/m.custom/x", {"a": 1})

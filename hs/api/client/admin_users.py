@@ -1,6 +1,6 @@
 """Synapse's users admin API (its docs "User Admin API"), for server admins, served by main:
 
-- GET    /_synapse/admin/v2/users: `from`, `limit`, `user_id`, `name`, `guests`, `admins`, `deactivated`,
+- GET    /_synapse/admin/v2/users (and v3, where `deactivated` is a filter both ways): `from`, `limit`, `user_id`, `name`, `guests`, `admins`, `deactivated`,
          `locked`, `order_by`, `dir` -> `{"users": [...], "total": n, "next_token": "..."}`;
 - GET    /_synapse/admin/v2/users/{userId}: the user's details;
 - PUT    /_synapse/admin/v2/users/{userId}: create (201) or modify (200) -> the user's details;
@@ -67,18 +67,30 @@ def _user(request: web.Request, service: AdminUsers, msg: str | None = None) -> 
 
 
 # -- reading -------------------------------------------------------------------------------------------------
+def _optional_bool(request: web.Request, name: str) -> bool | None:
+    return query_bool(request, name) if query_str(request, name) is not None else None
+
+
 async def list_users(request: web.Request) -> HandlerResult:
+    """v2: `deactivated=true` lists deactivated users too; otherwise only active ones."""
+    return await _list_users(request, None if query_bool(request, "deactivated") else False)
+
+
+async def list_users_v3(request: web.Request) -> HandlerResult:
+    """v3: `deactivated=true` lists only deactivated users, `false` only active ones, absent both."""
+    return await _list_users(request, _optional_bool(request, "deactivated"))
+
+
+async def _list_users(request: web.Request, deactivated: bool | None) -> HandlerResult:
     service, by = await _admin(request)
     offset = query_int(request, "from", 0, maximum=MAX_OFFSET)
     limit = query_limit(request, 100, MAX_LIMIT, minimum=0)
-    admins = query_bool(request, "admins") if query_str(request, "admins") is not None else None
     f = UserFilter(
         user_id=query_str(request, "user_id"),
         name=query_str(request, "name"),
         guests=query_bool(request, "guests", True),
-        # v2's `deactivated=true` means "deactivated users too"; anything else, active users only.
-        deactivated=None if query_bool(request, "deactivated") else False,
-        admins=admins,
+        deactivated=deactivated,
+        admins=_optional_bool(request, "admins"),
         locked=query_bool(request, "locked"),
     )
     order_by = query_enum(request, "order_by", tuple(USER_ORDERS), "name") or "name"
@@ -208,6 +220,7 @@ def _route(method: str, path: str, handler: Handler) -> Route:
 
 ROUTES: list[Route] = [
     _route("GET", V2 + "/users", list_users),
+    _route("GET", "/_synapse/admin/v3/users", list_users_v3),
     _route("GET", V2 + "/users/{userId}", get_user),
     _route("PUT", V2 + "/users/{userId}", put_user),
     _route("GET", V2 + "/users/{userId}/devices", list_devices),
