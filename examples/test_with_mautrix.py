@@ -17,6 +17,7 @@ from mautrix.client.state_store import MemoryStateStore, MemorySyncStore
 from mautrix.types import (
     EventType,
     Membership,
+    MemberStateEventContent,
     MessageEvent,
     PaginationDirection,
     RoomID,
@@ -34,7 +35,9 @@ class EchoBot:
         client.add_event_handler(EventType.ROOM_MESSAGE, self.on_message)
 
     async def on_member(self, event: StateEvent) -> None:
-        if event.state_key == self.client.mxid and event.content.membership == Membership.INVITE:
+        content = event.content
+        if (event.state_key == self.client.mxid and isinstance(content, MemberStateEventContent)
+                and content.membership == Membership.INVITE):
             await self.client.join_room(event.room_id)
 
     async def on_message(self, event: MessageEvent) -> None:

@@ -18,8 +18,8 @@ class PingBot:
 
     def __init__(self, client: nio.AsyncClient) -> None:
         self.client = client
-        client.add_event_callback(self.on_invite, nio.InviteMemberEvent)  # type: ignore[arg-type]
-        client.add_event_callback(self.on_message, nio.RoomMessageText)  # type: ignore[arg-type]
+        client.add_event_callback(self.on_invite, nio.InviteMemberEvent)
+        client.add_event_callback(self.on_message, nio.RoomMessageText)
 
     async def on_invite(self, room: nio.MatrixRoom, event: nio.InviteMemberEvent) -> None:
         if event.state_key == self.client.user_id and event.membership == "invite":
