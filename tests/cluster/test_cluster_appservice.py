@@ -51,6 +51,7 @@ class RecordingService:
         self.events: list[Json] = []  # events of the transactions taken, in arrival order (deduplicated)
         self.arrived: dict[str, float] = {}  # event ID -> monotonic time it first arrived
         self.bad_auth = 0
+        self.in_flight = 0  # transactions taken and not yet answered
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -86,7 +87,11 @@ class RecordingService:
                 self.events.append(event)
                 self.arrived.setdefault(event["event_id"], now)
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(self.delay_s)
+            finally:
+                self.in_flight -= 1
         return web.json_response({})
 
     def room_messages(self, room_id: str) -> list[str]:
@@ -124,11 +129,14 @@ def as_cluster(pg_base_dsn: str, redis_url: str, service_port: int,
         yield c
 
 
-async def until(check: Any, timeout: float, what: str) -> float:
-    """Wait for `check()`; returns the monotonic time it became true."""
+async def until(check: Any, timeout: float, what: str, state: Any = None) -> float:
+    """Wait for `check()`; returns the monotonic time it became true. On a timeout, `state()` (if given)
+    says what there was instead."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}" + (f": {state()}" if state else ""),
+                        pytrace=False)
         await asyncio.sleep(0.05)
     return time.monotonic()
 
@@ -189,21 +197,45 @@ class Room:
 
 
 def check_delivery(service: RecordingService, room: Room, server_order: list[str]) -> None:
-    """Every event acknowledged to a sender reached the service once, in the room's order."""
-    assert not room.failures, f"sends failed: {room.failures[:5]}"
+    """Every event acknowledged to a sender reached the service once, in the room's order. (Problems
+    are reported in a line each: pytest's rendering of lists of hundreds of IDs helps nobody.)"""
+    problems: list[str] = []
+    if room.failures:
+        problems.append(f"{len(room.failures)} sends failed, first {room.failures[:3]}")
     delivered = service.room_messages(room.room_id)
-    assert len(delivered) == len(set(delivered)), "an event arrived in two different transactions"
+    if len(delivered) != len(set(delivered)):
+        problems.append(f"{len(delivered) - len(set(delivered))} events arrived in two different transactions")
     sent_ids = [e for _u, e, _t, _l in room.sent]
-    assert set(delivered) == set(sent_ids), (
-        f"missing {len(set(sent_ids) - set(delivered))}, unexpected {len(set(delivered) - set(sent_ids))}")
-    assert delivered == server_order, "the service got the room's events out of the room's order"
+    missing, unexpected = set(sent_ids) - set(delivered), set(delivered) - set(sent_ids)
+    if missing or unexpected:
+        problems.append(f"{len(missing)} of {len(sent_ids)} sent events missing, {len(unexpected)} unexpected")
+    if delivered != server_order:
+        at = next((i for i, (a, b) in enumerate(zip(delivered, server_order, strict=False)) if a != b),
+                  min(len(delivered), len(server_order)))
+        problems.append(f"not the room's order from position {at} ({len(delivered)} delivered,"
+                        f" {len(server_order)} in /messages)")
     for who in {u for u, _e, _t, _l in room.sent}:
         mine = [e for u, e, _t, _l in room.sent if u == who]
-        assert [e for e in delivered if e in set(mine)] == mine, f"{who}'s messages out of send order"
-    assert not service.repeat_bodies_differ, "a transaction ID was re-sent with other events"
-    assert service.bad_auth == 0
+        if [e for e in delivered if e in set(mine)] != mine:
+            problems.append(f"{who}'s messages out of send order")
+    if service.repeat_bodies_differ:
+        problems.append(f"transaction IDs re-sent with other events: {service.repeat_bodies_differ}")
+    if service.bad_auth:
+        problems.append(f"{service.bad_auth} transactions without the hs_token")
     ids = [int(t) for t in service.bodies]
-    assert ids == sorted(ids), "transaction IDs taken out of order"
+    if ids != sorted(ids):
+        problems.append(f"transaction IDs taken out of order: {ids}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+def progress(service: RecordingService, room: Room) -> str:
+    """What the service has had of the room so far (for a wait that timed out)."""
+    sent = {e for _u, e, _t, _l in room.sent}
+    now = time.monotonic()
+    last = [(round(t - now, 1), txn, status) for t, txn, status in service.attempts[-5:]]
+    return (f"{len(sent - set(service.room_messages(room.room_id)))} of {len(sent)} sent events missing;"
+            f" {len(service.attempts)} attempts, the last (s ago, txn, status) {last}; repeats {service.repeats}")
 
 
 def latencies(room: Room, since: float, until_t: float) -> tuple[int, float, float]:
@@ -217,7 +249,7 @@ async def caught_up(service: RecordingService, room: Room) -> None:
     """The service has had everything up to the room's last event (a join: nothing in flight)."""
     await until(lambda: any(e["room_id"] == room.room_id and e["type"] == "m.room.member"
                             and e["state_key"] == room.puppet.user_id for e in service.events),
-                30, "the puppet's join to reach the service")
+                30, "the puppet's join to reach the service", lambda: progress(service, room))
 
 
 async def test_service_down_30s_while_messages_flow(as_cluster: LocalCluster, service_port: int) -> None:
@@ -241,7 +273,8 @@ async def test_service_down_30s_while_messages_flow(as_cluster: LocalCluster, se
         stop.set()
         await asyncio.gather(*talkers)
         sent_ids = {e for _u, e, _t, _l in room.sent}
-        await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 70, "the backlog after the outage")
+        await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 70, "the backlog after the outage",
+                    lambda: progress(service, room))
         done_at = max(service.arrived[e] for e in sent_ids)
         await asyncio.sleep(1)  # a late duplicate would arrive by now
         check_delivery(service, room, await room.stream_order())
@@ -284,7 +317,8 @@ async def test_sending_worker_killed_while_messages_flow(as_cluster: LocalCluste
         await asyncio.gather(*talkers)
         before_restart = {e for _u, e, t, lat in room.sent if t + lat <= restarted_at}
         sent_ids = {e for _u, e, _t, _l in room.sent}
-        await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 60, "every event")
+        await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 60, "every event",
+                    lambda: progress(service, room))
         caught_at = max(service.arrived[e] for e in before_restart)
         resumed_at = min(t for t in service.arrived.values() if t >= restarted_at)
         backlog = len([e for e in before_restart if service.arrived[e] >= restarted_at])
@@ -317,6 +351,7 @@ async def test_sending_worker_stopped_cleanly_resumes_without_repeats(as_cluster
         talkers = room.start_talking(stop, 0.05)
         await asyncio.sleep(2)
         stop_began = time.monotonic()
+        in_flight_at_stop = service.in_flight
         took = await asyncio.to_thread(as_cluster.stop_instance, SENDING_INSTANCE)
         stopped_count = len(service.arrived)
         await asyncio.sleep(1.5)
@@ -328,7 +363,8 @@ async def test_sending_worker_stopped_cleanly_resumes_without_repeats(as_cluster
         await asyncio.gather(*talkers)
         before_restart = {e for _u, e, t, lat in room.sent if t + lat <= restarted_at}
         sent_ids = {e for _u, e, _t, _l in room.sent}
-        await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 60, "every event")
+        await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 60, "every event",
+                    lambda: progress(service, room))
         caught_at = max(service.arrived[e] for e in before_restart)
         resumed_at = min(t for t in service.arrived.values() if t >= restarted_at)
         backlog = len([e for e in before_restart if service.arrived[e] >= restarted_at])
@@ -337,7 +373,8 @@ async def test_sending_worker_stopped_cleanly_resumes_without_repeats(as_cluster
         assert service.repeats == [], "a clean stop cut a transaction in flight: it was sent again"
         assert as_cluster.killed == [], "the stop timed out"
         n, p50, worst = latencies(room, stop_began, restarted_at)
-        print(f"\n[appservice worker clean restart] {len(sent_ids)} messages; stop took {took:.2f} s; first"
+        print(f"\n[appservice worker clean restart] {len(sent_ids)} messages; stop took {took:.2f} s"
+              f" ({in_flight_at_stop} transaction in flight when it began); first"
               f" transaction {resumed_at - restarted_at:.2f} s after the restart, the {backlog} events owed then"
               f" all delivered {caught_at - restarted_at:.2f} s after it;"
               f" {len(service.bodies)} transactions, no repeats; sends while it was away: {n}, all 200,"
