@@ -37,6 +37,8 @@ ROOM_ORDERS: dict[str, tuple[str, bool]] = {
     "history_visibility": ("history_visibility", True), "state_events": ("state_events", False),
 }
 JOB_RETENTION_MS = 24 * 3600 * 1000
+# After a purge, the purged events are dropped from the event cache twice, this long apart.
+FORGET_AGAIN_S = 0.2
 # Synapse's defaults for the room a deleted room's members are moved to (`new_room_user_id`).
 DEFAULT_NEW_ROOM_NAME = "Content Violation Notification"
 DEFAULT_MESSAGE = "Sharing illegal content on this server is not permitted and rooms in violation will be blocked."
@@ -233,7 +235,10 @@ class AdminRooms:
                 await self._shut_down(job, new_room)
             if purge and await self.hs.room_store.room_exists(room_id):
                 job.status = "purging"
-                self._forget(await self.store.purge_room(room_id), room_id)
+                purged = await self.store.purge_room(room_id)
+                self._forget(purged, room_id)
+                await asyncio.sleep(FORGET_AGAIN_S)
+                self._forget(purged, room_id)
             job.status = "complete"
             logger.info("admin %s deleted room %s (block %s, purge %s): %s", by, room_id, block, purge, job.result)
         except Exception as e:
@@ -366,6 +371,9 @@ class AdminRooms:
         try:
             keep_local = None if delete_local_events else ":" + self.hs.server_name
             purged = await self.store.purge_history(job.room_id, depth, keep_local)
+            self._forget(purged)
+            # A read that fetched a purged row before it went may cache it just after: forget again.
+            await asyncio.sleep(FORGET_AGAIN_S)
             self._forget(purged)
             job.status = "complete"
             logger.info("purged %d events of %s before depth %d", len(purged), job.room_id, depth)

