@@ -149,6 +149,15 @@ class AdminUsers:
         await self.hs.auth.sightings_stored()
         return await self.store.devices(user_id)
 
+    async def media_statistics(self, offset: int, limit: int, from_ts: int, until_ts: int | None, order_by: str,
+                               descending: bool, search_term: str | None) -> dict[str, Any]:
+        users, total = await self.store.media_statistics(offset, limit, from_ts, until_ts, order_by, descending,
+                                                         search_term)
+        page: dict[str, Any] = {"users": users, "total": total}
+        if offset + limit < total:
+            page["next_token"] = offset + len(users)  # a number here, as Synapse's
+        return page
+
     # -- writing --------------------------------------------------------------------------------------
     async def create_user(self, user_id: str, body: dict[str, Any]) -> None:
         """PUT for a user that does not exist: the account (with the localpart as default display

@@ -167,6 +167,24 @@ async def test_users_admin_api_answers_as_synapse(local: FederatingHs, synapse: 
     await admins.same("GET", "/_synapse/admin/v3/users", params={"user_id": name, "deactivated": "true"})
     await admins.same("GET", f"{V2}/users", params={"user_id": name, "deactivated": "true"})
 
+    # User media statistics: uploads by two new users, listed alike (filtered to them by name).
+    uploader = unique("uploader")
+    uploaders = (await user(local, uploader), await user(synapse, uploader))
+    for client in uploaders:
+        for size in (10, 20):
+            status, body = await client.request("POST", "/_matrix/media/v3/upload", raw=b"x" * size)
+            assert status == 200, body
+    stats = f"{V1}/statistics/users/media"
+    ours, theirs = await admins.same("GET", stats, params={"search_term": uploader})
+    assert [(u["media_count"], u["media_length"]) for u in ours["users"]] == [(2, 30)]
+    await admins.same("GET", stats, params={"search_term": uploader, "order_by": "media_length", "dir": "b",
+                                            "limit": "0"})
+    for bad in ({"order_by": "size"}, {"from_ts": "10", "until_ts": "5"}, {"search_term": ""}):
+        ours, theirs = await admins.call("GET", stats, params=bad)
+        # The same status and errcode (hs words its enum errors its own way).
+        assert (ours[0], ours[1]["errcode"]) == (theirs[0], theirs[1]["errcode"]) == (400, "M_INVALID_PARAM"), (
+            bad, ours, theirs)
+
     # Errors: unknown users, other servers' users, non-admins.
     nobody = unique("nobody")
     nobodies = (f"@{nobody}:{local.server_name}", f"@{nobody}:{synapse.server_name}")

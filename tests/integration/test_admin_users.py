@@ -300,3 +300,28 @@ async def test_login_as_user(server: TestHomeServer) -> None:
     assert (status, body["error"]) == (404, "User not found")
     status, body = await boss.request("POST", f"{V1}/users/{q('@x:elsewhere.org')}/login", {})
     assert (status, body["error"]) == (400, "Only local users can be logged in as")
+
+
+async def test_user_media_statistics(server: TestHomeServer) -> None:
+    from tests.media_http import upload_media
+
+    boss = await admin(server)
+    bob, carol = await user(server, "bob"), await user(server, "carol")
+    for client, sizes in ((bob, (10, 20, 30)), (carol, (500,))):
+        for size in sizes:
+            await upload_media(server, client, b"x" * size)
+    stats_path = f"{V1}/statistics/users/media"
+    page = await ok(boss, "GET", stats_path)
+    assert page == {"users": [
+        {"user_id": bob.user_id, "displayname": "bob", "media_count": 3, "media_length": 60},
+        {"user_id": carol.user_id, "displayname": "carol", "media_count": 1, "media_length": 500}], "total": 2}
+    by_length = await ok(boss, "GET", stats_path, order_by="media_length", dir="b", limit="1")
+    assert [u["user_id"] for u in by_length["users"]] == [carol.user_id] and by_length["next_token"] == 1
+    assert [u["user_id"] for u in (await ok(boss, "GET", stats_path, search_term="CAR"))["users"]] == [carol.user_id]
+    future = str(int(time.time() * 1000) + 3_600_000)
+    assert await ok(boss, "GET", stats_path, from_ts=future) == {"users": [], "total": 0}
+    for params in ({"order_by": "size"}, {"from_ts": "10", "until_ts": "5"}, {"search_term": ""}, {"dir": "x"}):
+        status, body = await boss.request("GET", stats_path, params=params)
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), params
+    status, body = await bob.request("GET", stats_path)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")

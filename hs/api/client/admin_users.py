@@ -11,7 +11,9 @@
 - GET    /_synapse/admin/v2/users/{userId}/devices -> `{"devices": [...], "total": n}`;
 - DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId} -> `{}`;
 - POST/DELETE /_synapse/admin/v1/users/{userId}/shadow_ban -> `{}`;
-- POST   /_synapse/admin/v1/users/{userId}/login with `valid_until_ms` -> `{"access_token": ...}`.
+- POST   /_synapse/admin/v1/users/{userId}/login with `valid_until_ms` -> `{"access_token": ...}`;
+- GET    /_synapse/admin/v1/statistics/users/media: `from`, `limit`, `from_ts`, `until_ts`, `order_by`,
+         `dir`, `search_term` -> `{"users": [{user_id, displayname, media_count, media_length}], "total": n}`.
 
 (A user's media, GET/DELETE /_synapse/admin/v1/users/{userId}/media, is the media repository's:
 hs/api/client/admin_media.py.)
@@ -28,8 +30,17 @@ import logging
 from aiohttp import web
 
 from hs.api.base import Handler, HandlerResult, Route, get_hs, get_requester, parse_json
-from hs.api.params import MAX_OFFSET, body_bool, query_bool, query_enum, query_int, query_limit, query_str
-from hs.db.stores.admin_users import USER_ORDERS, UserFilter
+from hs.api.params import (
+    MAX_OFFSET,
+    body_bool,
+    query_bool,
+    query_enum,
+    query_fields,
+    query_int,
+    query_limit,
+    query_str,
+)
+from hs.db.stores.admin_users import MEDIA_STATS_ORDERS, USER_ORDERS, UserFilter
 from hs.errors import bad_json, bad_request, invalid_param, missing_param, not_found
 from hs.services.admin_users import AdminUsers, admin_users
 
@@ -134,6 +145,23 @@ async def list_devices(request: web.Request) -> HandlerResult:
     return 200, {"devices": devices, "total": len(devices)}
 
 
+async def media_statistics(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    order_by = query_enum(request, "order_by", tuple(MEDIA_STATS_ORDERS), "user_id") or "user_id"
+    offset = query_int(request, "from", 0, maximum=MAX_OFFSET)
+    limit = query_limit(request, 100, MAX_LIMIT, minimum=0)
+    from_ts = query_int(request, "from_ts", 0)
+    until_ts = query_int(request, "until_ts", None)
+    if until_ts is not None and until_ts <= from_ts:
+        raise invalid_param("Query parameter until_ts must be greater than from_ts.")
+    search_term = query_str(request, "search_term")
+    if search_term is None and ("search_term", "") in query_fields(request):
+        raise invalid_param("Query parameter search_term cannot be an empty string.")
+    descending = query_enum(request, "dir", ("f", "b"), "f") == "b"
+    logger.info("admin %s reads the user media statistics", by)
+    return 200, await service.media_statistics(offset, limit, from_ts, until_ts, order_by, descending, search_term)
+
+
 # -- writing -------------------------------------------------------------------------------------------------
 async def put_user(request: web.Request) -> HandlerResult:
     service, by = await _admin(request)
@@ -232,4 +260,5 @@ ROUTES: list[Route] = [
     _route("POST", V1 + "/users/{userId}/shadow_ban", shadow_ban),
     _route("DELETE", V1 + "/users/{userId}/shadow_ban", shadow_ban),
     _route("POST", V1 + "/users/{userId}/login", login_as),
+    _route("GET", V1 + "/statistics/users/media", media_statistics),
 ]

@@ -25,6 +25,10 @@ USER_ORDERS: dict[str, str] = {
     "locked": "u.locked",
 }
 FLAGS = ("admin", "locked", "shadow_banned", "deactivated")
+# Synapse's `order_by` values of the user media statistics -> the column sorted on.
+MEDIA_STATS_ORDERS: dict[str, str] = {
+    "user_id": "m.user_id", "displayname": "p.displayname", "media_length": "media_length",
+    "media_count": "media_count"}
 
 _USER_COLUMNS = (
     "SELECT u.user_id AS name, u.user_type, u.is_guest, u.admin, u.deactivated, u.shadow_banned,"
@@ -136,6 +140,39 @@ class AdminUserStore:
         await self.db.execute(
             "INSERT INTO access_token_expiry (token_hash, user_id, valid_until_ms) VALUES ($1, $2, $3)",
             token_hash, user_id, valid_until_ms)
+
+    async def media_statistics(self, offset: int, limit: int, from_ts: int, until_ts: int | None,
+                               order_by: str, descending: bool, search_term: str | None,
+                               ) -> tuple[list[dict[str, Any]], int]:
+        """Per uploader of local media: how many files (reserved IDs included, as Synapse counts them)
+        and their total size, created within [from_ts, until_ts]; `search_term` matches the user ID's
+        localpart or the display name, case-insensitively on both engines."""
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if search_term:
+            where.append(f"(LOWER(m.user_id) LIKE {arg('@%' + search_term.lower() + '%:%')}"
+                         f" OR LOWER(p.displayname) LIKE {arg('%' + search_term.lower() + '%')})")
+        if from_ts:
+            where.append(f"m.created_ts >= {arg(from_ts)}")
+        if until_ts:
+            where.append(f"m.created_ts <= {arg(until_ts)}")
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        base = (" FROM local_media m LEFT JOIN profiles p ON p.user_id = m.user_id" + clause
+                + " GROUP BY m.user_id, p.displayname")
+        total = int(await self.db.fetchval(f"SELECT COUNT(*) FROM (SELECT m.user_id{base}) AS counted", *args) or 0)
+        direction = "DESC" if descending else "ASC"
+        nulls = "NULLS LAST" if descending else "NULLS FIRST"
+        rows = await self.db.fetch(
+            "SELECT m.user_id, p.displayname, COUNT(*) AS media_count,"
+            f" CAST(SUM(m.media_length) AS BIGINT) AS media_length{base}"
+            f" ORDER BY {MEDIA_STATS_ORDERS[order_by]} {direction} {nulls}, m.user_id ASC"
+            f" LIMIT {arg(limit)} OFFSET {arg(offset)}", *args)
+        return [dict(r) for r in rows], total
 
     async def devices(self, user_id: str) -> list[dict[str, Any]]:
         return await self.db.fetch(
