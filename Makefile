@@ -28,7 +28,7 @@ test: system-packages $(BIN)/hs
 	$(BIN)/pytest -q -x -p no:cacheprovider tests examples
 
 lint: $(BIN)/hs
-	$(BIN)/ruff check hs tests bench
+	$(BIN)/ruff check hs tests bench examples
 	$(BIN)/mypy hs
 
 bench: $(BIN)/hs

@@ -3,30 +3,21 @@ serving real HTTP on a free port, on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
+from hs.testing.services import postgres_server
 from tests.harness import OPEN_CLIENTS, TestHomeServer
-from tests.services import ThrowawayPostgres, create_database, drop_database, port_open
+from tests.services import create_database, drop_database
 
 
 @pytest.fixture(scope="session")
 def pg_base_dsn() -> Iterator[str]:
-    env = os.environ.get("HS_TEST_POSTGRES")
-    if env:
-        yield env
-        return
-    if port_open("127.0.0.1", 5432):
-        yield "postgresql://postgres@127.0.0.1:5432"
-        return
-    server = ThrowawayPostgres()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    """$HS_TEST_POSTGRES, else the machine's PostgreSQL on 5432, else a throwaway server."""
+    with postgres_server() as dsn:
+        yield dsn
 
 
 @pytest.fixture
