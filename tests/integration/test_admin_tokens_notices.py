@@ -4,8 +4,11 @@ tagged m.server_notice) and the server version, over real HTTP on both engines; 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
+
+import pytest
 
 from tests.harness import Client, TestHomeServer, ok, user
 
@@ -92,7 +95,7 @@ async def test_registration_tokens_crud(make_server: Any, engine: str) -> None:
         assert body["error"] == "No such registration token: abc-DEF_1.~"
 
 
-async def test_registration_requires_token(make_server: Any, engine: str) -> None:
+async def test_registration_requires_token(make_server: Any, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     server = await make_server(engine, registration_requires_token=True)
     boss_client = server.client()
     # An admin made by shared-secret registration, which needs no token.
@@ -125,6 +128,29 @@ async def test_registration_requires_token(make_server: Any, engine: str) -> Non
         assert (status, body) == (200, {"valid": False})
         status, body = await register_with_token(server, "dave", token)
         assert status == 401 and body["errcode"] == "M_UNAUTHORIZED"
+
+        # A session that passed the stage holds a pending use; when it expires unused, the use comes back.
+        await ok(boss_client, "POST", ADMIN + "/registration_tokens/new", {"token": "twice", "uses_allowed": 1})
+        client = server.client()
+        status, first = await client.request("POST", "/register", {"username": "erin", "password": "pw-123456"},
+                                             auth=False)
+        status, body = await client.request("POST", "/register", {"auth": {
+            "type": "m.login.registration_token", "token": "twice", "session": first["session"]}}, auth=False)
+        assert status == 401 and body["completed"] == ["m.login.registration_token"]
+        held = await ok(boss_client, "GET", ADMIN + "/registration_tokens/twice")
+        assert (held["pending"], held["completed"]) == (1, 0)
+        status, body = await anon.request("GET", VALIDITY, params={"token": "twice"}, auth=False)
+        assert body == {"valid": False}
+        later = time.time() * 1000 + 49 * 3600 * 1000  # past the sessions' 48 hours
+        monkeypatch.setattr("hs.services.registration.now_ms", lambda: int(later))
+        await client.request("POST", "/register", {"username": "frank", "password": "pw-123456"}, auth=False)
+        for _ in range(100):
+            if (await ok(boss_client, "GET", ADMIN + "/registration_tokens/twice"))["pending"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        status, body = await anon.request("GET", VALIDITY, params={"token": "twice"}, auth=False)
+        assert body == {"valid": True}
+        await client.close()
         await anon.close()
     finally:
         await boss_client.close()
