@@ -206,17 +206,17 @@ class AdminRooms:
         return job
 
     async def start_delete(self, room_id: str, by: str, block: bool, purge: bool,
-                           new_room: NewRoomSpec | None = None) -> str:
+                           new_room: NewRoomSpec | None = None, force: bool = False) -> str:
         """Begin deleting a room in the background (v2); its `delete_id`."""
         job = await self._new_delete(room_id, new_room, block)
-        self._spawn(self._delete(job, by, block, purge, new_room))
+        self._spawn(self._delete(job, by, block, purge, new_room, force))
         return job.job_id
 
     async def delete_now(self, room_id: str, by: str, block: bool, purge: bool,
-                         new_room: NewRoomSpec | None = None) -> dict[str, Any]:
+                         new_room: NewRoomSpec | None = None, force: bool = False) -> dict[str, Any]:
         """Delete a room and answer when done (v1): the shutdown's result."""
         job = await self._new_delete(room_id, new_room, block)
-        await self._delete(job, by, block, purge, new_room)
+        await self._delete(job, by, block, purge, new_room, force)
         if job.status == "failed":
             raise internal_error(f"Deleting the room failed: {job.error}")
         return dict(job.result)
@@ -226,7 +226,10 @@ class AdminRooms:
         self.jobs.tasks.add(task)
         task.add_done_callback(self.jobs.tasks.discard)
 
-    async def _delete(self, job: Job, by: str, block: bool, purge: bool, new_room: NewRoomSpec | None) -> None:
+    async def _delete(self, job: Job, by: str, block: bool, purge: bool, new_room: NewRoomSpec | None,
+                      force: bool) -> None:
+        """Shut the room down, then purge it: unless `force`, only once no local user is still joined
+        (one who could not be removed), as Synapse's force_purge."""
         room_id = job.room_id
         try:
             if block:
@@ -234,6 +237,8 @@ class AdminRooms:
             if await self.hs.room_store.room_exists(room_id):
                 await self._shut_down(job, new_room)
             if purge and await self.hs.room_store.room_exists(room_id):
+                if not force and any(get_domain(u) == self.hs.server_name for u in await self.members(room_id)):
+                    raise bad_request("Users are still joined to this room")
                 job.status = "purging"
                 purged = await self.store.purge_room(room_id)
                 self._forget(purged, room_id)
@@ -243,7 +248,7 @@ class AdminRooms:
             logger.info("admin %s deleted room %s (block %s, purge %s): %s", by, room_id, block, purge, job.result)
         except Exception as e:
             logger.exception("deleting room %s failed", room_id)
-            job.status, job.error = "failed", str(e)
+            job.status, job.error = "failed", e.msg if isinstance(e, MatrixError) else str(e)
         finally:
             job.ended_ms = now_ms()
 

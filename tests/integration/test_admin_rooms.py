@@ -169,6 +169,8 @@ async def test_delete_room(server: TestHomeServer) -> None:
     assert status == 404
     status, body = await boss.request("DELETE", V2 + f"/rooms/{room}", {"new_room_user_id": "@x:elsewhere.test"})
     assert status == 400
+    status, body = await boss.request("DELETE", V2 + f"/rooms/{room}", {"purge": False, "force_purge": True})
+    assert status == 400
 
 
 async def test_delete_without_purge(server: TestHomeServer) -> None:

@@ -5,8 +5,8 @@ hs/services/admin_rooms.py's:
          `empty_rooms`: `{"rooms", "offset", "total_rooms", "next_batch"?, "prev_batch"?}`;
 - GET    /_synapse/admin/v1/rooms/{roomId}: the room's details; .../members: `{"members", "total"}`;
          .../state: `{"state": [events]}`;
-- DELETE /_synapse/admin/v2/rooms/{roomId} with `block`, `purge`, `new_room_user_id`, `room_name`,
-         `message`: `{"delete_id"}`, the deletion running in the background; its status from
+- DELETE /_synapse/admin/v2/rooms/{roomId} with `block`, `purge`, `force_purge`, `new_room_user_id`,
+         `room_name`, `message`: `{"delete_id"}`, the deletion running in the background; its status from
          GET /_synapse/admin/v2/rooms/{roomId}/delete_status (`{"results": [...]}`) and
          GET /_synapse/admin/v2/rooms/delete_status/{deleteId}; DELETE /_synapse/admin/v1/rooms/{roomId}
          the same, answering when done with the result (`kicked_users`, `failed_to_kick_users`,
@@ -157,14 +157,14 @@ async def delete_room(request: web.Request) -> HandlerResult:
         new_room = NewRoomSpec(creator, name, message)
     block = body_bool(body, "block", False)
     purge = body_bool(body, "purge", True)
-    body_bool(body, "force_purge", False)
-    if not purge and body.get("force_purge") is True:
+    force = body_bool(body, "force_purge", False)
+    if force and not purge:
         raise bad_json("Cannot use 'force_purge' without 'purge'")
     admin = AdminRooms(get_hs(request))
     if request.path.startswith(V1):
         logger.info("admin %s deletes room %s (block %s, purge %s), waiting", by, room_id, block, purge)
-        return 200, await admin.delete_now(room_id, by, block, purge, new_room)
-    delete_id = await admin.start_delete(room_id, by, block, purge, new_room)
+        return 200, await admin.delete_now(room_id, by, block, purge, new_room, force)
+    delete_id = await admin.start_delete(room_id, by, block, purge, new_room, force)
     logger.info("admin %s deletes room %s (block %s, purge %s): %s", by, room_id, block, purge, delete_id)
     return 200, {"delete_id": delete_id}
 
