@@ -6,6 +6,10 @@ and modify, lock (the locked user's token), shadow-ban (a send still answered), 
 devices, logging in as a user, password reset, device deletion, deactivation with erase, and the errors
 (non-admins, other servers' users, unknown users, bad bodies). Statuses and key sets must be equal, and
 values too where they do not depend on the server or the clock.
+
+One difference is kept on purpose: whois keys sessions by device ID, as the spec's
+GET /admin/whois/{userId} and hs's client whois do, where Synapse puts every connection under one ""
+device; the structure inside (sessions, connections with ip, last_seen, user_agent) is the same.
 """
 
 from __future__ import annotations
@@ -133,6 +137,17 @@ async def test_users_admin_api_answers_as_synapse(local: FederatingHs, synapse: 
     for answer in (ours[1], theirs[1]):
         (device,) = answer["devices"].values()
         assert set(device) == {"sessions"} and set(device["sessions"][0]) == {"connections"}
+    ours, theirs = await targets.call("GET", f"{V1}/whois/{{target}}", targets=bob_ids)  # about oneself: allowed
+    assert ours[0] == theirs[0] == 200 and set(ours[1]) == set(theirs[1]), (ours, theirs)
+    # An unknown local user: 200 on both (Synapse lists one "" device with no connections, hs none).
+    ours, theirs = await admins.call("GET", f"{V1}/whois/{{target}}", targets=(f"@{name}x:{local.server_name}",
+                                                                               f"@{name}x:{synapse.server_name}"))
+    assert ours[0] == theirs[0] == 200 and set(ours[1]) == set(theirs[1]), (ours, theirs)
+    await admins.same("GET", f"{V1}/users/{{target}}/admin", targets=bob_ids)
+    await admins.same("PUT", f"{V1}/users/{{target}}/admin", {"admin": True}, targets=bob_ids)
+    await admins.same("GET", f"{V1}/users/{{target}}/admin", targets=bob_ids)
+    await admins.same("PUT", f"{V1}/users/{{target}}/admin", {"admin": False}, targets=bob_ids)
+    await admins.same("PUT", f"{V1}/users/{{target}}/admin", {}, targets=bob_ids, status=400)
     ours, theirs = await admins.call("GET", f"{V2}/users/{{target}}/devices", targets=bob_ids)
     assert ours[0] == theirs[0] == 200 and ours[1]["total"] == theirs[1]["total"] == 1
     assert set(ours[1]["devices"][0]) == set(theirs[1]["devices"][0]), (ours, theirs)

@@ -52,7 +52,8 @@ async def test_only_admins(server: TestHomeServer) -> None:
     alice = await user(server, "alice")
     calls = [("GET", f"{V2}/users"), ("GET", f"{V2}/users/{q(alice.user_id)}"),
              ("PUT", f"{V2}/users/{q(alice.user_id)}"), ("POST", f"{V1}/deactivate/{q(alice.user_id)}"),
-             ("POST", f"{V1}/reset_password/{q(alice.user_id)}"), ("GET", f"{V1}/whois/{q(alice.user_id)}"),
+             ("POST", f"{V1}/reset_password/{q(alice.user_id)}"), ("GET", f"{V1}/whois/{q(uid(server, 'x'))}"),
+             ("GET", f"{V1}/users/{q(alice.user_id)}/admin"), ("PUT", f"{V1}/users/{q(alice.user_id)}/admin"),
              ("GET", f"{V1}/users/{q(alice.user_id)}/joined_rooms"),
              ("GET", f"{V2}/users/{q(alice.user_id)}/devices"),
              ("DELETE", f"{V2}/users/{q(alice.user_id)}/devices/X"),
@@ -228,6 +229,9 @@ async def test_whois_rooms_devices(server: TestHomeServer) -> None:
     assert connections and set(connections[0]) == {"ip", "last_seen", "user_agent"}
     status, body = await boss.request("GET", f"{V1}/whois/{q('@x:elsewhere.org')}")
     assert (status, body["error"]) == (400, "Can only whois a local user")
+    assert (await ok(bob, "GET", f"{V1}/whois/{q(bob.user_id)}"))["user_id"] == bob.user_id  # about oneself
+    assert await ok(boss, "GET", f"{V1}/whois/{q(uid(server, 'nobody'))}") == {
+        "user_id": uid(server, "nobody"), "devices": {}}
 
     assert await ok(boss, "GET", f"{V1}/users/{q(bob.user_id)}/joined_rooms") == {"joined_rooms": [room], "total": 1}
 
@@ -325,3 +329,20 @@ async def test_user_media_statistics(server: TestHomeServer) -> None:
         assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), params
     status, body = await bob.request("GET", stats_path)
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+
+
+async def test_admin_flag(server: TestHomeServer) -> None:
+    boss = await admin(server)
+    bob = await user(server, "bob")
+    path = f"{V1}/users/{q(bob.user_id)}/admin"
+    assert await ok(boss, "GET", path) == {"admin": False}
+    assert await ok(boss, "PUT", path, {"admin": True}) == {}
+    assert await ok(bob, "GET", path) == {"admin": True}  # bob is an admin now
+    assert await ok(boss, "PUT", path, {"admin": False}) == {}
+    assert await ok(boss, "GET", path) == {"admin": False}
+    status, body = await boss.request("PUT", path, {})
+    assert (status, body["errcode"]) == (400, "M_MISSING_PARAM")
+    status, body = await boss.request("PUT", f"{V1}/users/{q(boss.user_id)}/admin", {"admin": False})
+    assert (status, body["error"]) == (400, "You may not demote yourself.")
+    status, body = await boss.request("GET", f"{V1}/users/{q('@x:elsewhere.org')}/admin")
+    assert (status, body["error"]) == (400, "Only local users can be admins of this homeserver")

@@ -6,8 +6,10 @@
 - PUT    /_synapse/admin/v2/users/{userId}: create (201) or modify (200) -> the user's details;
 - POST   /_synapse/admin/v1/deactivate/{userId} with `erase` -> `{"id_server_unbind_result": "success"}`;
 - POST   /_synapse/admin/v1/reset_password/{userId} with `new_password`, `logout_devices` -> `{}`;
-- GET    /_synapse/admin/v1/whois/{userId}: devices, sessions, connections;
+- GET    /_synapse/admin/v1/whois/{userId}: devices, sessions, connections (the user may ask about
+         themselves);
 - GET    /_synapse/admin/v1/users/{userId}/joined_rooms -> `{"joined_rooms": [...], "total": n}`;
+- GET/PUT /_synapse/admin/v1/users/{userId}/admin -> `{"admin": bool}` / `{}`;
 - GET    /_synapse/admin/v2/users/{userId}/devices -> `{"devices": [...], "total": n}`;
 - DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId} -> `{}`;
 - POST/DELETE /_synapse/admin/v1/users/{userId}/shadow_ban -> `{}`;
@@ -121,11 +123,38 @@ async def get_user(request: web.Request) -> HandlerResult:
 
 
 async def whois(request: web.Request) -> HandlerResult:
-    service, by = await _admin(request)
-    user_id = _user(request, service, "Can only whois a local user")
-    logger.info("admin %s asks whois %s", by, user_id)
-    await service.require_user(user_id)
+    """Admins, or the user about themselves (as Synapse); an unknown local user has no devices."""
+    hs = get_hs(request)
+    requester = await get_requester(request)
+    service = admin_users(hs)
+    user_id = _part(request, "userId")
+    if user_id != requester.user_id:
+        await service.require_admin(requester.user_id)
+    _user(request, service, "Can only whois a local user")
+    logger.info("%s asks whois %s", requester.user_id, user_id)
     return 200, await service.whois(user_id)
+
+
+async def get_admin_flag(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service, "Only local users can be admins of this homeserver")
+    logger.info("admin %s asks whether %s is an admin", by, user_id)
+    return 200, {"admin": await get_hs(request).user_store.is_admin(user_id)}
+
+
+async def set_admin_flag(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _part(request, "userId")
+    body = await parse_json(request)
+    if "admin" not in body:
+        raise missing_param("Missing params: ['admin']")
+    _user(request, service, "Only local users can be admins of this homeserver")
+    admin = bool(body["admin"])
+    if user_id == by and not admin:
+        raise bad_request("You may not demote yourself.")
+    logger.info("admin %s sets the admin flag of %s to %s", by, user_id, admin)
+    await service.store.set_flag(user_id, "admin", admin)
+    return 200, {}
 
 
 async def joined_rooms(request: web.Request) -> HandlerResult:
@@ -257,6 +286,8 @@ ROUTES: list[Route] = [
     _route("POST", V1 + "/reset_password/{userId}", reset_password),
     _route("GET", V1 + "/whois/{userId}", whois),
     _route("GET", V1 + "/users/{userId}/joined_rooms", joined_rooms),
+    _route("GET", V1 + "/users/{userId}/admin", get_admin_flag),
+    _route("PUT", V1 + "/users/{userId}/admin", set_admin_flag),
     _route("POST", V1 + "/users/{userId}/shadow_ban", shadow_ban),
     _route("DELETE", V1 + "/users/{userId}/shadow_ban", shadow_ban),
     _route("POST", V1 + "/users/{userId}/login", login_as),
