@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hs.db.stores.admin_rooms import AdminRoomStore
-from hs.errors import MatrixError, bad_request, internal_error, not_found
+from hs.errors import MatrixError, bad_request, forbidden, internal_error, not_found
 from hs.events.auth import get_domain, get_room_creators, get_user_power_level
 from hs.services.ratelimit import RATELIMIT_EXEMPT
 from hs.util import now_ms, random_string
@@ -101,6 +101,13 @@ def _summary(room: dict[str, Any]) -> dict[str, Any]:
         "history_visibility": text("m.room.history_visibility", "history_visibility"),
         "state_events": room["state_events"], "room_type": create.get("type") if isinstance(create.get("type"), str) else None,
     }
+
+
+async def check_not_blocked(hs: HomeServer, room_id: str) -> None:
+    """403 for a room an admin blocked: for joins, invites and knocks (local or received over
+    federation), as Synapse refuses every membership but leave and ban there."""
+    if await AdminRoomStore(hs.db).blocked_by(room_id) is not None:
+        raise forbidden("This room has been blocked on this server")
 
 
 class AdminRooms:

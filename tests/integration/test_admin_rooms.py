@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
+from hs.errors import MatrixError
+from hs.services.admin_rooms import check_not_blocked
 from tests.harness import Client, TestHomeServer, ok, user
 
 V1 = "/_synapse/admin/v1"
@@ -122,7 +124,11 @@ async def test_block(server: TestHomeServer) -> None:
     assert await ok(boss, "GET", V1 + f"/rooms/{room}/block") == {"block": True, "user_id": boss.user_id}
     # A room not known here can be blocked too.
     assert await ok(boss, "PUT", V1 + "/rooms/!elsewhere:remote.test/block", {"block": True}) == {"block": True}
+    with pytest.raises(MatrixError) as refused:  # what joins are to call (hs/services/admin_rooms.py)
+        await check_not_blocked(server.hs, room)
+    assert refused.value.code == 403 and refused.value.msg == "This room has been blocked on this server"
     assert await ok(boss, "PUT", V1 + f"/rooms/{room}/block", {"block": False}) == {"block": False}
+    await check_not_blocked(server.hs, room)
     assert await ok(boss, "GET", V1 + f"/rooms/{room}/block") == {"block": False}
     for body in ({}, {"block": "yes"}):
         status, answer = await boss.request("PUT", V1 + f"/rooms/{room}/block", body)
