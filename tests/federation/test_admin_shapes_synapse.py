@@ -101,6 +101,8 @@ async def test_users_admin_api_answers_as_synapse(local: FederatingHs, synapse: 
     await admins.same("GET", f"{V2}/users", params={"name": name, "limit": "0"})
     await admins.same("GET", f"{V2}/users", params={"user_id": name, "order_by": "creation_ts", "dir": "b",
                                                     "deactivated": "true", "locked": "true", "guests": "false"})
+    for not_user_type in ("bot", "", "support"):
+        await admins.same("GET", f"{V2}/users", params={"user_id": name, "not_user_type": not_user_type})
     for deactivated in ("true", "false"):
         await admins.same("GET", "/_synapse/admin/v3/users", params={"user_id": name, "deactivated": deactivated})
     await admins.same("GET", f"{V2}/users/{{target}}", targets=bob_ids)

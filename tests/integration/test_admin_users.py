@@ -109,6 +109,17 @@ async def test_list_users(server: TestHomeServer) -> None:
     assert [u["name"] for u in (await ok(boss, "GET", f"{V2}/users", admins="true"))["users"]] == [boss.user_id]
     assert [u["name"] for u in (await ok(boss, "GET", f"{V2}/users", admins="false"))["users"]] == [uid(server, "bob")]
 
+    await server.hs.db.execute("UPDATE users SET user_type = 'bot' WHERE user_id = $1", uid(server, "bob"))
+
+    async def names(**params: str) -> list[str]:
+        return [u["name"].split(":")[0][1:] for u in (await ok(boss, "GET", f"{V2}/users", **params))["users"]]
+
+    assert await names(not_user_type="bot") == ["admin"]
+    assert await names(not_user_type="") == ["bob"]
+    assert await names(not_user_type="support") == ["admin", "bob"]
+    status, data = await boss.request("GET", f"{V2}/users?not_user_type=bot&not_user_type=")
+    assert status == 200 and data["users"] == [], data
+
     for params in ({"order_by": "nope"}, {"dir": "x"}, {"limit": "-1"}, {"from": "-1"}, {"guests": "maybe"}):
         status, body = await boss.request("GET", f"{V2}/users", params=params)
         assert status == 400 and body["errcode"] == "M_INVALID_PARAM", params

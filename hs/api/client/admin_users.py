@@ -1,7 +1,8 @@
 """Synapse's users admin API (its docs "User Admin API"), for server admins, served by main:
 
-- GET    /_synapse/admin/v2/users (and v3, where `deactivated` is a filter both ways): `from`, `limit`, `user_id`, `name`, `guests`, `admins`, `deactivated`,
-         `locked`, `order_by`, `dir` -> `{"users": [...], "total": n, "next_token": "..."}`;
+- GET    /_synapse/admin/v2/users (and v3, where `deactivated` filters both ways): `from`, `limit`,
+         `user_id`, `name`, `guests`, `admins`, `deactivated`, `locked`, `not_user_type`, `order_by`, `dir`
+         -> `{"users": [...], "total": n, "next_token": "..."}`;
 - GET    /_synapse/admin/v2/users/{userId}: the user's details;
 - PUT    /_synapse/admin/v2/users/{userId}: create (201) or modify (200) -> the user's details;
 - POST   /_synapse/admin/v1/deactivate/{userId} with `erase` -> `{"id_server_unbind_result": "success"}`;
@@ -40,6 +41,7 @@ from hs.api.params import (
     query_fields,
     query_int,
     query_limit,
+    query_list,
     query_str,
 )
 from hs.db.stores.admin_users import MEDIA_STATS_ORDERS, USER_ORDERS, UserFilter
@@ -104,6 +106,8 @@ async def _list_users(request: web.Request, deactivated: bool | None) -> Handler
         guests=query_bool(request, "guests", True),
         deactivated=deactivated,
         admins=_optional_bool(request, "admins"),
+        not_user_types=tuple(query_list(request, "not_user_type")) + (
+            ("",) if ("not_user_type", "") in query_fields(request) else ()),
         locked=query_bool(request, "locked"),
     )
     order_by = query_enum(request, "order_by", tuple(USER_ORDERS), "name") or "name"

@@ -54,6 +54,7 @@ class UserFilter:
     deactivated: bool | None = False  # None: both; False: active users only
     admins: bool | None = None
     locked: bool = False  # False: locked users left out
+    not_user_types: tuple[str, ...] = ()  # user types left out; "" stands for users with none
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,14 @@ class AdminUserStore:
             where.append("u.locked = 0")
         if f.admins is not None:
             where.append(f"u.admin = {int(f.admins)}")
+        named = [t for t in f.not_user_types if t]
+        if named:
+            listed = ", ".join(arg(t) for t in named)
+            # With "" among them users without a type go too (NOT IN is not true for NULL).
+            where.append(f"u.user_type NOT IN ({listed})" if "" in f.not_user_types
+                         else f"(u.user_type NOT IN ({listed}) OR u.user_type IS NULL)")
+        elif f.not_user_types:
+            where.append("u.user_type IS NOT NULL")
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         total = int(await self.db.fetchval("SELECT COUNT(*)" + _USER_JOINS + clause, *args) or 0)
         column = USER_ORDERS[order_by]
