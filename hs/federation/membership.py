@@ -35,6 +35,7 @@ from hs.federation.client import FederationError
 from hs.federation.event_handler import PduRejected, parse_pdu
 from hs.federation.remote import RemoteRooms
 from hs.federation.sender import federation_pdu
+from hs.services.admin_rooms import check_not_blocked
 from hs.util import now_ms, random_string
 
 if TYPE_CHECKING:
@@ -357,6 +358,7 @@ class FederationMembership:
         our key and returned. Unless a local user is in the room already (then the invite arrives again
         in a transaction like any event), it is persisted with its stripped state, so the invitee's
         /sync lists it under `rooms.invite`. On a cluster the room's events writer does it all."""
+        await check_not_blocked(self.hs, room_id)  # an admin-blocked room: no invites into it
         if not self.hs.events_stream.is_writer_for_room(room_id):
             from hs.replication.federation_calls import forward_invite
 

@@ -25,6 +25,7 @@ from hs.errors import (
 from hs.events.auth import get_domain, get_join_rule, get_named_level, get_user_power_level, is_valid_user_id
 from hs.events.event import Event, JsonDict, StateKey
 from hs.events.room_versions import RoomVersion
+from hs.services.admin_rooms import check_not_blocked
 from hs.services.room_ids import check_room_id
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ class RoomMembership:
         membership = {"kick": "leave", "unban": "leave"}.get(action, action)
         if membership not in MEMBERSHIPS or membership == "knock":
             raise bad_json(f"Unknown membership {action!r}")
+        if membership not in ("leave", "ban"):  # an admin-blocked room takes only leaves and bans
+            await check_not_blocked(self.hs, room_id)
         rv = await self.hs.room_store.get_room_version(room_id)
         if rv is None:
             if membership in ("join", "leave") and target == user_id:
@@ -195,6 +198,7 @@ class RoomMembership:
         `content`: other keys for the member event (POST /join's body, see `join_content`)."""
         room_id, servers = await self.hs.room_aliases.resolve_room_and_servers(room_id_or_alias)
         check_room_id(room_id)
+        await check_not_blocked(self.hs, room_id)
         if await self._must_join_remotely(room_id):
             if requester.is_guest:  # whether the room lets guests in is not known here (nor on Synapse)
                 raise guest_access_forbidden("Guest access not allowed")
@@ -242,6 +246,7 @@ class RoomMembership:
             raise guest_access_forbidden("Guest access is not allowed")
         room_id, servers = await self.hs.room_aliases.resolve_room_and_servers(room_id_or_alias)
         check_room_id(room_id)
+        await check_not_blocked(self.hs, room_id)
         if await self._must_join_remotely(room_id):
             return await self._knock_remotely(user_id, room_id, [*(via or []), *servers], reason)
         rv = await self.hs.room_store.get_room_version(room_id)
