@@ -315,6 +315,7 @@ async def set_up(s: aiohttp.ClientSession, server: Server, receiver: Receiver, s
 async def throughput_round(t: Target, r: int, messages: int, concurrency: int, timeout: float) -> None:
     prefix = f"tp{r} "
     t.receiver.expect(prefix, messages)
+    txns_before = t.receiver.txns
     todo = iter(range(messages))
     last_send_end = [0.0]
 
@@ -331,12 +332,14 @@ async def throughput_round(t: Target, r: int, messages: int, concurrency: int, t
         pass
     delivered = t.receiver.counted
     end = t.receiver.last_counted or time.perf_counter()
-    t.throughput.append({"delivered": delivered, "events_per_s": delivered / (end - t0),
+    txns = t.receiver.txns - txns_before
+    t.throughput.append({"delivered": delivered, "events_per_s": delivered / (end - t0), "txns": txns,
                          "send_per_s": messages / (last_send_end[0] - t0),
                          "tail_ms": (end - last_send_end[0]) * 1000, "elapsed_s": end - t0})
     print(f"  {t.server.name} round {r + 1}: {delivered}/{messages} delivered, "
           f"{delivered / (end - t0):.0f} events/s (sends {messages / (last_send_end[0] - t0):.0f}/s, "
-          f"last delivery {(end - last_send_end[0]) * 1000:.0f} ms after the last send answered)", flush=True)
+          f"last delivery {(end - last_send_end[0]) * 1000:.0f} ms after the last send answered; "
+          f"{txns} transactions, {delivered / max(1, txns):.1f} events each)", flush=True)
 
 
 async def backlog_round(t: Target, r: int, messages: int, concurrency: int, timeout: float,
