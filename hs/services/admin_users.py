@@ -222,8 +222,18 @@ class AdminUsers:
             for field in ("displayname", "avatar_url"):
                 await self.hs.user_store.set_profile_field(user_id, field, None)
 
-    async def delete_device(self, user_id: str, device_id: str) -> None:
-        await self.hs.accounts.delete_devices(user_id, [device_id])
+    async def device(self, user_id: str, device_id: str) -> dict[str, Any] | None:
+        await self.hs.auth.sightings_stored()
+        return next((d for d in await self.store.devices(user_id) if d["device_id"] == device_id), None)
+
+    async def rename_device(self, user_id: str, device_id: str, display_name: str | None) -> None:
+        """As the device's owner would with PUT /devices/{deviceId} (its keys' unsigned name changes too)."""
+        if not await self.hs.user_store.update_device(user_id, device_id, display_name):
+            raise not_found()
+        await self.hs.e2ee.on_device_changed(user_id, device_id)
+
+    async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
+        await self.hs.accounts.delete_devices(user_id, device_ids)
 
     async def login_as(self, user_id: str, valid_until_ms: int | None) -> str:
         """A new access token for the user, on a device of its own (named so the user can tell it

@@ -153,6 +153,19 @@ async def test_users_admin_api_answers_as_synapse(local: FederatingHs, synapse: 
     ours, theirs = await admins.call("GET", f"{V2}/users/{{target}}/devices", targets=bob_ids)
     assert ours[0] == theirs[0] == 200 and ours[1]["total"] == theirs[1]["total"] == 1
     assert set(ours[1]["devices"][0]) == set(theirs[1]["devices"][0]), (ours, theirs)
+    devices = (ours[1]["devices"][0]["device_id"], theirs[1]["devices"][0]["device_id"])
+    for i, client in enumerate(admins.clients):  # one device per server: a path of its own each
+        path = f"{V2}/users/{q(bob_ids[i])}/devices/{devices[i]}"
+        status, one = await client.request("GET", path)
+        assert status == 200 and set(one) == set(ours[1]["devices"][0]), one
+        assert await client.request("PUT", path, {"display_name": "renamed"}) == (200, {})
+        assert (await client.request("GET", path))[1]["display_name"] == "renamed"
+    await admins.same("GET", f"{V2}/users/{{target}}/devices/NOSUCHDEVICE", targets=bob_ids, status=404)
+    await admins.same("PUT", f"{V2}/users/{{target}}/devices/NOSUCHDEVICE", {"display_name": "x"}, targets=bob_ids,
+                      status=404)
+    await admins.same("POST", f"{V2}/users/{{target}}/delete_devices", {"devices": ["NOSUCHDEVICE"]},
+                      targets=bob_ids)
+    await admins.same("POST", f"{V2}/users/{{target}}/delete_devices", {}, targets=bob_ids, status=400)
 
     # Shadow-ban: {} and the send still answered with an event ID; lifted with DELETE.
     await admins.same("POST", f"{V1}/users/{{target}}/shadow_ban", {}, targets=bob_ids)

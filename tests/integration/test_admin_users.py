@@ -253,10 +253,40 @@ async def test_whois_rooms_devices(server: TestHomeServer) -> None:
     status, body = await boss.request("GET", f"{V2}/users/{q(uid(server, 'nobody'))}/devices")
     assert (status, body["error"]) == (404, "Unknown user")
 
-    assert await ok(boss, "DELETE", f"{V2}/users/{q(bob.user_id)}/devices/{bob.device_id}") == {}
+    one = f"{V2}/users/{q(bob.user_id)}/devices/{bob.device_id}"
+    assert await ok(boss, "GET", one) == devices["devices"][0]
+    assert await ok(boss, "PUT", one, {"display_name": "Bob's phone"}) == {}
+    assert (await ok(boss, "GET", one))["display_name"] == "Bob's phone"
+    assert (await ok(bob, "GET", f"/devices/{bob.device_id}"))["display_name"] == "Bob's phone"
+    status, body = await boss.request("GET", f"{V2}/users/{q(bob.user_id)}/devices/NOSUCH")
+    assert (status, body) == (404, {"errcode": "M_NOT_FOUND", "error": "Not found"})
+    status, body = await boss.request("PUT", f"{V2}/users/{q(bob.user_id)}/devices/NOSUCH", {"display_name": "x"})
+    assert status == 404
+    status, body = await boss.request("PUT", one, {"display_name": "x" * 101})
+    assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+    assert await ok(boss, "DELETE", one) == {}
     assert (await bob.request("GET", "/account/whoami"))[0] == 401
     assert (await ok(boss, "GET", f"{V2}/users/{q(bob.user_id)}/devices")) == {"devices": [], "total": 0}
     assert await ok(boss, "DELETE", f"{V2}/users/{q(bob.user_id)}/devices/NOSUCH") == {}
+
+    # Several at once.
+    second, third = server.client(), server.client()
+    for c in (second, third):
+        status, body = await c.request("POST", "/login", {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+            "password": "password123"}, auth=False)
+        assert status == 200, body
+        c.token = body["access_token"]
+        c.device_id = body["device_id"]
+    assert await ok(boss, "POST", f"{V2}/users/{q(bob.user_id)}/delete_devices",
+                    {"devices": [second.device_id, "NOSUCH"]}) == {}
+    listed = await ok(boss, "GET", f"{V2}/users/{q(bob.user_id)}/devices")
+    assert [d["device_id"] for d in listed["devices"]] == [third.device_id]
+    assert (await second.request("GET", "/account/whoami"))[0] == 401
+    status, body = await boss.request("POST", f"{V2}/users/{q(bob.user_id)}/delete_devices", {})
+    assert (status, body["errcode"]) == (400, "M_MISSING_PARAM")
+    await second.close()
+    await third.close()
 
 
 async def test_shadow_ban(server: TestHomeServer) -> None:

@@ -12,7 +12,9 @@
 - GET    /_synapse/admin/v1/users/{userId}/joined_rooms -> `{"joined_rooms": [...], "total": n}`;
 - GET/PUT /_synapse/admin/v1/users/{userId}/admin -> `{"admin": bool}` / `{}`;
 - GET    /_synapse/admin/v2/users/{userId}/devices -> `{"devices": [...], "total": n}`;
-- DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId} -> `{}`;
+- GET/PUT/DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}: one device, renamed
+         (`display_name`) -> `{}`, deleted -> `{}`;
+- POST   /_synapse/admin/v2/users/{userId}/delete_devices with `devices` -> `{}`;
 - POST/DELETE /_synapse/admin/v1/users/{userId}/shadow_ban -> `{}`;
 - POST   /_synapse/admin/v1/users/{userId}/login with `valid_until_ms` -> `{"access_token": ...}`;
 - GET    /_synapse/admin/v1/statistics/users/media: `from`, `limit`, `from_ts`, `until_ts`, `order_by`,
@@ -33,6 +35,7 @@ import logging
 from aiohttp import web
 
 from hs.api.base import Handler, HandlerResult, Route, get_hs, get_requester, parse_json
+from hs.api.client.account import MAX_DEVICE_DISPLAY_NAME_LEN
 from hs.api.params import (
     MAX_OFFSET,
     body_bool,
@@ -242,13 +245,61 @@ async def reset_password(request: web.Request) -> HandlerResult:
     return 200, {}
 
 
-async def delete_device(request: web.Request) -> HandlerResult:
+async def _device_owner(request: web.Request) -> tuple[AdminUsers, str, str]:
+    """The service, the admin and the path's local, existing user (400 / 404 "Unknown user")."""
     service, by = await _admin(request)
     user_id = _user(request, service, "Can only lookup local users")
-    device_id = _part(request, "deviceId")
     await service.require_user(user_id, "Unknown user")
+    return service, by, user_id
+
+
+async def get_device(request: web.Request) -> HandlerResult:
+    service, by, user_id = await _device_owner(request)
+    device_id = _part(request, "deviceId")
+    logger.info("admin %s looks up device %s of %s", by, device_id, user_id)
+    device = await service.device(user_id, device_id)
+    if device is None:
+        raise not_found()  # "Not found", as Synapse's device lookup
+    return 200, device
+
+
+async def rename_device(request: web.Request) -> HandlerResult:
+    service, by, user_id = await _device_owner(request)
+    device_id = _part(request, "deviceId")
+    body = await parse_json(request, allow_empty=True)
+    display_name = body.get("display_name")
+    if display_name is not None and not isinstance(display_name, str):
+        raise bad_json("'display_name' must be a string")
+    if display_name is not None and len(display_name) > MAX_DEVICE_DISPLAY_NAME_LEN:
+        raise invalid_param(f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LEN})")
+    logger.info("admin %s renames device %s of %s", by, device_id, user_id)
+    if "display_name" in body:
+        await service.rename_device(user_id, device_id, display_name)
+    elif await service.device(user_id, device_id) is None:
+        raise not_found()
+    return 200, {}
+
+
+async def delete_device(request: web.Request) -> HandlerResult:
+    service, by, user_id = await _device_owner(request)
+    device_id = _part(request, "deviceId")
     logger.info("admin %s deletes device %s of %s", by, device_id, user_id)
-    await service.delete_device(user_id, device_id)
+    await service.delete_devices(user_id, [device_id])
+    return 200, {}
+
+
+async def delete_devices(request: web.Request) -> HandlerResult:
+    service, by, user_id = await _device_owner(request)
+    body = await parse_json(request)
+    devices = body.get("devices")
+    if devices is None:
+        raise missing_param("Missing params: ['devices']")
+    if not isinstance(devices, list) or not all(isinstance(d, str) and 0 < len(d) <= MAX_ID_LENGTH for d in devices):
+        raise bad_json("'devices' must be a list of device IDs")
+    if len(devices) > MAX_LIMIT:
+        raise invalid_param(f"At most {MAX_LIMIT} devices at once")
+    logger.info("admin %s deletes %d devices of %s", by, len(devices), user_id)
+    await service.delete_devices(user_id, devices)
     return 200, {}
 
 
@@ -285,7 +336,10 @@ ROUTES: list[Route] = [
     _route("GET", V2 + "/users/{userId}", get_user),
     _route("PUT", V2 + "/users/{userId}", put_user),
     _route("GET", V2 + "/users/{userId}/devices", list_devices),
+    _route("GET", V2 + "/users/{userId}/devices/{deviceId}", get_device),
+    _route("PUT", V2 + "/users/{userId}/devices/{deviceId}", rename_device),
     _route("DELETE", V2 + "/users/{userId}/devices/{deviceId}", delete_device),
+    _route("POST", V2 + "/users/{userId}/delete_devices", delete_devices),
     _route("POST", V1 + "/deactivate/{userId}", deactivate),
     _route("POST", V1 + "/reset_password/{userId}", reset_password),
     _route("GET", V1 + "/whois/{userId}", whois),
