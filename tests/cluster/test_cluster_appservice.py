@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 from aiohttp import web
@@ -184,16 +185,16 @@ class Room:
     def start_talking(self, stop: asyncio.Event, pause_s: float) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self.talk(c, stop, pause_s)) for c in (self.alice, self.bob)]
 
-    async def stream_order(self) -> list[str]:
-        """The room's messages in the server's order (/messages forwards from the start)."""
-        out: list[str] = []
-        params = {"dir": "f", "limit": "500"}
-        while True:
-            data = await ok(self.alice, "GET", f"/rooms/{self.room_id}/messages", None, **params)
-            out += [e["event_id"] for e in data["chunk"] if e["type"] == "m.room.message"]
-            if not data.get("end") or not data["chunk"]:
-                return out
-            params = {"dir": "f", "limit": "500", "from": data["end"]}
+    async def stream_order(self, cluster: LocalCluster) -> list[str]:
+        """The room's messages in stream order, the order transactions follow (read from the database:
+        /messages pages in topological order, which concurrent sends to a room can make differ)."""
+        conn = await asyncpg.connect(cluster.config.database.postgres_dsn)
+        try:
+            rows = await conn.fetch("SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.message'"
+                                    " ORDER BY stream_ordering", self.room_id)
+        finally:
+            await conn.close()
+        return [r["event_id"] for r in rows]
 
 
 def check_delivery(service: RecordingService, room: Room, server_order: list[str]) -> None:
@@ -212,8 +213,8 @@ def check_delivery(service: RecordingService, room: Room, server_order: list[str
     if delivered != server_order:
         at = next((i for i, (a, b) in enumerate(zip(delivered, server_order, strict=False)) if a != b),
                   min(len(delivered), len(server_order)))
-        problems.append(f"not the room's order from position {at} ({len(delivered)} delivered,"
-                        f" {len(server_order)} in /messages)")
+        problems.append(f"not the room's stream order from position {at} ({len(delivered)} delivered,"
+                        f" {len(server_order)} in the room)")
     for who in {u for u, _e, _t, _l in room.sent}:
         mine = [e for u, e, _t, _l in room.sent if u == who]
         if [e for e in delivered if e in set(mine)] != mine:
@@ -277,7 +278,7 @@ async def test_service_down_30s_while_messages_flow(as_cluster: LocalCluster, se
                     lambda: progress(service, room))
         done_at = max(service.arrived[e] for e in sent_ids)
         await asyncio.sleep(1)  # a late duplicate would arrive by now
-        check_delivery(service, room, await room.stream_order())
+        check_delivery(service, room, await room.stream_order(as_cluster))
         refused = [round(t - down_at, 1) for t, _id, s in service.attempts if s != 200]
         backlog_at = min(service.arrived[e] for e in sent_ids)
         n, p50, worst = latencies(room, down_at, up_at)
@@ -310,27 +311,30 @@ async def test_sending_worker_killed_while_messages_flow(as_cluster: LocalCluste
         kill_at = time.monotonic()
         await asyncio.to_thread(as_cluster.kill_instance, SENDING_INSTANCE)
         await asyncio.sleep(2)
+        spawned_at = time.monotonic()
         await asyncio.to_thread(as_cluster.start_instance, SENDING_INSTANCE)
         restarted_at = time.monotonic()
         await asyncio.sleep(3)
         stop.set()
         await asyncio.gather(*talkers)
-        before_restart = {e for _u, e, t, lat in room.sent if t + lat <= restarted_at}
+        before_restart = {e for _u, e, t, lat in room.sent if t + lat <= spawned_at}
         sent_ids = {e for _u, e, _t, _l in room.sent}
         await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 60, "every event",
                     lambda: progress(service, room))
         caught_at = max(service.arrived[e] for e in before_restart)
-        resumed_at = min(t for t in service.arrived.values() if t >= restarted_at)
-        backlog = len([e for e in before_restart if service.arrived[e] >= restarted_at])
+        resumed_at = min(t for t in service.arrived.values() if t >= spawned_at)
+        backlog = len([e for e in before_restart if service.arrived[e] >= spawned_at])
+        assert caught_at - spawned_at < 30, "the restarted instance was slow to catch up"
         await asyncio.sleep(1)
-        check_delivery(service, room, await room.stream_order())
+        check_delivery(service, room, await room.stream_order(as_cluster))
         # One transaction in flight at a time: the kill can cut one, re-sent with its ID after the restart.
         assert len(set(service.repeats)) <= 1
         n, p50, worst = latencies(room, kill_at, restarted_at)
         print(f"\n[appservice worker kill -9] {len(sent_ids)} messages; {SENDING_INSTANCE} away"
-              f" {restarted_at - kill_at:.1f} s (kill to listening again); first transaction"
-              f" {resumed_at - restarted_at:.2f} s after the restart, the {backlog} events owed then all delivered"
-              f" {caught_at - restarted_at:.2f} s after it; {len(service.bodies)} transactions,"
+              f" {restarted_at - kill_at:.1f} s (kill to listening again; started in"
+              f" {restarted_at - spawned_at:.1f} s); first transaction {resumed_at - spawned_at:.2f} s after the"
+              f" start, the {backlog} events owed then all delivered {caught_at - spawned_at:.2f} s after it;"
+              f" {len(service.bodies)} transactions,"
               f" repeated IDs {service.repeats} (same events each time); sends while it was away: {n}, all 200,"
               f" p50 {p50:.0f} ms, max {worst:.0f} ms")
     finally:
@@ -356,27 +360,30 @@ async def test_sending_worker_stopped_cleanly_resumes_without_repeats(as_cluster
         stopped_count = len(service.arrived)
         await asyncio.sleep(1.5)
         assert len(service.arrived) == stopped_count, "transactions sent by a stopped instance"
+        spawned_at = time.monotonic()
         await asyncio.to_thread(as_cluster.start_instance, SENDING_INSTANCE)
         restarted_at = time.monotonic()
         await asyncio.sleep(2)
         stop.set()
         await asyncio.gather(*talkers)
-        before_restart = {e for _u, e, t, lat in room.sent if t + lat <= restarted_at}
+        before_restart = {e for _u, e, t, lat in room.sent if t + lat <= spawned_at}
         sent_ids = {e for _u, e, _t, _l in room.sent}
         await until(lambda: sent_ids <= set(service.room_messages(room.room_id)), 60, "every event",
                     lambda: progress(service, room))
         caught_at = max(service.arrived[e] for e in before_restart)
-        resumed_at = min(t for t in service.arrived.values() if t >= restarted_at)
-        backlog = len([e for e in before_restart if service.arrived[e] >= restarted_at])
+        resumed_at = min(t for t in service.arrived.values() if t >= spawned_at)
+        backlog = len([e for e in before_restart if service.arrived[e] >= spawned_at])
+        assert caught_at - spawned_at < 30, "the restarted instance was slow to catch up"
         await asyncio.sleep(1)
-        check_delivery(service, room, await room.stream_order())
+        check_delivery(service, room, await room.stream_order(as_cluster))
         assert service.repeats == [], "a clean stop cut a transaction in flight: it was sent again"
         assert as_cluster.killed == [], "the stop timed out"
         n, p50, worst = latencies(room, stop_began, restarted_at)
         print(f"\n[appservice worker clean restart] {len(sent_ids)} messages; stop took {took:.2f} s"
               f" ({in_flight_at_stop} transaction in flight when it began); first"
-              f" transaction {resumed_at - restarted_at:.2f} s after the restart, the {backlog} events owed then"
-              f" all delivered {caught_at - restarted_at:.2f} s after it;"
+              f" transaction {resumed_at - spawned_at:.2f} s after the start (listening after"
+              f" {restarted_at - spawned_at:.1f} s), the {backlog} events owed then all delivered"
+              f" {caught_at - spawned_at:.2f} s after it;"
               f" {len(service.bodies)} transactions, no repeats; sends while it was away: {n}, all 200,"
               f" p50 {p50:.0f} ms, max {worst:.0f} ms")
     finally:
