@@ -145,6 +145,10 @@ class AdminUsers:
     async def joined_rooms(self, user_id: str) -> list[str]:
         return sorted(await self.hs.event_store.get_rooms_for_user(user_id))
 
+    async def memberships(self, user_id: str) -> dict[str, str]:
+        """room ID -> the user's current membership, of every kind (leave and ban included), as Synapse's."""
+        return await self.hs.event_store.get_rooms_for_user(user_id, ("join", "invite", "knock", "leave", "ban"))
+
     async def devices(self, user_id: str) -> list[dict[str, Any]]:
         await self.hs.auth.sightings_stored()
         return await self.store.devices(user_id)

@@ -134,6 +134,8 @@ async def test_users_admin_api_answers_as_synapse(local: FederatingHs, synapse: 
     ours, theirs = await admins.call("GET", f"{V1}/users/{{target}}/joined_rooms", targets=bob_ids)
     assert ours == (200, {"joined_rooms": [rooms[0]], "total": 1}) and theirs == (
         200, {"joined_rooms": [rooms[1]], "total": 1})
+    ours, theirs = await admins.call("GET", f"{V1}/users/{{target}}/memberships", targets=bob_ids)
+    assert ours == (200, {"memberships": {rooms[0]: "join"}}) and theirs == (200, {"memberships": {rooms[1]: "join"}})
     ours, theirs = await admins.call("GET", f"{V1}/whois/{{target}}", targets=bob_ids)
     assert ours[0] == theirs[0] == 200 and set(ours[1]) == set(theirs[1]) == {"user_id", "devices"}
     for answer in (ours[1], theirs[1]):

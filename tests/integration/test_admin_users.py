@@ -245,6 +245,13 @@ async def test_whois_rooms_devices(server: TestHomeServer) -> None:
         "user_id": uid(server, "nobody"), "devices": {}}
 
     assert await ok(boss, "GET", f"{V1}/users/{q(bob.user_id)}/joined_rooms") == {"joined_rooms": [room], "total": 1}
+    other = await boss.create_room(preset="public_chat")
+    await ok(bob, "POST", f"/join/{other}")
+    await ok(bob, "POST", f"/rooms/{other}/leave", {})
+    invited = await boss.create_room()
+    await ok(boss, "POST", f"/rooms/{invited}/invite", {"user_id": bob.user_id})
+    assert await ok(boss, "GET", f"{V1}/users/{q(bob.user_id)}/memberships") == {
+        "memberships": {room: "join", other: "leave", invited: "invite"}}
 
     devices = await ok(boss, "GET", f"{V2}/users/{q(bob.user_id)}/devices")
     assert devices["total"] == 1 and devices["devices"][0]["device_id"] == bob.device_id

@@ -10,6 +10,7 @@
 - GET    /_synapse/admin/v1/whois/{userId}: devices, sessions, connections (the user may ask about
          themselves);
 - GET    /_synapse/admin/v1/users/{userId}/joined_rooms -> `{"joined_rooms": [...], "total": n}`;
+- GET    /_synapse/admin/v1/users/{userId}/memberships -> `{"memberships": {roomId: membership}}`;
 - GET/PUT /_synapse/admin/v1/users/{userId}/admin -> `{"admin": bool}` / `{}`;
 - GET    /_synapse/admin/v2/users/{userId}/devices -> `{"devices": [...], "total": n}`;
 - GET/PUT/DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}: one device, renamed
@@ -140,6 +141,13 @@ async def whois(request: web.Request) -> HandlerResult:
     _user(request, service, "Can only whois a local user")
     logger.info("%s asks whois %s", requester.user_id, user_id)
     return 200, await service.whois(user_id)
+
+
+async def memberships(request: web.Request) -> HandlerResult:
+    service, by = await _admin(request)
+    user_id = _user(request, service)
+    logger.info("admin %s lists the room memberships of %s", by, user_id)
+    return 200, {"memberships": await service.memberships(user_id)}
 
 
 async def get_admin_flag(request: web.Request) -> HandlerResult:
@@ -344,6 +352,7 @@ ROUTES: list[Route] = [
     _route("POST", V1 + "/reset_password/{userId}", reset_password),
     _route("GET", V1 + "/whois/{userId}", whois),
     _route("GET", V1 + "/users/{userId}/joined_rooms", joined_rooms),
+    _route("GET", V1 + "/users/{userId}/memberships", memberships),
     _route("GET", V1 + "/users/{userId}/admin", get_admin_flag),
     _route("PUT", V1 + "/users/{userId}/admin", set_admin_flag),
     _route("POST", V1 + "/users/{userId}/shadow_ban", shadow_ban),
