@@ -3,8 +3,8 @@
 same run, same workload (figures, not a test):
 
   .venv/bin/python bench/bench_appservice.py                          # hs and Synapse
-  .venv/bin/python bench/bench_appservice.py --messages 2000 --rounds 2
-  .venv/bin/python bench/bench_appservice.py --targets hs --py-spy /tmp/asprof
+  .venv/bin/python bench/bench_appservice.py --messages 2000 --rounds 1     # ~2 min (docs/performance.md)
+  .venv/bin/python bench/bench_appservice.py --targets hs --backlog 5000 --py-spy /tmp/asprof
 
 Both servers read the same registration file (`app_service_config_files`, Synapse's key): a service
 `bench` whose user namespace is `@bench_.*` (exclusive), sender `bench_bot`, rate limits off, no
@@ -22,9 +22,14 @@ Workloads:
         send's start until the last event reached the receiver), with the send rate and the delivery
         tail after the last send answered. --rounds rounds, the servers taking turns (hs, Synapse,
         hs, Synapse...) so they see the same load from whatever else runs on the machine.
+  backlog: the receiver holds a transaction unanswered while --backlog messages are sent (keep them
+        under ~45 s of Synapse's sends: both servers time a transaction out at 60 s); --settle s after
+        the last send answered it answers, and the server drains the backlog -> events / time from
+        the release to the last arrival. --rounds rounds, the servers taking turns.
   latency: one message at a time, one per 1/--rate s on each server (the servers alternating within
-        each tick, at least --gap-ms of quiet after each message; a slower server lowers the rate): time from the PUT's start until the receiver has the event (whether or not the PUT
-        has answered yet) -> p50/p99 over --trials messages.
+        each tick, at least --gap-ms of quiet after each message; a slower server lowers the rate):
+        time from the PUT's start until the receiver has the event (whether or not the PUT has
+        answered yet) -> p50/p99 over --trials messages, and the PUT's own response time.
 
 Servers, client, receiver and PostgreSQL share this machine's cores.
 """
