@@ -57,7 +57,6 @@ class FederatingHs(TestHomeServer):
         # TestHomeServer picked a port of its own for its plain listener; ours is the TLS one.
         self.port = port
         self.cert = cert
-        self.server_name = self.config.server_name
         self.base_url = f"https://localhost:{port}"
         self.log_path = data_dir / "hs.log"
         self._log_handler: logging.Handler | None = None

@@ -195,6 +195,22 @@ SWEEP: dict[tuple[str, str], Case] = {
     ("GET", "/_synapse/admin/v1/federation/destinations"): Case(
         [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum"),
          P("query", "order_by", "enum")]),
+    ("GET", "/_synapse/admin/v1/rooms"): Case(
+        [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum"),
+         P("query", "order_by", "enum")]),
+    ("GET", "/_synapse/admin/v2/users"): Case(
+        [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum"),
+         P("query", "order_by", "enum"), P("query", "guests", "bool"), P("query", "admins", "bool"),
+         P("query", "deactivated", "bool"), P("query", "locked", "bool")]),
+    ("GET", "/_synapse/admin/v3/users"): Case(
+        [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum"),
+         P("query", "order_by", "enum"), P("query", "guests", "bool"), P("query", "admins", "bool"),
+         P("query", "deactivated", "bool"), P("query", "locked", "bool")]),
+    ("GET", "/_synapse/admin/v1/statistics/users/media"): Case(
+        [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum"),
+         P("query", "order_by", "enum"), P("query", "from_ts", "int"), P("query", "until_ts", "int")]),
+    ("POST", "/_synapse/admin/v1/reset_password/{userId}"): Case(
+        [P("body", "logout_devices", "bool")], body={"new_password": "a-new-long-password-1"}),
     ("GET", "/_synapse/admin/v1/federation/destinations/{destination}/rooms"): Case(
         [P("query", "from", "int"), P("query", "limit", "limit"), P("query", "dir", "enum")]),
 }
@@ -243,6 +259,34 @@ UNTYPED = {
     ("GET", "/pushrules"), ("PUT", "/pushrules"), ("DELETE", "/pushrules"),
     ("GET", "/pushrules/{path:.*}"), ("PUT", "/pushrules/{path:.*}"), ("DELETE", "/pushrules/{path:.*}"),
     ("GET", "/_synapse/admin/v1/federation/destinations/{destination}"),
+    # Rooms, history purges, registration tokens, server notices and the version (admin API).
+    ("GET", "/_synapse/admin/v1/rooms/{roomId}"), ("GET", "/_synapse/admin/v1/rooms/{roomId}/members"),
+    ("GET", "/_synapse/admin/v1/rooms/{roomId}/state"), ("GET", "/_synapse/admin/v1/rooms/{roomId}/block"),
+    ("PUT", "/_synapse/admin/v1/rooms/{roomId}/block"), ("DELETE", "/_synapse/admin/v1/rooms/{roomId}"),
+    ("DELETE", "/_synapse/admin/v2/rooms/{roomId}"), ("GET", "/_synapse/admin/v2/rooms/{roomId}/delete_status"),
+    ("GET", "/_synapse/admin/v2/rooms/delete_status/{deleteId}"),
+    ("POST", "/_synapse/admin/v1/rooms/{roomIdOrAlias}/make_room_admin"),
+    ("POST", "/_synapse/admin/v1/purge_history/{roomId}"), ("POST", "/_synapse/admin/v1/purge_history/{roomId}/{eventId}"),
+    ("GET", "/_synapse/admin/v1/purge_history_status/{purgeId}"),
+    ("GET", "/_synapse/admin/v1/registration_tokens"), ("POST", "/_synapse/admin/v1/registration_tokens/new"),
+    ("GET", "/_synapse/admin/v1/registration_tokens/{token}"), ("PUT", "/_synapse/admin/v1/registration_tokens/{token}"),
+    ("DELETE", "/_synapse/admin/v1/registration_tokens/{token}"),
+    ("POST", "/_synapse/admin/v1/send_server_notice"), ("PUT", "/_synapse/admin/v1/send_server_notice/{txnId}"),
+    ("GET", "/_synapse/admin/v1/server_version"),
+    ("GET", "/_synapse/admin/v2/users/{userId}"), ("PUT", "/_synapse/admin/v2/users/{userId}"),
+    ("GET", "/_synapse/admin/v2/users/{userId}/devices"),
+    ("DELETE", "/_synapse/admin/v2/users/{userId}/devices/{deviceId}"),
+    ("POST", "/_synapse/admin/v1/deactivate/{userId}"), ("GET", "/_synapse/admin/v1/whois/{userId}"),
+    ("GET", "/_synapse/admin/v1/users/{userId}/joined_rooms"),
+    ("GET", "/_synapse/admin/v1/users/{userId}/admin"),
+    ("PUT", "/_synapse/admin/v1/users/{userId}/admin"),
+    ("POST", "/_synapse/admin/v1/users/{userId}/shadow_ban"),
+    ("DELETE", "/_synapse/admin/v1/users/{userId}/shadow_ban"),
+    ("POST", "/_synapse/admin/v1/users/{userId}/login"),
+    ("GET", "/_synapse/admin/v2/users/{userId}/devices/{deviceId}"),
+    ("PUT", "/_synapse/admin/v2/users/{userId}/devices/{deviceId}"),
+    ("POST", "/_synapse/admin/v2/users/{userId}/delete_devices"),
+    ("GET", "/_synapse/admin/v1/users/{userId}/memberships"),
     ("POST", "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection"),
 }
 
