@@ -45,7 +45,8 @@ class AccountService:
 
         With `erase` the user is also marked erased (before leaving, so nothing they send is missed):
         their events stay in the rooms but are served pruned to whoever was not joined when they were
-        sent (hs/services/visibility.py), which is what Synapse does with `erase: true`."""
+        sent (hs/services/visibility.py), and their display name and avatar are removed, which is what
+        Synapse does with `erase: true`."""
         if erase:
             await self.hs.visibility.mark_erased(user_id)
         await self.hs.user_store.deactivate(user_id)
@@ -57,3 +58,8 @@ class AccountService:
                                                 state_key=user_id)
             except Exception:
                 logger.warning("deactivating %s: could not leave %s", user_id, room_id, exc_info=True)
+        if erase:
+            # Synapse's erasure removes the profile too (after the leaves, so no membership event carries
+            # the change; the events sent before keep the old values, as history does).
+            for field in ("displayname", "avatar_url"):
+                await self.hs.user_store.set_profile_field(user_id, field, None)

@@ -218,13 +218,8 @@ class AdminUsers:
         await self.hs.registration.set_password(user_id, new_password, None, logout_devices, None)
 
     async def deactivate(self, user_id: str, erase: bool) -> None:
-        """Deactivate (hs.accounts); with `erase`, the profile's display name and avatar go too, as
-        Synapse's erasure removes them (after the user left its rooms, so no membership event carries the
-        change; the events they sent before keep the old values, as history does)."""
+        """Deactivate as the user would (hs.accounts; with `erase`, the profile goes too)."""
         await self.hs.accounts.deactivate(user_id, erase=erase)
-        if erase:
-            for field in ("displayname", "avatar_url"):
-                await self.hs.user_store.set_profile_field(user_id, field, None)
 
     async def device(self, user_id: str, device_id: str) -> dict[str, Any] | None:
         await self.hs.auth.sightings_stored()

@@ -41,6 +41,7 @@ from hs.errors import (
     unrecognized,
     user_deactivated,
     user_in_use,
+    user_locked,
 )
 from hs.util import now_ms, random_string
 
@@ -450,6 +451,8 @@ class Registration:
         canonical, row = resolved
         if row.get("deactivated"):
             raise user_deactivated("This account has been deactivated")
+        if row.get("locked"):  # an admin locked it (Synapse refuses the login, not only its token)
+            raise user_locked()
         return canonical
 
     async def login_password(self, body: dict[str, Any], address: str) -> str:

@@ -181,6 +181,8 @@ async def test_put_lock_and_deactivate(server: TestHomeServer) -> None:
     status, body = await bob.request("GET", "/account/whoami")
     assert (status, body) == (401, {"errcode": "M_USER_LOCKED", "error": "User account has been locked",
                                     "soft_logout": True})
+    status, body = await login(server, "bob", "password123")  # a new login is refused too (as Synapse)
+    assert (status, body["errcode"]) == (401, "M_USER_LOCKED"), body
     assert (await ok(boss, "PUT", f"{V2}/users/{q(bob.user_id)}", {"locked": False}))["locked"] is False
     assert (await ok(bob, "GET", "/account/whoami"))["user_id"] == bob.user_id
 

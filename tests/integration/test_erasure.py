@@ -108,3 +108,16 @@ async def test_deactivation_without_erase_keeps_messages_whole(server: TestHomeS
     await ok(carol, "POST", f"/rooms/{room}/join", {})
     assert find(await chunk(carol, room), secret)["content"]["body"] == "bob's words"
     assert not await server.hs.visibility.erased_senders([str(bob.user_id)])
+
+
+async def test_erasure_removes_the_profile(server: TestHomeServer) -> None:
+    """As Synapse's: the display name and avatar go with an erasing deactivation, and stay without."""
+    bob, dave = await user(server, "bob"), await user(server, "dave")
+    for who in (bob, dave):
+        await ok(who, "PUT", f"/profile/{who.user_id}/displayname", {"displayname": "Named"})
+    await deactivate(server, bob, erase=True)
+    await deactivate(server, dave, erase=False)
+    asker = await user(server, "asker")
+    status, body = await asker.request("GET", f"/profile/{bob.user_id}/displayname")
+    assert status == 404 or body.get("displayname") is None, body
+    assert (await ok(asker, "GET", f"/profile/{dave.user_id}/displayname"))["displayname"] == "Named"
