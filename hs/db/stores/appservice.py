@@ -65,22 +65,31 @@ class AppServiceStore:
     # -- transactions ------------------------------------------------------------------------------------
     async def store_txn(self, as_id: str, event_ids: list[str], extra: dict[str, Any],
                         positions: dict[str, int]) -> int:
-        """Store the next transaction and move the service's positions past what it carries, in one
-        database transaction: whatever happens next, it is either sent later or was never taken."""
+        """Store the next transaction and move the service's positions past what it carries, all or
+        nothing: whatever happens next, it is either sent later or was never taken. On PostgreSQL one
+        statement (a transaction delivered at once waits for it), elsewhere one transaction."""
+        moved = (as_id, *(positions[s] for s in STREAMS))
+        advance = ("UPDATE appservice_state SET last_txn_id = last_txn_id + 1, events_position = $2,"
+                   " receipts_position = $3, presence_position = $4, to_device_position = $5,"
+                   " device_lists_position = $6 WHERE as_id = $1 RETURNING last_txn_id")
+        if self.db.engine == "postgres":
+            txn_id = await self.db.fetchval(
+                f"WITH s AS ({advance}) INSERT INTO appservice_txns (as_id, txn_id, event_ids, extra, created_ts)"
+                " SELECT $1, s.last_txn_id, $7, $8, $9 FROM s RETURNING txn_id",
+                *moved, json_dumps(event_ids), json_dumps(extra), now_ms())
+        else:
+            async def txn(c: Connection) -> Any:
+                new_id = await c.fetchval(advance, *moved)
+                if new_id is not None:
+                    await c.execute("INSERT INTO appservice_txns (as_id, txn_id, event_ids, extra, created_ts)"
+                                    " VALUES ($1, $2, $3, $4, $5)",
+                                    as_id, new_id, json_dumps(event_ids), json_dumps(extra), now_ms())
+                return new_id
 
-        async def txn(c: Connection) -> int:
-            last = await c.fetchval("SELECT last_txn_id FROM appservice_state WHERE as_id = $1", as_id)
-            txn_id = int(last or 0) + 1
-            await c.execute(
-                "INSERT INTO appservice_txns (as_id, txn_id, event_ids, extra, created_ts) VALUES ($1, $2, $3, $4, $5)",
-                as_id, txn_id, json_dumps(event_ids), json_dumps(extra), now_ms())
-            await c.execute(
-                "UPDATE appservice_state SET last_txn_id = $2, events_position = $3, receipts_position = $4,"
-                " presence_position = $5, to_device_position = $6, device_lists_position = $7 WHERE as_id = $1",
-                as_id, txn_id, *(positions[s] for s in STREAMS))
-            return txn_id
-
-        return await self.db.run_transaction("store_appservice_txn", txn)
+            txn_id = await self.db.run_transaction("store_appservice_txn", txn)
+        if txn_id is None:
+            raise RuntimeError(f"application service {as_id} has no stored state")  # create_state comes first
+        return int(txn_id)
 
     async def advance_positions(self, as_id: str, positions: dict[str, int]) -> None:
         """Nothing for the service in what was read: move its positions on without a transaction."""
@@ -97,13 +106,17 @@ class AppServiceStore:
         return StoredTxn(int(r["txn_id"]), json_loads(r["event_ids"]), json_loads(r["extra"]))
 
     async def complete_txn(self, as_id: str, txn_id: int) -> None:
-        """The service acknowledged the transaction: forget it, and any backoff."""
+        """The service acknowledged the transaction: forget it, and any backoff (one statement on
+        PostgreSQL, one transaction elsewhere)."""
+        forget = "DELETE FROM appservice_txns WHERE as_id = $1 AND txn_id <= $2"
+        acked = "UPDATE appservice_state SET last_acked_txn_id = $2, failures = 0, failed_ts = 0 WHERE as_id = $1"
+        if self.db.engine == "postgres":
+            await self.db.execute(f"WITH d AS ({forget}) {acked}", as_id, txn_id)
+            return
 
         async def txn(c: Connection) -> None:
-            await c.execute("DELETE FROM appservice_txns WHERE as_id = $1 AND txn_id <= $2", as_id, txn_id)
-            await c.execute(
-                "UPDATE appservice_state SET last_acked_txn_id = $2, failures = 0, failed_ts = 0 WHERE as_id = $1",
-                as_id, txn_id)
+            await c.execute(forget, as_id, txn_id)
+            await c.execute(acked, as_id, txn_id)
 
         await self.db.run_transaction("complete_appservice_txn", txn)
 
