@@ -39,14 +39,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,10 +62,10 @@ from bench_send_sync import (  # noqa: E402
     _wait_http,
     pct,
     pg_dsn,
-    pg_host,
     register,
 )
-from bench_sliding_sync import OPEN, Server, _free_port  # noqa: E402
+from bench_sliding_sync import OPEN, Server, _free_port, profiled  # noqa: E402
+from bench_sliding_sync import start_synapse as start_synapse_with  # noqa: E402
 
 AS_TOKEN = "bench-as-token-" + uuid.uuid4().hex
 HS_TOKEN = "bench-hs-token-" + uuid.uuid4().hex
@@ -212,71 +209,9 @@ def start_hs(workdir: Path, registration: Path, env: dict[str, str], wrapper: li
 
 
 def start_synapse(workdir: Path, registration: Path) -> Server:
-    """Synapse as tests/federation/synapse.py installs it, on PostgreSQL, every rate limit off, the
-    service registered (Synapse sends its transactions from the main process by default)."""
-    from tests.federation.synapse import ensure_synapse
-
-    py = ensure_synapse()
-    d = workdir / "synapse"
-    d.mkdir(parents=True, exist_ok=True)
-    cfg_path = d / "homeserver.yaml"
-    subprocess.run([str(py), "-m", "synapse.app.homeserver", "--server-name", "bench.local", "--config-path",
-                    str(cfg_path), "--generate-config", "--report-stats=no", "--data-directory", str(d)],
-                   check=True, stdout=subprocess.DEVNULL, cwd=d)
-    conf = yaml.safe_load(cfg_path.read_text())
-    port = _free_port()
-    conf["listeners"] = [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
-                          "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}]}]
-    conf["database"] = {"name": "psycopg2", "args": {"user": "postgres", "host": pg_host(),
-                                                     "database": _create_pg_database("synapse_bench_as_"),
-                                                     "cp_min": 5, "cp_max": 10}}
-    secret = uuid.uuid4().hex
-    conf["registration_shared_secret"] = secret
-    for key in ("rc_message", "rc_registration", "rc_joins_per_room", "rc_room_creation", "rc_presence"):
-        conf[key] = dict(OPEN)
-    conf["rc_invites"] = {"per_room": OPEN, "per_user": OPEN, "per_issuer": OPEN}
-    conf["rc_login"] = {"address": OPEN, "account": OPEN, "failed_attempts": OPEN}
-    conf["rc_joins"] = {"local": OPEN, "remote": OPEN}
-    conf.update({"trusted_key_servers": [], "suppress_key_server_warning": True, "enable_metrics": False,
-                 "bcrypt_rounds": 4, "presence": {"enabled": False},
-                 "app_service_config_files": [str(registration)]})
-    cfg_path.write_text(yaml.safe_dump(conf))
-    env = {**os.environ, "SYNAPSE_ASYNC_IO_REACTOR": "0"}
-    env.pop("PYTHONPATH", None)
-    log = open(d / "stdout.log", "ab")
-    proc = subprocess.Popen([str(py), "-m", "synapse.app.homeserver", "-c", str(cfg_path)], cwd=d, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(base, 180)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return Server("synapse", proc, base, secret, d)
-
-
-@contextmanager
-def profiled(server: Server | None, out_dir: str, phase: str) -> Iterator[None]:
-    """py-spy (`--py-spy DIR`, found beside this Python or on PATH) attached to hs during one phase:
-    collapsed stacks, idle frames included, in DIR/PHASE.txt (as bench_sliding_sync.py records them)."""
-    if not out_dir or server is None:
-        yield
-        return
-    beside = Path(sys.executable).parent / "py-spy"
-    spy = str(beside) if beside.exists() else shutil.which("py-spy")
-    if spy is None:
-        raise SystemExit("--py-spy: no py-spy beside this Python or on PATH")
-    out = Path(out_dir) / f"{phase}.txt"
-    proc = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--format", "raw", "--idle",
-                             "--rate", "1000", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached
-    try:
-        yield
-    finally:
-        proc.send_signal(2)
-        proc.wait(30)
-        print(f"  py-spy profile of {phase}: {out}", flush=True)
+    """Synapse as bench_sliding_sync.py starts it, with the service registered (Synapse sends its
+    transactions from the main process by default)."""
+    return start_synapse_with(workdir, "synapse_bench_as_", {"app_service_config_files": [str(registration)]})
 
 
 # -- set-up ----------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,8 +130,10 @@ def start_hs(workdir: Path, env: dict[str, str], wrapper: list[str]) -> Server:
     return Server("hs", proc, base, cfg["registration_shared_secret"], d)
 
 
-def start_synapse(workdir: Path) -> Server:
-    """Synapse as tests/federation/synapse.py installs it, on PostgreSQL, every rate limit off."""
+def start_synapse(workdir: Path, db_prefix: str = "synapse_bench_ss_",
+                  extra: dict[str, Any] | None = None) -> Server:
+    """Synapse as tests/federation/synapse.py installs it, on PostgreSQL, every rate limit off; `extra`
+    config keys on top (bench_appservice.py registers its service so)."""
     from tests.federation.synapse import ensure_synapse
 
     py = ensure_synapse()
@@ -145,7 +148,7 @@ def start_synapse(workdir: Path) -> Server:
     conf["listeners"] = [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
                           "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}]}]
     conf["database"] = {"name": "psycopg2", "args": {"user": "postgres", "host": pg_host(),
-                                                     "database": _create_pg_database("synapse_bench_ss_"),
+                                                     "database": _create_pg_database(db_prefix),
                                                      "cp_min": 5, "cp_max": 10}}
     secret = uuid.uuid4().hex
     conf["registration_shared_secret"] = secret
@@ -155,7 +158,7 @@ def start_synapse(workdir: Path) -> Server:
     conf["rc_login"] = {"address": OPEN, "account": OPEN, "failed_attempts": OPEN}
     conf["rc_joins"] = {"local": OPEN, "remote": OPEN}
     conf.update({"trusted_key_servers": [], "suppress_key_server_warning": True, "enable_metrics": False,
-                 "bcrypt_rounds": 4, "presence": {"enabled": False}})
+                 "bcrypt_rounds": 4, "presence": {"enabled": False}, **(extra or {})})
     cfg_path.write_text(yaml.safe_dump(conf))
     env = {**os.environ, "SYNAPSE_ASYNC_IO_REACTOR": "0"}
     env.pop("PYTHONPATH", None)
@@ -163,21 +166,30 @@ def start_synapse(workdir: Path) -> Server:
     proc = subprocess.Popen([str(py), "-m", "synapse.app.homeserver", "-c", str(cfg_path)], cwd=d, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    _wait_http(base, 180)
+    try:
+        _wait_http(base, 180)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return Server("synapse", proc, base, secret, d)
 
 
 @contextmanager
 def profiled(server: Server | None, out_dir: str, phase: str) -> Iterator[None]:
-    """py-spy (`--py-spy DIR`) attached to hs during one phase: collapsed stacks in DIR/PHASE.txt,
-    idle frames included (`--idle`), so time the event loop waits (on PostgreSQL, on the notifier)
-    shows as the frames that wait. `flamegraph.pl` or speedscope read the file."""
+    """py-spy (`--py-spy DIR`, found beside this Python or on PATH) attached to hs during one phase:
+    collapsed stacks in DIR/PHASE.txt, idle frames included (`--idle`), so time the event loop waits (on
+    PostgreSQL, on the notifier) shows as the frames that wait. `flamegraph.pl` or speedscope read the
+    file."""
     if not out_dir or server is None or server.name != "hs":
         yield
         return
-    spy = Path(sys.executable).parent / "py-spy"
+    beside = Path(sys.executable).parent / "py-spy"
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy: no py-spy beside this Python or on PATH")
     out = Path(out_dir) / f"{phase}.txt"
-    proc = subprocess.Popen([str(spy), "record", "--pid", str(server.proc.pid), "--format", "raw", "--idle",
+    proc = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--format", "raw", "--idle",
                              "--rate", "1000", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached
     try:
