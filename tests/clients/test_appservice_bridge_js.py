@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import pytest
 import yaml
 
 from tests.harness import TestHomeServer, ok, user
+from tests.node_script import NodeScript, npm_installed
 from tests.services import free_port
 
 JS_DIR = Path(__file__).parent / "appservice_js"
@@ -39,13 +38,7 @@ PUPPET = "@js_puppet:test.local"
 
 @pytest.fixture(scope="session")
 def bridge_node_modules() -> Path:
-    """The bridge folder with its npm dependencies installed (once; a lock file pins the versions)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm are needed for the matrix-appservice-bridge test"
-    if not (JS_DIR / "node_modules" / "matrix-appservice-bridge" / "package.json").exists():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS_DIR, check=True,
-                       timeout=600)
-    return JS_DIR
+    return npm_installed(JS_DIR, "matrix-appservice-bridge")
 
 
 def registration(tmp_path: Path, port: int) -> str:
@@ -59,39 +52,6 @@ def registration(tmp_path: Path, port: int) -> str:
     return str(path)
 
 
-class NodeBridge:
-    """The Node script as a subprocess: marked JSON lines out; everything else is the bridge's log."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.log: list[str] = []
-
-    async def next(self, step: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), STEP_TIMEOUT_S)
-            if not line:
-                err = await self.proc.stderr.read() if self.proc.stderr else b""
-                pytest.fail(f"the bridge script ended before {step!r}: {err.decode(errors='replace')[-3000:]}"
-                            f"\n{self.log[-30:]}")
-            if not line.startswith(b"@@as "):
-                self.log.append(line.decode(errors="replace").rstrip())
-                continue
-            msg = json.loads(line[5:])
-            if msg["step"] == "error":
-                pytest.fail(f"the bridge script reported: {msg['error']}\n{self.log[-30:]}")
-            if msg["step"] == step:
-                return dict(msg)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
 async def test_js_bridge_bot_joins_receives_and_puppet_sends(
         make_server: Any, engine: str, tmp_path: Path, bridge_node_modules: Path) -> None:
     port = free_port()
@@ -103,7 +63,7 @@ async def test_js_bridge_bot_joins_receives_and_puppet_sends(
     proc = await asyncio.create_subprocess_exec(
         "node", str(JS_DIR / "bridge.mjs"), json.dumps(config), cwd=JS_DIR, env=dict(os.environ),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    node = NodeBridge(proc)
+    node = NodeScript(proc, b"@@as ", "bridge", STEP_TIMEOUT_S)
     try:
         listening = await node.next("listening")
         assert listening["bot"] == BOT

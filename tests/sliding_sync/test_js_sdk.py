@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import nio
 import pytest
 
+from tests.node_script import NodeScript, npm_installed
 from tests.sliding_sync.client import Target
 from tests.sliding_sync.conftest import _targets, hs_target, synapse_target
 from tests.sliding_sync.test_e2ee import ENCRYPTION, _nio
@@ -34,13 +33,7 @@ STEP_TIMEOUT_S = 30.0
 
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
-    """The js folder with its npm dependencies installed (once; a lock file pins the versions)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm are needed for the matrix-js-sdk tests"
-    if not (JS_DIR / "node_modules" / "matrix-js-sdk" / "package.json").exists():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS_DIR, check=True,
-                       timeout=600)
-    return JS_DIR
+    return npm_installed(JS_DIR, "matrix-js-sdk")
 
 
 @pytest.fixture(params=[t for t in ("hs", "synapse") if t == "hs" or "synapse" in _targets()])
@@ -50,47 +43,12 @@ async def js_target(request: pytest.FixtureRequest, make_server: Any) -> Target:
     return await hs_target(make_server, "unstable")
 
 
-class NodeClient:
-    """The Node script as a subprocess: JSON lines out, stdin closed to stop it."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.log: list[str] = []  # the SDK's own console output
-
-    async def next(self, step: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), STEP_TIMEOUT_S)
-            if not line:
-                err = await self.proc.stderr.read() if self.proc.stderr else b""
-                pytest.fail(f"the js-sdk script ended before {step!r}: {err.decode(errors='replace')[-3000:]}"
-                            f"\n{self.log[-30:]}")
-            if not line.startswith(b"@@ss "):
-                self.log.append(line.decode(errors="replace").rstrip())
-                continue
-            msg = json.loads(line[5:])
-            if msg["step"] == "error":
-                pytest.fail(f"the js-sdk script reported: {msg['error']}\n{self.log[-30:]}")
-            if msg["step"] == step:
-                return dict(msg)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
 async def test_js_sdk_room_list_live_and_encrypted(js_target: Target, node_modules: Path, tmp_path: Path) -> None:
     target = js_target
     alice = await target.user("alice")
     bob = await target.user("bob")
     bob_nio, _ = await _nio(target, bob, tmp_path / "bob")
-    node: NodeClient | None = None
+    node: NodeScript | None = None
     try:
         secret = await alice.create_room(name="js secret", invite=[bob.user_id], initial_state=[ENCRYPTION])
         await bob.call("POST", f"/join/{secret}", {})
@@ -110,7 +68,7 @@ async def test_js_sdk_room_list_live_and_encrypted(js_target: Target, node_modul
         proc = await asyncio.create_subprocess_exec(
             "node", str(JS_DIR / "room_list.mjs"), json.dumps(config), cwd=JS_DIR, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        node = NodeClient(proc)
+        node = NodeScript(proc, b"@@ss ", "js-sdk", STEP_TIMEOUT_S)
 
         ready = await node.next("ready")
         assert ready["count"] == 4
