@@ -21,7 +21,8 @@ from mautrix.client.state_store import MemoryStateStore
 from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent, UserID
 
 from hs.appservice.queries import appservice_queries
-from hs.appservice.sender import AppServiceSender, appservice_sender
+from hs.appservice.sender import appservice_sender
+from tests.clients.bridges import fast_backoff, until
 from tests.harness import TestHomeServer, ok, user
 from tests.services import free_port
 
@@ -92,18 +93,12 @@ def registration(tmp_path: Path, port: int) -> str:
     return str(path)
 
 
-async def until(check: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
 async def bridge(make_server: Any, engine: str, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(AppServiceSender, "BACKOFF_BASE_S", 0.05)
-    monkeypatch.setattr(AppServiceSender, "MAX_BACKOFF_S", 0.4)
+    fast_backoff(monkeypatch)
     port = free_port()
     server = await make_server(engine, app_service_config_files=[registration(tmp_path, port)])
     b = Bridge(server.base_url, port)
@@ -154,11 +149,9 @@ async def test_puppet_sends_with_massaged_timestamp(bridge: tuple[TestHomeServer
 async def test_user_query_creates_the_user_on_demand(bridge: tuple[TestHomeServer, Bridge]) -> None:
     server, b = bridge
     alice = await user(server, "alice")
-    status, _ = await alice.request("GET", "/profile/@mau_newcomer:test.local")
-    assert status == 404 or b.created  # until profile lookups ask the services (hs/services/profile.py)
-    assert await appservice_queries(server.hs).query_user("@mau_newcomer:test.local")
-    assert "@mau_newcomer:test.local" in b.created
+    # The profile lookup of an unknown namespaced user asks the bridge, which creates the user.
     profile = await ok(alice, "GET", "/profile/@mau_newcomer:test.local")
+    assert "@mau_newcomer:test.local" in b.created
     assert profile["displayname"] == "Remote mau_newcomer"
     # Outside the namespace the bridge is never asked.
     assert not await appservice_queries(server.hs).query_user("@nobody:test.local")

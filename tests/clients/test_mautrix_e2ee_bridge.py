@@ -22,7 +22,6 @@ test_mautrix_e2ee_olmmachine.py runs mautrix's OlmMachine itself where python-ol
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from mautrix.types import (
 )
 from unpaddedbase64 import decode_base64, encode_base64
 
-from hs.appservice.sender import AppServiceSender
+from tests.clients.bridges import fast_backoff, nio_receive, until
 from tests.clients.test_nio_e2ee import ENCRYPTION_STATE, Target, _e2ee_client, _register
 from tests.harness import TestHomeServer, ok, user
 from tests.services import free_port
@@ -250,18 +249,12 @@ def registration(tmp_path: Path, port: int) -> str:
     return str(path)
 
 
-async def until(check: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
 async def bridge(make_server: Any, engine: str, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(AppServiceSender, "BACKOFF_BASE_S", 0.05)
-    monkeypatch.setattr(AppServiceSender, "MAX_BACKOFF_S", 0.4)
+    fast_backoff(monkeypatch)
     port = free_port()
     server = await make_server(engine, app_service_config_files=[registration(tmp_path, port)])
     b = E2EEBridge(server.base_url, port)
@@ -270,18 +263,6 @@ async def bridge(make_server: Any, engine: str, tmp_path: Path,
     await b.stop()
 
 
-async def _receive(client: nio.AsyncClient, room_id: str, body: str, attempts: int = 6) -> nio.RoomMessageText:
-    """Sync until the decrypted message arrives; fail on one nio could not decrypt."""
-    for _ in range(attempts):
-        res = await client.sync(timeout=2000)
-        assert isinstance(res, nio.SyncResponse), res
-        room = res.rooms.join.get(room_id)
-        for ev in room.timeline.events if room else []:
-            if isinstance(ev, nio.RoomMessageText) and ev.body == body:
-                return ev
-            if isinstance(ev, nio.MegolmEvent):
-                pytest.fail(f"nio could not decrypt {ev.event_id} (session {ev.session_id})")
-    pytest.fail(f"{client.user_id} never received {body!r}")
 
 
 async def test_encrypted_conversation_between_bridge_and_nio(bridge: tuple[TestHomeServer, E2EEBridge],
@@ -322,7 +303,7 @@ async def test_encrypted_conversation_between_bridge_and_nio(bridge: tuple[TestH
         # bridge -> nio: the bridge claims alice's one-time key as its masqueraded device and sends its own
         # room key over Olm, then the Megolm event.
         event_id = await b.send_encrypted(room_id, alice.user_id, "hi alice, from the bridge")
-        ev = await _receive(alice, room_id, "hi alice, from the bridge")
+        ev = await nio_receive(alice, room_id, "hi alice, from the bridge")
         assert ev.decrypted and ev.sender == BOT and ev.event_id == event_id
 
         # MSC3202: alice's device list changes (a new device name) reach the bridge, which shares a room.

@@ -41,7 +41,7 @@ from mautrix.types import (
     UserID,
 )
 
-from hs.appservice.sender import AppServiceSender
+from tests.clients.bridges import fast_backoff, nio_receive, until
 from tests.clients.test_nio_e2ee import ENCRYPTION_STATE, Target, _e2ee_client, _register
 from tests.harness import TestHomeServer
 from tests.services import free_port
@@ -150,17 +150,11 @@ def registration(tmp_path: Path, port: int) -> str:
     return str(path)
 
 
-async def until(check: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
 async def bridge(make_server: Any, engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(AppServiceSender, "BACKOFF_BASE_S", 0.05)
-    monkeypatch.setattr(AppServiceSender, "MAX_BACKOFF_S", 0.4)
+    fast_backoff(monkeypatch)
     port = free_port()
     server = await make_server(engine, app_service_config_files=[registration(tmp_path, port)])
     b = OlmBridge(server.base_url, port)
@@ -169,17 +163,6 @@ async def bridge(make_server: Any, engine: str, tmp_path: Path, monkeypatch: pyt
     await b.stop()
 
 
-async def _receive(client: nio.AsyncClient, room_id: str, body: str, attempts: int = 6) -> nio.RoomMessageText:
-    for _ in range(attempts):
-        res = await client.sync(timeout=2000)
-        assert isinstance(res, nio.SyncResponse), res
-        room = res.rooms.join.get(room_id)
-        for ev in room.timeline.events if room else []:
-            if isinstance(ev, nio.RoomMessageText) and ev.body == body:
-                return ev
-            if isinstance(ev, nio.MegolmEvent):
-                pytest.fail(f"nio could not decrypt {ev.event_id} (session {ev.session_id})")
-    pytest.fail(f"{client.user_id} never received {body!r}")
 
 
 async def test_olm_machine_bridge_and_nio_talk_encrypted(bridge: tuple[TestHomeServer, OlmBridge],
@@ -218,7 +201,7 @@ async def test_olm_machine_bridge_and_nio_talk_encrypted(bridge: tuple[TestHomeS
         # OlmMachine -> nio: it queries alice's keys and claims her one-time key as its device, shares the
         # group session over Olm, then sends the Megolm event.
         event_id = await b.send_text(room_id, [UserID(alice.user_id)], "hi alice, from OlmMachine")
-        ev = await _receive(alice, room_id, "hi alice, from OlmMachine")
+        ev = await nio_receive(alice, room_id, "hi alice, from OlmMachine")
         assert ev.decrypted and ev.sender == BOT and ev.event_id == event_id
     finally:
         await alice.close()
