@@ -23,6 +23,13 @@ async def user(server: TestHomeServer, name: str) -> Client:
     return c
 
 
+async def admin(server: TestHomeServer, name: str = "admin") -> Client:
+    """A registered, logged-in server admin (the flag set in the database, as an operator would)."""
+    client = await user(server, name)
+    await server.hs.db.execute("UPDATE users SET admin = 1 WHERE user_id = $1", client.user_id)
+    return client
+
+
 async def ok(client: Client, method: str, path: str, body: Any = None, **params: str) -> Any:
     """A request that must succeed; returns its JSON body."""
     status, data = await client.request(method, path, body, params=params or None)

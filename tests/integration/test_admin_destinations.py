@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.harness import Client, TestHomeServer, ok, user
+from tests.harness import Client, TestHomeServer, admin, ok, user
 
 ADMIN = "/_synapse/admin/v1/federation/destinations"
 ENTRY_KEYS = {"destination", "retry_last_ts", "retry_interval", "failure_ts", "last_successful_stream_ordering"}
@@ -40,12 +40,6 @@ async def add_destination(server: TestHomeServer, destination: str, last_success
         "INSERT INTO federation_destinations (destination, last_successful_stream_ordering, retry_last_ts,"
         " retry_interval, failure_ts) VALUES ($1, $2, $3, $4, $5)",
         destination, last_successful, retry_last_ts, retry_interval, failure_ts)
-
-
-async def admin(server: TestHomeServer, name: str = "admin") -> Client:
-    client = await user(server, name)
-    await server.hs.db.execute("UPDATE users SET admin = 1 WHERE user_id = $1", client.user_id)
-    return client
 
 
 async def listed(client: Client, **params: str) -> list[str]:

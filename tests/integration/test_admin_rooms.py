@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from hs.services.admin_rooms import check_not_blocked
-from tests.harness import Client, TestHomeServer, ok, user
+from tests.harness import Client, TestHomeServer, admin, ok, user
 
 V1 = "/_synapse/admin/v1"
 V2 = "/_synapse/admin/v2"
@@ -25,12 +25,6 @@ LIST_FIELDS = {"room_id", "name", "canonical_alias", "joined_members", "joined_l
 async def server(make_server: Any, engine: str) -> TestHomeServer:
     srv: TestHomeServer = await make_server(engine)
     return srv
-
-
-async def admin(server: TestHomeServer, name: str = "admin") -> Client:
-    client = await user(server, name)
-    await server.hs.db.execute("UPDATE users SET admin = 1 WHERE user_id = $1", client.user_id)
-    return client
 
 
 async def wait_status(client: Client, path: str, done: tuple[str, ...] = ("complete", "failed")) -> Any:

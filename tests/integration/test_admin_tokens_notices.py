@@ -10,17 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Client, TestHomeServer, ok, user
+from tests.harness import TestHomeServer, admin, ok, user
 
 ADMIN = "/_synapse/admin/v1"
 VALIDITY = "/_matrix/client/v1/register/m.login.registration_token/validity"
 TOKEN_FIELDS = {"token", "uses_allowed", "pending", "completed", "expiry_time"}
-
-
-async def admin(server: TestHomeServer, name: str = "admin") -> Client:
-    client = await user(server, name)
-    await server.hs.db.execute("UPDATE users SET admin = 1 WHERE user_id = $1", client.user_id)
-    return client
 
 
 async def register_with_token(server: TestHomeServer, name: str, token: str | None) -> tuple[int, Any]:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.harness import Client, TestHomeServer, ok, user
+from tests.harness import TestHomeServer, admin, ok, user
 
 V1 = "/_synapse/admin/v1"
 V2 = "/_synapse/admin/v2"
@@ -26,12 +26,6 @@ DETAIL_KEYS = LIST_KEYS | {"appservice_id", "consent_server_notice_sent", "conse
 async def server(make_server: Any, engine: str) -> TestHomeServer:
     srv: TestHomeServer = await make_server(engine)
     return srv
-
-
-async def admin(server: TestHomeServer, name: str = "admin") -> Client:
-    client = await user(server, name)
-    await server.hs.db.execute("UPDATE users SET admin = 1 WHERE user_id = $1", client.user_id)
-    return client
 
 
 def uid(server: TestHomeServer, localpart: str) -> str:

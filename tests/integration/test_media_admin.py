@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.harness import Client, TestHomeServer, ok, user
+from tests.harness import Client, TestHomeServer, admin, ok, user
 from tests.media_http import media_request, upload_media
 
 ADMIN = "/_synapse/admin/v1"
@@ -23,12 +23,6 @@ ADMIN = "/_synapse/admin/v1"
 async def server(make_server: Any, engine: str) -> TestHomeServer:
     srv: TestHomeServer = await make_server(engine)
     return srv
-
-
-async def admin(server: TestHomeServer, name: str = "admin") -> Client:
-    client = await user(server, name)
-    await server.hs.db.execute("UPDATE users SET admin = 1 WHERE user_id = $1", client.user_id)
-    return client
 
 
 async def upload(srv: TestHomeServer, client: Client, data: bytes, content_type: str = "text/plain",
