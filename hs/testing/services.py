@@ -79,7 +79,17 @@ class ThrowawayPostgres:
             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, "PostgreSQL", self.proc)
-        return f"postgresql://postgres@127.0.0.1:{self.port}"
+        # The port opens before the server takes connections ("the database system is starting up"):
+        # wait until pg_isready says it accepts them.
+        for _ in range(200):
+            ready = subprocess.run([_pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                                   check=False)
+            if ready.returncode == 0:
+                return f"postgresql://postgres@127.0.0.1:{self.port}"
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("throwaway PostgreSQL did not start taking connections")
 
     def stop(self) -> None:
         if self.proc is not None:
