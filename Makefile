@@ -2,8 +2,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DATA ?= data
 SERVER_NAME ?= localhost
+# `make run PORT=8018`: the client port (metrics 992 above it); a port of its own keeps its own data.
+PORT ?= 8008
+DATA ?= data$(if $(filter-out 8008,$(PORT)),-$(PORT))
 
 .PHONY: run test lint bench venv system-packages clean
 
@@ -16,7 +18,8 @@ $(BIN)/hs: pyproject.toml
 venv: $(BIN)/hs
 
 $(DATA)/homeserver.yaml: | $(BIN)/hs
-	$(BIN)/hs generate-config --server-name $(SERVER_NAME) --config-path $(DATA)/homeserver.yaml --open-registration
+	$(BIN)/hs generate-config --server-name $(SERVER_NAME) --config-path $(DATA)/homeserver.yaml --open-registration \
+		--port $(PORT)
 
 run: $(BIN)/hs $(DATA)/homeserver.yaml
 	$(BIN)/hs run --config $(DATA)/homeserver.yaml

@@ -1,4 +1,5 @@
-"""The `hs` command: run | generate-config | check-config | migrate | register-user | routes."""
+"""The `hs` command: run | generate-config | generate-keys | check-config | migrate | register-user | routes |
+local-cluster."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pathlib import Path
 from hs.config import ConfigError, HomeserverConfig, load_config
 from hs.events.signing import SigningKey, write_signing_key_file
 
+# The metrics listener's port is the client port plus this (9000 beside the default 8008).
+METRICS_OFFSET = 992
+
 CONFIG_TEMPLATE = """\
 # hs homeserver configuration. Key names follow Synapse's, so its documentation applies.
 
@@ -22,16 +26,16 @@ CONFIG_TEMPLATE = """\
 server_name: "{server_name}"
 
 # Where clients and other servers reach this server (used in .well-known and emails).
-public_baseurl: "http://localhost:8008/"
+public_baseurl: "http://localhost:{port}/"
 
 listeners:
-  - port: 8008
+  - port: {port}
     bind_addresses: ["127.0.0.1"]
     type: http
     x_forwarded: true
     resources: [client, federation]
   # Prometheus metrics; keep it off public addresses.
-  - port: 9000
+  - port: {metrics_port}
     bind_addresses: ["127.0.0.1"]
     type: metrics
   # Federation: other servers connect to port 8448 over TLS (or to 443 through a reverse proxy that
@@ -93,12 +97,46 @@ def _generate_config(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(CONFIG_TEMPLATE.format(
         server_name=args.server_name, data_dir=data_dir, shared_secret=secrets.token_urlsafe(32),
-        enable_registration="true" if args.open_registration else "false"))
+        enable_registration="true" if args.open_registration else "false", port=args.port,
+        metrics_port=args.metrics_port if args.metrics_port is not None else args.port + METRICS_OFFSET))
     key_path = data_dir / f"{args.server_name}.signing.key"
     if not key_path.exists():
         write_signing_key_file(key_path, SigningKey.generate())
     print(f"wrote {out} and {key_path}")
     return 0
+
+
+def _generate_keys(args: argparse.Namespace) -> int:
+    """The secrets a config names by path (signing key, registration and replication secrets), written
+    where missing: a docker-compose stack's first run (`docker compose run --rm main generate-keys`)."""
+    cfg = _load(args.config)
+    wrote: list[str] = []
+    key = cfg.resolve_path(cfg.signing_key_path)
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        write_signing_key_file(key, SigningKey.generate())
+        wrote.append(str(key))
+    for path in (cfg.registration_shared_secret_path, cfg.worker_replication_secret_path):
+        if path and not cfg.resolve_path(path).exists():
+            target = cfg.resolve_path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(secrets.token_urlsafe(32) + "\n")
+            target.chmod(0o600)
+            wrote.append(str(target))
+    print(f"wrote {', '.join(wrote)}" if wrote else "every key and secret the config names exists already")
+    return 0
+
+
+def client_url(cfg: HomeserverConfig) -> str:
+    """Where this machine reaches the main process's client API: its first listener with `client`
+    (a wildcard bind address reached on loopback)."""
+    for listener in cfg.listeners:
+        if "client" in listener.all_resources:
+            host = next(iter(listener.bind_addresses), "127.0.0.1")
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            host = f"[{host}]" if ":" in host else host
+            return f"{'https' if listener.tls else 'http'}://{host}:{listener.port}"
+    raise SystemExit("config error: listeners: no listener of main serves the client API; give --url")
 
 
 def _load(path: str) -> HomeserverConfig:
@@ -201,7 +239,7 @@ def _register_user(args: argparse.Namespace) -> int:
         print("config error: registration_shared_secret is not set", file=sys.stderr)
         return 1
     password = args.password or getpass.getpass("Password: ")
-    base = args.url.rstrip("/") + "/_synapse/admin/v1/register"
+    base = (args.url or client_url(cfg)).rstrip("/") + "/_synapse/admin/v1/register"
     try:
         with urllib.request.urlopen(base) as r:
             nonce = json.load(r)["nonce"]
@@ -277,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config-path", "-c", default="homeserver.yaml")
     p.add_argument("--data-dir")
     p.add_argument("--open-registration", action="store_true", help="let anybody register (for development)")
+    p.add_argument("--port", type=int, default=8008, help="the client and federation listener's port")
+    p.add_argument("--metrics-port", type=int, help=f"the metrics listener's port (default: --port + {METRICS_OFFSET})")
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=_generate_config)
 
@@ -293,8 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", "-u", required=True)
     p.add_argument("--password", "-p")
     p.add_argument("--admin", action="store_true")
-    p.add_argument("--url", default="http://localhost:8008")
+    p.add_argument("--url", help="the server's client API (default: main's client listener in the config)")
     p.set_defaults(fn=_register_user)
+
+    p = sub.add_parser("generate-keys", help="write the signing key and secret files the config names, if missing")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(fn=_generate_keys)
 
     p = sub.add_parser("routes", help="print reverse-proxy config for a cluster")
     p.add_argument("--config", "-c", required=True)
