@@ -109,3 +109,9 @@ def test_haproxy_accepts_the_rendered_config(tmp_path: Path) -> None:
                     + render_proxy_config(_cluster(), "haproxy", listen=18998))
     check = subprocess.run([haproxy, "-c", "-f", str(conf)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+    # The client's address forwarded, a bound on slow request headers, every backend's connect bounded.
+    text = render_proxy_config(_cluster(), "haproxy")
+    frontend = text.split("\nbackend ")[0]
+    assert "    option forwardfor\n" in frontend and "    timeout http-request 30s\n" in frontend
+    backends = text.split("\nbackend ")[1:]
+    assert backends and all("    timeout connect 5s\n" in b for b in backends)
