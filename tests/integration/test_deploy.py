@@ -32,6 +32,18 @@ def test_compose_services_are_the_cluster_instances() -> None:
         assert "./cluster.yaml:/config/cluster.yaml:ro" in svc["volumes"]
         assert role == "main" or cluster.instance_map[role].host == name
     assert cluster.instance_map["main"].host == "main"
+    # Health: each instance's check asks /health on a port it listens on; nginx waits for them, and
+    # the instances for PostgreSQL and Redis.
+    for name, svc in instances.items():
+        probe = " ".join(svc["healthcheck"]["test"])
+        port = probe.split("127.0.0.1:")[1].split("/")[0]
+        assert port in {str(listener.port) for listener in cluster.listeners_for(_role(svc["command"]))}, name
+        assert "/health" in probe
+        assert svc["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                     "redis": {"condition": "service_healthy"}}
+    assert all(services[s]["healthcheck"] for s in ("postgres", "redis"))
+    assert set(services["nginx"]["depends_on"]) <= set(instances)
+    assert all(v == {"condition": "service_healthy"} for v in services["nginx"]["depends_on"].values())
 
 
 def test_nginx_config_is_what_hs_routes_prints() -> None:
