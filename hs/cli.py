@@ -262,11 +262,29 @@ def _register_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen_address(value: str) -> str:
+    """`--listen`: a port, or HOST:PORT ([v6]:PORT) for the proxy's own address."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or (host and not host.strip("[]")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port or HOST:PORT")
+    return value
+
+
+def _names(value: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in value.split(",") if n.strip())
+
+
 def _routes(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    from hs.roles.proxy import render_proxy_config
+    from hs.roles.proxy import WorkerSplit, render_proxy_config
 
-    print(render_proxy_config(cfg, args.format, args.listen), end="")
+    split = WorkerSplit(args.sync_workers, args.client_workers)
+    problems = split.check(cfg)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(render_proxy_config(cfg, args.format, args.listen, split), end="")
     return 0
 
 
@@ -343,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("routes", help="print reverse-proxy config for a cluster")
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--format", choices=["nginx", "haproxy", "table"], default="nginx")
-    p.add_argument("--listen", type=int, default=8008, help="port the proxy listens on")
+    p.add_argument("--listen", type=_listen_address, default="8008",
+                   help="where the proxy listens: a port, or HOST:PORT")
+    p.add_argument("--sync-workers", type=_names, metavar="A,B",
+                   help="the generic workers that take /sync (default: every one with a client listener)")
+    p.add_argument("--client-workers", type=_names, metavar="C,D",
+                   help="the generic workers that take the other client traffic (default: every one)")
     p.set_defaults(fn=_routes)
 
     p = sub.add_parser("local-cluster", help="run every instance of a cluster file plus nginx, here")
