@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("routes", help="print reverse-proxy config for a cluster")
     p.add_argument("--config", "-c", required=True)
-    p.add_argument("--format", choices=["nginx", "haproxy", "table"], default="nginx")
+    p.add_argument("--format", choices=["nginx", "haproxy", "table", "prometheus"], default="nginx")
     p.add_argument("--listen", type=_listen_address, default="8008",
                    help="where the proxy listens: a port, or HOST:PORT")
     p.add_argument("--sync-workers", type=_names, metavar="A,B",
