@@ -228,6 +228,39 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_db(args: argparse.Namespace) -> int:
+    """Copy a stopped hs's SQLite database into the (empty) PostgreSQL database the config names."""
+    cfg = _load(args.config)
+    from hs.db.pool import DatabaseStartupError, make_database
+    from hs.db.port import PortError, port
+
+    async def go() -> int:
+        db = make_database(cfg.database)
+        await db.open()
+        try:
+            result = await port(args.sqlite_database, db, batch_size=args.batch_size,
+                                max_batches=args.max_batches)
+        finally:
+            await db.close()
+        if not result.complete:
+            print("stopped before the end (--max-batches): run the same command again to resume",
+                  file=sys.stderr)
+            return 2
+        if result.mismatches:
+            for table, (want, got) in sorted(result.mismatches.items()):
+                print(f"verification failed: {table} has {want} rows in SQLite, {got} in PostgreSQL",
+                      file=sys.stderr)
+            return 1
+        print(f"ported {sum(result.tables.values())} row(s); row counts verified for every table")
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except (DatabaseStartupError, PortError) as e:
+        print(f"cannot port: {e}", file=sys.stderr)
+        return 1
+
+
 def _register_user(args: argparse.Namespace) -> int:
     """Register through the running server's shared-secret admin API, as Synapse's tool does."""
     import json
@@ -345,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("migrate", help="apply database migrations")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(fn=_migrate)
+
+    p = sub.add_parser("port-db", help="copy a stopped server's SQLite database into an empty PostgreSQL one")
+    p.add_argument("--sqlite-database", required=True, help="the SQLite file (the server must be stopped)")
+    p.add_argument("--config", "-c", required=True, help="a config whose database is the PostgreSQL target")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--max-batches", type=int, help="stop after this many batches (resumable)")
+    p.set_defaults(fn=_port_db)
 
     p = sub.add_parser("register-user", help="create a user through the shared-secret admin API")
     p.add_argument("--config", "-c", required=True)
