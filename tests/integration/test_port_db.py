@@ -3,19 +3,23 @@ once and resumed), then the same clients' flows on a server started on the porte
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hs.db.pool import PostgresDatabase
 from hs.db.port import PortError, port
 from hs.server import HomeServer
+from hs.testing.server import homeserver_config
 from tests.harness import TestHomeServer, ok, user
 from tests.integration.test_keys import device_keys, otks
-from tests.services import create_database, drop_database
+from tests.services import create_database, drop_database, free_port
 
 OVERRIDE = {"conditions": [{"kind": "event_match", "key": "content.body", "pattern": "beer"}],
             "actions": ["notify", {"set_tweak": "sound", "value": "beer.wav"}]}
@@ -130,3 +134,35 @@ async def test_port_refuses_non_empty_target(tmp_path: Path, pg_base_dsn: str) -
         await target.close()
         await drop_database(dsn)
     assert sqlite3.connect(str(src.data_dir / "hs.db")).execute("SELECT 1").fetchone() == (1,)
+
+
+async def test_port_db_command(tmp_path: Path, pg_base_dsn: str) -> None:
+    """`hs port-db` as an operator runs it: stopped early with --max-batches (exit 2, resumable), then run
+    again to the end with the progress on stderr and the verification's verdict on stdout."""
+    src = TestHomeServer(tmp_path / "sqlite")
+    await src.start()
+    try:
+        await _fill(src)
+    finally:
+        await src.stop()
+    dsn = await create_database(pg_base_dsn)
+    try:
+        cfg = tmp_path / "pg.yaml"
+        cfg.write_text(yaml.safe_dump(homeserver_config(free_port(), {"engine": "postgres", "dsn": dsn})))
+        base = [sys.executable, "-m", "hs.cli", "port-db", "--sqlite-database", str(src.data_dir / "hs.db"),
+                "-c", str(cfg)]
+
+        async def run(*extra: str) -> tuple[int, str, str]:
+            proc = await asyncio.create_subprocess_exec(*base, *extra, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            return int(proc.returncode or 0), out.decode(), err.decode()
+
+        code, _out, err = await run("--batch-size", "3", "--max-batches", "4")
+        assert code == 2 and "run the same command again to resume" in err, err
+        code, out, err = await run("--batch-size", "3")
+        assert code == 0, err
+        assert "row counts verified" in out
+        assert "events " in err and "100%" in err
+    finally:
+        await drop_database(dsn)
