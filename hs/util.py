@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import string
+import sys
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
@@ -36,18 +38,34 @@ def json_loads(data: str | bytes) -> Any:
 
 
 class LruCache(Generic[K, V]):
-    """A bounded dict that evicts the least recently used entry."""
+    """A bounded dict that evicts the least recently used entry.
 
-    def __init__(self, max_size: int) -> None:
+    Hits, misses and evictions are plain ints (one increment per call); hs/metrics.py reads them at
+    scrape time for every cache, exported under `name` (by default the module and line that made it)."""
+
+    def __init__(self, max_size: int, name: str | None = None) -> None:
         self._data: OrderedDict[K, V] = OrderedDict()
         self.max_size = max_size
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        if name is None:
+            caller = sys._getframe(1)
+            name = f"{caller.f_globals.get('__name__', '?')}:{caller.f_lineno}"
+        self.name = name
+        _CACHES.add(self)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
     def get(self, key: K, default: V | None = None) -> V | None:
         try:
             self._data.move_to_end(key)
-            return self._data[key]
         except KeyError:
+            self.misses += 1
             return default
+        self.hits += 1
+        return self._data[key]
 
     def __contains__(self, key: K) -> bool:
         return key in self._data
@@ -57,6 +75,7 @@ class LruCache(Generic[K, V]):
         self._data.move_to_end(key)
         while len(self._data) > self.max_size:
             self._data.popitem(last=False)
+            self.evictions += 1
 
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
@@ -67,6 +86,14 @@ class LruCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._data.clear()
+
+
+# Every LruCache alive, for the metrics collector (weak: a dropped cache leaves the scrape).
+_CACHES: weakref.WeakSet[LruCache[Any, Any]] = weakref.WeakSet()
+
+
+def named_caches() -> list[LruCache[Any, Any]]:
+    return list(_CACHES)
 
 
 class KeyedLocks:

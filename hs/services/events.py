@@ -38,6 +38,7 @@ from hs.events.hashing import compute_content_hash
 from hs.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from hs.events.signing import finish_local_event
 from hs.events.validation import EventTooLargeError, check_event_size
+from hs.metrics import observe_persisted
 from hs.services.auth import massaged_ts
 from hs.services.push_evaluator import evaluate_push
 from hs.state.resolution import resolve_state
@@ -580,8 +581,10 @@ class EventSender:
             # therefore learn of these rooms, members and push counts before they may serve the events.
             EVENTS_PERSISTED.inc(len(batch))
             users: list[str] = []
+            persisted_at = now_ms()
             for p in batch:
                 ev = p.event
+                observe_persisted(ev.origin_server_ts, persisted_at, ev.sender.endswith(":" + self.hs.server_name))
                 self.store.cache_event(ev)
                 if ev.type == "m.room.redaction" and ev.redacts:
                     self.store.invalidate_event(ev.redacts)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import Gauge
 
+from hs.metrics import REPLICATION_LAG
 from hs.streams.tokens import StreamToken
 
 SYNC_WAITERS = Gauge("hs_sync_waiters", "Long-polling requests waiting for updates")
@@ -49,6 +50,10 @@ class Notifier:
     def advance(self, stream: str, position: int, writers: Mapping[str, int] | None = None) -> None:
         """`stream` has reached `position` (its minimum over writers) and, for a multi-writer stream,
         each writer the position in `writers` (instance name -> position; never lower than before)."""
+        if writers is not None and len(writers) > 1:
+            floor = min(writers.values())
+            for instance, instance_position in writers.items():
+                REPLICATION_LAG.labels(stream, instance).set(instance_position - floor)
         if writers is not None and len(writers) > 1:
             updated = self.current.with_writer_positions(stream, writers)
             if not updated.stream_is_after(self.current, stream):
