@@ -123,6 +123,8 @@ async def port(src_path: str, db: Database, *, batch_size: int = 1000, max_batch
     """Copy every table; `max_batches` stops early (as an interruption would), leaving the run resumable."""
     src = open_source(src_path)
     try:
+        # One read transaction for the whole run: every table is read from the same snapshot.
+        src.execute("BEGIN")
         return await _port(src, db, batch_size, max_batches, _Progress(progress))
     finally:
         src.close()
