@@ -17,7 +17,7 @@ from hs.db.pool import PostgresDatabase
 from hs.db.port import PortError, port
 from hs.server import HomeServer
 from hs.testing.server import homeserver_config
-from tests.harness import TestHomeServer, ok, user
+from tests.harness import OPEN_CLIENTS, TestHomeServer, ok, user
 from tests.integration.test_keys import device_keys, otks
 from tests.services import create_database, drop_database, free_port
 
@@ -35,7 +35,8 @@ async def _fill(srv: TestHomeServer) -> dict[str, Any]:
     keys, _ = device_keys(alice)
     await ok(alice, "POST", "/keys/upload", {"device_keys": keys, "one_time_keys": otks(5)})
     await ok(alice, "PUT", "/pushrules/global/override/beer", OVERRIDE)
-    return {"room": room, "alice_device": alice.device_id, "keys": keys}
+    since = (await bob.sync())["next_batch"]
+    return {"room": room, "alice_device": alice.device_id, "keys": keys, "bob": (bob.token, bob.user_id, since)}
 
 
 async def _pg_server(tmp_path: Path, dsn: str, old: TestHomeServer) -> TestHomeServer:
@@ -76,6 +77,7 @@ async def test_port_sqlite_to_postgres_resumes_and_serves(tmp_path: Path, pg_bas
     dst = await _pg_server(tmp_path, dsn, src)
     try:
         alice = dst.client()
+        OPEN_CLIENTS.append(alice)
         status, login = await alice.request("POST", "/login", {
             "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
             "password": "password123"}, auth=False)
@@ -112,6 +114,15 @@ async def test_port_sqlite_to_postgres_resumes_and_serves(tmp_path: Path, pg_bas
         sync = await alice.sync()
         timeline = sync["rooms"]["join"][room]["timeline"]["events"]
         assert timeline[-1]["content"]["body"] == "after the port"
+
+        # A client held across the port (bob: his access token and his last sync token from SQLite)
+        # carries on: the incremental sync brings exactly what happened since.
+        bob = dst.client()
+        OPEN_CLIENTS.append(bob)
+        bob.token, bob.user_id, since = seeded["bob"]
+        sync = await bob.sync(since)
+        timeline = sync["rooms"]["join"][room]["timeline"]["events"]
+        assert [e["content"].get("body") for e in timeline] == ["after the port"]
     finally:
         await dst.stop()
         await drop_database(dsn)
