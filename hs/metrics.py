@@ -9,8 +9,10 @@ them (`synapse_util_caches_*`), else `hs_*`.
 from __future__ import annotations
 
 import platform
+import weakref
 from collections.abc import Iterator
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import REGISTRY, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -81,3 +83,32 @@ class _CacheCollector(Collector):
 
 _CACHE_COLLECTOR = _CacheCollector()
 REGISTRY.register(_CACHE_COLLECTOR)
+
+
+class _PusherCollector(Collector):
+    """Pusher queues, read at scrape time from each PusherPool registered with `track_pusher_pool`
+    (hs/services/pushers.py), so delivery pays nothing for them."""
+
+    def __init__(self) -> None:
+        self.pools: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pushers = GaugeMetricFamily("hs_pushers", "Pushers with a delivery queue in this process")
+        queued = GaugeMetricFamily("hs_pusher_queued_notifications", "Notifications waiting to be pushed")
+        workers = [w for pool in list(self.pools) for w in getattr(pool, "_workers", {}).values()]
+        pushers.add_metric([], len(workers))
+        queued.add_metric([], sum(len(getattr(w, "queue", ())) for w in workers))
+        yield pushers
+        yield queued
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+_PUSHER_COLLECTOR = _PusherCollector()
+REGISTRY.register(_PUSHER_COLLECTOR)
+
+
+def track_pusher_pool(pool: object) -> None:
+    """Export this PusherPool's queues (call from its constructor)."""
+    _PUSHER_COLLECTOR.pools.add(pool)

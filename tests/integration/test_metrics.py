@@ -52,7 +52,7 @@ async def test_new_metrics_exist_and_move(server: TestHomeServer) -> None:
     for name in ("hs_build_info", "synapse_util_caches_cache_hits", "synapse_util_caches_cache_misses",
                  "synapse_util_caches_cache_size", "synapse_util_caches_cache_max_size",
                  "synapse_util_caches_cache_evicted_size", "hs_event_persistence_lag_seconds",
-                 "hs_sync_waiters", "hs_replication_stream_lag"):
+                 "hs_sync_waiters", "hs_replication_stream_lag", "hs_pusher_queued_notifications"):
         assert name in families, name
     assert total(before, "hs_build_info") >= 1
     for i in range(3):
