@@ -178,7 +178,7 @@ async def _port(src: sqlite3.Connection, db: Database, batch_size: int, max_batc
             bar.show(table, copied, total)
         await _record_db(db, table, last, copied)
         bar.show(table, copied, total, final=True)
-    await _reset_sequences(db)
+    await _reset_sequences(src, db)
     result.mismatches = await verify(src, db)
     result.complete = True
     return result
@@ -221,14 +221,20 @@ async def _record_db(db: Database, table: str, last: int, copied: int) -> None:
     await db.run_transaction("port_done", txn)
 
 
-async def _reset_sequences(db: Database) -> None:
-    """BIGSERIAL columns were filled with explicit ids: their sequences must continue after them."""
+async def _reset_sequences(src: sqlite3.Connection, db: Database) -> None:
+    """BIGSERIAL columns were filled with explicit ids: their sequences must continue after them, and
+    after any id SQLite's AUTOINCREMENT handed out to rows deleted since (ids are never reused)."""
+    try:
+        handed_out = {str(t): int(n) for t, n in src.execute("SELECT name, seq FROM sqlite_sequence")}
+    except sqlite3.Error:  # no AUTOINCREMENT table was ever written to
+        handed_out = {}
     rows = await db.fetch("SELECT table_name, column_name FROM information_schema.columns"
                           " WHERE table_schema = current_schema() AND column_default LIKE 'nextval(%'")
     for r in rows:
         table, column = str(r["table_name"]), str(r["column_name"])
-        await db.fetchval(f"SELECT setval(pg_get_serial_sequence($1, $2),"
-                          f' COALESCE((SELECT MAX("{column}") FROM "{table}"), 0) + 1, false)', table, column)
+        await db.fetchval(f"SELECT setval(pg_get_serial_sequence($1, $2), GREATEST($3,"
+                          f' COALESCE((SELECT MAX("{column}") FROM "{table}"), 0)) + 1, false)',
+                          table, column, handed_out.get(table, 0))
 
 
 async def verify(src: sqlite3.Connection, db: Database) -> dict[str, tuple[int, int]]:

@@ -21,6 +21,7 @@ from tests.harness import OPEN_CLIENTS, TestHomeServer, ok, user
 from tests.integration.test_keys import device_keys, otks
 from tests.services import create_database, drop_database, free_port
 
+SLIDING = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 OVERRIDE = {"conditions": [{"kind": "event_match", "key": "content.body", "pattern": "beer"}],
             "actions": ["notify", {"set_tweak": "sound", "value": "beer.wav"}]}
 
@@ -35,6 +36,7 @@ async def _fill(srv: TestHomeServer) -> dict[str, Any]:
     keys, _ = device_keys(alice)
     await ok(alice, "POST", "/keys/upload", {"device_keys": keys, "one_time_keys": otks(5)})
     await ok(alice, "PUT", "/pushrules/global/override/beer", OVERRIDE)
+    await ok(bob, "POST", SLIDING, {"conn_id": "before", "lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1}}})
     since = (await bob.sync())["next_batch"]
     return {"room": room, "alice_device": alice.device_id, "keys": keys, "bob": (bob.token, bob.user_id, since)}
 
@@ -123,6 +125,10 @@ async def test_port_sqlite_to_postgres_resumes_and_serves(tmp_path: Path, pg_bas
         sync = await bob.sync(since)
         timeline = sync["rooms"]["join"][room]["timeline"]["events"]
         assert [e["content"].get("body") for e in timeline] == ["after the port"]
+        # A new sliding sync connection takes an id after the copied ones (the BIGSERIAL sequence moved).
+        slid = await ok(bob, "POST", SLIDING, {"conn_id": "after", "lists": {"all": {"ranges": [[0, 9]],
+                                                                                       "timeline_limit": 1}}})
+        assert slid["lists"]["all"]["count"] == 1
     finally:
         await dst.stop()
         await drop_database(dsn)
