@@ -27,6 +27,7 @@ import aiohttp
 from hs.db.stores.pushers import PusherKey, PusherStore, pusher_key
 from hs.errors import bad_json, invalid_param, missing_param
 from hs.events.event import Event
+from hs.metrics import track_pusher_pool
 from hs.roles.duties import pusher_instance_for, pusher_instances
 from hs.util import wait_set_or_timeout
 
@@ -168,6 +169,7 @@ class PusherPool:
         self._checked_at = 0.0
         self._wake_timer: asyncio.TimerHandle | None = None
         self._sharded = len(pusher_instances(hs.config)) > 1
+        track_pusher_pool(self)  # hs_pushers and hs_pusher_queued_notifications
 
     def handles(self, user_id: str) -> bool:
         """Whether this instance delivers the user's notifications (their shard of the pusher
