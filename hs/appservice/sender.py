@@ -89,8 +89,8 @@ class AppServiceSender:
         self.api = api or AppServiceApi(legacy_auth=legacy_authorization(hs))
         self._services = {s.id: _Service(s) for s in hs.config.app_services if s.url is not None}
         # room -> IDs of the services with a joined member there (dropped when the room's members change).
-        self._member_interest: LruCache[str, frozenset[str]] = LruCache(50_000)
-        self._aliases: LruCache[str, tuple[float, tuple[str, ...]]] = LruCache(50_000)
+        self._member_interest: LruCache[str, frozenset[str]] = LruCache(50_000, name="appservice.sender.self._member_interest")
+        self._aliases: LruCache[str, tuple[float, tuple[str, ...]]] = LruCache(50_000, name="appservice.sender.self._aliases")
         self._subscribed = False
         self._started = False
         self._closed = False

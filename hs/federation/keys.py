@@ -214,12 +214,12 @@ class KeyRing:
         self.store = ServerKeyStore(hs.db)
         self._client = client
         self.clock = clock
-        self._cache: LruCache[str, dict[str, ServerKey]] = LruCache(MAX_CACHED_SERVERS)
+        self._cache: LruCache[str, dict[str, ServerKey]] = LruCache(MAX_CACHED_SERVERS, name="federation.keys.self._cache")
         self._in_flight: dict[tuple[str, bool], _Fetch] = {}
         # (server, key ID) -> (until when not to fetch again, why the last fetch failed)
-        self._failures: LruCache[tuple[str, str], tuple[int, str]] = LruCache(MAX_CACHED_SERVERS)
+        self._failures: LruCache[tuple[str, str], tuple[int, str]] = LruCache(MAX_CACHED_SERVERS, name="federation.keys.self._failures")
         # server -> (until when its /key/v2/server is not asked again, why it failed)
-        self._unreachable: LruCache[str, tuple[int, str]] = LruCache(MAX_CACHED_SERVERS)
+        self._unreachable: LruCache[str, tuple[int, str]] = LruCache(MAX_CACHED_SERVERS, name="federation.keys.self._unreachable")
         self._warned_notaries: set[str] = set()
         self._own: dict[str, ServerKey] | None = None
 

@@ -49,7 +49,7 @@ class FederationOutbox:
         self.enabled = sends_federation(hs)
         # room -> the other servers with joined members; dropped when the room's membership changes
         # (every process hears of that through the events stream).
-        self._room_servers: LruCache[str, frozenset[str]] = LruCache(50_000)
+        self._room_servers: LruCache[str, frozenset[str]] = LruCache(50_000, name="federation.outbox.self._room_servers")
         self._woken: dict[str, float] = {}
         hs.replication.subscribe("events", self._on_events_message)
 

@@ -42,7 +42,7 @@ class TransactionHandler:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self._locks = KeyedLocks()
-        self._answered: LruCache[tuple[str, str], JsonDict] = LruCache(10_000)
+        self._answered: LruCache[tuple[str, str], JsonDict] = LruCache(10_000, name="federation.transactions.self._answered")
         self.store = InboundTransactionStore(hs.db)
         # EDU type -> handler(origin, content): see hs/federation/edus.py.
         self.edu_handlers: dict[str, EduHandler] = {}

@@ -112,7 +112,7 @@ class ByteRateLimiter:
     def __init__(self, burst: int, per_second: int) -> None:
         self.burst = burst
         self.per_second = per_second
-        self._used: LruCache[str, tuple[float, float]] = LruCache(100_000)  # key -> (bytes used, when)
+        self._used: LruCache[str, tuple[float, float]] = LruCache(100_000, name="media.remote.self._used")  # key -> (bytes used, when)
 
     def _current(self, key: str) -> tuple[float, float]:
         now = time.monotonic()

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[tuple[int, Any]]]
 
 # Answers by txn_id, and the calls still running (a retry joins the running call).
-_answers: LruCache[str, JsonDict] = LruCache(10_000)
+_answers: LruCache[str, JsonDict] = LruCache(10_000, name="replication.federation_calls.answers")
 _running: dict[str, asyncio.Future[JsonDict]] = {}
 # Fire-and-forget hand-overs (typing) still running: kept so they are not garbage-collected.
 _background: set[asyncio.Task[None]] = set()

@@ -36,7 +36,7 @@ from hs.util import LruCache
 if TYPE_CHECKING:
     from hs.server import HomeServer
 
-_replies: LruCache[str, dict[str, Any]] = LruCache(10000)
+_replies: LruCache[str, dict[str, Any]] = LruCache(10000, name="replication.http_server.replies")
 
 
 def writer_positions(hs: HomeServer) -> dict[str, int]:

@@ -51,8 +51,8 @@ class AdminUsers:
         self.hs = hs
         self.server_name = hs.server_name
         self.store = AdminUserStore(hs.db)
-        self._flags: LruCache[str, UserFlags] = LruCache(100_000)
-        self._expiry: LruCache[str, int] = LruCache(10_000)  # token hash -> valid until (0: never)
+        self._flags: LruCache[str, UserFlags] = LruCache(100_000, name="services.admin_users.self._flags")
+        self._expiry: LruCache[str, int] = LruCache(10_000, name="services.admin_users.self._expiry")  # token hash -> valid until (0: never)
         hs.caches.register(CACHE, self._drop)
 
     # -- per request ----------------------------------------------------------------------------------

@@ -178,12 +178,12 @@ def set_massaged_ts(ts: int | None) -> None:
 class Auth:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
-        self._last_seen: LruCache[tuple[str, str], Sighting] = LruCache(100_000)
+        self._last_seen: LruCache[tuple[str, str], Sighting] = LruCache(100_000, name="services.auth.self._last_seen")
         self._unstored: dict[tuple[str, str], Sighting] = {}
         self._storing: asyncio.Task[None] | None = None
         self._services_by_token: dict[str, ApplicationService] = {s.as_token: s for s in hs.config.app_services}
         # Users an application service was seen to act as that exist (accounts are never removed).
-        self._known_users: LruCache[str, bool] = LruCache(100_000)
+        self._known_users: LruCache[str, bool] = LruCache(100_000, name="services.auth.self._known_users")
 
     def app_service_for_token(self, token: str | None, address: str | None = None) -> ApplicationService | None:
         """The application service whose as_token this is (from an address its whitelist allows)."""

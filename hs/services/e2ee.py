@@ -90,7 +90,7 @@ class E2eeService:
         self.store = E2eeStore(hs.db)
         # (user, device) -> (one-time key counts, unused fallback key types): read by every /sync,
         # changed only by uploads, claims and device deletion, which invalidate it in every process.
-        self._key_counts: LruCache[tuple[str, str], tuple[dict[str, int], list[str]]] = LruCache(100_000)
+        self._key_counts: LruCache[tuple[str, str], tuple[dict[str, int], list[str]]] = LruCache(100_000, name="services.e2ee.self._key_counts")
         self._key_counts_epoch = 0
         hs.caches.register("e2e_key_counts", self._drop_key_counts)
         # One device-list change of a user at a time, so their EDUs leave in stream order.

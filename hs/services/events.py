@@ -75,7 +75,7 @@ class EventSender:
         self._draining: set[str] = set()
         # Transaction IDs being persisted or persisted recently, so a retry that races the first
         # request is answered with the same event.
-        self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000)
+        self._txns: LruCache[tuple[str, str, str, str], asyncio.Future[Event]] = LruCache(20000, name="services.events.self._txns")
         # Push rule evaluation: run on each batch (positions assigned); its rows (notifications,
         # unread counts) commit with the events, or just after them (`_persist_events_first`).
         self.push_evaluator: BulkPushEvaluator | None = None

@@ -49,7 +49,7 @@ class ProfileService:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         # Other servers' users' profiles: user ID -> (expiry, monotonic seconds; the profile or None).
-        self._remote: LruCache[str, tuple[float, dict[str, Any] | None]] = LruCache(REMOTE_CACHE_SIZE)
+        self._remote: LruCache[str, tuple[float, dict[str, Any] | None]] = LruCache(REMOTE_CACHE_SIZE, name="services.profile.self._remote")
 
     async def get(self, user_id: str) -> dict[str, Any]:
         """The stored profile of a local user, or a remote user's as their server tells it; or 404."""

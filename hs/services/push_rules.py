@@ -135,8 +135,8 @@ class PushRulesService:
         self.hs = hs
         self.stream = hs.push_rules_stream
         self.store = self.stream.store
-        self._cache: LruCache[str, dict[str, list[JsonDict]]] = LruCache(20000)
-        self._eval_cache: LruCache[str, tuple[list[CompiledRule], RuleTemplate]] = LruCache(20000)
+        self._cache: LruCache[str, dict[str, list[JsonDict]]] = LruCache(20000, name="services.push_rules.self._cache")
+        self._eval_cache: LruCache[str, tuple[list[CompiledRule], RuleTemplate]] = LruCache(20000, name="services.push_rules.self._eval_cache")
         # Moves on every invalidation: rules read while one happened may predate the change they
         # announce, and are used but not cached (else a rule written during the read is lost until
         # the user's next change).
@@ -309,7 +309,7 @@ class BulkPushEvaluator:
         self.store = hs.event_store
         self.ignore_index = IgnoredUsersStore(hs.db)
         # Per state group: (joined local+remote members, display names, auth map for power levels).
-        self._facts: LruCache[int, tuple[list[str], dict[str, str | None], dict[Any, Event]]] = LruCache(2000)
+        self._facts: LruCache[int, tuple[list[str], dict[str, str | None], dict[Any, Event]]] = LruCache(2000, name="services.push_rules.self._facts")
 
     def is_mine(self, user_id: str) -> bool:
         return user_id.endswith(":" + self.hs.server_name)

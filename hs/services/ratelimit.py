@@ -23,7 +23,7 @@ class Ratelimiter:
         self.per_second = per_second
         self.burst_count = burst_count
         # key -> (tokens used, time of last update)
-        self._buckets: LruCache[str, tuple[float, float]] = LruCache(100_000)
+        self._buckets: LruCache[str, tuple[float, float]] = LruCache(100_000, name="services.ratelimit.self._buckets")
 
     def check(self, key: str, update: bool = True) -> None:
         """Raise M_LIMIT_EXCEEDED (with retry_after_ms) if `key` has no capacity left."""

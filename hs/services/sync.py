@@ -94,11 +94,11 @@ class SyncService:
         self.store = hs.event_store
         self.events_stream = hs.events_stream
         # Filters are immutable once stored, so they are parsed once.
-        self._filters: LruCache[tuple[str, int], Filter] = LruCache(10000)
-        self._inline_filters: LruCache[str, Filter] = LruCache(1000)
+        self._filters: LruCache[tuple[str, int], Filter] = LruCache(10000, name="services.sync.self._filters")
+        self._inline_filters: LruCache[str, Filter] = LruCache(1000, name="services.sync.self._inline_filters")
         # Lazy-loading: the member event last sent per (user, device, room) and member, so members the
         # client already has are not sent again (unless include_redundant_members).
-        self._sent_members: LruCache[tuple[str, str | None, str], dict[str, str]] = LruCache(50000)
+        self._sent_members: LruCache[tuple[str, str | None, str], dict[str, str]] = LruCache(50000, name="services.sync.self._sent_members")
         self._sections = [section(hs) for section in SECTIONS]
         for problem in check_sections(tuple(hs.streams)):
             logger.warning("%s: its changes never reach /sync", problem)

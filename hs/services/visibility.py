@@ -50,8 +50,8 @@ class Visibility:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.erasure_store = ErasureStore(hs.db)
-        self._ignored: LruCache[str, frozenset[str]] = LruCache(50000)
-        self._erased: LruCache[str, bool] = LruCache(100000)
+        self._ignored: LruCache[str, frozenset[str]] = LruCache(50000, name="services.visibility.self._ignored")
+        self._erased: LruCache[str, bool] = LruCache(100000, name="services.visibility.self._erased")
         # Move on every invalidation: a value read while one happened may predate the change it
         # announces, and is used but not cached.
         self._ignored_version = 0

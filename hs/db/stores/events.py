@@ -26,11 +26,11 @@ class EventStore:
     def __init__(self, db: Database, rooms: Any) -> None:
         self.db = db
         self.rooms = rooms
-        self._event_cache: LruCache[str, Event] = LruCache(50000)
-        self._state_cache: LruCache[int, StateMap] = LruCache(5000)
+        self._event_cache: LruCache[str, Event] = LruCache(50000, name="db.stores.events.self._event_cache")
+        self._state_cache: LruCache[int, StateMap] = LruCache(5000, name="db.stores.events.self._state_cache")
         # Memberships, cached per user and dropped when the events stream reports a membership change
         # of that user (every persisted membership event names its target in the stream message).
-        self._rooms_for_user: LruCache[tuple[str, tuple[str, ...]], dict[str, str]] = LruCache(50000)
+        self._rooms_for_user: LruCache[tuple[str, tuple[str, ...]], dict[str, str]] = LruCache(50000, name="db.stores.events.self._rooms_for_user")
         self._membership_changed_at: dict[str, int] = {}
         self._last_membership_change = 0
         self._membership_epoch = 0

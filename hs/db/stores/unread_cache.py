@@ -23,7 +23,7 @@ Threads = dict[str, tuple[int, int]]  # thread -> (notification count, highlight
 class UnreadCountsCache:
     def __init__(self, max_entries: int = 100000) -> None:
         # (user, room) -> (the room's epoch when stored, counts); an entry from an older epoch is stale.
-        self._entries: LruCache[tuple[str, str], tuple[int, Threads]] = LruCache(max_entries)
+        self._entries: LruCache[tuple[str, str], tuple[int, Threads]] = LruCache(max_entries, name="db.stores.unread_cache.self._entries")
         # room -> [epoch, writes]: `epoch` moves when all the room's entries become stale, `writes`
         # on any change at all (a read that saw `writes` move may be older than the change).
         self._rooms: dict[str, list[int]] = {}

@@ -25,7 +25,7 @@ class TokenInfo:
 class UserStore:
     def __init__(self, db: Database, token_cache_size: int = 10000) -> None:
         self.db = db
-        self._token_cache: LruCache[str, TokenInfo] = LruCache(token_cache_size)
+        self._token_cache: LruCache[str, TokenInfo] = LruCache(token_cache_size, name="db.stores.users.self._token_cache")
         # Set by the server: tells other processes to drop a user's cached tokens.
         self.on_invalidate: Callable[[str | None], None] | None = None
 

@@ -54,7 +54,7 @@ def _now_ms() -> int:
 class Connections:
     def __init__(self, hs: HomeServer) -> None:
         self.store = SlidingSyncStore(hs.db)
-        self._positions: LruCache[int, StoredPosition] = LruCache(1000)
+        self._positions: LruCache[int, StoredPosition] = LruCache(1000, name="services.sliding_sync.connections.self._positions")
 
     async def open(self, user_id: str, device_id: str | None, conn_id: str, pos: str | None) -> Connection:
         """The connection a request continues (`pos`), or a new one (no `pos`), written down by `start`

@@ -89,8 +89,8 @@ class RoomLists:
         self.hs = hs
         self.store = store
         self.events = hs.event_store
-        self._cache: LruCache[str, _Snapshot] = LruCache(10000)
-        self._dms: LruCache[str, tuple[int, set[str]]] = LruCache(10000)
+        self._cache: LruCache[str, _Snapshot] = LruCache(10000, name="services.sliding_sync.room_list.self._cache")
+        self._dms: LruCache[str, tuple[int, set[str]]] = LruCache(10000, name="services.sliding_sync.room_list.self._dms")
 
     async def memberships_at(self, user_id: str, upto: StreamToken, since: StreamToken | None,
                              ) -> tuple[dict[str, RoomMembership], set[str]]:
